@@ -1,0 +1,120 @@
+"""Host-side builds: a layer configuration compiled for a device's target into a shared library.
+
+Builds are cached by (config, target, cross compiler, schedule policy, TVM version) and run in a
+pool of long-lived worker processes, so the device never waits on the compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layers import LayerConfig
+from .schedules import parse_policy
+from .targets import canonical
+
+
+def tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What to build: a layer, a resolved target, an optional cross compiler and a schedule policy."""
+
+    config: LayerConfig
+    target: dict
+    policy: str
+    cc: str | None = None
+
+    def key(self, version: str) -> str:
+        fields = [self.config.to_dict(), canonical(self.target), self.cc, self.policy, version]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A build's outcome: the library's path, or the error that stopped it."""
+
+    job: BuildJob
+    artifact: str | None
+    error: str | None
+    seconds: float
+    cached: bool = False
+
+
+def build(job: BuildJob, cache_dir: Path) -> Built:
+    """Compile ``job`` (or take it from the cache); a failure is returned, not raised."""
+    import tvm
+
+    from .kernels import prim_module
+
+    start = time.perf_counter()
+    path = Path(cache_dir) / "builds" / f"{job.key(tvm_version())}.so"
+    if path.exists():
+        return Built(job, str(path), None, 0.0, cached=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = tvm.target.Target(job.target)
+        mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir))
+        executable = tvm.compile(mod, target)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
+        executable.export_library(str(tmp), fcompile=_cross_compiler(job.cc))
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return Built(job, None, detail.splitlines()[-1][:2000], time.perf_counter() - start)
+    return Built(job, str(path), None, time.perf_counter() - start)
+
+
+def _cross_compiler(cc: str | None):
+    if not cc:
+        return None
+    from tvm.support import cc as tvm_cc
+
+    return tvm_cc.cross_compiler(cc)
+
+
+def _init_worker(cpus: list[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    sys.modules["torch"] = None  # tvm_ffi imports torch eagerly; builds never use it (~3 s per worker)
+    import tvm  # noqa: F401 - paid once per worker, not once per build
+
+
+class BuildPool:
+    """Long-lived build workers, pinned away from the CPUs that time kernels."""
+
+    def __init__(self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None):
+        allowed = sorted(os.sched_getaffinity(0))
+        cpus = [c for c in allowed if c not in set(avoid_cpus or [])] or allowed
+        self.cache_dir = Path(cache_dir)
+        self.workers = workers or len(cpus)
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(cpus,),
+        )
+
+    def submit(self, job: BuildJob) -> Future:
+        return self._executor.submit(build, job, self.cache_dir)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "BuildPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

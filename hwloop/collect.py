@@ -1,0 +1,168 @@
+"""Collection: build a space of layer configurations for a device, time them, keep every row.
+
+Builds run ahead in a process pool while the device times the previous artifact; each result is
+appended to the device's table as soon as it exists. A re-run skips every config that already
+has a successful row for the same schedule policy, target and protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, tables
+from .builder import BuildJob, BuildPool, Built, tvm_version
+from .layers import LayerConfig
+from .registry import Device
+from .runner import Measurement, Runner
+from .schedules import Policy
+from .targets import canonical, resolve
+from .transports import open_transport
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every row of one device's collection shares."""
+
+    device: Device
+    policy: Policy
+    target: str
+    protocol: str
+    protocol_id: str
+
+    @classmethod
+    def of(cls, device: Device, policy: Policy) -> "Context":
+        protocol = device.protocol.model_dump_json()
+        return cls(device, policy, canonical(resolve(device.target, device.protocol.threads)), protocol,
+                   hashlib.sha256(protocol.encode()).hexdigest()[:12])
+
+
+@dataclass
+class Summary:
+    device: str
+    schedule: str
+    planned: int
+    skipped: int
+    rows: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def measured(self) -> int:
+        return sum(row["status"] == "ok" for row in self.rows)
+
+    @property
+    def failed(self) -> int:
+        return len(self.rows) - self.measured
+
+
+def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, force: bool) -> list[LayerConfig]:
+    """The configs of ``configs`` that have no successful row in this context yet."""
+    unique = list(dict.fromkeys(configs))
+    if force:
+        return unique
+    table = tables.read(tables_dir, context.device.name)
+    done = table[(table.status == "ok") & (table.schedule == context.policy.name)
+                 & (table.target == context.target) & (table.protocol_id == context.protocol_id)]
+    measured = set(done.config_id)
+    return [c for c in unique if c.id not in measured]
+
+
+def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_dir: Path, cache_dir: Path,
+            force: bool = False, on_start: Callable[[int], None] | None = None,
+            on_row: Callable[[dict], None] | None = None) -> Summary:
+    """Measure every config of ``configs`` not yet in ``device``'s table; rows are written as they come."""
+    start = time.perf_counter()
+    context = Context.of(device, policy)
+    todo = pending(configs, context, tables_dir, force)
+    summary = Summary(device.name, policy.name, planned=len(set(configs)), skipped=len(set(configs)) - len(todo))
+    if on_start:
+        on_start(len(todo))
+    if todo:
+        avoid = device.protocol.cpus if device.transport == "local" else None
+        with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
+            builds = _BuildQueue(pool, todo, context, depth=2 * pool.workers + 1)
+            with open_transport(device) as transport:
+                runner = Runner(transport, device.protocol)
+                for config, built in builds:
+                    measurement = (runner.measure(config, built.artifact) if built.artifact
+                                   else Measurement("failed", "build", built.error))
+                    row = make_row(context, config, built, measurement, transport.fingerprint())
+                    tables.append(tables_dir, device.name, [row])
+                    summary.rows.append(row)
+                    if on_row:
+                        on_row(row)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+class _BuildQueue:
+    """Iterates (config, Built) in order while keeping ``depth`` builds in flight."""
+
+    def __init__(self, pool: BuildPool, configs: list[LayerConfig], context: Context, depth: int):
+        self.pool, self.context, self.depth = pool, context, depth
+        self.todo = deque(configs)
+        self.inflight: deque = deque()
+        self._refill()
+
+    def _job(self, config: LayerConfig) -> BuildJob:
+        import json
+
+        return BuildJob(config, json.loads(self.context.target), self.context.policy.name, self.context.device.cc)
+
+    def _refill(self) -> None:
+        while self.todo and len(self.inflight) < self.depth:
+            config = self.todo.popleft()
+            job = self._job(config)
+            self.inflight.append((config, job, self.pool.submit(job)))
+
+    def __iter__(self):
+        while self.inflight:
+            config, job, future = self.inflight.popleft()
+            try:
+                built = future.result()
+            except BrokenProcessPool as exc:
+                built = Built(job, None, f"build worker died: {exc}", 0.0)
+            self._refill()
+            yield config, built
+
+
+def make_row(context: Context, config: LayerConfig, built: Built, m: Measurement, fp: dict) -> dict:
+    """One table row: the config, the measurement and everything needed to know what it means."""
+    return {
+        "measurement_id": tables.new_measurement_id(),
+        "config_id": config.id,
+        "device": context.device.name,
+        **config.to_dict(),
+        "macs": config.macs,
+        "status": m.status,
+        "stage": m.stage,
+        "error": m.error,
+        "latency_ms": m.median_ms,
+        "latency_mean_ms": m.mean_ms,
+        "latency_std_ms": m.std_ms,
+        "latency_min_ms": m.min_ms,
+        "latency_cv": m.cv,
+        "latencies_ms": m.latencies_ms,
+        "repeats": len(m.latencies_ms),
+        "attempts": m.attempts,
+        "check_error": m.check_error,
+        "schedule": context.policy.name,
+        "target": context.target,
+        "cc": context.device.cc,
+        "protocol": context.protocol,
+        "protocol_id": context.protocol_id,
+        "tvm_version": tvm_version(),
+        "hwloop_version": __version__,
+        "build_s": built.seconds,
+        "build_cached": built.cached,
+        "measure_s": m.seconds,
+        "timing_s": m.timing_s,
+        "measured_at": datetime.now(timezone.utc),
+        **{f"fp_{key}": value for key, value in fp.items()},
+    }

@@ -1,0 +1,101 @@
+"""Layer configurations: one immutable record per candidate layer that hwloop builds and times."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+OPS = ("conv2d", "depthwise_conv2d", "linear")
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True, order=True)
+class LayerConfig:
+    """A conv2d, depthwise conv2d or linear layer with concrete shapes (NCHW, OIHW weights).
+
+    A linear layer has ``input_h = input_w = kernel = 1``; a depthwise layer has
+    ``groups == in_channels`` and ``out_channels`` a multiple of it.
+    """
+
+    op: str
+    in_channels: int
+    out_channels: int
+    input_h: int = 1
+    input_w: int = 1
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    batch: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"op: {self.op!r} is not one of {', '.join(OPS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for name in ("in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "groups", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.padding, int) or self.padding < 0:
+            raise ValueError(f"padding: must be a non-negative integer, got {self.padding!r}")
+        if self.op == "linear":
+            if (self.input_h, self.input_w, self.kernel, self.stride, self.padding, self.groups) != (1, 1, 1, 1, 0, 1):
+                raise ValueError("linear: input_h, input_w, kernel, stride, groups must be 1 and padding 0")
+        if self.op == "depthwise_conv2d" and self.groups != self.in_channels:
+            raise ValueError(f"groups: a depthwise conv needs groups == in_channels ({self.in_channels}), got {self.groups}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups: {self.groups} must divide in_channels ({self.in_channels}) and out_channels ({self.out_channels})"
+            )
+        if self.output_h < 1 or self.output_w < 1:
+            raise ValueError(f"kernel: {self.kernel} with padding {self.padding} does not fit a {self.input_h}x{self.input_w} input")
+
+    @property
+    def id(self) -> str:
+        """Stable, readable key: equal configs have equal ids across runs and machines."""
+        if self.op == "linear":
+            shape = f"{self.batch}x{self.in_channels}"
+        else:
+            shape = f"{self.batch}x{self.in_channels}x{self.input_h}x{self.input_w}"
+        return f"{self.op}:{shape}:o{self.out_channels}:k{self.kernel}s{self.stride}p{self.padding}g{self.groups}:{self.dtype}"
+
+    @property
+    def output_h(self) -> int:
+        return (self.input_h + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def output_w(self) -> int:
+        return (self.input_w + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.op == "linear":
+            return (self.batch, self.in_channels)
+        return (self.batch, self.in_channels, self.input_h, self.input_w)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.op == "linear":
+            return (self.out_channels, self.in_channels)
+        return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        if self.op == "linear":
+            return (self.batch, self.out_channels)
+        return (self.batch, self.out_channels, self.output_h, self.output_w)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass."""
+        per_output = (self.in_channels // self.groups) * self.kernel * self.kernel
+        return self.batch * self.out_channels * self.output_h * self.output_w * per_output
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

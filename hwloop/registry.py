@@ -1,0 +1,286 @@
+"""The device registry: ``*.yaml`` files of devices and groups, plus the built-in ``local`` device.
+
+A file has an optional ``groups:`` mapping (group name → default fields) and a ``devices:`` mapping
+(device name → fields; ``group: NAME`` inherits the group's fields, the device's own win, and
+``protocol`` merges field by field). Groups are shared by every file of the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SECRETS = ("password", "passphrase")
+NO_SECRETS = "passwords are never stored in the registry: use `key:` (a private key file) or an SSH agent"
+RESERVED = {
+    "name": "a device's name is its key under `devices:`",
+    "source": "set by hwloop to the file a device comes from, not written in files",
+    "group": "groups do not nest",
+}
+
+
+class RegistryError(ValueError):
+    """A registry hwloop cannot use; the message names the file, the device or group, and the field."""
+
+
+class Protocol(BaseModel):
+    """How a device times a kernel, with TVM ``time_evaluator`` semantics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    number: int = Field(10, ge=1, description="runs averaged in one repeat")
+    repeat: int = Field(20, ge=1, description="repeats; median/min/std are taken over them")
+    min_repeat_ms: int = Field(20, ge=0, description="TVM raises `number` until a repeat lasts this long")
+    cooldown_ms: int = Field(0, ge=0, description="pause between repeats")
+    threads: int = Field(1, ge=1, description="runtime threads (TVM_NUM_THREADS)")
+    cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
+    max_cv: float = Field(0.05, ge=0, description="coefficient of variation above which a measurement is retaken")
+    max_attempts: int = Field(3, ge=1, description="measurements taken at most")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, cpus: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if cpus is None:
+            return None
+        if min(cpus) < 0:
+            raise ValueError("CPU numbers are non-negative")
+        if len(set(cpus)) != len(cpus):
+            raise ValueError("each CPU is listed once")
+        threads = info.data.get("threads")
+        if threads and threads > len(cpus):
+            raise ValueError(f"threads ({threads}) exceeds the number of pinned cpus ({len(cpus)})")
+        return cpus
+
+
+class Device(BaseModel):
+    """A board hwloop measures on: how to reach it, what to compile for it, how to time on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    transport: Literal["local", "ssh"]
+    host: str | None = Field(None, validate_default=True)
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = Field(None, validate_default=True)
+    key: str | None = None
+    known_hosts: str | None = None
+    python: str = "python3"
+    target: dict[str, Any]
+    cc: str | None = None
+    protocol: Protocol = Protocol()
+    group: str | None = None
+    description: str | None = None
+    source: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ssh_when_host(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "transport" not in data and data.get("host"):
+            return {**data, "transport": "ssh"}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not NAME.match(name):
+            raise ValueError("a device name is letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return name
+
+    @field_validator("host", "user", "key")
+    @classmethod
+    def _fits_transport(cls, value: str | None, info: ValidationInfo) -> str | None:
+        transport = info.data.get("transport")
+        if transport == "ssh" and info.field_name != "key" and not value:
+            raise ValueError(f"an ssh device needs `{info.field_name}`")
+        if transport == "local" and value is not None:
+            raise ValueError(f"a local device has no `{info.field_name}`")
+        return value
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, target: Any) -> Any:
+        example = "{kind: llvm, mtriple: aarch64-linux-gnu, mcpu: cortex-a72}"
+        if isinstance(target, str):
+            raise ValueError(f"a TVM target is a mapping, not a string: write e.g. {example}")
+        if isinstance(target, dict) and not (isinstance(target.get("kind"), str) and target["kind"]):
+            raise ValueError(f"a TVM target needs a string `kind` (llvm, cuda, nvptx, ...), e.g. {example}")
+        try:
+            json.dumps(target)
+        except (TypeError, ValueError):
+            raise ValueError("a TVM target holds only strings, numbers, booleans, lists and mappings") from None
+        return target
+
+
+LOCAL = Device(name="local", transport="local", target={"kind": "llvm", "mcpu": "host"},
+               protocol=Protocol(threads=1, cpus=[0]), description="this machine")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Devices by name (``local`` included) and the device names of each group."""
+
+    devices: dict[str, Device]
+    groups: dict[str, list[str]]
+
+    def get(self, name: str) -> Device:
+        if name not in self.devices:
+            raise RegistryError(f"unknown device {name!r}; known devices: {', '.join(self.devices)}")
+        return self.devices[name]
+
+    def select(self, names: Iterable[str]) -> list[Device]:
+        """Devices named directly or through their group, in order, each once."""
+        chosen: dict[str, Device] = {}
+        for name in [names] if isinstance(names, str) else names:
+            if name in self.groups:
+                chosen.update((member, self.devices[member]) for member in self.groups[name])
+            elif name in self.devices:
+                chosen[name] = self.devices[name]
+            else:
+                raise RegistryError(f"unknown device or group {name!r}; known devices: {', '.join(self.devices)}; "
+                                    f"groups: {', '.join(self.groups) or 'none'}")
+        return list(chosen.values())
+
+
+def load_registry(directory: str | Path | None = None) -> Registry:
+    """The registry in ``directory``, else ``$HWLOOP_REGISTRY``, else ``./devices`` if it exists."""
+    if directory is None:
+        directory = os.environ.get("HWLOOP_REGISTRY") or (Path("devices") if Path("devices").is_dir() else None)
+    files: list[Path] = []
+    if directory is not None:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise RegistryError(f"{directory}: registry folder does not exist")
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    documents = [(path, _read(path)) for path in files]
+    groups = _groups(documents)
+
+    devices = {"local": LOCAL}
+    sources: dict[str, Path] = {}
+    members: dict[str, list[str]] = {name: [] for name in groups}
+    for path, doc in documents:
+        for name, fields in doc["devices"].items():
+            if name in sources:
+                raise RegistryError(f"{path}: device {name!r}: also defined in {sources[name]}")
+            device = _device(path, name, fields, groups)
+            devices[name], sources[name] = device, path
+            if device.group:
+                members[device.group].append(name)
+    for name in groups:
+        if name in devices:
+            raise RegistryError(f"{groups[name][0]}: group {name!r}: a device has the same name; "
+                                "group and device names must differ")
+    return Registry(devices, members)
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """A file's ``devices`` and ``groups`` mappings (empty when absent)."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = "; ".join(filter(None, (exc.context, exc.problem)))
+        raise RegistryError(f"{path}:{where} not valid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read: {exc}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{path}: the top level must be a mapping with `devices:` (and optional `groups:`), "
+                            f"not a {type(doc).__name__}")
+    unknown = sorted(map(str, set(doc) - {"devices", "groups"}))
+    if unknown:
+        raise RegistryError(f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                            "expected `devices:` and optional `groups:`")
+    for section in ("devices", "groups"):
+        doc[section] = doc.get(section) or {}
+        if not isinstance(doc[section], dict):
+            raise RegistryError(f"{path}: `{section}:` must be a mapping of names to fields")
+        for name in doc[section]:
+            if not isinstance(name, str):
+                raise RegistryError(f"{path}: {section[:-1]} {name!r}: names are strings (quote it)")
+    return doc
+
+
+def _groups(documents: list[tuple[Path, dict]]) -> dict[str, tuple[Path, dict]]:
+    """Every group's file and default fields, checked for what a group may not hold."""
+    groups: dict[str, tuple[Path, dict]] = {}
+    for path, doc in documents:
+        for name, fields in doc["groups"].items():
+            where = f"{path}: group {name!r}"
+            if name in groups:
+                raise RegistryError(f"{where}: also defined in {groups[name][0]}")
+            if not isinstance(fields, dict):
+                raise RegistryError(f"{where}: expected a mapping of default fields")
+            _refuse(where, fields, ("name", "source", "group"))
+            for key in fields:
+                if key not in Device.model_fields:
+                    raise RegistryError(f"{where}: field {key!r}: {_unknown(Device)}")
+            groups[name] = (path, fields)
+    return groups
+
+
+def _device(path: Path, name: str, fields: Any, groups: dict[str, tuple[Path, dict]]) -> Device:
+    """The device ``name`` of file ``path``, with its group's defaults filled in."""
+    where = f"{path}: device {name!r}"
+    if not isinstance(fields, dict):
+        raise RegistryError(f"{where}: expected a mapping of fields")
+    _refuse(where, fields, ("name", "source"))
+    merged, defaults, origin, group = dict(fields), {}, "", fields.get("group")
+    if group is not None:
+        if not isinstance(group, str) or group not in groups:
+            raise RegistryError(f"{where}: field 'group': no group {group!r} in the registry "
+                                f"(groups: {', '.join(map(str, groups)) or 'none'})")
+        group_path, defaults = groups[group]
+        origin = f" (inherited from group {group!r} in {group_path})"
+        if isinstance(defaults.get("protocol"), dict) and isinstance(fields.get("protocol"), dict):
+            merged["protocol"] = {**defaults["protocol"], **fields["protocol"]}
+        merged = {**defaults, **merged}
+    try:
+        return Device.model_validate({**merged, "name": name, "source": str(path)})
+    except ValidationError as exc:
+        raise RegistryError("\n".join(
+            f"{where}: field {'.'.join(map(str, e['loc']))!r}: {_message(e)}"
+            f"{origin if _inherited(e['loc'], fields, defaults) else ''}" for e in exc.errors())) from None
+
+
+def _refuse(where: str, fields: dict, reserved: tuple[str, ...]) -> None:
+    for key in fields:
+        if key in SECRETS:
+            raise RegistryError(f"{where}: field {key!r}: {NO_SECRETS}")
+        if key in reserved:
+            raise RegistryError(f"{where}: field {key!r}: {RESERVED[key]}")
+
+
+def _inherited(loc: tuple, own: dict, defaults: dict) -> bool:
+    """Whether the value at ``loc`` came from the group rather than the device's own fields."""
+    if not loc or loc[0] not in defaults:
+        return False
+    if loc[0] not in own:
+        return True
+    nested = own[loc[0]], defaults[loc[0]]
+    return (loc[0] == "protocol" and len(loc) > 1 and all(isinstance(n, dict) for n in nested)
+            and loc[1] not in nested[0] and loc[1] in nested[1])
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown(Protocol if error["loc"][0] == "protocol" else Device)
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _unknown(model: type[BaseModel]) -> str:
+    known = [name for name in model.model_fields if name not in ("name", "source")]
+    return f"unknown field (known fields: {', '.join(known)})"

@@ -1,0 +1,122 @@
+"""Timing built layers on a device through a TVM RPC session, with TVM's evaluator semantics.
+
+Each artifact is uploaded, checked once against torch, warmed up, then timed with
+``time_evaluator(number, repeat, min_repeat_ms, cooldown)``. A measurement whose coefficient of
+variation exceeds the protocol's ``max_cv`` is taken again, up to ``max_attempts`` times, and the
+steadiest attempt is kept. Failures come back as values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .kernels import random_inputs, reference, relative_error, tolerance
+from .layers import LayerConfig
+from .registry import Protocol
+
+
+@dataclass
+class Measurement:
+    """One timed layer: per-repeat latencies in ms, or the stage and error that stopped it."""
+
+    status: str = "ok"
+    stage: str | None = None
+    error: str | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    attempts: int = 0
+    check_error: float | None = None
+    seconds: float = 0.0
+    timing_s: float = 0.0
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else None
+
+    @property
+    def mean_ms(self) -> float | None:
+        return statistics.fmean(self.latencies_ms) if self.latencies_ms else None
+
+    @property
+    def min_ms(self) -> float | None:
+        return min(self.latencies_ms) if self.latencies_ms else None
+
+    @property
+    def std_ms(self) -> float | None:
+        return statistics.pstdev(self.latencies_ms) if self.latencies_ms else None
+
+    @property
+    def cv(self) -> float | None:
+        mean = self.mean_ms
+        return self.std_ms / mean if mean else None
+
+
+class Runner:
+    """Measures artifacts on one device over an RPC session, reconnecting after a failure."""
+
+    def __init__(self, transport, protocol: Protocol):
+        self.transport = transport
+        self.protocol = protocol
+        self._session = None
+        self._stage = "connect"
+
+    def measure(self, config: LayerConfig, artifact: str) -> Measurement:
+        start = time.perf_counter()
+        self._stage = "connect"
+        try:
+            if self._session is None:
+                self._session = self.transport.connect()
+            result = self._measure(self._session, config, artifact)
+        except Exception as exc:  # noqa: BLE001 - the session may be gone; the row records why
+            self._session = None
+            result = Measurement("failed", self._stage, f"{type(exc).__name__}: {str(exc).strip()[:2000]}")
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _measure(self, session, config: LayerConfig, artifact: str) -> Measurement:
+        import tvm
+
+        name = Path(artifact).name
+        self._stage = "upload"
+        session.upload(artifact, target=name)
+        try:
+            self._stage = "load"
+            module = session.load_module(name)
+            self._stage = "check"
+            device = session.cpu(0)
+            data, weight = random_inputs(config)
+            args = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
+                    tvm.runtime.empty(config.output_shape, config.dtype, device)]
+            module["main"](*args)
+            error = relative_error(args[2].numpy(), reference(config, data, weight))
+            if not error <= tolerance(config):
+                return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
+                                   check_error=error)
+            self._stage = "run"
+            return self._time(module, device, args, error)
+        finally:
+            session.remove(name)
+
+    def _time(self, module, device, args, check_error: float) -> Measurement:
+        start = time.perf_counter()
+        p = self.protocol
+        if p.warmup:
+            module.time_evaluator("main", device, number=p.warmup, repeat=1)(*args)
+        evaluator = module.time_evaluator("main", device, number=p.number, repeat=p.repeat,
+                                          min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
+        best = None
+        for attempt in range(1, p.max_attempts + 1):
+            latencies = [seconds * 1e3 for seconds in evaluator(*args).results]
+            candidate = Measurement(latencies_ms=latencies, attempts=attempt, check_error=check_error)
+            if best is None or candidate.cv < best.cv:
+                best = candidate
+            best.attempts = attempt
+            if candidate.cv <= p.max_cv:
+                break
+        best.timing_s = time.perf_counter() - start
+        return best
+
+    def close(self) -> None:
+        self._session = None

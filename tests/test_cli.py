@@ -1,0 +1,81 @@
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from hwloop.cli import app
+
+runner = CliRunner()
+
+SPACE = """\
+layers:
+  - op: conv2d
+    in_channels: 4
+    out_channels: [4, 6]
+    input_hw: 8
+    kernel: 3
+    stride: 1
+    groups: 1
+  - op: linear
+    in_channels: 16
+    out_channels: 3
+"""
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_devices_list_and_show(registry_dir):
+    listed = json.loads(invoke("devices", "list", "--registry", registry_dir, "--json").stdout)
+    assert {d["name"] for d in listed} == {"local", "broken-cc"}
+    shown = json.loads(invoke("devices", "show", "local", "--registry", registry_dir).stdout)
+    assert shown["resolved_target"]["mcpu"] != "host" and shown["protocol"]["repeat"] == 3
+
+
+def test_devices_check_runs_a_kernel(registry_dir, cache_dir):
+    result = invoke("devices", "check", "local", "--registry", registry_dir, "--cache", cache_dir, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["latency_ms"] > 0 and report["check_error"] <= 1e-4
+
+
+def test_unknown_device_and_bad_registry_are_clear_errors(registry_dir, tmp_path):
+    result = invoke("devices", "show", "nope", "--registry", registry_dir)
+    assert result.exit_code == 2 and "unknown device 'nope'" in result.stderr
+    (tmp_path / "bad.yaml").write_text("devices:\n  pi:\n    host: pi.local\n    user: pi\n    target: llvm\n")
+    result = invoke("devices", "list", "--registry", tmp_path)
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.stderr and "'pi'" in result.stderr and "target" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_collect_space_then_tables(registry_dir, cache_dir, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    tables = tmp_path / "tables"
+    args = ("collect", "-d", "local", "--space", space, "--registry", registry_dir, "--tables", tables,
+            "--cache", cache_dir)
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["planned"], summary["measured"], summary["failed"]) == (3, 3, 0)
+
+    again = json.loads(invoke(*args, "--json").stdout)
+    assert (again["skipped"], again["measured"]) == (3, 0)
+
+    shown = json.loads(invoke("tables", "show", "local", "--tables", tables, "--json").stdout)
+    assert {r["op"]: r["configs"] for r in shown} == {"conv2d": 2, "linear": 1}
+
+    csv = tmp_path / "local.csv"
+    assert invoke("tables", "export", "local", "--csv", csv, "--tables", tables).exit_code == 0
+    assert len(pd.read_csv(csv)) == 3
+
+
+def test_collect_refuses_bad_arguments(registry_dir, tmp_path):
+    assert "exactly one of --model and --space" in invoke("collect", "-d", "local", "--registry", registry_dir).stderr
+    result = invoke("collect", "-d", "local", "-m", "resnet20", "--schedule", "fast", "--registry", registry_dir)
+    assert result.exit_code == 2 and "unknown schedule policy 'fast'" in result.stderr
+    (tmp_path / "space.yaml").write_text("layers:\n  - op: conv2d\n    in_channels: x\n")
+    result = invoke("collect", "-d", "local", "--space", tmp_path / "space.yaml", "--registry", registry_dir)
+    assert result.exit_code == 2 and "space.yaml" in result.stderr

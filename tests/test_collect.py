@@ -1,0 +1,51 @@
+from hwloop import tables
+from hwloop.collect import collect
+from hwloop.layers import LayerConfig
+from hwloop.registry import load_registry
+from hwloop.schedules import parse_policy
+
+SPACE = [
+    LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in (4, 7)
+] + [LayerConfig("depthwise_conv2d", 6, 6, 8, 8, kernel=3, padding=1, groups=6), LayerConfig("linear", 32, 5)]
+
+
+def test_collect_measures_each_config_once_and_resumes(registry_dir, cache_dir, tmp_path):
+    device = load_registry(registry_dir).get("local")
+    policy = parse_policy("untuned")
+    first = collect(device, SPACE + SPACE[:1], policy, tmp_path, cache_dir)
+    assert (first.planned, first.skipped, first.measured, first.failed) == (4, 0, 4, 0)
+
+    table = tables.read(tmp_path, "local")
+    assert sorted(table.config_id) == sorted(c.id for c in SPACE)
+    row = table.iloc[0]
+    assert row.status == "ok" and row.latency_ms > 0 and row.repeats == 3
+    assert row.schedule == "untuned" and '"kind":"llvm"' in row.target and row.tvm_version
+    assert row.fp_id and row.fp_cores >= 1 and row.check_error <= 1e-4
+
+    again = collect(device, SPACE, policy, tmp_path, cache_dir)
+    assert (again.skipped, len(again.rows)) == (4, 0)
+
+    forced = collect(device, SPACE[:2], policy, tmp_path, cache_dir, force=True)
+    assert forced.measured == 2
+    assert len(tables.read(tmp_path, "local")) == 6
+
+
+def test_failures_are_rows_and_a_rerun_retries_them(registry_dir, cache_dir, tmp_path):
+    device = load_registry(registry_dir).get("broken-cc")
+    policy = parse_policy("untuned")
+    summary = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    assert (summary.measured, summary.failed) == (0, 2)
+    table = tables.read(tmp_path, "broken-cc")
+    assert set(table.status) == {"failed"} and set(table.stage) == {"build"}
+    assert table.error.str.contains("cross-gcc").all()
+    retry = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    assert retry.skipped == 0 and len(tables.read(tmp_path, "broken-cc")) == 4
+
+
+def test_another_protocol_is_another_measurement(registry_dir, cache_dir, tmp_path):
+    registry = load_registry(registry_dir)
+    policy = parse_policy("untuned")
+    collect(registry.get("local"), SPACE[:1], policy, tmp_path, cache_dir)
+    other = registry.get("local").model_copy(update={"protocol": registry.get("broken-cc").protocol})
+    summary = collect(other, SPACE[:1], policy, tmp_path, cache_dir)
+    assert summary.skipped == 0 and summary.measured == 1
