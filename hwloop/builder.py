@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .layers import LayerConfig
+from .lifetime import die_with_parent
 from .schedules import parse_policy
 from .targets import canonical
 
@@ -86,6 +87,7 @@ def _cross_compiler(cc: str | None):
 
 
 def _init_worker(cpus: list[int] | None) -> None:
+    die_with_parent()
     if cpus:
         os.sched_setaffinity(0, cpus)
     sys.modules["torch"] = None  # tvm_ffi imports torch eagerly; builds never use it (~3 s per worker)

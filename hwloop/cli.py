@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,7 +36,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, emoji=False)
     raise typer.Exit(2)
 
 
@@ -105,7 +106,8 @@ def devices_check(name: str, registry: RegistryOpt = None,
         out.print(f"[green]ok[/] {name}: {report['config']} ran correctly in {report['latency_ms']:.4f} ms "
                   f"(cv {report['latency_cv']:.3f}) on {fp['cpu_model']} ({fp['arch']}, {fp['cores']} cores)")
     else:
-        out.print(f"[red]failed[/] {name} at {report['stage']}: {report['error']}")
+        out.print(f"[red]failed[/] {name} at {report['stage']}: {escape(report['error'])}", highlight=False,
+                  emoji=False)
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -229,7 +231,8 @@ def _print_summary(summary, tables: Path, as_json: bool) -> None:
               f"failed {record['failed']} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
               f"→ {record['table']}")
     for failure in record["failures"][:10]:
-        out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {failure['error']}", highlight=False)
+        out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+                  highlight=False, emoji=False)
 
 
 def _read_table(tables: Path, device: str):

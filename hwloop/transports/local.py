@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -12,13 +11,8 @@ import tempfile
 import time
 
 from .. import fingerprint
+from ..lifetime import die_with_parent
 from ..registry import Protocol
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -43,9 +37,9 @@ class LocalTransport:
         if protocol.cpus:
             command = ["taskset", "-c", ",".join(map(str, protocol.cpus)), *command]
         env = dict(os.environ, TVM_NUM_THREADS=str(protocol.threads))
-        self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                         start_new_session=True)
+        self._process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM), start_new_session=True)
         self._wait_ready(start_timeout)
 
     def _wait_ready(self, timeout: float) -> None:

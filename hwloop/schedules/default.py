@@ -1,0 +1,472 @@
+"""The ``default`` policy: rule-based schedules, no search.
+
+On CPU (``llvm``) targets, every PrimFunc whose blocks contain a recognised contraction is
+scheduled by a fixed rule sized to the target's vector width and register file:
+
+* conv2d NCHW (any kernel, stride, padding; groups whose per-group output channels fill whole
+  vectors) and dense/matmul: output channels vectorised, weights repacked to
+  ``[O // T, ..., O % T]`` (zero-padded, so ragged channel counts run whole vectors), a
+  register tile of output positions, reduction innermost-but-two;
+* depthwise and other grouped conv2d: output width vectorised, rows and channels outer;
+* dense whose reduction is contiguous in both operands and a multiple of the vector width:
+  reduction vectorised through ``rfactor``.
+
+Blocks are recognised by structure (``C[...] += A[...] * B[...]`` with the index patterns of a
+conv or a matmul), not by name. Injective blocks that consume the result (bias, scale/shift,
+ReLU, residual add) are inlined into the accumulator's write-back; the padding stage is computed
+per parallel tile. GPU targets get TVM's dlight GPU rules. Other PrimFuncs are left as they are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import ScheduleError
+from tvm.target import Target, codegen
+
+GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
+
+
+@dataclass(frozen=True)
+class CpuModel:
+    """What the rules need to know about a CPU: SIMD register width and count."""
+
+    vector_bits: int
+    registers: int
+
+    def lanes(self, dtype: str) -> int:
+        return max(self.vector_bits // tvm.runtime.DataType(dtype).bits, 1)
+
+    @property
+    def accumulators(self) -> int:
+        """Vector registers a register tile may hold, leaving room for operands."""
+        return self.registers * 3 // 4
+
+
+def cpu_model(target: Target | dict) -> CpuModel:
+    """The SIMD width and register count of an ``llvm`` target, from its mtriple, mcpu and mattr."""
+    target = _as_target(target)
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    arch = triple.split("-")[0]
+    if arch in ("aarch64", "arm64", "aarch64_be"):
+        return CpuModel(128, 32)
+    if arch in ("x86_64", "i386", "i686"):
+        if codegen.llvm_cpu_has_features(["avx512f"], target):
+            return CpuModel(512, 32)
+        if codegen.llvm_cpu_has_features(["avx"], target):
+            return CpuModel(256, 16)
+    return CpuModel(128, 16)
+
+
+def vector_lanes(target: Target | dict, dtype: str = "float32") -> int:
+    """Elements of ``dtype`` in one SIMD register of ``target``."""
+    return cpu_model(target).lanes(dtype)
+
+
+def schedule(mod: tvm.IRModule, target: Target | dict) -> tvm.IRModule:
+    """``mod`` with every recognised PrimFunc scheduled for ``target``; others unchanged."""
+    target = _as_target(target)
+    if target.kind.name in GPU_KINDS:
+        return _schedule_gpu(mod, target)
+    if target.kind.name != "llvm":
+        return mod
+    cpu = cpu_model(target)
+    out = mod.clone()
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
+            scheduled = schedule_func(func, cpu)
+            if scheduled is not None:
+                out[gvar] = scheduled
+    return out
+
+
+def schedule_func(func: tirx.PrimFunc, cpu: CpuModel) -> tirx.PrimFunc | None:
+    """``func`` scheduled by the CPU rules, or None if no block in it is recognised."""
+    sch = s_tir.Schedule(func)
+    found = [c for c in (_contraction(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root"))) if c]
+    if not found:
+        return None
+    try:
+        for contraction in found:
+            _schedule_contraction(sch, contraction, cpu)
+    except ScheduleError as exc:
+        warnings.warn(f"default schedule: left {func.attrs.get('global_symbol', 'a PrimFunc')} "
+                      f"unscheduled: {str(exc).splitlines()[-1]}", stacklevel=2)
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _as_target(target: Target | dict) -> Target:
+    return target if isinstance(target, Target) else Target(target)
+
+
+def _schedule_gpu(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    from tvm.s_tir import dlight as dl
+
+    rules = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+    with target:
+        return rules(mod.clone())
+
+
+# --- recognition --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """A block ``out[s...] += a[...] * b[...]`` over spatial iters ``s`` and reduction iters ``r``."""
+
+    block: s_tir.schedule.SBlockRV
+    loops: dict  # block iter var -> its loop
+    extents: dict  # block iter var -> int extent
+    spatial: tuple  # spatial iter vars, block order
+    reduce: tuple  # reduction iter vars, block order
+    out: tuple  # output indices (iter vars)
+    operands: tuple  # the two multiplied BufferLoads
+    dtype: str
+
+    def vars_of(self, load: tvm.ir.TensorLoad, dim: int) -> set:
+        return {v for v in tirx.analysis.undefined_vars(load.indices[dim]) if v in self.extents}
+
+    def read_index(self, load: tvm.ir.TensorLoad, sch: s_tir.Schedule) -> int:
+        reads = sch.get(self.block).reads
+        return next(i for i, r in enumerate(reads) if r.source.same_as(load.source))
+
+
+def _contraction(sch: s_tir.Schedule, block) -> Contraction | None:
+    stmt = sch.get(block)
+    body = stmt.body
+    if stmt.init is None or len(stmt.writes) != 1 or not isinstance(body, tirx.BufferStore):
+        return None
+    value = body.value
+    if not isinstance(value, tirx.Add):
+        return None
+    acc, product = value.a, value.b
+    if not _same_load(acc, body):
+        acc, product = product, acc
+    if not _same_load(acc, body) or not isinstance(product, tirx.Mul):
+        return None
+    operands = (product.a, product.b)
+    if not all(isinstance(o, tvm.ir.TensorLoad) and o.source.dtype == body.buffer.dtype for o in operands):
+        return None
+    loops = sch.get_loops(block)
+    bindings = _block_realize(sch, block).iter_values
+    if len(loops) != len(stmt.iter_vars):
+        return None
+    iters, extents = {}, {}
+    for loop, iv, binding in zip(loops, stmt.iter_vars, bindings):
+        loop_stmt = sch.get(loop)
+        if not binding.same_as(loop_stmt.loop_var) or not isinstance(iv.dom.extent, tirx.IntImm):
+            return None
+        if iv.iter_type not in (tirx.IterVar.DataPar, tirx.IterVar.CommReduce):
+            return None
+        iters[iv.var] = loop
+        extents[iv.var] = int(iv.dom.extent)
+    spatial = tuple(iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar)
+    reduce = tuple(iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
+    out = tuple(body.indices)
+    if not reduce or not all(map(_is_var, out)) or len(set(out)) != len(out) or set(out) != set(spatial):
+        return None
+    return Contraction(block, iters, extents, spatial, reduce, out, operands, str(body.buffer.dtype))
+
+
+def _same_load(expr, store: tirx.BufferStore) -> bool:
+    return (
+        isinstance(expr, tvm.ir.TensorLoad)
+        and expr.source.same_as(store.buffer)
+        and len(expr.indices) == len(store.indices)
+        and all(a.same_as(b) for a, b in zip(expr.indices, store.indices))
+    )
+
+
+def _block_realize(sch, block):
+    return tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block)
+
+
+def _is_var(expr) -> bool:
+    return isinstance(expr, tirx.Var)
+
+
+@dataclass(frozen=True)
+class ConvRoles:
+    """The iters of an NCHW conv2d contraction and its data/weight operands."""
+
+    n: tirx.Var
+    f: tirx.Var
+    y: tirx.Var
+    x: tirx.Var
+    rc: tirx.Var
+    data: tvm.ir.TensorLoad
+    weight: tvm.ir.TensorLoad
+    out_per_group: int  # output channels sharing one input-channel group (Cout if groups == 1)
+
+
+def _conv_roles(c: Contraction) -> ConvRoles | None:
+    """The roles of an NCHW/OIHW conv2d: ``out[n,f,y,x] += data[n, g(f)+rc, y*s+ry, x*s+rx] * w[f,rc,ry,rx]``."""
+    if len(c.out) != 4 or len(c.reduce) != 3:
+        return None
+    n, f, y, x = c.out
+    for weight, data in (c.operands, c.operands[::-1]):
+        idx = weight.indices
+        if len(idx) != 4 or len(data.indices) != 4 or not all(map(_is_var, idx)) or not idx[0].same_as(f):
+            continue
+        rc, ry, rx = idx[1], idx[2], idx[3]
+        if {rc, ry, rx} != set(c.reduce):
+            continue
+        dims = [c.vars_of(data, d) for d in range(4)]
+        if dims[0] != {n} or rc not in dims[1] or not dims[1] <= {rc, f}:
+            continue
+        if dims[2] != {y, ry} and not (dims[2] == {y} and c.extents[ry] == 1):
+            continue
+        if dims[3] != {x, rx} and not (dims[3] == {x} and c.extents[rx] == 1):
+            continue
+        in_channels = int(data.source.shape[1])
+        groups = in_channels // c.extents[rc] if f in dims[1] else 1
+        return ConvRoles(n, f, y, x, rc, data, weight, c.extents[f] // max(groups, 1))
+    return None
+
+
+@dataclass(frozen=True)
+class MatmulRoles:
+    """``out[i, j] += a[i|k] * b[j|k]``: ``j`` is the output's last axis, ``b`` the operand holding it."""
+
+    i: tirx.Var
+    j: tirx.Var
+    k: tirx.Var
+    a: tvm.ir.TensorLoad
+    b: tvm.ir.TensorLoad
+
+
+def _matmul_roles(c: Contraction) -> MatmulRoles | None:
+    if len(c.out) != 2 or len(c.reduce) != 1:
+        return None
+    i, j = c.out
+    k = c.reduce[0]
+    for a, b in (c.operands, c.operands[::-1]):
+        if all(map(_is_var, [*a.indices, *b.indices])) and set(a.indices) == {i, k} and set(b.indices) == {j, k}:
+            return MatmulRoles(i, j, k, a, b)
+    return None
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+
+def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) -> None:
+    lanes = cpu.lanes(c.dtype)
+    conv = _conv_roles(c)
+    if conv is not None:
+        if conv.out_per_group % lanes == 0 or conv.out_per_group == c.extents[conv.f]:
+            _channel_vector(sch, c, conv.f, conv.weight, [conv.n, conv.y], conv.x, cpu, conv.data)
+        else:
+            _width_vector(sch, c, conv, cpu)
+        return
+    mm = _matmul_roles(c)
+    if mm is None:
+        return
+    contiguous = mm.a.indices[-1].same_as(mm.k) and mm.b.indices[-1].same_as(mm.k)
+    if contiguous and c.extents[mm.k] % lanes == 0:
+        _reduction_vector(sch, c, mm, cpu)
+    else:
+        _channel_vector(sch, c, mm.j, mm.b, [], mm.i, cpu, None)
+
+
+def _channel_vector(sch, c: Contraction, f, weight, outer, inner, cpu: CpuModel, data) -> None:
+    """Vectorise output channel ``f`` over a zero-padded repacked weight; tile ``inner`` positions.
+
+    ``outer`` positions are fused into the parallel loop, where the data's producer is computed.
+    """
+    block, lanes = c.block, cpu.lanes(c.dtype)
+    vectors = 2 if -(-c.extents[f] // lanes) % 2 == 0 else 1
+    width = lanes * vectors
+    f_dim = [i for i, v in enumerate(weight.indices) if v.same_as(f)][0]
+
+    def pack(*idx):
+        rest = [v for d, v in enumerate(idx) if d != f_dim]
+        return (idx[f_dim] // width, *rest, idx[f_dim] % width)
+
+    packed = sch.cache_read(block, c.read_index(weight, sch), "global")
+    sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
+    f_out = [d for d, v in enumerate(c.out) if v.same_as(f)][0]
+    _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
+
+    fo, fi = sch.split(c.loops[f], [None, width], disable_predication=True)
+    import os
+    budget = cpu.accumulators // vectors
+    positions = [v for v in c.out if not v.same_as(f)]
+    x = positions[-1]
+    y = positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 else None
+    if y is not None and os.environ.get("HW_2D", "1") == "1":
+        yt, xt = _tile_2d(c.extents[y], c.extents[x], budget)
+        yo, yi = sch.split(c.loops[y], [None, yt])
+    else:
+        yo = yi = None
+        xt = _tile_1d(c.extents[x], budget)
+    xo, xi = sch.split(c.loops[x], [None, xt])
+    rest = [c.loops[v] for v in positions[:-2 if y is not None else -1]]
+    reductions = [c.loops[r] for r in c.reduce]
+    order = os.environ.get("HW_ORDER", "rows")
+    outer = [l for l in [*rest, yo] if l is not None]
+    inner = [l for l in [yi, xi] if l is not None]
+    if order == "rows":
+        sch.reorder(*outer, fo, xo, *reductions, *inner, fi)
+        parallel = sch.fuse(*outer) if outer else fo
+    else:
+        sch.reorder(fo, *outer, xo, *reductions, *inner, fi)
+        parallel = sch.fuse(fo, *outer)
+    sch.parallel(parallel)
+    fv, fl = sch.split(fi, [vectors, lanes])
+    for l in inner:
+        sch.unroll(l)
+    sch.unroll(fv)
+    sch.vectorize(fl)
+    _writeback_at(sch, block, xo)
+    sch.decompose_reduction(block, reductions[0])
+    sch.parallel(sch.get_loops(packed)[0])
+    if data is not None:
+        if order == "rows":
+            _producer_at(sch, block, data, parallel, lanes)
+        else:
+            for producer in sch.get_producers(block):
+                if any(w.source.same_as(data.source) for w in sch.get(producer).writes):
+                    sch.parallel(sch.fuse(*sch.get_loops(producer)[:2]))
+
+
+def _tile_1d(extent, limit):
+    best = _divisor_tile(extent, limit)
+    if best * 2 <= limit and extent > limit:
+        n = -(-extent // limit)
+        return -(-extent // n)
+    return best
+
+
+def _tile_2d(h, w, limit):
+    import os
+    cands = []
+    for yt in range(1, min(h, limit) + 1):
+        for xt in range(1, min(w, limit // yt) + 1):
+            waste = (-(-h // yt) * yt * -(-w // xt) * xt) / (h * w)
+            cands.append((yt * xt / waste, xt, yt))
+    _, xt, yt = max(cands)
+    return yt, xt
+
+
+def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
+    """Vectorise output width; channels and rows outer (depthwise, small groups)."""
+    block, lanes = c.block, cpu.lanes(c.dtype)
+    _accumulate_locally(sch, c, None)
+    width = c.extents[conv.x]
+    xv_size = _vector_tile(width, lanes)
+    xo, xv = sch.split(c.loops[conv.x], [None, xv_size])
+    per_row = -(-xv_size // lanes)
+    yo, yi = _split_tile(sch, c.loops[conv.y], c.extents[conv.y], max(cpu.accumulators // per_row, 1))
+    reductions = [c.loops[r] for r in c.reduce]
+    n, f = c.loops[conv.n], c.loops[conv.f]
+    sch.reorder(n, f, yo, xo, *reductions, yi, xv)
+    parallel = sch.fuse(n, f)
+    sch.parallel(parallel)
+    for r in reductions:
+        if c.extents[_var_of(c, r)] <= 7:
+            sch.unroll(r)
+    sch.unroll(yi)
+    sch.vectorize(xv)
+    wb = _writeback_at(sch, block, xo)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.decompose_reduction(block, reductions[0])
+    _producer_at(sch, block, conv.data, parallel, lanes)
+
+
+def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> None:
+    """Dense with a contiguous reduction: ``k`` split by the vector width and rfactored."""
+    block, lanes = c.block, cpu.lanes(c.dtype)
+    _accumulate_locally(sch, c, None)
+    i_tile = _divisor_tile(c.extents[mm.i], 4)
+    j_tile = max(min(cpu.accumulators // i_tile, 8), 1)
+    io, ii = sch.split(c.loops[mm.i], [None, i_tile])
+    jo, ji = _split_tile(sch, c.loops[mm.j], c.extents[mm.j], j_tile)
+    ko, kv = sch.split(c.loops[mm.k], [None, lanes])
+    sch.reorder(io, jo, ko, ii, ji, kv)
+    rf = sch.rfactor(kv, factor_axis=2)
+    sch.parallel(sch.fuse(io, jo))
+    parallel = sch.get_loops(rf)[0]
+    sch.reverse_compute_at(block, parallel)
+    _writeback_at(sch, block, parallel)
+    sch.set_scope(rf, 0, "local")
+    loops = sch.get_loops(rf)
+    sch.unroll(loops[-3])
+    sch.unroll(loops[-2])
+    sch.vectorize(loops[-1])
+    sch.decompose_reduction(rf, loops[1])
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _var_of(c: Contraction, loop) -> tirx.Var:
+    return next(v for v, l in c.loops.items() if l.same_as(loop))
+
+
+def _accumulate_locally(sch, c: Contraction, layout):
+    """Accumulate in a local buffer (``layout`` orders its axes); inline injective consumers into its write-back."""
+    writeback = sch.cache_write(c.block, 0, "local")
+    if layout is not None:
+        sch.transform_layout(c.block, ("write", 0), layout)
+    while True:
+        consumers = sch.get_consumers(writeback)
+        if len(consumers) != 1:
+            break
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except ScheduleError:
+            break
+    return writeback
+
+
+def _writeback_at(sch, block, loop):
+    """Move the accumulator's write-back (the block consuming ``block``) under ``loop``."""
+    (writeback,) = sch.get_consumers(block)
+    sch.reverse_compute_at(writeback, loop)
+    return writeback
+
+
+def _producer_at(sch, block, load: tvm.ir.TensorLoad, loop, lanes: int) -> None:
+    """Compute the injective producer of ``load``'s buffer (the padding stage) under ``loop``."""
+    for producer in sch.get_producers(block):
+        stmt = sch.get(producer)
+        if any(w.source.same_as(load.source) for w in stmt.writes):
+            if any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars):
+                return
+            sch.compute_at(producer, loop)
+
+
+def _vectorize_producer(sch, block, lanes: int, parallel: bool) -> None:
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    extent = sch.get(inner).extent
+    if isinstance(extent, tirx.IntImm) and int(extent) >= lanes:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+    if parallel and len(loops) > 1:
+        sch.parallel(loops[0])
+
+
+def _divisor_tile(extent: int, limit: int) -> int:
+    return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+
+
+def _split_tile(sch, loop, extent: int, limit: int):
+    """Split ``loop`` by the largest divisor of ``extent`` up to ``limit``, or by ``limit`` (with a
+    predicated tail) when no divisor reaches half of it."""
+    limit = max(limit, 1)
+    tile = _divisor_tile(extent, limit)
+    if extent > limit and tile * 2 <= limit:
+        tile = limit
+    return sch.split(loop, [None, tile])
+
+
+def _vector_tile(extent: int, lanes: int) -> int:
+    """A width tile for ``extent``: the divisor up to four vectors wasting the fewest lanes."""
+    candidates = [d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0]
+    return min(candidates, key=lambda d: (-(-d // lanes) * lanes / d, -d))

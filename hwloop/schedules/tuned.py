@@ -1,0 +1,187 @@
+"""The ``tuned:N`` policy: MetaSchedule search with N measured candidates, its records kept and reused.
+
+Each (target, workload) pair has its own JSON database under ``work_dir/<target>/<workload>/``, keyed
+by short hashes of the target's configuration and the module's structural hash, with MetaSchedule's
+logs in ``logs/`` beside it. A workload whose database already holds a valid record is not tuned
+again: its best record is replayed. A file lock serialises processes that share a database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+NUMBER = 3
+REPEAT = 1
+MIN_REPEAT_MS = 40
+TRIALS_PER_ROUND = 64
+BUILD_WORKERS = 2
+BUILD_TIMEOUT_S = 30.0
+RUN_TIMEOUT_S = 30.0
+
+_LOGGER = "tvm.s_tir.meta_schedule"
+_INTRIN_PACKAGE = "tvm.s_tir.tensor_intrin"
+
+
+def tune(mod, target, trials: int, work_dir: Path):
+    """``mod`` scheduled for ``target`` by MetaSchedule with a budget of ``trials`` measured candidates.
+
+    Reuses the best record already in ``work_dir`` for this workload and target without tuning.
+    Raises ``RuntimeError`` when no candidate builds and runs.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be positive, got {trials}")
+    from tvm.s_tir import meta_schedule as ms
+
+    _register_intrinsics(target)
+    directory = database_dir(mod, target, work_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / "lock"):
+        database = ms.database.JSONDatabase(work_dir=str(directory))
+        scheduled = database.query_ir_module(mod, target, "main")
+        if scheduled is None:
+            with _logs_in(directory / "logs"):
+                _search(mod, target, trials, database, directory)
+            scheduled = database.query_ir_module(mod, target, "main")
+    if scheduled is None:
+        raise RuntimeError(
+            f"MetaSchedule found no valid schedule in {trials} trials; see {directory / 'logs'}"
+        )
+    return scheduled
+
+
+def database_dir(mod, target, work_dir: Path) -> Path:
+    """Where the records of ``mod`` tuned for ``target`` are kept."""
+    import tvm_ffi
+
+    config = json.dumps(target.export(), sort_keys=True, default=list)
+    target_key = hashlib.sha256(config.encode()).hexdigest()[:16]
+    return Path(work_dir) / target_key / f"{tvm_ffi.structural_hash(mod) & (2**64 - 1):016x}"
+
+
+def _search(mod, target, trials: int, database, directory: Path) -> None:
+    import cloudpickle
+    from tvm.s_tir import meta_schedule as ms
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    context = ms.TuneContext(
+        mod,
+        target=target,
+        space_generator="post-order-apply",
+        search_strategy="evolutionary",
+        task_name="main",
+        num_threads=BUILD_WORKERS,
+        logger=logging.getLogger(f"{_LOGGER}.hwloop"),
+    )
+    builder = ms.builder.LocalBuilder(max_workers=BUILD_WORKERS, timeout_sec=BUILD_TIMEOUT_S, f_build=_build)
+    runner = ms.runner.LocalRunner(
+        timeout_sec=RUN_TIMEOUT_S,
+        evaluator_config=ms.runner.EvaluatorConfig(
+            number=NUMBER, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS, enable_cpu_cache_flush=False
+        ),
+        initializer=functools.partial(_limit_threads, _num_cores(target)),
+    )
+    try:
+        ms.tune.tune_tasks(
+            tasks=[context],
+            task_weights=[1.0],
+            work_dir=str(directory),
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials, TRIALS_PER_ROUND),
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model="xgb",
+            measure_callbacks="default",
+            task_scheduler="round-robin",
+        )
+    finally:
+        runner.pool.shutdown()
+
+
+def _build(mod, target, _params):
+    """MetaSchedule's default build without its import of every tensor intrinsic (a minute per worker)."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _limit_threads(threads: int) -> None:
+    """Run candidates with as many threads as the target has cores (set before TVM's pool starts)."""
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def _num_cores(target) -> int:
+    cores = target.attrs.get("num-cores")
+    if cores is None:
+        raise ValueError(f"MetaSchedule needs num-cores in the target: {target}")
+    return int(cores)
+
+
+def _register_intrinsics(target) -> None:
+    """Register the tensor intrinsics MetaSchedule may use for ``target``.
+
+    ``tvm.s_tir.tensor_intrin`` registers every backend's intrinsics on import, 1-2 minutes (mostly
+    CUDA), and ``TuneContext`` imports it. For CPU targets an empty package stands in for it first
+    and only the target architecture's module is imported (under a second for x86).
+    """
+    if target.kind.name != "llvm":
+        importlib.import_module(_INTRIN_PACKAGE)
+        return
+    if _INTRIN_PACKAGE not in sys.modules:
+        spec = importlib.util.find_spec(_INTRIN_PACKAGE)
+        package = types.ModuleType(_INTRIN_PACKAGE)
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules[_INTRIN_PACKAGE] = package
+    importlib.import_module(f"{_INTRIN_PACKAGE}.{_architecture(target)}")
+
+
+def _architecture(target) -> str:
+    from tvm.target import codegen
+
+    triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
+    if triple.startswith(("aarch64", "arm")):
+        return "arm_cpu"
+    if triple.startswith("riscv"):
+        return "riscv_cpu"
+    return "x86"
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _logs_in(directory: Path):
+    """Send MetaSchedule's logging to ``directory/tune.log`` only, for the duration of a search."""
+    directory.mkdir(exist_ok=True)
+    handler = logging.FileHandler(directory / "tune.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    logger = logging.getLogger(_LOGGER)
+    saved = logger.handlers, logger.level, logger.propagate
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+        handler.close()
