@@ -13,7 +13,10 @@ import os
 import sys
 import time
 import traceback
+from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,18 +102,26 @@ class BuildPool:
 
     def __init__(self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None):
         allowed = sorted(os.sched_getaffinity(0))
-        cpus = [c for c in allowed if c not in set(avoid_cpus or [])] or allowed
+        self.cpus = [c for c in allowed if c not in set(avoid_cpus or [])] or allowed
         self.cache_dir = Path(cache_dir)
-        self.workers = workers or len(cpus)
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(cpus,),
-        )
+        self.workers = workers or len(self.cpus)
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.cpus,))
 
     def submit(self, job: BuildJob) -> Future:
-        return self._executor.submit(build, job, self.cache_dir)
+        try:
+            return self._executor.submit(build, job, self.cache_dir)
+        except BrokenProcessPool:
+            self.restart()
+            return self._executor.submit(build, job, self.cache_dir)
+
+    def restart(self) -> None:
+        """Replace the workers after one died (a crashed compiler breaks the whole pool)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -120,3 +131,41 @@ class BuildPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BuildQueue:
+    """Yields the builds of ``jobs`` in order while keeping up to ``depth`` of them in flight.
+
+    When a worker dies, the pool is restarted and the jobs in flight are submitted again; the job
+    at the head of the queue is blamed, and fails after ``max_crashes`` deaths.
+    """
+
+    def __init__(self, pool: BuildPool, jobs: list[BuildJob], depth: int | None = None, max_crashes: int = 2):
+        self.pool = pool
+        self.depth = depth or 2 * pool.workers + 1
+        self.max_crashes = max_crashes
+        self.crashes: Counter[int] = Counter()  # by id(job): a job's target is a dict
+        self.todo = deque(jobs)
+        self.inflight: deque[tuple[BuildJob, Future]] = deque()
+        self._refill()
+
+    def _refill(self) -> None:
+        while self.todo and len(self.inflight) < self.depth:
+            job = self.todo.popleft()
+            self.inflight.append((job, self.pool.submit(job)))
+
+    def __iter__(self) -> Iterator[Built]:
+        while self.inflight:
+            job, future = self.inflight.popleft()
+            try:
+                built = future.result()
+            except BrokenProcessPool:
+                self.crashes[id(job)] += 1
+                self.pool.restart()
+                retry = [job] if self.crashes[id(job)] < self.max_crashes else []
+                self.inflight = deque((j, self.pool.submit(j)) for j in retry + [j for j, _ in self.inflight])
+                if retry:
+                    continue
+                built = Built(job, None, f"the build worker died {self.max_crashes} times building this config", 0.0)
+            self._refill()
+            yield built

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from . import __version__, tables
-from .builder import BuildJob, BuildPool, Built, tvm_version
+from .builder import BuildJob, BuildPool, BuildQueue, Built, tvm_version
 from .layers import LayerConfig
 from .registry import Device
 from .runner import Measurement, Runner
@@ -32,15 +30,19 @@ class Context:
 
     device: Device
     policy: Policy
-    target: str
+    target: dict
     protocol: str
     protocol_id: str
 
     @classmethod
     def of(cls, device: Device, policy: Policy) -> "Context":
         protocol = device.protocol.model_dump_json()
-        return cls(device, policy, canonical(resolve(device.target, device.protocol.threads)), protocol,
+        return cls(device, policy, resolve(device.target, device.protocol.threads), protocol,
                    hashlib.sha256(protocol.encode()).hexdigest()[:12])
+
+    @property
+    def target_json(self) -> str:
+        return canonical(self.target)
 
 
 @dataclass
@@ -68,7 +70,7 @@ def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, forc
         return unique
     table = tables.read(tables_dir, context.device.name)
     done = table[(table.status == "ok") & (table.schedule == context.policy.name)
-                 & (table.target == context.target) & (table.protocol_id == context.protocol_id)]
+                 & (table.target == context.target_json) & (table.protocol_id == context.protocol_id)]
     measured = set(done.config_id)
     return [c for c in unique if c.id not in measured]
 
@@ -86,10 +88,11 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
     if todo:
         avoid = device.protocol.cpus if device.transport == "local" else None
         with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
-            builds = _BuildQueue(pool, todo, context, depth=2 * pool.workers + 1)
+            builds = BuildQueue(pool, [BuildJob(c, context.target, policy.name, device.cc) for c in todo])
             with open_transport(device) as transport:
                 runner = Runner(transport, device.protocol)
-                for config, built in builds:
+                for built in builds:
+                    config = built.job.config
                     measurement = (runner.measure(config, built.artifact) if built.artifact
                                    else Measurement("failed", "build", built.error))
                     row = make_row(context, config, built, measurement, transport.fingerprint())
@@ -99,37 +102,6 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
                         on_row(row)
     summary.wall_s = time.perf_counter() - start
     return summary
-
-
-class _BuildQueue:
-    """Iterates (config, Built) in order while keeping ``depth`` builds in flight."""
-
-    def __init__(self, pool: BuildPool, configs: list[LayerConfig], context: Context, depth: int):
-        self.pool, self.context, self.depth = pool, context, depth
-        self.todo = deque(configs)
-        self.inflight: deque = deque()
-        self._refill()
-
-    def _job(self, config: LayerConfig) -> BuildJob:
-        import json
-
-        return BuildJob(config, json.loads(self.context.target), self.context.policy.name, self.context.device.cc)
-
-    def _refill(self) -> None:
-        while self.todo and len(self.inflight) < self.depth:
-            config = self.todo.popleft()
-            job = self._job(config)
-            self.inflight.append((config, job, self.pool.submit(job)))
-
-    def __iter__(self):
-        while self.inflight:
-            config, job, future = self.inflight.popleft()
-            try:
-                built = future.result()
-            except BrokenProcessPool as exc:
-                built = Built(job, None, f"build worker died: {exc}", 0.0)
-            self._refill()
-            yield config, built
 
 
 def make_row(context: Context, config: LayerConfig, built: Built, m: Measurement, fp: dict) -> dict:
@@ -153,7 +125,7 @@ def make_row(context: Context, config: LayerConfig, built: Built, m: Measurement
         "attempts": m.attempts,
         "check_error": m.check_error,
         "schedule": context.policy.name,
-        "target": context.target,
+        "target": context.target_json,
         "cc": context.device.cc,
         "protocol": context.protocol,
         "protocol_id": context.protocol_id,

@@ -1,8 +1,11 @@
+import os
+import signal
+
 import numpy as np
 import pytest
 import tvm
 
-from hwloop.builder import BuildJob, BuildPool, build
+from hwloop.builder import BuildJob, BuildPool, BuildQueue, build
 from hwloop.kernels import random_inputs, reference, relative_error, tolerance
 from hwloop.layers import LayerConfig
 
@@ -53,3 +56,19 @@ def test_pool_builds_in_worker_processes(host_target, tmp_path):
         results = [pool.submit(BuildJob(c, host_target, "untuned")).result() for c in CONFIGS[:2]]
     assert all(r.artifact for r in results)
     assert all(_run_local(c, r.artifact) <= tolerance(c) for c, r in zip(CONFIGS, results))
+
+
+def test_queue_survives_killed_workers(host_target, tmp_path):
+    killer = tmp_path / "kills-its-parent"
+    killer.write_text("#!/bin/sh\nkill -9 $PPID\n")
+    killer.chmod(0o755)
+    crashing = BuildJob(CONFIGS[1], host_target, "untuned", cc=str(killer))
+    jobs = [BuildJob(CONFIGS[0], host_target, "untuned"), crashing, BuildJob(CONFIGS[2], host_target, "untuned")]
+    with BuildPool(tmp_path, workers=1) as pool:
+        queue = BuildQueue(pool, jobs, depth=2)
+        for process in list(pool._executor._processes.values()):
+            os.kill(process.pid, signal.SIGKILL)
+        results = list(queue)
+    assert [r.job for r in results] == jobs
+    assert results[0].artifact and results[2].artifact
+    assert results[1].artifact is None and "worker died 2 times" in results[1].error

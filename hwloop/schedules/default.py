@@ -28,6 +28,7 @@ from tvm.s_tir import ScheduleError
 from tvm.target import Target, codegen
 
 GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
+WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class CpuModel:
     @property
     def accumulators(self) -> int:
         """Vector registers a register tile may hold, leaving room for operands."""
-        return self.registers * 3 // 4
+        return self.registers // 2
 
 
 def cpu_model(target: Target | dict) -> CpuModel:
@@ -259,7 +260,7 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
     conv = _conv_roles(c)
     if conv is not None:
         if conv.out_per_group % lanes == 0 or conv.out_per_group == c.extents[conv.f]:
-            _channel_vector(sch, c, conv.f, conv.weight, [conv.n, conv.y], conv.x, cpu, conv.data)
+            _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data)
         else:
             _width_vector(sch, c, conv, cpu)
         return
@@ -270,87 +271,65 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
     if contiguous and c.extents[mm.k] % lanes == 0:
         _reduction_vector(sch, c, mm, cpu)
     else:
-        _channel_vector(sch, c, mm.j, mm.b, [], mm.i, cpu, None)
+        _channel_vector(sch, c, mm.j, mm.b, mm.i, cpu, None)
 
 
-def _channel_vector(sch, c: Contraction, f, weight, outer, inner, cpu: CpuModel, data) -> None:
-    """Vectorise output channel ``f`` over a zero-padded repacked weight; tile ``inner`` positions.
+def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) -> None:
+    """Vectorise output channel ``f`` over a zero-padded repacked weight, with a register tile of
+    output positions (the output's other axes; ``inner`` is their innermost, tiled by divisors).
 
-    ``outer`` positions are fused into the parallel loop, where the data's producer is computed.
+    Small weights stay in cache while rows of output stream past them (the data's producer is
+    computed per row); large weights are walked once, channel tile outermost.
     """
     block, lanes = c.block, cpu.lanes(c.dtype)
-    vectors = 2 if -(-c.extents[f] // lanes) % 2 == 0 else 1
+    positions = [v for v in c.out if not v.same_as(f)]
+    rows = positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 and inner.same_as(positions[-1]) else None
+    vectors, row_tile, col_tile = _register_tile(c.extents[f], c.extents[rows] if rows is not None else 1,
+                                                 c.extents[inner], lanes, cpu.accumulators)
     width = lanes * vectors
-    f_dim = [i for i, v in enumerate(weight.indices) if v.same_as(f)][0]
+    f_dim = [d for d, v in enumerate(weight.indices) if v.same_as(f)][0]
+    f_out = [d for d, v in enumerate(c.out) if v.same_as(f)][0]
 
     def pack(*idx):
-        rest = [v for d, v in enumerate(idx) if d != f_dim]
-        return (idx[f_dim] // width, *rest, idx[f_dim] % width)
+        return (idx[f_dim] // width, *idx[:f_dim], *idx[f_dim + 1:], idx[f_dim] % width)
 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
-    f_out = [d for d, v in enumerate(c.out) if v.same_as(f)][0]
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
 
     fo, fi = sch.split(c.loops[f], [None, width], disable_predication=True)
-    import os
-    budget = cpu.accumulators // vectors
-    positions = [v for v in c.out if not v.same_as(f)]
-    x = positions[-1]
-    y = positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 else None
-    if y is not None and os.environ.get("HW_2D", "1") == "1":
-        yt, xt = _tile_2d(c.extents[y], c.extents[x], budget)
-        yo, yi = sch.split(c.loops[y], [None, yt])
-    else:
-        yo = yi = None
-        xt = _tile_1d(c.extents[x], budget)
-    xo, xi = sch.split(c.loops[x], [None, xt])
-    rest = [c.loops[v] for v in positions[:-2 if y is not None else -1]]
+    tiled = []
+    if rows is not None:
+        ro, ri = sch.split(c.loops[rows], [None, row_tile])
+        tiled.append((ro, ri))
+    xo, xi = sch.split(c.loops[inner], [None, col_tile])
+    outer = [c.loops[v] for v in positions if not v.same_as(inner) and (rows is None or not v.same_as(rows))]
+    outer += [o for o, _ in tiled]
     reductions = [c.loops[r] for r in c.reduce]
-    order = os.environ.get("HW_ORDER", "rows")
-    outer = [l for l in [*rest, yo] if l is not None]
-    inner = [l for l in [yi, xi] if l is not None]
-    if order == "rows":
-        sch.reorder(*outer, fo, xo, *reductions, *inner, fi)
-        parallel = sch.fuse(*outer) if outer else fo
-    else:
-        sch.reorder(fo, *outer, xo, *reductions, *inner, fi)
+    register_tile = [i for _, i in tiled] + [xi]
+    packed_bytes = _bytes(sch.get(packed).writes[0].source)
+    if packed_bytes > WEIGHT_CACHE_BYTES or not outer:
+        sch.reorder(fo, *outer, xo, *reductions, *register_tile, fi)
         parallel = sch.fuse(fo, *outer)
+    else:
+        sch.reorder(*outer, fo, xo, *reductions, *register_tile, fi)
+        parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     fv, fl = sch.split(fi, [vectors, lanes])
-    for l in inner:
-        sch.unroll(l)
-    sch.unroll(fv)
+    for loop in [*register_tile, fv]:
+        sch.unroll(loop)
     sch.vectorize(fl)
     _writeback_at(sch, block, xo)
     sch.decompose_reduction(block, reductions[0])
     sch.parallel(sch.get_loops(packed)[0])
     if data is not None:
-        if order == "rows":
-            _producer_at(sch, block, data, parallel, lanes)
-        else:
-            for producer in sch.get_producers(block):
-                if any(w.source.same_as(data.source) for w in sch.get(producer).writes):
-                    sch.parallel(sch.fuse(*sch.get_loops(producer)[:2]))
-
-
-def _tile_1d(extent, limit):
-    best = _divisor_tile(extent, limit)
-    if best * 2 <= limit and extent > limit:
-        n = -(-extent // limit)
-        return -(-extent // n)
-    return best
-
-
-def _tile_2d(h, w, limit):
-    import os
-    cands = []
-    for yt in range(1, min(h, limit) + 1):
-        for xt in range(1, min(w, limit // yt) + 1):
-            waste = (-(-h // yt) * yt * -(-w // xt) * xt) / (h * w)
-            cands.append((yt * xt / waste, xt, yt))
-    _, xt, yt = max(cands)
-    return yt, xt
+        producer = _producer(sch, block, data)
+        if producer is not None:
+            if packed_bytes > WEIGHT_CACHE_BYTES:
+                loops = sch.get_loops(producer)
+                sch.parallel(sch.fuse(*loops[:2]) if len(loops) > 1 else loops[0])
+            else:
+                sch.compute_at(producer, parallel)
 
 
 def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
@@ -375,7 +354,9 @@ def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
     wb = _writeback_at(sch, block, xo)
     sch.vectorize(sch.get_loops(wb)[-1])
     sch.decompose_reduction(block, reductions[0])
-    _producer_at(sch, block, conv.data, parallel, lanes)
+    producer = _producer(sch, block, conv.data)
+    if producer is not None:
+        sch.compute_at(producer, parallel)
 
 
 def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> None:
@@ -385,7 +366,7 @@ def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> No
     i_tile = _divisor_tile(c.extents[mm.i], 4)
     j_tile = max(min(cpu.accumulators // i_tile, 8), 1)
     io, ii = sch.split(c.loops[mm.i], [None, i_tile])
-    jo, ji = _split_tile(sch, c.loops[mm.j], c.extents[mm.j], j_tile)
+    jo, ji = sch.split(c.loops[mm.j], [None, _balanced_tile(c.extents[mm.j], j_tile)])
     ko, kv = sch.split(c.loops[mm.k], [None, lanes])
     sch.reorder(io, jo, ko, ii, ji, kv)
     rf = sch.rfactor(kv, factor_axis=2)
@@ -431,25 +412,13 @@ def _writeback_at(sch, block, loop):
     return writeback
 
 
-def _producer_at(sch, block, load: tvm.ir.TensorLoad, loop, lanes: int) -> None:
-    """Compute the injective producer of ``load``'s buffer (the padding stage) under ``loop``."""
+def _producer(sch, block, load: tvm.ir.TensorLoad):
+    """The injective block producing ``load``'s buffer (the padding stage), if any."""
     for producer in sch.get_producers(block):
         stmt = sch.get(producer)
         if any(w.source.same_as(load.source) for w in stmt.writes):
-            if any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars):
-                return
-            sch.compute_at(producer, loop)
-
-
-def _vectorize_producer(sch, block, lanes: int, parallel: bool) -> None:
-    loops = sch.get_loops(block)
-    inner = loops[-1]
-    extent = sch.get(inner).extent
-    if isinstance(extent, tirx.IntImm) and int(extent) >= lanes:
-        _, vec = sch.split(inner, [None, lanes])
-        sch.vectorize(vec)
-    if parallel and len(loops) > 1:
-        sch.parallel(loops[0])
+            return producer if all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars) else None
+    return None
 
 
 def _divisor_tile(extent: int, limit: int) -> int:
@@ -457,13 +426,46 @@ def _divisor_tile(extent: int, limit: int) -> int:
 
 
 def _split_tile(sch, loop, extent: int, limit: int):
-    """Split ``loop`` by the largest divisor of ``extent`` up to ``limit``, or by ``limit`` (with a
-    predicated tail) when no divisor reaches half of it."""
-    limit = max(limit, 1)
+    """Split ``loop`` by the largest divisor of ``extent`` up to ``limit``."""
+    return sch.split(loop, [None, _divisor_tile(extent, max(limit, 1))])
+
+
+def _balanced_tile(extent: int, limit: int) -> int:
+    """The largest divisor of ``extent`` up to ``limit`` if it reaches half of it, else the
+    smallest tile that covers ``extent`` in as many steps as ``limit`` would."""
     tile = _divisor_tile(extent, limit)
-    if extent > limit and tile * 2 <= limit:
-        tile = limit
-    return sch.split(loop, [None, tile])
+    if tile * 2 > limit or extent <= limit:
+        return tile
+    return -(-extent // -(-extent // limit))
+
+
+def _register_tile(channels: int, rows: int, cols: int, lanes: int, budget: int) -> tuple[int, int, int]:
+    """``(vectors, row_tile, col_tile)`` for a tile of ``vectors * lanes`` channels by
+    ``row_tile x col_tile`` positions (exact divisors) holding at most ``budget`` accumulators.
+
+    Scored by the useful share of the padded channels times the FMA share of an inner step
+    (``v * p`` FMAs against ``v + p`` loads, plus a fixed overhead).
+    """
+    best = None
+    for vectors in range(1, max(budget // 4, 1) + 1):
+        used = channels / (-(-channels // (lanes * vectors)) * lanes * vectors)
+        for row_tile in (d for d in range(1, rows + 1) if rows % d == 0):
+            for col_tile in (d for d in range(1, cols + 1) if cols % d == 0):
+                tile = row_tile * col_tile
+                if vectors * tile > budget:
+                    continue
+                score = used * vectors * tile / (max(vectors * tile, vectors + tile) + 2)
+                key = (round(score, 6), col_tile, -vectors)
+                if best is None or key > best[0]:
+                    best = (key, (vectors, row_tile, col_tile))
+    return best[1]
+
+
+def _bytes(buffer) -> int:
+    size = tvm.runtime.DataType(buffer.dtype).bits // 8
+    for dim in buffer.shape:
+        size *= int(dim)
+    return size
 
 
 def _vector_tile(extent: int, lanes: int) -> int:

@@ -24,6 +24,7 @@ NUMBER = 3
 REPEAT = 1
 MIN_REPEAT_MS = 40
 TRIALS_PER_ROUND = 64
+WARMUP_TRIALS = 100
 BUILD_WORKERS = 2
 BUILD_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 30.0
@@ -100,7 +101,7 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
             builder=builder,
             runner=runner,
             database=database,
-            cost_model="xgb",
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=WARMUP_TRIALS, num_tuning_cores=BUILD_WORKERS),
             measure_callbacks="default",
             task_scheduler="round-robin",
         )
