@@ -29,7 +29,7 @@ out = Console()
 err = Console(stderr=True)
 
 RegistryOpt = Annotated[Optional[Path], typer.Option(
-    "--registry", help="Folder of device YAML files [default: $HWLOOP_REGISTRY, else ./devices].",
+    "--registry", help="Folder of device YAML files (default: $HWLOOP_REGISTRY, else ./devices).",
     show_default=False)]
 TablesOpt = Annotated[Path, typer.Option("--tables", help="Folder of measurement tables, one sub-folder per device.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -152,7 +152,7 @@ def collect(
     schedule: Annotated[str, typer.Option(help="Schedule policy: untuned, or tuned:N (MetaSchedule with N trials).")] = "untuned",
     tables: TablesOpt = Path("tables"),
     registry: RegistryOpt = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Build cache [default: $HWLOOP_CACHE, else ~/.cache/hwloop].",
+    cache: Annotated[Optional[Path], typer.Option(help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).",
                                                   show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Measure again configs already in the table.")] = False,
     as_json: JsonOpt = False,
@@ -163,7 +163,7 @@ def collect(
 
       hwloop collect --device local --model resnet20 --samples 60
 
-      hwloop collect --device local --space spaces/convs.yaml --schedule tuned:64
+      hwloop collect --device local --space docs/space.yaml --schedule tuned:64
     """
     from .collect import collect as run_collect
     from .schedules import PolicyError, parse_policy
@@ -185,7 +185,7 @@ def collect(
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
     state = {"failed": 0}
     with progress:
-        task = progress.add_task(f"{dev.name} [{policy.name}]", total=None, rate="-", failed=0)
+        task = progress.add_task(f"{dev.name} · {policy.name}", total=None, rate="-", failed=0)
 
         def on_start(total: int) -> None:
             progress.update(task, total=total)
@@ -201,6 +201,10 @@ def collect(
             summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
         except TransportError as exc:
             _fail(str(exc))
+        except KeyboardInterrupt:
+            err.print(f"interrupted: every measurement written so far is kept in {tables_mod.device_dir(tables, dev.name)}; "
+                      "run the same command again to measure the rest")
+            raise typer.Exit(130) from None
     _print_summary(summary, tables, as_json)
     if summary.failed:
         raise typer.Exit(1)

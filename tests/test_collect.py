@@ -1,3 +1,5 @@
+import pytest
+
 from hwloop import tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
@@ -49,3 +51,13 @@ def test_another_protocol_is_another_measurement(registry_dir, cache_dir, tmp_pa
     other = registry.get("local").model_copy(update={"protocol": registry.get("broken-cc").protocol})
     summary = collect(other, SPACE[:1], policy, tmp_path, cache_dir)
     assert summary.skipped == 0 and summary.measured == 1
+
+
+@pytest.mark.slow
+def test_tuned_policy_is_built_in_the_pool_and_recorded(registry_dir, tmp_path):
+    device = load_registry(registry_dir).get("local")
+    summary = collect(device, SPACE[:1], parse_policy("tuned:4"), tmp_path / "tables", tmp_path / "cache")
+    assert summary.measured == 1, summary.rows[0]["error"]
+    row = tables.read(tmp_path / "tables", "local").iloc[0]
+    assert row.schedule == "tuned:4" and row.check_error <= 1e-4
+    assert any((tmp_path / "cache" / "metaschedule" / "4").rglob("*.json"))

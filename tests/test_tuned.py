@@ -48,6 +48,14 @@ def test_rejects_an_empty_budget(tmp_path):
         tune(_conv(4, 4, 8), None, 0, tmp_path)
 
 
+def test_each_target_and_workload_has_its_own_database(host_target, tmp_path):
+    one, two = (tvm.target.Target({**host_target, "num-cores": n}) for n in (1, 2))
+    conv = _conv(8, 8, 16)
+    assert database_dir(conv, one, tmp_path) == database_dir(_conv(8, 8, 16), one, tmp_path)
+    assert database_dir(conv, one, tmp_path) != database_dir(conv, two, tmp_path)
+    assert database_dir(conv, one, tmp_path) != database_dir(_conv(8, 4, 16), one, tmp_path)
+
+
 @pytest.mark.slow
 def test_tuned_conv_is_scheduled_and_matches_torch(tuned_conv, target):
     work_dir, mod, scheduled = tuned_conv
@@ -88,3 +96,10 @@ def test_another_workload_gets_its_own_records(tuned_conv, target):
     assert database_dir(other, target, work_dir) != database_dir(mod, target, work_dir)
     assert 1 <= _records(database_dir(other, target, work_dir)) <= 4
     assert _records(database_dir(mod, target, work_dir)) == records
+
+
+@pytest.mark.slow
+def test_no_valid_candidate_raises(tmp_path):
+    board = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 1})
+    with pytest.raises(RuntimeError, match="no valid schedule"):
+        tune(_conv(4, 4, 8), board, 2, tmp_path)

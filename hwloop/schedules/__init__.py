@@ -31,7 +31,7 @@ class Policy:
         if self.kind == "tuned":
             from .tuned import tune
 
-            return tune(mod, target, self.trials, work_dir / "metaschedule")
+            return tune(mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
         return mod
 
 

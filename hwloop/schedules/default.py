@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import ScheduleError
+from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target, codegen
 
 GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
+VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into registers)
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
 
 
@@ -203,6 +205,7 @@ class ConvRoles:
     data: tvm.ir.TensorLoad
     weight: tvm.ir.TensorLoad
     out_per_group: int  # output channels sharing one input-channel group (Cout if groups == 1)
+    stride: int  # of the width axis
 
 
 def _conv_roles(c: Contraction) -> ConvRoles | None:
@@ -226,7 +229,8 @@ def _conv_roles(c: Contraction) -> ConvRoles | None:
             continue
         in_channels = int(data.source.shape[1])
         groups = in_channels // c.extents[rc] if f in dims[1] else 1
-        return ConvRoles(n, f, y, x, rc, data, weight, c.extents[f] // max(groups, 1))
+        stride = int(detect_linear_equation(data.indices[3], [x])[0])
+        return ConvRoles(n, f, y, x, rc, data, weight, c.extents[f] // max(groups, 1), stride)
     return None
 
 
@@ -256,10 +260,9 @@ def _matmul_roles(c: Contraction) -> MatmulRoles | None:
 
 
 def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) -> None:
-    lanes = cpu.lanes(c.dtype)
     conv = _conv_roles(c)
     if conv is not None:
-        if conv.out_per_group % lanes == 0 or conv.out_per_group == c.extents[conv.f]:
+        if conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
             _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data)
         else:
             _width_vector(sch, c, conv, cpu)
@@ -268,7 +271,7 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
     if mm is None:
         return
     contiguous = mm.a.indices[-1].same_as(mm.k) and mm.b.indices[-1].same_as(mm.k)
-    if contiguous and c.extents[mm.k] % lanes == 0:
+    if contiguous:
         _reduction_vector(sch, c, mm, cpu)
     else:
         _channel_vector(sch, c, mm.j, mm.b, mm.i, cpu, None)
@@ -325,11 +328,7 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     if data is not None:
         producer = _producer(sch, block, data)
         if producer is not None:
-            if packed_bytes > WEIGHT_CACHE_BYTES:
-                loops = sch.get_loops(producer)
-                sch.parallel(sch.fuse(*loops[:2]) if len(loops) > 1 else loops[0])
-            else:
-                sch.compute_at(producer, parallel)
+            _compute_producer_at(sch, producer, None if packed_bytes > WEIGHT_CACHE_BYTES else parallel)
 
 
 def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
@@ -356,11 +355,15 @@ def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
     sch.decompose_reduction(block, reductions[0])
     producer = _producer(sch, block, conv.data)
     if producer is not None:
-        sch.compute_at(producer, parallel)
+        if conv.stride > 1:
+            s = conv.stride
+            sch.transform_layout(producer, ("write", 0), lambda *i: (*i[:-1], i[-1] % s, i[-1] // s), pad_value=0.0)
+        _compute_producer_at(sch, producer, parallel, conv.stride)
 
 
 def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> None:
-    """Dense with a contiguous reduction: ``k`` split by the vector width and rfactored."""
+    """Dense with a contiguous reduction: ``k`` split by the vector width and rfactored; a ragged
+    ``k`` gets a scalar tail (the reduction loop is partitioned at lowering)."""
     block, lanes = c.block, cpu.lanes(c.dtype)
     _accumulate_locally(sch, c, None)
     i_tile = _divisor_tile(c.extents[mm.i], 4)
@@ -370,16 +373,18 @@ def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> No
     ko, kv = sch.split(c.loops[mm.k], [None, lanes])
     sch.reorder(io, jo, ko, ii, ji, kv)
     rf = sch.rfactor(kv, factor_axis=2)
-    sch.parallel(sch.fuse(io, jo))
-    parallel = sch.get_loops(rf)[0]
+    io, jo, ko, ii, ji, kv = sch.get_loops(rf)
+    parallel = sch.fuse(io, jo)
+    sch.parallel(parallel)
     sch.reverse_compute_at(block, parallel)
     _writeback_at(sch, block, parallel)
     sch.set_scope(rf, 0, "local")
-    loops = sch.get_loops(rf)
-    sch.unroll(loops[-3])
-    sch.unroll(loops[-2])
-    sch.vectorize(loops[-1])
-    sch.decompose_reduction(rf, loops[1])
+    sch.unroll(ii)
+    sch.unroll(ji)
+    sch.vectorize(kv)
+    if c.extents[mm.k] % lanes:
+        sch.annotate(ko, "pragma_loop_partition_hint", 1)
+    sch.decompose_reduction(rf, ko)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -419,6 +424,34 @@ def _producer(sch, block, load: tvm.ir.TensorLoad):
         if any(w.source.same_as(load.source) for w in stmt.writes):
             return producer if all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars) else None
     return None
+
+
+def _compute_producer_at(sch, producer, loop, stride: int = 1) -> None:
+    """Compute ``producer`` under ``loop`` (or at the root, in parallel, if None); a padding stage
+    is split into a zero fill and a branch-free copy, both vectorised along their innermost axis.
+    With ``stride > 1`` the producer's buffer has been de-interleaved
+    (``w -> (w % stride, w // stride)``), so that axis is walked phase by phase."""
+    if loop is not None:
+        sch.compute_at(producer, loop)
+        loops = sch.get_loops(producer)
+        anchor = sch.get_sref(loop)
+        below = loops[1 + next(i for i, l in enumerate(loops) if sch.get_sref(l).same_as(anchor)):]
+    else:
+        below = sch.get_loops(producer)
+    blocks = [producer]
+    if below and sch.can_decompose_padding(producer, below[0]):
+        blocks.append(sch.decompose_padding(producer, below[0]))
+    for block in blocks:
+        loops = sch.get_loops(block)
+        inner = loops[-1]
+        if stride > 1:
+            outer, phase = sch.split(inner, [None, stride])
+            sch.reorder(phase, outer)
+            inner = outer
+        if int(sch.get(inner).extent) <= VECTORIZE_LIMIT:
+            sch.vectorize(inner)
+        if loop is None and len(loops) > 1:
+            sch.parallel(loops[0])
 
 
 def _divisor_tile(extent: int, limit: int) -> int:

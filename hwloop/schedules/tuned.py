@@ -19,21 +19,26 @@ import sys
 import types
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tvm
 
 NUMBER = 3
 REPEAT = 1
 MIN_REPEAT_MS = 40
 TRIALS_PER_ROUND = 64
-WARMUP_TRIALS = 100
+COST_MODEL_WARMUP = 100
 BUILD_WORKERS = 2
 BUILD_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 30.0
 
 _LOGGER = "tvm.s_tir.meta_schedule"
 _INTRIN_PACKAGE = "tvm.s_tir.tensor_intrin"
+_ALL_INTRINSICS = ("cuda", "x86", "arm_cpu", "riscv_cpu", "rocm", "hexagon")
 
 
-def tune(mod, target, trials: int, work_dir: Path):
+def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: Path) -> tvm.IRModule:
     """``mod`` scheduled for ``target`` by MetaSchedule with a budget of ``trials`` measured candidates.
 
     Reuses the best record already in ``work_dir`` for this workload and target without tuning.
@@ -55,16 +60,17 @@ def tune(mod, target, trials: int, work_dir: Path):
             scheduled = database.query_ir_module(mod, target, "main")
     if scheduled is None:
         raise RuntimeError(
-            f"MetaSchedule found no valid schedule in {trials} trials; see {directory / 'logs'}"
+            f"MetaSchedule found no valid schedule in {trials} trials (every candidate failed to build "
+            f"or run); see {directory / 'logs'}"
         )
     return scheduled
 
 
-def database_dir(mod, target, work_dir: Path) -> Path:
+def database_dir(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path) -> Path:
     """Where the records of ``mod`` tuned for ``target`` are kept."""
     import tvm_ffi
 
-    config = json.dumps(target.export(), sort_keys=True, default=list)
+    config = json.dumps(json.loads(str(target)), sort_keys=True)
     target_key = hashlib.sha256(config.encode()).hexdigest()[:16]
     return Path(work_dir) / target_key / f"{tvm_ffi.structural_hash(mod) & (2**64 - 1):016x}"
 
@@ -73,12 +79,13 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
     import cloudpickle
     from tvm.s_tir import meta_schedule as ms
 
+    threads = _num_cores(target)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     context = ms.TuneContext(
         mod,
         target=target,
         space_generator="post-order-apply",
-        search_strategy="evolutionary",
+        search_strategy=_strategy(trials),
         task_name="main",
         num_threads=BUILD_WORKERS,
         logger=logging.getLogger(f"{_LOGGER}.hwloop"),
@@ -89,7 +96,7 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
         evaluator_config=ms.runner.EvaluatorConfig(
             number=NUMBER, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS, enable_cpu_cache_flush=False
         ),
-        initializer=functools.partial(_limit_threads, _num_cores(target)),
+        initializer=functools.partial(_limit_threads, threads),
     )
     try:
         ms.tune.tune_tasks(
@@ -101,7 +108,9 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
             builder=builder,
             runner=runner,
             database=database,
-            cost_model=ms.cost_model.XGBModel(num_warmup_samples=WARMUP_TRIALS, num_tuning_cores=BUILD_WORKERS),
+            cost_model=ms.cost_model.XGBModel(
+                num_warmup_samples=COST_MODEL_WARMUP, num_tuning_cores=BUILD_WORKERS
+            ),
             measure_callbacks="default",
             task_scheduler="round-robin",
         )
@@ -109,12 +118,21 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
         runner.pool.shutdown()
 
 
+def _strategy(trials: int) -> str:
+    """Random replay while the XGBoost cost model is still warming up, evolutionary search after.
+
+    Until it has ``COST_MODEL_WARMUP`` measurements the cost model scores candidates at random, so
+    the evolutionary search would spend about half a minute per round choosing random candidates.
+    """
+    return "replay-trace" if trials <= COST_MODEL_WARMUP else "evolutionary"
+
+
 def _build(mod, target, _params):
     """MetaSchedule's default build without its import of every tensor intrinsic (a minute per worker)."""
-    from tvm.driver import build
+    from tvm import tirx
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+    return tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
 def _limit_threads(threads: int) -> None:
@@ -135,18 +153,17 @@ def _register_intrinsics(target) -> None:
     """Register the tensor intrinsics MetaSchedule may use for ``target``.
 
     ``tvm.s_tir.tensor_intrin`` registers every backend's intrinsics on import, 1-2 minutes (mostly
-    CUDA), and ``TuneContext`` imports it. For CPU targets an empty package stands in for it first
-    and only the target architecture's module is imported (under a second for x86).
+    CUDA), and ``TuneContext`` imports it. An empty package stands in for it, and only the modules
+    the target needs are imported: for a CPU, its architecture's (under a second for x86).
     """
-    if target.kind.name != "llvm":
-        importlib.import_module(_INTRIN_PACKAGE)
-        return
     if _INTRIN_PACKAGE not in sys.modules:
         spec = importlib.util.find_spec(_INTRIN_PACKAGE)
         package = types.ModuleType(_INTRIN_PACKAGE)
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules[_INTRIN_PACKAGE] = package
-    importlib.import_module(f"{_INTRIN_PACKAGE}.{_architecture(target)}")
+    modules = [_architecture(target)] if target.kind.name == "llvm" else _ALL_INTRINSICS
+    for module in modules:
+        importlib.import_module(f"{_INTRIN_PACKAGE}.{module}")
 
 
 def _architecture(target) -> str:
