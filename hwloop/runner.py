@@ -8,6 +8,7 @@ steadiest attempt is kept. Failures come back as values.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,8 @@ class Runner:
             self._stage = "run"
             return self._time(module, device, args, error)
         finally:
-            session.remove(name)
+            with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
+                session.remove(name)
 
     def _time(self, module, device, args, check_error: float) -> Measurement:
         start = time.perf_counter()
@@ -117,6 +119,3 @@ class Runner:
                 break
         best.timing_s = time.perf_counter() - start
         return best
-
-    def close(self) -> None:
-        self._session = None

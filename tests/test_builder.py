@@ -29,9 +29,10 @@ def _run_local(config: LayerConfig, artifact: str) -> np.ndarray:
     return relative_error(out.numpy(), reference(config, data, weight))
 
 
+@pytest.mark.parametrize("policy", ["untuned", "default"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.id)
-def test_untuned_build_matches_torch(config, host_target, cache_dir):
-    built = build(BuildJob(config, host_target, "untuned"), cache_dir)
+def test_build_matches_torch(config, policy, host_target, cache_dir):
+    built = build(BuildJob(config, host_target, policy), cache_dir)
     assert built.error is None and built.artifact
     assert _run_local(config, built.artifact) <= tolerance(config)
 
