@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import tables as tables_mod
 from .paths import cache_dir as default_cache_dir
+from .schedules import POLICY_HELP
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   help="Hardware-in-the-loop, latency-aware channel pruning: measure layers on your boards, "
@@ -149,7 +150,7 @@ def collect(
     input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32 (required for a file).")] = None,
     samples: Annotated[int, typer.Option(help="Configs to sample from a model's space (each layer's dense config always).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
-    schedule: Annotated[str, typer.Option(help="Schedule policy: untuned, or tuned:N (MetaSchedule with N trials).")] = "untuned",
+    schedule: Annotated[str, typer.Option(help=f"Schedule policy: {POLICY_HELP}.")] = "default",
     tables: TablesOpt = Path("tables"),
     registry: RegistryOpt = None,
     cache: Annotated[Optional[Path], typer.Option(help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).",
