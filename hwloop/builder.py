@@ -70,7 +70,7 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = tvm.target.Target(job.target)
-        mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir))
+        mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
         executable = tvm.compile(mod, target)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
         executable.export_library(str(tmp), fcompile=_cross_compiler(job.cc))

@@ -1,8 +1,10 @@
 """Schedule policies: how a layer's PrimFunc is scheduled before it is compiled.
 
 A policy is part of every build and every table row: ``untuned`` is TVM's plain lowering,
-``default`` applies hwloop's rule-based schedules (no search, ~0.2 s a layer) and ``tuned:N`` is
-MetaSchedule with a budget of N measured candidates, its database kept and reused.
+``default`` applies hwloop's rule-based schedules (no search, ~0.2 s a layer), ``tuned:N`` is
+MetaSchedule with a budget of N measured candidates, its database kept and reused, and
+``transfer:N`` replays the ``tuned:N`` traces of a layer's anchor channel counts on the counts
+between them, keeping the fastest of a few candidates.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-POLICY_HELP = ("default (rule-based schedules, no search), untuned (TVM's plain lowering) "
-               "or tuned:N (MetaSchedule, N trials, database reused)")
+POLICY_HELP = ("default (rule-based schedules, no search), untuned (TVM's plain lowering), "
+               "tuned:N (MetaSchedule, N trials, database reused) or transfer:N (tuned:N traces of "
+               "anchor channel counts replayed on the counts between them)")
+SEARCHED = ("tuned", "transfer")
 
 
 class PolicyError(ValueError):
@@ -26,10 +30,13 @@ class Policy:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.trials}" if self.kind == "tuned" else self.kind
+        return f"{self.kind}:{self.trials}" if self.kind in SEARCHED else self.kind
 
-    def apply(self, mod, target, work_dir: Path):
-        """``mod`` scheduled for ``target``; ``work_dir`` keeps what the policy learns (tuning records)."""
+    def apply(self, mod, target, work_dir: Path, config=None):
+        """``mod`` scheduled for ``target``; ``work_dir`` keeps what the policy learns (tuning records).
+
+        ``transfer`` schedules single layers: it needs the layer's ``config``.
+        """
         if self.kind == "default":
             from .default import schedule
 
@@ -38,14 +45,20 @@ class Policy:
             from .tuned import tune
 
             return tune(mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
+        if self.kind == "transfer":
+            if config is None:
+                raise PolicyError("transfer:N schedules single layers; use default, untuned or tuned:N for a whole model")
+            from .transfer import transfer
+
+            return transfer(config, mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
         return mod
 
 
 def parse_policy(spec: str) -> Policy:
-    """``"default"``, ``"untuned"`` or ``"tuned:N"`` as a :class:`Policy`."""
+    """``"default"``, ``"untuned"``, ``"tuned:N"`` or ``"transfer:N"`` as a :class:`Policy`."""
     if spec in ("default", "untuned"):
         return Policy(spec)
-    match = re.fullmatch(r"tuned:([1-9][0-9]*)", spec)
+    match = re.fullmatch(r"(tuned|transfer):([1-9][0-9]*)", spec)
     if match:
-        return Policy("tuned", int(match.group(1)))
+        return Policy(match.group(1), int(match.group(2)))
     raise PolicyError(f"unknown schedule policy {spec!r}: use {POLICY_HELP}")
