@@ -1,0 +1,59 @@
+"""The ``hwloop`` Typer application and what its commands share: consoles, options, errors, lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
+                  help="Hardware-in-the-loop, latency-aware channel pruning: measure layers on your boards, "
+                       "learn their latency, prune for it.")
+
+out = Console()
+err = Console(stderr=True)
+
+RegistryOpt = Annotated[Optional[Path], typer.Option(
+    "--registry", help="Folder of device YAML files (default: $HWLOOP_REGISTRY, else ./devices).",
+    show_default=False)]
+TablesOpt = Annotated[Path, typer.Option("--tables", help="Folder of measurement tables, one sub-folder per device.")]
+CacheOpt = Annotated[Optional[Path], typer.Option(
+    "--cache", help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``message`` as an error and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, emoji=False)
+    raise typer.Exit(code)
+
+
+def load_registry(directory: Path | None):
+    from ..registry import RegistryError, load_registry as load
+
+    try:
+        return load(directory)
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+def get_device(name: str, directory: Path | None):
+    from ..registry import RegistryError
+
+    registry = load_registry(directory)
+    try:
+        return registry.get(name)
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+def read_table(tables: Path, device: str):
+    from .. import tables as tables_mod
+
+    try:
+        return tables_mod.read(tables, device)
+    except tables_mod.TableError as exc:
+        fail(str(exc))

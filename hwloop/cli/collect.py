@@ -1,0 +1,144 @@
+"""``hwloop collect``: build, check and time a space of layer configurations on a device."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .. import tables as tables_mod
+from ..paths import cache_dir as default_cache_dir
+from ..schedules import POLICY_HELP
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        fail(f"--input-shape {text!r}: expected comma-separated integers such as 1,3,32,32")
+    if not shape or min(shape) < 1:
+        fail(f"--input-shape {text!r}: dimensions must be positive")
+    return shape
+
+
+def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
+    from ..models import ModelError, load_model
+    from ..space import SpaceError, load_space, model_space
+
+    if (model is None) == (space is None):
+        fail("give exactly one of --model and --space")
+    try:
+        if space is not None:
+            return load_space(space)
+        module, shape = load_model(model, _parse_shape(input_shape))
+        return model_space(module, shape, samples, seed)
+    except (ModelError, SpaceError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def collect(
+    device: Annotated[str, typer.Option("--device", "-d", help="Registered device name (see `hwloop devices list`).")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2) or path/to/file.py:callable; "
+                              "its conv/linear layers give the space of channel counts a pruner could choose.")] = None,
+    space: Annotated[Optional[Path], typer.Option("--space", "-s", help="YAML space file with a `layers:` list.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32 (required for a file).")] = None,
+    samples: Annotated[int, typer.Option(help="Configs to sample from a model's space (each layer's dense config always).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    schedule: Annotated[str, typer.Option(help=f"Schedule policy: {POLICY_HELP}.")] = "default",
+    tables: TablesOpt = Path("tables"),
+    registry: RegistryOpt = None,
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option(help="Measure again configs already in the table.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build, check and time a space of layer configurations on a device; every result is kept.
+
+    Resumable: a re-run measures only what is missing. Examples:
+
+      hwloop collect --device local --model resnet20 --samples 60
+
+      hwloop collect --device local --space docs/space.yaml --schedule tuned:64
+    """
+    from ..collect import collect as run_collect
+    from ..schedules import PolicyError, parse_policy
+    from ..transports import TransportError
+
+    dev = get_device(device, registry)
+    try:
+        policy = parse_policy(schedule)
+    except PolicyError as exc:
+        fail(str(exc))
+    configs = _configs(model, space, input_shape, samples, seed)
+    try:
+        tables_mod.read(tables, dev.name)
+    except tables_mod.TableError as exc:
+        fail(str(exc))
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} cfg/min"), TextColumn("[red]{task.fields[failed]} failed"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    state = {"failed": 0}
+    with progress:
+        task = progress.add_task(f"{dev.name} · {policy.name}", total=None, rate="-", failed=0)
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_row(row: dict) -> None:
+            state["failed"] += row["status"] != "ok"
+            progress.advance(task)
+            elapsed = progress.tasks[task].elapsed or 1e-9
+            progress.update(task, failed=state["failed"],
+                            rate=f"{progress.tasks[task].completed * 60 / elapsed:.1f}")
+
+        try:
+            summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
+        except TransportError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err.print(f"interrupted: every measurement written so far is kept in {tables_mod.device_dir(tables, dev.name)}; "
+                      "run the same command again to measure the rest")
+            raise typer.Exit(130) from None
+    _print_summary(summary, tables, as_json)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary, tables: Path, as_json: bool) -> None:
+    ok = [row for row in summary.rows if row["status"] == "ok"]
+    record = {
+        "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
+        "skipped": summary.skipped, "measured": summary.measured, "failed": summary.failed,
+        "wall_s": round(summary.wall_s, 2),
+        "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
+        "table": str(tables_mod.device_dir(tables, summary.device)),
+        "failures": [{"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
+                     for r in summary.rows if r["status"] != "ok"],
+    }
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    table = Table("op", "measured", "min ms", "median ms", "max ms", title=f"{summary.device} · {summary.schedule}")
+    for op in sorted({row["op"] for row in ok}):
+        latencies = [row["latency_ms"] for row in ok if row["op"] == op]
+        table.add_row(op, str(len(latencies)), f"{min(latencies):.4f}", f"{statistics.median(latencies):.4f}",
+                      f"{max(latencies):.4f}")
+    if ok:
+        out.print(table)
+    out.print(f"planned {record['planned']}, already measured {record['skipped']}, measured now {record['measured']}, "
+              f"failed {record['failed']} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
+              f"→ {record['table']}")
+    for failure in record["failures"][:10]:
+        out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+                  highlight=False, emoji=False)

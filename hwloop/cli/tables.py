@@ -1,0 +1,68 @@
+"""``hwloop tables``: show, export and compact measurement tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import tables as tables_mod
+from .app import JsonOpt, TablesOpt, app, err, out, read_table
+
+tables_app = typer.Typer(no_args_is_help=True, help="Measurement tables: show, export, compact.")
+app.add_typer(tables_app, name="tables")
+
+
+@tables_app.command("show")
+def show(device: Annotated[Optional[str], typer.Argument(help="Device; all devices when omitted.")] = None,
+                tables: TablesOpt = Path("tables"), as_json: JsonOpt = False) -> None:
+    """Summarise the tables: rows, failures and latency range per device, schedule and op."""
+    names = [device] if device else tables_mod.devices(tables)
+    records = []
+    for name in names:
+        frame = read_table(tables, name)
+        if frame.empty:
+            continue
+        groups = frame.groupby(["schedule", "op"])
+        for (schedule, op), group in groups:
+            ok = group[group.status == "ok"]
+            records.append({"device": name, "schedule": schedule, "op": op, "rows": len(group),
+                            "ok": len(ok), "failed": int((group.status != "ok").sum()),
+                            "configs": int(ok.config_id.nunique()),
+                            "median_ms": float(ok.latency_ms.median()) if len(ok) else None,
+                            "last": str(group.measured_at.max())})
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    if not records:
+        out.print(f"no measurements under {tables}")
+        return
+    table = Table("device", "schedule", "op", "rows", "ok", "failed", "configs", "median ms", "last measured")
+    for r in records:
+        table.add_row(r["device"], r["schedule"], r["op"], str(r["rows"]), str(r["ok"]), str(r["failed"]),
+                      str(r["configs"]), f"{r['median_ms']:.4f}" if r["median_ms"] is not None else "-", r["last"])
+    out.print(table)
+
+
+@tables_app.command("export")
+def export(device: str, csv: Annotated[Path, typer.Option("--csv", help="CSV file to write ('-' for stdout).")],
+                  tables: TablesOpt = Path("tables")) -> None:
+    """Export a device's table as CSV."""
+    frame = read_table(tables, device)
+    if str(csv) == "-":
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        frame.to_csv(csv, index=False)
+        err.print(f"{len(frame)} rows → {csv}")
+
+
+@tables_app.command("compact")
+def compact(device: str, tables: TablesOpt = Path("tables")) -> None:
+    """Merge a device's part files into one, keeping every row."""
+    read_table(tables, device)
+    merged = tables_mod.compact(tables, device)
+    err.print(f"merged into {merged}" if merged else "nothing to merge")
