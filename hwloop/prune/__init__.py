@@ -1,0 +1,1 @@
+"""Latency-aware structural channel pruning."""

@@ -1,0 +1,111 @@
+"""Channel counts under a cost budget: greedy importance-per-cost allocation (in the spirit of HALP
+and NetAdapt).
+
+From the dense plan, each step considers, for every group, dropping its least important channels
+down to each count in a window below its current one, prices every move with the cost's batched
+per-layer figures, and takes the move that loses the least importance per unit of cost saved.
+Jumps of several channels let a group land on a count the device runs faster (an alignment step)
+when that is the cheaper way to save. When the whole-model cost meets the target, a last pass gives
+each group back any channels that cost nothing. Importance is removed lowest-first, so the kept
+channels of a group are its top-``count`` channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .cost import Cost
+from .groups import ChannelGroups, Group, PruneError
+
+
+def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
+             min_ratio: float = 0.1, on_step: Callable[[float], None] | None = None) -> dict[str, int]:
+    """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
+    plan = groups.dense
+    floors = {g.name: max(1, math.ceil(min_ratio * g.size)) for g in groups.groups}
+    lost = {g.name: _cumulative(importance[g.name]) for g in groups.groups}
+    touched = _touched(groups)
+    while (total := cost.total(plan)) > target:
+        if on_step:
+            on_step(total)
+        moves = [(g, c) for g in groups.groups for c in _candidates(g, plan[g.name], floors[g.name])]
+        if not moves:
+            raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
+                             f"({min_ratio:.0%} of each group) costs {total:.4g} {cost.unit}")
+        saved = _savings(groups, cost, plan, moves, touched)
+        best, best_ratio = None, math.inf
+        for (g, count), saving in zip(moves, saved):
+            if saving <= 0:
+                continue
+            ratio = (lost[g.name][g.size - count] - lost[g.name][g.size - plan[g.name]]) / saving
+            if ratio < best_ratio:
+                best, best_ratio = (g, count), ratio
+        if best is None:
+            best = max(zip(moves, saved), key=lambda item: (item[1], -item[0][1]))[0]
+        plan[best[0].name] = best[1]
+    if on_step:
+        on_step(total)
+    return _give_back(groups, cost, plan, target, touched)
+
+
+def keep_top(importance: dict[str, torch.Tensor], plan: dict[str, int]) -> dict[str, list[int]]:
+    """The dense indices of each group's ``plan[name]`` most important channels, ascending."""
+    return {name: sorted(torch.argsort(importance[name], descending=True, stable=True)[:count].tolist())
+            for name, count in plan.items()}
+
+
+def _cumulative(score: torch.Tensor) -> np.ndarray:
+    """``result[k]``: the importance lost by removing a group's ``k`` least important channels."""
+    return np.concatenate([[0.0], np.cumsum(np.sort(score.double().numpy()))])
+
+
+def _candidates(group: Group, count: int, floor: int) -> list[int]:
+    window = max(4, group.size // 4)
+    low = max(floor, count - window)
+    if group.size <= 64:
+        return list(range(low, count))
+    least = max(1, group.size // 64)
+    return [c for c in range(low, count) if c % 8 == 0 or c == count - least]
+
+
+def _touched(groups: ChannelGroups) -> dict[str, list[int]]:
+    """Indices (into the traced layers) of the layers whose channel counts each group sets."""
+    index = {}
+    for position, traced in enumerate(groups.traced):
+        index.setdefault(traced.name, []).append(position)
+    return {g.name: sorted(i for name in (*g.producers, *g.consumers, *g.depthwise) for i in index.get(name, []))
+            for g in groups.groups}
+
+
+def _savings(groups: ChannelGroups, cost: Cost, plan: dict[str, int], moves: list[tuple[Group, int]],
+             touched: dict[str, list[int]]) -> np.ndarray:
+    """Per-layer cost saved by each move, all moves priced in one batched call."""
+    current = groups.layers(plan)
+    configs, spans = [], []
+    for group, count in moves:
+        layers = groups.layers({**plan, group.name: count})
+        start = len(configs)
+        for i in touched[group.name]:
+            configs += [current[i], layers[i]]
+        spans.append((start, len(configs)))
+    values = cost.layers(configs) if configs else np.zeros(0)
+    return np.array([values[a:b:2].sum() - values[a + 1:b:2].sum() for a, b in spans])
+
+
+def _give_back(groups: ChannelGroups, cost: Cost, plan: dict[str, int], target: float,
+               touched: dict[str, list[int]]) -> dict[str, int]:
+    """Raise each group to the largest count up to a window above it that costs no more per layer."""
+    for group in groups.groups:
+        count = plan[group.name]
+        ups = list(range(count + 1, min(group.size, count + max(4, group.size // 4)) + 1))
+        if not ups:
+            continue
+        saved = _savings(groups, cost, plan, [(group, c) for c in ups], touched)
+        free = [c for c, s in zip(ups, saved) if s >= 0]
+        if free and cost.total({**plan, group.name: max(free)}) <= target:
+            plan[group.name] = max(free)
+    return plan
