@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ..layers import LayerConfig
 from .groups import ChannelGroups, PruneError, resized
@@ -84,3 +85,67 @@ class Macs(Cost):
     def model(self, configs: list[LayerConfig]) -> float:
         return float(self.layers(configs).sum())
 
+
+
+class SoftCost:
+    """A differentiable stand-in for ``cost.total``: each layer's cost interpolated (bilinearly) on a
+    grid of its channel counts, with counts given per group as (possibly fractional) tensors; the
+    whole-model remainder (``total`` of the dense plan minus its layers) is added as a constant."""
+
+    def __init__(self, cost: Cost, points: int = 9):
+        groups = cost.groups
+        feeds_in: dict[str, list[str]] = {}
+        feeds_out: dict[str, list[str]] = {}
+        for g in groups.groups:
+            for name in (*g.consumers, *g.depthwise):
+                feeds_in.setdefault(name, []).append(g.name)
+            for name in g.producers:
+                feeds_out.setdefault(name, []).append(g.name)
+        self.sizes = {g.name: g.size for g in groups.groups}
+        self.layers = []
+        dense_layers = []
+        for traced in groups.traced:
+            c = traced.config
+            ins, outs = feeds_in.get(traced.name, []), feeds_out.get(traced.name, [])
+            if c.op == "depthwise_conv2d":
+                outs = []
+            in_points = _points(c.in_channels, points) if ins else [c.in_channels]
+            out_points = _points(c.out_channels, points) if outs else [c.out_channels]
+            table = torch.tensor(cost.grid(c, in_points, out_points), dtype=torch.float32)
+            self.layers.append((c, ins, outs, torch.tensor(in_points, dtype=torch.float32),
+                                torch.tensor(out_points, dtype=torch.float32), table))
+            dense_layers.append(c)
+        self.offset = cost.total(groups.dense) - float(cost.layers(dense_layers).sum())
+
+    def __call__(self, counts: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.tensor(self.offset)
+        for config, ins, outs, in_points, out_points, table in self.layers:
+            n_in = config.in_channels - sum(self.sizes[g] - counts[g] for g in ins) if ins else None
+            n_out = config.out_channels - sum(self.sizes[g] - counts[g] for g in outs) if outs else None
+            total = total + _bilinear(table, in_points, out_points, n_in, n_out)
+        return total
+
+
+def _points(dense: int, points: int) -> list[int]:
+    return sorted(set(np.linspace(1, dense, min(points, dense)).round().astype(int).tolist()))
+
+
+def _interval(points: torch.Tensor, value) -> tuple[int, torch.Tensor]:
+    """The grid cell holding ``value`` and the position within it (0..1, differentiable in ``value``)."""
+    value = torch.as_tensor(value, dtype=torch.float32).clamp(points[0], points[-1])
+    i = int(torch.searchsorted(points, value.detach()).clamp(1, len(points) - 1)) - 1
+    return i, (value - points[i]) / (points[i + 1] - points[i])
+
+
+def _bilinear(table, in_points, out_points, n_in, n_out) -> torch.Tensor:
+    if len(in_points) == 1 or n_in is None:
+        rows = [(0, 1.0)]
+    else:
+        i, a = _interval(in_points, n_in)
+        rows = [(i, 1 - a), (i + 1, a)]
+    if len(out_points) == 1 or n_out is None:
+        cols = [(0, 1.0)]
+    else:
+        j, b = _interval(out_points, n_out)
+        cols = [(j, 1 - b), (j + 1, b)]
+    return sum(table[r, c] * wr * wc for r, wr in rows for c, wc in cols)

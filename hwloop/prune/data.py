@@ -37,7 +37,7 @@ def load_data(spec: str, batch_size: int = 128, train_samples: int | None = None
     if spec == "fashion-mnist":
         (xtr, ytr), (xte, yte) = _fashion_mnist(FASHION_MNIST)
     elif spec.startswith("cifar10:"):
-        (xtr, ytr), (xte, yte) = _cifar10(Path(spec.removeprefix("cifar10:")))
+        (xtr, ytr), (xte, yte) = _cifar10(Path(spec.removeprefix("cifar10:")).expanduser())
     else:
         raise DataError(f"dataset {spec!r}: expected {DATASET_HELP}")
     xtr, ytr, xte, yte = xtr[:train_samples], ytr[:train_samples], xte[:test_samples], yte[:test_samples]

@@ -44,7 +44,7 @@ def train(model: nn.Module, loader: Iterable, epochs: int, lr: float = 0.05, tea
             optimiser.step()
             schedule.step()
             if on_batch:
-                on_batch(float(loss))
+                on_batch(float(loss.detach()))
     model.eval()
 
 

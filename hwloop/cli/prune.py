@@ -1,0 +1,134 @@
+"""``hwloop prune`` and ``hwloop validate``: prune a model for a device's predicted latency, then
+measure the pruned model against the dense one on the device."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..paths import cache_dir as default_cache_dir
+from .app import CacheOpt, JsonOpt, RegistryOpt, app, err, fail, get_device, out
+
+PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
+
+
+@app.command()
+def prune(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device whose predicted latency is the cost.")],
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2) or path/to/file.py:callable "
+                              "(taking the dataset's input shape and classes).")],
+    budget: Annotated[float, typer.Option(
+        help="Latency budget: a fraction of the dense model's predicted latency (<= 1), or milliseconds (> 1).")] = 0.5,
+    method: Annotated[str, typer.Option(
+        help="latency (allocator under the predicted latency), afcp (gates with residual replacement), "
+             "lws (layer-wise rule search with distillation), flops (global ranking under a MACs budget), "
+             "uniform (one ratio everywhere).")] = "latency",
+    dataset: Annotated[str, typer.Option(help="fashion-mnist, or cifar10:PATH (the CIFAR-10 binary version).")] = "fashion-mnist",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (distilled from the dense model).")] = 2,
+    dense_epochs: Annotated[int, typer.Option(help="Epochs of the dense baseline (trained once, then cached).")] = 5,
+    search_epochs: Annotated[int, typer.Option(help="Epochs of gate or rule training (afcp, lws).")] = 1,
+    criterion: Annotated[str, typer.Option(
+        help="Channel importance for latency, flops, uniform: l1, bn_scale, taylor, geometric_median.")] = "l1",
+    train_samples: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    test_samples: Annotated[Optional[int], typer.Option(help="Use only the first N test images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of training and sampling.")] = 0,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: pruned/MODEL-METHOD-BUDGET).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Only check: find the channel groups, prune every group to half and run the model; no training.")] = False,
+    predictors: PredictorsOpt = Path("predictors"),
+    cache: CacheOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prune a model's channels so that the device's [bold]predicted latency[/] meets a budget, then fine-tune
+    with distillation from the dense model and write weights, plan and an ExportedProgram.
+
+    The dense baseline is trained first and cached. Examples:
+
+      hwloop prune --device local --model resnet20 --budget 0.5
+
+      hwloop prune -d jetson -m resnet56 --budget 3.0 --method afcp --dataset cifar10:~/data/cifar --epochs 10
+    """
+    from ..models import ModelError
+    from ..prune import pipeline
+    from ..prune.data import DataError, load_data
+    from ..prune.groups import PruneError
+
+    if method not in pipeline.METHODS:
+        fail(f"--method {method!r}: expected one of {', '.join(pipeline.METHODS)}")
+    if budget <= 0:
+        fail(f"--budget {budget}: must be positive (a fraction of the dense latency, or ms)")
+    try:
+        data = load_data(dataset, batch_size, train_samples, test_samples, seed)
+    except DataError as exc:
+        fail(str(exc))
+    if dry_run:
+        _dry_run(model, data)
+        return
+    from ..predictor import Predictor, PredictorError
+
+    try:
+        predictor = Predictor.load(device, predictors)
+    except PredictorError as exc:
+        fail(str(exc))
+    out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget:g}"
+    settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
+                                 search_epochs=search_epochs, criterion=criterion, seed=seed)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                        disable=as_json)
+    try:
+        with progress:
+            result = pipeline.run(model, data, predictor, settings, out_dir, (cache or default_cache_dir()) / "prune",
+                                  progress)
+    except (PruneError, ModelError) as exc:
+        fail(str(exc))
+    record = {**result.record, "out": str(out_dir)}
+    if as_json:
+        out.print_json(json.dumps({k: v for k, v in record.items() if k != "groups"}))
+        return
+    _summary(record)
+    out.print(f"wrote {', '.join(p.name for p in result.files)} → {out_dir}\n"
+              f"measure it on the device: hwloop validate --device {device} --model {out_dir}")
+
+
+def _summary(record: dict) -> None:
+    table = Table("", "accuracy", "predicted ms", "MMACs", title=f"{record['model']} · {record['method']} · "
+                  f"budget {record['budget']:g} ({record['target_ms']:.3f} ms) on {record['device']}")
+    table.add_row("dense", f"{record['dense_accuracy']:.2%}", f"{record['dense_predicted_ms']:.3f}",
+                  f"{record['dense_macs'] / 1e6:.1f}")
+    table.add_row("pruned", f"{record['accuracy']:.2%}", f"{record['predicted_ms']:.3f}", f"{record['macs'] / 1e6:.1f}")
+    table.add_row("ratio", f"{record['accuracy'] - record['dense_accuracy']:+.2%}",
+                  f"{record['dense_predicted_ms'] / record['predicted_ms']:.2f}x faster",
+                  f"{record['dense_macs'] / record['macs']:.2f}x fewer")
+    out.print(table)
+
+
+def _dry_run(spec: str, data) -> None:
+    import torch
+
+    from ..prune.groups import ChannelGroups, PruneError
+    from ..prune.pipeline import build
+
+    try:
+        model = build(spec, data).eval()
+        groups = ChannelGroups(model, data.input_shape)
+    except PruneError as exc:
+        fail(str(exc))
+    table = Table("group", "channels", "sets out of", "sets in of", title=f"{spec}: {len(groups.groups)} channel groups")
+    for g in groups.groups:
+        table.add_row(g.name, str(g.size), ", ".join(g.producers + list(g.depthwise)), ", ".join(g.consumers))
+    out.print(table)
+    rng = random.Random(0)
+    groups.apply({g.name: sorted(rng.sample(range(g.size), max(1, g.size // 2))) for g in groups.groups})
+    with torch.no_grad():
+        shape = tuple(model(torch.zeros(data.input_shape)).shape)
+    out.print(f"pruned every group to half: forward on {data.input_shape} gives {shape}: shapes hold")

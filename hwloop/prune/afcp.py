@@ -1,0 +1,161 @@
+"""AFCP: acceleration-aware fine-grained channel pruning with residual gates.
+
+Every channel of every group gets a trainable keep gate ``m = sigmoid(theta)``. Where a group's
+channels feed only plain convs or linears (so a channel's contribution is linear in it), each
+channel also gets a residual gate ``r = sigmoid(rho)`` choosing between zeroing the channel out and
+replacing it by its most similar channel ``k`` scaled by ``alpha`` (least squares on the consumers'
+inputs): the consumers see ``m x_j + (1 - m) r alpha x_k``. Gates and weights train together with
+distillation from the dense model and the device's predicted latency (differentiable, per-layer
+grids) as a penalty above the target. Residual streams are gated at every block that reads them, so
+a stream channel is judged by all the blocks sharing it.
+
+Then the allocator fixes counts under the whole-model predicted latency with the keep gates as
+importance; a pruned channel whose residual gate chose replacement is folded into the consumers'
+weights of its most similar kept channel, and the kept channels' gate values are folded in too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .allocator import allocate, keep_top
+from .cost import Cost, SoftCost
+from .gates import ConsumerHooks, channel_view, feeds
+from .groups import ChannelGroups
+from .train import train
+
+GATE_INIT = 3.0
+PENALTY = 2.0
+
+
+def foldable(groups: ChannelGroups) -> list[str]:
+    """Groups whose channels feed only plain convs and linears, where replacing a channel folds exactly."""
+    return [g.name for g in groups.groups if g.consumers and not g.depthwise]
+
+
+@torch.no_grad()
+def similarity(groups: ChannelGroups, batches: Iterable, names: list[str]) -> dict[str, torch.Tensor]:
+    """Per group, the Gram matrix of its channels over the inputs of all its consumers."""
+    grams = {name: torch.zeros(groups.by_name[name].size, groups.by_name[name].size, dtype=torch.float64)
+             for name in names}
+
+    def record(group: str, positions: torch.Tensor):
+        def take(x: torch.Tensor) -> torch.Tensor:
+            channels = x.index_select(1 if x.dim() == 4 else -1, positions)
+            flat = channels.transpose(0, 1).reshape(len(positions), -1) if x.dim() == 4 else channels.T
+            grams[group].add_(flat.double() @ flat.double().T)
+            return x
+        return take
+
+    transforms = {}
+    for consumer, fed in feeds(groups).items():
+        chain = [record(group, positions) for group, positions in fed if group in grams]
+        if chain:
+            transforms[consumer] = _compose(chain)
+    was_training = groups.model.training
+    groups.model.eval()
+    with ConsumerHooks(groups.model, transforms):
+        for inputs, _ in batches:
+            groups.model(inputs)
+    groups.model.train(was_training)
+    return grams
+
+
+def nearest(gram: torch.Tensor, candidates: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each channel j, the channel k (among ``candidates``, never j itself) that best
+    reconstructs it as ``alpha * x_k``, and that ``alpha``."""
+    diagonal = gram.diagonal().clamp_min(1e-12)
+    alpha = gram / diagonal.unsqueeze(0)                      # alpha[j, k] = <x_j, x_k> / <x_k, x_k>
+    error = gram.diagonal().unsqueeze(1) - gram ** 2 / diagonal.unsqueeze(0)
+    error.fill_diagonal_(float("inf"))
+    if candidates is not None:
+        allowed = torch.full_like(error, float("inf"))
+        allowed[:, candidates] = 0
+        error = error + allowed
+    k = error.argmin(1)
+    return k, alpha.gather(1, k.unsqueeze(1)).squeeze(1)
+
+
+@torch.no_grad()
+def fold(groups: ChannelGroups, keep: dict[str, list[int]], replaced: dict[str, list[int]],
+         grams: dict[str, torch.Tensor], scale: dict[str, torch.Tensor] | None = None) -> int:
+    """Fold into the consumers' weights each kept channel's ``scale`` (its gate value), then each
+    replaced channel j as ``alpha * x_k`` of its most similar kept channel k. Call before pruning;
+    returns how many channels were replaced."""
+    modules = dict(groups.model.named_modules())
+    for name, values in (scale or {}).items():
+        group, kept = groups.by_name[name], keep[name]
+        for consumer, positions in group.consumers.items():
+            weight = modules[consumer].weight
+            weight[:, torch.tensor(positions)[kept]] *= values[kept].view(1, -1, *[1] * (weight.dim() - 2))
+        for consumer, positions in group.depthwise.items():
+            weight = modules[consumer].weight
+            weight[torch.tensor(positions)[kept]] *= values[kept].view(-1, 1, 1, 1)
+    for name, channels in replaced.items():
+        k, alpha = nearest(grams[name], keep[name])
+        for consumer, positions in groups.by_name[name].consumers.items():
+            weight = modules[consumer].weight
+            for j in channels:
+                weight[:, positions[int(k[j])]] += float(alpha[j]) * weight[:, positions[j]]
+    return sum(len(channels) for channels in replaced.values())
+
+
+def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
+           min_ratio: float = 0.1, on_batch: Callable[[float], None] | None = None):
+    """Train the gates, choose the plan, fold; returns the plan, kept channels and a record entry."""
+    model = groups.model
+    replaceable = foldable(groups)
+    grams = similarity(groups, _few(loader), replaceable)
+    pairs = {name: nearest(grams[name]) for name in replaceable}
+    theta = {g.name: nn.Parameter(torch.full((g.size,), GATE_INIT)) for g in groups.groups}
+    rho = {name: nn.Parameter(torch.zeros(groups.by_name[name].size)) for name in replaceable}
+    soft = SoftCost(cost)
+
+    def gate(group: str, positions: torch.Tensor):
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            dim = 1 if x.dim() == 4 else -1
+            channels = x.index_select(dim, positions)
+            m = channel_view(x, torch.sigmoid(theta[group]))
+            mixed = m * channels
+            if group in pairs:
+                k, alpha = pairs[group]
+                r = channel_view(x, torch.sigmoid(rho[group]) * alpha.float())
+                mixed = mixed + (1 - m) * r * channels.index_select(dim, k)
+            return x.index_copy(dim, positions, mixed)
+        return apply
+
+    transforms = {consumer: _compose([gate(group, positions) for group, positions in fed])
+                  for consumer, fed in feeds(groups).items()}
+
+    def penalty() -> torch.Tensor:
+        latency = soft({name: torch.sigmoid(t).sum() for name, t in theta.items()})
+        return PENALTY * torch.relu(latency / target - 1)
+
+    gates = [*theta.values(), *rho.values()]
+    with ConsumerHooks(model, transforms):
+        train(model, loader, epochs, lr=0.01, teacher=teacher, penalty=penalty,
+              extra_params=[{"params": gates, "lr": 0.1, "weight_decay": 0}], on_batch=on_batch)
+    keep_values = {name: torch.sigmoid(t.detach()) for name, t in theta.items()}
+    plan = allocate(groups, cost, keep_values, target, min_ratio)
+    keep = keep_top(keep_values, plan)
+    replaced = {name: [j for j in range(groups.by_name[name].size)
+                       if j not in set(keep[name]) and torch.sigmoid(rho[name][j]) > 0.5]
+                for name in replaceable}
+    folded = fold(groups, keep, replaced, grams, keep_values)
+    return plan, keep, {"replaced_channels": folded,
+                        "zeroed_channels": sum(g.size - plan[g.name] for g in groups.groups) - folded}
+
+
+def _compose(functions: list[Callable]) -> Callable:
+    def composed(x):
+        for fn in functions:
+            x = fn(x)
+        return x
+    return composed
+
+
+def _few(loader, batches: int = 8) -> list:
+    return [batch for batch, _ in zip(loader, range(batches))]

@@ -1,0 +1,93 @@
+"""A pruned model on disk: weights, the plan as JSON, and an ExportedProgram (ONNX too when the
+``onnx`` package is installed). Reloading needs neither the pruning run nor unpickling: the
+architecture is rebuilt from the model spec and the plan, the weights are read with
+``torch.load(weights_only=True)``.
+
+Folder layout: ``plan.json``, ``pruned.pt`` and ``dense.pt`` (state dicts), ``pruned.pt2``
+(``torch.export``), ``pruned.onnx`` (optional).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import ModelError, load_model
+from .groups import ChannelGroups, PruneError
+
+FORMAT = "hwloop-prune/1"
+
+
+def save(out: Path, pruned: nn.Module, dense: nn.Module, record: dict) -> list[Path]:
+    """Write the folder; ``record`` holds at least ``model``, ``input_shape``, ``num_classes`` and
+    ``groups`` (``{name: {"dense": n, "kept": k}}``). Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(pruned.state_dict(), out / "pruned.pt")
+    torch.save(dense.state_dict(), out / "dense.pt")
+    example = torch.zeros(tuple(record["input_shape"]))
+    files = [out / "plan.json", out / "pruned.pt", out / "dense.pt", out / "pruned.pt2"]
+    torch.export.save(torch.export.export(pruned.eval(), (example,)), out / "pruned.pt2")
+    if importlib.util.find_spec("onnx") is not None:
+        torch.onnx.export(pruned.eval(), (example,), out / "pruned.onnx", dynamo=True)
+        files.append(out / "pruned.onnx")
+    (out / "plan.json").write_text(json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
+    return files
+
+
+def read_plan(out: Path) -> dict:
+    """``plan.json`` of an output folder, checked; :class:`PruneError` names the file and field."""
+    path = out / "plan.json"
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise PruneError(f"{path}: cannot read: {exc.strerror or exc} (is {out} an output folder of `hwloop prune`?)") from exc
+    except json.JSONDecodeError as exc:
+        raise PruneError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise PruneError(f"{path}: format: expected {FORMAT!r}")
+    for key, kind in (("model", str), ("input_shape", list), ("num_classes", int), ("groups", dict)):
+        if not isinstance(record.get(key), kind):
+            raise PruneError(f"{path}: {key}: missing or not a {kind.__name__}")
+    for name, counts in record["groups"].items():
+        if not isinstance(counts, dict) or not isinstance(counts.get("kept"), int):
+            raise PruneError(f"{path}: groups.{name}.kept: missing or not an integer")
+    return record
+
+
+def load(out: Path) -> tuple[nn.Module, nn.Module, dict]:
+    """The pruned model, the dense model (both in eval mode) and the plan record of an output folder."""
+    record = read_plan(out)
+    shape = tuple(record["input_shape"])
+    pruned, dense = _build(record, out), _build(record, out)
+    groups = ChannelGroups(pruned, shape)
+    try:
+        groups.apply_plan({name: counts["kept"] for name, counts in record["groups"].items()})
+    except PruneError as exc:
+        raise PruneError(f"{out / 'plan.json'}: {exc}") from exc
+    _load_weights(pruned, out / "pruned.pt")
+    _load_weights(dense, out / "dense.pt")
+    return pruned.eval(), dense.eval(), record
+
+
+def _build(record: dict, out: Path) -> nn.Module:
+    builtin = ":" not in record["model"]
+    try:
+        model, _ = load_model(record["model"], tuple(record["input_shape"]),
+                              record["num_classes"] if builtin else None)
+    except ModelError as exc:
+        raise PruneError(f"{out / 'plan.json'}: model: {exc}") from exc
+    return model
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError as exc:
+        raise PruneError(f"{path}: missing") from exc
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise PruneError(f"{path}: does not fit the plan's model: {str(exc).splitlines()[0]}") from exc

@@ -1,0 +1,74 @@
+"""Layer-wise pruning-rule search with distillation.
+
+Each group (layer) chooses, differentiably, among pruning rules (L1 norm, BN scale, Taylor,
+geometric median): its channels are ranked by a softmax-weighted mix of the rules' rank scores and
+softly masked around the count the latency allocator gives it (the sparsity constraint from the
+device's predicted latency). The rule weights train with the network under distillation from the
+dense teacher; each group then keeps its top channels under its strongest rule, and the kept
+channels' mask values are folded into the consumers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .afcp import fold
+from .allocator import allocate, keep_top
+from .cost import Cost
+from .gates import ConsumerHooks, feeds, scale_channels
+from .groups import ChannelGroups
+from .importance import scores
+from .train import train
+
+RULES = ("l1", "bn_scale", "taylor", "geometric_median")
+TEMPERATURE = 0.05
+
+
+def ranks(score: torch.Tensor) -> torch.Tensor:
+    """Scores mapped to their rank in [0, 1] (0 the least important), so that rules compare."""
+    order = torch.argsort(torch.argsort(score, stable=True), stable=True).float()
+    return order / max(1, len(score) - 1)
+
+
+def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
+           min_ratio: float = 0.1, on_batch: Callable[[float], None] | None = None):
+    """Search each group's rule; returns the plan, the kept channels and the rule of every group."""
+    batches = [batch for batch, _ in zip(loader, range(4))]
+    by_rule = {rule: scores(groups, rule, batches) for rule in RULES}
+    stacked = {g.name: torch.stack([ranks(by_rule[rule][g.name]) for rule in RULES]) for g in groups.groups}
+    plan = allocate(groups, cost, {name: ranks_.mean(0) for name, ranks_ in stacked.items()}, target, min_ratio)
+    beta = {g.name: nn.Parameter(torch.zeros(len(RULES))) for g in groups.groups}
+
+    def mask(name: str) -> torch.Tensor:
+        mixed = torch.softmax(beta[name], 0) @ stacked[name]
+        count = plan[name]
+        if count == len(mixed):
+            return torch.ones_like(mixed)
+        top = torch.sort(mixed.detach(), descending=True).values
+        threshold = (top[count - 1] + top[count]) / 2
+        return torch.sigmoid((mixed - threshold) / TEMPERATURE)
+
+    def gate(name: str, positions: torch.Tensor):
+        return lambda x: scale_channels(x, positions, mask(name))
+
+    transforms = {}
+    for consumer, fed in feeds(groups).items():
+        chain = [gate(name, positions) for name, positions in fed]
+        transforms[consumer] = lambda x, chain=chain: _apply(chain, x)
+    with ConsumerHooks(groups.model, transforms):
+        train(groups.model, loader, epochs, lr=0.01, teacher=teacher,
+              extra_params=[{"params": list(beta.values()), "lr": 0.5, "weight_decay": 0}], on_batch=on_batch)
+    rules = {name: RULES[int(b.argmax())] for name, b in beta.items()}
+    keep = keep_top({name: by_rule[rules[name]][name] for name in plan}, plan)
+    with torch.no_grad():
+        fold(groups, keep, {}, {}, {name: mask(name) for name in plan})
+    return plan, keep, {"rules": rules}
+
+
+def _apply(chain: list[Callable], x: torch.Tensor) -> torch.Tensor:
+    for fn in chain:
+        x = fn(x)
+    return x

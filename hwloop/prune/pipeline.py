@@ -1,0 +1,154 @@
+"""One pruning run: dense baseline (trained once, cached), a method's plan under the budget,
+structural pruning, fine-tuning with distillation from the dense model, and the output folder."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import ModelError, load_model
+from . import afcp, baselines, export, lws
+from .allocator import allocate, keep_top
+from .cost import Macs, PredictedLatency
+from .data import Data
+from .groups import ChannelGroups, PruneError
+from .importance import scores
+from .train import evaluate, train
+
+METHODS = ("latency", "afcp", "lws", "flops", "uniform")
+
+
+@dataclass
+class Settings:
+    method: str = "latency"
+    budget: float = 0.5
+    epochs: int = 1
+    dense_epochs: int = 5
+    search_epochs: int = 1
+    criterion: str = "l1"
+    lr: float = 0.01
+    seed: int = 0
+    min_ratio: float = 0.1
+
+
+@dataclass
+class Result:
+    model: nn.Module
+    dense: nn.Module
+    record: dict
+    files: list[Path] = field(default_factory=list)
+
+
+def model_spec(spec: str) -> str:
+    """A model spec that still resolves from another folder (a file's path made absolute)."""
+    if ":" not in spec:
+        return spec
+    file, _, name = spec.rpartition(":")
+    return f"{Path(file).resolve()}:{name}"
+
+
+def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None) -> tuple[nn.Module, float]:
+    """The dense model trained on ``data`` for ``epochs``, from the cache when trained before, and its accuracy."""
+    model = build(spec, data)
+    key = {"model": model_spec(spec), "dataset": data.name, "train": len(data.train.dataset),
+           "input_shape": list(data.input_shape), "classes": data.num_classes, "epochs": epochs, "seed": seed}
+    if ":" in spec:
+        key["source"] = hashlib.sha256(Path(spec.rpartition(":")[0]).read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    weights, meta = cache_dir / "dense" / f"{digest}.pt", cache_dir / "dense" / f"{digest}.json"
+    if weights.is_file() and meta.is_file():
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return model.eval(), json.loads(meta.read_text())["accuracy"]
+    torch.manual_seed(seed)
+    with _task(progress, f"dense baseline ({epochs} epochs)", epochs * len(data.train)) as advance:
+        train(model, data.train, epochs, lr=0.05, on_batch=advance)
+    accuracy = evaluate(model, data.test)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    meta.write_text(json.dumps({**key, "accuracy": accuracy}) + "\n")
+    return model.eval(), accuracy
+
+
+def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, cache_dir: Path,
+        progress=None, dense: tuple[nn.Module, float] | None = None) -> Result:
+    """Prune ``spec`` for ``predictor``'s device to ``settings.budget`` (a fraction of the dense
+    predicted latency when at most 1, else ms) and fine-tune; write ``out`` when given."""
+    if settings.method not in METHODS:
+        raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
+    dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
+    torch.manual_seed(settings.seed)
+    model = copy.deepcopy(dense_model).eval()
+    groups = ChannelGroups(model, data.input_shape)
+    latency, macs = PredictedLatency(groups, predictor), Macs(groups)
+    target = latency.target(settings.budget)
+    plan, keep, extra = _plan(settings, groups, latency, macs, target, data, dense_model, progress)
+    groups.apply(keep)
+    with _task(progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)) as advance:
+        train(model, data.train, settings.epochs, lr=settings.lr, teacher=dense_model, on_batch=advance)
+    record = {
+        "model": model_spec(spec), "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        "dataset": data.name, "device": predictor.device, "schedule": predictor.schedule,
+        "method": settings.method, "budget": settings.budget, "target_ms": target,
+        "epochs": settings.epochs, "dense_epochs": settings.dense_epochs,
+        "dense_predicted_ms": latency.total(groups.dense), "predicted_ms": latency.total(plan),
+        "dense_macs": macs.total(groups.dense) * 1e6, "macs": macs.total(plan) * 1e6,
+        "dense_accuracy": dense_accuracy, "accuracy": evaluate(model, data.test),
+        "groups": {g.name: {"dense": g.size, "kept": plan[g.name]} for g in groups.groups}, **extra,
+    }
+    files = export.save(out, model, dense_model, record) if out is not None else []
+    return Result(model.eval(), dense_model, record, files)
+
+
+def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, macs: Macs, target: float,
+          data: Data, teacher: nn.Module, progress):
+    """The method's plan, the kept channels of each group, and what the method adds to the record."""
+    method = settings.method
+    if method in ("afcp", "lws"):
+        search = afcp.search if method == "afcp" else lws.search
+        with _task(progress, f"{method} search ({settings.search_epochs} epochs)",
+                   settings.search_epochs * len(data.train)) as advance:
+            return search(groups, latency, target, data.train, teacher, settings.search_epochs,
+                          settings.min_ratio, on_batch=advance)
+    importance = scores(groups, settings.criterion, _few(data.train))
+    if method == "uniform":
+        plan = baselines.uniform(groups, latency, target, settings.min_ratio)
+    elif method == "flops":
+        macs_target = target / latency.total(groups.dense) * macs.total(groups.dense)
+        plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio)
+    else:
+        with _task(progress, "allocating channels", None) as advance:
+            plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance())
+    return plan, keep_top(importance, plan), {"criterion": settings.criterion}
+
+
+def _few(loader, batches: int = 4) -> list:
+    return [batch for batch, _ in zip(loader, range(batches))]
+
+
+def build(spec: str, data: Data) -> nn.Module:
+    """The untrained model of ``spec`` for ``data``'s input shape (and class count, for a built-in)."""
+    try:
+        model, _ = load_model(spec, data.input_shape, data.num_classes if ":" not in spec else None)
+    except ModelError as exc:
+        raise PruneError(str(exc)) from exc
+    return model
+
+
+@contextmanager
+def _task(progress, description: str, total: int | None):
+    """An ``advance`` callback on a task of ``progress`` (a rich Progress), or a no-op without one."""
+    if progress is None:
+        yield lambda *_: None
+        return
+    task = progress.add_task(description, total=total)
+    try:
+        yield lambda *_: progress.advance(task)
+    finally:
+        progress.stop_task(task)
