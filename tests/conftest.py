@@ -69,3 +69,17 @@ def local_predictor(local_table):
     from hwloop.predictor import Predictor
 
     return Predictor.fit(tables.read(local_table, "local"), "local")
+
+
+@pytest.fixture(scope="session")
+def untuned_dir(registry_dir, cache_dir, tmp_path_factory):
+    """A tables folder with two linear layers of the ``local`` device measured under ``untuned``."""
+    from hwloop.collect import collect
+    from hwloop.layers import LayerConfig
+    from hwloop.registry import load_registry
+    from hwloop.schedules import parse_policy
+
+    directory = tmp_path_factory.mktemp("untuned")
+    configs = [LayerConfig("linear", 64, c) for c in (16, 33)]
+    collect(load_registry(registry_dir).get("local"), configs, parse_policy("untuned"), directory, cache_dir)
+    return directory

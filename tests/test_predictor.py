@@ -6,12 +6,9 @@ import pandas as pd
 import pytest
 
 from hwloop import tables
-from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError
 from hwloop.predictor.evaluation import evaluate
-from hwloop.registry import load_registry
-from hwloop.schedules import parse_policy
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +99,9 @@ def test_predictor_of_another_device_or_schedule_or_newer_format_is_refused(save
         Predictor.load("nope", saved)
 
 
-@pytest.fixture(scope="module")
-def untuned_table(registry_dir, cache_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("untuned")
-    configs = [LayerConfig("linear", 64, c) for c in (16, 33)]
-    collect(load_registry(registry_dir).get("local"), configs, parse_policy("untuned"), directory, cache_dir)
-    return tables.read(directory, "local")
+@pytest.fixture
+def untuned_table(untuned_dir):
+    return tables.read(untuned_dir, "local")
 
 
 def test_rows_of_another_schedule_policy_are_not_mixed(local_predictor, local_table, untuned_table):
