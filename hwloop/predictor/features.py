@@ -1,0 +1,91 @@
+"""Features of layer configurations for the latency predictor, computed on whole columns at once.
+
+Latency on a board steps with channel counts: the ``default`` schedules vectorise output channels
+(or output width) by the target's SIMD width and tile output positions by exact divisors, so the
+features say how full the last vector is, how many vectors and tiles a layer runs, and the work
+the padded layer really does, beside the plain shape, FLOPs, bytes and arithmetic intensity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..layers import OPS, LayerConfig
+
+COLUMNS = ("op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding", "groups",
+           "batch", "dtype")
+ALIGNMENTS = (4, 8, 16, 32)
+
+
+def names(lanes: int) -> list[str]:
+    """Feature names, in the order of :func:`matrix`'s columns."""
+    channel = [f"{side}_{what}" for side in ("cin", "cout", "cout_per_group") for what in (
+        *(f"aligned_{a}" for a in ALIGNMENTS), f"aligned_{lanes}", "mod_lanes", "vectors", "vector_fill")]
+    return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
+            "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
+            "log_flops", "log_bytes", "log_intensity", "log_padded_flops", "channel_vectorised",
+            *channel, "ow_mod_lanes", "ow_vectors", "ow_tile", "oh_tile", "log_positions", "log_weight_bytes"]
+
+
+def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
+    """The columns of ``configs`` as arrays (the input :func:`matrix` takes)."""
+    return {c: np.array([getattr(cfg, c) for cfg in configs]) for c in COLUMNS}
+
+
+def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The config columns of a table (or any frame with them) as arrays."""
+    return {c: frame[c].to_numpy() for c in COLUMNS}
+
+
+def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+    """Feature matrix, one row per config, for a target with ``lanes`` float32 SIMD lanes."""
+    op = np.asarray(cols["op"])
+    cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
+    h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
+    s, p, g, n = _int(cols["stride"]), _int(cols["padding"]), _int(cols["groups"]), _int(cols["batch"])
+    dtype_bytes = np.where(np.asarray(cols["dtype"]) == "float16", 2.0, 4.0)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    cout_g = np.maximum(cout // g, 1)
+    # a float16 vector holds twice the float32 lanes
+    dlanes = np.where(dtype_bytes == 2.0, 2 * lanes, lanes)
+
+    macs = n * cout * oh * ow * (cin // g) * k * k
+    weight_bytes = cout * (cin // g) * k * k * dtype_bytes
+    moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
+    channel_vectorised = (cout_g % dlanes == 0) | (g == 1)
+    padded_cout = np.where(channel_vectorised, _ceil(cout, dlanes) * dlanes, cout)
+    padded_ow = np.where(channel_vectorised, ow, _ceil(ow, dlanes) * dlanes)
+    padded_macs = n * padded_cout * oh * padded_ow * (cin // g) * k * k
+
+    features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
+                dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved),
+                np.log2(2.0 * padded_macs), channel_vectorised]
+    for c in (cin, cout, cout_g):
+        features += [(c % a == 0) for a in ALIGNMENTS] + [c % lanes == 0, c % dlanes, _ceil(c, dlanes),
+                                                          c / (_ceil(c, dlanes) * dlanes)]
+    features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
+                 np.log2(n * oh * ow), np.log2(weight_bytes)]
+    return np.column_stack([np.asarray(f, dtype=np.float64) for f in features])
+
+
+def baseline(features: np.ndarray, lanes: int) -> np.ndarray:
+    """Natural log of the FLOPs of the padded layer, the starting point the booster corrects:
+    trees then learn an efficiency, which carries over to shapes between the measured ones."""
+    return features[:, names(lanes).index("log_padded_flops")] * np.log(2.0)
+
+
+def _int(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _ceil(a: np.ndarray, b) -> np.ndarray:
+    return -(-a // b)
+
+
+def _largest_divisor(extent: np.ndarray, limit: int) -> np.ndarray:
+    """The largest divisor of each ``extent`` up to ``limit`` (the register tiles' rule)."""
+    best = np.ones_like(extent)
+    for d in range(2, limit + 1):
+        best = np.where(extent % d == 0, d, best)
+    return best
