@@ -83,3 +83,21 @@ def untuned_dir(registry_dir, cache_dir, tmp_path_factory):
     configs = [LayerConfig("linear", 64, c) for c in (16, 33)]
     collect(load_registry(registry_dir).get("local"), configs, parse_policy("untuned"), directory, cache_dir)
     return directory
+
+
+@pytest.fixture(scope="session")
+def resnet20_predictor(registry_dir, cache_dir, tmp_path_factory):
+    """A Predictor of the fast ``local`` device fitted on a ``default``-policy table of ResNet-20's
+    layers at Fashion-MNIST's 28x28 input (dense and sampled channel counts), measured in this session."""
+    from hwloop import tables
+    from hwloop.collect import collect
+    from hwloop.models import resnet20
+    from hwloop.predictor import Predictor
+    from hwloop.registry import load_registry
+    from hwloop.schedules import parse_policy
+    from hwloop.space import model_space
+
+    tables_dir = tmp_path_factory.mktemp("resnet20-tables")
+    configs = model_space(resnet20(10, 1), (1, 1, 28, 28), samples=64)
+    collect(load_registry(registry_dir).get("local"), configs, parse_policy("default"), tables_dir, cache_dir)
+    return Predictor.fit(tables.read(tables_dir, "local"), "local")

@@ -2,11 +2,12 @@
 and NetAdapt).
 
 From the dense plan, each step considers, for every group, dropping its least important channels
-down to each count in a window below its current one, prices every move with the cost's batched
-per-layer figures, and takes the move that loses the least importance per unit of cost saved.
-Jumps of several channels let a group land on a count the device runs faster (an alignment step)
-when that is the cheaper way to save. When the whole-model cost meets the target, a last pass gives
-each group back any channels that cost nothing. Importance is removed lowest-first, so the kept
+down to each smaller count (for wide groups: the multiples of the cost's alignment step), prices every move with the cost's
+batched per-layer figures, and takes the move that loses the least importance per unit of cost
+saved. Moves of many channels at once let a group jump to a count the device runs fast (an
+alignment step: off such steps a compiled conv can be many times slower), rather than crawl
+through slow ragged counts. When the whole-model cost meets the target, a last pass gives each
+group back any channels that cost nothing. Importance is removed lowest-first, so the kept
 channels of a group are its top-``count`` channels.
 """
 
@@ -32,7 +33,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
     while (total := cost.total(plan)) > target:
         if on_step:
             on_step(total)
-        moves = [(g, c) for g in groups.groups for c in _candidates(g, plan[g.name], floors[g.name])]
+        moves = [(g, c) for g in groups.groups for c in _candidates(g, plan[g.name], floors[g.name], cost.step)]
         if not moves:
             raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
                              f"({min_ratio:.0%} of each group) costs {total:.4g} {cost.unit}")
@@ -63,13 +64,13 @@ def _cumulative(score: torch.Tensor) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.sort(score.double().numpy()))])
 
 
-def _candidates(group: Group, count: int, floor: int) -> list[int]:
-    window = max(4, group.size // 4)
-    low = max(floor, count - window)
+def _candidates(group: Group, count: int, floor: int, aligned: int) -> list[int]:
+    """Every smaller count of a group of up to 64 channels; for wider groups, the multiples of the
+    cost's alignment step below and the next step of 1/64 of the group."""
     if group.size <= 64:
-        return list(range(low, count))
-    least = max(1, group.size // 64)
-    return [c for c in range(low, count) if c % 8 == 0 or c == count - least]
+        return list(range(floor, count))
+    step = max(1, group.size // 64)
+    return sorted({c for c in range(floor, count) if c % aligned == 0} | ({count - step} if count - step >= floor else set()))
 
 
 def _touched(groups: ChannelGroups) -> dict[str, list[int]]:
@@ -101,7 +102,7 @@ def _give_back(groups: ChannelGroups, cost: Cost, plan: dict[str, int], target: 
     """Raise each group to the largest count up to a window above it that costs no more per layer."""
     for group in groups.groups:
         count = plan[group.name]
-        ups = list(range(count + 1, min(group.size, count + max(4, group.size // 4)) + 1))
+        ups = list(range(count + 1, min(group.size, count + max(8, group.size // 8)) + 1))
         if not ups:
             continue
         saved = _savings(groups, cost, plan, [(group, c) for c in ups], touched)

@@ -1,4 +1,8 @@
-"""Baselines the latency-aware methods are compared against, on the same groups and importance."""
+"""Baselines the latency-aware methods are compared against, on the same groups and importance.
+
+Both round channel counts to multiples of the cost's alignment step (as Torch-Pruning's
+``round_to`` does), so that a comparison with them isolates what the cost term brings.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,53 @@ import math
 import torch
 
 from .cost import Cost
-from .groups import ChannelGroups, PruneError
+from .groups import ChannelGroups, Group, PruneError
+
+
+def _unit(group: Group, step: int) -> int:
+    """The channels a group moves by: the alignment step when its size is a multiple of it, else 1."""
+    return step if group.size % step == 0 else 1
 
 
 def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = 0.1) -> dict[str, int]:
-    """One keep ratio for every group: the largest (to 1/1000) whose plan meets ``target``."""
+    """One keep ratio for every group, counts rounded to the alignment step: the largest ratio, in
+    steps of 1/100, whose plan meets ``target``."""
     def plan(ratio: float) -> dict[str, int]:
-        return {g.name: max(1, round(ratio * g.size)) for g in groups.groups}
+        counts = {}
+        for g in groups.groups:
+            unit = _unit(g, cost.step)
+            counts[g.name] = max(unit, round(ratio * g.size / unit) * unit)
+        return counts
 
-    if cost.total(plan(min_ratio)) > target:
-        raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach with a uniform ratio "
-                         f"(at {min_ratio:.0%} of every group: {cost.total(plan(min_ratio)):.4g} {cost.unit})")
-    low, high = min_ratio, 1.0
-    while high - low > 1e-3:
-        middle = (low + high) / 2
-        low, high = (middle, high) if cost.total(plan(middle)) <= target else (low, middle)
-    return plan(low)
+    ratios = [r / 100 for r in range(100, math.floor(min_ratio * 100) - 1, -1)]
+    for ratio in ratios:
+        if cost.total(plan(ratio)) <= target:
+            return plan(ratio)
+    best = min(cost.total(plan(r)) for r in ratios)
+    raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach with one ratio for every group "
+                     f"(the cheapest ratio costs {best:.4g} {cost.unit})")
 
 
 def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
-                   min_ratio: float = 0.1) -> dict[str, int]:
+                   min_ratio: float = 0.1, step: int = 1) -> dict[str, int]:
     """Global pruning as FLOPs-driven pruners do it: drop the least important channels of the whole
-    network, whatever they cost, 1 % of the remaining channels at a time, until ``target`` is met."""
-    floors = {g.name: max(1, math.ceil(min_ratio * g.size)) for g in groups.groups}
-    ranked = {g.name: torch.sort(importance[g.name]).values.tolist() for g in groups.groups}
+    network (``step`` at a time in a group whose size is a multiple of it), whatever they cost,
+    until ``target`` is met."""
+    units = {g.name: _unit(g, step) for g in groups.groups}
+    floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
+              for g in groups.groups}
+    ranked = {g.name: torch.sort(importance[g.name]).values for g in groups.groups}
     plan = groups.dense
 
-    def weakest() -> str | None:
-        open_groups = [name for name in plan if plan[name] > floors[name]]
-        return min(open_groups, key=lambda name: ranked[name][groups.by_name[name].size - plan[name]], default=None)
+    def next_chunk(name: str) -> float:
+        removed = groups.by_name[name].size - plan[name]
+        return float(ranked[name][removed:removed + units[name]].mean())
 
     while cost.total(plan) > target:
-        for _ in range(max(1, sum(plan.values()) // 100)):
-            name = weakest()
-            if name is None:
-                raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
-                                 f"({min_ratio:.0%} of each group) costs {cost.total(plan):.4g} {cost.unit}")
-            plan[name] -= 1
+        open_groups = [name for name in plan if plan[name] - units[name] >= floors[name]]
+        if not open_groups:
+            raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
+                             f"({min_ratio:.0%} of each group) costs {cost.total(plan):.4g} {cost.unit}")
+        weakest = min(open_groups, key=next_chunk)
+        plan[weakest] -= units[weakest]
     return plan

@@ -20,6 +20,7 @@ class Cost:
 
     name = "cost"
     unit = ""
+    step = 8  # the channel alignment the cost rewards; moves and grids favour its multiples
 
     def __init__(self, groups: ChannelGroups):
         self.groups = groups
@@ -60,6 +61,7 @@ class PredictedLatency(Cost):
     def __init__(self, groups: ChannelGroups, predictor):
         super().__init__(groups)
         self.predictor = predictor
+        self.step = int(getattr(predictor, "lanes", 0) or self.step)
 
     def layers(self, configs: Sequence[LayerConfig]) -> np.ndarray:
         return np.asarray(self.predictor.predict(list(configs)), dtype=float)
@@ -89,8 +91,9 @@ class Macs(Cost):
 
 class SoftCost:
     """A differentiable stand-in for ``cost.total``: each layer's cost interpolated (bilinearly) on a
-    grid of its channel counts, with counts given per group as (possibly fractional) tensors; the
-    whole-model remainder (``total`` of the dense plan minus its layers) is added as a constant."""
+    grid of its channel counts (aligned ones, which a plan can reach without ragged-count penalties),
+    with counts given per group as (possibly fractional) tensors; the whole-model remainder
+    (``total`` of the dense plan minus its layers) is added as a constant."""
 
     def __init__(self, cost: Cost, points: int = 9):
         groups = cost.groups
@@ -109,8 +112,8 @@ class SoftCost:
             ins, outs = feeds_in.get(traced.name, []), feeds_out.get(traced.name, [])
             if c.op == "depthwise_conv2d":
                 outs = []
-            in_points = _points(c.in_channels, points) if ins else [c.in_channels]
-            out_points = _points(c.out_channels, points) if outs else [c.out_channels]
+            in_points = _points(c.in_channels, cost.step, points) if ins else [c.in_channels]
+            out_points = _points(c.out_channels, cost.step, points) if outs else [c.out_channels]
             table = torch.tensor(cost.grid(c, in_points, out_points), dtype=torch.float32)
             self.layers.append((c, ins, outs, torch.tensor(in_points, dtype=torch.float32),
                                 torch.tensor(out_points, dtype=torch.float32), table))
@@ -126,8 +129,12 @@ class SoftCost:
         return total
 
 
-def _points(dense: int, points: int) -> list[int]:
-    return sorted(set(np.linspace(1, dense, min(points, dense)).round().astype(int).tolist()))
+def _points(dense: int, step: int, points: int) -> list[int]:
+    """Grid counts: 1, the dense count, and evenly spaced multiples of ``step`` (counts a device runs well)."""
+    aligned = list(range(step, dense, step))
+    if len(aligned) > points - 2:
+        aligned = [aligned[round(i)] for i in np.linspace(0, len(aligned) - 1, points - 2)]
+    return sorted({1, dense, *aligned})
 
 
 def _interval(points: torch.Tensor, value) -> tuple[int, torch.Tensor]:

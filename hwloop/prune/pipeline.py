@@ -121,7 +121,7 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         plan = baselines.uniform(groups, latency, target, settings.min_ratio)
     elif method == "flops":
         macs_target = target / latency.total(groups.dense) * macs.total(groups.dense)
-        plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio)
+        plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio, latency.step)
     else:
         with _task(progress, "allocating channels", None) as advance:
             plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance())

@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+
+from hwloop.models import mobilenetv2, resnet20
+from hwloop.prune.allocator import allocate, keep_top
+from hwloop.prune.baselines import global_ranking, uniform
+from hwloop.prune.cost import Macs, PredictedLatency, SoftCost
+from hwloop.prune.groups import ChannelGroups, PruneError
+from hwloop.prune.importance import CRITERIA, scores
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    groups = ChannelGroups(resnet20(10, 1).eval(), (1, 1, 28, 28))
+    return groups, scores(groups, "l1")
+
+
+def _reachable(groups, cost, share: float) -> float:
+    """A budget (fraction of dense) ``share`` of the way from an aligned small plan's cost to the dense cost."""
+    dense = cost.total(groups.dense)
+    small = cost.total({g.name: min(g.size, cost.step) for g in groups.groups})
+    assert small < dense
+    return (small + share * (dense - small)) / dense
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_allocator_meets_the_predicted_budget(resnet, resnet20_predictor, share):
+    groups, importance = resnet
+    cost = PredictedLatency(groups, resnet20_predictor)
+    dense = cost.total(groups.dense)
+    budget = _reachable(groups, cost, share)
+    plan = allocate(groups, cost, importance, cost.target(budget))
+    assert cost.total(plan) <= budget * dense
+    assert cost.total(plan) == pytest.approx(resnet20_predictor.predict_model(groups.layers(plan)))
+    assert sum(plan.values()) < sum(groups.dense.values())
+    keep = keep_top(importance, plan)
+    assert all(len(keep[name]) == count for name, count in plan.items())
+    assert all(float(importance[name][keep[name]].min()) >= float(importance[name].sort().values[-count])
+               for name, count in plan.items())
+
+
+def test_budget_in_ms_and_unreachable_budget(resnet, resnet20_predictor):
+    groups, importance = resnet
+    cost = PredictedLatency(groups, resnet20_predictor)
+    ms = _reachable(groups, cost, 0.5) * cost.total(groups.dense)
+    plan = allocate(groups, cost, importance, ms)
+    assert cost.total(plan) <= ms
+    assert cost.target(ms * 1000) == ms * 1000  # above 1: milliseconds
+    assert cost.target(0.5) == pytest.approx(0.5 * cost.total(groups.dense))
+    with pytest.raises(PruneError, match="out of reach"):
+        allocate(groups, cost, importance, 1e-6)
+
+
+def test_baselines_meet_their_own_budgets(resnet, resnet20_predictor):
+    groups, importance = resnet
+    latency, macs = PredictedLatency(groups, resnet20_predictor), Macs(groups)
+    budget = _reachable(groups, latency, 0.5)
+    plan = uniform(groups, latency, latency.target(budget))
+    assert latency.total(plan) <= latency.target(budget)
+    assert all(count % latency.step == 0 for count in plan.values())
+    assert len({count / groups.by_name[name].size for name, count in plan.items()}) <= 3
+    plan = global_ranking(groups, macs, importance, macs.target(0.5), step=latency.step)
+    assert macs.total(plan) <= macs.target(0.5)
+    assert all(count % latency.step == 0 for count in plan.values())
+
+
+def test_soft_cost_follows_the_predictor(resnet, resnet20_predictor):
+    groups, _ = resnet
+    cost = PredictedLatency(groups, resnet20_predictor)
+    soft = SoftCost(cost)
+    dense = {name: torch.tensor(float(size)) for name, size in groups.dense.items()}
+    assert float(soft(dense)) == pytest.approx(cost.total(groups.dense), rel=1e-4)
+    plan = {name: size if size <= cost.step else size // 2 for name, size in groups.dense.items()}
+    counts = {name: torch.tensor(float(count), requires_grad=True) for name, count in plan.items()}
+    value = soft(counts)
+    value.backward()
+    assert float(value.detach()) == pytest.approx(cost.total(plan), rel=0.05)
+    assert float(value.detach()) < cost.total(groups.dense)
+    grads = [float(t.grad) for t in counts.values()]
+    assert all(math.isfinite(g) for g in grads) and any(g != 0 for g in grads)
+
+
+def test_every_criterion_scores_depthwise_groups():
+    groups = ChannelGroups(mobilenetv2(10, 3).eval(), (1, 3, 32, 32))
+    batch = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))]
+    for criterion in CRITERIA:
+        result = scores(groups, criterion, batch)
+        assert all(result[g.name].shape == (g.size,) and torch.isfinite(result[g.name]).all() for g in groups.groups)
+    with pytest.raises(PruneError, match="unknown criterion 'l3'"):
+        scores(groups, "l3")
