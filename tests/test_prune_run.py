@@ -1,0 +1,81 @@
+"""Short end-to-end pruning runs: Fashion-MNIST subsets, one epoch, ResNet-20, a real predictor."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hwloop.cli import app
+from hwloop.prune import export, pipeline
+from hwloop.prune.cost import PredictedLatency
+from hwloop.prune.data import load_data
+from hwloop.prune.groups import ChannelGroups
+from hwloop.space import trace_layers
+
+runner = CliRunner()
+SMALL = ("--train-samples", "128", "--test-samples", "64", "--batch-size", "32", "--epochs", "1", "--dense-epochs", "1")
+
+
+def _budget(predictor) -> float:
+    """A fraction of the dense latency halfway to a plan of aligned small counts."""
+    groups = ChannelGroups(pipeline.build("resnet20", load_data("fashion-mnist", 32, 8, 8)), (1, 1, 28, 28))
+    cost = PredictedLatency(groups, predictor)
+    dense = cost.total(groups.dense)
+    small = cost.total({g.name: min(g.size, cost.step) for g in groups.groups})
+    return round((small + 0.5 * (dense - small)) / dense, 3)
+
+
+@pytest.fixture(scope="module")
+def predictors(resnet20_predictor, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("predictors")
+    resnet20_predictor.save(directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_prune_command_end_to_end(predictors, resnet20_predictor, tmp_path):
+    budget = _budget(resnet20_predictor)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--budget", str(budget),
+                                 *SMALL, "--out", str(out), "--cache", str(tmp_path / "cache"),
+                                 "--predictors", str(predictors), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["predicted_ms"] <= record["target_ms"] == pytest.approx(budget * record["dense_predicted_ms"])
+    assert 0 <= record["accuracy"] <= 1 and 0 <= record["dense_accuracy"] <= 1
+    assert (tmp_path / "cache" / "prune" / "dense").is_dir()
+    pruned, dense, plan = export.load(out)
+    layers = [t.config for t in trace_layers(pruned, (1, 1, 28, 28))]
+    assert resnet20_predictor.predict_model(layers) == pytest.approx(record["predicted_ms"], rel=1e-5)
+    assert sum(c.macs for c in layers) < sum(t.config.macs for t in trace_layers(dense, (1, 1, 28, 28)))
+
+    again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
+                                "--predictors", str(predictors)])
+    assert again.exit_code == 2 and "no predictor for device 'nowhere'" in " ".join(again.output.split())
+
+
+def test_dry_run_checks_shapes_without_a_predictor():
+    result = runner.invoke(app, ["prune", "--device", "local", "--model", "mobilenetv2", "--dry-run",
+                                 "--train-samples", "8", "--test-samples", "8"])
+    assert result.exit_code == 0, result.output
+    assert "shapes hold" in result.output and "features.2.conv.1.0" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["afcp", "lws"])
+def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):
+    torch.manual_seed(0)
+    data = load_data("fashion-mnist", 32, train_samples=96, test_samples=64)
+    dense = pipeline.dense_baseline("resnet20", data, 1, 0, tmp_path)
+    settings = pipeline.Settings(method=method, budget=_budget(resnet20_predictor), epochs=1)
+    result = pipeline.run("resnet20", data, resnet20_predictor, settings, tmp_path / method, tmp_path, dense=dense)
+    record = result.record
+    assert record["predicted_ms"] <= record["target_ms"]
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(export.load(tmp_path / method)[0](x), result.model(x))
+    if method == "afcp":
+        assert record["replaced_channels"] + record["zeroed_channels"] == \
+            sum(g["dense"] - g["kept"] for g in record["groups"].values())
+    else:
+        assert set(record["rules"].values()) <= {"l1", "bn_scale", "taylor", "geometric_median"}
