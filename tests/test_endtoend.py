@@ -141,3 +141,21 @@ def test_tuned_policy_tunes_each_reducing_function_of_a_model(host_target, tmp_p
     data, expected = reference_io(model, shape)
     vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())
     assert relative_error(vm["main"](tvm.runtime.tensor(data, tvm.cpu())).numpy(), expected) <= MODEL_TOLERANCE
+
+
+def test_measure_command_measures_once_and_refuses_transfer(registry_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hwloop.cli import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, ["measure", "--registry", str(registry_dir), "-d", "local",
+                                        "--tables", str(tmp_path), "--cache", str(tmp_path / "cache"), *args])
+
+    first = invoke("-m", "resnet20", "--json")
+    assert first.exit_code == 0, first.output
+    (record,) = json.loads(first.stdout)
+    assert record["model"] == "resnet20" and record["status"] == "ok" and record["latency_ms"] > 0
+    assert json.loads(invoke("-m", "resnet20", "--json").stdout) == []
+    refused = invoke("-m", "resnet20", "--schedule", "transfer:4")
+    assert refused.exit_code == 2 and "single layers" in refused.output
