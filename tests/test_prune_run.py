@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hwloop import tables
 from hwloop.cli import app
 from hwloop.prune import export, pipeline
 from hwloop.prune.cost import PredictedLatency
@@ -34,7 +35,7 @@ def predictors(resnet20_predictor, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_prune_command_end_to_end(predictors, resnet20_predictor, tmp_path):
+def test_prune_then_validate_end_to_end(predictors, resnet20_predictor, registry_dir, cache_dir, tmp_path):
     budget = _budget(resnet20_predictor)
     out = tmp_path / "out"
     result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--budget", str(budget),
@@ -49,6 +50,17 @@ def test_prune_command_end_to_end(predictors, resnet20_predictor, tmp_path):
     layers = [t.config for t in trace_layers(pruned, (1, 1, 28, 28))]
     assert resnet20_predictor.predict_model(layers) == pytest.approx(record["predicted_ms"], rel=1e-5)
     assert sum(c.macs for c in layers) < sum(t.config.macs for t in trace_layers(dense, (1, 1, 28, 28)))
+
+    tables_dir = tmp_path / "tables"
+    checked = runner.invoke(app, ["validate", "--device", "local", "--model", str(out), "--registry", str(registry_dir),
+                                  "--tables", str(tables_dir), "--cache", str(cache_dir), "--json"])
+    report = json.loads(checked.stdout)
+    assert {"dense_ms", "measured_ms", "predicted_ms", "accuracy", "dense_accuracy"} <= set(report)
+    assert report["dense_ms"] > 0 and report["measured_ms"] > 0
+    assert report["predicted_ms"] == record["predicted_ms"] and report["accuracy"] == record["accuracy"]
+    assert report["ok"] == (report["measured_ms"] < report["dense_ms"]) == (checked.exit_code == 0)
+    rows = tables.read_models(tables_dir, "local")
+    assert sorted(rows.model) == ["resnet20@fashion-mnist:dense", "resnet20@fashion-mnist:latency"]
 
     again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
                                 "--predictors", str(predictors)])

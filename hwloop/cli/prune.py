@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
-from .app import CacheOpt, JsonOpt, RegistryOpt, app, err, fail, get_device, out
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out
 
 PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
 
@@ -132,3 +133,54 @@ def _dry_run(spec: str, data) -> None:
     with torch.no_grad():
         shape = tuple(model(torch.zeros(data.input_shape)).shape)
     out.print(f"pruned every group to half: forward on {data.input_shape} gives {shape}: shapes hold")
+
+
+@app.command()
+def validate(
+    device: Annotated[str, typer.Option("--device", "-d", help="Registered device to measure on.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Output folder of `hwloop prune`.")],
+    tables: TablesOpt = Path("tables"),
+    registry: RegistryOpt = None,
+    cache: CacheOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compile the dense and the pruned model whole for the device, check and time both end to end,
+    and compare measured with predicted latency. Exits 1 when the pruned model is not faster.
+
+      hwloop validate --device local --model pruned/resnet20-latency-0.5
+    """
+    from ..prune.groups import PruneError
+    from ..prune.validate import validate as run_validate
+    from ..schedules import PolicyError
+    from ..transports import TransportError
+
+    dev = get_device(device, registry)
+    try:
+        with err.status(f"{dev.name}: building and timing the dense and the pruned model"):
+            report = run_validate(dev, model, tables, cache or default_cache_dir(),
+                                  on_row=lambda row: err.print(f"{row['model']}: {row['status']}"))
+    except (PruneError, PolicyError, TransportError) as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        _validation_table(report)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def _validation_table(report: dict) -> None:
+    def ms(value) -> str:
+        return f"{value:.4f}" if value is not None else "-"
+
+    table = Table("", "measured ms", "predicted ms", "accuracy",
+                  title=f"{report['model']} on {report['device']} · {report['schedule']}")
+    table.add_row("dense", ms(report["dense_ms"]), ms(report["dense_predicted_ms"]), f"{report['dense_accuracy']:.2%}")
+    table.add_row("pruned", ms(report["measured_ms"]), ms(report["predicted_ms"]), f"{report['accuracy']:.2%}")
+    out.print(table)
+    if report["speedup"] is not None:
+        out.print(f"measured speed-up {report['speedup']:.2f}x; predicted latency off by {report['predicted_error']:+.1%}"
+                  + ("" if report["predicted_for"] == report["device"] else
+                     f" (predicted for {report['predicted_for']})"))
+    for failure in report["failures"]:
+        out.print(f"[bold red]failed:[/] {escape(failure)}", highlight=False)

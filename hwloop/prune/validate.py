@@ -1,0 +1,41 @@
+"""A pruned model checked on its board: the dense and the pruned model compiled whole with the
+schedule policy of the predictor that priced the plan, checked against torch and timed end to end.
+Both rows go to the device's model table, where they also calibrate the predictor's whole-model figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..endtoend import ModelCase, measure_models
+from ..registry import Device
+from ..schedules import parse_policy
+from . import export
+
+
+def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_row=None) -> dict:
+    """Measure the output folder ``out`` of a pruning run on ``device``; the report's ``ok`` is False
+    when a measurement failed or the pruned model is not faster than the dense one."""
+    pruned, dense, record = export.load(out)
+    shape = tuple(record["input_shape"])
+    name = f"{Path(record['model']).name}@{record.get('dataset', 'data')}"
+    cases = [ModelCase(f"{name}:dense", dense, shape), ModelCase(f"{name}:{record.get('method', 'pruned')}", pruned, shape)]
+    policy = parse_policy(record.get("schedule", "default"))
+    dense_row, pruned_row = measure_models(device, cases, policy, tables_dir, cache_dir, force=True, on_row=on_row)
+    report = {
+        "device": device.name, "model": str(out), "schedule": policy.name, "predicted_for": record.get("device"),
+        "method": record.get("method"), "budget": record.get("budget"),
+        "dense_ms": dense_row["latency_ms"], "measured_ms": pruned_row["latency_ms"],
+        "dense_predicted_ms": record.get("dense_predicted_ms"), "predicted_ms": record.get("predicted_ms"),
+        "accuracy": record.get("accuracy"), "dense_accuracy": record.get("dense_accuracy"),
+        "failures": [f"{row['model']}: {row['stage']}: {row['error']}" for row in (dense_row, pruned_row)
+                     if row["status"] != "ok"],
+    }
+    measured = not report["failures"]
+    report["speedup"] = report["dense_ms"] / report["measured_ms"] if measured else None
+    report["predicted_error"] = (report["predicted_ms"] / report["measured_ms"] - 1
+                                 if measured and report["predicted_ms"] else None)
+    if measured and report["measured_ms"] >= report["dense_ms"]:
+        report["failures"].append(f"the pruned model measured {report['measured_ms']:.4f} ms, not faster than "
+                                  f"the dense model's {report['dense_ms']:.4f} ms")
+    report["ok"] = not report["failures"]
+    return report
