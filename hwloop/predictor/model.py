@@ -25,9 +25,9 @@ from .selection import select
 FORMAT_VERSION = 1
 BOOSTER_FILE = "booster.ubj"
 META_FILE = "predictor.json"
-PARAMS = {"objective": "reg:squarederror", "eta": 0.1, "max_depth": 4, "min_child_weight": 1.0,
+PARAMS = {"objective": "reg:squarederror", "eta": 0.2, "max_depth": 5, "min_child_weight": 1.0,
           "subsample": 0.9, "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "max_bin": 512}
-ROUNDS = 300
+ROUNDS = 100
 REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "features", "table_sha256",
             "booster_sha256", "xgboost_version")
 
