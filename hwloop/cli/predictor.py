@@ -222,3 +222,31 @@ def predict(
     if whole is not None:
         note = "" if record["calibrated"] else " (uncalibrated: no whole-model measurements yet)"
         out.print(f"{model}: layers {record['layers_ms']:.3f} ms, whole model {whole:.3f} ms{note}")
+
+
+@app.command()
+def report(
+    device: DeviceOpt,
+    tables: TablesOpt = Path("tables"),
+    predictors: PredictorsOpt = Path("predictors"),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False)] = None,
+) -> None:
+    """Plot a device's predictor against its table: an HTML page with predicted-vs-measured (±10 %
+    band), latency-vs-out-channels staircases with the predictor's line, and learning curves.
+
+      hwloop report --device local
+    """
+    from ..predictor import PredictorError
+    from ..predictor.report import write_report
+    from ..predictor.selection import select
+
+    predictor = _load(device, predictors)
+    try:
+        chosen = select(read_table(tables, device), str(tables / device), predictor.schedule, predictor.protocol_id,
+                        device)
+    except PredictorError as exc:
+        fail(str(exc))
+    with err.status(f"plotting {device}'s predictor on {len(chosen.rows)} rows"):
+        index = write_report(predictor, chosen.rows, out_dir or Path("reports") / device)
+    out.print(f"report → {index}")
