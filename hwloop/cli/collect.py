@@ -15,19 +15,7 @@ from rich.table import Table
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        fail(f"--input-shape {text!r}: expected comma-separated integers such as 1,3,32,32")
-    if not shape or min(shape) < 1:
-        fail(f"--input-shape {text!r}: dimensions must be positive")
-    return shape
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, parse_shape
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
@@ -39,7 +27,7 @@ def _configs(model: str | None, space: Path | None, input_shape: str | None, sam
     try:
         if space is not None:
             return load_space(space)
-        module, shape = load_model(model, _parse_shape(input_shape))
+        module, shape = load_model(model, parse_shape(input_shape))
         return model_space(module, shape, samples, seed)
     except (ModelError, SpaceError) as exc:
         fail(str(exc))

@@ -299,6 +299,8 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
+    if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
+        sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
 
     fo, fi = sch.split(c.loops[f], [None, width], disable_predication=True)
     tiled = []
