@@ -47,11 +47,13 @@ class Predictor:
 
     @classmethod
     def fit(cls, table: pd.DataFrame, device: str, schedule: str = "default", protocol_id: str | None = None,
-            source: str = "table", evaluate: bool = True, seed: int = 0) -> "Predictor":
+            source: str = "table", evaluate: bool = True, seed: int = 0,
+            models: pd.DataFrame | None = None) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
 
         With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel
-        counts, unseen shapes) from models trained without those rows.
+        counts, unseen shapes) from models trained without those rows. ``models`` (the device's
+        model table) calibrates whole-model predictions.
         """
         chosen = select(table, source, schedule, protocol_id, device)
         lanes = lanes_of(chosen.target)
@@ -67,7 +69,12 @@ class Predictor:
             from .evaluation import holdout_scores
 
             meta["metrics"] = holdout_scores(chosen.rows, lanes, seed)
-        return cls(train(chosen.rows, lanes, seed), meta)
+        predictor = cls(train(chosen.rows, lanes, seed), meta)
+        if models is not None:
+            from .calibration import calibrate
+
+            predictor.meta["calibration"] = calibrate(predictor, models)
+        return predictor
 
     def predict(self, configs) -> np.ndarray:
         """Latency in ms of each config (a list of LayerConfig)."""
