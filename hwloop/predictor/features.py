@@ -39,6 +39,23 @@ def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in COLUMNS}
 
 
+def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The distinct configs of ``cols`` (in order of first appearance) and, for each row, the
+    index of its config among them: a batch from a pruning search repeats configs many times."""
+    n = len(cols["op"])
+    key, radix = np.zeros(n, dtype=np.int64), 1
+    for c in COLUMNS:
+        codes, uniques = pd.factorize(np.asarray(cols[c]))
+        if radix * len(uniques) >= 1 << 62:
+            return cols, np.arange(n)
+        key += codes.astype(np.int64) * radix
+        radix *= len(uniques)
+    inverse, uniques = pd.factorize(key)
+    first = np.empty(len(uniques), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n - 1, -1, -1)
+    return {c: np.asarray(cols[c])[first] for c in COLUMNS}, inverse
+
+
 def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
     """Feature matrix (float32, XGBoost's own precision), one row per config, for a target with
     ``lanes`` float32 SIMD lanes; computed in cache-sized chunks."""
