@@ -52,3 +52,14 @@ def test_evaluate_refuses_what_it_cannot_score(local_predictor, untuned_dir, tmp
     (tmp_path / "junk.parquet").write_text("not parquet")
     junk = invoke("evaluate", "--device", "local", "--predictors", tmp_path, "--table", tmp_path / "junk.parquet")
     assert junk.exit_code == 2 and "junk.parquet: not a readable Parquet table" in said(junk)
+
+
+def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_path):
+    local_predictor.save(tmp_path / "predictors")
+    result = invoke("report", "--device", "local", "--tables", local_table, "--predictors", tmp_path / "predictors",
+                    "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    for name in ("scatter.png", "staircase.png", "learning_curve.png"):
+        assert name in page
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -48,6 +48,11 @@ def collect(
     registry: RegistryOpt = None,
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option(help="Measure again configs already in the table.")] = False,
+    adaptive: Annotated[bool, typer.Option(
+        help="Spend --budget measurements where a predictor fitted on what is measured so far is uncertain or "
+             "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
+             "budget) is the pool.")] = False,
+    budget: Annotated[Optional[int], typer.Option(min=1, help="Measurements --adaptive may spend.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
@@ -57,6 +62,8 @@ def collect(
       hwloop collect --device local --model resnet20 --samples 60
 
       hwloop collect --device local --space docs/space.yaml --schedule tuned:64
+
+      hwloop collect --device local --model resnet20 --adaptive --budget 300
     """
     from ..collect import collect as run_collect
     from ..schedules import PolicyError, parse_policy
@@ -67,7 +74,9 @@ def collect(
         policy = parse_policy(schedule)
     except PolicyError as exc:
         fail(str(exc))
-    configs = _configs(model, space, input_shape, samples, seed)
+    if adaptive and budget is None:
+        fail("--adaptive needs --budget N, the number of measurements it may spend")
+    configs = _configs(model, space, input_shape, max(samples, 10 * budget) if adaptive else samples, seed)
     try:
         tables_mod.read(tables, dev.name)
     except tables_mod.TableError as exc:
@@ -91,7 +100,14 @@ def collect(
                             rate=f"{progress.tasks[task].completed * 60 / elapsed:.1f}")
 
         try:
-            summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
+            if adaptive:
+                from ..predictor.sampling import adaptive_collect
+
+                on_start(budget)
+                summary = adaptive_collect(dev, configs, policy, tables, cache or default_cache_dir(), budget, seed=seed,
+                                           force=force, on_row=on_row)
+            else:
+                summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
         except TransportError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

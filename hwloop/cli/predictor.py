@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import JsonOpt, TablesOpt, app, err, fail, out, read_table
+from .app import JsonOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
 
 PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of predictors, one sub-folder per device.")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
@@ -83,21 +83,39 @@ def fit(
     """
     from ..predictor import Predictor, PredictorError
 
+    from .. import tables as tables_mod
+
     frame = read_table(tables, device)
+    try:
+        models = tables_mod.read_models(tables, device)
+    except tables_mod.TableError as exc:
+        fail(str(exc))
     with err.status(f"fitting {device}'s predictor on its {schedule!r} rows"):
         try:
-            predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device))
+            predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
         except PredictorError as exc:
             fail(str(exc))
     directory = predictor.save(predictors)
+    calibration = predictor.meta["calibration"]
     record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
-              "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"]}
+              "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
+              "calibration": calibration}
     if as_json:
         out.print_json(json.dumps(record))
         return
     if record["metrics"]:
         out.print(_scores_table(f"{device} · {schedule} · held-out rows",
                                 {name: s for name, s in record["metrics"].items()}))
+    if calibration:
+        models_table = Table("model", "measured ms", "layers ms", "predicted ms", "error",
+                             title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
+                                   "ms; each predicted by a calibration without it)")
+        for case in calibration["cases"]:
+            models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
+                                 f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
+        out.print(models_table)
+    else:
+        out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 
@@ -181,8 +199,6 @@ def predict(
 
       hwloop predict -d local --model resnet20
     """
-    from .collect import _parse_shape
-
     if sum(x is not None and x != [] for x in (layers, space, model)) != 1:
         fail("give layer ids, or --space, or --model")
     predictor = _load(device, predictors)
@@ -201,7 +217,7 @@ def predict(
         from ..space import SpaceError, trace_layers
 
         try:
-            module, shape = load_model(model, _parse_shape(input_shape))
+            module, shape = load_model(model, parse_shape(input_shape))
             configs = [traced.config for traced in trace_layers(module, shape)]
         except (ModelError, SpaceError) as exc:
             fail(str(exc))
@@ -222,3 +238,31 @@ def predict(
     if whole is not None:
         note = "" if record["calibrated"] else " (uncalibrated: no whole-model measurements yet)"
         out.print(f"{model}: layers {record['layers_ms']:.3f} ms, whole model {whole:.3f} ms{note}")
+
+
+@app.command()
+def report(
+    device: DeviceOpt,
+    tables: TablesOpt = Path("tables"),
+    predictors: PredictorsOpt = Path("predictors"),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False)] = None,
+) -> None:
+    """Plot a device's predictor against its table: an HTML page with predicted-vs-measured (±10 %
+    band), latency-vs-out-channels staircases with the predictor's line, and learning curves.
+
+      hwloop report --device local
+    """
+    from ..predictor import PredictorError
+    from ..predictor.report import write_report
+    from ..predictor.selection import select
+
+    predictor = _load(device, predictors)
+    try:
+        chosen = select(read_table(tables, device), str(tables / device), predictor.schedule, predictor.protocol_id,
+                        device)
+    except PredictorError as exc:
+        fail(str(exc))
+    with err.status(f"plotting {device}'s predictor on {len(chosen.rows)} rows"):
+        index = write_report(predictor, chosen.rows, out_dir or Path("reports") / device)
+    out.print(f"report → {index}")

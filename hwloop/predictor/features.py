@@ -16,6 +16,7 @@ from ..layers import OPS, LayerConfig
 COLUMNS = ("op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding", "groups",
            "batch", "dtype")
 ALIGNMENTS = (4, 8, 16, 32)
+CHUNK = 1 << 14
 
 
 def names(lanes: int) -> list[str]:
@@ -38,13 +39,40 @@ def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in COLUMNS}
 
 
+def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The distinct configs of ``cols`` (in order of first appearance) and, for each row, the
+    index of its config among them: a batch from a pruning search repeats configs many times."""
+    n = len(cols["op"])
+    key, radix = np.zeros(n, dtype=np.int64), 1
+    for c in COLUMNS:
+        codes, uniques = pd.factorize(np.asarray(cols[c]))
+        if radix * len(uniques) >= 1 << 62:
+            return cols, np.arange(n)
+        key += codes.astype(np.int64) * radix
+        radix *= len(uniques)
+    inverse, uniques = pd.factorize(key)
+    first = np.empty(len(uniques), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n - 1, -1, -1)
+    return {c: np.asarray(cols[c])[first] for c in COLUMNS}, inverse
+
+
 def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
-    """Feature matrix, one row per config, for a target with ``lanes`` float32 SIMD lanes."""
-    op = np.asarray(cols["op"])
+    """Feature matrix (float32, XGBoost's own precision), one row per config, for a target with
+    ``lanes`` float32 SIMD lanes; computed in cache-sized chunks."""
+    cols = {c: np.asarray(cols[c]) for c in COLUMNS}
+    n = len(cols["op"])
+    out = np.empty((n, len(names(lanes))), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        out[start:start + CHUNK] = _chunk({c: v[start:start + CHUNK] for c, v in cols.items()}, lanes)
+    return out
+
+
+def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+    op = cols["op"]
     cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
     h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
     s, p, g, n = _int(cols["stride"]), _int(cols["padding"]), _int(cols["groups"]), _int(cols["batch"])
-    dtype_bytes = np.where(np.asarray(cols["dtype"]) == "float16", 2.0, 4.0)
+    dtype_bytes = np.where(cols["dtype"] == "float16", 2.0, 4.0)
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     cout_g = np.maximum(cout // g, 1)
     # a float16 vector holds twice the float32 lanes
@@ -66,7 +94,7 @@ def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
                                                           c / (_ceil(c, dlanes) * dlanes)]
     features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
                  np.log2(n * oh * ow), np.log2(weight_bytes)]
-    return np.column_stack([np.asarray(f, dtype=np.float64) for f in features])
+    return np.column_stack(features)
 
 
 def baseline(features: np.ndarray, lanes: int) -> np.ndarray:

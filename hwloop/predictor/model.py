@@ -25,9 +25,9 @@ from .selection import select
 FORMAT_VERSION = 1
 BOOSTER_FILE = "booster.ubj"
 META_FILE = "predictor.json"
-PARAMS = {"objective": "reg:squarederror", "eta": 0.1, "max_depth": 4, "min_child_weight": 1.0,
+PARAMS = {"objective": "reg:squarederror", "eta": 0.2, "max_depth": 5, "min_child_weight": 1.0,
           "subsample": 0.9, "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "max_bin": 512}
-ROUNDS = 300
+ROUNDS = 100
 REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "features", "table_sha256",
             "booster_sha256", "xgboost_version")
 
@@ -47,11 +47,13 @@ class Predictor:
 
     @classmethod
     def fit(cls, table: pd.DataFrame, device: str, schedule: str = "default", protocol_id: str | None = None,
-            source: str = "table", evaluate: bool = True, seed: int = 0) -> "Predictor":
+            source: str = "table", evaluate: bool = True, seed: int = 0,
+            models: pd.DataFrame | None = None) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
 
         With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel
-        counts, unseen shapes) from models trained without those rows.
+        counts, unseen shapes) from models trained without those rows. ``models`` (the device's
+        model table) calibrates whole-model predictions.
         """
         chosen = select(table, source, schedule, protocol_id, device)
         lanes = lanes_of(chosen.target)
@@ -67,7 +69,12 @@ class Predictor:
             from .evaluation import holdout_scores
 
             meta["metrics"] = holdout_scores(chosen.rows, lanes, seed)
-        return cls(train(chosen.rows, lanes, seed), meta)
+        predictor = cls(train(chosen.rows, lanes, seed), meta)
+        if models is not None:
+            from .calibration import calibrate
+
+            predictor.meta["calibration"] = calibrate(predictor, models)
+        return predictor
 
     def predict(self, configs) -> np.ndarray:
         """Latency in ms of each config (a list of LayerConfig)."""
@@ -78,11 +85,13 @@ class Predictor:
         return self.predict_columns(features.from_frame(frame))
 
     def predict_columns(self, cols: dict[str, np.ndarray]) -> np.ndarray:
-        """Latency in ms from config columns as arrays: the fast path for large batches."""
+        """Latency in ms from config columns as arrays: the fast path for large batches (each
+        distinct config is predicted once)."""
         if len(cols["op"]) == 0:
             return np.empty(0)
-        x = features.matrix(cols, self.lanes)
-        return np.exp(self.booster.inplace_predict(x, base_margin=features.baseline(x, self.lanes)))
+        unique, inverse = features.distinct(cols)
+        x = features.matrix(unique, self.lanes)
+        return np.exp(self.booster.inplace_predict(x, base_margin=features.baseline(x, self.lanes)))[inverse]
 
     def latency_grid(self, config, in_counts, out_counts) -> np.ndarray:
         """Latency (ms) of ``config`` with every in/out channel count pair, shape ``(len(in), len(out))``.
