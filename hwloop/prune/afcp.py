@@ -23,7 +23,8 @@ from torch import nn
 
 from .allocator import allocate, keep_top
 from .cost import Cost, SoftCost
-from .gates import ConsumerHooks, channel_view, feeds
+from .data import first_batches
+from .gates import ConsumerHooks, channel_view, compose, feeds
 from .groups import ChannelGroups
 from .train import train
 
@@ -54,7 +55,7 @@ def similarity(groups: ChannelGroups, batches: Iterable, names: list[str]) -> di
     for consumer, fed in feeds(groups).items():
         chain = [record(group, positions) for group, positions in fed if group in grams]
         if chain:
-            transforms[consumer] = _compose(chain)
+            transforms[consumer] = compose(chain)
     was_training = groups.model.training
     groups.model.eval()
     with ConsumerHooks(groups.model, transforms):
@@ -108,7 +109,7 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     """Train the gates, choose the plan, fold; returns the plan, kept channels and a record entry."""
     model = groups.model
     replaceable = foldable(groups)
-    grams = similarity(groups, _few(loader), replaceable)
+    grams = similarity(groups, first_batches(loader, 8), replaceable)
     pairs = {name: nearest(grams[name]) for name in replaceable}
     theta = {g.name: nn.Parameter(torch.full((g.size,), GATE_INIT)) for g in groups.groups}
     rho = {name: nn.Parameter(torch.zeros(groups.by_name[name].size)) for name in replaceable}
@@ -127,7 +128,7 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
             return x.index_copy(dim, positions, mixed)
         return apply
 
-    transforms = {consumer: _compose([gate(group, positions) for group, positions in fed])
+    transforms = {consumer: compose([gate(group, positions) for group, positions in fed])
                   for consumer, fed in feeds(groups).items()}
 
     def penalty() -> torch.Tensor:
@@ -147,15 +148,3 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     folded = fold(groups, keep, replaced, grams, keep_values)
     return plan, keep, {"replaced_channels": folded,
                         "zeroed_channels": sum(g.size - plan[g.name] for g in groups.groups) - folded}
-
-
-def _compose(functions: list[Callable]) -> Callable:
-    def composed(x):
-        for fn in functions:
-            x = fn(x)
-        return x
-    return composed
-
-
-def _few(loader, batches: int = 8) -> list:
-    return [batch for batch, _ in zip(loader, range(batches))]

@@ -49,6 +49,11 @@ def load_data(spec: str, batch_size: int = 128, train_samples: int | None = None
                 DataLoader(test, 256), (1, *xtr.shape[1:]), int(ytr.max()) + 1)
 
 
+def first_batches(loader: DataLoader, count: int) -> list:
+    """The first ``count`` batches of ``loader`` (for importance scores and channel statistics)."""
+    return [batch for batch, _ in zip(loader, range(count))]
+
+
 def _idx(path: Path, dims: int) -> np.ndarray:
     """An IDX array (optionally gzipped) of unsigned bytes with ``dims`` dimensions."""
     try:

@@ -36,6 +36,15 @@ def scale_channels(x: torch.Tensor, positions: torch.Tensor, values: torch.Tenso
     return x * channel_view(x, factor)
 
 
+def compose(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One input transform applying ``transforms`` in turn (a layer fed by several groups)."""
+    def composed(x: torch.Tensor) -> torch.Tensor:
+        for transform in transforms:
+            x = transform(x)
+        return x
+    return composed
+
+
 class ConsumerHooks:
     """Context manager: ``transforms[name](x)`` replaces the input of module ``name`` while active."""
 

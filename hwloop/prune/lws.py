@@ -18,7 +18,8 @@ from torch import nn
 from .afcp import fold
 from .allocator import allocate, keep_top
 from .cost import Cost
-from .gates import ConsumerHooks, feeds, scale_channels
+from .data import first_batches
+from .gates import ConsumerHooks, compose, feeds, scale_channels
 from .groups import ChannelGroups
 from .importance import scores
 from .train import train
@@ -36,7 +37,7 @@ def ranks(score: torch.Tensor) -> torch.Tensor:
 def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
            min_ratio: float = 0.1, on_batch: Callable[[float], None] | None = None):
     """Search each group's rule; returns the plan, the kept channels and the rule of every group."""
-    batches = [batch for batch, _ in zip(loader, range(4))]
+    batches = first_batches(loader, 4)
     by_rule = {rule: scores(groups, rule, batches) for rule in RULES}
     stacked = {g.name: torch.stack([ranks(by_rule[rule][g.name]) for rule in RULES]) for g in groups.groups}
     plan = allocate(groups, cost, {name: ranks_.mean(0) for name, ranks_ in stacked.items()}, target, min_ratio)
@@ -54,10 +55,8 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     def gate(name: str, positions: torch.Tensor):
         return lambda x: scale_channels(x, positions, mask(name))
 
-    transforms = {}
-    for consumer, fed in feeds(groups).items():
-        chain = [gate(name, positions) for name, positions in fed]
-        transforms[consumer] = lambda x, chain=chain: _apply(chain, x)
+    transforms = {consumer: compose([gate(name, positions) for name, positions in fed])
+                  for consumer, fed in feeds(groups).items()}
     with ConsumerHooks(groups.model, transforms):
         train(groups.model, loader, epochs, lr=0.01, teacher=teacher,
               extra_params=[{"params": list(beta.values()), "lr": 0.5, "weight_decay": 0}], on_batch=on_batch)
@@ -66,9 +65,3 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     with torch.no_grad():
         fold(groups, keep, {}, {}, {name: mask(name) for name in plan})
     return plan, keep, {"rules": rules}
-
-
-def _apply(chain: list[Callable], x: torch.Tensor) -> torch.Tensor:
-    for fn in chain:
-        x = fn(x)
-    return x

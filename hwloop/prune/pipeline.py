@@ -17,7 +17,7 @@ from ..models import ModelError, load_model
 from . import afcp, baselines, export, lws
 from .allocator import allocate, keep_top
 from .cost import Macs, PredictedLatency
-from .data import Data
+from .data import Data, first_batches
 from .groups import ChannelGroups, PruneError
 from .importance import scores
 from .train import evaluate, train
@@ -116,7 +116,7 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
                    settings.search_epochs * len(data.train)) as advance:
             return search(groups, latency, target, data.train, teacher, settings.search_epochs,
                           settings.min_ratio, on_batch=advance)
-    importance = scores(groups, settings.criterion, _few(data.train))
+    importance = scores(groups, settings.criterion, first_batches(data.train, 4))
     if method == "uniform":
         plan = baselines.uniform(groups, latency, target, settings.min_ratio)
     elif method == "flops":
@@ -126,10 +126,6 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         with _task(progress, "allocating channels", None) as advance:
             plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance())
     return plan, keep_top(importance, plan), {"criterion": settings.criterion}
-
-
-def _few(loader, batches: int = 4) -> list:
-    return [batch for batch, _ in zip(loader, range(batches))]
 
 
 def build(spec: str, data: Data) -> nn.Module:

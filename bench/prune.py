@@ -1,0 +1,148 @@
+"""Pruning methods compared on the local device: ResNet on Fashion-MNIST, each method at a few
+latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
+
+    .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.5,0.7] [--methods latency,afcp,lws,flops,uniform]
+        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--work bench-prune] [--plot docs/prune.png]
+
+Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
+schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
+predictor's whole-model calibration); fit the predictor; train the dense baseline once; then for
+each method and budget prune, fine-tune with distillation, and validate on the device (dense and
+pruned model compiled whole and timed end to end). ``flops`` is given the same budget as a fraction
+of the dense MACs. Work files (tables, predictor, pruned models) stay under --work, so a re-run
+reuses the measured tables and the dense baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hwloop import tables  # noqa: E402
+from hwloop.collect import collect  # noqa: E402
+from hwloop.endtoend import ModelCase, measure_models  # noqa: E402
+from hwloop.predictor import Predictor  # noqa: E402
+from hwloop.prune import pipeline  # noqa: E402
+from hwloop.prune.data import load_data  # noqa: E402
+from hwloop.prune.groups import ChannelGroups, PruneError  # noqa: E402
+from hwloop.prune.validate import validate  # noqa: E402
+from hwloop.registry import load_registry  # noqa: E402
+from hwloop.schedules import parse_policy  # noqa: E402
+from hwloop.space import model_space  # noqa: E402
+
+from schedules import REGISTRY  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--budgets", default="0.5,0.7")
+    parser.add_argument("--methods", default=",".join(pipeline.METHODS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dense-epochs", type=int, default=10)
+    parser.add_argument("--search-epochs", type=int, default=1)
+    parser.add_argument("--train-samples", type=int, default=None)
+    parser.add_argument("--test-samples", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
+    parser.add_argument("--work", type=Path, default=Path("bench-prune"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/prune.png"))
+    args = parser.parse_args()
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "devices.yaml").write_text(REGISTRY)
+    device = load_registry(work).get("local")
+    policy = parse_policy("default")
+    tables_dir, cache = work / "tables", work / "cache"
+    data = load_data("fashion-mnist", 128, args.train_samples, args.test_samples)
+
+    model = pipeline.build(args.model, data).eval()
+    collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
+    measure_models(device, _calibration_models(args.model, data), policy, tables_dir, cache)
+    predictor = Predictor.fit(tables.read(tables_dir, "local"), "local", "default",
+                              models=tables.read_models(tables_dir, "local"))
+    calibration = predictor.meta["calibration"] or {}
+    print(f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration scale {calibration.get('scale', 1):.3f}, "
+          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}")
+
+    dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
+    results = []
+    for method in args.methods.split(","):
+        for budget in [float(b) for b in args.budgets.split(",")]:
+            settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs,
+                                         dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
+            out = work / "pruned" / f"{args.model}-{method}-{budget:g}"
+            try:
+                pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense)
+            except PruneError as exc:
+                print(f"{method} at {budget:g}: {exc}")
+                continue
+            report = validate(device, out, tables_dir, cache)
+            record = json.loads((out / "plan.json").read_text())
+            results.append({**report, "macs": record["macs"], "dense_macs": record["dense_macs"]})
+            print(_line(results[-1]), flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    _print_table(results)
+    _plot(results, args.plot, args.model)
+
+
+def _calibration_models(spec: str, data) -> list[ModelCase]:
+    """The dense model and copies thinned to 3/4 and 1/2 of every group, for the whole-model calibration."""
+    cases = [ModelCase(f"{spec}@calibration:dense", pipeline.build(spec, data).eval(), data.input_shape)]
+    for share in (0.75, 0.5):
+        model = copy.deepcopy(cases[0].model)
+        groups = ChannelGroups(model, data.input_shape)
+        groups.apply_plan({g.name: max(1, round(share * g.size)) for g in groups.groups})
+        cases.append(ModelCase(f"{spec}@calibration:{share}", model, data.input_shape))
+    return cases
+
+
+def _line(r: dict) -> str:
+    speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+    error = f"{r['predicted_error']:+.1%}" if r["predicted_error"] is not None else "-"
+    return (f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
+            f"{r['measured_ms']:.3f} | {error} | {speedup} | {r['dense_macs'] / r['macs']:.2f}x |"
+            + ("" if r["ok"] else " failed: " + "; ".join(r["failures"])))
+
+
+def _print_table(results: list[dict]) -> None:
+    if not results:
+        return
+    first = results[0]
+    print(f"\ndense: accuracy {first['dense_accuracy']:.2%}, measured {first['dense_ms']:.3f} ms, "
+          f"predicted {first['dense_predicted_ms']:.3f} ms\n")
+    print("| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up | MACs reduction |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(_line(r))
+
+
+def _plot(results: list[dict], path: Path, model: str) -> None:
+    if not results:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense_ms = sum(r["dense_ms"] for r in results) / len(results)
+    ax.scatter([dense_ms], [results[0]["dense_accuracy"] * 100], marker="*", s=160, color="black", label="dense")
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = sorted((r for r in results if r["method"] == method and r["measured_ms"]), key=lambda r: r["measured_ms"])
+        ax.plot([r["measured_ms"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="o", label=method)
+    ax.set_xlabel("measured latency on the device (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{model} on Fashion-MNIST: accuracy vs measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot → {path}")
+
+
+if __name__ == "__main__":
+    main()
