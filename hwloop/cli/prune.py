@@ -67,6 +67,10 @@ def prune(
         fail(f"--method {method!r}: expected one of {', '.join(pipeline.METHODS)}")
     if budget <= 0:
         fail(f"--budget {budget}: must be positive (a fraction of the dense latency, or ms)")
+    from ..prune.importance import CRITERIA
+
+    if criterion not in CRITERIA:
+        fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
     try:
         data = load_data(dataset, batch_size, train_samples, test_samples, seed)
     except DataError as exc:
@@ -102,6 +106,11 @@ def prune(
 
 
 def _summary(record: dict) -> None:
+    plan = Table("group", "channels", title="channels kept per group")
+    for name, counts in record["groups"].items():
+        if counts["kept"] != counts["dense"]:
+            plan.add_row(name, f"{counts['dense']} → {counts['kept']}")
+    out.print(plan)
     table = Table("", "accuracy", "predicted ms", "MMACs", title=f"{record['model']} · {record['method']} · "
                   f"budget {record['budget']:g} ({record['target_ms']:.3f} ms) on {record['device']}")
     table.add_row("dense", f"{record['dense_accuracy']:.2%}", f"{record['dense_predicted_ms']:.3f}",
