@@ -126,7 +126,8 @@ class ChannelGroups:
                         t.config.out_channels - removed_out.get(t.name, 0)) for t in self.traced]
 
     def apply(self, keep: dict[str, list[int]]) -> None:
-        """Prune the model in place: group ``name`` keeps the channels ``keep[name]`` (dense indices)."""
+        """Prune the model in place: group ``name`` keeps the channels ``keep[name]`` (dense indices).
+        Call once: the groups describe the dense model."""
         for name, kept in keep.items():
             group = self.by_name.get(name)
             if group is None:
