@@ -17,6 +17,7 @@ CONFIGS = [
     *(conv(16, cout, 9) for cout in (1, 3, 15, 16, 17, 24, 33, 64, 67)),
     *(conv(cin, 24, 7) for cin in (1, 3, 13)),  # ragged input channels
     conv(8, 20, 7, kernel=1), conv(8, 20, 11, kernel=5), conv(4, 12, 13, kernel=7),
+    conv(8, 20, 8, kernel=1), conv(24, 17, 4, kernel=1), conv(13, 40, 16, kernel=1), conv(3, 5, 12, kernel=1),
     conv(3, 17, 15, stride=2), conv(16, 32, 14, kernel=1, stride=2), conv(8, 8, 10, kernel=7, stride=2),
     conv(8, 12, 9, groups=4), conv(32, 64, 7, groups=2), conv(12, 36, 6, kernel=1, groups=3),
     conv(13, 13, 10, groups=13, op="depthwise_conv2d"), conv(16, 16, 11, stride=2, groups=16, op="depthwise_conv2d"),
