@@ -22,7 +22,7 @@ CHUNK = 1 << 14
 def names(lanes: int) -> list[str]:
     """Feature names, in the order of :func:`matrix`'s columns."""
     channel = [f"{side}_{what}" for side in ("cin", "cout", "cout_per_group") for what in (
-        *(f"aligned_{a}" for a in ALIGNMENTS), f"aligned_{lanes}", "mod_lanes", "vectors", "vector_fill")]
+        *(f"aligned_{a}" for a in ALIGNMENTS), "aligned_lanes", "mod_lanes", "vectors", "vector_fill")]
     return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
             "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
             "log_flops", "log_bytes", "log_intensity", "log_padded_flops", "channel_vectorised",
