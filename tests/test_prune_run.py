@@ -74,6 +74,37 @@ def test_dry_run_checks_shapes_without_a_predictor():
     assert "shapes hold" in result.output and "features.2.conv.1.0" in result.output
 
 
+USER_MODEL = """\
+import torch
+from torch import nn
+
+
+class Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(1, 6, 1)
+        self.c = nn.Conv2d(14, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.c(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(y.mean((2, 3)))
+
+
+def build():
+    return Branches()
+"""
+
+
+def test_dry_run_of_a_user_model(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    result = runner.invoke(app, ["prune", "--device", "local", "--model", f"{tmp_path / 'mine.py'}:build", "--dry-run",
+                                 "--train-samples", "8", "--test-samples", "8"])
+    assert result.exit_code == 0, result.output
+    assert "3 channel groups" in result.output and "gives (1, 10): shapes hold" in result.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["afcp", "lws"])
 def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):

@@ -23,8 +23,9 @@ PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of tra
 def prune(
     device: Annotated[str, typer.Option("--device", "-d", help="Device whose predicted latency is the cost.")],
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2) or path/to/file.py:callable "
-                              "(taking the dataset's input shape and classes).")],
+        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2; built for the dataset's "
+                              "input channels and classes) or path/to/file.py:callable returning an nn.Module that "
+                              "takes the dataset's images (Fashion-MNIST: 1x28x28, CIFAR-10: 3x32x32).")],
     budget: Annotated[float, typer.Option(
         help="Latency budget: a fraction of the dense model's predicted latency (<= 1), or milliseconds (> 1).")] = 0.5,
     method: Annotated[str, typer.Option(
