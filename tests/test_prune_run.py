@@ -10,7 +10,7 @@ from hwloop import tables
 from hwloop.cli import app
 from hwloop.prune import export, pipeline
 from hwloop.prune.cost import PredictedLatency
-from hwloop.prune.data import load_data
+from hwloop.prune.data import Data, load_data
 from hwloop.prune.groups import ChannelGroups
 from hwloop.space import trace_layers
 
@@ -122,3 +122,17 @@ def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):
             sum(g["dense"] - g["kept"] for g in record["groups"].values())
     else:
         assert set(record["rules"].values()) <= {"l1", "bn_scale", "taylor", "geometric_median"}
+
+
+def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=32)
+    data = Data("mine", loader, loader, (1, 1, 28, 28), 10)
+    settings = pipeline.Settings(method="uniform", budget=_budget(resnet20_predictor), epochs=1, dense_epochs=1)
+    result = pipeline.run("resnet20", data, resnet20_predictor, settings, None, tmp_path)
+    assert result.record["dataset"] == "mine" and result.files == []
+    assert result.record["predicted_ms"] <= result.record["target_ms"]
+    assert len(list((tmp_path / "dense").glob("*.pt"))) == 1
