@@ -2,12 +2,13 @@
 and NetAdapt).
 
 From the dense plan, each step considers, for every group, dropping its least important channels
-down to each smaller count (for wide groups: the multiples of the cost's alignment step), prices every move with the cost's
-batched per-layer figures, and takes the move that loses the least importance per unit of cost
-saved. Moves of many channels at once let a group jump to a count the device runs fast (an
-alignment step: off such steps a compiled conv can be many times slower), rather than crawl
-through slow ragged counts. When the whole-model cost meets the target, a last pass gives each
-group back any channels that cost nothing. Importance is removed lowest-first, so the kept
+down to each smaller count (for wide groups: the multiples of the cost's alignment step), prices
+every move with the cost's batched per-layer figures, and takes the move that loses the least
+importance per unit of cost saved; once single moves can close the remaining gap, it takes the one
+of those that loses the least importance. Moves of many channels at once let a group jump to a
+count the device runs fast (an alignment step: off such steps a compiled conv can be many times
+slower), rather than crawl through slow ragged counts. When the whole-model cost meets the target,
+a last pass gives each group back any channels that cost nothing. Importance is removed lowest-first, so the kept
 channels of a group are its top-``count`` channels.
 """
 
@@ -38,14 +39,18 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
             raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
                              f"({min_ratio:.0%} of each group) costs {total:.4g} {cost.unit}")
         saved = _savings(groups, cost, plan, moves, touched)
-        best, best_ratio = None, math.inf
-        for (g, count), saving in zip(moves, saved):
-            if saving <= 0:
-                continue
-            ratio = (lost[g.name][g.size - count] - lost[g.name][g.size - plan[g.name]]) / saving
-            if ratio < best_ratio:
-                best, best_ratio = (g, count), ratio
-        if best is None:
+
+        def loss(move: tuple[Group, int]) -> float:
+            group, count = move
+            return lost[group.name][group.size - count] - lost[group.name][group.size - plan[group.name]]
+
+        finishing = [move for move, saving in zip(moves, saved) if saving >= total - target]
+        useful = [(loss(move) / saving, move) for move, saving in zip(moves, saved) if saving > 0]
+        if finishing:
+            best = min(finishing, key=loss)
+        elif useful:
+            best = min(useful, key=lambda item: item[0])[1]
+        else:
             best = max(zip(moves, saved), key=lambda item: (item[1], -item[0][1]))[0]
         plan[best[0].name] = best[1]
     if on_step:
