@@ -60,31 +60,26 @@ def prune(
       hwloop prune -d jetson -m resnet56 --budget 3.0 --method afcp --dataset cifar10:~/data/cifar --epochs 10
     """
     from ..models import ModelError
+    from ..predictor import Predictor, PredictorError
     from ..prune import pipeline
     from ..prune.data import DataError, load_data
     from ..prune.groups import PruneError
+    from ..prune.importance import CRITERIA
 
     if method not in pipeline.METHODS:
         fail(f"--method {method!r}: expected one of {', '.join(pipeline.METHODS)}")
     if budget <= 0:
         fail(f"--budget {budget}: must be positive (a fraction of the dense latency, or ms)")
-    from ..prune.importance import CRITERIA
-
     if criterion not in CRITERIA:
         fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
     try:
+        predictor = None if dry_run else Predictor.load(device, predictors)
         data = load_data(dataset, batch_size, train_samples, test_samples, seed)
-    except DataError as exc:
+    except (PredictorError, DataError) as exc:
         fail(str(exc))
     if dry_run:
         _dry_run(model, data)
         return
-    from ..predictor import Predictor, PredictorError
-
-    try:
-        predictor = Predictor.load(device, predictors)
-    except PredictorError as exc:
-        fail(str(exc))
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget:g}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
                                  search_epochs=search_epochs, criterion=criterion, seed=seed)

@@ -24,18 +24,31 @@ FORMAT = "hwloop-prune/1"
 
 def save(out: Path, pruned: nn.Module, dense: nn.Module, record: dict) -> list[Path]:
     """Write the folder; ``record`` holds at least ``model``, ``input_shape``, ``num_classes`` and
-    ``groups`` (``{name: {"dense": n, "kept": k}}``). Returns the files written."""
+    ``groups`` (``{name: {"dense": n, "kept": k}}``). A model ``torch.export`` cannot export still gets
+    its weights and plan; ``plan.json``'s ``export_errors`` says why. Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(pruned.state_dict(), out / "pruned.pt")
     torch.save(dense.state_dict(), out / "dense.pt")
+    files = [out / "plan.json", out / "pruned.pt", out / "dense.pt"]
     example = torch.zeros(tuple(record["input_shape"]))
-    files = [out / "plan.json", out / "pruned.pt", out / "dense.pt", out / "pruned.pt2"]
-    torch.export.save(torch.export.export(pruned.eval(), (example,)), out / "pruned.pt2")
+    record = {"format": FORMAT, **record, "export_errors": {}}
+    try:
+        torch.export.save(torch.export.export(pruned.eval(), (example,)), out / "pruned.pt2")
+        files.append(out / "pruned.pt2")
+    except Exception as exc:  # noqa: BLE001 - the weights and plan stand without it; the plan says why
+        record["export_errors"]["pruned.pt2"] = _reason(exc)
     if importlib.util.find_spec("onnx") is not None:
-        torch.onnx.export(pruned.eval(), (example,), out / "pruned.onnx", dynamo=True)
-        files.append(out / "pruned.onnx")
-    (out / "plan.json").write_text(json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
+        try:
+            torch.onnx.export(pruned.eval(), (example,), out / "pruned.onnx", dynamo=True)
+            files.append(out / "pruned.onnx")
+        except Exception as exc:  # noqa: BLE001
+            record["export_errors"]["pruned.onnx"] = _reason(exc)
+    (out / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     return files
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
 
 
 def read_plan(out: Path) -> dict:
