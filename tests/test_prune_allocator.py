@@ -48,8 +48,11 @@ def test_budget_in_ms_and_unreachable_budget(resnet, resnet20_predictor):
     ms = _reachable(groups, cost, 0.5) * cost.total(groups.dense)
     plan = allocate(groups, cost, importance, ms)
     assert cost.total(plan) <= ms
-    assert cost.target(ms * 1000) == ms * 1000  # above 1: milliseconds
-    assert cost.target(0.5) == pytest.approx(0.5 * cost.total(groups.dense))
+    assert cost.target(f"{ms}ms") == pytest.approx(ms)
+    assert cost.target("50%") == cost.target(0.5) == pytest.approx(0.5 * cost.total(groups.dense))
+    for bad in ("2", "fast", "-1ms"):
+        with pytest.raises(PruneError, match="budget: "):
+            cost.target(bad)
     with pytest.raises(PruneError, match="out of reach"):
         allocate(groups, cost, importance, 1e-6)
 

@@ -26,8 +26,9 @@ def prune(
         "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2; built for the dataset's "
                               "input channels and classes) or path/to/file.py:callable returning an nn.Module that "
                               "takes the dataset's images (Fashion-MNIST: 1x28x28, CIFAR-10: 3x32x32).")],
-    budget: Annotated[float, typer.Option(
-        help="Latency budget: a fraction of the dense model's predicted latency (<= 1), or milliseconds (> 1).")] = 0.5,
+    budget: Annotated[str, typer.Option(
+        help="Latency budget: a fraction of the dense model's predicted latency (0.5 or 50%), "
+             "or milliseconds with the unit (3.2ms).")] = "0.5",
     method: Annotated[str, typer.Option(
         help="latency (allocator under the predicted latency), afcp (gates with residual replacement), "
              "lws (layer-wise rule search with distillation), flops (global ranking under a MACs budget), "
@@ -57,7 +58,7 @@ def prune(
 
       hwloop prune --device local --model resnet20 --budget 0.5
 
-      hwloop prune -d jetson -m resnet56 --budget 3.0 --method afcp --dataset cifar10:~/data/cifar --epochs 10
+      hwloop prune -d jetson -m resnet56 --budget 3.2ms --method afcp --dataset cifar10:~/data/cifar --epochs 10
     """
     from ..models import ModelError
     from ..predictor import Predictor, PredictorError
@@ -68,8 +69,6 @@ def prune(
 
     if method not in pipeline.METHODS:
         fail(f"--method {method!r}: expected one of {', '.join(pipeline.METHODS)}")
-    if budget <= 0:
-        fail(f"--budget {budget}: must be positive (a fraction of the dense latency, or ms)")
     if criterion not in CRITERIA:
         fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
     try:
@@ -80,7 +79,7 @@ def prune(
     if dry_run:
         _dry_run(model, data)
         return
-    out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget:g}"
+    out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
                                  search_epochs=search_epochs, criterion=criterion, seed=seed)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -108,7 +107,7 @@ def _summary(record: dict) -> None:
             plan.add_row(name, f"{counts['dense']} → {counts['kept']}")
     out.print(plan)
     table = Table("", "accuracy", "predicted ms", "MMACs", title=f"{record['model']} · {record['method']} · "
-                  f"budget {record['budget']:g} ({record['target_ms']:.3f} ms) on {record['device']}")
+                  f"budget {record['budget']} ({record['target_ms']:.3f} ms) on {record['device']}")
     table.add_row("dense", f"{record['dense_accuracy']:.2%}", f"{record['dense_predicted_ms']:.3f}",
                   f"{record['dense_macs'] / 1e6:.1f}")
     table.add_row("pruned", f"{record['accuracy']:.2%}", f"{record['predicted_ms']:.3f}", f"{record['macs'] / 1e6:.1f}")

@@ -45,11 +45,21 @@ class Cost:
             self._totals[key] = float(self.model(self.groups.layers(plan)))
         return self._totals[key]
 
-    def target(self, budget: float) -> float:
-        """A budget as a cost: a fraction of the dense cost when below or at 1, else an absolute value."""
-        if budget <= 0:
-            raise PruneError(f"budget: must be positive, got {budget}")
-        return budget * self.total(self.groups.dense) if budget <= 1 else float(budget)
+    def target(self, budget: float | str) -> float:
+        """A budget as a cost: a fraction of the dense cost (``0.5``, ``"0.5"``, ``"50%"``) or, with
+        the cost's unit as suffix (``"3.2ms"``), an absolute value."""
+        text = str(budget).strip()
+        absolute = bool(self.unit) and text.endswith(self.unit)
+        number = text.removesuffix(self.unit) if absolute else text.removesuffix("%")
+        try:
+            value = float(number) / (100 if text.endswith("%") else 1)
+        except ValueError:
+            raise PruneError(f"budget: {budget!r} is neither a fraction of the dense {self.name} (0.5, 50%) "
+                             f"nor a value in {self.unit} (such as 3.2{self.unit})") from None
+        if value <= 0 or (not absolute and value > 1):
+            raise PruneError(f"budget: {budget!r} must be a fraction in (0, 1] of the dense {self.name}, "
+                             f"or a positive value in {self.unit}")
+        return value if absolute else value * self.total(self.groups.dense)
 
 
 class PredictedLatency(Cost):

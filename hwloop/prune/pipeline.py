@@ -28,7 +28,7 @@ METHODS = ("latency", "afcp", "lws", "flops", "uniform")
 @dataclass
 class Settings:
     method: str = "latency"
-    budget: float = 0.5
+    budget: float | str = 0.5
     epochs: int = 1
     dense_epochs: int = 5
     search_epochs: int = 1
@@ -79,7 +79,7 @@ def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Pat
 def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, cache_dir: Path,
         progress=None, dense: tuple[nn.Module, float] | None = None) -> Result:
     """Prune ``spec`` for ``predictor``'s device to ``settings.budget`` (a fraction of the dense
-    predicted latency when at most 1, else ms) and fine-tune; write ``out`` when given."""
+    predicted latency, or ``"3.2ms"``) and fine-tune; write ``out`` when given."""
     if settings.method not in METHODS:
         raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
     dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
