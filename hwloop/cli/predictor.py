@@ -81,9 +81,8 @@ def fit(
 
       hwloop fit --device local
     """
-    from ..predictor import Predictor, PredictorError
-
     from .. import tables as tables_mod
+    from ..predictor import Predictor, PredictorError
 
     frame = read_table(tables, device)
     try:
@@ -104,8 +103,7 @@ def fit(
         out.print_json(json.dumps(record))
         return
     if record["metrics"]:
-        out.print(_scores_table(f"{device} · {schedule} · held-out rows",
-                                {name: s for name, s in record["metrics"].items()}))
+        out.print(_scores_table(f"{device} · {schedule} · held-out rows", record["metrics"]))
     if calibration:
         models_table = Table("model", "measured ms", "layers ms", "predicted ms", "error",
                              title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
@@ -133,7 +131,8 @@ def evaluate(
     beside the table's noise floor.
 
     Only rows of the predictor's schedule policy and protocol are scored; a table without any is
-    refused. A table measured later or elsewhere makes an honest test. Example:
+    refused. A table measured later or elsewhere makes an honest test; on the table it was trained
+    on, `hwloop fit`'s held-out scores are the honest ones. Example:
 
       hwloop evaluate --device local --table new-tables/local --json
     """
