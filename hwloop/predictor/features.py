@@ -41,6 +41,11 @@ def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in COLUMNS}
 
 
+def shape_key(frame: pd.DataFrame) -> pd.Series:
+    """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
+    return frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
+
+
 def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The distinct configs of ``cols`` (in order of first appearance) and, for each row, the
     index of its config among them: a batch from a pruning search repeats configs many times."""
