@@ -19,23 +19,25 @@ def saved(local_predictor, tmp_path_factory):
 
 
 def test_held_out_rows_are_predicted_above_the_floor(local_predictor, local_table):
-    """On rows it never trained on, the predictor's mean error stays under 70 %, a fifth of rows fall
-    within ±15 % (a shared, noisy machine timing microsecond layers with 3 repeats), and it beats
-    latency-proportional-to-FLOPs, fitted on the same training rows."""
-    from hwloop.predictor.evaluation import splits
-
-    metrics = local_predictor.meta["metrics"]
-    assert set(metrics) >= {"config", "unseen_channels", "unseen_shapes"}
-    held_out = metrics["config"]
-    assert held_out["mape"] <= 0.7 and held_out["within_15"] >= 0.2, held_out
-    assert held_out["noise"]["within_10"] > 0 and set(held_out["ops"]) <= {"conv2d", "depthwise_conv2d", "linear"}
+    """Every row predicted by a booster that did not see it (4-fold by config): mean error under
+    60 %, 30 % of rows within ±15 % (a shared, noisy machine timing microsecond layers with 3
+    repeats), and less error than latency-proportional-to-FLOPs, which misses the staircases."""
+    from hwloop.predictor.evaluation import scores
+    from hwloop.predictor.report import out_of_fold
 
     rows = tables.read(local_table, "local")
     rows = rows[rows.status == "ok"].reset_index(drop=True)
-    test = splits(rows)["config"]
-    per_mac = np.median(rows.latency_ms[~test] / rows.macs[~test])
-    flops_mape = np.mean(np.abs(rows.macs[test] * per_mac / rows.latency_ms[test] - 1))
+    held_out = scores(rows.latency_ms, out_of_fold(rows, local_predictor.lanes))
+    assert held_out["mape"] <= 0.6 and held_out["within_15"] >= 0.3, held_out
+    per_mac = np.median(rows.latency_ms / rows.macs)
+    flops_mape = np.mean(np.abs(rows.macs * per_mac / rows.latency_ms - 1))
     assert held_out["mape"] < flops_mape, (held_out["mape"], flops_mape)
+
+    metrics = local_predictor.meta["metrics"]
+    assert set(metrics) == {"config", "unseen_channels", "unseen_shapes"}
+    for split in metrics.values():
+        assert split["rows"] + split["train_rows"] == len(rows) and split["noise"]["within_10"] > 0
+        assert set(split["ops"]) <= {"conv2d", "depthwise_conv2d", "linear"}
 
 
 def test_metadata_says_what_it_was_trained_on(local_predictor, local_table):

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from hwloop.cli import app
@@ -63,3 +64,12 @@ def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_pa
     for name in ("scatter.png", "staircase.png", "learning_curve.png"):
         assert name in page
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_a_whole_model(local_predictor, tmp_path):
+    local_predictor.save(tmp_path)
+    result = invoke("predict", "--device", "local", "--predictors", tmp_path, "--model", "resnet20", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert len(record["layers"]) == 22 and not record["calibrated"]  # 19 convs, 2 shortcuts, the classifier
+    assert record["model_ms"] == record["layers_ms"] == pytest.approx(sum(r["latency_ms"] for r in record["layers"]))

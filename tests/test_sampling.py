@@ -7,7 +7,8 @@ from hwloop import tables
 from hwloop.cli import app
 from hwloop.layers import LayerConfig
 from hwloop.predictor.evaluation import splits
-from hwloop.predictor.sampling import choose, frame_of, initial_design, learning_curve, near_step, shape_key
+from hwloop.predictor.features import shape_key
+from hwloop.predictor.sampling import choose, frame_of, initial_design, learning_curve, near_step
 
 POOL = [LayerConfig("conv2d", 8, c, 8, 8, kernel=3, padding=1) for c in range(4, 41)] + [
     LayerConfig("linear", 32, c) for c in range(8, 41)]

@@ -48,18 +48,21 @@ def _read_any_table(path: Path):
 
 
 def _scores_table(title: str, rows: dict[str, dict]) -> Table:
-    table = Table("rows", "", "±5 %", "±10 %", "±15 %", "RMSE ms", "MAPE", "Spearman", title=title)
+    table = Table(title=title)
+    table.add_column("", no_wrap=True)
+    for name in ("rows", "±5%", "±10%", "±15%", "RMSE ms", "MAPE", "Spearman"):
+        table.add_column(name, justify="right", no_wrap=True)
     for name, s in rows.items():
         rho = f"{s['spearman']:.3f}" if s.get("spearman") is not None else "-"
-        table.add_row(name, str(s.get("rows", "")), *(f"{100 * s[f'within_{b}']:.1f} %" for b in (5, 10, 15)),
-                      f"{s['rmse_ms']:.4g}" if "rmse_ms" in s else "-", f"{100 * s['mape']:.1f} %", rho)
+        table.add_row(name, str(s.get("rows", "")), *(f"{100 * s[f'within_{b}']:.1f}%" for b in (5, 10, 15)),
+                      f"{s['rmse_ms']:.3g}" if "rmse_ms" in s else "-", f"{100 * s['mape']:.1f}%", rho)
     return table
 
 
 def _print_report(title: str, report: dict) -> None:
     rows = {"all": report, **{f"  {op}": s for op, s in report["ops"].items()}}
     if report.get("noise"):
-        rows["noise floor (single repeats)"] = report["noise"]
+        rows["noise floor"] = report["noise"]
     out.print(_scores_table(title, rows))
 
 
@@ -81,9 +84,8 @@ def fit(
 
       hwloop fit --device local
     """
-    from ..predictor import Predictor, PredictorError
-
     from .. import tables as tables_mod
+    from ..predictor import Predictor, PredictorError
 
     frame = read_table(tables, device)
     try:
@@ -104,8 +106,7 @@ def fit(
         out.print_json(json.dumps(record))
         return
     if record["metrics"]:
-        out.print(_scores_table(f"{device} · {schedule} · held-out rows",
-                                {name: s for name, s in record["metrics"].items()}))
+        out.print(_scores_table(f"{device} · {schedule} · held-out rows", record["metrics"]))
     if calibration:
         models_table = Table("model", "measured ms", "layers ms", "predicted ms", "error",
                              title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
@@ -133,7 +134,8 @@ def evaluate(
     beside the table's noise floor.
 
     Only rows of the predictor's schedule policy and protocol are scored; a table without any is
-    refused. A table measured later or elsewhere makes an honest test. Example:
+    refused. A table measured later or elsewhere makes an honest test; on the table it was trained
+    on, `hwloop fit`'s held-out scores are the honest ones. Example:
 
       hwloop evaluate --device local --table new-tables/local --json
     """
@@ -152,6 +154,7 @@ def evaluate(
         out.print_json(json.dumps(report))
         return
     _print_report(f"{device} · {predictor.schedule} predictor on {path}", report)
+    out.print("noise floor: single repeats against their row's median, the best a predictor of the median can do")
     if report["rows_ignored"]:
         out.print(f"{report['rows_ignored']} rows of other schedules, protocols or failed measurements not scored")
 

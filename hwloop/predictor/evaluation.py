@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .features import shape_key
+
 BANDS = (5, 10, 15)
 HOLDOUT = 0.25
 
@@ -62,14 +64,13 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
     counts = np.union1d(rows.in_channels.unique(), rows.out_channels.unique())
     held = rng.choice(counts, size=max(int(round(HOLDOUT * len(counts))), 1), replace=False)
     result["unseen_channels"] = (rows.in_channels.isin(held) | rows.out_channels.isin(held)).to_numpy()
-    shape = rows.op + ":" + rows.input_h.astype(str) + "x" + rows.input_w.astype(str) + ":k" + \
-        rows.kernel.astype(str) + "s" + rows.stride.astype(str)
+    shape = shape_key(rows)
     test = np.zeros(n, dtype=bool)
     for _, shapes in shape.groupby(rows.op):
         distinct = shapes.unique()
         if len(distinct) > 1:
             chosen = rng.choice(distinct, size=max(int(round(HOLDOUT * len(distinct))), 1), replace=False)
-            test |= shape.isin(chosen).to_numpy() & (rows.op == shapes.iloc[0].split(":")[0]).to_numpy()
+            test |= shape.isin(chosen).to_numpy()
     if test.any():
         result["unseen_shapes"] = test
     return {name: mask for name, mask in result.items() if 0 < mask.sum() < n}

@@ -1,9 +1,10 @@
 """Features of layer configurations for the latency predictor, computed on whole columns at once.
 
 Latency on a board steps with channel counts: the ``default`` schedules vectorise output channels
-(or output width) by the target's SIMD width and tile output positions by exact divisors, so the
-features say how full the last vector is, how many vectors and tiles a layer runs, and the work
-the padded layer really does, beside the plain shape, FLOPs, bytes and arithmetic intensity.
+(or output width, or a pointwise conv's output positions) by the target's SIMD width and tile
+output positions by exact divisors, so the features say which path a layer takes, how full its
+last vector is, how many vectors and tiles it runs and the work the padded layer really does,
+beside the plain shape, FLOPs, bytes and arithmetic intensity.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def names(lanes: int) -> list[str]:
     return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
             "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
             "log_flops", "log_bytes", "log_intensity", "log_padded_flops", "channel_vectorised",
+            "pointwise_vectorised", "positions_mod_lanes",
             *channel, "ow_mod_lanes", "ow_vectors", "ow_tile", "oh_tile", "log_positions", "log_weight_bytes"]
 
 
@@ -37,6 +39,11 @@ def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
 def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The config columns of a table (or any frame with them) as arrays."""
     return {c: frame[c].to_numpy() for c in COLUMNS}
+
+
+def shape_key(frame: pd.DataFrame) -> pd.Series:
+    """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
+    return frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
 
 
 def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -81,19 +88,21 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
     macs = n * cout * oh * ow * (cin // g) * k * k
     weight_bytes = cout * (cin // g) * k * k * dtype_bytes
     moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
-    channel_vectorised = (cout_g % dlanes == 0) | (g == 1)
+    positions = oh * ow
+    pointwise = (op == "conv2d") & (k == 1) & (s == 1) & (p == 0) & (g == 1) & (positions % dlanes == 0)
+    channel_vectorised = ~pointwise & ((cout_g % dlanes == 0) | (g == 1))
     padded_cout = np.where(channel_vectorised, _ceil(cout, dlanes) * dlanes, cout)
-    padded_ow = np.where(channel_vectorised, ow, _ceil(ow, dlanes) * dlanes)
+    padded_ow = np.where(channel_vectorised | pointwise, ow, _ceil(ow, dlanes) * dlanes)
     padded_macs = n * padded_cout * oh * padded_ow * (cin // g) * k * k
 
     features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
                 dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved),
-                np.log2(2.0 * padded_macs), channel_vectorised]
+                np.log2(2.0 * padded_macs), channel_vectorised, pointwise, positions % dlanes]
     for c in (cin, cout, cout_g):
         features += [(c % a == 0) for a in ALIGNMENTS] + [c % lanes == 0, c % dlanes, _ceil(c, dlanes),
                                                           c / (_ceil(c, dlanes) * dlanes)]
     features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
-                 np.log2(n * oh * ow), np.log2(weight_bytes)]
+                 np.log2(n * positions), np.log2(weight_bytes)]
     return np.column_stack(features)
 
 

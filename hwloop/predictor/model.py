@@ -28,6 +28,7 @@ META_FILE = "predictor.json"
 PARAMS = {"objective": "reg:squarederror", "eta": 0.2, "max_depth": 5, "min_child_weight": 1.0,
           "subsample": 0.9, "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "max_bin": 512}
 ROUNDS = 100
+STEADY_CV = 0.05
 REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "features", "table_sha256",
             "booster_sha256", "xgboost_version")
 
@@ -168,9 +169,15 @@ class Predictor:
 
 
 def train(rows: pd.DataFrame, lanes: int, seed: int = 0) -> xgb.Booster:
-    """A booster fitted to the log latency of ``rows``, from the padded FLOPs as base margin."""
+    """A booster fitted to the log latency of ``rows``, from the padded FLOPs as base margin.
+
+    Unsteady measurements (coefficient of variation above ``STEADY_CV``, the default protocol's
+    retake threshold) weigh less: ``1 / (1 + (cv / STEADY_CV)²)``.
+    """
     x = features.matrix(features.from_frame(rows), lanes)
-    data = xgb.DMatrix(x, label=np.log(rows.latency_ms.to_numpy()), base_margin=features.baseline(x, lanes))
+    cv = rows.latency_cv.fillna(0.0).to_numpy()
+    data = xgb.DMatrix(x, label=np.log(rows.latency_ms.to_numpy()), base_margin=features.baseline(x, lanes),
+                       weight=1.0 / (1.0 + (cv / STEADY_CV) ** 2))
     return xgb.train({**PARAMS, "seed": seed}, data, num_boost_round=ROUNDS)
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import BANDS, splits
-from .features import COLUMNS
+from .features import COLUMNS, shape_key
 from .model import Predictor, train
-from .sampling import learning_curve, shape_key
+from .sampling import learning_curve
 
 FOLDS = 4
 STAIRCASES = 4

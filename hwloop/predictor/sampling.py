@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..layers import LayerConfig
 from .evaluation import scores
+from .features import shape_key
 from .model import Predictor, train
 
 MEMBERS = 4
@@ -28,11 +29,6 @@ WRONG = 0.10
 def frame_of(configs: list[LayerConfig]) -> pd.DataFrame:
     """Candidate configs as a frame with the table's config columns and ``config_id``."""
     return pd.DataFrame([{**c.to_dict(), "config_id": c.id} for c in configs])
-
-
-def shape_key(frame: pd.DataFrame) -> pd.Series:
-    """A layer's shape apart from its channel counts."""
-    return frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
 
 
 def near_step(frame: pd.DataFrame, lanes: int) -> np.ndarray:
