@@ -5,7 +5,7 @@ geometric median): its channels are ranked by a softmax-weighted mix of the rule
 softly masked around the count the latency allocator gives it (the sparsity constraint from the
 device's predicted latency). The rule weights train with the network under distillation from the
 dense teacher; each group then keeps its top channels under its strongest rule, and the kept
-channels' mask values are folded into the consumers.
+channels' mask values under that rule are folded into the consumers.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     plan = allocate(groups, cost, {name: ranks_.mean(0) for name, ranks_ in stacked.items()}, target, min_ratio)
     beta = {g.name: nn.Parameter(torch.zeros(len(RULES))) for g in groups.groups}
 
-    def mask(name: str) -> torch.Tensor:
-        mixed = torch.softmax(beta[name], 0) @ stacked[name]
+    def mask(name: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft keep mask of a group's channels, by its rule mix (or by the rule ``weights`` given)."""
+        mixed = (torch.softmax(beta[name], 0) if weights is None else weights) @ stacked[name]
         count = plan[name]
         if count == len(mixed):
             return torch.ones_like(mixed)
@@ -63,5 +64,6 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     rules = {name: RULES[int(b.argmax())] for name, b in beta.items()}
     keep = keep_top({name: by_rule[rules[name]][name] for name in plan}, plan)
     with torch.no_grad():
-        fold(groups, keep, {}, {}, {name: mask(name) for name in plan})
+        chosen = {name: mask(name, nn.functional.one_hot(beta[name].argmax(), len(RULES)).float()) for name in plan}
+        fold(groups, keep, {}, {}, chosen)
     return plan, keep, {"rules": rules}
