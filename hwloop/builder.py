@@ -1,11 +1,13 @@
 """Host-side builds: a layer configuration compiled for a device's target into a shared library.
 
-Builds are cached by (config, target, cross compiler, schedule policy, TVM version) and run in a
-pool of long-lived worker processes, so the device never waits on the compiler.
+Builds are cached by (config, target, cross compiler, schedule policy, TVM version, the code of
+the kernels and policies) and run in a pool of long-lived worker processes, so the device never
+waits on the compiler.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -32,6 +34,17 @@ def tvm_version() -> str:
     return str(tvm.__version__)
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A hash of the code that turns a config into a kernel (kernels and schedule policies), so a
+    changed rule never reuses a library built by the old one."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in [package / "kernels.py", *sorted((package / "schedules").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class BuildJob:
     """What to build: a layer, a resolved target, an optional cross compiler and a schedule policy."""
@@ -42,7 +55,7 @@ class BuildJob:
     cc: str | None = None
 
     def key(self, version: str) -> str:
-        fields = [self.config.to_dict(), canonical(self.target), self.cc, self.policy, version]
+        fields = [self.config.to_dict(), canonical(self.target), self.cc, self.policy, version, code_digest()]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 
