@@ -7,7 +7,6 @@ address in 127.0.0.0/8. Everything started here is killed by pid.
 from __future__ import annotations
 
 import getpass
-import os
 import random
 import signal
 import socket
@@ -206,14 +205,14 @@ def write_registry(directory: Path, devices: dict[str, dict], groups: dict | Non
     return directory
 
 
-def processes_of(pids: list[int]) -> list[psutil.Process]:
-    alive = []
-    for pid in pids:
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            alive.append(psutil.Process(pid))
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
         except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-__all__ = ["Board", "Proxy", "keygen", "write_registry", "PYTHON", "os"]
+            return True
+        time.sleep(0.05)
+    return False

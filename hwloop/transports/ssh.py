@@ -28,7 +28,7 @@ from .. import fingerprint as fingerprint_module
 from ..registry import Device
 from . import TransportError
 from .forward import Tunnel
-from .sshlink import SSH_ERRORS, Connection, device_endpoint
+from .sshlink import SSH_ERRORS, Connection, HostKeyError, device_endpoint
 
 HERE = Path(__file__).parent
 SHIPPED = {
@@ -64,27 +64,37 @@ class SSHTransport:
     # -- life cycle -------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._conn = Connection(self.endpoint, self.link)
+        try:
+            self._conn = Connection(self.endpoint, self.link)
+        except HostKeyError as exc:
+            raise HostKeyError(f"{self.where}: {exc}; compare the fingerprint with the board's and trust it with "
+                               f"`hwloop devices trust {self.device.name}`") from None
         try:
             self._prepare()
             self._launch()
+        except SSH_ERRORS as exc:
+            self._stop()
+            raise TransportError(f"{self.where}: the SSH link failed while starting the board's RPC server: "
+                                 f"{type(exc).__name__}: {exc}") from None
         except BaseException:
             self._stop()
             raise
         self.lost = None
 
     def _prepare(self) -> None:
-        sftp = self._conn.client.open_sftp()
-        sftp.get_channel().settimeout(self.link.connect_timeout)
-        try:
-            home = sftp.normalize(".")
-            self.workdir = posixpath.join(home, self.link.workdir, self.device.name)
-            self._run(f"rm -rf -- {q(self.workdir)} && mkdir -p -- {q(self.workdir)}/notorch {q(self.workdir)}/tmp")
-            for name, text in SHIPPED.items():
-                with sftp.open(posixpath.join(self.workdir, name), "w") as f:
-                    f.write(text)
-        finally:
-            sftp.close()
+        """A fresh work folder on the board with the files that run there."""
+        status, home = self._run('printf %s "$HOME"')
+        self.workdir = posixpath.join(home if status == 0 else "", self.link.workdir, self.device.name)
+        status, output = self._run(f"rm -rf -- {q(self.workdir)} && mkdir -p -- {q(self.workdir + '/notorch')} "
+                                   f"{q(self.workdir + '/tmp')}")
+        if status != 0:
+            raise BoardError(f"{self.where}: field 'link.workdir': cannot create {self.workdir!r} on the board: "
+                             f"{output.strip()[-500:]}")
+        for name, text in SHIPPED.items():
+            status, output = self._run(f"cat > {q(posixpath.join(self.workdir, name))}", text.encode())
+            if status != 0:
+                raise BoardError(f"{self.where}: cannot write {name} into {self.workdir!r} on the board: "
+                                 f"{output.strip()[-500:]}")
 
     def _launch(self) -> None:
         p = self.device.protocol
@@ -162,13 +172,19 @@ class SSHTransport:
     def tail(self) -> str:
         return self._output.decode(errors="replace").strip()[-1000:]
 
-    def _run(self, command: str, conn: Connection | None = None) -> tuple[int, str]:
-        """Run ``command`` (already quoted) on the board; its exit status and output."""
+    def _run(self, command: str, stdin: bytes = b"", conn: Connection | None = None) -> tuple[int, str]:
+        """Run ``command`` (already quoted) on the board with ``stdin``; its exit status and output."""
         conn = conn or self._conn
         if conn is None:
             raise TransportError(f"{self.where}: not connected")
-        _, stdout, _ = conn.client.exec_command(command, timeout=self.link.connect_timeout)
-        stdout.channel.set_combine_stderr(True)
+        channel = conn.client.get_transport().open_session(timeout=self.link.connect_timeout)
+        channel.settimeout(self.link.connect_timeout)
+        channel.set_combine_stderr(True)
+        channel.exec_command(command)
+        if stdin:
+            channel.sendall(stdin)
+        channel.shutdown_write()
+        stdout = channel.makefile("rb")
         output = stdout.read().decode(errors="replace")
         return stdout.channel.recv_exit_status(), output
 
@@ -184,7 +200,7 @@ class SSHTransport:
         try:
             if conn.active:
                 kill = f"kill -KILL -- -{int(self.board['pgid'])} 2>/dev/null; " if self.board.get("pgid") else ""
-                self._run(f"{kill}rm -rf -- {q(self.workdir)}" if self.workdir else kill or "true", conn)
+                self._run(f"{kill}rm -rf -- {q(self.workdir)}" if self.workdir else kill or "true", conn=conn)
         except (*SSH_ERRORS, TransportError):
             pass
         finally:
@@ -227,7 +243,7 @@ class SSHTransport:
             try:
                 self._start()
                 return
-            except BoardError:
+            except (BoardError, HostKeyError):
                 raise
             except TransportError as exc:
                 last = exc
