@@ -156,6 +156,7 @@ class Proxy:
             try:
                 client, _ = self._listener.accept()
                 server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
             except OSError:
                 continue
             self._sockets += [client, server]

@@ -266,7 +266,7 @@ class SSHTransport:
             found = json.loads(output.strip().splitlines()[-1]) if status == 0 and output.strip() else None
             if isinstance(found, dict) and isinstance(found.get("id"), str):
                 self._fingerprint = found
-        except (*SSH_ERRORS, ValueError, AttributeError):
+        except (*SSH_ERRORS, TransportError, ValueError, AttributeError):
             pass
         return dict(self._fingerprint)
 
