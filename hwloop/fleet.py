@@ -37,6 +37,7 @@ class BoardRun:
 
     summary: Summary
     error: str | None = None
+    workers: int = 1
 
 
 def measure(runner: Runner, transport, config: LayerConfig, artifact: str, retries: int) -> tuple[Measurement, bool]:
@@ -141,42 +142,63 @@ def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Pol
     return list(runs.values())
 
 
+def _slots(device: Device) -> int:
+    """Workers for ``device``: one per board of a tracker pool, else one."""
+    if device.transport != "tracker":
+        return 1
+    from .transports.tracker import pool_size
+
+    try:
+        return max(1, pool_size(device))
+    except Exception:  # noqa: BLE001 - the worker reports an unreachable tracker with its own error
+        return 1
+
+
 def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_lost) -> None:
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     jobs = {d.name: spawn.Queue(maxsize=2) for d in devices}
+    slots = {d.name: _slots(d) for d in devices}
     stopped: set[str] = set()
     order = [(d, c) for i in range(max(len(t) for t in todo.values())) for d in devices
              for c in todo[d.name][i:i + 1]]
     for d, c in order:
         builds.submit(BuildJob(c, contexts[d.name].target, policy.name, d.cc))
 
+    def put(name: str, item) -> bool:
+        while name not in stopped:
+            try:
+                jobs[name].put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def feed(device: Device) -> None:
         for config in todo[device.name]:
-            built = builds.get(BuildJob(config, contexts[device.name].target, policy.name, device.cc))
-            while device.name not in stopped:
-                try:
-                    jobs[device.name].put(built, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-        if device.name not in stopped:
-            jobs[device.name].put(None)
+            if not put(device.name, builds.get(BuildJob(config, contexts[device.name].target, policy.name, device.cc))):
+                return
+        for _ in range(slots[device.name]):
+            put(device.name, None)
 
-    workers = {d.name: spawn.Process(target=_board, args=(d, policy, tables_dir, jobs[d.name], results),
-                                     name=f"hwloop-board-{d.name}", daemon=True) for d in devices}
+    workers = {(d.name, i): spawn.Process(target=_board, args=(d, policy, tables_dir, jobs[d.name], results),
+                                          name=f"hwloop-board-{d.name}-{i}", daemon=True)
+               for d in devices for i in range(slots[d.name])}
+    for process in workers.values():
+        process.start()
     for d in devices:
-        workers[d.name].start()
+        runs[d.name].workers = slots[d.name]
         threading.Thread(target=feed, args=(d,), daemon=True).start()
-    active = set(workers)
+    active = {name: slots[name] for name in slots}
     try:
-        while active:
+        while any(active.values()):
             try:
                 kind, name, payload = results.get(timeout=0.5)
             except queue.Empty:
-                for name in [n for n in active if not workers[n].is_alive()]:
-                    _lose(name, f"the worker measuring {name} exited ({workers[name].exitcode})", runs, stopped,
-                          active, on_lost)
+                for (name, i), process in workers.items():
+                    if active[name] and not process.is_alive() and process.exitcode not in (0, None):
+                        _lose(name, f"the worker measuring {name} exited ({process.exitcode})", runs, stopped,
+                              active, on_lost)
                 continue
             if kind == "row":
                 runs[name].summary.rows.append(payload)
@@ -185,9 +207,9 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
             elif kind == "lost":
                 _lose(name, payload, runs, stopped, active, on_lost)
             else:
-                active.discard(name)
+                active[name] -= 1
     finally:
-        stopped.update(workers)
+        stopped.update(slots)
         for process in workers.values():
             process.join(timeout=10)
             if process.is_alive():
@@ -197,6 +219,6 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
 def _lose(name, error, runs, stopped, active, on_lost) -> None:
     runs[name].error = error
     stopped.add(name)
-    active.discard(name)
+    active[name] = 0
     if on_lost:
         on_lost(name, error)

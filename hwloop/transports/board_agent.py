@@ -2,7 +2,7 @@
 
 Shipped to the board's work folder over SFTP and run with the board's Python; standard library
 only until TVM is imported, so it runs on boards without hwloop. ``python board_agent.py
-[--port N]`` prints one JSON line: ``{"port": N, "pgid": G, ...}`` once the
+[--port N] [--executable PYTHON]`` prints one JSON line: ``{"port": N, "pgid": G, ...}`` once the
 server listens, or ``{"error": ..., ...}`` when it cannot start. Its process group dies when its
 standard input closes, which is how the SSH channel that started it going away is seen.
 """
@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -47,8 +48,12 @@ def without_torch():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=9090)
+    parser.add_argument("--executable", help="the interpreter command the server's workers are started with "
+                                             "(a wrapper such as an emulator launcher stays in the loop)")
     args = parser.parse_args()
     die_with_stdin()
+    if args.executable:
+        sys.executable = shutil.which(args.executable) or args.executable
     python = {"python": sys.executable, "python_version": platform.python_version()}
     missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
     if missing:

@@ -100,7 +100,7 @@ class SSHTransport:
         p = self.device.protocol
         pin = f"taskset -c {q(','.join(map(str, p.cpus)))} " if p.cpus else ""
         command = (f"cd {q(self.workdir)} && exec env TMPDIR={q(self.workdir + '/tmp')} TVM_NUM_THREADS={p.threads} "
-                   f"{pin}{q(self.device.python)} board_agent.py")
+                   f"{pin}{q(self.device.python)} board_agent.py --executable {q(self.device.python)}")
         channel = self._conn.client.get_transport().open_session(timeout=self.link.connect_timeout)
         channel.set_combine_stderr(True)
         channel.exec_command(command)

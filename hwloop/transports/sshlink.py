@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -37,7 +37,6 @@ class Endpoint:
     keys: tuple[str, ...]
     known_hosts: Path
     jump: str | None = None
-    config: dict = field(default_factory=dict, compare=False)
 
     @property
     def known_name(self) -> str:
@@ -145,9 +144,10 @@ class Connection:
         self.endpoint, self.link, self._hops = ep, link, []
         try:
             self.client = _login(ep, link, _socket_to(ep, link, self._hops))
-        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        except (ConnectionRefusedError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
             self.close()
-            raise TransportError(f"{ep.alias}: cannot connect to {ep.hostname}:{ep.port}: {exc.strerror or exc}") from None
+            raise TransportError(f"{ep.alias}: cannot connect to {ep.hostname}:{ep.port} ({exc.strerror or exc}); "
+                                 "is the board up and its sshd running?") from None
         except (socket.timeout, TimeoutError) as exc:
             self.close()
             raise TransportError(f"{ep.alias}: no answer from {ep.hostname}:{ep.port} within "
