@@ -128,3 +128,23 @@ def test_shell_metacharacters_run_nothing_on_the_board(boards, user_key, tmp_pat
     except BoardError as exc:
         assert field == "python" and "field 'python'" in str(exc) and "cannot be run" in str(exc)
     assert not pwned.exists()
+
+
+def test_ssh_config_alias_through_a_proxyjump(boards, user_key, tmp_path):
+    jump, board = boards(), boards()
+    known = tmp_path / "known_hosts"
+    known.write_text(jump.known_hosts_line() + board.known_hosts_line())
+    user = board.device("b1", user_key, known)["user"]
+    (tmp_path / "home" / ".ssh" / "config").write_text(
+        f"Host gateway\n  HostName {jump.address}\n  Port {jump.port}\n  User {user}\n  IdentityFile {user_key}\n"
+        f"  UserKnownHostsFile {known}\n\n"
+        f"Host lab-board\n  HostName {board.address}\n  Port {board.port}\n  IdentityFile {user_key}\n"
+        f"  ProxyJump gateway\n  UserKnownHostsFile {known}\n")
+    fields = board.device("b1", user_key, known)
+    for name in ("port", "key", "known_hosts"):
+        fields.pop(name)
+    _, reg = registry(tmp_path, {"b1": {**fields, "host": "lab-board"}})
+    with open_transport(reg.get("b1")) as transport:
+        assert transport.endpoint.hostname == board.address and transport.endpoint.jump == "gateway"
+        assert transport.connect().cpu(0).exist
+        assert jump.sessions(), "the connection did not go through the jump host"
