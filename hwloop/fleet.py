@@ -41,7 +41,10 @@ class BoardRun:
 
 
 def measure(runner: Runner, transport, config: LayerConfig, artifact: str, retries: int) -> tuple[Measurement, bool]:
-    """``config`` measured, retried after faults of the board or the link; and whether the board is lost."""
+    """``config`` measured, retried after faults of the board or the link; and whether the board is lost.
+
+    A config that faults the board on every attempt fails alone: the next one starts on a fresh
+    connection, and only a board that cannot be reconnected is lost."""
     for _ in range(retries + 1):
         m = runner.measure(config, artifact)
         fault = transport.fault() if m.status == "failed" and hasattr(transport, "fault") else None
@@ -50,7 +53,7 @@ def measure(runner: Runner, transport, config: LayerConfig, artifact: str, retri
         m.error = f"{fault} ({m.error})"
         if m.stage == "connect":
             return m, True
-    return m, transport.fault() is not None
+    return m, False
 
 
 def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> None:
@@ -190,6 +193,7 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
         runs[d.name].workers = slots[d.name]
         threading.Thread(target=feed, args=(d,), daemon=True).start()
     active = {name: slots[name] for name in slots}
+    finished = False
     try:
         while any(active.values()):
             try:
@@ -208,10 +212,11 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
                 _lose(name, payload, runs, stopped, active, on_lost)
             else:
                 active[name] -= 1
+        finished = True
     finally:
         stopped.update(slots)
         for process in workers.values():
-            process.join(timeout=10)
+            process.join(timeout=10 if finished else 0.1)
             if process.is_alive():
                 process.kill()
 

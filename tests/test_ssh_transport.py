@@ -12,7 +12,7 @@ from hwloop.cli import app
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.runner import Runner
-from hwloop.transports import TransportError, open_transport
+from hwloop.transports import open_transport
 from hwloop.transports.ssh import BoardError
 from hwloop.transports.sshlink import HostKeyError
 

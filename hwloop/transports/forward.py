@@ -30,8 +30,8 @@ class Forward:
     """``127.0.0.1:port`` here → ``127.0.0.1:remote_port`` on the board, one SSH channel per connection."""
 
     def __init__(self, transport: paramiko.Transport, remote_port: int, stall_timeout: float,
-                 open_timeout: float = 10.0):
-        self.transport, self.remote_port = transport, remote_port
+                 open_timeout: float = 10.0, on_stall=None):
+        self.transport, self.remote_port, self.on_stall = transport, remote_port, on_stall
         self.stall_timeout, self.open_timeout = stall_timeout, open_timeout
         self.stalled: str | None = None
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -91,6 +91,8 @@ class Forward:
             if any(now - since > self.stall_timeout for since in list(self._waiting.values())):
                 self.stalled = (f"the board left a request unanswered for {self.stall_timeout:g} s "
                                 "(hung board or stalled link)")
+                if self.on_stall:
+                    self.on_stall(self.stalled)
                 self.drop_all()
 
     def _drop(self, local: socket.socket, channel: paramiko.Channel) -> None:
@@ -142,22 +144,17 @@ class Tunnel:
             raise TransportError(answer.get("error", "the port forward did not start"))
         self.port: int = answer["port"]
         self.event: str | None = None
-        threading.Thread(target=self._listen, daemon=True).start()
 
-    def _listen(self) -> None:
-        for line in self._process.stdout:
+    def fault(self, grace: float = 1.0) -> str | None:
+        """Why the forward stopped, or ``None``; waits up to ``grace`` s for a report just being sent
+        (the forward reports a stall before it drops the connections that make the client fail)."""
+        if self.event is None and select.select([self._process.stdout], [], [], grace)[0]:
+            line = self._process.stdout.readline()
             try:
-                self.event = json.loads(line).get("fault") or self.event
-            except ValueError:
-                pass
-
-    @property
-    def fault(self) -> str | None:
-        if self.event:
-            return self.event
-        if self._process.poll() is not None:
-            return "the SSH port forward to the board ended"
-        return None
+                self.event = json.loads(line)["fault"]
+            except (ValueError, KeyError, TypeError):
+                self.event = "the SSH port forward to the board ended"
+        return self.event
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -188,12 +185,13 @@ def _serve() -> None:
         say(error=str(exc))
         return
     forward = Forward(conn.client.get_transport(), request["port"], device.link.stall_timeout,
-                      device.link.connect_timeout)
+                      device.link.connect_timeout, on_stall=lambda message: say(fault=message))
     say(port=forward.port)
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     while conn.active and not forward.stalled:
         time.sleep(0.2)
-    say(fault=forward.stalled or f"the SSH connection to {device.host}:{device.port} was lost")
+    if not forward.stalled:
+        say(fault=f"the SSH connection to {device.host}:{device.port} was lost")
     forward.close()
     conn.close()
 

@@ -219,21 +219,22 @@ class SSHTransport:
 
     # -- the transport interface ------------------------------------------------------------
 
-    def fault(self) -> str | None:
-        """Why the board's RPC server cannot be used now, or ``None`` when it can."""
+    def fault(self, grace: float = 1.0) -> str | None:
+        """Why the board's RPC server cannot be used now, or ``None`` when it can (a fault being
+        reported is waited for up to ``grace`` seconds)."""
         if self.lost:
             return self.lost
         if self._conn is None or not self._conn.active:
             return f"the SSH connection to {self.endpoint.hostname}:{self.endpoint.port} was lost"
-        if self._forward is None or self._forward.fault:
-            return self._forward.fault if self._forward else "no port forward to the board"
         if self._agent is None or self._agent.exit_status_ready() or self._agent.closed:
             return f"the board's RPC server exited: {self.tail() or 'no output'}"
-        return None
+        if self._forward is None:
+            return "no port forward to the board"
+        return self._forward.fault(grace)
 
     def reconnect(self) -> None:
         """Stop what is left and start again, retrying with backoff; raises when the board stays away."""
-        reason = self.fault() or "reconnect asked"
+        reason = self.fault(grace=0) or "reconnect asked"
         self._stop()
         delay, last = self.link.backoff, None
         for attempt in range(self.link.retries + 1):
@@ -254,7 +255,7 @@ class SSHTransport:
         """A new TVM RPC session on the board (after a reconnect if the board was lost)."""
         from tvm import rpc
 
-        if self.fault():
+        if self.fault(grace=0):
             self.reconnect()
         return rpc.connect("127.0.0.1", self._forward.port)
 

@@ -127,7 +127,7 @@ def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
         client.close()
         raise TransportError(f"{ep.alias}: SSH login as {ep.user!r} refused ({exc}); check `user` and `key` "
                              "(or your SSH agent)") from None
-    except paramiko.SSHException as exc:
+    except paramiko.SSHException:
         client.close()
         if getattr(policy, "key", None) is not None:
             raise HostKeyError(f"{ep.alias}: unknown host key {describe(policy.key)} for {ep.known_name} "
@@ -148,7 +148,7 @@ class Connection:
             self.close()
             raise TransportError(f"{ep.alias}: cannot connect to {ep.hostname}:{ep.port} ({exc.strerror or exc}); "
                                  "is the board up and its sshd running?") from None
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             self.close()
             raise TransportError(f"{ep.alias}: no answer from {ep.hostname}:{ep.port} within "
                                  f"{link.connect_timeout:g} s ({type(exc).__name__})") from None
