@@ -15,7 +15,7 @@ from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
-from boards import Proxy, write_registry
+from boards import PYTHON, Proxy, write_registry
 
 SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
 POLICY = parse_policy("untuned")
@@ -95,7 +95,8 @@ def test_board_without_tvm_or_with_garbled_output_is_given_up_and_others_go_on(b
     assert tables.read(tmp_path / "tables", "b1").empty and tables.read(tmp_path / "tables", "b2").empty
 
 
-FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut"]
+FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut", "missing-module"]
+BARE_PYTHON = "#!/bin/sh\nexec /usr/bin/python3 -I -S \"$@\"\n"
 
 
 @pytest.mark.slow
@@ -104,6 +105,11 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
     victim, other = boards(), boards()
     proxy = Proxy(victim.address, victim.port) if fault in ("stall", "cut") else None
     overrides = {"b0": {"host": proxy.address, "port": proxy.port}} if proxy else {}
+    python, healthy = tmp_path / "board-python", f"#!/bin/sh\nexec {PYTHON} \"$@\"\n"
+    if fault == "missing-module":  # the board's python is a wrapper that loses tvm mid-collection
+        python.write_text(healthy)
+        python.chmod(0o755)
+        overrides = {"b0": {"python": str(python)}}
     registry, known = fleet(tmp_path, user_key, victim, other, **overrides)
     if proxy:
         known.write_text(victim.known_hosts_line().replace(f"[{victim.address}]:{victim.port}",
@@ -124,12 +130,18 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
             threading.Timer(6, proxy.resume).start()
         elif fault == "cut":
             proxy.cut()
+        elif fault == "missing-module":
+            python.write_text(BARE_PYTHON)
+            victim.signal_sessions(signal.SIGKILL)
         thread.join(timeout=150)
         assert not thread.is_alive()
         runs = {r.summary.device: r for r in box["runs"]}
         assert runs["b1"].error is None and runs["b1"].summary.measured == len(SPACE)
         if fault == "drop":
             assert "reconnects failed" in runs["b0"].error and "cannot connect" in runs["b0"].error
+        elif fault == "missing-module":
+            assert "cannot import" in runs["b0"].error and "tvm" in runs["b0"].error
+            python.write_text(healthy)
         elif fault != "stall":  # the board came back during the retries: the same run finished it
             assert runs["b0"].error is None and runs["b0"].summary.measured == len(SPACE)
         if fault == "hung":
