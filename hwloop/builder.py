@@ -73,7 +73,7 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
         mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
         executable = tvm.compile(mod, target)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
-        executable.export_library(str(tmp), fcompile=_cross_compiler(job.cc))
+        executable.export_library(str(tmp), fcompile=cross_compiler(job.cc))
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -81,7 +81,8 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     return Built(job, str(path), None, time.perf_counter() - start)
 
 
-def _cross_compiler(cc: str | None):
+def cross_compiler(cc: str | None):
+    """TVM's ``fcompile`` for ``export_library`` with the cross compiler ``cc`` (None: the host's)."""
     if not cc:
         return None
     from tvm.support import cc as tvm_cc

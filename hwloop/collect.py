@@ -107,11 +107,20 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
 def make_row(context: Context, config: LayerConfig, built: Built, m: Measurement, fp: dict) -> dict:
     """One table row: the config, the measurement and everything needed to know what it means."""
     return {
-        "measurement_id": tables.new_measurement_id(),
         "config_id": config.id,
-        "device": context.device.name,
         **config.to_dict(),
         "macs": config.macs,
+        **measurement_fields(context, m, fp),
+        "build_s": built.seconds,
+        "build_cached": built.cached,
+    }
+
+
+def measurement_fields(context: Context, m: Measurement, fp: dict) -> dict:
+    """The fields every measurement row has, of layers and of whole models alike."""
+    return {
+        "measurement_id": tables.new_measurement_id(),
+        "device": context.device.name,
         "status": m.status,
         "stage": m.stage,
         "error": m.error,
@@ -131,8 +140,6 @@ def make_row(context: Context, config: LayerConfig, built: Built, m: Measurement
         "protocol_id": context.protocol_id,
         "tvm_version": tvm_version(),
         "hwloop_version": __version__,
-        "build_s": built.seconds,
-        "build_cached": built.cached,
         "measure_s": m.seconds,
         "timing_s": m.timing_s,
         "measured_at": datetime.now(timezone.utc),

@@ -1,4 +1,5 @@
-"""Timing built layers on a device through a TVM RPC session, with TVM's evaluator semantics.
+"""Timing built layers and whole models on a device through a TVM RPC session, with TVM's
+evaluator semantics.
 
 Each artifact is uploaded, checked once against torch, warmed up, then timed with
 ``time_evaluator(number, repeat, min_repeat_ms, cooldown)``. A measurement whose coefficient of
@@ -14,14 +15,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .kernels import random_inputs, reference, relative_error, tolerance
 from .layers import LayerConfig
 from .registry import Protocol
 
+MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
+
 
 @dataclass
 class Measurement:
-    """One timed layer: per-repeat latencies in ms, or the stage and error that stopped it."""
+    """One timed layer or model: per-repeat latencies in ms, or the stage and error that stopped it."""
 
     status: str = "ok"
     stage: str | None = None
@@ -64,27 +69,44 @@ class Runner:
         self._stage = "connect"
 
     def measure(self, config: LayerConfig, artifact: str) -> Measurement:
+        """Check the layer ``artifact`` against torch on the device, then time it."""
+        return self._guarded(lambda session: self._measure_layer(session, config, artifact))
+
+    def measure_model(self, artifact: str, data: np.ndarray, expected: np.ndarray) -> Measurement:
+        """Check the whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
+        (torch's output), then time it end to end."""
+        return self._guarded(lambda session: self._measure_model(session, artifact, data, expected))
+
+    def _guarded(self, work) -> Measurement:
         start = time.perf_counter()
         self._stage = "connect"
         try:
             if self._session is None:
                 self._session = self.transport.connect()
-            result = self._measure(self._session, config, artifact)
+            result = work(self._session)
         except Exception as exc:  # noqa: BLE001 - the session may be gone; the row records why
             self._session = None
             result = Measurement("failed", self._stage, f"{type(exc).__name__}: {str(exc).strip()[:2000]}")
         result.seconds = time.perf_counter() - start
         return result
 
-    def _measure(self, session, config: LayerConfig, artifact: str) -> Measurement:
-        import tvm
-
+    @contextlib.contextmanager
+    def _loaded(self, session, artifact: str):
+        """The library ``artifact`` uploaded to the device and loaded there; removed afterwards."""
         name = Path(artifact).name
         self._stage = "upload"
         session.upload(artifact, target=name)
         try:
             self._stage = "load"
-            module = session.load_module(name)
+            yield session.load_module(name)
+        finally:
+            with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
+                session.remove(name)
+
+    def _measure_layer(self, session, config: LayerConfig, artifact: str) -> Measurement:
+        import tvm
+
+        with self._loaded(session, artifact) as module:
             self._stage = "check"
             device = session.cpu(0)
             data, weight = random_inputs(config)
@@ -97,11 +119,25 @@ class Runner:
                                    check_error=error)
             self._stage = "run"
             return self._time(module, device, args, error)
-        finally:
-            with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
-                session.remove(name)
+
+    def _measure_model(self, session, artifact: str, data: np.ndarray, expected: np.ndarray) -> Measurement:
+        import tvm
+        from tvm import relax
+
+        with self._loaded(session, artifact) as module:
+            self._stage = "check"
+            device = session.cpu(0)
+            vm = relax.VirtualMachine(module, device)
+            args = [tvm.runtime.tensor(data, device)]
+            error = relative_error(vm["main"](*args).numpy(), expected)
+            if not error <= MODEL_TOLERANCE:
+                return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
+                                   check_error=error)
+            self._stage = "run"
+            return self._time(vm, device, args, error)
 
     def _time(self, module, device, args, check_error: float) -> Measurement:
+        """Warm up, then time ``module``'s (a library's or a VM's) ``main`` on ``args``."""
         start = time.perf_counter()
         p = self.protocol
         if p.warmup:

@@ -1,8 +1,11 @@
 """Measurement tables: ``tables/<device>/part-*.parquet``, one row per measurement, append-only.
 
-``pandas.read_parquet("tables/<device>")`` reads a device's table. Every measurement is written
-as its own part file (written to a hidden temporary name, fsynced, then renamed), so a killed
-run loses at most the measurement in flight; :func:`compact` merges parts without losing rows.
+``pandas.read_parquet("tables/<device>")`` reads a device's layer table. Whole-model measurements
+live beside it in ``tables/<device>/_models/`` (a folder that pandas skips when reading the layer
+table; read it with :func:`read_models` or ``pandas.read_parquet("tables/<device>/_models")``).
+Every measurement is written as its own part file (written to a hidden temporary name, fsynced,
+then renamed), so a killed run loses at most the measurement in flight; :func:`compact` merges
+parts without losing rows.
 """
 
 from __future__ import annotations
@@ -71,6 +74,23 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = SCHEMA.names
 
+_CONTEXT = ["status", "stage", "error", "latency_ms", "latency_mean_ms", "latency_std_ms", "latency_min_ms",
+            "latency_cv", "latencies_ms", "repeats", "attempts", "check_error", "schedule", "target", "cc",
+            "protocol", "protocol_id", "tvm_version", "hwloop_version", "build_s", "build_cached", "measure_s",
+            "timing_s", "measured_at"]
+MODEL_SCHEMA = pa.schema([
+    ("measurement_id", pa.string()),
+    ("model_id", pa.string()),
+    ("model", pa.string()),
+    ("device", pa.string()),
+    ("input_shape", pa.string()),
+    ("layers", pa.string()),
+    ("macs", pa.int64()),
+    *(SCHEMA.field(name) for name in _CONTEXT),
+    *(field for field in SCHEMA if field.name.startswith("fp_")),
+])
+MODELS = "_models"
+
 
 class TableError(ValueError):
     """A table that cannot be read as written by hwloop."""
@@ -80,13 +100,25 @@ def device_dir(tables: Path, device: str) -> Path:
     return Path(tables) / device
 
 
+def models_dir(tables: Path, device: str) -> Path:
+    return device_dir(tables, device) / MODELS
+
+
 def append(tables: Path, device: str, rows: list[dict]) -> Path:
-    """Write ``rows`` as one new part of ``device``'s table, atomically; returns the part's path."""
-    directory = device_dir(tables, device)
+    """Write ``rows`` as one new part of ``device``'s layer table, atomically; returns the part's path."""
+    return _append(device_dir(tables, device), SCHEMA, rows)
+
+
+def append_models(tables: Path, device: str, rows: list[dict]) -> Path:
+    """Write whole-model ``rows`` as one new part of ``device``'s model table."""
+    return _append(models_dir(tables, device), MODEL_SCHEMA, rows)
+
+
+def _append(directory: Path, schema: pa.Schema, rows: list[dict]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     path = directory / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-    _write_atomic(pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA), path)
+    _write_atomic(pa.Table.from_pylist([{c: row.get(c) for c in schema.names} for row in rows], schema=schema), path)
     return path
 
 
@@ -108,25 +140,34 @@ def parts(tables: Path, device: str) -> list[Path]:
 
 
 def read(tables: Path, device: str) -> pd.DataFrame:
-    """Every measurement of ``device`` (an empty frame with the schema when there is none)."""
-    frames = [_read_part(path) for path in parts(tables, device)]
+    """Every layer measurement of ``device`` (an empty frame with the schema when there is none)."""
+    return _read(device_dir(tables, device), SCHEMA)
+
+
+def read_models(tables: Path, device: str) -> pd.DataFrame:
+    """Every whole-model measurement of ``device``."""
+    return _read(models_dir(tables, device), MODEL_SCHEMA)
+
+
+def _read(directory: Path, schema: pa.Schema) -> pd.DataFrame:
+    frames = [_read_part(path, schema) for path in sorted(directory.glob("part-*.parquet"))]
     if not frames:
-        return SCHEMA.empty_table().to_pandas()
+        return schema.empty_table().to_pandas()
     table = pa.concat_tables(frames)
     return table.to_pandas().drop_duplicates("measurement_id", keep="first").reset_index(drop=True)
 
 
-def _read_part(path: Path) -> pa.Table:
+def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise TableError(f"{path}: not a readable Parquet file ({exc}); move it out of the table folder "
                          f"to go on, nothing else is affected") from exc
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in schema.names if c not in table.column_names]
     if missing:
         raise TableError(f"{path}: not an hwloop table part (missing columns: {', '.join(missing[:5])})")
     try:
-        return table.select(COLUMNS).cast(SCHEMA)
+        return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as exc:
         raise TableError(f"{path}: columns of unexpected types ({exc})") from exc
 

@@ -37,6 +37,55 @@ def registry_dir(tmp_path_factory):
     return directory
 
 
+def _local_space():
+    from hwloop.layers import LayerConfig
+
+    return ([LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
+            + [LayerConfig("conv2d", 8, c, 8, 8, kernel=3, stride=2, padding=1) for c in (8, 12, 13, 16, 20, 24, 30, 32, 40)]
+            + [LayerConfig("conv2d", 32, c, 8, 8) for c in (8, 15, 16, 23, 24, 32, 40, 48, 64)]
+            + [LayerConfig("depthwise_conv2d", c, c, 16, 16, kernel=3, padding=1, groups=c)
+               for c in (8, 12, 16, 20, 21, 24, 32, 48)]
+            + [LayerConfig("linear", 64, c) for c in (10, 16, 24, 33, 48, 64, 100)])
+
+
+@pytest.fixture(scope="session")
+def local_table(registry_dir, cache_dir, tmp_path_factory):
+    """A tables folder holding a small ``default``-policy table of the fast ``local`` device,
+    measured in this session: convs (3x3, strided, 1x1), depthwise and linear layers with ragged
+    and aligned channel counts."""
+    from hwloop.collect import collect
+    from hwloop.registry import load_registry
+    from hwloop.schedules import parse_policy
+
+    tables_dir = tmp_path_factory.mktemp("local-tables")
+    summary = collect(load_registry(registry_dir).get("local"), _local_space(), parse_policy("default"), tables_dir,
+                      cache_dir)
+    assert summary.measured >= len(summary.rows) - 2, [r["error"] for r in summary.rows if r["status"] != "ok"]
+    return tables_dir
+
+
+@pytest.fixture(scope="session")
+def local_predictor(local_table):
+    """A :class:`hwloop.predictor.Predictor` fitted on ``local_table`` (with held-out metrics)."""
+    from hwloop import tables
+    from hwloop.predictor import Predictor
+
+    return Predictor.fit(tables.read(local_table, "local"), "local")
+
+
+@pytest.fixture(scope="session")
+def untuned_dir(registry_dir, cache_dir, tmp_path_factory):
+    """A tables folder with two linear layers of the ``local`` device measured under ``untuned``."""
+    from hwloop.collect import collect
+    from hwloop.layers import LayerConfig
+    from hwloop.registry import load_registry
+    from hwloop.schedules import parse_policy
+
+    directory = tmp_path_factory.mktemp("untuned")
+    configs = [LayerConfig("linear", 64, c) for c in (16, 33)]
+    collect(load_registry(registry_dir).get("local"), configs, parse_policy("untuned"), directory, cache_dir)
+    return directory
+
 @pytest.fixture(scope="session")
 def user_key(tmp_path_factory):
     """The SSH key the tests log in to test boards with."""

@@ -1,6 +1,6 @@
 """The ``hwloop`` command line: one module per command group, all on :data:`app`."""
 
-from . import collect, devices, models, tables  # noqa: F401 - registers the commands
+from . import collect, devices, measure, models, predictor, tables  # noqa: F401 - registers the commands
 from .app import app
 
 __all__ = ["app", "main"]

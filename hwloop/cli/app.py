@@ -57,3 +57,16 @@ def read_table(tables: Path, device: str):
         return tables_mod.read(tables, device)
     except tables_mod.TableError as exc:
         fail(str(exc))
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape`` such as ``1,3,32,32`` (or ``1x3x32x32``) as a tuple; None when not given."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        fail(f"--input-shape {text!r}: expected comma-separated integers such as 1,3,32,32")
+    if not shape or min(shape) < 1:
+        fail(f"--input-shape {text!r}: dimensions must be positive")
+    return shape

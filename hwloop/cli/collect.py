@@ -15,19 +15,7 @@ from rich.table import Table
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        fail(f"--input-shape {text!r}: expected comma-separated integers such as 1,3,32,32")
-    if not shape or min(shape) < 1:
-        fail(f"--input-shape {text!r}: dimensions must be positive")
-    return shape
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out, parse_shape
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
@@ -39,7 +27,7 @@ def _configs(model: str | None, space: Path | None, input_shape: str | None, sam
     try:
         if space is not None:
             return load_space(space)
-        module, shape = load_model(model, _parse_shape(input_shape))
+        module, shape = load_model(model, parse_shape(input_shape))
         return model_space(module, shape, samples, seed)
     except (ModelError, SpaceError) as exc:
         fail(str(exc))
@@ -62,6 +50,11 @@ def collect(
     registry: RegistryOpt = None,
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option(help="Measure again configs already in the table.")] = False,
+    adaptive: Annotated[bool, typer.Option(
+        help="Spend --budget measurements where a predictor fitted on what is measured so far is uncertain or "
+             "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
+             "budget) is the pool.")] = False,
+    budget: Annotated[Optional[int], typer.Option(min=1, help="Measurements --adaptive may spend.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
@@ -71,6 +64,8 @@ def collect(
       hwloop collect --device local --model resnet20 --samples 60
 
       hwloop collect --device local --space docs/space.yaml --schedule tuned:64
+
+      hwloop collect --device local --model resnet20 --adaptive --budget 300
 
       hwloop collect --device pi4 --device pi5 --model resnet20   (or a group: --device raspberry-pi)
     """
@@ -88,8 +83,12 @@ def collect(
         policy = parse_policy(schedule)
     except PolicyError as exc:
         fail(str(exc))
-    configs = _configs(model, space, input_shape, samples, seed)
-    if len(devices) > 1 or devices[0].transport != "local":
+    if adaptive and budget is None:
+        fail("--adaptive needs --budget N, the number of measurements it may spend")
+    configs = _configs(model, space, input_shape, max(samples, 10 * budget) if adaptive else samples, seed)
+    if len(devices) > 1 and adaptive:
+        fail("--adaptive measures one device at a time: give one --device")
+    if not adaptive and (len(devices) > 1 or devices[0].transport != "local"):
         from .fleet import collect_on_boards
 
         collect_on_boards(devices, configs, policy, tables, cache or default_cache_dir(), force, as_json)
@@ -118,7 +117,14 @@ def collect(
                             rate=f"{progress.tasks[task].completed * 60 / elapsed:.1f}")
 
         try:
-            summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
+            if adaptive:
+                from ..predictor.sampling import adaptive_collect
+
+                on_start(budget)
+                summary = adaptive_collect(dev, configs, policy, tables, cache or default_cache_dir(), budget, seed=seed,
+                                           force=force, on_row=on_row)
+            else:
+                summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
         except TransportError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -35,6 +35,8 @@ class Policy:
     def apply(self, mod, target, work_dir: Path, config=None):
         """``mod`` scheduled for ``target``; ``work_dir`` keeps what the policy learns (tuning records).
 
+        ``mod`` is a single layer (one PrimFunc ``main``) or a whole model (a lowered Relax module,
+        see :mod:`hwloop.graph`), whose PrimFuncs are each scheduled by the same rules.
         ``transfer`` schedules single layers: it needs the layer's ``config``.
         """
         if self.kind == "default":
@@ -42,9 +44,12 @@ class Policy:
 
             return schedule(mod, target)
         if self.kind == "tuned":
-            from .tuned import tune
+            from .tuned import tune, tune_functions
 
-            return tune(mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
+            records = work_dir / "metaschedule" / str(self.trials)
+            if is_model(mod):
+                return tune_functions(mod, target, self.trials, records)
+            return tune(mod, target, self.trials, records)
         if self.kind == "transfer":
             if config is None:
                 raise PolicyError("transfer:N schedules single layers; use default, untuned or tuned:N for a whole model")
@@ -52,6 +57,13 @@ class Policy:
 
             return transfer(config, mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
         return mod
+
+
+def is_model(mod) -> bool:
+    """Whether ``mod`` is a whole model (it has a Relax function) rather than a single layer."""
+    from tvm import relax
+
+    return any(isinstance(func, relax.Function) for _, func in mod.functions_items())
 
 
 def parse_policy(spec: str) -> Policy:

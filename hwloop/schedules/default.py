@@ -5,8 +5,11 @@ scheduled by a fixed rule sized to the target's vector width and register file:
 
 * conv2d NCHW (any kernel, stride, padding; groups whose per-group output channels fill whole
   vectors) and dense/matmul: output channels vectorised, weights repacked to
-  ``[O // T, ..., O % T]`` (zero-padded, so ragged channel counts run whole vectors), a
-  register tile of output positions, reduction innermost-but-two;
+  ``[O // T, ..., O % T]`` (zero-padded, so ragged channel counts run whole vectors, the
+  accumulator's rows aligned to the tile), a register tile of output positions, reduction
+  innermost-but-two;
+* pointwise conv2d (1x1, stride 1, unpadded, ungrouped, positions a multiple of the vector width):
+  a matrix product with output positions vectorised and a register tile of channels by positions;
 * depthwise and other grouped conv2d: output width vectorised, rows and channels outer;
 * dense whose reduction is contiguous in both operands and a multiple of the vector width:
   reduction vectorised through ``rfactor``.
@@ -45,8 +48,8 @@ class CpuModel:
 
     @property
     def accumulators(self) -> int:
-        """Vector registers a register tile may hold, leaving room for operands."""
-        return self.registers // 2
+        """Vector registers a register tile may hold, leaving room for operands (eight of 32)."""
+        return max(self.registers // 2, self.registers - 8)
 
 
 def cpu_model(target: Target | dict) -> CpuModel:
@@ -262,7 +265,9 @@ def _matmul_roles(c: Contraction) -> MatmulRoles | None:
 def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) -> None:
     conv = _conv_roles(c)
     if conv is not None:
-        if conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
+        if _pointwise(c, conv) and (c.extents[conv.y] * c.extents[conv.x]) % cpu.lanes(c.dtype) == 0:
+            _spatial_vector(sch, c, conv, cpu)
+        elif conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
             _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data)
         else:
             _width_vector(sch, c, conv, cpu)
@@ -299,6 +304,8 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
+    if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
+        sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
 
     fo, fi = sch.split(c.loops[f], [None, width], disable_predication=True)
     tiled = []
@@ -329,6 +336,40 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
         producer = _producer(sch, block, data)
         if producer is not None:
             _compute_producer_at(sch, producer, None if packed_bytes > WEIGHT_CACHE_BYTES else parallel)
+
+
+def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv: a matrix product over contiguous output positions."""
+    taps = [r for r in c.reduce if not r.same_as(conv.rc)]
+    return (conv.stride == 1 and conv.out_per_group == c.extents[conv.f] and all(c.extents[r] == 1 for r in taps)
+            and c.vars_of(conv.data, 2) == {conv.y} and int(conv.data.source.shape[3]) == c.extents[conv.x])
+
+
+def _spatial_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
+    """Pointwise conv as ``out[f, p] += w[f, c] * data[c, p]``: output positions ``p`` (rows and
+    columns fused, contiguous in data and output) vectorised, a register tile of output channels
+    by position vectors, each weight broadcast once per tile row."""
+    block, lanes = c.block, cpu.lanes(c.dtype)
+    producer = _producer(sch, block, conv.data)
+    if producer is not None:
+        sch.compute_inline(producer)
+    _accumulate_locally(sch, c, None)
+    positions = c.extents[conv.y] * c.extents[conv.x]
+    vectors = _divisor_tile(positions // lanes, 4)
+    rows = _balanced_tile(c.extents[conv.f], max(cpu.registers // 2 // vectors, 1))  # data vectors stay in registers too
+    p = sch.fuse(c.loops[conv.y], c.loops[conv.x])
+    po, pv, pl = sch.split(p, [None, vectors, lanes])
+    fo, fi = sch.split(c.loops[conv.f], [None, rows])
+    reductions = [c.loops[r] for r in c.reduce]
+    sch.reorder(c.loops[conv.n], fo, po, *reductions, fi, pv, pl)
+    parallel = sch.fuse(c.loops[conv.n], fo, po)
+    sch.parallel(parallel)
+    sch.unroll(fi)
+    sch.unroll(pv)
+    sch.vectorize(pl)
+    writeback = _writeback_at(sch, block, parallel)
+    sch.vectorize(sch.split(sch.get_loops(writeback)[-1], [None, lanes])[-1])
+    sch.decompose_reduction(block, reductions[0])
 
 
 def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:

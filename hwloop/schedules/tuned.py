@@ -66,6 +66,30 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: Pa
     return scheduled
 
 
+def tune_functions(mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: Path) -> tvm.IRModule:
+    """Every PrimFunc of ``mod`` that reduces (convolutions, dense, pooling) tuned on its own, as
+    :func:`tune` tunes a layer; element-wise PrimFuncs are left as they are."""
+    import tvm
+    from tvm import tirx
+
+    out = mod.clone()
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and _reduces(func):
+            single = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            tuned = tune(single, target, trials, work_dir)["main"]
+            symbol = func.attrs.get("global_symbol") if func.attrs else None
+            out[gvar] = tuned.with_attr("global_symbol", symbol) if symbol else tuned.without_attr("global_symbol")
+    return out
+
+
+def _reduces(func) -> bool:
+    from tvm import s_tir, tirx
+
+    sch = s_tir.Schedule(func)
+    return any(iv.iter_type == tirx.IterVar.CommReduce
+               for block in sch.get_child_blocks(sch.get_sblock("root")) for iv in sch.get(block).iter_vars)
+
+
 def database_dir(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path) -> Path:
     """Where the records of ``mod`` tuned for ``target`` are kept."""
     import tvm_ffi

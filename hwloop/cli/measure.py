@@ -1,0 +1,79 @@
+"""``hwloop measure``: whole models compiled and timed end to end on a device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..paths import cache_dir as default_cache_dir
+from ..schedules import POLICY_HELP
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, parse_shape
+
+
+@app.command()
+def measure(
+    device: Annotated[str, typer.Option("--device", "-d", help="Registered device name (see `hwloop devices list`).")],
+    models: Annotated[list[str], typer.Option(
+        "--model", "-m", help="Built-in model (see `hwloop models`) or path/to/file.py:callable; repeat for several.")],
+    input_shape: Annotated[Optional[str], typer.Option(help="Input shape, e.g. 1,3,32,32 (required for a file).")] = None,
+    schedule: Annotated[str, typer.Option(help=f"Schedule policy: {POLICY_HELP}.")] = "default",
+    tables: TablesOpt = Path("tables"),
+    registry: RegistryOpt = None,
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option(help="Measure again models already in the model table.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compile whole models with a schedule policy, check them against torch on the device and time
+    them end to end; rows go to the device's model table (tables/DEVICE/_models).
+
+    The policy schedules every conv and dense of the model by the rules that produced the layer
+    tables, so the model's latency and the sum of its layers speak of the same code. Example:
+
+      hwloop measure --device local --model resnet20 --model mobilenetv2
+    """
+    from ..endtoend import ModelCase, measure_models
+    from ..models import ModelError, load_model
+    from ..schedules import PolicyError, parse_policy
+    from ..space import SpaceError
+    from ..transports import TransportError
+
+    dev = get_device(device, registry)
+    try:
+        policy = parse_policy(schedule)
+        if policy.kind == "transfer":
+            raise PolicyError("transfer:N schedules single layers; measure models with default, untuned or tuned:N")
+        cases = [ModelCase(spec, *load_model(spec, parse_shape(input_shape))) for spec in models]
+    except (PolicyError, ModelError) as exc:
+        fail(str(exc))
+
+    def on_row(row: dict) -> None:
+        err.print(f"{row['model']}: {row['status']}" + (f" {row['latency_ms']:.3f} ms" if row["status"] == "ok" else ""))
+
+    try:
+        with err.status(f"{dev.name} · {policy.name}: lowering, scheduling, building and timing"):
+            rows = measure_models(dev, cases, policy, tables, cache or default_cache_dir(), force, on_row)
+    except (TransportError, SpaceError) as exc:
+        fail(str(exc))
+    records = [{"model": r["model"], "status": r["status"], "latency_ms": r["latency_ms"], "cv": r["latency_cv"],
+                "build_s": round(r["build_s"], 2), "check_error": r["check_error"], "stage": r["stage"],
+                "error": r["error"]} for r in rows]
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        table = Table("model", "status", "latency ms", "cv", "build s", title=f"{dev.name} · {policy.name}")
+        for r in records:
+            ok = r["status"] == "ok"
+            table.add_row(r["model"], r["status"] if ok else f"[red]{r['status']}[/] at {r['stage']}",
+                          f"{r['latency_ms']:.3f}" if ok else escape(r["error"] or ""),
+                          f"{r['cv']:.3f}" if ok else "", f"{r['build_s']:.1f}")
+        out.print(table)
+        skipped = len(cases) - len(rows)
+        if skipped:
+            out.print(f"{skipped} model(s) already measured with this policy and protocol (--force measures again)")
+    if any(r["status"] != "ok" for r in records):
+        raise typer.Exit(1)

@@ -1,0 +1,271 @@
+"""``hwloop fit``, ``evaluate``, ``predict`` and ``report``: the per-device latency predictor."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .app import JsonOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
+
+PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of predictors, one sub-folder per device.")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
+CONFIG_ID = re.compile(r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
+                       r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?")
+
+
+def _load(device: str, predictors: Path):
+    from ..predictor import Predictor, PredictorError
+
+    try:
+        return Predictor.load(device, predictors)
+    except PredictorError as exc:
+        fail(str(exc))
+
+
+def _read_any_table(path: Path):
+    """A table folder (``tables/<device>``) or a single Parquet file."""
+    import pandas as pd
+
+    from .. import tables as tables_mod
+
+    if path.is_dir():
+        if not tables_mod.parts(path.parent, path.name):
+            fail(f"{path}: no part-*.parquet files (a table folder is tables/<device>)")
+        return read_table(path.parent, path.name)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: not a readable Parquet table ({exc})")
+    missing = [c for c in tables_mod.COLUMNS if c not in frame.columns]
+    if missing:
+        fail(f"{path}: not an hwloop table (missing columns: {', '.join(missing[:5])})")
+    return frame
+
+
+def _scores_table(title: str, rows: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    table.add_column("", no_wrap=True)
+    for name in ("rows", "±5%", "±10%", "±15%", "RMSE ms", "MAPE", "Spearman"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name, s in rows.items():
+        rho = f"{s['spearman']:.3f}" if s.get("spearman") is not None else "-"
+        table.add_row(name, str(s.get("rows", "")), *(f"{100 * s[f'within_{b}']:.1f}%" for b in (5, 10, 15)),
+                      f"{s['rmse_ms']:.3g}" if "rmse_ms" in s else "-", f"{100 * s['mape']:.1f}%", rho)
+    return table
+
+
+def _print_report(title: str, report: dict) -> None:
+    rows = {"all": report, **{f"  {op}": s for op, s in report["ops"].items()}}
+    if report.get("noise"):
+        rows["noise floor"] = report["noise"]
+    out.print(_scores_table(title, rows))
+
+
+@app.command()
+def fit(
+    device: DeviceOpt,
+    tables: TablesOpt = Path("tables"),
+    predictors: PredictorsOpt = Path("predictors"),
+    schedule: Annotated[str, typer.Option(help="Schedule policy whose rows train the predictor.")] = "default",
+    protocol: Annotated[Optional[str], typer.Option(
+        help="protocol_id to train on, when the table holds rows of several protocols.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a device's latency predictor on its table and save it under --predictors/<device>/.
+
+    Only rows of one schedule policy and protocol are used. Held-out scores (random configs,
+    unseen channel counts, unseen shapes) are printed and kept in predictor.json; when the device
+    has measured whole models, the whole-model calibration is fitted too. Example:
+
+      hwloop fit --device local
+    """
+    from .. import tables as tables_mod
+    from ..predictor import Predictor, PredictorError
+
+    frame = read_table(tables, device)
+    try:
+        models = tables_mod.read_models(tables, device)
+    except tables_mod.TableError as exc:
+        fail(str(exc))
+    with err.status(f"fitting {device}'s predictor on its {schedule!r} rows"):
+        try:
+            predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
+        except PredictorError as exc:
+            fail(str(exc))
+    directory = predictor.save(predictors)
+    calibration = predictor.meta["calibration"]
+    record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
+              "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
+              "calibration": calibration}
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    if record["metrics"]:
+        out.print(_scores_table(f"{device} · {schedule} · held-out rows", record["metrics"]))
+    if calibration:
+        models_table = Table("model", "measured ms", "layers ms", "predicted ms", "error",
+                             title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
+                                   "ms; each predicted by a calibration without it)")
+        for case in calibration["cases"]:
+            models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
+                                 f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
+        out.print(models_table)
+    else:
+        out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
+    out.print(f"trained on {record['rows']} rows → {directory}")
+
+
+@app.command()
+def evaluate(
+    device: DeviceOpt,
+    predictors: PredictorsOpt = Path("predictors"),
+    table: Annotated[Optional[Path], typer.Option(
+        "--table", help="Table to score on: a table folder (tables/<device>) or a Parquet file; "
+                        "default: the device's own table under --tables.", show_default=False)] = None,
+    tables: TablesOpt = Path("tables"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a device's predictor on a table: within ±5/10/15 %, RMSE, MAPE, Spearman, per op family,
+    beside the table's noise floor.
+
+    Only rows of the predictor's schedule policy and protocol are scored; a table without any is
+    refused. A table measured later or elsewhere makes an honest test; on the table it was trained
+    on, `hwloop fit`'s held-out scores are the honest ones. Example:
+
+      hwloop evaluate --device local --table new-tables/local --json
+    """
+    from ..predictor import PredictorError
+    from ..predictor.evaluation import evaluate as score
+
+    predictor = _load(device, predictors)
+    path = table if table is not None else tables / device
+    frame = _read_any_table(path) if table is not None else read_table(tables, device)
+    try:
+        report = score(predictor, frame, str(path))
+    except PredictorError as exc:
+        fail(str(exc))
+    report["table"] = str(path)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    _print_report(f"{device} · {predictor.schedule} predictor on {path}", report)
+    out.print("noise floor: single repeats against their row's median, the best a predictor of the median can do")
+    if report["rows_ignored"]:
+        out.print(f"{report['rows_ignored']} rows of other schedules, protocols or failed measurements not scored")
+
+
+def _parse_config(text: str):
+    from ..layers import LayerConfig
+
+    match = CONFIG_ID.fullmatch(text)
+    if not match:
+        fail(f"layer {text!r}: expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
+             "or linear:1x512:o10 (see `hwloop tables show` / the table's config_id column)")
+    dims = [int(d) for d in match["shape"].split("x")]
+    op = match["op"]
+    try:
+        if op == "linear":
+            if len(dims) != 2:
+                fail(f"layer {text!r}: a linear shape is BATCHxIN, e.g. 1x512")
+            return LayerConfig(op, dims[1], int(match["out"]), batch=dims[0], dtype=match["dtype"] or "float32")
+        if len(dims) != 4 or match["k"] is None:
+            fail(f"layer {text!r}: a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
+        return LayerConfig(op, dims[1], int(match["out"]), dims[2], dims[3], int(match["k"]), int(match["s"]),
+                           int(match["p"]), int(match["g"]), dims[0], match["dtype"] or "float32")
+    except ValueError as exc:
+        fail(f"layer {text!r}: {exc}")
+
+
+@app.command()
+def predict(
+    device: DeviceOpt,
+    layers: Annotated[Optional[list[str]], typer.Argument(
+        help="Layer config ids, e.g. conv2d:1x64x56x56:o48:k3s1p1g1:float32 or linear:1x512:o10.",
+        show_default=False)] = None,
+    space: Annotated[Optional[Path], typer.Option("--space", "-s", help="YAML space file: predict each of its layers.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Built-in model or path/to/file.py:callable: predict its layers and the whole model.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32.")] = None,
+    predictors: PredictorsOpt = Path("predictors"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict layer latencies (ms) on a device without touching it, from its saved predictor.
+
+    Examples:
+
+      hwloop predict -d local conv2d:1x64x56x56:o48:k3s1p1g1:float32 conv2d:1x64x56x56:o64:k3s1p1g1:float32
+
+      hwloop predict -d local --model resnet20
+    """
+    if sum(x is not None and x != [] for x in (layers, space, model)) != 1:
+        fail("give layer ids, or --space, or --model")
+    predictor = _load(device, predictors)
+    whole = None
+    if layers:
+        configs = [_parse_config(text) for text in layers]
+    elif space is not None:
+        from ..space import SpaceError, load_space
+
+        try:
+            configs = load_space(space)
+        except SpaceError as exc:
+            fail(str(exc))
+    else:
+        from ..models import ModelError, load_model
+        from ..space import SpaceError, trace_layers
+
+        try:
+            module, shape = load_model(model, parse_shape(input_shape))
+            configs = [traced.config for traced in trace_layers(module, shape)]
+        except (ModelError, SpaceError) as exc:
+            fail(str(exc))
+        whole = predictor.predict_model(configs)
+    latencies = predictor.predict(configs)
+    record = {"device": device, "schedule": predictor.schedule,
+              "layers": [{"config_id": c.id, "latency_ms": float(ms)} for c, ms in zip(configs, latencies)]}
+    if whole is not None:
+        record.update(model=model, layers_ms=float(latencies.sum()), model_ms=whole,
+                      calibrated=bool(predictor.meta.get("calibration")))
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    table = Table("layer", "predicted ms", title=f"{device} · {predictor.schedule}")
+    for row in record["layers"]:
+        table.add_row(row["config_id"], f"{row['latency_ms']:.4f}")
+    out.print(table)
+    if whole is not None:
+        note = "" if record["calibrated"] else " (uncalibrated: no whole-model measurements yet)"
+        out.print(f"{model}: layers {record['layers_ms']:.3f} ms, whole model {whole:.3f} ms{note}")
+
+
+@app.command()
+def report(
+    device: DeviceOpt,
+    tables: TablesOpt = Path("tables"),
+    predictors: PredictorsOpt = Path("predictors"),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False)] = None,
+) -> None:
+    """Plot a device's predictor against its table: an HTML page with predicted-vs-measured (±10 %
+    band), latency-vs-out-channels staircases with the predictor's line, and learning curves.
+
+      hwloop report --device local
+    """
+    from ..predictor import PredictorError
+    from ..predictor.report import write_report
+    from ..predictor.selection import select
+
+    predictor = _load(device, predictors)
+    try:
+        chosen = select(read_table(tables, device), str(tables / device), predictor.schedule, predictor.protocol_id,
+                        device)
+    except PredictorError as exc:
+        fail(str(exc))
+    with err.status(f"plotting {device}'s predictor on {len(chosen.rows)} rows"):
+        index = write_report(predictor, chosen.rows, out_dir or Path("reports") / device)
+    out.print(f"report → {index}")

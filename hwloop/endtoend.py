@@ -1,0 +1,147 @@
+"""End-to-end latency of whole models on a device, compiled with the policy of the layer tables.
+
+A model is lowered by :mod:`hwloop.graph`, each of its convolution and dense PrimFuncs scheduled by
+the schedule policy (the rules that produced the layer rows), compiled into a Relax executable for
+the device's target, checked against torch on the device and timed with the device's protocol.
+Rows go to the device's model table (:func:`hwloop.tables.read_models`), with the model's layers,
+so a whole-model measurement and the sum of its layers speak of the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tables
+from .builder import cross_compiler
+from .collect import Context, measurement_fields
+from .layers import LayerConfig
+from .registry import Device
+from .runner import Measurement, Runner
+from .schedules import Policy
+from .space import trace_layers
+from .transports import open_transport
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A model to measure: a name for the tables, the module, and its input shape (N, C, H, W)."""
+
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, ...]
+
+
+def model_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """The model's conv/linear layers in call order, as ``LayerConfig`` dicts."""
+    return [layer.config.to_dict() for layer in trace_layers(model.eval(), input_shape)]
+
+
+def model_id(name: str, input_shape: tuple[int, ...], layers: list[dict]) -> str:
+    """A stable key of a model's name, input shape and layers (its latency does not depend on weights)."""
+    text = json.dumps([name, list(input_shape), layers], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reference_io(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random input and torch's output for it (the model in eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randn(tuple(input_shape), generator=generator)
+    with torch.no_grad():
+        expected = model.eval()(data)
+    return data.numpy(), expected.numpy()
+
+
+def build_model(model: nn.Module, input_shape: tuple[int, ...], target: dict, policy: Policy, cc: str | None,
+                cache_dir: Path, path: Path) -> None:
+    """Compile ``model`` for ``target`` with ``policy`` into the library ``path`` (raises on failure)."""
+    import tvm
+
+    from .graph import compile_module, relax_module
+
+    tvm_target = tvm.target.Target(target)
+    scheduled = policy.apply(relax_module(model, input_shape), tvm_target, Path(cache_dir))
+    executable = compile_module(scheduled, tvm_target)
+    executable.export_library(str(path), fcompile=cross_compiler(cc))
+
+
+def measure_model(device: Device, model: nn.Module, input_shape: tuple[int, ...], policy: Policy,
+                  cache_dir: Path, transport=None) -> Measurement:
+    """Build ``model`` for ``device`` with ``policy``, check it against torch there, time it end to end.
+
+    ``transport`` is an open transport to the device, or None to open one for this measurement.
+    """
+    measurement, _ = _build_and_measure(device, model, tuple(input_shape), policy, cache_dir, transport)
+    return measurement
+
+
+def _build_and_measure(device: Device, model: nn.Module, input_shape: tuple[int, ...], policy: Policy,
+                       cache_dir: Path, transport) -> tuple[Measurement, float]:
+    context = Context.of(device, policy)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch:
+        artifact = Path(scratch) / f"model-{os.getpid()}.so"
+        try:
+            build_model(model, input_shape, context.target, policy, device.cc, cache_dir, artifact)
+        except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+            return Measurement("failed", "build", detail[:2000]), time.perf_counter() - start
+        build_s = time.perf_counter() - start
+        data, expected = reference_io(model, input_shape)
+        if transport is not None:
+            return Runner(transport, device.protocol).measure_model(str(artifact), data, expected), build_s
+        with open_transport(device) as opened:
+            return Runner(opened, device.protocol).measure_model(str(artifact), data, expected), build_s
+
+
+def measure_models(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
+                   force: bool = False, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure each model of ``cases`` not yet in ``device``'s model table; rows are written as they come."""
+    context = Context.of(device, policy)
+    done = tables.read_models(tables_dir, device.name)
+    done = done[(done.status == "ok") & (done.schedule == policy.name) & (done.target == context.target_json)
+                & (done.protocol_id == context.protocol_id)]
+    todo = []
+    for case in cases:
+        layers = model_layers(case.model, case.input_shape)
+        key = model_id(case.name, case.input_shape, layers)
+        if force or key not in set(done.model_id):
+            todo.append((case, layers, key))
+    rows: list[dict] = []
+    if not todo:
+        return rows
+    with open_transport(device) as transport:
+        for case, layers, key in todo:
+            measurement, build_s = _build_and_measure(device, case.model, tuple(case.input_shape), policy,
+                                                      cache_dir, transport)
+            row = _row(context, case, layers, key, measurement, build_s, transport.fingerprint())
+            tables.append_models(tables_dir, device.name, [row])
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def _row(context: Context, case: ModelCase, layers: list[dict], key: str, m: Measurement, build_s: float,
+         fp: dict) -> dict:
+    return {
+        "model_id": key,
+        "model": case.name,
+        "input_shape": json.dumps(list(case.input_shape)),
+        "layers": json.dumps(layers),
+        "macs": sum(LayerConfig.from_dict(layer).macs for layer in layers),
+        **measurement_fields(context, m, fp),
+        "build_s": build_s,
+        "build_cached": False,
+    }

@@ -1,0 +1,6 @@
+"""Per-device latency predictor: XGBoost on layer features, trained on a device's measurement table."""
+
+from .errors import PredictorError
+from .model import Predictor
+
+__all__ = ["Predictor", "PredictorError"]

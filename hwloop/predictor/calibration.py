@@ -1,0 +1,59 @@
+"""Whole-model latency: the predicted sum of a model's conv/linear layers, calibrated on whole
+models measured end to end on the device (the model table), to account for the rest: element-wise
+ops, pooling, glue and the runtime's calls.
+
+``measured ≈ scale × Σ layers + offset_ms``, fitted by least squares over the model rows (offset
+kept ≥ 0; one model alone fits the scale only). The error of each model is also scored by a
+calibration fitted without that model's rows, so the reported figures are held out.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from ..layers import LayerConfig
+
+
+def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
+    """Successful model-table rows of the predictor's device, schedule policy and protocol, with
+    ``layers_ms``, the predicted sum of their layers."""
+    rows = models[(models.status == "ok") & (models.device == predictor.device)
+                  & (models.schedule == predictor.schedule) & (models.protocol_id == predictor.protocol_id)]
+    rows = rows.reset_index(drop=True)
+    sums = [float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum()) for text in rows.layers]
+    return rows.assign(layers_ms=np.asarray(sums, dtype=float))
+
+
+def fit_line(layers_ms: np.ndarray, measured_ms: np.ndarray) -> tuple[float, float]:
+    """``(scale, offset_ms)`` of ``measured ≈ scale × layers + offset``, offset ≥ 0."""
+    if len(np.unique(layers_ms)) >= 2:
+        scale, offset = np.polyfit(layers_ms, measured_ms, 1)
+        if scale > 0 and offset >= 0:
+            return float(scale), float(offset)
+    return float(np.dot(layers_ms, measured_ms) / np.dot(layers_ms, layers_ms)), 0.0
+
+
+def calibrate(predictor, models: pd.DataFrame) -> dict | None:
+    """The calibration of ``predictor`` on ``models`` (a model table), with each model's held-out
+    error; None when the table has no rows of the predictor's schedule policy and protocol."""
+    rows = model_rows(models, predictor)
+    if rows.empty:
+        return None
+    measured, layers = rows.latency_ms.to_numpy(), rows.layers_ms.to_numpy()
+    scale, offset = fit_line(layers, measured)
+    held_out = np.empty(len(rows))
+    for name in rows.model.unique():
+        mine = (rows.model == name).to_numpy()
+        s, o = fit_line(layers[~mine], measured[~mine]) if (~mine).any() else (1.0, 0.0)
+        held_out[mine] = s * layers[mine] + o
+    error = held_out / measured - 1
+    return {
+        "scale": scale, "offset_ms": offset, "rows": int(len(rows)), "models": sorted(rows.model.unique()),
+        "held_out_mape": float(np.mean(np.abs(error))),
+        "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(l),
+                   "predicted_ms": float(p), "error": float(e)}
+                  for m, i, v, l, p, e in zip(rows.model, rows.model_id, measured, layers, held_out, error)],
+    }

@@ -1,0 +1,99 @@
+"""How well a predictor does, honestly: scores on rows it never saw, beside the device's noise floor.
+
+Scores are the share of rows predicted within ±5/10/15 %, RMSE (ms), MAPE and Spearman rank
+correlation, overall and per op family. Held-out splits: random configs, unseen channel counts
+(every row with a held-out count leaves training) and unseen shapes (input size, kernel, stride).
+The noise floor scores single repeats against their row's median: a predictor cannot beat it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .features import shape_key
+
+BANDS = (5, 10, 15)
+HOLDOUT = 0.25
+
+
+def scores(measured: np.ndarray, predicted: np.ndarray) -> dict:
+    """Accuracy of ``predicted`` against ``measured`` latencies (ms)."""
+    measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
+    error = np.abs(predicted / measured - 1.0)
+    result = {f"within_{b}": float(np.mean(error <= b / 100)) for b in BANDS}
+    result.update(rmse_ms=float(np.sqrt(np.mean((predicted - measured) ** 2))), mape=float(np.mean(error)),
+                  spearman=spearman(measured, predicted), rows=int(len(measured)))
+    return result
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation (ties share their mean rank); None when undefined."""
+    if len(a) < 2:
+        return None
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def report(rows: pd.DataFrame, predicted: np.ndarray) -> dict:
+    """Overall scores, scores per op family and the noise floor of ``rows``."""
+    measured = rows.latency_ms.to_numpy()
+    result = scores(measured, predicted)
+    result["ops"] = {op: scores(measured[mask], predicted[mask])
+                     for op in sorted(rows.op.unique()) for mask in [rows.op.to_numpy() == op]}
+    result["noise"] = noise_floor(rows)
+    return result
+
+
+def noise_floor(rows: pd.DataFrame) -> dict:
+    """Single repeats scored against their row's median: the share within each band and their MAPE."""
+    errors = np.concatenate([np.abs(np.asarray(r, dtype=float) / m - 1.0)
+                             for r, m in zip(rows.latencies_ms, rows.latency_ms) if r is not None and len(r)] or [[]])
+    if not len(errors):
+        return {}
+    return {**{f"within_{b}": float(np.mean(errors <= b / 100)) for b in BANDS}, "mape": float(np.mean(errors))}
+
+
+def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
+    """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``."""
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    result = {"config": rng.permutation(n) < max(int(round(HOLDOUT * n)), 1)}
+    counts = np.union1d(rows.in_channels.unique(), rows.out_channels.unique())
+    held = rng.choice(counts, size=max(int(round(HOLDOUT * len(counts))), 1), replace=False)
+    result["unseen_channels"] = (rows.in_channels.isin(held) | rows.out_channels.isin(held)).to_numpy()
+    shape = shape_key(rows)
+    test = np.zeros(n, dtype=bool)
+    for _, shapes in shape.groupby(rows.op):
+        distinct = shapes.unique()
+        if len(distinct) > 1:
+            chosen = rng.choice(distinct, size=max(int(round(HOLDOUT * len(distinct))), 1), replace=False)
+            test |= shape.isin(chosen).to_numpy()
+    if test.any():
+        result["unseen_shapes"] = test
+    return {name: mask for name, mask in result.items() if 0 < mask.sum() < n}
+
+
+def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
+    """:func:`report` of each split, from a booster trained on the rest of ``rows``."""
+    from .model import Predictor, train
+
+    result = {}
+    for name, test in splits(rows, seed).items():
+        train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
+        probe = Predictor(train(train_rows, lanes, seed), {"lanes": lanes})
+        result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
+    return result
+
+
+def evaluate(predictor, table: pd.DataFrame, source: str) -> dict:
+    """:func:`report` of ``predictor`` on the rows of ``table`` that match what it was trained on
+    (device, schedule policy, protocol); a table without such rows is refused."""
+    from .selection import select
+
+    chosen = select(table, source, predictor.schedule, predictor.protocol_id, predictor.device)
+    return {"device": predictor.device, "schedule": predictor.schedule, "protocol_id": predictor.protocol_id,
+            **report(chosen.rows, predictor.predict_frame(chosen.rows)),
+            "rows_ignored": int(len(table) - len(chosen.rows))}

@@ -1,0 +1,128 @@
+"""Features of layer configurations for the latency predictor, computed on whole columns at once.
+
+Latency on a board steps with channel counts: the ``default`` schedules vectorise output channels
+(or output width, or a pointwise conv's output positions) by the target's SIMD width and tile
+output positions by exact divisors, so the features say which path a layer takes, how full its
+last vector is, how many vectors and tiles it runs and the work the padded layer really does,
+beside the plain shape, FLOPs, bytes and arithmetic intensity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..layers import OPS, LayerConfig
+
+COLUMNS = ("op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding", "groups",
+           "batch", "dtype")
+ALIGNMENTS = (4, 8, 16, 32)
+CHUNK = 1 << 14
+
+
+def names(lanes: int) -> list[str]:
+    """Feature names, in the order of :func:`matrix`'s columns."""
+    channel = [f"{side}_{what}" for side in ("cin", "cout", "cout_per_group") for what in (
+        *(f"aligned_{a}" for a in ALIGNMENTS), "aligned_lanes", "mod_lanes", "vectors", "vector_fill")]
+    return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
+            "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
+            "log_flops", "log_bytes", "log_intensity", "log_padded_flops", "channel_vectorised",
+            "pointwise_vectorised", "positions_mod_lanes",
+            *channel, "ow_mod_lanes", "ow_vectors", "ow_tile", "oh_tile", "log_positions", "log_weight_bytes"]
+
+
+def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
+    """The columns of ``configs`` as arrays (the input :func:`matrix` takes)."""
+    return {c: np.array([getattr(cfg, c) for cfg in configs]) for c in COLUMNS}
+
+
+def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The config columns of a table (or any frame with them) as arrays."""
+    return {c: frame[c].to_numpy() for c in COLUMNS}
+
+
+def shape_key(frame: pd.DataFrame) -> pd.Series:
+    """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
+    return frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
+
+
+def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The distinct configs of ``cols`` (in order of first appearance) and, for each row, the
+    index of its config among them: a batch from a pruning search repeats configs many times."""
+    n = len(cols["op"])
+    key, radix = np.zeros(n, dtype=np.int64), 1
+    for c in COLUMNS:
+        codes, uniques = pd.factorize(np.asarray(cols[c]))
+        if radix * len(uniques) >= 1 << 62:
+            return cols, np.arange(n)
+        key += codes.astype(np.int64) * radix
+        radix *= len(uniques)
+    inverse, uniques = pd.factorize(key)
+    first = np.empty(len(uniques), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n - 1, -1, -1)
+    return {c: np.asarray(cols[c])[first] for c in COLUMNS}, inverse
+
+
+def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+    """Feature matrix (float32, XGBoost's own precision), one row per config, for a target with
+    ``lanes`` float32 SIMD lanes; computed in cache-sized chunks."""
+    cols = {c: np.asarray(cols[c]) for c in COLUMNS}
+    n = len(cols["op"])
+    out = np.empty((n, len(names(lanes))), dtype=np.float32)
+    for start in range(0, n, CHUNK):
+        out[start:start + CHUNK] = _chunk({c: v[start:start + CHUNK] for c, v in cols.items()}, lanes)
+    return out
+
+
+def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+    op = cols["op"]
+    cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
+    h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
+    s, p, g, n = _int(cols["stride"]), _int(cols["padding"]), _int(cols["groups"]), _int(cols["batch"])
+    dtype_bytes = np.where(cols["dtype"] == "float16", 2.0, 4.0)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    cout_g = np.maximum(cout // g, 1)
+    # a float16 vector holds twice the float32 lanes
+    dlanes = np.where(dtype_bytes == 2.0, 2 * lanes, lanes)
+
+    macs = n * cout * oh * ow * (cin // g) * k * k
+    weight_bytes = cout * (cin // g) * k * k * dtype_bytes
+    moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
+    positions = oh * ow
+    pointwise = (op == "conv2d") & (k == 1) & (s == 1) & (p == 0) & (g == 1) & (positions % dlanes == 0)
+    channel_vectorised = ~pointwise & ((cout_g % dlanes == 0) | (g == 1))
+    padded_cout = np.where(channel_vectorised, _ceil(cout, dlanes) * dlanes, cout)
+    padded_ow = np.where(channel_vectorised | pointwise, ow, _ceil(ow, dlanes) * dlanes)
+    padded_macs = n * padded_cout * oh * padded_ow * (cin // g) * k * k
+
+    features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
+                dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved),
+                np.log2(2.0 * padded_macs), channel_vectorised, pointwise, positions % dlanes]
+    for c in (cin, cout, cout_g):
+        features += [(c % a == 0) for a in ALIGNMENTS] + [c % lanes == 0, c % dlanes, _ceil(c, dlanes),
+                                                          c / (_ceil(c, dlanes) * dlanes)]
+    features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
+                 np.log2(n * positions), np.log2(weight_bytes)]
+    return np.column_stack(features)
+
+
+def baseline(features: np.ndarray, lanes: int) -> np.ndarray:
+    """Natural log of the FLOPs of the padded layer, the starting point the booster corrects:
+    trees then learn an efficiency, which carries over to shapes between the measured ones."""
+    return features[:, names(lanes).index("log_padded_flops")] * np.log(2.0)
+
+
+def _int(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _ceil(a: np.ndarray, b) -> np.ndarray:
+    return -(-a // b)
+
+
+def _largest_divisor(extent: np.ndarray, limit: int) -> np.ndarray:
+    """The largest divisor of each ``extent`` up to ``limit`` (the register tiles' rule)."""
+    best = np.ones_like(extent)
+    for d in range(2, limit + 1):
+        best = np.where(extent % d == 0, d, best)
+    return best

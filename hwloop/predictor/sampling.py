@@ -1,0 +1,138 @@
+"""Spending board time where the predictor needs it, in the spirit of nn-Meter's adaptive sampling.
+
+A first design covers every layer shape with a spread of channel counts, those next to a vector
+step first (``c % lanes`` in {0, 1, lanes - 1}, where latency jumps). Each later round fits a
+small bootstrap ensemble on what is measured and picks the candidates where the ensemble
+disagrees most, and those near a measured config the ensemble gets wrong by more than 10 %
+(scored on the members that did not see it). :func:`learning_curve` replays either strategy on
+rows already measured, to show accuracy against the number of samples.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..layers import LayerConfig
+from .evaluation import scores
+from .features import shape_key
+from .model import Predictor, train
+
+MEMBERS = 4
+WRONG = 0.10
+
+
+def frame_of(configs: list[LayerConfig]) -> pd.DataFrame:
+    """Candidate configs as a frame with the table's config columns and ``config_id``."""
+    return pd.DataFrame([{**c.to_dict(), "config_id": c.id} for c in configs])
+
+
+def near_step(frame: pd.DataFrame, lanes: int) -> np.ndarray:
+    """Whether a channel count sits on or next to a multiple of the vector width."""
+    def close(c):
+        r = c.to_numpy() % lanes
+        return np.minimum(r, lanes - r) <= 1
+    return close(frame.in_channels) | close(frame.out_channels)
+
+
+def initial_design(candidates: pd.DataFrame, k: int, lanes: int, seed: int = 0) -> pd.DataFrame:
+    """``k`` candidates, round-robin over layer shapes, near-step channel counts first in each."""
+    rng = np.random.default_rng(seed)
+    order = candidates.assign(_p=rng.random(len(candidates)) - near_step(candidates, lanes), _s=shape_key(candidates))
+    order = order.sort_values("_p")
+    order["_rank"] = order.groupby("_s").cumcount()
+    return order.sort_values(["_rank", "_p"]).head(k).drop(columns=["_p", "_s", "_rank"])
+
+
+def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int, seed: int = 0) -> pd.DataFrame:
+    """The ``k`` unmeasured candidates the next round should measure (see the module's docstring)."""
+    rng = np.random.default_rng(seed)
+    pool = candidates[~candidates.config_id.isin(measured.config_id)].reset_index(drop=True)
+    if len(pool) <= k:
+        return pool
+    n = len(measured)
+    preds, oob_sum, oob_count = [], np.zeros(n), np.zeros(n)
+    for member in range(MEMBERS):
+        picks = rng.integers(0, n, n)
+        predictor = Predictor(train(measured.iloc[picks], lanes, seed + member), {"lanes": lanes})
+        preds.append(np.log(predictor.predict_frame(pool)))
+        unseen = np.ones(n, dtype=bool)
+        unseen[picks] = False
+        oob_sum[unseen] += predictor.predict_frame(measured[unseen])
+        oob_count[unseen] += 1
+    score = np.std(preds, axis=0) + 0.05 * near_step(pool, lanes)
+    seen = oob_count > 0
+    error = np.abs(oob_sum[seen] / oob_count[seen] / measured.latency_ms.to_numpy()[seen] - 1)
+    wrong = measured[seen][error > WRONG]
+    if len(wrong):
+        pool_shape, wrong_shape = shape_key(pool).to_numpy(), shape_key(wrong).to_numpy()
+        for shape, cin, cout in zip(wrong_shape, wrong.in_channels, wrong.out_channels):
+            score += ((pool_shape == shape) & (np.abs(pool.in_channels - cin) <= lanes)
+                      & (np.abs(pool.out_channels - cout) <= lanes)).to_numpy()
+    return pool.iloc[np.argsort(-score, kind="stable")[:k]]
+
+
+def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Path, cache_dir: Path, budget: int,
+                     rounds: int = 4, seed: int = 0, on_round: Callable[[int, int], None] | None = None,
+                     **collect_kwargs):
+    """Measure at most ``budget`` new configs of ``configs`` on ``device`` in ``rounds`` rounds: a
+    first design (half the budget), then where the predictor is uncertain or wrong. Rows already
+    in the table count as measured. Returns one :class:`hwloop.collect.Summary` for all rounds."""
+    from .. import tables
+    from ..collect import Context, Summary, collect
+    from .model import lanes_of
+
+    start = time.perf_counter()
+    context = Context.of(device, policy)
+    lanes = lanes_of(context.target_json)
+    candidates = frame_of(list(dict.fromkeys(configs)))
+    total = Summary(device.name, policy.name, planned=min(budget, len(candidates)), skipped=0)
+    for round_index in range(rounds):
+        table = tables.read(tables_dir, device.name)
+        measured = table[(table.status == "ok") & (table.schedule == policy.name)
+                         & (table.protocol_id == context.protocol_id) & (table.target == context.target_json)
+                         & table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
+        if round_index == 0:
+            total.skipped = len(measured)
+        left = budget - len(total.rows)
+        if left <= 0:
+            break
+        if len(measured) < 8:
+            fresh = candidates[~candidates.config_id.isin(measured.config_id)]
+            chosen = initial_design(fresh, min(left, max(budget // 2, 1)), lanes, seed)
+        else:
+            chosen = choose(candidates, measured.reset_index(drop=True), -(-left // (rounds - round_index)), lanes,
+                            seed + round_index)
+        if chosen.empty:
+            break
+        if on_round:
+            on_round(round_index, len(chosen))
+        batch = [LayerConfig.from_dict(row) for row in chosen.to_dict("records")]
+        total.rows += collect(device, batch, policy, tables_dir, cache_dir, **collect_kwargs).rows
+    total.wall_s = time.perf_counter() - start
+    return total
+
+
+def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], lanes: int, adaptive: bool,
+                   seed: int = 0) -> list[dict]:
+    """Scores on ``rows[test]`` of predictors trained on growing subsets of the other rows, chosen
+    at random or by the adaptive sampler (replayed: a chosen row's measured latency is revealed)."""
+    pool, held = rows[~test].reset_index(drop=True), rows[test].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    order = pool.iloc[rng.permutation(len(pool))]
+    curve, chosen = [], pool.iloc[:0]
+    for size in sorted(s for s in sizes if s <= len(pool)):
+        if not adaptive:
+            chosen = order.head(size)
+        elif chosen.empty:
+            chosen = initial_design(pool, size, lanes, seed)
+        else:
+            picks = choose(pool, chosen, size - len(chosen), lanes, seed + size)
+            chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
+        predictor = Predictor(train(chosen, lanes, seed), {"lanes": lanes})
+        curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), predictor.predict_frame(held))})
+    return curve

@@ -1,0 +1,61 @@
+"""Which rows of a table one predictor learns from or is scored on: successful rows of one device,
+one schedule policy, one protocol and one target. Rows measured under other conditions are other
+latencies, so mixing them is refused rather than averaged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .errors import PredictorError
+
+
+@dataclass(frozen=True)
+class Selection:
+    rows: pd.DataFrame
+    device: str
+    schedule: str
+    protocol_id: str
+    protocol: str
+    target: str
+
+
+def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | None = None,
+           device: str | None = None) -> Selection:
+    """The successful rows of ``table`` measured with ``schedule`` (and ``protocol_id`` if given).
+
+    ``source`` names the table in errors. Refused: no such rows, rows of several devices, or
+    several protocols or targets left to choose from.
+    """
+    ok = table[(table.status == "ok") & (table.latency_ms > 0)]
+    if ok.empty:
+        raise PredictorError(f"{source}: no successful measurements")
+    if device is not None and set(ok.device) != {device}:
+        raise PredictorError(f"{source}: rows of device(s) {_counts(ok.device)}, not {device!r}: "
+                             "a predictor learns and is scored on its own device's rows")
+    if ok.device.nunique() > 1:
+        raise PredictorError(f"{source}: rows of several devices ({_counts(ok.device)}); one predictor per device")
+    rows = ok[ok.schedule == schedule]
+    if rows.empty:
+        raise PredictorError(f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); "
+                             "a predictor learns and is scored on rows of one schedule policy only")
+    if protocol_id is not None:
+        others = rows[rows.protocol_id != protocol_id]
+        rows = rows[rows.protocol_id == protocol_id]
+        if rows.empty:
+            raise PredictorError(f"{source}: no {schedule!r} rows with protocol {protocol_id} (they have protocol "
+                                 f"{_counts(others.protocol_id)}); latencies of another protocol are not comparable")
+    if rows.protocol_id.nunique() > 1:
+        raise PredictorError(f"{source}: {schedule!r} rows of several protocols ({_counts(rows.protocol_id)}); "
+                             "choose one with --protocol")
+    if rows.target.nunique() > 1:
+        raise PredictorError(f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); "
+                             "keep one target per device table")
+    first = rows.iloc[0]
+    return Selection(rows.reset_index(drop=True), first.device, schedule, first.protocol_id, first.protocol,
+                     first.target)
+
+
+def _counts(column: pd.Series) -> str:
+    return ", ".join(f"{value!r}: {count} rows" for value, count in column.value_counts().items())

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+from torch import nn
+
+from hwloop import tables
+from hwloop.endtoend import ModelCase, measure_models
+from hwloop.layers import LayerConfig
+from hwloop.predictor import Predictor
+from hwloop.registry import load_registry
+from hwloop.schedules import parse_policy
+
+
+def small_cnn(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(16, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 16, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def model_table(registry_dir, cache_dir, local_table, tmp_path_factory):
+    """``local_table`` plus the model table of a small CNN measured end to end at three widths."""
+    directory = tmp_path_factory.mktemp("with-models")
+    (directory / "local").symlink_to(local_table / "local", target_is_directory=True)
+    cases = [ModelCase(f"cnn{c}", small_cnn(c), (1, 16, 16, 16)) for c in (8, 13, 16)]
+    device = load_registry(registry_dir).get("local")
+    rows = measure_models(device, cases, parse_policy("default"), directory, cache_dir)
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows]
+    return directory
+
+
+def test_whole_model_prediction_is_calibrated_on_measured_models(model_table):
+    models = tables.read_models(model_table, "local")
+    predictor = Predictor.fit(tables.read(model_table, "local"), "local", evaluate=False, models=models)
+    calibration = predictor.meta["calibration"]
+    assert calibration["rows"] == 3 and calibration["models"] == ["cnn13", "cnn16", "cnn8"]
+    assert calibration["scale"] > 0 and calibration["offset_ms"] >= 0
+    assert all(np.isfinite(case["error"]) for case in calibration["cases"])
+
+    measured, raw, calibrated = [], [], []
+    for row in models.itertuples():
+        layers = [LayerConfig.from_dict(d) for d in json.loads(row.layers)]
+        measured.append(row.latency_ms)
+        raw.append(predictor.predict(layers).sum())
+        calibrated.append(predictor.predict_model(layers))
+    measured, raw, calibrated = map(np.asarray, (measured, raw, calibrated))
+    assert np.allclose(calibrated, calibration["scale"] * raw + calibration["offset_ms"])
+    assert np.sum((calibrated - measured) ** 2) <= np.sum((raw - measured) ** 2) + 1e-12
+
+
+def test_without_model_rows_the_layers_are_summed(local_table, local_predictor):
+    layers = [LayerConfig("conv2d", 16, 16, 16, 16, kernel=3, padding=1), LayerConfig("linear", 64, 10)]
+    assert local_predictor.meta["calibration"] is None
+    assert local_predictor.predict_model(layers) == pytest.approx(local_predictor.predict(layers).sum())

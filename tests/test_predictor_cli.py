@@ -1,0 +1,75 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hwloop.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def said(result) -> str:
+    """The error output with rich's line wrapping undone."""
+    return " ".join(result.stderr.split())
+
+
+def test_fit_evaluate_predict(local_table, tmp_path):
+    predictors = tmp_path / "predictors"
+    fitted = invoke("fit", "--device", "local", "--tables", local_table, "--predictors", predictors, "--json")
+    assert fitted.exit_code == 0, fitted.output
+    record = json.loads(fitted.stdout)
+    assert record["rows"] > 50 and set(record["metrics"]) >= {"config", "unseen_channels"}
+    assert (predictors / "local" / "predictor.json").is_file()
+
+    scored = invoke("evaluate", "--device", "local", "--predictors", predictors, "--table", local_table / "local", "--json")
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(scored.stdout)
+    for key in ("within_5", "within_10", "within_15", "mape", "spearman"):
+        assert 0 <= report[key] <= 1, key
+    assert report["within_5"] <= report["within_10"] <= report["within_15"] and report["rmse_ms"] >= 0
+    assert set(report["ops"]) == {"conv2d", "depthwise_conv2d", "linear"} and report["noise"]["mape"] >= 0
+
+    ids = ["conv2d:1x16x16x16:o16:k3s1p1g1:float32", "linear:1x64:o10"]
+    predicted = invoke("predict", "--device", "local", "--predictors", predictors, *ids, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    layers = json.loads(predicted.stdout)["layers"]
+    assert [row["config_id"] for row in layers] == [ids[0], "linear:1x64:o10:k1s1p0g1:float32"]
+    assert all(row["latency_ms"] > 0 for row in layers)
+
+    bad = invoke("predict", "--device", "local", "--predictors", predictors, "conv2d:1x16:o4")
+    assert bad.exit_code == 2 and "conv2d:1x16:o4" in said(bad) and "NxCxHxW" in said(bad)
+
+
+def test_evaluate_refuses_what_it_cannot_score(local_predictor, untuned_dir, tmp_path):
+    local_predictor.save(tmp_path)
+    other = invoke("evaluate", "--device", "local", "--predictors", tmp_path, "--table", untuned_dir / "local")
+    assert other.exit_code == 2 and "no rows of schedule policy 'default'" in said(other)
+    missing = invoke("evaluate", "--device", "pi", "--predictors", tmp_path)
+    assert missing.exit_code == 2 and "no predictor for device 'pi'" in said(missing)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    junk = invoke("evaluate", "--device", "local", "--predictors", tmp_path, "--table", tmp_path / "junk.parquet")
+    assert junk.exit_code == 2 and "junk.parquet: not a readable Parquet table" in said(junk)
+
+
+def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_path):
+    local_predictor.save(tmp_path / "predictors")
+    result = invoke("report", "--device", "local", "--tables", local_table, "--predictors", tmp_path / "predictors",
+                    "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    for name in ("scatter.png", "staircase.png", "learning_curve.png"):
+        assert name in page
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_a_whole_model(local_predictor, tmp_path):
+    local_predictor.save(tmp_path)
+    result = invoke("predict", "--device", "local", "--predictors", tmp_path, "--model", "resnet20", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert len(record["layers"]) == 22 and not record["calibrated"]  # 19 convs, 2 shortcuts, the classifier
+    assert record["model_ms"] == record["layers_ms"] == pytest.approx(sum(r["latency_ms"] for r in record["layers"]))
