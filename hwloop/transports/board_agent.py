@@ -51,6 +51,10 @@ def main():
     parser.add_argument("--executable", help="the interpreter command the server's workers are started with "
                                              "(a wrapper such as an emulator launcher stays in the loop)")
     args = parser.parse_args()
+    try:
+        os.setpgid(0, 0)  # its own process group, unless it already leads a session (sshd's setsid)
+    except OSError:
+        pass
     die_with_stdin()
     if args.executable:
         sys.executable = shutil.which(args.executable) or args.executable

@@ -150,10 +150,9 @@ class SSHTransport:
         if not isinstance(ready, dict):
             raise TransportError(f"{self.where}: garbled answer from the board's agent: {line[:200]!r}")
         if ready.get("error") == "missing":
-            python = ready.get("python") or self.device.python
             raise BoardError(f"{self.where}: the board's python {self.device.python!r} (Python "
                              f"{ready.get('python_version')}) cannot import {', '.join(ready['missing'])}; "
-                             f"install on the board: {INSTALL.format(python=shlex.quote(python))}")
+                             f"install on the board: {INSTALL.format(python=shlex.quote(self.device.python))}")
         if ready.get("error"):
             raise BoardError(f"{self.where}: importing tvm on the board failed: {ready.get('detail')}")
         if not isinstance(ready.get("port"), int) or not isinstance(ready.get("pgid"), int):
@@ -192,14 +191,14 @@ class SSHTransport:
         """Kill the board's process group, remove the work folder, close the link; best effort."""
         if self._forward:
             self._forward.close()
-        conn, agent = self._conn, self._agent
+        conn, agent, pgid = self._conn, self._agent, self.board.get("pgid")
         self._conn = self._agent = self._forward = None
         self.board = {}
         if conn is None:
             return
         try:
             if conn.active:
-                kill = f"kill -KILL -- -{int(self.board['pgid'])} 2>/dev/null; " if self.board.get("pgid") else ""
+                kill = f"kill -KILL -- -{int(pgid)} 2>/dev/null; " if pgid else ""
                 self._run(f"{kill}rm -rf -- {q(self.workdir)}" if self.workdir else kill or "true", conn=conn)
         except (*SSH_ERRORS, TransportError):
             pass
