@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from hwloop.targets import resolve
@@ -101,3 +103,33 @@ def resnet20_predictor(registry_dir, cache_dir, tmp_path_factory):
     configs = model_space(resnet20(10, 1), (1, 1, 28, 28), samples=64)
     collect(load_registry(registry_dir).get("local"), configs, parse_policy("default"), tables_dir, cache_dir)
     return Predictor.fit(tables.read(tables_dir, "local"), "local")
+
+
+@pytest.fixture(scope="session")
+def user_key(tmp_path_factory):
+    """The SSH key the tests log in to test boards with."""
+    from boards import keygen
+
+    return keygen(tmp_path_factory.mktemp("client") / "id_ed25519")
+
+
+@pytest.fixture
+def boards(tmp_path, user_key, monkeypatch):
+    """Starts test boards (real sshd on 127.0.0.x): ``boards()`` → a Board; all stopped afterwards.
+
+    ``$HOME`` is a fresh folder, so ``~/.ssh/config`` and ``~/.ssh/known_hosts`` are the test's own."""
+    from boards import Board
+
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    started = []
+
+    def start():
+        started.append(Board(tmp_path / f"board{len(started)}", user_key.with_name(user_key.name + ".pub")))
+        return started[-1]
+
+    yield start
+    for board in started:
+        board.stop()
