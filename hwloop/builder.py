@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import nvptx
 from .layers import LayerConfig
 from .lifetime import die_with_parent
 from .schedules import parse_policy
@@ -70,10 +71,14 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = tvm.target.Target(job.target)
+        if target.kind.name == "nvptx":
+            nvptx.prepare()
         mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
         executable = tvm.compile(mod, target)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
         executable.export_library(str(tmp), fcompile=_cross_compiler(job.cc))
+        if target.kind.name == "nvptx":
+            nvptx.mark_kernels(tmp)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -33,3 +33,11 @@ def registry_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("registry")
     (directory / "devices.yaml").write_text(FAST_REGISTRY)
     return directory
+
+
+@pytest.fixture(scope="session")
+def arm64_python():
+    """The Python of an emulated aarch64 board (qemu-user-static), made once and cached."""
+    from emulated_board import board_python
+
+    return board_python()
