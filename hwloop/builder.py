@@ -71,6 +71,7 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = tvm.target.Target(job.target)
+        _check_linker(target, job.cc)
         if target.kind.name == "nvptx":
             nvptx.prepare()
         mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
@@ -84,6 +85,17 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return Built(job, None, detail.splitlines()[-1][:2000], time.perf_counter() - start)
     return Built(job, str(path), None, time.perf_counter() - start)
+
+
+def _check_linker(target, cc: str | None) -> None:
+    """Refuse a target for another CPU architecture without a cross compiler to link its library."""
+    from tvm.target import codegen
+
+    host = target.host or (target if target.kind.name == "llvm" else None)
+    arch = str(host.attrs.get("mtriple", "") or "").split("-")[0] if host is not None else ""
+    if arch and not cc and arch != str(codegen.llvm_get_system_triple()).split("-")[0]:
+        raise ValueError(f"the target builds code for {arch}, which this machine's compiler cannot link: "
+                         f"set the device's `cc` to a cross compiler (e.g. {arch}-linux-gnu-gcc)")
 
 
 def _cross_compiler(cc: str | None):

@@ -107,3 +107,10 @@ def test_a_host_build_does_not_load_on_the_board(board, host_target, cache_dir):
     built = build(BuildJob(CONFIGS[0], host_target, "untuned"), cache_dir)
     measurement = Runner(board, QUICK, host_target).measure(CONFIGS[0], built.artifact)
     assert (measurement.status, measurement.stage) == ("failed", "load")
+
+
+@pytest.mark.parametrize("target", [PI4, JETSON_GPU], ids=["aarch64", "jetson-gpu"])
+def test_a_cross_target_without_a_cross_compiler_is_refused(target, tmp_path):
+    built = build(BuildJob(CONFIGS[0], target, "untuned"), tmp_path)
+    assert built.artifact is None
+    assert "aarch64" in built.error and "`cc`" in built.error
