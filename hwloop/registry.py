@@ -2,7 +2,7 @@
 
 A file has an optional ``groups:`` mapping (group name → default fields) and a ``devices:`` mapping
 (device name → fields; ``group: NAME`` inherits the group's fields, the device's own win, and
-``protocol`` merges field by field). Groups are shared by every file of the registry.
+``protocol`` and ``link`` merge field by field). Groups are shared by every file of the registry.
 """
 
 from __future__ import annotations
@@ -62,13 +62,31 @@ class Protocol(BaseModel):
         return cpus
 
 
+class Link(BaseModel):
+    """How hwloop talks to a remote board: timeouts, retries and the board's work folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect_timeout: float = Field(10.0, gt=0, description="seconds for the TCP connect, the SSH banner and auth")
+    keepalive: float = Field(5.0, gt=0, description="seconds between keepalives; unacknowledged data for 3x this "
+                                                     "drops the link (TCP_USER_TIMEOUT)")
+    start_timeout: float = Field(120.0, gt=0, description="seconds for the board's RPC server to start (import tvm)")
+    stall_timeout: float = Field(300.0, gt=0, description="seconds the board may leave a request unanswered "
+                                                           "before it is declared hung")
+    retries: int = Field(3, ge=0, description="reconnects tried after a fault before the board is given up")
+    backoff: float = Field(1.0, ge=0, description="seconds before the first reconnect, doubled each time")
+    workdir: str = Field(".cache/hwloop-board", min_length=1,
+                         description="the board's work folder (relative to the SSH user's home), one sub-folder "
+                                     "per device, removed when hwloop is done")
+
+
 class Device(BaseModel):
     """A board hwloop measures on: how to reach it, what to compile for it, how to time on it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    transport: Literal["local", "ssh"]
+    transport: Literal["local", "ssh", "tracker"]
     host: str | None = Field(None, validate_default=True)
     port: int = Field(22, ge=1, le=65535)
     user: str | None = Field(None, validate_default=True)
@@ -78,6 +96,8 @@ class Device(BaseModel):
     target: dict[str, Any]
     cc: str | None = None
     protocol: Protocol = Protocol()
+    link: Link = Link()
+    pool: str | None = None
     group: str | None = None
     description: str | None = None
     source: str | None = None
@@ -100,11 +120,22 @@ class Device(BaseModel):
     @classmethod
     def _fits_transport(cls, value: str | None, info: ValidationInfo) -> str | None:
         transport = info.data.get("transport")
-        if transport == "ssh" and info.field_name != "key" and not value:
-            raise ValueError(f"an ssh device needs `{info.field_name}`")
+        if transport == "tracker" and info.field_name != "host":
+            return value
+        if transport in ("ssh", "tracker") and info.field_name != "key" and not value:
+            raise ValueError(f"an {transport} device needs `{info.field_name}`")
         if transport == "local" and value is not None:
             raise ValueError(f"a local device has no `{info.field_name}`")
         return value
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, pool: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("transport") == "tracker" and not pool:
+            raise ValueError("a tracker device needs `pool`: the key its RPC servers registered with")
+        if info.data.get("transport") != "tracker" and pool is not None:
+            raise ValueError("`pool` is the RPC tracker key of a `transport: tracker` device")
+        return pool
 
     @field_validator("target", mode="before")
     @classmethod
@@ -123,6 +154,9 @@ class Device(BaseModel):
 
 LOCAL = Device(name="local", transport="local", target={"kind": "llvm", "mcpu": "host"},
                protocol=Protocol(threads=1, cpus=[0]), description="this machine")
+
+
+NESTED: dict[str, type[BaseModel]] = {"protocol": Protocol, "link": Link}
 
 
 @dataclass(frozen=True)
@@ -245,8 +279,9 @@ def _device(path: Path, name: str, fields: Any, groups: dict[str, tuple[Path, di
                                 f"(groups: {', '.join(map(str, groups)) or 'none'})")
         group_path, defaults = groups[group]
         origin = f" (inherited from group {group!r} in {group_path})"
-        if isinstance(defaults.get("protocol"), dict) and isinstance(fields.get("protocol"), dict):
-            merged["protocol"] = {**defaults["protocol"], **fields["protocol"]}
+        for section in NESTED:
+            if isinstance(defaults.get(section), dict) and isinstance(fields.get(section), dict):
+                merged[section] = {**defaults[section], **fields[section]}
         merged = {**defaults, **merged}
     try:
         return Device.model_validate({**merged, "name": name, "source": str(path)})
@@ -271,13 +306,13 @@ def _inherited(loc: tuple, own: dict, defaults: dict) -> bool:
     if loc[0] not in own:
         return True
     nested = own[loc[0]], defaults[loc[0]]
-    return (loc[0] == "protocol" and len(loc) > 1 and all(isinstance(n, dict) for n in nested)
+    return (loc[0] in NESTED and len(loc) > 1 and all(isinstance(n, dict) for n in nested)
             and loc[1] not in nested[0] and loc[1] in nested[1])
 
 
 def _message(error: dict) -> str:
     if error["type"] == "extra_forbidden":
-        return _unknown(Protocol if error["loc"][0] == "protocol" else Device)
+        return _unknown(NESTED.get(error["loc"][0], Device))
     return error["msg"].removeprefix("Value error, ")
 
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from hwloop.targets import resolve
@@ -41,3 +43,33 @@ def arm64_python():
     from emulated_board import board_python
 
     return board_python()
+
+
+@pytest.fixture(scope="session")
+def user_key(tmp_path_factory):
+    """The SSH key the tests log in to test boards with."""
+    from boards import keygen
+
+    return keygen(tmp_path_factory.mktemp("client") / "id_ed25519")
+
+
+@pytest.fixture
+def boards(tmp_path, user_key, monkeypatch):
+    """Starts test boards (real sshd on 127.0.0.x): ``boards()`` → a Board; all stopped afterwards.
+
+    ``$HOME`` is a fresh folder, so ``~/.ssh/config`` and ``~/.ssh/known_hosts`` are the test's own."""
+    from boards import Board
+
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    started = []
+
+    def start():
+        started.append(Board(tmp_path / f"board{len(started)}", user_key.with_name(user_key.name + ".pub")))
+        return started[-1]
+
+    yield start
+    for board in started:
+        board.stop()

@@ -157,7 +157,7 @@ GOOD = f"host: pi.local\nuser: pi\ntarget: {PI_TARGET}"
     ("transport: ssh\nuser: pi\ntarget: {kind: llvm}", "host", "an ssh device needs `host`"),
     ("host: pi.local\ntarget: {kind: llvm}", "user", "an ssh device needs `user`"),
     ("transport: local\nkey: ~/.ssh/id\ntarget: {kind: llvm}", "key", "a local device has no `key`"),
-    ("transport: serial\ntarget: {kind: llvm}", "transport", "Input should be 'local' or 'ssh'"),
+    ("transport: serial\ntarget: {kind: llvm}", "transport", "Input should be 'local', 'ssh' or 'tracker'"),
     ("target: {kind: llvm}", "transport", "Field required"),
     (GOOD + "\npassword: hunter2", "password", "passwords are never stored in the registry"),
     (GOOD + "\npassphrase: hunter2", "passphrase", "use `key:` (a private key file) or an SSH agent"),

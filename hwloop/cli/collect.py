@@ -15,7 +15,7 @@ from rich.table import Table
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -47,7 +47,9 @@ def _configs(model: str | None, space: Path | None, input_shape: str | None, sam
 
 @app.command()
 def collect(
-    device: Annotated[str, typer.Option("--device", "-d", help="Registered device name (see `hwloop devices list`).")],
+    device: Annotated[list[str], typer.Option(
+        "--device", "-d", help="Registered device or group name (see `hwloop devices list`); repeat it to measure "
+                               "on several boards at once.")],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2) or path/to/file.py:callable; "
                               "its conv/linear layers give the space of channel counts a pruner could choose.")] = None,
@@ -69,17 +71,30 @@ def collect(
       hwloop collect --device local --model resnet20 --samples 60
 
       hwloop collect --device local --space docs/space.yaml --schedule tuned:64
+
+      hwloop collect --device pi4 --device pi5 --model resnet20   (or a group: --device raspberry-pi)
     """
     from ..collect import collect as run_collect
+    from ..registry import RegistryError
     from ..schedules import PolicyError, parse_policy
     from ..transports import TransportError
+    from .app import load_registry
 
-    dev = get_device(device, registry)
+    try:
+        devices = load_registry(registry).select(device)
+    except RegistryError as exc:
+        fail(str(exc))
     try:
         policy = parse_policy(schedule)
     except PolicyError as exc:
         fail(str(exc))
     configs = _configs(model, space, input_shape, samples, seed)
+    if len(devices) > 1 or devices[0].transport != "local":
+        from .fleet import collect_on_boards
+
+        collect_on_boards(devices, configs, policy, tables, cache or default_cache_dir(), force, as_json)
+        return
+    dev = devices[0]
     try:
         tables_mod.read(tables, dev.name)
     except tables_mod.TableError as exc:

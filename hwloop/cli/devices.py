@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Annotated
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -12,7 +14,7 @@ from rich.table import Table
 from ..paths import cache_dir as default_cache_dir
 from .app import CacheOpt, JsonOpt, RegistryOpt, app, err, fail, get_device, load_registry, out
 
-devices_app = typer.Typer(no_args_is_help=True, help="Registered devices: list, show and check them.")
+devices_app = typer.Typer(no_args_is_help=True, help="Registered devices: list, show, trust and check them.")
 app.add_typer(devices_app, name="devices")
 
 
@@ -67,3 +69,41 @@ def check(name: str, registry: RegistryOpt = None,
                   emoji=False)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@devices_app.command("trust")
+def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Record the key without asking.")] = False,
+          registry: RegistryOpt = None) -> None:
+    """Show an SSH board's host key fingerprint and record it in known_hosts when you confirm.
+
+    hwloop refuses boards whose host key is unknown or changed; compare the fingerprint with the
+    board's own (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the board) before trusting it.
+    """
+    from ..transports import TransportError
+    from ..transports.sshlink import describe, device_endpoint, known_key, record, scan
+
+    device = get_device(name, registry)
+    if device.transport != "ssh":
+        fail(f"device {name!r} uses transport {device.transport!r}; only ssh devices have host keys")
+    ep = device_endpoint(device)
+    try:
+        key = scan(ep, device.link)
+    except TransportError as exc:
+        fail(str(exc))
+    known = known_key(ep)
+    if known is not None and known == key:
+        out.print(f"{name}: {ep.known_name} is already trusted ({describe(key)}) in {ep.known_hosts}")
+        return
+    if known is not None:
+        fail(f"{name}: the host key of {ep.known_name} CHANGED: it offers {describe(key)}, {ep.known_hosts} has "
+             f"{describe(known)}. If the board was reinstalled, remove the old key "
+             f"(ssh-keygen -R '{ep.known_name}' -f {ep.known_hosts}) and run this again")
+    out.print(f"{name}: {ep.known_name} offers host key {describe(key)}", highlight=False)
+    try:
+        confirmed = yes or typer.confirm(f"Trust it and add it to {ep.known_hosts}?", default=False)
+    except typer.Abort:
+        confirmed = False
+    if not confirmed:
+        fail("not trusted; nothing was written (use --yes to record it without asking)", code=1)
+    record(ep, key)
+    out.print(f"trusted: {ep.known_name} added to {ep.known_hosts}")

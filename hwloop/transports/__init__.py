@@ -14,5 +14,10 @@ def open_transport(device: Device):
     """A started transport for ``device``; close it when done."""
     if device.transport == "local":
         return LocalTransport(device.protocol)
-    raise TransportError(f"device {device.name!r}: transport {device.transport!r} is not supported by this "
-                         "hwloop version; use a local device")
+    if device.transport == "ssh":
+        from .ssh import SSHTransport
+
+        return SSHTransport(device)
+    from .tracker import TrackerTransport
+
+    return TrackerTransport(device)

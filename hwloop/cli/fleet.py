@@ -1,0 +1,69 @@
+"""``hwloop collect`` on boards: several devices at once, one progress bar per board."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import tables as tables_mod
+from .app import err, fail, out
+
+
+def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force: bool, as_json: bool) -> None:
+    """Measure ``configs`` on ``devices`` in parallel; exit 1 if a row failed or a board was given up."""
+    from ..fleet import collect_fleet
+
+    for device in devices:
+        try:
+            tables_mod.read(tables, device.name)
+        except tables_mod.TableError as exc:
+            fail(str(exc))
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    with progress:
+        tasks = {d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="")
+                 for d in devices}
+
+        def on_start(name: str, total: int) -> None:
+            progress.update(tasks[name], total=total, status="" if total else "nothing to measure")
+
+        def on_row(name: str, row: dict) -> None:
+            task = tasks[name]
+            progress.advance(task)
+            progress.update(task, failed=progress.tasks[task].fields["failed"] + (row["status"] != "ok"))
+
+        def on_lost(name: str, error: str) -> None:
+            progress.update(tasks[name], status="[red]given up")
+
+        try:
+            runs = collect_fleet(devices, configs, policy, tables, cache, force, on_start, on_row, on_lost)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: every measurement written so far is kept under {tables}; "
+                      "run the same command again to measure the rest")
+            raise typer.Exit(130) from None
+    records = [{
+        "device": r.summary.device, "schedule": r.summary.schedule, "planned": r.summary.planned,
+        "skipped": r.summary.skipped, "measured": r.summary.measured, "failed": r.summary.failed,
+        "error": r.error, "wall_s": round(r.summary.wall_s, 2),
+        "table": str(tables_mod.device_dir(tables, r.summary.device)),
+        "failures": [{"config_id": row["config_id"], "stage": row["stage"], "error": row["error"]}
+                     for row in r.summary.rows if row["status"] != "ok"],
+    } for r in runs]
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        for r in records:
+            state = f"[red]given up: {escape(r['error'])}[/]" if r["error"] else "done"
+            out.print(f"{r['device']}: planned {r['planned']}, already measured {r['skipped']}, measured now "
+                      f"{r['measured']}, failed {r['failed']} in {r['wall_s']:.1f} s → {r['table']} · {state}",
+                      highlight=False, emoji=False)
+            for failure in r["failures"][:5]:
+                out.print(f"  [red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+                          highlight=False, emoji=False)
+    if any(r["error"] or r["failed"] for r in records):
+        raise typer.Exit(1)

@@ -1,0 +1,70 @@
+"""A pool of two RPC servers behind a real TVM RPC tracker on loopback, measured as one device."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hwloop import tables
+from hwloop.fleet import collect_fleet
+from hwloop.layers import LayerConfig
+from hwloop.registry import load_registry
+from hwloop.schedules import parse_policy
+from hwloop.transports import TransportError, open_transport
+from hwloop.transports.tracker import pool_size
+
+from boards import write_registry
+
+SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    """A tracker with two RPC servers under the key ``pool``; every process killed by its group afterwards."""
+    port = free_port()
+    log = open(tmp_path / "tracker.log", "ab")
+    started = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                                 str(port), "--port-end", str(port + 1), "--silent"],
+                                stdout=log, stderr=log, start_new_session=True)]
+    try:
+        for _ in range(2):
+            server = free_port()
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "hwloop.transports.serve", "--host", "127.0.0.1", "--port", str(server),
+                 "--port-end", str(server + 1), "--tracker", f"127.0.0.1:{port}", "--key", "pool", "--silent"],
+                stdout=log, stderr=log, start_new_session=True))
+        yield port
+    finally:
+        for process in started:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_two_boards_under_one_key_share_one_sweep(tracker, tmp_path, cache_dir):
+    fields = {"transport": "tracker", "host": "127.0.0.1", "port": tracker, "pool": "pool",
+              "target": {"kind": "llvm", "mcpu": "host"},
+              "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1}}
+    registry = load_registry(write_registry(tmp_path / "registry", {"pool": fields, "empty": {**fields, "pool": "none"}}))
+    device = registry.get("pool")
+    deadline = time.monotonic() + 120
+    while pool_size(device) < 2:
+        assert time.monotonic() < deadline, "the RPC servers did not join the tracker"
+        time.sleep(0.2)
+    with pytest.raises(TransportError, match="no RPC server under key 'none'.*--key none"):
+        open_transport(registry.get("empty"))
+
+    (run,) = collect_fleet([device], SPACE, parse_policy("untuned"), tmp_path / "tables", cache_dir)
+    assert run.workers == 2 and run.error is None and run.summary.measured == len(SPACE)
+    table = tables.read(tmp_path / "tables", "pool")
+    counts = table[table.status == "ok"].config_id.value_counts()
+    assert sorted(counts.index) == sorted(c.id for c in SPACE) and set(counts) == {1}
