@@ -15,7 +15,7 @@ from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
-from boards import Proxy, write_registry
+from boards import PYTHON, Proxy, write_registry
 
 SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
 POLICY = parse_policy("untuned")
@@ -78,24 +78,9 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
         [("b0", len(SPACE), 0, None), ("b1", len(SPACE), 0, None)]
 
 
-def test_board_without_tvm_or_with_garbled_output_is_given_up_and_others_go_on(boards, user_key, tmp_path, cache_dir):
-    bare = tmp_path / "bare-python"
-    bare.write_text("#!/bin/sh\nexec /usr/bin/python3 -I -S \"$@\"\n")
-    garbled = tmp_path / "garbled-python"
-    garbled.write_text("#!/bin/sh\necho 'Welcome! \\x00\\xff'\necho '{\"port\": 90'\n")
-    for script in (bare, garbled):
-        script.chmod(0o755)
-    registry, _ = fleet(tmp_path, user_key, boards(), boards(), boards(),
-                        b1={"python": str(bare)}, b2={"python": str(garbled)})
-    runs = collect_fleet(registry.select(["b0", "b1", "b2"]), SPACE[:3], POLICY, tmp_path / "tables", cache_dir)
-    good, missing, garbage = runs
-    assert good.summary.measured == 3 and good.error is None
-    assert "cannot import" in missing.error and "tvm" in missing.error and "pip install" in missing.error
-    assert "garbled answer" in garbage.error
-    assert tables.read(tmp_path / "tables", "b1").empty and tables.read(tmp_path / "tables", "b2").empty
-
-
-FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut"]
+FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut", "missing-module", "garbled-output"]
+BROKEN_PYTHON = {"missing-module": "#!/bin/sh\nexec /usr/bin/python3 -I -S \"$@\"\n",
+                 "garbled-output": "#!/bin/sh\necho 'Welcome! \\x00\\xff'\necho '{\"port\": 90'\n"}
 
 
 @pytest.mark.slow
@@ -104,6 +89,11 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
     victim, other = boards(), boards()
     proxy = Proxy(victim.address, victim.port) if fault in ("stall", "cut") else None
     overrides = {"b0": {"host": proxy.address, "port": proxy.port}} if proxy else {}
+    python, healthy = tmp_path / "board-python", f"#!/bin/sh\nexec {PYTHON} \"$@\"\n"
+    if fault in BROKEN_PYTHON:  # the board's python is a wrapper that breaks mid-collection
+        python.write_text(healthy)
+        python.chmod(0o755)
+        overrides = {"b0": {"python": str(python)}}
     registry, known = fleet(tmp_path, user_key, victim, other, **overrides)
     if proxy:
         known.write_text(victim.known_hosts_line().replace(f"[{victim.address}]:{victim.port}",
@@ -124,12 +114,21 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
             threading.Timer(6, proxy.resume).start()
         elif fault == "cut":
             proxy.cut()
+        elif fault in BROKEN_PYTHON:
+            python.write_text(BROKEN_PYTHON[fault])
+            victim.signal_sessions(signal.SIGKILL)
         thread.join(timeout=150)
         assert not thread.is_alive()
         runs = {r.summary.device: r for r in box["runs"]}
         assert runs["b1"].error is None and runs["b1"].summary.measured == len(SPACE)
         if fault == "drop":
             assert "reconnects failed" in runs["b0"].error and "cannot connect" in runs["b0"].error
+        elif fault == "missing-module":
+            assert "cannot import" in runs["b0"].error and "tvm" in runs["b0"].error
+        elif fault == "garbled-output":
+            assert "garbled answer" in runs["b0"].error
+        if fault in BROKEN_PYTHON:
+            python.write_text(healthy)
         elif fault != "stall":  # the board came back during the retries: the same run finished it
             assert runs["b0"].error is None and runs["b0"].summary.measured == len(SPACE)
         if fault == "hung":

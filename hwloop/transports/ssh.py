@@ -244,7 +244,8 @@ class SSHTransport:
             try:
                 self._start()
                 return
-            except (BoardError, HostKeyError):
+            except (BoardError, HostKeyError) as exc:
+                self.lost = str(exc)
                 raise
             except TransportError as exc:
                 last = exc
