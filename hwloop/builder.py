@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import nvptx
 from .layers import LayerConfig
 from .lifetime import die_with_parent
 from .schedules import parse_policy
@@ -40,7 +41,7 @@ def code_digest() -> str:
     changed rule never reuses a library built by the old one."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in [package / "kernels.py", *sorted((package / "schedules").glob("*.py"))]:
+    for path in [package / "kernels.py", package / "nvptx.py", *sorted((package / "schedules").glob("*.py"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -83,15 +84,31 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = tvm.target.Target(job.target)
+        _check_linker(target, job.cc)
+        if target.kind.name == "nvptx":
+            nvptx.prepare()
         mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
         executable = tvm.compile(mod, target)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
         executable.export_library(str(tmp), fcompile=cross_compiler(job.cc))
+        if target.kind.name == "nvptx":
+            nvptx.mark_kernels(tmp)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return Built(job, None, detail.splitlines()[-1][:2000], time.perf_counter() - start)
     return Built(job, str(path), None, time.perf_counter() - start)
+
+
+def _check_linker(target, cc: str | None) -> None:
+    """Refuse a target for another CPU architecture without a cross compiler to link its library."""
+    from tvm.target import codegen
+
+    host = target.host or (target if target.kind.name == "llvm" else None)
+    arch = str(host.attrs.get("mtriple", "") or "").split("-")[0] if host is not None else ""
+    if arch and not cc and arch != str(codegen.llvm_get_system_triple()).split("-")[0]:
+        raise ValueError(f"the target builds code for {arch}, which this machine's compiler cannot link: "
+                         f"set the device's `cc` to a cross compiler (e.g. {arch}-linux-gnu-gcc)")
 
 
 def cross_compiler(cc: str | None):

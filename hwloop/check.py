@@ -24,7 +24,7 @@ def smoke_check(device: Device, cache_dir: Path) -> dict:
         return report
     with open_transport(device) as transport:
         report["fingerprint"] = transport.fingerprint()
-        measurement = Runner(transport, device.protocol).measure(SMOKE, built.artifact)
+        measurement = Runner(transport, device.protocol, target).measure(SMOKE, built.artifact)
     report.update(ok=measurement.status == "ok", stage=measurement.stage, error=measurement.error,
                   check_error=measurement.check_error, latency_ms=measurement.median_ms,
                   latency_cv=measurement.cv)

@@ -90,7 +90,7 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
         with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
             builds = BuildQueue(pool, [BuildJob(c, context.target, policy.name, device.cc) for c in todo])
             with open_transport(device) as transport:
-                runner = Runner(transport, device.protocol)
+                runner = Runner(transport, device.protocol, context.target)
                 for built in builds:
                     config = built.job.config
                     measurement = (runner.measure(config, built.artifact) if built.artifact

@@ -70,7 +70,7 @@ def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> N
         results.put(("lost", device.name, str(exc)))
         return
     try:
-        runner = Runner(transport, device.protocol)
+        runner = Runner(transport, device.protocol, context.target)
         while (built := jobs.get()) is not None:
             config = built.job.config
             lost = False

@@ -20,6 +20,7 @@ import numpy as np
 from .kernels import random_inputs, reference, relative_error, tolerance
 from .layers import LayerConfig
 from .registry import Protocol
+from .targets import runtime_device_type
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
 
@@ -60,11 +61,16 @@ class Measurement:
 
 
 class Runner:
-    """Measures artifacts on one device over an RPC session, reconnecting after a failure."""
+    """Measures artifacts on one device over an RPC session, reconnecting after a failure.
 
-    def __init__(self, transport, protocol: Protocol):
+    Kernels run on the session's device of ``target``'s kind (its CPU for ``llvm``, its GPU for
+    ``nvptx``/``cuda``).
+    """
+
+    def __init__(self, transport, protocol: Protocol, target: dict | None = None):
         self.transport = transport
         self.protocol = protocol
+        self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self._session = None
         self._stage = "connect"
 
@@ -108,7 +114,7 @@ class Runner:
 
         with self._loaded(session, artifact) as module:
             self._stage = "check"
-            device = session.cpu(0)
+            device = session.device(self.device_type, 0)
             data, weight = random_inputs(config)
             args = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
                     tvm.runtime.empty(config.output_shape, config.dtype, device)]

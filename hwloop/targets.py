@@ -24,6 +24,13 @@ def resolve(target: dict, threads: int) -> dict:
     return resolved
 
 
+def runtime_device_type(target: dict) -> int:
+    """The DLPack device type kernels built for ``target`` run on (CPU for ``llvm``, CUDA for ``nvptx``...)."""
+    from tvm.target import Target
+
+    return int(Target(target).get_target_device_type())
+
+
 def canonical(target: dict) -> str:
     """The target as one stable JSON string, the form stored in tables and cache keys."""
     return json.dumps(target, sort_keys=True, separators=(",", ":"))

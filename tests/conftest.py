@@ -106,6 +106,14 @@ def resnet20_predictor(registry_dir, cache_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def arm64_python():
+    """The Python of an emulated aarch64 board (qemu-user-static), made once and cached."""
+    from emulated_board import board_python
+
+    return board_python()
+
+
+@pytest.fixture(scope="session")
 def user_key(tmp_path_factory):
     """The SSH key the tests log in to test boards with."""
     from boards import keygen

@@ -1,6 +1,7 @@
 """Schedule policies: how a layer's PrimFunc is scheduled before it is compiled.
 
-A policy is part of every build and every table row: ``untuned`` is TVM's plain lowering,
+A policy is part of every build and every table row: ``untuned`` is TVM's plain lowering (on a
+GPU, one thread per output element),
 ``default`` applies hwloop's rule-based schedules (no search, ~0.2 s a layer), ``tuned:N`` is
 MetaSchedule with a budget of N measured candidates, its database kept and reused, and
 ``transfer:N`` replays the ``tuned:N`` traces of a layer's anchor channel counts on the counts
@@ -56,7 +57,22 @@ class Policy:
             from .transfer import transfer
 
             return transfer(config, mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
+        return _bind_gpu_threads(mod, target)
+
+
+def _bind_gpu_threads(mod, target):
+    """``mod`` as it is for a CPU; for a GPU, one thread per output element (dlight's Fallback),
+    the least a GPU kernel needs."""
+    from tvm.s_tir import dlight as dl
+    from tvm.target import Target
+
+    from .default import GPU_KINDS
+
+    target = Target(target)
+    if target.kind.name not in GPU_KINDS:
         return mod
+    with target:
+        return dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod)
 
 
 def is_model(mod) -> bool:
