@@ -1,10 +1,12 @@
 """Collections on several SSH test boards at once, with faults injected mid-collection."""
 
+import contextlib
 import json
 import signal
 import threading
 import time
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -133,7 +135,8 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
             python.write_text(healthy)
         if fault == "hung":
             for process in stopped:
-                process.send_signal(signal.SIGCONT)
+                with contextlib.suppress(psutil.NoSuchProcess):  # recovery may have killed it already
+                    process.send_signal(signal.SIGCONT)
         if victim.process is None:
             victim.start()
         proxy and proxy.resume()
