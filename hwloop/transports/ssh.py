@@ -127,8 +127,7 @@ class SSHTransport:
                 raise TransportError(f"{self.where}: the SSH link dropped while the board's RPC server started: "
                                      f"{type(exc).__name__}: {exc}") from None
             if not data:
-                status = channel.recv_exit_status() if channel.exit_status_ready() else None
-                raise self._start_failure(status)
+                raise self._start_failure(_exit_status(channel))
             self._output += data
         raise TransportError(f"{self.where}: the board's RPC server did not start within "
                              f"{timeout:g} s (link.start_timeout); it printed: {self.tail() or 'nothing'}")
@@ -274,3 +273,11 @@ class SSHTransport:
 
 def q(text: str) -> str:
     return shlex.quote(text)
+
+
+def _exit_status(channel: paramiko.Channel, wait: float = 2.0) -> int | None:
+    """The exit status of a command whose output has ended (it may arrive just after the end), or None."""
+    deadline = time.monotonic() + wait
+    while not channel.exit_status_ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return channel.recv_exit_status() if channel.exit_status_ready() else None
