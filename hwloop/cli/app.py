@@ -50,6 +50,14 @@ def get_device(name: str, directory: Path | None):
         fail(str(exc))
 
 
+def progress_bar(*columns, disable: bool = False):
+    """A rich progress bar on stderr: description, bar, count, ``columns``, elapsed time and ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=disable)
+
+
 def read_table(tables: Path, device: str):
     from .. import tables as tables_mod
 

@@ -9,13 +9,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out, parse_shape
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out, parse_shape, progress_bar, read_table
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
@@ -94,14 +94,8 @@ def collect(
         collect_on_boards(devices, configs, policy, tables, cache or default_cache_dir(), force, as_json)
         return
     dev = devices[0]
-    try:
-        tables_mod.read(tables, dev.name)
-    except tables_mod.TableError as exc:
-        fail(str(exc))
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]} cfg/min"), TextColumn("[red]{task.fields[failed]} failed"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+    read_table(tables, dev.name)
+    progress = progress_bar(TextColumn("{task.fields[rate]} cfg/min"), TextColumn("[red]{task.fields[failed]} failed"))
     state = {"failed": 0}
     with progress:
         task = progress.add_task(f"{dev.name} · {policy.name}", total=None, rate="-", failed=0)
@@ -136,9 +130,9 @@ def collect(
         raise typer.Exit(1)
 
 
-def _print_summary(summary, tables: Path, as_json: bool) -> None:
-    ok = [row for row in summary.rows if row["status"] == "ok"]
-    record = {
+def summary_record(summary, tables: Path) -> dict:
+    """What a collection on one device did, as printed with --json."""
+    return {
         "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
         "skipped": summary.skipped, "measured": summary.measured, "failed": summary.failed,
         "wall_s": round(summary.wall_s, 2),
@@ -147,6 +141,11 @@ def _print_summary(summary, tables: Path, as_json: bool) -> None:
         "failures": [{"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
                      for r in summary.rows if r["status"] != "ok"],
     }
+
+
+def _print_summary(summary, tables: Path, as_json: bool) -> None:
+    ok = [row for row in summary.rows if row["status"] == "ok"]
+    record = summary_record(summary, tables)
     if as_json:
         out.print_json(json.dumps(record))
         return

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
-from .. import tables as tables_mod
-from .app import err, fail, out
+from .app import err, out, progress_bar, read_table
+from .collect import summary_record
 
 
 def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force: bool, as_json: bool) -> None:
@@ -18,13 +18,8 @@ def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force
     from ..fleet import collect_fleet
 
     for device in devices:
-        try:
-            tables_mod.read(tables, device.name)
-        except tables_mod.TableError as exc:
-            fail(str(exc))
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
+        read_table(tables, device.name)
+    progress = progress_bar(TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[status]}"))
     with progress:
         tasks = {d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="")
                  for d in devices}
@@ -46,14 +41,7 @@ def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force
             err.print(f"interrupted: every measurement written so far is kept under {tables}; "
                       "run the same command again to measure the rest")
             raise typer.Exit(130) from None
-    records = [{
-        "device": r.summary.device, "schedule": r.summary.schedule, "planned": r.summary.planned,
-        "skipped": r.summary.skipped, "measured": r.summary.measured, "failed": r.summary.failed,
-        "error": r.error, "wall_s": round(r.summary.wall_s, 2),
-        "table": str(tables_mod.device_dir(tables, r.summary.device)),
-        "failures": [{"config_id": row["config_id"], "stage": row["stage"], "error": row["error"]}
-                     for row in r.summary.rows if row["status"] != "ok"],
-    } for r in runs]
+    records = [{**summary_record(r.summary, tables), "error": r.error} for r in runs]
     if as_json:
         out.print_json(json.dumps(records))
     else:

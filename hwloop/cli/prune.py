@@ -10,11 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out
+from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, progress_bar
 
 PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
 
@@ -82,9 +81,7 @@ def prune(
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
                                  search_epochs=search_epochs, criterion=criterion, seed=seed)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
-                        disable=as_json)
+    progress = progress_bar(disable=as_json)
     try:
         with progress:
             result = pipeline.run(model, data, predictor, settings, out_dir, (cache or default_cache_dir()) / "prune",
