@@ -37,7 +37,7 @@ def tvm_version() -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """A hash of the code that turns a config into a kernel (kernels and schedule policies), so a
+    """A hash of the code that turns a config into a kernel (kernels, schedule policies, PTX fixes), so a
     changed rule never reuses a library built by the old one."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
@@ -84,20 +84,29 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         target = tvm.target.Target(job.target)
-        _check_linker(target, job.cc)
-        if target.kind.name == "nvptx":
-            nvptx.prepare()
+        prepare(target, job.cc)
         mod = parse_policy(job.policy).apply(prim_module(job.config), target, Path(cache_dir), job.config)
-        executable = tvm.compile(mod, target)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
-        executable.export_library(str(tmp), fcompile=cross_compiler(job.cc))
-        if target.kind.name == "nvptx":
-            nvptx.mark_kernels(tmp)
+        export(tvm.compile(mod, target), target, job.cc, tmp)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return Built(job, None, detail.splitlines()[-1][:2000], time.perf_counter() - start)
     return Built(job, str(path), None, time.perf_counter() - start)
+
+
+def prepare(target, cc: str | None) -> None:
+    """Check that code for ``target`` can be linked here with ``cc``, and set up its code generator."""
+    _check_linker(target, cc)
+    if target.kind.name == "nvptx":
+        nvptx.prepare()
+
+
+def export(executable, target, cc: str | None, path: Path) -> None:
+    """Write ``executable`` (built for ``target``) as the shared library ``path``, linked with ``cc``."""
+    executable.export_library(str(path), fcompile=_cross_compiler(cc))
+    if target.kind.name == "nvptx":
+        nvptx.mark_kernels(path)
 
 
 def _check_linker(target, cc: str | None) -> None:
@@ -111,7 +120,7 @@ def _check_linker(target, cc: str | None) -> None:
                          f"set the device's `cc` to a cross compiler (e.g. {arch}-linux-gnu-gcc)")
 
 
-def cross_compiler(cc: str | None):
+def _cross_compiler(cc: str | None):
     """TVM's ``fcompile`` for ``export_library`` with the cross compiler ``cc`` (None: the host's)."""
     if not cc:
         return None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import tables
-from .builder import cross_compiler
+from .builder import export, prepare
 from .collect import Context, measurement_fields
 from .layers import LayerConfig
 from .registry import Device
@@ -71,9 +71,9 @@ def build_model(model: nn.Module, input_shape: tuple[int, ...], target: dict, po
     from .graph import compile_module, relax_module
 
     tvm_target = tvm.target.Target(target)
+    prepare(tvm_target, cc)
     scheduled = policy.apply(relax_module(model, input_shape), tvm_target, Path(cache_dir))
-    executable = compile_module(scheduled, tvm_target)
-    executable.export_library(str(path), fcompile=cross_compiler(cc))
+    export(compile_module(scheduled, tvm_target), tvm_target, cc, path)
 
 
 def measure_model(device: Device, model: nn.Module, input_shape: tuple[int, ...], policy: Policy,
