@@ -1,11 +1,12 @@
 """The latency predictor on the local device: accuracy, learning curves, whole models, query speed.
 
-    .venv/bin/python bench/predictor.py [--samples 600] [--work bench-out/predictor] [--quick]
+    .venv/bin/python bench/predictor.py [--samples 600] [--passes 3] [--work bench-out/predictor] [--quick]
 
-1. Measures a layer table under ``default`` on the built-in ``local`` device (its real protocol:
-   10 warm-ups, 20 repeats of >= 20 ms, 1 thread pinned to CPU 0): the dense layers of ResNet-20
-   and MobileNetV2 (64x64 input) and seeded random prunings of them, ``--samples`` configs in all.
-   The folder ``--work`` keeps the tables, so a re-run measures only what is missing.
+1. Measures a layer table under ``default`` on the ``local`` device (the built-in protocol:
+   10 warm-ups, 20 repeats of >= 20 ms, 1 thread pinned to CPU 0, with ``--passes`` sweeps): the
+   dense layers of ResNet-20 and MobileNetV2 (64x64 input) and seeded random prunings of them,
+   ``--samples`` configs in all. The folder ``--work`` keeps the tables, so a re-run measures only
+   what is missing.
 2. Prints held-out accuracy (random configs, unseen channel counts, unseen shapes) per op family
    beside the noise floor, then learning curves (held-out share within ±10 % against samples,
    random order and adaptive sampling replayed on the measured rows).
@@ -35,11 +36,19 @@ from hwloop.models import ResNet, load_model
 from hwloop.predictor import Predictor
 from hwloop.predictor.evaluation import splits
 from hwloop.predictor.sampling import learning_curve
+from hwloop.predictor.selection import select
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 from hwloop.space import model_space
 
 BANDS = ("within_5", "within_10", "within_15")
+REGISTRY = """\
+devices:
+  local:
+    transport: local
+    target: {{kind: llvm, mcpu: host}}
+    protocol: {{threads: 1, cpus: [0], passes: {passes}}}
+"""
 
 
 def resnet20(widths: tuple[int, int, int]) -> ModelCase:
@@ -76,11 +85,12 @@ def print_accuracy(metrics: dict) -> None:
         print(row(split, report))
         for op, s in report["ops"].items():
             print(row(f"  {op}", s))
-        print(row("  noise floor (repeats)", report["noise"]))
+        print(row("  noise: repeats", report["noise"]))
+        if report["noise"].get("passes"):
+            print(row("  noise: passes", report["noise"]["passes"]))
 
 
 def print_learning_curves(rows, lanes: int) -> None:
-    rows = rows.drop_duplicates("config_id").reset_index(drop=True)
     test = splits(rows)["config"]
     pool = int((~test).sum())
     sizes = sorted({int(s) for s in np.geomspace(min(20, pool), pool, 7)})
@@ -135,11 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=600, help="layer configs to measure")
     parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and cache (kept)")
+    parser.add_argument("--passes", type=int, default=3, help="sweeps measuring each config (the fastest counts)")
     parser.add_argument("--quick", action="store_true", help="60 samples, ResNet-20 variants only")
     args = parser.parse_args()
     samples = 60 if args.quick else args.samples
 
-    device = load_registry(Path(tempfile.mkdtemp())).get("local")
+    registry = Path(tempfile.mkdtemp())
+    (registry / "devices.yaml").write_text(REGISTRY.format(passes=args.passes))
+    device = load_registry(registry).get("local")
     policy = parse_policy("default")
     tables_dir, cache = args.work / "tables", args.work / "cache"
     start = time.perf_counter()
@@ -154,8 +167,7 @@ def main() -> None:
     predictor = Predictor.fit(table, "local", models=models)
     print(f"{device.name} · default · {predictor.meta['rows']} rows · {predictor.lanes} float32 lanes\n")
     print_accuracy(predictor.meta["metrics"])
-    chosen = table[(table.status == "ok") & (table.schedule == "default")]
-    print_learning_curves(chosen, predictor.lanes)
+    print_learning_curves(select(table, "bench", "default", predictor.protocol_id, "local").rows, predictor.lanes)
     print_models(predictor.meta["calibration"])
     print_throughput(predictor)
 

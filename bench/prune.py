@@ -2,15 +2,17 @@
 latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
 
     .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.5,0.7] [--methods latency,afcp,lws,flops,uniform]
-        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--work bench-prune] [--plot docs/prune.png]
+        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
+        [--plot docs/prune.png]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
 schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
 predictor's whole-model calibration); fit the predictor; train the dense baseline once; then for
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
-pruned model compiled whole and timed end to end). ``flops`` is given the same budget as a fraction
-of the dense MACs. Work files (tables, predictor, pruned models) stay under --work, so a re-run
-reuses the measured tables and the dense baseline.
+pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
+``flops`` is given the same budget as a fraction of the dense MACs. Work files (tables, predictor,
+pruned models) stay under --work, so a re-run reuses the measured tables, the dense baseline and
+every pruned model already written, and only measures again.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
+    parser.add_argument("--passes", type=int, default=3, help="sweeps measuring each layer and model (the fastest counts)")
     parser.add_argument("--work", type=Path, default=Path("bench-prune"))
     parser.add_argument("--plot", type=Path, default=Path("docs/prune.png"))
     args = parser.parse_args()
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    (work / "devices.yaml").write_text(REGISTRY)
+    (work / "devices.yaml").write_text(REGISTRY.replace("cpus: [0]}", f"cpus: [0], passes: {args.passes}}}"))
     device = load_registry(work).get("local")
     policy = parse_policy("default")
     tables_dir, cache = work / "tables", work / "cache"
@@ -79,11 +82,12 @@ def main() -> None:
             settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs,
                                          dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
             out = work / "pruned" / f"{args.model}-{method}-{budget:g}"
-            try:
-                pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense)
-            except PruneError as exc:
-                print(f"{method} at {budget:g}: {exc}")
-                continue
+            if not (out / "plan.json").is_file():
+                try:
+                    pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense)
+                except PruneError as exc:
+                    print(f"{method} at {budget:g}: {exc}")
+                    continue
             report = validate(device, out, tables_dir, cache)
             record = json.loads((out / "plan.json").read_text())
             results.append({**report, "macs": record["macs"], "dense_macs": record["dense_macs"]})

@@ -1,8 +1,9 @@
 """Collection: build a space of layer configurations for a device, time them, keep every row.
 
 Builds run ahead in a process pool while the device times the previous artifact; each result is
-appended to the device's table as soon as it exists. A re-run skips every config that already
-has a successful row for the same schedule policy, target and protocol.
+appended to the device's table as soon as it exists. A protocol with ``passes: N`` sweeps the
+configs N times, one sweep after the other. A re-run skips what already has its successful rows
+for the same schedule policy, target and protocol.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Context:
 
     @classmethod
     def of(cls, device: Device, policy: Policy) -> "Context":
-        protocol = device.protocol.model_dump_json()
+        protocol = device.protocol.model_dump_json(exclude={"passes"})  # a row's meaning does not depend on it
         return cls(device, policy, resolve(device.target, device.protocol.threads), protocol,
                    hashlib.sha256(protocol.encode()).hexdigest()[:12])
 
@@ -64,25 +65,33 @@ class Summary:
 
 
 def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, force: bool) -> list[LayerConfig]:
-    """The configs of ``configs`` that have no successful row in this context yet."""
+    """The measurements still to take, pass by pass: a config appears once for each of the
+    protocol's passes it has no successful row for in this context (every pass with ``force``)."""
     unique = list(dict.fromkeys(configs))
-    if force:
-        return unique
-    table = tables.read(tables_dir, context.device.name)
-    done = table[(table.status == "ok") & (table.schedule == context.policy.name)
-                 & (table.target == context.target_json) & (table.protocol_id == context.protocol_id)]
-    measured = set(done.config_id)
-    return [c for c in unique if c.id not in measured]
+    counts = {}
+    if not force:
+        table = tables.read(tables_dir, context.device.name)
+        done = table[(table.status == "ok") & (table.schedule == context.policy.name)
+                     & (table.target == context.target_json) & (table.protocol_id == context.protocol_id)]
+        counts = done.config_id.value_counts().to_dict()
+    return [c for sweep in range(context.device.protocol.passes) for c in unique if counts.get(c.id, 0) <= sweep]
+
+
+def planned(configs: list[LayerConfig], device: Device) -> int:
+    """Measurements a collection of ``configs`` on ``device`` plans: each distinct config once per pass."""
+    return len(set(configs)) * device.protocol.passes
 
 
 def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_dir: Path, cache_dir: Path,
             force: bool = False, on_start: Callable[[int], None] | None = None,
             on_row: Callable[[dict], None] | None = None) -> Summary:
-    """Measure every config of ``configs`` not yet in ``device``'s table; rows are written as they come."""
+    """Measure every config of ``configs`` not yet in ``device``'s table (once per pass of its
+    protocol); rows are written as they come."""
     start = time.perf_counter()
     context = Context.of(device, policy)
     todo = pending(configs, context, tables_dir, force)
-    summary = Summary(device.name, policy.name, planned=len(set(configs)), skipped=len(set(configs)) - len(todo))
+    total = planned(configs, device)
+    summary = Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo), 0))
     if on_start:
         on_start(len(todo))
     if todo:

@@ -82,54 +82,68 @@ def measure_model(device: Device, model: nn.Module, input_shape: tuple[int, ...]
 
     ``transport`` is an open transport to the device, or None to open one for this measurement.
     """
-    measurement, _ = _build_and_measure(device, model, tuple(input_shape), policy, cache_dir, transport)
-    return measurement
-
-
-def _build_and_measure(device: Device, model: nn.Module, input_shape: tuple[int, ...], policy: Policy,
-                       cache_dir: Path, transport) -> tuple[Measurement, float]:
     context = Context.of(device, policy)
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch:
         artifact = Path(scratch) / f"model-{os.getpid()}.so"
-        try:
-            build_model(model, input_shape, context.target, policy, device.cc, cache_dir, artifact)
-        except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
-            return Measurement("failed", "build", detail[:2000]), time.perf_counter() - start
-        build_s = time.perf_counter() - start
-        data, expected = reference_io(model, input_shape)
+        failure, _ = _build(model, tuple(input_shape), context, policy, cache_dir, artifact)
+        if failure is not None:
+            return failure
+        io = reference_io(model, tuple(input_shape))
         if transport is not None:
-            return Runner(transport, device.protocol).measure_model(str(artifact), data, expected), build_s
+            return Runner(transport, device.protocol).measure_model(str(artifact), *io)
         with open_transport(device) as opened:
-            return Runner(opened, device.protocol).measure_model(str(artifact), data, expected), build_s
+            return Runner(opened, device.protocol).measure_model(str(artifact), *io)
+
+
+def _build(model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy, cache_dir: Path,
+           artifact: Path) -> tuple[Measurement | None, float]:
+    """Build ``model`` into ``artifact``: (None, seconds), or (the failed measurement, seconds)."""
+    start = time.perf_counter()
+    try:
+        build_model(model, input_shape, context.target, policy, context.device.cc, cache_dir, artifact)
+    except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+        return Measurement("failed", "build", detail[:2000]), time.perf_counter() - start
+    return None, time.perf_counter() - start
 
 
 def measure_models(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
                    force: bool = False, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Measure each model of ``cases`` not yet in ``device``'s model table; rows are written as they come."""
+    """Measure each model of ``cases`` once per pass of the device's protocol (a sweep over the
+    models per pass), skipping passes already in ``device``'s model table unless ``force``; rows
+    are written as they come. A model that fails to build gets one failed row."""
     context = Context.of(device, policy)
     done = tables.read_models(tables_dir, device.name)
     done = done[(done.status == "ok") & (done.schedule == policy.name) & (done.target == context.target_json)
                 & (done.protocol_id == context.protocol_id)]
+    counts = {} if force else done.model_id.value_counts().to_dict()
     todo = []
     for case in cases:
         layers = model_layers(case.model, case.input_shape)
         key = model_id(case.name, case.input_shape, layers)
-        if force or key not in set(done.model_id):
-            todo.append((case, layers, key))
+        if device.protocol.passes > counts.get(key, 0):
+            todo.append((case, layers, key, device.protocol.passes - counts.get(key, 0)))
     rows: list[dict] = []
     if not todo:
         return rows
-    with open_transport(device) as transport:
-        for case, layers, key in todo:
-            measurement, build_s = _build_and_measure(device, case.model, tuple(case.input_shape), policy,
-                                                      cache_dir, transport)
-            row = _row(context, case, layers, key, measurement, build_s, transport.fingerprint())
-            tables.append_models(tables_dir, device.name, [row])
-            rows.append(row)
-            if on_row:
-                on_row(row)
+    with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch, open_transport(device) as transport:
+        built = []
+        for index, (case, layers, key, left) in enumerate(todo):
+            artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
+            failure, build_s = _build(case.model, tuple(case.input_shape), context, policy, cache_dir, artifact)
+            io = None if failure else reference_io(case.model, tuple(case.input_shape))
+            built.append((case, layers, key, 1 if failure else left, artifact, failure, io, build_s))
+        runner = Runner(transport, device.protocol)
+        for sweep in range(max(b[3] for b in built)):
+            for case, layers, key, left, artifact, failure, io, build_s in built:
+                if sweep >= left:
+                    continue
+                measurement = failure or runner.measure_model(str(artifact), *io)
+                row = _row(context, case, layers, key, measurement, build_s, transport.fingerprint())
+                tables.append_models(tables_dir, device.name, [row])
+                rows.append(row)
+                if on_row:
+                    on_row(row)
     return rows
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import tables
 from .builder import BuildJob, BuildPool, Built
-from .collect import Context, Summary, make_row, pending
+from .collect import Context, Summary, make_row, pending, planned
 from .layers import LayerConfig
 from .registry import Device
 from .runner import Measurement, Runner
@@ -128,10 +128,12 @@ def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Pol
                   on_lost: Callable[[str, str], None] | None = None) -> list[BoardRun]:
     """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per device."""
     start = time.perf_counter()
-    planned = len(set(configs))
     contexts = {d.name: Context.of(d, policy) for d in devices}
     todo = {d.name: pending(configs, contexts[d.name], tables_dir, force) for d in devices}
-    runs = {d.name: BoardRun(Summary(d.name, policy.name, planned, planned - len(todo[d.name]))) for d in devices}
+    runs = {}
+    for d in devices:
+        total = planned(configs, d)
+        runs[d.name] = BoardRun(Summary(d.name, policy.name, total, max(total - len(todo[d.name]), 0)))
     for d in devices:
         if on_start:
             on_start(d.name, len(todo[d.name]))

@@ -46,6 +46,9 @@ class Protocol(BaseModel):
     cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
     max_cv: float = Field(0.05, ge=0, description="coefficient of variation above which a measurement is retaken")
     max_attempts: int = Field(3, ge=1, description="measurements taken at most")
+    passes: int = Field(1, ge=1, description="sweeps of a layer collection, one after another, each measuring every "
+                                             "config; the predictor keeps each config's fastest (not part of the "
+                                             "protocol's identity: every pass's rows count alike)")
 
     @field_validator("cpus")
     @classmethod

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from torch import nn
 
@@ -8,6 +9,7 @@ from hwloop import tables
 from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
+from hwloop.predictor.calibration import calibrate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
@@ -52,3 +54,12 @@ def test_without_model_rows_the_layers_are_summed(local_table, local_predictor):
     layers = [LayerConfig("conv2d", 16, 16, 16, 16, kernel=3, padding=1), LayerConfig("linear", 64, 10)]
     assert local_predictor.meta["calibration"] is None
     assert local_predictor.predict_model(layers) == pytest.approx(local_predictor.predict(layers).sum())
+
+
+def test_a_model_measured_in_several_passes_counts_by_its_fastest(model_table):
+    models = tables.read_models(model_table, "local")
+    slower = models.assign(latency_ms=models.latency_ms * 3, measurement_id=models.measurement_id + "-2")
+    predictor = Predictor.fit(tables.read(model_table, "local"), "local", evaluate=False)
+    once, twice = (calibrate(predictor, frame) for frame in (models, pd.concat([slower, models], ignore_index=True)))
+    assert twice["rows"] == 3
+    assert (twice["scale"], twice["offset_ms"]) == pytest.approx((once["scale"], once["offset_ms"]))

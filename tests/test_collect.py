@@ -61,3 +61,18 @@ def test_tuned_policy_is_built_in_the_pool_and_recorded(registry_dir, tmp_path):
     row = tables.read(tmp_path / "tables", "local").iloc[0]
     assert row.schedule == "tuned:4" and row.check_error <= 1e-4
     assert any((tmp_path / "cache" / "metaschedule" / "4").rglob("*.json"))
+
+
+def test_passes_sweep_every_config_again_and_resume_the_missing_ones(registry_dir, cache_dir, tmp_path):
+    single = load_registry(registry_dir).get("local")
+    double = single.model_copy(update={"protocol": single.protocol.model_copy(update={"passes": 2})})
+    policy = parse_policy("untuned")
+    collect(single, SPACE[:3], policy, tmp_path, cache_dir)
+
+    summary = collect(double, SPACE[:4], policy, tmp_path, cache_dir)
+    assert (summary.planned, summary.skipped, summary.measured) == (8, 3, 5)
+    assert [r["config_id"] for r in summary.rows] == [SPACE[3].id] + [c.id for c in SPACE[:4]]
+    table = tables.read(tmp_path, "local")
+    assert table.config_id.value_counts().to_dict() == {c.id: 2 for c in SPACE[:4]}
+    assert table.protocol_id.nunique() == 1 and '"passes"' not in table.protocol.iloc[0]
+    assert collect(double, SPACE[:4], policy, tmp_path, cache_dir).rows == []

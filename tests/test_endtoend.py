@@ -100,6 +100,11 @@ def test_models_are_measured_once_into_the_model_table(local_device, tmp_path):
     again = measure_models(local_device, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
     assert again == []
     assert len(tables.read_models(tmp_path / "tables", "local")) == 2
+
+    twice = local_device.model_copy(update={"protocol": local_device.protocol.model_copy(update={"passes": 2})})
+    second = measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
+    assert [r["model"] for r in second] == ["resnet20", "ragged-resnet20"] and {r["status"] for r in second} == {"ok"}
+    assert measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache") == []
     tables.append(tmp_path / "tables", "local", [])  # a layer part beside the model table
     assert pd.read_parquet(tmp_path / "tables" / "local").empty  # the layer table does not see model rows
 

@@ -8,7 +8,8 @@ import pytest
 from hwloop import tables
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError
-from hwloop.predictor.evaluation import evaluate
+from hwloop.predictor.evaluation import evaluate, noise_floor
+from hwloop.predictor.selection import select
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,20 @@ def test_rows_of_several_protocols_are_refused(local_table):
         Predictor.fit(rows, "local", evaluate=False)
     fitted = Predictor.fit(rows, "local", protocol_id="another", evaluate=False)
     assert fitted.protocol_id == "another" and fitted.meta["rows"] == len(rows[rows.protocol_id == "another"])
+
+
+def test_a_config_measured_in_several_passes_counts_once_by_its_fastest(local_table):
+    rows = tables.read(local_table, "local")
+    rows = rows[rows.status == "ok"]
+    slower = rows.iloc[:5].assign(latency_ms=rows.latency_ms.iloc[:5] * 1.5)
+    faster = rows.iloc[5:8].assign(latency_ms=rows.latency_ms.iloc[5:8] * 0.5)
+    selection = select(pd.concat([rows, slower, faster], ignore_index=True), "t", "default")
+    chosen = selection.rows
+    assert len(chosen) == len(rows) and chosen.config_id.is_unique and selection.measurements == len(rows) + 8
+    by_config = chosen.set_index("config_id").latency_ms
+    fastest = [*rows.latency_ms.iloc[:5], *(rows.latency_ms.iloc[5:8] * 0.5)]
+    assert np.allclose(by_config[rows.config_id.iloc[:8]], fastest)
+
+    floor = noise_floor(chosen)["passes"]
+    assert floor["samples"] == 8 and floor["within_5"] == 0.0
+    assert floor["mape"] == pytest.approx(0.5 * 5 / 8 + 1.0 * 3 / 8)

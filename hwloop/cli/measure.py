@@ -72,7 +72,7 @@ def measure(
                           f"{r['latency_ms']:.3f}" if ok else escape(r["error"] or ""),
                           f"{r['cv']:.3f}" if ok else "", f"{r['build_s']:.1f}")
         out.print(table)
-        skipped = len(cases) - len(rows)
+        skipped = len({case.name for case in cases} - {r["model"] for r in rows})
         if skipped:
             out.print(f"{skipped} model(s) already measured with this policy and protocol (--force measures again)")
     if any(r["status"] != "ok" for r in records):

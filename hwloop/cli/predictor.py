@@ -61,8 +61,11 @@ def _scores_table(title: str, rows: dict[str, dict]) -> Table:
 
 def _print_report(title: str, report: dict) -> None:
     rows = {"all": report, **{f"  {op}": s for op, s in report["ops"].items()}}
-    if report.get("noise"):
-        rows["noise floor"] = report["noise"]
+    noise = report.get("noise") or {}
+    if noise.get("mape") is not None:
+        rows["noise: repeats"] = noise
+    if noise.get("passes"):
+        rows["noise: passes"] = noise["passes"]
     out.print(_scores_table(title, rows))
 
 
@@ -154,7 +157,8 @@ def evaluate(
         out.print_json(json.dumps(report))
         return
     _print_report(f"{device} · {predictor.schedule} predictor on {path}", report)
-    out.print("noise floor: single repeats against their row's median, the best a predictor of the median can do")
+    out.print("noise: single repeats against their row's median and, for configs measured in several passes, "
+              "the slower passes against the fastest; a predictor cannot do better")
     if report["rows_ignored"]:
         out.print(f"{report['rows_ignored']} rows of other schedules, protocols or failed measurements not scored")
 

@@ -18,10 +18,11 @@ from ..layers import LayerConfig
 
 
 def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
-    """Successful model-table rows of the predictor's device, schedule policy and protocol, with
-    ``layers_ms``, the predicted sum of their layers."""
+    """Successful model-table rows of the predictor's device, schedule policy and protocol, the
+    fastest of each model's passes, with ``layers_ms``, the predicted sum of their layers."""
     rows = models[(models.status == "ok") & (models.device == predictor.device)
                   & (models.schedule == predictor.schedule) & (models.protocol_id == predictor.protocol_id)]
+    rows = rows.sort_values("latency_ms", kind="stable").drop_duplicates("model_id").sort_index()
     rows = rows.reset_index(drop=True)
     sums = [float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum()) for text in rows.layers]
     return rows.assign(layers_ms=np.asarray(sums, dtype=float))

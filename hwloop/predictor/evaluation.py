@@ -3,7 +3,8 @@
 Scores are the share of rows predicted within ±5/10/15 %, RMSE (ms), MAPE and Spearman rank
 correlation, overall and per op family. Held-out splits: random configs, unseen channel counts
 (every row with a held-out count leaves training) and unseen shapes (input size, kernel, stride).
-The noise floor scores single repeats against their row's median: a predictor cannot beat it.
+The noise floor scores single repeats against their row's median and, for configs measured in
+several passes, the other passes against the fastest: a predictor cannot beat it.
 """
 
 from __future__ import annotations
@@ -48,12 +49,24 @@ def report(rows: pd.DataFrame, predicted: np.ndarray) -> dict:
 
 
 def noise_floor(rows: pd.DataFrame) -> dict:
-    """Single repeats scored against their row's median: the share within each band and their MAPE."""
-    errors = np.concatenate([np.abs(np.asarray(r, dtype=float) / m - 1.0)
-                             for r, m in zip(rows.latencies_ms, rows.latency_ms) if r is not None and len(r)] or [[]])
+    """Single repeats scored against their row's median (the share within each band and their
+    MAPE) and, under ``passes``, the slower passes of each config against its fastest."""
+    floor = _agreement(zip(rows.latencies_ms, rows.latency_ms))
+    if "pass_latencies_ms" in rows:
+        passes = _agreement((sorted(p)[1:], min(p)) for p in rows.pass_latencies_ms if len(p) > 1)
+        if passes:
+            floor["passes"] = passes
+    return floor
+
+
+def _agreement(pairs) -> dict:
+    """Share within each band and MAPE of values against their reference, from (values, reference) pairs."""
+    errors = np.concatenate([np.abs(np.asarray(v, dtype=float) / ref - 1.0)
+                             for v, ref in pairs if v is not None and len(v)] or [[]])
     if not len(errors):
         return {}
-    return {**{f"within_{b}": float(np.mean(errors <= b / 100)) for b in BANDS}, "mape": float(np.mean(errors))}
+    return {**{f"within_{b}": float(np.mean(errors <= b / 100)) for b in BANDS}, "mape": float(np.mean(errors)),
+            "samples": int(len(errors))}
 
 
 def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,4 +109,4 @@ def evaluate(predictor, table: pd.DataFrame, source: str) -> dict:
     chosen = select(table, source, predictor.schedule, predictor.protocol_id, predictor.device)
     return {"device": predictor.device, "schedule": predictor.schedule, "protocol_id": predictor.protocol_id,
             **report(chosen.rows, predictor.predict_frame(chosen.rows)),
-            "rows_ignored": int(len(table) - len(chosen.rows))}
+            "rows_ignored": int(len(table) - chosen.measurements)}

@@ -9,6 +9,8 @@ beside the plain shape, FLOPs, bytes and arithmetic intensity.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -52,11 +54,19 @@ def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.nda
     n = len(cols["op"])
     key, radix = np.zeros(n, dtype=np.int64), 1
     for c in COLUMNS:
-        codes, uniques = pd.factorize(np.asarray(cols[c]))
-        if radix * len(uniques) >= 1 << 62:
-            return cols, np.arange(n)
-        key += codes.astype(np.int64) * radix
-        radix *= len(uniques)
+        values = np.asarray(cols[c])
+        if n == 0 or (values == values[0]).all():
+            continue
+        if values.dtype.kind in "iu":
+            low = int(values.min())
+            codes, size = values.astype(np.int64) - low, int(values.max()) - low + 1
+        else:
+            codes, uniques = pd.factorize(values)
+            size = len(uniques)
+        if radix * size >= 1 << 62:
+            return {c: np.asarray(cols[c]) for c in COLUMNS}, np.arange(n)
+        key += codes * radix
+        radix *= size
     inverse, uniques = pd.factorize(key)
     first = np.empty(len(uniques), dtype=np.int64)
     first[inverse[::-1]] = np.arange(n - 1, -1, -1)
@@ -98,9 +108,9 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
     features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
                 dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved),
                 np.log2(2.0 * padded_macs), channel_vectorised, pointwise, positions % dlanes]
+    wide = (dlanes != lanes).astype(np.intp)
     for c in (cin, cout, cout_g):
-        features += [(c % a == 0) for a in ALIGNMENTS] + [c % lanes == 0, c % dlanes, _ceil(c, dlanes),
-                                                          c / (_ceil(c, dlanes) * dlanes)]
+        features.append(_channel_table(lanes, _capacity(int(c.max(initial=0))))[wide, c])
     features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
                  np.log2(n * positions), np.log2(weight_bytes)]
     return np.column_stack(features)
@@ -121,8 +131,34 @@ def _ceil(a: np.ndarray, b) -> np.ndarray:
 
 
 def _largest_divisor(extent: np.ndarray, limit: int) -> np.ndarray:
-    """The largest divisor of each ``extent`` up to ``limit`` (the register tiles' rule)."""
-    best = np.ones_like(extent)
+    """The largest divisor of each ``extent`` up to ``limit`` (the register tiles' rule), looked up."""
+    return _divisors(limit, _capacity(int(extent.max(initial=0))))[extent]
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_table(lanes: int, size: int) -> np.ndarray:
+    """Channel features of every count below ``size``, for float32 (``[0]``) and float16 (``[1]``,
+    twice the lanes) vectors: alignment to 4/8/16/32 and to the vector width, lanes left over,
+    vectors, share of the last vector filled."""
+    c = np.arange(size)
+    blocks = []
+    for width in (lanes, 2 * lanes):
+        vectors = _ceil(c, width)
+        with np.errstate(invalid="ignore"):
+            fill = c / (vectors * width)
+        blocks.append(np.column_stack([*(c % a == 0 for a in ALIGNMENTS), c % lanes == 0, c % width, vectors, fill]))
+    return np.stack(blocks)
+
+
+@functools.lru_cache(maxsize=32)
+def _divisors(limit: int, size: int) -> np.ndarray:
+    extent = np.arange(size)
+    best = np.ones(size, dtype=np.int64)
     for d in range(2, limit + 1):
         best = np.where(extent % d == 0, d, best)
     return best
+
+
+def _capacity(largest: int) -> int:
+    """A table size covering ``largest``, rounded up to a power of two so tables are reused."""
+    return 1 << max(largest, 1).bit_length()

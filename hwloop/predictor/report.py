@@ -44,7 +44,6 @@ def write_report(predictor: Predictor, rows: pd.DataFrame, out_dir: Path, seed: 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = rows.drop_duplicates("config_id").reset_index(drop=True)
     lanes = predictor.lanes
     title = f"{predictor.device} · {predictor.schedule}"
 

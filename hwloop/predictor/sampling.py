@@ -79,9 +79,10 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int,
 def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Path, cache_dir: Path, budget: int,
                      rounds: int = 4, seed: int = 0, on_round: Callable[[int, int], None] | None = None,
                      **collect_kwargs):
-    """Measure at most ``budget`` new configs of ``configs`` on ``device`` in ``rounds`` rounds: a
-    first design (half the budget), then where the predictor is uncertain or wrong. Rows already
-    in the table count as measured. Returns one :class:`hwloop.collect.Summary` for all rounds."""
+    """Measure at most ``budget`` new configs of ``configs`` on ``device`` (each in every pass of its
+    protocol) in ``rounds`` rounds: a first design (half the budget), then where the predictor is
+    uncertain or wrong. Rows already in the table count as measured. Returns one
+    :class:`hwloop.collect.Summary` for all rounds."""
     from .. import tables
     from ..collect import Context, Summary, collect
     from .model import lanes_of
@@ -90,7 +91,7 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
     context = Context.of(device, policy)
     lanes = lanes_of(context.target_json)
     candidates = frame_of(list(dict.fromkeys(configs)))
-    total = Summary(device.name, policy.name, planned=min(budget, len(candidates)), skipped=0)
+    total = Summary(device.name, policy.name, planned=min(budget, len(candidates)) * device.protocol.passes, skipped=0)
     for round_index in range(rounds):
         table = tables.read(tables_dir, device.name)
         measured = table[(table.status == "ok") & (table.schedule == policy.name)
@@ -98,7 +99,7 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
                          & table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
         if round_index == 0:
             total.skipped = len(measured)
-        left = budget - len(total.rows)
+        left = budget - len({row["config_id"] for row in total.rows})
         if left <= 0:
             break
         if len(measured) < 8:

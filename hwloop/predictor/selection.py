@@ -1,6 +1,10 @@
 """Which rows of a table one predictor learns from or is scored on: successful rows of one device,
 one schedule policy, one protocol and one target. Rows measured under other conditions are other
-latencies, so mixing them is refused rather than averaged."""
+latencies, so mixing them is refused rather than averaged.
+
+A config measured in several passes counts once, by its fastest pass: a slow spell of the host
+(another tenant, a thermal dip) only adds time.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from .errors import PredictorError
 
 @dataclass(frozen=True)
 class Selection:
-    rows: pd.DataFrame
+    rows: pd.DataFrame  # one per config
+    measurements: int  # the table's rows behind them, every pass counted
     device: str
     schedule: str
     protocol_id: str
@@ -53,8 +58,15 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
         raise PredictorError(f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); "
                              "keep one target per device table")
     first = rows.iloc[0]
-    return Selection(rows.reset_index(drop=True), first.device, schedule, first.protocol_id, first.protocol,
+    return Selection(fastest_pass(rows), len(rows), first.device, schedule, first.protocol_id, first.protocol,
                      first.target)
+
+
+def fastest_pass(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per config, its fastest; ``pass_latencies_ms`` lists the medians of all its passes."""
+    passes = rows.groupby("config_id").latency_ms.agg(list)
+    fastest = rows.sort_values("latency_ms", kind="stable").drop_duplicates("config_id").sort_index()
+    return fastest.assign(pass_latencies_ms=fastest.config_id.map(passes)).reset_index(drop=True)
 
 
 def _counts(column: pd.Series) -> str:
