@@ -1,8 +1,8 @@
 """Pruning methods compared on the local device: ResNet on Fashion-MNIST, each method at a few
 latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
 
-    .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.5,0.7] [--methods latency,afcp,lws,flops,uniform]
-        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
+    .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
+        [--methods latency,afcp,lws,flops,uniform] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
         [--plot docs/prune.png]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
@@ -10,7 +10,8 @@ schedule policy) and a few whole models (the dense one and uniformly thinned one
 predictor's whole-model calibration); fit the predictor; train the dense baseline once; then for
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
 pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
-``flops`` is given the same budget as a fraction of the dense MACs. Work files (tables, predictor,
+``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
+dense MACs. Work files (tables, predictor,
 pruned models) stay under --work, so a re-run reuses the measured tables, the dense baseline and
 every pruned model already written, and only measures again.
 """
@@ -45,7 +46,9 @@ from schedules import REGISTRY  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--budgets", default="0.5,0.7")
+    parser.add_argument("--budgets", default="0.4,0.6")
+    parser.add_argument("--flops-budgets", default=None,
+                        help="MACs fractions for the flops baseline (default: --budgets); its curve should span the others' accuracy")
     parser.add_argument("--methods", default=",".join(pipeline.METHODS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dense-epochs", type=int, default=10)
@@ -78,7 +81,8 @@ def main() -> None:
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     results = []
     for method in args.methods.split(","):
-        for budget in [float(b) for b in args.budgets.split(",")]:
+        budgets = args.flops_budgets if method == "flops" and args.flops_budgets else args.budgets
+        for budget in [float(b) for b in budgets.split(",")]:
             settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs,
                                          dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
             out = work / "pruned" / f"{args.model}-{method}-{budget:g}"
