@@ -95,6 +95,20 @@ def measure_model(device: Device, model: nn.Module, input_shape: tuple[int, ...]
             return Runner(opened, device.protocol).measure_model(str(artifact), *io)
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A model built for a measurement sweep, and the passes it still needs there."""
+
+    case: ModelCase
+    layers: list[dict]
+    key: str
+    passes: int
+    artifact: Path
+    failure: Measurement | None
+    io: tuple[np.ndarray, np.ndarray] | None
+    build_s: float
+
+
 def _build(model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy, cache_dir: Path,
            artifact: Path) -> tuple[Measurement | None, float]:
     """Build ``model`` into ``artifact``: (None, seconds), or (the failed measurement, seconds)."""
@@ -128,18 +142,16 @@ def measure_models(device: Device, cases: list[ModelCase], policy: Policy, table
         return rows
     with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch, open_transport(device) as transport:
         built = []
-        for index, (case, layers, key, left) in enumerate(todo):
+        for index, (case, layers, key, passes) in enumerate(todo):
             artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
             failure, build_s = _build(case.model, tuple(case.input_shape), context, policy, cache_dir, artifact)
             io = None if failure else reference_io(case.model, tuple(case.input_shape))
-            built.append((case, layers, key, 1 if failure else left, artifact, failure, io, build_s))
+            built.append(_Built(case, layers, key, 1 if failure else passes, artifact, failure, io, build_s))
         runner = Runner(transport, device.protocol)
-        for sweep in range(max(b[3] for b in built)):
-            for case, layers, key, left, artifact, failure, io, build_s in built:
-                if sweep >= left:
-                    continue
-                measurement = failure or runner.measure_model(str(artifact), *io)
-                row = _row(context, case, layers, key, measurement, build_s, transport.fingerprint())
+        for sweep in range(max(b.passes for b in built)):
+            for b in (b for b in built if sweep < b.passes):
+                measurement = b.failure or runner.measure_model(str(b.artifact), *b.io)
+                row = _row(context, b.case, b.layers, b.key, measurement, b.build_s, transport.fingerprint())
                 tables.append_models(tables_dir, device.name, [row])
                 rows.append(row)
                 if on_row:

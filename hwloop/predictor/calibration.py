@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..layers import LayerConfig
+from .selection import fastest_pass
 
 
 def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
@@ -22,8 +23,7 @@ def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
     fastest of each model's passes, with ``layers_ms``, the predicted sum of their layers."""
     rows = models[(models.status == "ok") & (models.device == predictor.device)
                   & (models.schedule == predictor.schedule) & (models.protocol_id == predictor.protocol_id)]
-    rows = rows.sort_values("latency_ms", kind="stable").drop_duplicates("model_id").sort_index()
-    rows = rows.reset_index(drop=True)
+    rows = fastest_pass(rows, "model_id")
     sums = [float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum()) for text in rows.layers]
     return rows.assign(layers_ms=np.asarray(sums, dtype=float))
 

@@ -62,11 +62,12 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
                      first.target)
 
 
-def fastest_pass(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per config, its fastest; ``pass_latencies_ms`` lists the medians of all its passes."""
-    passes = rows.groupby("config_id").latency_ms.agg(list)
-    fastest = rows.sort_values("latency_ms", kind="stable").drop_duplicates("config_id").sort_index()
-    return fastest.assign(pass_latencies_ms=fastest.config_id.map(passes)).reset_index(drop=True)
+def fastest_pass(rows: pd.DataFrame, key: str = "config_id") -> pd.DataFrame:
+    """One row per ``key`` (a config, or a model's ``model_id``), its fastest, in table order;
+    ``pass_latencies_ms`` lists the medians of all its passes."""
+    passes = rows.groupby(key).latency_ms.agg(list)
+    fastest = rows.sort_values("latency_ms", kind="stable").drop_duplicates(key).sort_index()
+    return fastest.assign(pass_latencies_ms=fastest[key].map(passes)).reset_index(drop=True)
 
 
 def _counts(column: pd.Series) -> str:
