@@ -2,7 +2,8 @@
 latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
 
     .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
-        [--methods latency,afcp,lws,flops,uniform] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
+        [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
+        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
         [--plot docs/prune.png]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
@@ -11,9 +12,15 @@ predictor's whole-model calibration); fit the predictor; train the dense baselin
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
 pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
-dense MACs. Work files (tables, predictor,
-pruned models) stay under --work, so a re-run reuses the measured tables, the dense baseline and
-every pruned model already written, and only measures again.
+dense MACs; ``METHOD:N`` rounds a baseline's counts to multiples of N (``flops:1``: Torch-Pruning's
+default, no rounding; plain ``flops`` rounds to the vector width). The methods of
+``--board-methods`` time their plans on the device before fine-tuning and re-plan up to
+``--board-rounds`` times (0: open loop); the baselines stay open loop, as their tools are.
+
+Work files (tables, predictor, pruned models, results.json) stay under --work, so a re-run reuses
+the measured tables, the dense baseline and every pruned model already written, and only measures
+again; results of methods and budgets not in this run are kept, so the table and the plot
+(accuracy against measured speed-up) show every output measured so far.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from hwloop.collect import collect  # noqa: E402
 from hwloop.endtoend import ModelCase, measure_models  # noqa: E402
 from hwloop.predictor import Predictor  # noqa: E402
 from hwloop.prune import pipeline  # noqa: E402
+from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
 from hwloop.prune.groups import ChannelGroups, PruneError  # noqa: E402
 from hwloop.prune.validate import validate  # noqa: E402
@@ -49,7 +57,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.4,0.6")
     parser.add_argument("--flops-budgets", default=None,
                         help="MACs fractions for the flops baseline (default: --budgets); its curve should span the others' accuracy")
-    parser.add_argument("--methods", default=",".join(pipeline.METHODS))
+    parser.add_argument("--methods", default="latency,afcp,lws,flops,flops:1,uniform")
+    parser.add_argument("--board-rounds", type=int, default=3, help="plans timed on the device per run (0: open loop)")
+    parser.add_argument("--board-methods", default="latency,afcp,lws")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dense-epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=1)
@@ -80,23 +90,28 @@ def main() -> None:
 
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     results = []
-    for method in args.methods.split(","):
+    for spec in args.methods.split(","):
+        method, _, round_to = spec.partition(":")
+        rounds = args.board_rounds if method in args.board_methods.split(",") else 0
+        board = Board(device, tables_dir, cache, rounds) if rounds else None
         budgets = args.flops_budgets if method == "flops" and args.flops_budgets else args.budgets
         for budget in [float(b) for b in budgets.split(",")]:
-            settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs,
+            settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, round_to=int(round_to or 0),
                                          dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
-            out = work / "pruned" / f"{args.model}-{method}-{budget:g}"
+            label = method + (f"-r{round_to}" if round_to else "") + ("-board" if board else "")
+            out = work / "pruned" / f"{args.model}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():
                 try:
-                    pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense)
+                    pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense, board=board)
                 except PruneError as exc:
-                    print(f"{method} at {budget:g}: {exc}")
+                    print(f"{label} at {budget:g}: {exc}")
                     continue
             report = validate(device, out, tables_dir, cache)
             record = json.loads((out / "plan.json").read_text())
-            results.append({**report, "macs": record["macs"], "dense_macs": record["dense_macs"]})
+            results.append({**report, "method": label, "macs": record["macs"], "dense_macs": record["dense_macs"],
+                            "board": record.get("board")})
             print(_line(results[-1]), flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    results = _merged(work / "results.json", results)
     _print_table(results)
     _plot(results, args.plot, args.model)
 
@@ -114,10 +129,32 @@ def _calibration_models(spec: str, data) -> list[ModelCase]:
 
 def _line(r: dict) -> str:
     speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+    predicted = f"{r['predicted_speedup']:.2f}x" if r.get("predicted_speedup") else "-"
     error = f"{r['predicted_error']:+.1%}" if r["predicted_error"] is not None else "-"
     return (f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
-            f"{r['measured_ms']:.3f} | {error} | {speedup} | {r['dense_macs'] / r['macs']:.2f}x |"
+            f"{r['measured_ms']:.3f} | {error} | {speedup} | {predicted} | {r['dense_macs'] / r['macs']:.2f}x "
+            f"| {_timed(r['board'])} |"
             + ("" if r["ok"] else " failed: " + "; ".join(r["failures"])))
+
+
+def _timed(board: dict | None) -> str:
+    """How the plan was checked on the device before fine-tuning: plans timed, and the chosen one's
+    measured share of the dense latency beside its budget."""
+    if not board:
+        return "-"
+    r = board["rounds"][board["chosen"]]
+    return (f"{len(board['rounds'])}: {r['measured_ms'] / r['dense_ms']:.2f} of dense for "
+            f"{r['goal_ms'] / r['dense_ms']:.2f}" + ("" if board["met"] else " (missed)"))
+
+
+def _merged(path: Path, results: list[dict]) -> list[dict]:
+    """``results`` with the earlier runs' results of other outputs (so a run of a few methods or
+    budgets completes the table), written back to ``path``, ordered by method and budget."""
+    earlier = json.loads(path.read_text()) if path.is_file() else []
+    ran = {r["model"] for r in results}
+    merged = sorted([r for r in earlier if r["model"] not in ran] + results, key=lambda r: (r["method"], r["budget"]))
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def _print_table(results: list[dict]) -> None:
@@ -126,24 +163,26 @@ def _print_table(results: list[dict]) -> None:
     first = results[0]
     print(f"\ndense: accuracy {first['dense_accuracy']:.2%}, measured {first['dense_ms']:.3f} ms, "
           f"predicted {first['dense_predicted_ms']:.3f} ms\n")
-    print("| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up | MACs reduction |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
+          "| predicted speed-up | MACs reduction | plans timed before fine-tuning |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(_line(r))
 
 
 def _plot(results: list[dict], path: Path, model: str) -> None:
+    """Accuracy against measured speed-up: each pruned model against the dense model timed beside
+    it, a ratio that a slow spell of the machine moves less than either latency."""
     if not results:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    dense_ms = sum(r["dense_ms"] for r in results) / len(results)
-    ax.scatter([dense_ms], [results[0]["dense_accuracy"] * 100], marker="*", s=160, color="black", label="dense")
+    ax.scatter([1.0], [results[0]["dense_accuracy"] * 100], marker="*", s=160, color="black", label="dense")
     for method in dict.fromkeys(r["method"] for r in results):
-        rows = sorted((r for r in results if r["method"] == method and r["measured_ms"]), key=lambda r: r["measured_ms"])
-        ax.plot([r["measured_ms"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="o", label=method)
-    ax.set_xlabel("measured latency on the device (ms)")
+        rows = sorted((r for r in results if r["method"] == method and r["speedup"]), key=lambda r: r["speedup"])
+        ax.plot([r["speedup"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="o", label=method)
+    ax.set_xlabel("measured speed-up on the device (dense / pruned latency)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{model} on Fashion-MNIST: accuracy vs measured latency")
+    ax.set_title(f"{model} on Fashion-MNIST: accuracy vs measured speed-up")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -42,6 +42,15 @@ def test_allocator_meets_the_predicted_budget(resnet, resnet20_predictor, share)
                for name, count in plan.items())
 
 
+def test_allocator_with_round_to_keeps_whole_steps(resnet, resnet20_predictor):
+    groups, importance = resnet
+    cost = PredictedLatency(groups, resnet20_predictor)
+    target = cost.target(_reachable(groups, cost, 0.5))
+    plan = allocate(groups, cost, importance, target, round_to=8)
+    assert cost.total(plan) <= target and plan != groups.dense
+    assert all(count % 8 == 0 for count in plan.values())
+
+
 def test_budget_in_ms_and_unreachable_budget(resnet, resnet20_predictor):
     groups, importance = resnet
     cost = PredictedLatency(groups, resnet20_predictor)
@@ -61,13 +70,15 @@ def test_baselines_meet_their_own_budgets(resnet, resnet20_predictor):
     groups, importance = resnet
     latency, macs = PredictedLatency(groups, resnet20_predictor), Macs(groups)
     budget = _reachable(groups, latency, 0.5)
-    plan = uniform(groups, latency, latency.target(budget))
+    plan = uniform(groups, latency, latency.target(budget), step=latency.step)
     assert latency.total(plan) <= latency.target(budget)
     assert all(count % latency.step == 0 for count in plan.values())
     assert len({count / groups.by_name[name].size for name, count in plan.items()}) <= 3
     plan = global_ranking(groups, macs, importance, macs.target(0.5), step=latency.step)
     assert macs.total(plan) <= macs.target(0.5)
     assert all(count % latency.step == 0 for count in plan.values())
+    ragged = global_ranking(groups, macs, importance, macs.target(0.5))
+    assert macs.total(ragged) <= macs.target(0.5) and any(count % latency.step for count in ragged.values())
 
 
 def test_soft_cost_follows_the_predictor(resnet, resnet20_predictor):

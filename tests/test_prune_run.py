@@ -35,15 +35,25 @@ def predictors(resnet20_predictor, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_prune_then_validate_end_to_end(predictors, resnet20_predictor, registry_dir, cache_dir, tmp_path):
+def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predictor, registry_dir, cache_dir, tmp_path):
     budget = _budget(resnet20_predictor)
-    out = tmp_path / "out"
+    out, tables_dir = tmp_path / "out", tmp_path / "tables"
     result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--budget", str(budget),
                                  *SMALL, "--out", str(out), "--cache", str(tmp_path / "cache"),
-                                 "--predictors", str(predictors), "--json"])
+                                 "--predictors", str(predictors), "--board-rounds", "2", "--registry", str(registry_dir),
+                                 "--tables", str(tables_dir), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["predicted_ms"] <= record["target_ms"] == pytest.approx(budget * record["dense_predicted_ms"])
+    assert record["target_ms"] == pytest.approx(budget * record["dense_predicted_ms"])
+    board = record["board"]
+    assert board["device"] == "local" and 1 <= len(board["rounds"]) <= 2
+    chosen = board["rounds"][board["chosen"]]
+    assert record["predicted_ms"] == pytest.approx(chosen["predicted_ms"]) and chosen["predicted_ms"] <= chosen["target_ms"]
+    for r in board["rounds"]:
+        assert 0 < r["measured_ms"] and r["goal_ms"] == pytest.approx(budget * r["dense_ms"])
+    timed = tables.read_models(tables_dir, "local")
+    assert set(timed.model) == {"resnet20@fashion-mnist:dense", "resnet20@fashion-mnist:latency-plan"}
+    assert (timed.status == "ok").all() and len(timed) == 2 * len(board["rounds"])
     assert 0 <= record["accuracy"] <= 1 and 0 <= record["dense_accuracy"] <= 1
     assert (tmp_path / "cache" / "prune" / "dense").is_dir()
     pruned, dense, plan = export.load(out)
@@ -51,16 +61,16 @@ def test_prune_then_validate_end_to_end(predictors, resnet20_predictor, registry
     assert resnet20_predictor.predict_model(layers) == pytest.approx(record["predicted_ms"], rel=1e-5)
     assert sum(c.macs for c in layers) < sum(t.config.macs for t in trace_layers(dense, (1, 1, 28, 28)))
 
-    tables_dir = tmp_path / "tables"
     checked = runner.invoke(app, ["validate", "--device", "local", "--model", str(out), "--registry", str(registry_dir),
                                   "--tables", str(tables_dir), "--cache", str(cache_dir), "--json"])
     report = json.loads(checked.stdout)
     assert {"dense_ms", "measured_ms", "predicted_ms", "accuracy", "dense_accuracy"} <= set(report)
     assert report["dense_ms"] > 0 and report["measured_ms"] > 0
     assert report["predicted_ms"] == record["predicted_ms"] and report["accuracy"] == record["accuracy"]
+    assert report["predicted_speedup"] == pytest.approx(record["dense_predicted_ms"] / record["predicted_ms"])
     assert report["ok"] == (report["measured_ms"] < report["dense_ms"]) == (checked.exit_code == 0)
     rows = tables.read_models(tables_dir, "local")
-    assert sorted(rows.model) == ["resnet20@fashion-mnist:dense", "resnet20@fashion-mnist:latency"]
+    assert set(rows.model) - set(timed.model) == {"resnet20@fashion-mnist:latency"}
 
     again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
                                 "--predictors", str(predictors)])

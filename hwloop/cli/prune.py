@@ -44,32 +44,52 @@ def prune(
     seed: Annotated[int, typer.Option(help="Seed of training and sampling.")] = 0,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Output folder (default: pruned/MODEL-METHOD-BUDGET).", show_default=False)] = None,
+    round_to: Annotated[int, typer.Option(
+        help="latency, flops, uniform: keep channel counts at multiples of N in groups whose size is one, "
+             "as Torch-Pruning's round_to (1: any count, Torch-Pruning's default). 0: the device's vector "
+             "width for flops and uniform, any count for latency (its cost prices ragged counts).")] = 0,
+    board_rounds: Annotated[int, typer.Option(
+        help="Time each plan on the device before fine-tuning (dense and planned model compiled whole, "
+             "side by side) and re-plan, up to N plans, until the measured latency meets the budget "
+             "(0: trust the predictor). Needs the device in the registry.")] = 0,
     dry_run: Annotated[bool, typer.Option(
         help="Only check: find the channel groups, prune every group to half and run the model; no training.")] = False,
     predictors: PredictorsOpt = Path("predictors"),
+    tables: TablesOpt = Path("tables"),
+    registry: RegistryOpt = None,
     cache: CacheOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Prune a model's channels so that the device's [bold]predicted latency[/] meets a budget, then fine-tune
     with distillation from the dense model and write weights, plan and an ExportedProgram.
 
-    The dense baseline is trained first and cached. Examples:
+    The dense baseline is trained first and cached. With --board-rounds, plans are timed on the device
+    before fine-tuning (rows go to the device's model table in --tables). Examples:
 
       hwloop prune --device local --model resnet20 --budget 0.5
+
+      hwloop prune --device local --model resnet20 --budget 0.5 --board-rounds 3
 
       hwloop prune -d jetson -m resnet56 --budget 3.2ms --method afcp --dataset cifar10:~/data/cifar --epochs 10
     """
     from ..models import ModelError
     from ..predictor import Predictor, PredictorError
     from ..prune import pipeline
+    from ..prune.board import Board
     from ..prune.data import DataError, load_data
     from ..prune.groups import PruneError
     from ..prune.importance import CRITERIA
+    from ..schedules import PolicyError
+    from ..transports import TransportError
 
     if method not in pipeline.METHODS:
         fail(f"--method {method!r}: expected one of {', '.join(pipeline.METHODS)}")
     if criterion not in CRITERIA:
         fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+    if board_rounds < 0 or round_to < 0:
+        fail("--board-rounds and --round-to must be 0 or more")
+    cache_root = cache or default_cache_dir()
+    board = Board(get_device(device, registry), tables, cache_root, board_rounds) if board_rounds and not dry_run else None
     try:
         predictor = None if dry_run else Predictor.load(device, predictors)
         data = load_data(dataset, batch_size, train_samples, test_samples, seed)
@@ -80,13 +100,12 @@ def prune(
         return
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
-                                 search_epochs=search_epochs, criterion=criterion, seed=seed)
+                                 search_epochs=search_epochs, criterion=criterion, seed=seed, round_to=round_to)
     progress = progress_bar(disable=as_json)
     try:
         with progress:
-            result = pipeline.run(model, data, predictor, settings, out_dir, (cache or default_cache_dir()) / "prune",
-                                  progress)
-    except (PruneError, ModelError) as exc:
+            result = pipeline.run(model, data, predictor, settings, out_dir, cache_root / "prune", progress, board=board)
+    except (PruneError, ModelError, PolicyError, TransportError) as exc:
         fail(str(exc))
     record = {**result.record, "out": str(out_dir)}
     if as_json:
@@ -103,6 +122,8 @@ def _summary(record: dict) -> None:
         if counts["kept"] != counts["dense"]:
             plan.add_row(name, f"{counts['dense']} → {counts['kept']}")
     out.print(plan)
+    if "board" in record:
+        _board_table(record["board"])
     table = Table("", "accuracy", "predicted ms", "MMACs", title=f"{record['model']} · {record['method']} · "
                   f"budget {record['budget']} ({record['target_ms']:.3f} ms) on {record['device']}")
     table.add_row("dense", f"{record['dense_accuracy']:.2%}", f"{record['dense_predicted_ms']:.3f}",
@@ -112,6 +133,18 @@ def _summary(record: dict) -> None:
                   f"{record['dense_predicted_ms'] / record['predicted_ms']:.2f}x faster",
                   f"{record['dense_macs'] / record['macs']:.2f}x fewer")
     out.print(table)
+
+
+def _board_table(board: dict) -> None:
+    table = Table("plan", "predicted target ms", "predicted ms", "measured ms", "dense ms", "budget ms", "",
+                  title=f"plans timed on {board['device']}")
+    for index, r in enumerate(board["rounds"]):
+        table.add_row(str(index + 1), f"{r['target_ms']:.4f}", f"{r['predicted_ms']:.4f}", f"{r['measured_ms']:.4f}",
+                      f"{r['dense_ms']:.4f}", f"{r['goal_ms']:.4f}",
+                      ("chosen" if index == board["chosen"] else "") + ("" if r["measured_ms"] <= r["goal_ms"] else " (over)"))
+    out.print(table)
+    if not board["met"]:
+        out.print("[bold yellow]no plan met the budget as measured[/]; the one that missed it least was kept")
 
 
 def _dry_run(spec: str, data) -> None:
@@ -180,7 +213,9 @@ def _validation_table(report: dict) -> None:
     table.add_row("pruned", ms(report["measured_ms"]), ms(report["predicted_ms"]), f"{report['accuracy']:.2%}")
     out.print(table)
     if report["speedup"] is not None:
-        out.print(f"measured speed-up {report['speedup']:.2f}x; predicted latency off by {report['predicted_error']:+.1%}"
+        predicted = f" (predicted {report['predicted_speedup']:.2f}x)" if report["predicted_speedup"] else ""
+        out.print(f"measured speed-up {report['speedup']:.2f}x{predicted}; "
+                  f"predicted latency off by {report['predicted_error']:+.1%}"
                   + ("" if report["predicted_for"] == report["device"] else
                      f" (predicted for {report['predicted_for']})"))
     for failure in report["failures"]:

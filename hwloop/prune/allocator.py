@@ -9,7 +9,9 @@ of those that loses the least importance. Moves of many channels at once let a g
 count the device runs fast (an alignment step: off such steps a compiled conv can be many times
 slower), rather than crawl through slow ragged counts. When the whole-model cost meets the target,
 a last pass gives each group back any channels that cost nothing. Importance is removed lowest-first, so the kept
-channels of a group are its top-``count`` channels.
+channels of a group are its top-``count`` channels. With ``round_to``, counts move only by
+multiples of it (HALP's latency-aware grouping of channels, Torch-Pruning's ``round_to``) in every
+group whose size is a multiple of it.
 """
 
 from __future__ import annotations
@@ -25,19 +27,24 @@ from .groups import ChannelGroups, Group, PruneError
 
 
 def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
-             min_ratio: float = 0.1, on_step: Callable[[float], None] | None = None) -> dict[str, int]:
+             min_ratio: float = 0.1, on_step: Callable[[float], None] | None = None,
+             round_to: int = 1) -> dict[str, int]:
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense
-    floors = {g.name: max(1, math.ceil(min_ratio * g.size)) for g in groups.groups}
+    units = {g.name: round_to if round_to > 1 and g.size % round_to == 0 else 1 for g in groups.groups}
+    floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
+              for g in groups.groups}
     lost = {g.name: _cumulative(importance[g.name]) for g in groups.groups}
     touched = _touched(groups)
     while (total := cost.total(plan)) > target:
         if on_step:
             on_step(total)
-        moves = [(g, c) for g in groups.groups for c in _candidates(g, plan[g.name], floors[g.name], cost.step)]
+        moves = [(g, c) for g in groups.groups
+                 for c in _candidates(g, plan[g.name], floors[g.name], cost.step, units[g.name])]
         if not moves:
             raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
-                             f"({min_ratio:.0%} of each group) costs {total:.4g} {cost.unit}")
+                             f"({min_ratio:.0%} of each group" + (f", in steps of {round_to}" if round_to > 1 else "")
+                             + f") costs {total:.4g} {cost.unit}")
         saved = _savings(groups, cost, plan, moves, touched)
 
         def loss(move: tuple[Group, int]) -> float:
@@ -55,7 +62,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
         plan[best[0].name] = best[1]
     if on_step:
         on_step(total)
-    return _give_back(groups, cost, plan, target, touched)
+    return _give_back(groups, cost, plan, target, touched, units)
 
 
 def keep_top(importance: dict[str, torch.Tensor], plan: dict[str, int]) -> dict[str, list[int]]:
@@ -69,9 +76,12 @@ def _cumulative(score: torch.Tensor) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.sort(score.double().numpy()))])
 
 
-def _candidates(group: Group, count: int, floor: int, aligned: int) -> list[int]:
+def _candidates(group: Group, count: int, floor: int, aligned: int, unit: int) -> list[int]:
     """Every smaller count of a group of up to 64 channels; for wider groups, the multiples of the
-    cost's alignment step below and the next step of 1/64 of the group."""
+    cost's alignment step below and the next step of 1/64 of the group; with a ``unit`` above 1,
+    its multiples only."""
+    if unit > 1:
+        return list(range(floor, count, unit))
     if group.size <= 64:
         return list(range(floor, count))
     step = max(1, group.size // 64)
@@ -103,11 +113,11 @@ def _savings(groups: ChannelGroups, cost: Cost, plan: dict[str, int], moves: lis
 
 
 def _give_back(groups: ChannelGroups, cost: Cost, plan: dict[str, int], target: float,
-               touched: dict[str, list[int]]) -> dict[str, int]:
+               touched: dict[str, list[int]], units: dict[str, int]) -> dict[str, int]:
     """Raise each group to the largest count up to a window above it that costs no more per layer."""
     for group in groups.groups:
-        count = plan[group.name]
-        ups = list(range(count + 1, min(group.size, count + max(8, group.size // 8)) + 1))
+        count, unit = plan[group.name], units[group.name]
+        ups = list(range(count + unit, min(group.size, count + max(8, group.size // 8, unit)) + 1, unit))
         if not ups:
             continue
         saved = _savings(groups, cost, plan, [(group, c) for c in ups], touched)

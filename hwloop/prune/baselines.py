@@ -1,7 +1,8 @@
 """Baselines the latency-aware methods are compared against, on the same groups and importance.
 
-Both round channel counts to multiples of the cost's alignment step (as Torch-Pruning's
-``round_to`` does), so that a comparison with them isolates what the cost term brings.
+Both round channel counts to multiples of a step, as Torch-Pruning's ``round_to`` does: the
+pipeline passes the cost's alignment step (so that a comparison isolates what the cost term
+brings) unless told otherwise (``Settings.round_to``; 1 is Torch-Pruning's default, no rounding).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ def _unit(group: Group, step: int) -> int:
     return step if group.size % step == 0 else 1
 
 
-def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = 0.1) -> dict[str, int]:
-    """One keep ratio for every group, counts rounded to the alignment step: the largest ratio, in
-    steps of 1/100, whose plan meets ``target``."""
+def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = 0.1,
+            step: int = 1) -> dict[str, int]:
+    """One keep ratio for every group, counts rounded to ``step``: the largest ratio, in steps of
+    1/100, whose plan meets ``target``."""
     def plan(ratio: float) -> dict[str, int]:
         counts = {}
         for g in groups.groups:
-            unit = _unit(g, cost.step)
+            unit = _unit(g, step)
             counts[g.name] = max(unit, round(ratio * g.size / unit) * unit)
         return counts
 

@@ -1,5 +1,6 @@
-"""One pruning run: dense baseline (trained once, cached), a method's plan under the budget,
-structural pruning, fine-tuning with distillation from the dense model, and the output folder."""
+"""One pruning run: dense baseline (trained once, cached), a method's plan under the budget
+(checked on the board when one is given), structural pruning, fine-tuning with distillation from
+the dense model, and the output folder."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 from ..models import ModelError, load_model
 from . import afcp, baselines, export, lws
 from .allocator import allocate, keep_top
+from .board import Board, correct
 from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
 from .groups import ChannelGroups, PruneError
@@ -36,6 +38,9 @@ class Settings:
     lr: float = 0.01
     seed: int = 0
     min_ratio: float = 0.1
+    # latency, flops, uniform: counts move by multiples of this; 0: the cost's alignment step for the
+    # baselines, any count for the allocator (it prices ragged counts)
+    round_to: int = 0
 
 
 @dataclass
@@ -77,19 +82,41 @@ def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Pat
 
 
 def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, cache_dir: Path,
-        progress=None, dense: tuple[nn.Module, float] | None = None) -> Result:
+        progress=None, dense: tuple[nn.Module, float] | None = None, board: Board | None = None) -> Result:
     """Prune ``spec`` for ``predictor``'s device to ``settings.budget`` (a fraction of the dense
-    predicted latency, or ``"3.2ms"``) and fine-tune; write ``out`` when given."""
+    predicted latency, or ``"3.2ms"``) and fine-tune; write ``out`` when given. With ``board``,
+    plans are timed on its device before fine-tuning and corrected until they meet the budget as
+    measured (see :mod:`hwloop.prune.board`)."""
     if settings.method not in METHODS:
         raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
     dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
-    torch.manual_seed(settings.seed)
-    model = copy.deepcopy(dense_model).eval()
-    groups = ChannelGroups(model, data.input_shape)
-    latency, macs = PredictedLatency(groups, predictor), Macs(groups)
-    target = latency.target(settings.budget)
-    plan, keep, extra = _plan(settings, groups, latency, macs, target, data, dense_model, progress)
-    groups.apply(keep)
+
+    def plan_at(target: float) -> _Planned:
+        torch.manual_seed(settings.seed)
+        model = copy.deepcopy(dense_model).eval()
+        groups = ChannelGroups(model, data.input_shape)
+        latency, macs = PredictedLatency(groups, predictor), Macs(groups)
+        return _Planned(model, groups, latency, macs,
+                        *_plan(settings, groups, latency, macs, target, data, dense_model, progress))
+
+    probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
+    target = probe.target(settings.budget)
+    checked = None
+    if board is None:
+        chosen = plan_at(target)
+    else:
+        dense_predicted = probe.total(probe.groups.dense)
+        absolute = str(settings.budget).strip().endswith(probe.unit)
+        with _task(progress, f"checking plans on {board.device.name}", None):
+            checked = correct(
+                plan_at, lambda p: p.latency.total(p.plan),
+                lambda p: board.time_plan(dense_model, p.plan, data.input_shape, f"{Path(spec).name}@{data.name}",
+                                          settings.method, predictor.schedule),
+                target, lambda dense_ms: target if absolute else target / dense_predicted * dense_ms,
+                board.rounds, board.tolerance)
+        chosen = checked.planned
+    model, groups, latency, macs, plan = chosen.model, chosen.groups, chosen.latency, chosen.macs, chosen.plan
+    groups.apply(chosen.keep)
     with _task(progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)) as advance:
         train(model, data.train, settings.epochs, lr=settings.lr, teacher=dense_model, on_batch=advance)
     record = {
@@ -100,10 +127,26 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         "dense_predicted_ms": latency.total(groups.dense), "predicted_ms": latency.total(plan),
         "dense_macs": macs.total(groups.dense) * 1e6, "macs": macs.total(plan) * 1e6,
         "dense_accuracy": dense_accuracy, "accuracy": evaluate(model, data.test),
-        "groups": {g.name: {"dense": g.size, "kept": plan[g.name]} for g in groups.groups}, **extra,
+        "groups": {g.name: {"dense": g.size, "kept": plan[g.name]} for g in groups.groups}, **chosen.extra,
     }
+    if checked is not None:
+        record["board"] = checked.record(board.device.name)
     files = export.save(out, model, dense_model, record) if out is not None else []
     return Result(model.eval(), dense_model, record, files)
+
+
+@dataclass
+class _Planned:
+    """A method's plan on a fresh copy of the dense model: the copy, its groups and costs, the
+    plan, the kept channels of each group and what the method adds to the record."""
+
+    model: nn.Module
+    groups: ChannelGroups
+    latency: PredictedLatency
+    macs: Macs
+    plan: dict[str, int]
+    keep: dict[str, list[int]]
+    extra: dict
 
 
 def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, macs: Macs, target: float,
@@ -117,14 +160,16 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
             return search(groups, latency, target, data.train, teacher, settings.search_epochs,
                           settings.min_ratio, on_batch=advance)
     importance = scores(groups, settings.criterion, first_batches(data.train, 4))
+    step = settings.round_to or latency.step
     if method == "uniform":
-        plan = baselines.uniform(groups, latency, target, settings.min_ratio)
+        plan = baselines.uniform(groups, latency, target, settings.min_ratio, step)
     elif method == "flops":
         macs_target = target / latency.total(groups.dense) * macs.total(groups.dense)
-        plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio, latency.step)
+        plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio, step)
     else:
         with _task(progress, "allocating channels", None) as advance:
-            plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance())
+            plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance(),
+                            round_to=settings.round_to or 1)
     return plan, keep_top(importance, plan), {"criterion": settings.criterion}
 
 

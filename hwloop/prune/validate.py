@@ -1,7 +1,9 @@
 """A pruned model checked on its board: the dense and the pruned model compiled whole with the
 schedule policy of the predictor that priced the plan, checked against torch and timed end to end.
 Every row goes to the device's model table, where they also calibrate the predictor's whole-model
-figure; with several passes, each model's fastest counts."""
+figure; with several passes, each model's fastest counts. Besides the latency, the report compares
+the speed-ups (dense / pruned), predicted and measured: a ratio of two models timed side by side
+moves less than either latency when the whole board runs slower for a while."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
     }
     measured = not report["failures"]
     report["speedup"] = report["dense_ms"] / report["measured_ms"] if measured else None
+    report["predicted_speedup"] = (report["dense_predicted_ms"] / report["predicted_ms"]
+                                   if report["dense_predicted_ms"] and report["predicted_ms"] else None)
     report["predicted_error"] = (report["predicted_ms"] / report["measured_ms"] - 1
                                  if measured and report["predicted_ms"] else None)
     if measured and report["measured_ms"] >= report["dense_ms"]:

@@ -1,0 +1,118 @@
+"""Plans checked on the board before fine-tuning, as NetAdapt measures its proposals: the planned
+structure is compiled whole and timed beside the dense model (its latency does not depend on the
+weights), and while it misses the budget as measured (or lands far under it), the predicted
+target is scaled by goal / measured and the method plans again. Every model timed goes to the
+device's model table."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from torch import nn
+
+from ..endtoend import ModelCase, measure_models
+from ..registry import Device
+from ..schedules import parse_policy
+from .groups import ChannelGroups, PruneError
+from .validate import fastest
+
+Planned = TypeVar("Planned")
+
+
+@dataclass(frozen=True)
+class Round:
+    """One checked plan: the predicted target it was planned for, its predicted and measured
+    latency, the dense model's measured latency beside it and the budget as measured (``goal_ms``)."""
+
+    target_ms: float
+    predicted_ms: float
+    dense_ms: float
+    measured_ms: float
+    goal_ms: float
+
+    @property
+    def met(self) -> bool:
+        return self.measured_ms <= self.goal_ms
+
+
+@dataclass
+class Checked(Generic[Planned]):
+    """The plan chosen after the rounds, and every round."""
+
+    planned: Planned
+    rounds: list[Round]
+    chosen: int
+
+    def record(self, device: str) -> dict:
+        return {"device": device, "chosen": self.chosen, "met": self.rounds[self.chosen].met,
+                "rounds": [asdict(r) for r in self.rounds]}
+
+
+def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned], float],
+            measure: Callable[[Planned], tuple[float, float]], target: float, goal: Callable[[float], float],
+            rounds: int, tolerance: float = 0.05) -> Checked[Planned]:
+    """Plan at ``target`` (predicted ms), measure (dense ms, planned ms) and re-plan until a plan
+    lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms) or ``rounds``
+    plans were timed (or a corrected target is out of the method's reach). The next target is ``target * goal / measured``, or, once a target that met
+    and one that missed bracket the goal and that figure falls outside them, their midpoint
+    (latency is a staircase in the channel counts). The chosen plan is the one that met its goal
+    closest (it keeps the most channels), else the one that missed it least; each plan is judged
+    against its own round's goal, which the dense model timed beside it sets."""
+    if rounds < 1:
+        raise PruneError(f"board rounds: {rounds} must be at least 1")
+    tried: list[tuple[Planned, Round]] = []
+    met_at, missed_at = 0.0, float("inf")  # the largest target that met, the smallest that missed
+    for _ in range(rounds):
+        try:
+            planned = plan_at(target)
+        except PruneError:
+            if not tried:
+                raise
+            break  # the corrected target is out of the method's reach: choose among the plans timed
+        dense_ms, measured_ms = measure(planned)
+        check = Round(target, predicted_ms(planned), dense_ms, measured_ms, goal(dense_ms))
+        tried.append((planned, check))
+        if (1 - tolerance) * check.goal_ms <= measured_ms <= check.goal_ms:
+            break
+        if check.met:
+            met_at = max(met_at, target)
+        else:
+            missed_at = min(missed_at, target)
+        target *= check.goal_ms / measured_ms
+        if met_at and missed_at < float("inf") and not met_at < target < missed_at:
+            target = (met_at + missed_at) / 2
+    share = [r.measured_ms / r.goal_ms for _, r in tried]
+    met = [i for i, (_, r) in enumerate(tried) if r.met]
+    chosen = max(met, key=share.__getitem__) if met else min(range(len(tried)), key=share.__getitem__)
+    return Checked(tried[chosen][0], [r for _, r in tried], chosen)
+
+
+@dataclass
+class Board:
+    """Where plans are timed: the device, its tables folder and build cache, and how many plans
+    at most one pruning run times (``rounds``)."""
+
+    device: Device
+    tables_dir: Path
+    cache_dir: Path
+    rounds: int = 3
+    tolerance: float = 0.05
+
+    def time_plan(self, dense: nn.Module, plan: dict[str, int], input_shape: tuple[int, ...], name: str,
+                  method: str, schedule: str) -> tuple[float, float]:
+        """The measured latency (ms) of ``dense`` and of its copy pruned to ``plan``, timed side by
+        side (each the fastest of the device's passes), as models ``NAME:dense`` and ``NAME:METHOD-plan``."""
+        candidate = copy.deepcopy(dense).eval()
+        ChannelGroups(candidate, input_shape).apply_plan(plan)
+        cases = [ModelCase(f"{name}:dense", dense, input_shape),
+                 ModelCase(f"{name}:{method}-plan", candidate, input_shape)]
+        rows = measure_models(self.device, cases, parse_policy(schedule), self.tables_dir, self.cache_dir, force=True)
+        timed = [fastest([r for r in rows if r["model"] == case.name]) for case in cases]
+        for row in timed:
+            if row["status"] != "ok":
+                raise PruneError(f"board check on {self.device.name}: {row['model']}: {row['stage']}: {row['error']}")
+        return timed[0]["latency_ms"], timed[1]["latency_ms"]
