@@ -20,7 +20,7 @@ PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of tra
 
 @app.command()
 def prune(
-    device: Annotated[str, typer.Option("--device", "-d", help="Device whose predicted latency is the cost.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="Device whose predicted latency is the cost (and, with --board-rounds, where plans are timed).")],
     model: Annotated[str, typer.Option(
         "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2; built for the dataset's "
                               "input channels and classes) or path/to/file.py:callable returning an nn.Module that "
