@@ -1,7 +1,7 @@
 """Pruning methods compared on the local device: ResNet on Fashion-MNIST, each method at a few
 latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
 
-    .venv/bin/python bench/prune.py [--model resnet20] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
+    .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
         [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
         [--plot docs/prune.png]
@@ -89,6 +89,7 @@ def main() -> None:
           f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}")
 
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
+    name = args.model.rpartition(":")[2] or args.model
     results = []
     for spec in args.methods.split(","):
         method, _, round_to = spec.partition(":")
@@ -99,7 +100,7 @@ def main() -> None:
             settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, round_to=int(round_to or 0),
                                          dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
             label = method + (f"-r{round_to}" if round_to else "") + ("-board" if board else "")
-            out = work / "pruned" / f"{args.model}-{label}-{budget:g}"
+            out = work / "pruned" / f"{name}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():
                 try:
                     pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense, board=board)
@@ -113,7 +114,7 @@ def main() -> None:
             print(_line(results[-1]), flush=True)
     results = _merged(work / "results.json", results)
     _print_table(results)
-    _plot(results, args.plot, args.model)
+    _plot(results, args.plot, name)
 
 
 def _calibration_models(spec: str, data) -> list[ModelCase]:
