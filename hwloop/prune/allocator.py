@@ -16,7 +16,6 @@ group whose size is a multiple of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -31,9 +30,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
              round_to: int = 1) -> dict[str, int]:
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense
-    units = {g.name: round_to if round_to > 1 and g.size % round_to == 0 else 1 for g in groups.groups}
-    floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
-              for g in groups.groups}
+    units, floors = groups.steps(round_to, min_ratio)
     lost = {g.name: _cumulative(importance[g.name]) for g in groups.groups}
     touched = _touched(groups)
     while (total := cost.total(plan)) > target:

@@ -12,24 +12,18 @@ import math
 import torch
 
 from .cost import Cost
-from .groups import ChannelGroups, Group, PruneError
-
-
-def _unit(group: Group, step: int) -> int:
-    """The channels a group moves by: the alignment step when its size is a multiple of it, else 1."""
-    return step if group.size % step == 0 else 1
+from .groups import ChannelGroups, PruneError
 
 
 def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = 0.1,
             step: int = 1) -> dict[str, int]:
     """One keep ratio for every group, counts rounded to ``step``: the largest ratio, in steps of
     1/100, whose plan meets ``target``."""
+    units, _ = groups.steps(step, min_ratio)
+
     def plan(ratio: float) -> dict[str, int]:
-        counts = {}
-        for g in groups.groups:
-            unit = _unit(g, step)
-            counts[g.name] = max(unit, round(ratio * g.size / unit) * unit)
-        return counts
+        return {g.name: max(units[g.name], round(ratio * g.size / units[g.name]) * units[g.name])
+                for g in groups.groups}
 
     ratios = [r / 100 for r in range(100, math.floor(min_ratio * 100) - 1, -1)]
     for ratio in ratios:
@@ -45,9 +39,7 @@ def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torc
     """Global pruning as FLOPs-driven pruners do it: drop the least important channels of the whole
     network (``step`` at a time in a group whose size is a multiple of it), whatever they cost,
     until ``target`` is met."""
-    units = {g.name: _unit(g, step) for g in groups.groups}
-    floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
-              for g in groups.groups}
+    units, floors = groups.steps(step, min_ratio)
     ranked = {g.name: torch.sort(importance[g.name]).values for g in groups.groups}
     plan = groups.dense
 

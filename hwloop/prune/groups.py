@@ -7,6 +7,7 @@ conv's in and out channels. A *plan* maps each group's name to the channel count
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -99,6 +100,14 @@ class ChannelGroups:
     def dense(self) -> dict[str, int]:
         """The dense plan: every group at its full channel count."""
         return {g.name: g.size for g in self.groups}
+
+    def steps(self, round_to: int, min_ratio: float) -> tuple[dict[str, int], dict[str, int]]:
+        """Per group, the channels a count moves by (``round_to`` when the group's size is a multiple
+        of it, else 1) and the smallest count (``min_ratio`` of the size, up to a whole step)."""
+        units = {g.name: round_to if round_to > 1 and g.size % round_to == 0 else 1 for g in self.groups}
+        floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
+                  for g in self.groups}
+        return units, floors
 
     def check(self, plan: dict[str, int]) -> None:
         """Raise :class:`PruneError` unless ``plan`` names known groups with counts in 1..size."""
