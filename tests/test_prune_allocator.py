@@ -59,6 +59,7 @@ def test_budget_in_ms_and_unreachable_budget(resnet, resnet20_predictor):
     assert cost.total(plan) <= ms
     assert cost.target(f"{ms}ms") == pytest.approx(ms)
     assert cost.target("50%") == cost.target(0.5) == pytest.approx(0.5 * cost.total(groups.dense))
+    assert cost.target("50%", dense=2.0) == pytest.approx(1.0) and cost.target(f"{ms}ms", dense=2.0) == pytest.approx(ms)
     for bad in ("2", "fast", "-1ms"):
         with pytest.raises(PruneError, match="budget: "):
             cost.target(bad)

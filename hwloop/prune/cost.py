@@ -45,9 +45,10 @@ class Cost:
             self._totals[key] = float(self.model(self.groups.layers(plan)))
         return self._totals[key]
 
-    def target(self, budget: float | str) -> float:
+    def target(self, budget: float | str, dense: float | None = None) -> float:
         """A budget as a cost: a fraction of the dense cost (``0.5``, ``"0.5"``, ``"50%"``) or, with
-        the cost's unit as suffix (``"3.2ms"``), an absolute value."""
+        the cost's unit as suffix (``"3.2ms"``), an absolute value. ``dense`` replaces the dense
+        cost a fraction applies to (a dense latency measured on the board, say)."""
         text = str(budget).strip()
         absolute = bool(self.unit) and text.endswith(self.unit)
         number = text.removesuffix(self.unit) if absolute else text.removesuffix("%")
@@ -59,7 +60,7 @@ class Cost:
         if value <= 0 or (not absolute and value > 1):
             raise PruneError(f"budget: {budget!r} must be a fraction in (0, 1] of the dense {self.name}, "
                              f"or a positive value in {self.unit}")
-        return value if absolute else value * self.total(self.groups.dense)
+        return value if absolute else value * (self.total(self.groups.dense) if dense is None else dense)
 
 
 class PredictedLatency(Cost):

@@ -105,14 +105,12 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     if board is None:
         chosen = plan_at(target)
     else:
-        dense_predicted = probe.total(probe.groups.dense)
-        absolute = str(settings.budget).strip().endswith(probe.unit)
         with _task(progress, f"checking plans on {board.device.name}", None):
             checked = correct(
                 plan_at, lambda p: p.latency.total(p.plan),
                 lambda p: board.time_plan(dense_model, p.plan, data.input_shape, f"{Path(spec).name}@{data.name}",
                                           settings.method, predictor.schedule),
-                target, lambda dense_ms: target if absolute else target / dense_predicted * dense_ms,
+                target, lambda dense_ms: probe.target(settings.budget, dense=dense_ms),
                 board.rounds, board.tolerance)
         chosen = checked.planned
     model, groups, latency, macs, plan = chosen.model, chosen.groups, chosen.latency, chosen.macs, chosen.plan
