@@ -14,11 +14,11 @@ from typing import Generic, TypeVar
 
 from torch import nn
 
-from ..endtoend import ModelCase, measure_models
+from ..endtoend import ModelCase
 from ..registry import Device
 from ..schedules import parse_policy
 from .groups import ChannelGroups, PruneError
-from .validate import fastest
+from .validate import side_by_side
 
 Planned = TypeVar("Planned")
 
@@ -110,8 +110,7 @@ class Board:
         ChannelGroups(candidate, input_shape).apply_plan(plan)
         cases = [ModelCase(f"{name}:dense", dense, input_shape),
                  ModelCase(f"{name}:{method}-plan", candidate, input_shape)]
-        rows = measure_models(self.device, cases, parse_policy(schedule), self.tables_dir, self.cache_dir, force=True)
-        timed = [fastest([r for r in rows if r["model"] == case.name]) for case in cases]
+        timed = side_by_side(self.device, cases, parse_policy(schedule), self.tables_dir, self.cache_dir)
         for row in timed:
             if row["status"] != "ok":
                 raise PruneError(f"board check on {self.device.name}: {row['model']}: {row['stage']}: {row['error']}")

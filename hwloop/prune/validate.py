@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..endtoend import ModelCase, measure_models
 from ..registry import Device
-from ..schedules import parse_policy
+from ..schedules import Policy, parse_policy
 from . import export
 
 
@@ -23,8 +23,7 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
     name = f"{Path(record['model']).name}@{record.get('dataset', 'data')}"
     cases = [ModelCase(f"{name}:dense", dense, shape), ModelCase(f"{name}:{record.get('method', 'pruned')}", pruned, shape)]
     policy = parse_policy(record.get("schedule", "default"))
-    rows = measure_models(device, cases, policy, tables_dir, cache_dir, force=True, on_row=on_row)
-    dense_row, pruned_row = (fastest([r for r in rows if r["model"] == case.name]) for case in cases)
+    dense_row, pruned_row = side_by_side(device, cases, policy, tables_dir, cache_dir, on_row)
     report = {
         "device": device.name, "model": str(out), "schedule": policy.name, "predicted_for": record.get("device"),
         "method": record.get("method"), "budget": record.get("budget"),
@@ -45,6 +44,13 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
                                   f"the dense model's {report['dense_ms']:.4f} ms")
     report["ok"] = not report["failures"]
     return report
+
+
+def side_by_side(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
+                 on_row=None) -> list[dict]:
+    """Each of ``cases`` measured again on ``device``, their passes interleaved: each one's fastest row."""
+    rows = measure_models(device, cases, policy, tables_dir, cache_dir, force=True, on_row=on_row)
+    return [fastest([r for r in rows if r["model"] == case.name]) for case in cases]
 
 
 def fastest(rows: list[dict]) -> dict:
