@@ -56,10 +56,11 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
             measure: Callable[[Planned], tuple[float, float]], target: float, goal: Callable[[float], float],
             rounds: int, tolerance: float = 0.05) -> Checked[Planned]:
     """Plan at ``target`` (predicted ms), measure (dense ms, planned ms) and re-plan until a plan
-    lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms) or ``rounds``
-    plans were timed (or a corrected target is out of the method's reach). The next target is ``target * goal / measured``, or, once a target that met
-    and one that missed bracket the goal and that figure falls outside them, their midpoint
-    (latency is a staircase in the channel counts). The chosen plan is the one that met its goal
+    lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms), ``rounds``
+    plans were timed, or a corrected target is out of the method's reach. The next target is
+    ``target * goal / measured``, or, once a target that met and one that missed bracket the goal
+    and that figure falls outside them, their midpoint (latency is a staircase in the channel
+    counts). The chosen plan is the one that met its goal
     closest (it keeps the most channels), else the one that missed it least; each plan is judged
     against its own round's goal, which the dense model timed beside it sets."""
     if rounds < 1:
