@@ -3,7 +3,7 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up, an
 
     .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
-        [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
+        [--min-ratio 0.25] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3] [--work bench-prune]
         [--plot docs/prune.png]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
@@ -13,7 +13,8 @@ each method and budget prune, fine-tune with distillation, and validate on the d
 pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
 dense MACs; ``METHOD:N`` rounds a baseline's counts to multiples of N (``flops:1``: Torch-Pruning's
-default, no rounding; plain ``flops`` rounds to the vector width). The methods of
+default, no rounding; plain ``flops`` rounds to the vector width); a ``--min-ratio`` other than
+the default adds ``-minR`` to the labels. The methods of
 ``--board-methods`` time their plans on the device before fine-tuning and re-plan up to
 ``--board-rounds`` times (0: open loop); the baselines stay open loop, as their tools are.
 
@@ -42,7 +43,7 @@ from hwloop.predictor import Predictor  # noqa: E402
 from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
-from hwloop.prune.groups import ChannelGroups, PruneError  # noqa: E402
+from hwloop.prune.groups import MIN_RATIO, ChannelGroups, PruneError  # noqa: E402
 from hwloop.prune.validate import validate  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dense-epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=1)
+    parser.add_argument("--min-ratio", type=float, default=MIN_RATIO, help="smallest share of its channels a group keeps")
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
@@ -98,8 +100,10 @@ def main() -> None:
         budgets = args.flops_budgets if method == "flops" and args.flops_budgets else args.budgets
         for budget in [float(b) for b in budgets.split(",")]:
             settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, round_to=int(round_to or 0),
-                                         dense_epochs=args.dense_epochs, search_epochs=args.search_epochs)
-            label = method + (f"-r{round_to}" if round_to else "") + ("-board" if board else "")
+                                         dense_epochs=args.dense_epochs, search_epochs=args.search_epochs,
+                                         min_ratio=args.min_ratio)
+            label = (method + (f"-r{round_to}" if round_to else "") + ("-board" if board else "")
+                     + (f"-min{args.min_ratio:g}" if args.min_ratio != MIN_RATIO else ""))
             out = work / "pruned" / f"{name}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():
                 try:

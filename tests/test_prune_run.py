@@ -1,6 +1,7 @@
 """Short end-to-end pruning runs: Fashion-MNIST subsets, one epoch, ResNet-20, a real predictor."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--budget", str(budget),
                                  *SMALL, "--out", str(out), "--cache", str(tmp_path / "cache"),
                                  "--predictors", str(predictors), "--board-rounds", "2", "--registry", str(registry_dir),
-                                 "--tables", str(tables_dir), "--json"])
+                                 "--tables", str(tables_dir), "--min-ratio", "0.4", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["target_ms"] == pytest.approx(budget * record["dense_predicted_ms"])
@@ -57,6 +58,7 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert 0 <= record["accuracy"] <= 1 and 0 <= record["dense_accuracy"] <= 1
     assert (tmp_path / "cache" / "prune" / "dense").is_dir()
     pruned, dense, plan = export.load(out)
+    assert all(g["kept"] >= math.ceil(0.4 * g["dense"]) for g in plan["groups"].values())
     layers = [t.config for t in trace_layers(pruned, (1, 1, 28, 28))]
     assert resnet20_predictor.predict_model(layers) == pytest.approx(record["predicted_ms"], rel=1e-5)
     assert sum(c.macs for c in layers) < sum(t.config.macs for t in trace_layers(dense, (1, 1, 28, 28)))
@@ -75,6 +77,8 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
                                 "--predictors", str(predictors)])
     assert again.exit_code == 2 and "no predictor for device 'nowhere'" in " ".join(again.output.split())
+    narrow = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--min-ratio", "0", *SMALL])
+    assert narrow.exit_code == 2 and "--min-ratio 0.0: expected a share" in " ".join(narrow.output.split())
 
 
 def test_dry_run_checks_shapes_without_a_predictor():

@@ -48,6 +48,10 @@ def prune(
         help="latency, flops, uniform: keep channel counts at multiples of N in groups whose size is one, "
              "as Torch-Pruning's round_to (1: any count, Torch-Pruning's default). 0: the device's vector "
              "width for flops and uniform, any count for latency (its cost prices ragged counts).")] = 0,
+    min_ratio: Annotated[float, typer.Option(
+        help="Smallest share of its channels any group keeps. A narrower group is a bottleneck that "
+             "fine-tuning does not recover from (a ResNet stage's residual stream feeds every block of the "
+             "stage), and importance scored on the dense model does not see it.")] = 0.25,
     board_rounds: Annotated[int, typer.Option(
         help="Time each plan on the device before fine-tuning (dense and planned model compiled whole, "
              "side by side) and re-plan, up to N plans, until the measured latency meets the budget "
@@ -88,6 +92,8 @@ def prune(
         fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
     if board_rounds < 0 or round_to < 0:
         fail("--board-rounds and --round-to must be 0 or more")
+    if not 0 < min_ratio <= 1:
+        fail(f"--min-ratio {min_ratio}: expected a share of a group's channels in (0, 1]")
     cache_root = cache or default_cache_dir()
     board = Board(get_device(device, registry), tables, cache_root, board_rounds) if board_rounds and not dry_run else None
     try:
@@ -100,7 +106,8 @@ def prune(
         return
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
-                                 search_epochs=search_epochs, criterion=criterion, seed=seed, round_to=round_to)
+                                 search_epochs=search_epochs, criterion=criterion, seed=seed, round_to=round_to,
+                                 min_ratio=min_ratio)
     progress = progress_bar(disable=as_json)
     try:
         with progress:

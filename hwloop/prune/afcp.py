@@ -25,7 +25,7 @@ from .allocator import allocate, keep_top
 from .cost import Cost, SoftCost
 from .data import first_batches
 from .gates import ConsumerHooks, channel_view, compose, feeds
-from .groups import ChannelGroups
+from .groups import MIN_RATIO, ChannelGroups
 from .train import train
 
 GATE_INIT = 3.0
@@ -105,7 +105,7 @@ def fold(groups: ChannelGroups, keep: dict[str, list[int]], replaced: dict[str, 
 
 
 def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
-           min_ratio: float = 0.1, on_batch: Callable[[float], None] | None = None):
+           min_ratio: float = MIN_RATIO, on_batch: Callable[[float], None] | None = None):
     """Train the gates, choose the plan, fold; returns the plan, kept channels and a record entry."""
     model = groups.model
     replaceable = foldable(groups)

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from .cost import Cost
-from .groups import ChannelGroups, Group, PruneError
+from .groups import MIN_RATIO, ChannelGroups, Group, PruneError
 
 
 def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
-             min_ratio: float = 0.1, on_step: Callable[[float], None] | None = None,
+             min_ratio: float = MIN_RATIO, on_step: Callable[[float], None] | None = None,
              round_to: int = 1) -> dict[str, int]:
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense

@@ -12,10 +12,10 @@ import math
 import torch
 
 from .cost import Cost
-from .groups import ChannelGroups, PruneError
+from .groups import MIN_RATIO, ChannelGroups, PruneError
 
 
-def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = 0.1,
+def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = MIN_RATIO,
             step: int = 1) -> dict[str, int]:
     """One keep ratio for every group, counts rounded to ``step``: the largest ratio, in steps of
     1/100, whose plan meets ``target``."""
@@ -35,7 +35,7 @@ def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float =
 
 
 def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
-                   min_ratio: float = 0.1, step: int = 1) -> dict[str, int]:
+                   min_ratio: float = MIN_RATIO, step: int = 1) -> dict[str, int]:
     """Global pruning as FLOPs-driven pruners do it: drop the least important channels of the whole
     network (``step`` at a time in a group whose size is a multiple of it), whatever they cost,
     until ``target`` is met."""

@@ -20,7 +20,7 @@ from .allocator import allocate, keep_top
 from .cost import Cost
 from .data import first_batches
 from .gates import ConsumerHooks, compose, feeds, scale_channels
-from .groups import ChannelGroups
+from .groups import MIN_RATIO, ChannelGroups
 from .importance import scores
 from .train import train
 
@@ -35,7 +35,7 @@ def ranks(score: torch.Tensor) -> torch.Tensor:
 
 
 def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
-           min_ratio: float = 0.1, on_batch: Callable[[float], None] | None = None):
+           min_ratio: float = MIN_RATIO, on_batch: Callable[[float], None] | None = None):
     """Search each group's rule; returns the plan, the kept channels and the rule of every group."""
     batches = first_batches(loader, 4)
     by_rule = {rule: scores(groups, rule, batches) for rule in RULES}

@@ -20,7 +20,7 @@ from .allocator import allocate, keep_top
 from .board import Board, correct
 from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
-from .groups import ChannelGroups, PruneError
+from .groups import MIN_RATIO, ChannelGroups, PruneError
 from .importance import scores
 from .train import evaluate, train
 
@@ -37,7 +37,7 @@ class Settings:
     criterion: str = "l1"
     lr: float = 0.01
     seed: int = 0
-    min_ratio: float = 0.1
+    min_ratio: float = MIN_RATIO
     # latency, flops, uniform: counts move by multiples of this; 0: the cost's alignment step for the
     # baselines, any count for the allocator (it prices ragged counts)
     round_to: int = 0
