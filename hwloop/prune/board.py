@@ -6,7 +6,6 @@ device's model table."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 from ..endtoend import ModelCase
 from ..registry import Device
 from ..schedules import parse_policy
-from .groups import ChannelGroups, PruneError
+from .groups import PruneError
 from .validate import side_by_side
 
 Planned = TypeVar("Planned")
@@ -103,14 +102,12 @@ class Board:
     rounds: int = 3
     tolerance: float = 0.05
 
-    def time_plan(self, dense: nn.Module, plan: dict[str, int], input_shape: tuple[int, ...], name: str,
+    def time_plan(self, dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], name: str,
                   method: str, schedule: str) -> tuple[float, float]:
-        """The measured latency (ms) of ``dense`` and of its copy pruned to ``plan``, timed side by
+        """The measured latency (ms) of ``dense`` and of a plan's ``pruned`` copy of it, timed side by
         side (each the fastest of the device's passes), as models ``NAME:dense`` and ``NAME:METHOD-plan``."""
-        candidate = copy.deepcopy(dense).eval()
-        ChannelGroups(candidate, input_shape).apply_plan(plan)
         cases = [ModelCase(f"{name}:dense", dense, input_shape),
-                 ModelCase(f"{name}:{method}-plan", candidate, input_shape)]
+                 ModelCase(f"{name}:{method}-plan", pruned.eval(), input_shape)]
         timed = side_by_side(self.device, cases, parse_policy(schedule), self.tables_dir, self.cache_dir)
         for row in timed:
             if row["status"] != "ok":

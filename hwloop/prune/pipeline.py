@@ -96,8 +96,10 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         model = copy.deepcopy(dense_model).eval()
         groups = ChannelGroups(model, data.input_shape)
         latency, macs = PredictedLatency(groups, predictor), Macs(groups)
-        return _Planned(model, groups, latency, macs,
-                        *_plan(settings, groups, latency, macs, target, data, dense_model, progress))
+        planned = _Planned(model, groups, latency, macs,
+                           *_plan(settings, groups, latency, macs, target, data, dense_model, progress))
+        groups.apply(planned.keep)
+        return planned
 
     probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
     target = probe.target(settings.budget)
@@ -108,13 +110,12 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         with _task(progress, f"checking plans on {board.device.name}", None):
             checked = correct(
                 plan_at, lambda p: p.latency.total(p.plan),
-                lambda p: board.time_plan(dense_model, p.plan, data.input_shape, f"{Path(spec).name}@{data.name}",
+                lambda p: board.time_plan(dense_model, p.model, data.input_shape, f"{Path(spec).name}@{data.name}",
                                           settings.method, predictor.schedule),
                 target, lambda dense_ms: probe.target(settings.budget, dense=dense_ms),
                 board.rounds, board.tolerance)
         chosen = checked.planned
     model, groups, latency, macs, plan = chosen.model, chosen.groups, chosen.latency, chosen.macs, chosen.plan
-    groups.apply(chosen.keep)
     with _task(progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)) as advance:
         train(model, data.train, settings.epochs, lr=settings.lr, teacher=dense_model, on_batch=advance)
     record = {
@@ -135,8 +136,9 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
 
 @dataclass
 class _Planned:
-    """A method's plan on a fresh copy of the dense model: the copy, its groups and costs, the
-    plan, the kept channels of each group and what the method adds to the record."""
+    """A method's plan on a fresh copy of the dense model: the copy, pruned to the plan, the dense
+    model's groups and costs, the plan, the kept channels of each group and what the method adds to
+    the record."""
 
     model: nn.Module
     groups: ChannelGroups
