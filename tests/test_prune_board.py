@@ -29,6 +29,17 @@ def test_a_board_faster_than_predicted_loosens_it_and_keeps_the_slowest_plan_tha
     assert checked.chosen == 1 and checked.rounds[1].measured_ms == pytest.approx(0.5)
 
 
+def test_one_noisy_round_moves_the_target_less_than_the_last_round_alone_would():
+    timings = iter([0.51, 0.64, 0.5])  # the second plan, predicted cheaper, measured in a slow spell
+
+    checked = _loop(lambda t: next(timings))
+    first, second, third = (r.target_ms for r in checked.rounds)
+    assert second == pytest.approx(0.5 * 0.5 / 0.51)
+    proposals = [first * 0.5 / 0.51, second * 0.5 / 0.64]
+    assert third == pytest.approx((proposals[0] * proposals[1]) ** 0.5) and third > proposals[1]
+    assert checked.chosen == 2
+
+
 def test_a_staircase_is_bisected_once_the_goal_is_bracketed():
     # targets from 0.5 up measure 0.6 (over the goal), below 0.43 0.3 (far under), between them 0.49
     checked = _loop(lambda t: 0.6 if t >= 0.5 else 0.3 if t < 0.43 else 0.49)

@@ -1,11 +1,13 @@
 """Plans checked on the board before fine-tuning, as NetAdapt measures its proposals: the planned
 structure is compiled whole and timed beside the dense model (its latency does not depend on the
 weights), and while it misses the budget as measured (or lands far under it), the predicted
-target is scaled by goal / measured and the method plans again. Every model timed goes to the
-device's model table."""
+target is scaled by goal / measured (pooled over the rounds) and the method plans again. Every
+model timed goes to the device's model table."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,12 +58,13 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
             rounds: int, tolerance: float = 0.05) -> Checked[Planned]:
     """Plan at ``target`` (predicted ms), measure (dense ms, planned ms) and re-plan until a plan
     lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms), ``rounds``
-    plans were timed, or a corrected target is out of the method's reach. The next target is
-    ``target * goal / measured``, or, once a target that met and one that missed bracket the goal
-    and that figure falls outside them, their midpoint (latency is a staircase in the channel
-    counts). The chosen plan is the one that met its goal
-    closest (it keeps the most channels), else the one that missed it least; each plan is judged
-    against its own round's goal, which the dense model timed beside it sets."""
+    plans were timed, or a corrected target is out of the method's reach. Each round proposes
+    ``target * goal / measured``; the next target is the geometric mean of every round's proposal
+    (one noisy timing moves it less than when the last round alone decides), or, once a target
+    that met and one that missed bracket the goal and that figure falls outside them, their
+    midpoint (latency is a staircase in the channel counts). The chosen plan is the one that met
+    its goal closest (it keeps the most channels), else the one that missed it least; each plan is
+    judged against its own round's goal, which the dense model timed beside it sets."""
     if rounds < 1:
         raise PruneError(f"board rounds: {rounds} must be at least 1")
     tried: list[tuple[Planned, Round]] = []
@@ -82,7 +85,7 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
             met_at = max(met_at, target)
         else:
             missed_at = min(missed_at, target)
-        target *= check.goal_ms / measured_ms
+        target = math.exp(statistics.fmean(math.log(r.target_ms * r.goal_ms / r.measured_ms) for _, r in tried))
         if met_at and missed_at < float("inf") and not met_at < target < missed_at:
             target = (met_at + missed_at) / 2
     share = [r.measured_ms / r.goal_ms for _, r in tried]
