@@ -26,6 +26,19 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def test_every_command_summarises_itself_in_one_line():
+    """The command list shows a docstring's first paragraph with its line breaks kept."""
+    import inspect
+
+    def commands(typer_app):
+        yield from typer_app.registered_commands
+        for group in typer_app.registered_groups:
+            yield from commands(group.typer_instance)
+
+    summaries = {c.callback.__name__: inspect.getdoc(c.callback).split("\n\n")[0] for c in commands(app)}
+    assert len(summaries) > 10 and not {name: s for name, s in summaries.items() if "\n" in s}
+
+
 def test_devices_list_and_show(registry_dir):
     listed = json.loads(invoke("devices", "list", "--registry", registry_dir, "--json").stdout)
     assert {d["name"] for d in listed} == {"local", "broken-cc"}

@@ -28,11 +28,11 @@ def measure(
     force: Annotated[bool, typer.Option(help="Measure again models already in the model table.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compile whole models with a schedule policy, check them against torch on the device and time
-    them end to end; rows go to the device's model table (tables/DEVICE/_models).
+    """Compile whole models, check them against torch on the device and time them end to end.
 
-    The policy schedules every conv and dense of the model by the rules that produced the layer
-    tables, so the model's latency and the sum of its layers speak of the same code. Example:
+    Rows go to the device's model table (tables/DEVICE/_models). The policy schedules every conv
+    and dense of the model by the rules that produced the layer tables, so the model's latency and
+    the sum of its layers speak of the same code. Example:
 
       hwloop measure --device local --model resnet20 --model mobilenetv2
     """

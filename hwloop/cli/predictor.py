@@ -133,12 +133,12 @@ def evaluate(
     tables: TablesOpt = Path("tables"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a device's predictor on a table: within ±5/10/15 %, RMSE, MAPE, Spearman, per op family,
-    beside the table's noise floor.
+    """Score a device's predictor on a table: within ±5/10/15 %, RMSE, MAPE, Spearman, per op family.
 
-    Only rows of the predictor's schedule policy and protocol are scored; a table without any is
-    refused. A table measured later or elsewhere makes an honest test; on the table it was trained
-    on, `hwloop fit`'s held-out scores are the honest ones. Example:
+    The scores are printed beside the table's noise floor. Only rows of the predictor's schedule
+    policy and protocol are scored; a table without any is refused. A table measured later or
+    elsewhere makes an honest test; on the table it was trained on, `hwloop fit`'s held-out scores
+    are the honest ones. Example:
 
       hwloop evaluate --device local --table new-tables/local --json
     """
@@ -255,8 +255,10 @@ def report(
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False)] = None,
 ) -> None:
-    """Plot a device's predictor against its table: an HTML page with predicted-vs-measured (±10 %
-    band), latency-vs-out-channels staircases with the predictor's line, and learning curves.
+    """Plot a device's predictor against its table as an HTML page.
+
+    The page has predicted-vs-measured (±10 % band), latency-vs-out-channels staircases with the
+    predictor's line, and learning curves.
 
       hwloop report --device local
     """

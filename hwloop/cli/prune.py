@@ -64,8 +64,10 @@ def prune(
     cache: CacheOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prune a model's channels so that the device's [bold]predicted latency[/] meets a budget, then fine-tune
-    with distillation from the dense model and write weights, plan and an ExportedProgram.
+    """Prune a model's channels to a budget of the device's [bold]predicted latency[/], then fine-tune it.
+
+    Fine-tuning distils from the dense model; the output folder holds weights, plan and an
+    ExportedProgram.
 
     The dense baseline is trained first and cached. With --board-rounds, plans are timed on the device
     before fine-tuning (rows go to the device's model table in --tables). Examples:
@@ -185,8 +187,10 @@ def validate(
     cache: CacheOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compile the dense and the pruned model whole for the device, check and time both end to end,
-    and compare measured with predicted latency. Exits 1 when the pruned model is not faster.
+    """Time a pruned model and its dense model end to end on the device; compare with the prediction.
+
+    Both are compiled whole for the device and checked against torch first. Exits 1 when the pruned
+    model is not faster.
 
       hwloop validate --device local --model pruned/resnet20-latency-0.5
     """
