@@ -47,7 +47,7 @@ from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
 from hwloop.prune.groups import MIN_RATIO, ChannelGroups, PruneError  # noqa: E402
-from hwloop.prune.validate import validate  # noqa: E402
+from hwloop.prune.validate import judged, validate  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
 from hwloop.space import model_space  # noqa: E402
@@ -160,13 +160,8 @@ def _fastest_of_run(reports: list[dict], dense_ms: float | None) -> dict:
     failed = [r for r in reports if not r["speedup"]]
     if failed or dense_ms is None:
         return (failed or reports)[0]
-    report = {**min(reports, key=lambda r: r["measured_ms"]), "dense_ms": dense_ms, "validations": len(reports)}
-    report["speedup"] = dense_ms / report["measured_ms"]
-    report["predicted_error"] = report["predicted_ms"] / report["measured_ms"] - 1 if report["predicted_ms"] else None
-    report["failures"] = [] if report["measured_ms"] < dense_ms else [
-        f"the pruned model's fastest, {report['measured_ms']:.4f} ms, is not faster than the dense model's {dense_ms:.4f} ms"]
-    report["ok"] = not report["failures"]
-    return report
+    fastest = min(reports, key=lambda r: r["measured_ms"])
+    return judged({**fastest, "dense_ms": dense_ms, "validations": len(reports)}, [])
 
 
 def _line(r: dict) -> str:

@@ -30,10 +30,17 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
         "dense_ms": dense_row["latency_ms"], "measured_ms": pruned_row["latency_ms"],
         "dense_predicted_ms": record.get("dense_predicted_ms"), "predicted_ms": record.get("predicted_ms"),
         "accuracy": record.get("accuracy"), "dense_accuracy": record.get("dense_accuracy"),
-        "failures": [f"{row['model']}: {row['stage']}: {row['error']}" for row in (dense_row, pruned_row)
-                     if row["status"] != "ok"],
     }
-    measured = not report["failures"]
+    return judged(report, [f"{row['model']}: {row['stage']}: {row['error']}" for row in (dense_row, pruned_row)
+                           if row["status"] != "ok"])
+
+
+def judged(report: dict, failures: list[str]) -> dict:
+    """``report`` with what its latencies (``dense_ms``, ``measured_ms``, ``predicted_ms``,
+    ``dense_predicted_ms``) say: measured and predicted speed-up, the prediction's error, and
+    ``failures`` (the measurements' own) with a pruned model not faster than the dense one added."""
+    report["failures"] = list(failures)
+    measured = not failures
     report["speedup"] = report["dense_ms"] / report["measured_ms"] if measured else None
     report["predicted_speedup"] = (report["dense_predicted_ms"] / report["predicted_ms"]
                                    if report["dense_predicted_ms"] and report["predicted_ms"] else None)
