@@ -60,3 +60,18 @@ def test_vector_width_comes_from_the_target(spec, lanes):
 def test_other_targets_are_left_to_tvm():
     mod = prim_module(conv(4, 4, 6))
     assert schedule(mod, {"kind": "c"}).same_as(mod)
+
+
+
+@pytest.mark.parametrize("cout", [64, 63])
+def test_weights_are_repacked_in_the_packed_layout_order_whether_or_not_channels_fill_the_tile(cout, target):
+    sch = tvm.s_tir.Schedule(schedule(prim_module(conv(32, cout, 8)), target)["main"])
+    (repack,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if len(sch.get(b).writes[0].source.shape) == 5]
+    block, loops = sch.get(repack), sch.get_loops(repack)
+    innermost = sch.get(loops[-1])
+    bindings = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, repack).iter_values
+    lane = tvm.tirx.analysis.undefined_vars(block.writes[0].region[-1].min)  # the block var of the in-tile channel
+    lane_loops = [v for iv, b in zip(block.iter_vars, bindings) if any(iv.var.same_as(u) for u in lane)
+                  for v in tvm.tirx.analysis.undefined_vars(b)]
+    assert int(innermost.extent) == int(block.writes[0].source.shape[-1])
+    assert any(v.same_as(innermost.loop_var) for v in lane_loops), "the innermost loop walks the channels of one tile"

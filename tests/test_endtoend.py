@@ -92,7 +92,7 @@ def test_models_are_measured_once_into_the_model_table(local_device, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
     assert all(r["check_error"] <= MODEL_TOLERANCE and r["latency_ms"] > 0 for r in rows)
     frame = tables.read_models(tmp_path / "tables", "local")
-    assert list(frame.model) == ["resnet20", "ragged-resnet20"] and set(frame.schedule) == {"default"}
+    assert list(frame.model) == ["resnet20", "ragged-resnet20"] and set(frame.schedule) == {parse_policy("default").name}
     layers = [json.loads(text) for text in frame.layers]
     assert [layer["out_channels"] for layer in layers[1][:2]] == [13, 13]
     assert layers[0] == model_layers(model, shape)

@@ -10,6 +10,7 @@ from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError
 from hwloop.predictor.evaluation import evaluate, noise_floor
 from hwloop.predictor.selection import select
+from hwloop.schedules import PolicyError, parse_policy, policy_of_rows
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_held_out_rows_are_predicted_above_the_floor(local_predictor, local_tabl
 def test_metadata_says_what_it_was_trained_on(local_predictor, local_table):
     rows = tables.read(local_table, "local")
     meta = local_predictor.meta
-    assert (local_predictor.device, local_predictor.schedule) == ("local", "default")
+    assert (local_predictor.device, local_predictor.schedule) == ("local", parse_policy("default").name)
     assert local_predictor.protocol_id == rows.protocol_id.iloc[0]
     assert meta["rows"] == int((rows.status == "ok").sum()) and len(meta["table_sha256"]) == 64
     assert meta["lanes"] in (4, 8, 16) and len(meta["features"]) == local_predictor.booster.num_features()
@@ -92,7 +93,7 @@ def test_predictor_of_another_device_or_schedule_or_newer_format_is_refused(save
     _copy(saved, tmp_path, "pi4")
     with pytest.raises(PredictorError, match=r"'device': the predictor is for 'local', not 'pi4'"):
         Predictor.load("pi4", tmp_path)
-    with pytest.raises(PredictorError, match=r"'schedule': trained on 'default' rows, not 'tuned:64'"):
+    with pytest.raises(PredictorError, match=r"'schedule': trained on 'default@[0-9]+' rows, not 'tuned:64'"):
         Predictor.load("local", saved, schedule="tuned:64")
     meta_path = _copy(saved, tmp_path / "newer") / "predictor.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 99}))
@@ -108,15 +109,25 @@ def untuned_table(untuned_dir):
 
 
 def test_rows_of_another_schedule_policy_are_not_mixed(local_predictor, local_table, untuned_table):
-    with pytest.raises(PredictorError, match="no rows of schedule policy 'default'.*'untuned': 2 rows"):
+    with pytest.raises(PredictorError, match="no rows of schedule policy 'default@.*'untuned': 2 rows.*one schedule policy only"):
         evaluate(local_predictor, untuned_table, "untuned table")
-    with pytest.raises(PredictorError, match="no rows of schedule policy 'default'"):
+    with pytest.raises(PredictorError, match="no rows of schedule policy 'default@"):
         Predictor.fit(untuned_table, "local")
     mixed = tables.read(local_table, "local")
 
     both = pd.concat([mixed, untuned_table], ignore_index=True)
     scored = evaluate(local_predictor, both, "mixed table")
     assert scored["rows"] == int((mixed.status == "ok").sum()) and scored["rows_ignored"] == 2 + int((mixed.status != "ok").sum())
+
+
+def test_rows_and_predictors_of_earlier_default_rules_are_refused(local_table, saved, tmp_path):
+    earlier = tables.read(local_table, "local").assign(schedule="default")
+    with pytest.raises(PredictorError, match=r"no rows of schedule policy 'default@.*'default': .*earlier rules: collect them again"):
+        Predictor.fit(earlier, "local")
+    for name in ("default", "default@1"):
+        with pytest.raises(PolicyError, match=rf"'{name}': timed under an earlier revision of the default rules"):
+            policy_of_rows(name)
+    assert policy_of_rows(parse_policy("default").name) == parse_policy("default")
 
 
 def test_rows_of_several_protocols_are_refused(local_table):
@@ -133,7 +144,7 @@ def test_a_config_measured_in_several_passes_counts_once_by_its_fastest(local_ta
     rows = rows[rows.status == "ok"]
     slower = rows.iloc[:5].assign(latency_ms=rows.latency_ms.iloc[:5] * 1.5)
     faster = rows.iloc[5:8].assign(latency_ms=rows.latency_ms.iloc[5:8] * 0.5)
-    selection = select(pd.concat([rows, slower, faster], ignore_index=True), "t", "default")
+    selection = select(pd.concat([rows, slower, faster], ignore_index=True), "t", parse_policy("default").name)
     chosen = selection.rows
     assert len(chosen) == len(rows) and chosen.config_id.is_unique and selection.measurements == len(rows) + 8
     by_config = chosen.set_index("config_id").latency_ms

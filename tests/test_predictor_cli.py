@@ -47,7 +47,7 @@ def test_fit_evaluate_predict(local_table, tmp_path):
 def test_evaluate_refuses_what_it_cannot_score(local_predictor, untuned_dir, tmp_path):
     local_predictor.save(tmp_path)
     other = invoke("evaluate", "--device", "local", "--predictors", tmp_path, "--table", untuned_dir / "local")
-    assert other.exit_code == 2 and "no rows of schedule policy 'default'" in said(other)
+    assert other.exit_code == 2 and "no rows of schedule policy 'default@" in said(other)
     missing = invoke("evaluate", "--device", "pi", "--predictors", tmp_path)
     assert missing.exit_code == 2 and "no predictor for device 'pi'" in said(missing)
     (tmp_path / "junk.parquet").write_text("not parquet")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -73,6 +74,21 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert report["ok"] == (report["measured_ms"] < report["dense_ms"]) == (checked.exit_code == 0)
     rows = tables.read_models(tables_dir, "local")
     assert set(rows.model) - set(timed.model) == {"resnet20@fashion-mnist:latency"}
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(out, earlier)
+    (earlier / "plan.json").write_text(json.dumps({**json.loads((out / "plan.json").read_text()), "schedule": "default"}))
+    refused = runner.invoke(app, ["validate", "--device", "local", "--model", str(earlier), "--registry", str(registry_dir),
+                                  "--tables", str(tables_dir), "--cache", str(cache_dir)])
+    assert refused.exit_code == 2 and "earlier revision of the default rules" in " ".join(refused.output.split())
+    stale = tmp_path / "stale"
+    shutil.copytree(predictors, stale)
+    meta = stale / "local" / "predictor.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "schedule": "default"}))
+    old_rules = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", *SMALL, "--predictors", str(stale),
+                                    "--out", str(tmp_path / "never"), "--cache", str(tmp_path / "cache")])
+    assert old_rules.exit_code == 2 and "collect and fit again" in " ".join(old_rules.output.split())
+    assert not (tmp_path / "never").exists()
 
     again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
                                 "--predictors", str(predictors)])

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from ..schedules import PolicyError, parse_policy
 from . import features
 from .errors import PredictorError
 from .selection import select
@@ -56,6 +57,7 @@ class Predictor:
         counts, unseen shapes) from models trained without those rows. ``models`` (the device's
         model table) calibrates whole-model predictions.
         """
+        schedule = rows_name(schedule)
         chosen = select(table, source, schedule, protocol_id, device)
         lanes = lanes_of(chosen.target)
         meta = {
@@ -144,9 +146,9 @@ class Predictor:
         if meta["device"] != device:
             raise PredictorError(f"{meta_path}: field 'device': the predictor is for {meta['device']!r}, "
                                  f"not {device!r}")
-        if schedule is not None and meta["schedule"] != schedule:
+        if schedule is not None and meta["schedule"] != rows_name(schedule):
             raise PredictorError(f"{meta_path}: field 'schedule': trained on {meta['schedule']!r} rows, "
-                                 f"not {schedule!r}; fit one with --schedule {schedule}")
+                                 f"not {rows_name(schedule)!r}; fit one with --schedule {schedule}")
         if meta["features"] != features.names(meta["lanes"]):
             raise PredictorError(f"{meta_path}: field 'features': made by an hwloop with other features; "
                                  f"fit it again with `hwloop fit --device {device}`")
@@ -166,6 +168,14 @@ class Predictor:
             raise PredictorError(f"{booster_path}: {booster.num_features()} features, predictor.json lists "
                                  f"{len(meta['features'])}")
         return cls(booster, meta)
+
+
+def rows_name(schedule: str) -> str:
+    """How rows name the schedule policy ``schedule`` (``default`` is its current revision, ``default@2``)."""
+    try:
+        return parse_policy(schedule).name
+    except PolicyError as exc:
+        raise PredictorError(str(exc)) from None
 
 
 def train(rows: pd.DataFrame, lanes: int, seed: int = 0) -> xgb.Booster:

@@ -43,8 +43,10 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
         raise PredictorError(f"{source}: rows of several devices ({_counts(ok.device)}); one predictor per device")
     rows = ok[ok.schedule == schedule]
     if rows.empty:
-        raise PredictorError(f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); "
-                             "a predictor learns and is scored on rows of one schedule policy only")
+        earlier = ok.schedule.str.partition("@")[0].eq(schedule.partition("@")[0]).any()
+        hint = (f"its {schedule.partition('@')[0]!r} rows were timed under earlier rules: collect them again" if earlier
+                else "a predictor learns and is scored on rows of one schedule policy only")
+        raise PredictorError(f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); {hint}")
     if protocol_id is not None:
         others = rows[rows.protocol_id != protocol_id]
         rows = rows[rows.protocol_id == protocol_id]

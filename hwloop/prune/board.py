@@ -17,7 +17,7 @@ from torch import nn
 
 from ..endtoend import ModelCase
 from ..registry import Device
-from ..schedules import parse_policy
+from ..schedules import policy_of_rows
 from .groups import PruneError
 from .validate import side_by_side
 
@@ -111,7 +111,7 @@ class Board:
         side (each the fastest of the device's passes), as models ``NAME:dense`` and ``NAME:METHOD-plan``."""
         cases = [ModelCase(f"{name}:dense", dense, input_shape),
                  ModelCase(f"{name}:{method}-plan", pruned.eval(), input_shape)]
-        timed = side_by_side(self.device, cases, parse_policy(schedule), self.tables_dir, self.cache_dir)
+        timed = side_by_side(self.device, cases, policy_of_rows(schedule), self.tables_dir, self.cache_dir)
         for row in timed:
             if row["status"] != "ok":
                 raise PruneError(f"board check on {self.device.name}: {row['model']}: {row['stage']}: {row['error']}")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..models import ModelError, load_model
+from ..schedules import policy_of_rows
 from . import afcp, baselines, export, lws
 from .allocator import allocate, keep_top
 from .board import Board, correct
@@ -89,6 +90,7 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     measured (see :mod:`hwloop.prune.board`)."""
     if settings.method not in METHODS:
         raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
+    policy_of_rows(predictor.schedule)
     dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
 
     def plan_at(target: float) -> _Planned:

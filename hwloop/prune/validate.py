@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..endtoend import ModelCase, measure_models
 from ..registry import Device
-from ..schedules import Policy, parse_policy
+from ..schedules import Policy, policy_of_rows
 from . import export
 
 
@@ -22,7 +22,7 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
     shape = tuple(record["input_shape"])
     name = f"{Path(record['model']).name}@{record.get('dataset', 'data')}"
     cases = [ModelCase(f"{name}:dense", dense, shape), ModelCase(f"{name}:{record.get('method', 'pruned')}", pruned, shape)]
-    policy = parse_policy(record.get("schedule", "default"))
+    policy = policy_of_rows(record.get("schedule", "default"))
     dense_row, pruned_row = side_by_side(device, cases, policy, tables_dir, cache_dir, on_row)
     report = {
         "device": device.name, "model": str(out), "schedule": policy.name, "predicted_for": record.get("device"),

@@ -6,6 +6,10 @@ GPU, one thread per output element),
 MetaSchedule with a budget of N measured candidates, its database kept and reused, and
 ``transfer:N`` replays the ``tuned:N`` traces of a layer's anchor channel counts on the counts
 between them, keeping the fastest of a few candidates.
+
+Rows and predictors name the ``default`` policy with the revision of its rules (``default@2``):
+the revision rises whenever the rules generate other code, so rows timed under earlier rules are
+kept but no longer mixed with new ones.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ POLICY_HELP = ("default (rule-based schedules, no search), untuned (TVM's plain 
                "tuned:N (MetaSchedule, N trials, database reused) or transfer:N (tuned:N traces of "
                "anchor channel counts replayed on the counts between them)")
 SEARCHED = ("tuned", "transfer")
+DEFAULT_REVISION = 2
 
 
 class PolicyError(ValueError):
@@ -31,6 +36,9 @@ class Policy:
 
     @property
     def name(self) -> str:
+        """How rows, predictors and builds name the policy (``default@2``, ``untuned``, ``tuned:64``)."""
+        if self.kind == "default":
+            return f"default@{DEFAULT_REVISION}"
         return f"{self.kind}:{self.trials}" if self.kind in SEARCHED else self.kind
 
     def apply(self, mod, target, work_dir: Path, config=None):
@@ -83,10 +91,23 @@ def is_model(mod) -> bool:
 
 
 def parse_policy(spec: str) -> Policy:
-    """``"default"``, ``"untuned"``, ``"tuned:N"`` or ``"transfer:N"`` as a :class:`Policy`."""
+    """``"default"`` (or its current revision's name), ``"untuned"``, ``"tuned:N"`` or
+    ``"transfer:N"`` as a :class:`Policy`."""
     if spec in ("default", "untuned"):
         return Policy(spec)
+    if re.fullmatch(r"default@[0-9]+", spec):
+        return policy_of_rows(spec)
     match = re.fullmatch(r"(tuned|transfer):([1-9][0-9]*)", spec)
     if match:
         return Policy(match.group(1), int(match.group(2)))
     raise PolicyError(f"unknown schedule policy {spec!r}: use {POLICY_HELP}")
+
+
+def policy_of_rows(name: str) -> Policy:
+    """The policy that rows, a predictor or a pruned model name ``name``; refused when it names
+    ``default`` rules of an earlier revision, whose code this hwloop no longer builds."""
+    current = Policy("default").name
+    if name == "default" or (re.fullmatch(r"default@[0-9]+", name) and name != current):
+        raise PolicyError(f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
+                          f"builds {current!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)")
+    return Policy("default") if name == current else parse_policy(name)

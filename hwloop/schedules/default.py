@@ -303,6 +303,7 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
+    _walk_in_layout(sch, packed, f_dim, width)
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
     if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
         sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
@@ -336,6 +337,20 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
         producer = _producer(sch, block, data)
         if producer is not None:
             _compute_producer_at(sch, producer, None if packed_bytes > WEIGHT_CACHE_BYTES else parallel)
+
+
+def _walk_in_layout(sch, packed, f_dim: int, width: int) -> None:
+    """Loop the repack in its packed layout's order (channel tile outermost, channel within the
+    tile innermost), so its writes are contiguous.
+
+    ``transform_layout`` rebuilds the loops in that order only when it pads; an unpadded repack
+    keeps the source's order, a scatter with writes strided by the channel count.
+    """
+    loops = sch.get_loops(packed)
+    if len(loops) != len(sch.get(packed).writes[0].source.shape) - 1:
+        return
+    fo, fi = sch.split(loops[f_dim], [None, width])
+    sch.reorder(fo, *loops[:f_dim], *loops[f_dim + 1:], fi)
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
