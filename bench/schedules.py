@@ -41,6 +41,8 @@ LAYERS = [
     LayerConfig("depthwise_conv2d", 96, 96, 112, 112, kernel=3, stride=2, padding=1, groups=96),  # MobileNetV2
     LayerConfig("depthwise_conv2d", 144, 144, 56, 56, kernel=3, padding=1, groups=144),           # MobileNetV2
     LayerConfig("conv2d", 144, 24, 56, 56, kernel=1),                             # MobileNetV2 projection
+    LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),                              # MobileNetV2 last projection, 28x28 input
+    LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),                              # the same, one channel fewer
     LayerConfig("linear", 512, 1000),                                             # ResNet-18 classifier
 ]
 

@@ -7,7 +7,7 @@ import tvm
 
 from hwloop.kernels import prim_module, random_inputs, reference, relative_error, tolerance
 from hwloop.layers import LayerConfig
-from hwloop.schedules import PolicyError, parse_policy
+from hwloop.schedules import DEFAULT_REVISION, PolicyError, parse_policy, policy_of_rows
 from hwloop.schedules.transfer import anchors, grid_bracket, refit
 
 TRIALS = 2
@@ -44,7 +44,10 @@ def test_refit_keeps_fitting_inner_factors_and_always_multiplies_to_the_extent()
 
 def test_policy_names_and_whole_models_are_refused():
     policy = parse_policy("transfer:16")
-    assert (policy.kind, policy.trials, policy.name) == ("transfer", 16, "transfer:16")
+    assert (policy.kind, policy.trials, policy.name) == ("transfer", 16, f"transfer:16@{DEFAULT_REVISION}")
+    assert parse_policy(policy.name) == policy
+    with pytest.raises(PolicyError, match="'transfer:16': timed under an earlier revision of the default rules"):
+        policy_of_rows("transfer:16")  # transfer keeps the default rules as a candidate
     with pytest.raises(PolicyError, match="single layers"):
         policy.apply(prim_module(LayerConfig("linear", 8, 8)), None, None)
 

@@ -7,9 +7,10 @@ MetaSchedule with a budget of N measured candidates, its database kept and reuse
 ``transfer:N`` replays the ``tuned:N`` traces of a layer's anchor channel counts on the counts
 between them, keeping the fastest of a few candidates.
 
-Rows and predictors name the ``default`` policy with the revision of its rules (``default@2``):
-the revision rises whenever the rules generate other code, so rows timed under earlier rules are
-kept but no longer mixed with new ones.
+Rows and predictors name the policies built on the ``default`` rules (``default`` itself, and
+``transfer:N``, which keeps them as a candidate) with the revision of the rules: ``default@2``,
+``transfer:64@2``. The revision rises whenever the rules generate other code, so rows timed under
+earlier rules are kept but no longer mixed with new ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ POLICY_HELP = ("default (rule-based schedules, no search), untuned (TVM's plain 
                "tuned:N (MetaSchedule, N trials, database reused) or transfer:N (tuned:N traces of "
                "anchor channel counts replayed on the counts between them)")
 SEARCHED = ("tuned", "transfer")
+REVISED = ("default", "transfer")  # built on the default rules: their names carry the rules' revision
 DEFAULT_REVISION = 2
 
 
@@ -37,9 +39,8 @@ class Policy:
     @property
     def name(self) -> str:
         """How rows, predictors and builds name the policy (``default@2``, ``untuned``, ``tuned:64``)."""
-        if self.kind == "default":
-            return f"default@{DEFAULT_REVISION}"
-        return f"{self.kind}:{self.trials}" if self.kind in SEARCHED else self.kind
+        base = f"{self.kind}:{self.trials}" if self.kind in SEARCHED else self.kind
+        return f"{base}@{DEFAULT_REVISION}" if self.kind in REVISED else base
 
     def apply(self, mod, target, work_dir: Path, config=None):
         """``mod`` scheduled for ``target``; ``work_dir`` keeps what the policy learns (tuning records).
@@ -91,23 +92,28 @@ def is_model(mod) -> bool:
 
 
 def parse_policy(spec: str) -> Policy:
-    """``"default"`` (or its current revision's name), ``"untuned"``, ``"tuned:N"`` or
-    ``"transfer:N"`` as a :class:`Policy`."""
-    if spec in ("default", "untuned"):
-        return Policy(spec)
-    if re.fullmatch(r"default@[0-9]+", spec):
-        return policy_of_rows(spec)
-    match = re.fullmatch(r"(tuned|transfer):([1-9][0-9]*)", spec)
-    if match:
-        return Policy(match.group(1), int(match.group(2)))
-    raise PolicyError(f"unknown schedule policy {spec!r}: use {POLICY_HELP}")
+    """``"default"``, ``"untuned"``, ``"tuned:N"`` or ``"transfer:N"`` as a :class:`Policy`; a name
+    with the rules' revision (``default@2``) is accepted when the revision is this hwloop's."""
+    base, at, revision = spec.partition("@")
+    match = re.fullmatch(r"(default|untuned)|(tuned|transfer):([1-9][0-9]*)", base)
+    if not match or (at and (not revision.isdigit() or (match.group(1) or match.group(2)) not in REVISED)):
+        raise PolicyError(f"unknown schedule policy {spec!r}: use {POLICY_HELP}")
+    policy = Policy(match.group(1)) if match.group(1) else Policy(match.group(2), int(match.group(3)))
+    if at and int(revision) != DEFAULT_REVISION:
+        raise _earlier(spec, policy)
+    return policy
 
 
 def policy_of_rows(name: str) -> Policy:
     """The policy that rows, a predictor or a pruned model name ``name``; refused when it names
-    ``default`` rules of an earlier revision, whose code this hwloop no longer builds."""
-    current = Policy("default").name
-    if name == "default" or (re.fullmatch(r"default@[0-9]+", name) and name != current):
-        raise PolicyError(f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
-                          f"builds {current!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)")
-    return Policy("default") if name == current else parse_policy(name)
+    rules of an earlier revision (a name without one is of revision 1), whose code this hwloop
+    no longer builds."""
+    policy = parse_policy(name)
+    if policy.name != name:
+        raise _earlier(name, policy)
+    return policy
+
+
+def _earlier(name: str, policy: Policy) -> PolicyError:
+    return PolicyError(f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
+                       f"builds {policy.name!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)")

@@ -6,7 +6,7 @@ scheduled by a fixed rule sized to the target's vector width and register file:
 * conv2d NCHW (any kernel, stride, padding; groups whose per-group output channels fill whole
   vectors) and dense/matmul: output channels vectorised, weights repacked to
   ``[O // T, ..., O % T]`` (zero-padded, so ragged channel counts run whole vectors, the
-  accumulator's rows aligned to the tile), a register tile of output positions, reduction
+  accumulator's rows aligned to the tile; the repack walks the packed layout), a register tile of output positions, reduction
   innermost-but-two;
 * pointwise conv2d (1x1, stride 1, unpadded, ungrouped, positions a multiple of the vector width):
   a matrix product with output positions vectorised and a register tile of channels by positions;
