@@ -90,7 +90,7 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     measured (see :mod:`hwloop.prune.board`)."""
     if settings.method not in METHODS:
         raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
-    policy_of_rows(predictor.schedule)
+    policy_of_rows(predictor.schedule)  # a predictor of earlier rules is refused before any training
     dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
 
     def plan_at(target: float) -> _Planned:

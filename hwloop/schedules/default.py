@@ -5,9 +5,9 @@ scheduled by a fixed rule sized to the target's vector width and register file:
 
 * conv2d NCHW (any kernel, stride, padding; groups whose per-group output channels fill whole
   vectors) and dense/matmul: output channels vectorised, weights repacked to
-  ``[O // T, ..., O % T]`` (zero-padded, so ragged channel counts run whole vectors, the
-  accumulator's rows aligned to the tile; the repack walks the packed layout), a register tile of output positions, reduction
-  innermost-but-two;
+  ``[O // T, ..., O % T]`` in the packed layout's order (zero-padded, so ragged channel counts
+  run whole vectors, the accumulator's rows aligned to the tile), a register tile of output
+  positions, reduction innermost-but-two;
 * pointwise conv2d (1x1, stride 1, unpadded, ungrouped, positions a multiple of the vector width):
   a matrix product with output positions vectorised and a register tile of channels by positions;
 * depthwise and other grouped conv2d: output width vectorised, rows and channels outer;
@@ -344,7 +344,7 @@ def _walk_in_layout(sch, packed, f_dim: int, width: int) -> None:
     tile innermost), so its writes are contiguous.
 
     ``transform_layout`` rebuilds the loops in that order only when it pads; an unpadded repack
-    keeps the source's order, a scatter with writes strided by the channel count.
+    keeps the source's order, a scatter whose consecutive writes lie a whole tile apart.
     """
     loops = sch.get_loops(packed)
     if len(loops) != len(sch.get(packed).writes[0].source.shape) - 1:
