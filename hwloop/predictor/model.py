@@ -146,9 +146,9 @@ class Predictor:
         if meta["device"] != device:
             raise PredictorError(f"{meta_path}: field 'device': the predictor is for {meta['device']!r}, "
                                  f"not {device!r}")
-        if schedule is not None and meta["schedule"] != rows_name(schedule):
+        if schedule is not None and meta["schedule"] != (wanted := rows_name(schedule)):
             raise PredictorError(f"{meta_path}: field 'schedule': trained on {meta['schedule']!r} rows, "
-                                 f"not {rows_name(schedule)!r}; fit one with --schedule {schedule}")
+                                 f"not {wanted!r}; fit one with --schedule {schedule}")
         if meta["features"] != features.names(meta["lanes"]):
             raise PredictorError(f"{meta_path}: field 'features': made by an hwloop with other features; "
                                  f"fit it again with `hwloop fit --device {device}`")

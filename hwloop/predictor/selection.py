@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..schedules import unrevised
 from .errors import PredictorError
 
 
@@ -43,8 +44,9 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
         raise PredictorError(f"{source}: rows of several devices ({_counts(ok.device)}); one predictor per device")
     rows = ok[ok.schedule == schedule]
     if rows.empty:
-        earlier = ok.schedule.str.partition("@")[0].eq(schedule.partition("@")[0]).any()
-        hint = (f"its {schedule.partition('@')[0]!r} rows were timed under earlier rules: collect them again" if earlier
+        policy = unrevised(schedule)
+        hint = (f"its {policy!r} rows were timed under earlier rules: collect them again"
+                if ok.schedule.map(unrevised).eq(policy).any()
                 else "a predictor learns and is scored on rows of one schedule policy only")
         raise PredictorError(f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); {hint}")
     if protocol_id is not None:

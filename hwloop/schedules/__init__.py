@@ -114,6 +114,11 @@ def policy_of_rows(name: str) -> Policy:
     return policy
 
 
+def unrevised(name: str) -> str:
+    """A policy's name without the rules' revision (``default@2`` is ``default``)."""
+    return name.partition("@")[0]
+
+
 def _earlier(name: str, policy: Policy) -> PolicyError:
     return PolicyError(f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
                        f"builds {policy.name!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)")
