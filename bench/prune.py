@@ -8,7 +8,8 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up, an
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
 schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
-predictor's whole-model calibration); fit the predictor; train the dense baseline once; then for
+predictor's whole-model calibration, timed before and again after the layers so that one slow
+spell does not set it); fit the predictor; train the dense baseline once; then for
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
 pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
@@ -88,8 +89,10 @@ def main() -> None:
     data = load_data("fashion-mnist", 128, args.train_samples, args.test_samples)
 
     model = pipeline.build(args.model, data).eval()
+    calibration_models = _calibration_models(args.model, data)
+    measure_models(device, calibration_models, policy, tables_dir, cache)
     collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
-    measure_models(device, _calibration_models(args.model, data), policy, tables_dir, cache)
+    measure_models(device, calibration_models, policy, tables_dir, cache, force=True)
     predictor = Predictor.fit(tables.read(tables_dir, "local"), "local", "default",
                               models=tables.read_models(tables_dir, "local"))
     calibration = predictor.meta["calibration"] or {}

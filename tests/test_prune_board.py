@@ -55,7 +55,7 @@ def test_an_unreachable_budget_keeps_the_fastest_plan_and_says_so():
 
 
 def test_each_plan_is_judged_against_the_dense_model_timed_beside_it():
-    dense = iter([1.0, 1.0, 1.5])  # the board runs slower during the third round
+    dense = iter([1.0, 1.0, 1.5, 1.5])  # the board runs slower during the third round and its second timing
 
     def board(t):
         d = next(dense)
@@ -65,6 +65,17 @@ def test_each_plan_is_judged_against_the_dense_model_timed_beside_it():
     measured = [r.measured_ms for r in checked.rounds]
     assert all(r.met for r in checked.rounds[1:]) and measured[2] > measured[1]
     assert checked.chosen == 1  # 0.45 of its dense model beats 0.40 of its own, though 0.45 ms < 0.60 ms
+    assert [r.timings for r in checked.rounds] == [1, 1, 2]
+
+
+def test_a_round_whose_dense_model_timed_in_a_slow_spell_is_timed_again():
+    dense = iter([1.5, 1.0, 1.0, 1.0])  # only the first timing of the dense model is slow
+
+    checked = correct(lambda t: t, lambda t: t, lambda t: (next(dense), 1.2 * t), 0.5, lambda dense_ms: 0.5 * dense_ms, 3)
+    first = checked.rounds[0]
+    assert first.timings == 2 and first.dense_ms == 1.0 and not first.met  # 0.6 of dense, not the 0.4 it first seemed
+    assert checked.rounds[-1].met and checked.chosen == len(checked.rounds) - 1
+    assert checked.rounds[-1].target_ms < first.target_ms
 
 
 def test_a_corrected_target_out_of_reach_ends_the_rounds():

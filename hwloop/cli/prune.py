@@ -150,7 +150,9 @@ def _board_table(board: dict) -> None:
     for index, r in enumerate(board["rounds"]):
         table.add_row(str(index + 1), f"{r['target_ms']:.4f}", f"{r['predicted_ms']:.4f}", f"{r['measured_ms']:.4f}",
                       f"{r['dense_ms']:.4f}", f"{r['goal_ms']:.4f}",
-                      ("chosen" if index == board["chosen"] else "") + ("" if r["measured_ms"] <= r["goal_ms"] else " (over)"))
+                      " ".join(filter(None, ["chosen" if index == board["chosen"] else "",
+                                             "" if r["measured_ms"] <= r["goal_ms"] else "(over)",
+                                             "(timed twice)" if r.get("timings", 1) > 1 else ""])))
     out.print(table)
     if not board["met"]:
         out.print("[bold yellow]no plan met the budget as measured[/]; the one that missed it least was kept")

@@ -1,15 +1,16 @@
 """Plans checked on the board before fine-tuning, as NetAdapt measures its proposals: the planned
 structure is compiled whole and timed beside the dense model (its latency does not depend on the
 weights), and while it misses the budget as measured (or lands far under it), the predicted
-target is scaled by goal / measured (pooled over the rounds) and the method plans again. Every
-model timed goes to the device's model table."""
+target is scaled by goal / measured (pooled over the rounds) and the method plans again. The dense
+model is the same in every round, so a round whose dense timing is far above the fastest one is
+timed again. Every model timed goes to the device's model table."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -23,17 +24,22 @@ from .validate import side_by_side
 
 Planned = TypeVar("Planned")
 
+STEADY = 1.1
+"""A round whose dense model timed above this multiple of the fastest dense timing is timed again."""
+
 
 @dataclass(frozen=True)
 class Round:
     """One checked plan: the predicted target it was planned for, its predicted and measured
-    latency, the dense model's measured latency beside it and the budget as measured (``goal_ms``)."""
+    latency, the dense model's measured latency beside it, the budget as measured (``goal_ms``) and
+    how many times the pair was timed (the fastest of each counts)."""
 
     target_ms: float
     predicted_ms: float
     dense_ms: float
     measured_ms: float
     goal_ms: float
+    timings: int = 1
 
     @property
     def met(self) -> bool:
@@ -64,11 +70,12 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
     that met and one that missed bracket the goal and that figure falls outside them, their
     midpoint (latency is a staircase in the channel counts). The chosen plan is the one that met
     its goal closest (it keeps the most channels), else the one that missed it least; each plan is
-    judged against its own round's goal, which the dense model timed beside it sets."""
+    judged against its own round's goal, which the dense model timed beside it sets. A round whose
+    dense timing is far above the fastest of all rounds (a slow spell, see ``STEADY``) is timed
+    again before it counts."""
     if rounds < 1:
         raise PruneError(f"board rounds: {rounds} must be at least 1")
     tried: list[tuple[Planned, Round]] = []
-    met_at, missed_at = 0.0, float("inf")  # the largest target that met, the smallest that missed
     for _ in range(rounds):
         try:
             planned = plan_at(target)
@@ -77,21 +84,34 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
                 raise
             break  # the corrected target is out of the method's reach: choose among the plans timed
         dense_ms, measured_ms = measure(planned)
-        check = Round(target, predicted_ms(planned), dense_ms, measured_ms, goal(dense_ms))
-        tried.append((planned, check))
-        if (1 - tolerance) * check.goal_ms <= measured_ms <= check.goal_ms:
+        tried.append((planned, Round(target, predicted_ms(planned), dense_ms, measured_ms, goal(dense_ms))))
+        tried = _steadied(tried, measure, goal)
+        check = tried[-1][1]
+        if (1 - tolerance) * check.goal_ms <= check.measured_ms <= check.goal_ms:
             break
-        if check.met:
-            met_at = max(met_at, target)
-        else:
-            missed_at = min(missed_at, target)
         target = math.exp(statistics.fmean(math.log(r.target_ms * r.goal_ms / r.measured_ms) for _, r in tried))
+        met_at = max((r.target_ms for _, r in tried if r.met), default=0.0)
+        missed_at = min((r.target_ms for _, r in tried if not r.met), default=float("inf"))
         if met_at and missed_at < float("inf") and not met_at < target < missed_at:
             target = (met_at + missed_at) / 2
     share = [r.measured_ms / r.goal_ms for _, r in tried]
     met = [i for i, (_, r) in enumerate(tried) if r.met]
     chosen = max(met, key=share.__getitem__) if met else min(range(len(tried)), key=share.__getitem__)
     return Checked(tried[chosen][0], [r for _, r in tried], chosen)
+
+
+def _steadied(tried: list[tuple[Planned, Round]], measure: Callable[[Planned], tuple[float, float]],
+              goal: Callable[[float], float]) -> list[tuple[Planned, Round]]:
+    """``tried`` with each round timed once only whose dense timing is above ``STEADY`` times the
+    fastest of all rounds timed again, keeping the fastest of each model's timings."""
+    fastest = min(r.dense_ms for _, r in tried)
+    steadied = []
+    for planned, r in tried:
+        if r.timings == 1 and r.dense_ms > STEADY * fastest:
+            dense_ms, measured_ms = (min(pair) for pair in zip(measure(planned), (r.dense_ms, r.measured_ms)))
+            r = replace(r, dense_ms=dense_ms, measured_ms=measured_ms, goal_ms=goal(dense_ms), timings=2)
+        steadied.append((planned, r))
+    return steadied
 
 
 @dataclass
