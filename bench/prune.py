@@ -47,7 +47,8 @@ from hwloop.predictor import Predictor  # noqa: E402
 from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
-from hwloop.prune.groups import MIN_RATIO, ChannelGroups, PruneError  # noqa: E402
+from hwloop.prune import MIN_RATIO  # noqa: E402
+from hwloop.prune.groups import ChannelGroups, PruneError  # noqa: E402
 from hwloop.prune.validate import judged, validate  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402

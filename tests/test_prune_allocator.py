@@ -7,7 +7,8 @@ from hwloop.models import mobilenetv2, resnet20
 from hwloop.prune.allocator import allocate, keep_top
 from hwloop.prune.baselines import global_ranking, uniform
 from hwloop.prune.cost import Macs, PredictedLatency, SoftCost
-from hwloop.prune.groups import MIN_RATIO, ChannelGroups, PruneError
+from hwloop.prune import MIN_RATIO
+from hwloop.prune.groups import ChannelGroups, PruneError
 from hwloop.prune.importance import CRITERIA, scores
 
 

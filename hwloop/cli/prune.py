@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
+from ..prune import MIN_RATIO
 from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, progress_bar
 
 PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
@@ -51,7 +52,7 @@ def prune(
     min_ratio: Annotated[float, typer.Option(
         help="Smallest share of its channels any group keeps. A narrower group is a bottleneck that "
              "fine-tuning does not recover from (a ResNet stage's residual stream feeds every block of the "
-             "stage), and importance scored on the dense model does not see it.")] = 0.25,
+             "stage), and importance scored on the dense model does not see it.")] = MIN_RATIO,
     board_rounds: Annotated[int, typer.Option(
         help="Time each plan on the device before fine-tuning (dense and planned model compiled whole, "
              "side by side) and re-plan, up to N plans, until the measured latency meets the budget "

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from . import MIN_RATIO
 from .allocator import allocate, keep_top
 from .cost import Cost, SoftCost
 from .data import first_batches
 from .gates import ConsumerHooks, channel_view, compose, feeds
-from .groups import MIN_RATIO, ChannelGroups
+from .groups import ChannelGroups
 from .train import train
 
 GATE_INIT = 3.0

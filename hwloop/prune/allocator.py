@@ -21,8 +21,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import MIN_RATIO
 from .cost import Cost
-from .groups import MIN_RATIO, ChannelGroups, Group, PruneError
+from .groups import ChannelGroups, Group, PruneError
 
 
 def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,

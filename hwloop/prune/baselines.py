@@ -11,8 +11,9 @@ import math
 
 import torch
 
+from . import MIN_RATIO
 from .cost import Cost
-from .groups import MIN_RATIO, ChannelGroups, PruneError
+from .groups import ChannelGroups, PruneError
 
 
 def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = MIN_RATIO,

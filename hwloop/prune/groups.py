@@ -18,12 +18,6 @@ from ..layers import LayerConfig
 from ..space import SpaceError, trace_layers
 
 
-# The smallest share of its channels a group keeps by default. Below it a group is a bottleneck that
-# fine-tuning does not recover from (a ResNet stage's residual stream cut to a few channels feeds
-# every block of the stage), and no importance criterion scored on the dense model sees that.
-MIN_RATIO = 0.25
-
-
 class PruneError(ValueError):
     """A model, plan or pruning request hwloop cannot use; the message names the part at fault."""
 

@@ -15,12 +15,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import MIN_RATIO
 from .afcp import fold
 from .allocator import allocate, keep_top
 from .cost import Cost
 from .data import first_batches
 from .gates import ConsumerHooks, compose, feeds, scale_channels
-from .groups import MIN_RATIO, ChannelGroups
+from .groups import ChannelGroups
 from .importance import scores
 from .train import train
 

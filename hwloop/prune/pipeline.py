@@ -16,12 +16,12 @@ from torch import nn
 
 from ..models import ModelError, load_model
 from ..schedules import policy_of_rows
-from . import afcp, baselines, export, lws
+from . import MIN_RATIO, afcp, baselines, export, lws
 from .allocator import allocate, keep_top
 from .board import Board, correct
 from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
-from .groups import MIN_RATIO, ChannelGroups, PruneError
+from .groups import ChannelGroups, PruneError
 from .importance import scores
 from .train import evaluate, train
 
