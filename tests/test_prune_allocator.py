@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hwloop.models import mobilenetv2, resnet20
-from hwloop.prune.allocator import allocate, keep_top
+from hwloop.prune.allocator import _lost, allocate, keep_top
 from hwloop.prune.baselines import global_ranking, uniform
 from hwloop.prune.cost import Macs, PredictedLatency, SoftCost
 from hwloop.prune import MIN_RATIO
@@ -98,6 +98,15 @@ def test_soft_cost_follows_the_predictor(resnet, resnet20_predictor):
     assert float(value.detach()) < cost.total(groups.dense)
     grads = [float(t.grad) for t in counts.values()]
     assert all(math.isfinite(g) for g in grads) and any(g != 0 for g in grads)
+
+
+def test_a_move_loses_its_share_of_the_group():
+    narrow, wide = torch.linspace(0.5, 1.5, 16), torch.linspace(0.5, 1.5, 960)  # normalised to a mean of 1
+    lost_narrow, lost_wide = _lost(narrow), _lost(wide)
+    assert lost_narrow[8] == pytest.approx(lost_wide[480], rel=0.03)  # half of either group
+    assert lost_narrow[-1] == pytest.approx(1.0) and lost_wide[-1] == pytest.approx(1.0)
+    assert lost_narrow[1] > 50 * lost_wide[1]  # one channel of 16 against one of 960
+    assert list(lost_narrow) == sorted(lost_narrow) and lost_narrow[0] == 0
 
 
 def test_every_criterion_scores_depthwise_groups():

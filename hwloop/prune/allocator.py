@@ -5,13 +5,16 @@ From the dense plan, each step considers, for every group, dropping its least im
 down to each smaller count (for wide groups: the multiples of the cost's alignment step), prices
 every move with the cost's batched per-layer figures, and takes the move that loses the least
 importance per unit of cost saved; once single moves can close the remaining gap, it takes the one
-of those that loses the least importance. Moves of many channels at once let a group jump to a
-count the device runs fast (an alignment step: off such steps a compiled conv can be many times
-slower), rather than crawl through slow ragged counts. When the whole-model cost meets the target,
-a last pass gives each group back any channels that cost nothing. Importance is removed lowest-first, so the kept
-channels of a group are its top-``count`` channels. With ``round_to``, counts move only by
-multiples of it (HALP's latency-aware grouping of channels, Torch-Pruning's ``round_to``) in every
-group whose size is a multiple of it.
+of those that loses the least importance. A move loses the share of its group's importance it
+removes, times the group's weight (the layers it spans, see :mod:`.importance`): a channel of a
+16-channel residual stream carries more of what its group passes on than one of a 960-channel
+expansion, and counting channels alone cuts narrow streams to the floor first. Moves of many
+channels at once let a group jump to a count the device runs fast (an alignment step: off such
+steps a compiled conv can be many times slower), rather than crawl through slow ragged counts. When
+the whole-model cost meets the target, a last pass gives each group back any channels that cost
+nothing. Importance is removed lowest-first, so the kept channels of a group are its top-``count``
+channels. With ``round_to``, counts move only by multiples of it (HALP's latency-aware grouping of
+channels, Torch-Pruning's ``round_to``) in every group whose size is a multiple of it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense
     units, floors = groups.steps(round_to, min_ratio)
-    lost = {g.name: _cumulative(importance[g.name]) for g in groups.groups}
+    lost = {g.name: _lost(importance[g.name]) for g in groups.groups}
     touched = _touched(groups)
     while (total := cost.total(plan)) > target:
         if on_step:
@@ -69,9 +72,11 @@ def keep_top(importance: dict[str, torch.Tensor], plan: dict[str, int]) -> dict[
             for name, count in plan.items()}
 
 
-def _cumulative(score: torch.Tensor) -> np.ndarray:
-    """``result[k]``: the importance lost by removing a group's ``k`` least important channels."""
-    return np.concatenate([[0.0], np.cumsum(np.sort(score.double().numpy()))])
+def _lost(score: torch.Tensor) -> np.ndarray:
+    """``result[k]``: the importance lost by removing a group's ``k`` least important channels, as
+    a share of the group's channels (scores are normalised to a mean of 1 within a group and
+    weighted by the layers it spans, so a whole group loses that weight)."""
+    return np.concatenate([[0.0], np.cumsum(np.sort(score.double().numpy()))]) / len(score)
 
 
 def _candidates(group: Group, count: int, floor: int, aligned: int, unit: int) -> list[int]:
