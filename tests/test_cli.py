@@ -39,6 +39,14 @@ def test_every_command_summarises_itself_in_one_line():
     assert len(summaries) > 10 and not {name: s for name, s in summaries.items() if "\n" in s}
 
 
+def test_help_rewraps_docstring_paragraphs_and_keeps_examples_apart():
+    result = runner.invoke(app, ["prune", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert "Fine-tuning distils from the dense model; the output folder holds weights, plan and an ExportedProgram." in lines
+    assert "hwloop prune --device local --model resnet20 --budget 0.5" in lines
+
+
 def test_devices_list_and_show(registry_dir):
     listed = json.loads(invoke("devices", "list", "--registry", registry_dir, "--json").stdout)
     assert {d["name"] for d in listed} == {"local", "broken-cc"}

@@ -25,6 +25,23 @@ CacheOpt = Annotated[Optional[Path], typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command its docstring with each paragraph's wrapped lines joined, as rich help keeps
+    line breaks; indented lines (examples) stay on lines of their own."""
+    import inspect
+
+    for command in typer_app.registered_commands:
+        if command.help is None and command.callback.__doc__:
+            command.help = "\n\n".join(_joined(p) for p in inspect.getdoc(command.callback).split("\n\n"))
+    for group in typer_app.registered_groups:
+        reflow_help(group.typer_instance)
+
+
+def _joined(paragraph: str) -> str:
+    lines = paragraph.split("\n")
+    return paragraph if any(line.startswith(" ") for line in lines) else " ".join(lines)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print ``message`` as an error and exit with ``code``."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, emoji=False)
