@@ -31,7 +31,6 @@ again; results of methods and budgets not in this run are kept, so the table and
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
 from hwloop.prune import MIN_RATIO  # noqa: E402
-from hwloop.prune.groups import ChannelGroups, PruneError  # noqa: E402
+from hwloop.prune.groups import PruneError, thinned  # noqa: E402
 from hwloop.prune.validate import judged, validate  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
@@ -145,14 +144,12 @@ def main() -> None:
 
 
 def _calibration_models(spec: str, data) -> list[ModelCase]:
-    """The dense model and copies thinned to 3/4 and 1/2 of every group, for the whole-model calibration."""
-    cases = [ModelCase(f"{spec}@calibration:dense", pipeline.build(spec, data).eval(), data.input_shape)]
-    for share in (0.75, 0.5):
-        model = copy.deepcopy(cases[0].model)
-        groups = ChannelGroups(model, data.input_shape)
-        groups.apply_plan({g.name: max(1, round(share * g.size)) for g in groups.groups})
-        cases.append(ModelCase(f"{spec}@calibration:{share}", model, data.input_shape))
-    return cases
+    """The dense model and copies thinned to 3/4, 1/2 and 1/4 of every group, for the whole-model
+    calibration (named as ``hwloop measure --thinned`` names them)."""
+    dense = pipeline.build(spec, data).eval()
+    return [ModelCase(spec, dense, data.input_shape)] + [
+        ModelCase(f"{spec}@thinned:{share:g}", thinned(dense, data.input_shape, share), data.input_shape)
+        for share in (0.75, 0.5, 0.25)]
 
 
 def _fastest_of_run(reports: list[dict], dense_ms: float | None) -> dict:

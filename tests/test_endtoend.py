@@ -164,3 +164,12 @@ def test_measure_command_measures_once_and_refuses_transfer(registry_dir, tmp_pa
     assert json.loads(invoke("-m", "resnet20", "--json").stdout) == []
     refused = invoke("-m", "resnet20", "--schedule", "transfer:4")
     assert refused.exit_code == 2 and "single layers" in refused.output
+
+    thinned = invoke("-m", "resnet20", "--thinned", "0.5", "--json")
+    assert thinned.exit_code == 0, thinned.output
+    (record,) = json.loads(thinned.stdout)
+    assert record["model"] == "resnet20@thinned:0.5" and record["status"] == "ok"
+    models = tables.read_models(tmp_path, "local").set_index("model")
+    dense, half = (json.loads(models.loc[name, "layers"]) for name in ("resnet20", "resnet20@thinned:0.5"))
+    assert [layer["out_channels"] // 2 for layer in dense[:-1]] == [layer["out_channels"] for layer in half[:-1]]
+    assert invoke("-m", "resnet20", "--thinned", "0.5,1").exit_code == 2

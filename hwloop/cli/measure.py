@@ -25,6 +25,10 @@ def measure(
     tables: TablesOpt = Path("tables"),
     registry: RegistryOpt = None,
     cache: CacheOpt = None,
+    thinned: Annotated[Optional[str], typer.Option(
+        help="Also time copies of each model with every channel group cut to these shares of its channels, "
+             "e.g. 0.75,0.5,0.25 (named MODEL@thinned:SHARE): whole models across the range pruned ones fall in, "
+             "for the calibration `hwloop fit` draws from the model table.", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Measure again models already in the model table.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -35,9 +39,12 @@ def measure(
     the sum of its layers speak of the same code. Example:
 
       hwloop measure --device local --model resnet20 --model mobilenetv2
+
+      hwloop measure --device local --model resnet20 --input-shape 1,1,28,28 --thinned 0.75,0.5,0.25
     """
     from ..endtoend import ModelCase, measure_models
     from ..models import ModelError, load_model
+    from ..prune.groups import PruneError, thinned as thinned_model
     from ..schedules import PolicyError, parse_policy
     from ..space import SpaceError
     from ..transports import TransportError
@@ -48,7 +55,9 @@ def measure(
         if policy.kind == "transfer":
             raise PolicyError("transfer:N schedules single layers; measure models with default, untuned or tuned:N")
         cases = [ModelCase(spec, *load_model(spec, parse_shape(input_shape))) for spec in models]
-    except (PolicyError, ModelError) as exc:
+        cases += [ModelCase(f"{case.name}@thinned:{share:g}", thinned_model(case.model, case.input_shape, share),
+                            case.input_shape) for case in cases for share in parse_shares(thinned)]
+    except (PolicyError, ModelError, PruneError) as exc:
         fail(str(exc))
 
     def on_row(row: dict) -> None:
@@ -77,3 +86,16 @@ def measure(
             out.print(f"{skipped} model(s) already measured with this policy and protocol (--force measures again)")
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
+
+
+def parse_shares(text: str | None) -> list[float]:
+    """``--thinned`` such as ``0.75,0.5,0.25`` as floats in (0, 1); none when not given."""
+    if text is None:
+        return []
+    try:
+        shares = [float(part) for part in text.split(",")]
+    except ValueError:
+        fail(f"--thinned {text!r}: expected comma-separated shares such as 0.75,0.5,0.25")
+    if not all(0 < share < 1 for share in shares):
+        fail(f"--thinned {text!r}: each share must lie strictly between 0 and 1")
+    return shares

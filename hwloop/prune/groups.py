@@ -7,6 +7,7 @@ conv's in and out channels. A *plan* maps each group's name to the channel count
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 
@@ -154,6 +155,15 @@ class ChannelGroups:
         (the layout a saved pruned state dict is loaded into)."""
         self.check(plan)
         self.apply({name: list(range(count)) for name, count in plan.items()})
+
+
+def thinned(model: nn.Module, input_shape: tuple[int, ...], share: float) -> nn.Module:
+    """A copy of ``model`` with every channel group cut to ``share`` of its channels (at least one):
+    a model to time, so that the whole-model calibration spans the range pruned models fall in."""
+    model = copy.deepcopy(model)
+    groups = ChannelGroups(model, input_shape)
+    groups.apply_plan({g.name: max(1, round(share * g.size)) for g in groups.groups})
+    return model
 
 
 def resized(config: LayerConfig, in_channels: int, out_channels: int) -> LayerConfig:
