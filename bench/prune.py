@@ -222,6 +222,8 @@ def _plot(results: list[dict], path: Path, model: str) -> None:
     for method in dict.fromkeys(r["method"] for r in results):
         rows = sorted((r for r in results if r["method"] == method and r["speedup"]), key=lambda r: r["speedup"])
         ax.plot([r["speedup"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="o", label=method)
+    if max((r["speedup"] or 1) for r in results) > 10:
+        ax.set_xscale("log")
     ax.set_xlabel("measured speed-up on the device (dense / pruned latency)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{model} on Fashion-MNIST: accuracy vs measured speed-up")
