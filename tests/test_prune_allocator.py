@@ -82,6 +82,10 @@ def test_baselines_meet_their_own_budgets(resnet, resnet20_predictor):
     assert all(count % latency.step == 0 for count in plan.values())
     ragged = global_ranking(groups, macs, importance, macs.target(0.5))
     assert macs.total(ragged) <= macs.target(0.5) and any(count % latency.step for count in ragged.values())
+    with pytest.raises(PruneError, match=f"out of reach; the smallest plan .10% of each group, in steps of {latency.step}."):
+        global_ranking(groups, macs, importance, 1e-6, min_ratio=0.1, step=latency.step)
+    with pytest.raises(PruneError, match=f"out of reach with one ratio for every group, in steps of {latency.step} "):
+        uniform(groups, latency, 1e-6, step=latency.step)
 
 
 def test_soft_cost_follows_the_predictor(resnet, resnet20_predictor):
