@@ -41,13 +41,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hwloop import tables  # noqa: E402
 from hwloop.collect import collect  # noqa: E402
-from hwloop.endtoend import ModelCase, measure_models  # noqa: E402
+from hwloop.endtoend import ModelCase, measure_models, thinned_cases  # noqa: E402
 from hwloop.predictor import Predictor  # noqa: E402
 from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
 from hwloop.prune.data import load_data  # noqa: E402
 from hwloop.prune import MIN_RATIO  # noqa: E402
-from hwloop.prune.groups import PruneError, thinned  # noqa: E402
+from hwloop.prune.groups import PruneError  # noqa: E402
 from hwloop.prune.validate import judged, validate  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
@@ -145,11 +145,9 @@ def main() -> None:
 
 def _calibration_models(spec: str, data) -> list[ModelCase]:
     """The dense model and copies thinned to 3/4, 1/2 and 1/4 of every group, for the whole-model
-    calibration (named as ``hwloop measure --thinned`` names them)."""
-    dense = pipeline.build(spec, data).eval()
-    return [ModelCase(spec, dense, data.input_shape)] + [
-        ModelCase(f"{spec}@thinned:{share:g}", thinned(dense, data.input_shape, share), data.input_shape)
-        for share in (0.75, 0.5, 0.25)]
+    calibration (as ``hwloop measure --thinned 0.75,0.5,0.25`` times them)."""
+    dense = ModelCase(spec, pipeline.build(spec, data).eval(), data.input_shape)
+    return [dense, *thinned_cases(dense, (0.75, 0.5, 0.25))]
 
 
 def _fastest_of_run(reports: list[dict], dense_ms: float | None) -> dict:

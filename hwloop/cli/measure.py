@@ -42,9 +42,9 @@ def measure(
 
       hwloop measure --device local --model resnet20 --input-shape 1,1,28,28 --thinned 0.75,0.5,0.25
     """
-    from ..endtoend import ModelCase, measure_models
+    from ..endtoend import ModelCase, measure_models, thinned_cases
     from ..models import ModelError, load_model
-    from ..prune.groups import PruneError, thinned as thinned_model
+    from ..prune.groups import PruneError
     from ..schedules import PolicyError, parse_policy
     from ..space import SpaceError
     from ..transports import TransportError
@@ -55,8 +55,7 @@ def measure(
         if policy.kind == "transfer":
             raise PolicyError("transfer:N schedules single layers; measure models with default, untuned or tuned:N")
         cases = [ModelCase(spec, *load_model(spec, parse_shape(input_shape))) for spec in models]
-        cases += [ModelCase(f"{case.name}@thinned:{share:g}", thinned_model(case.model, case.input_shape, share),
-                            case.input_shape) for case in cases for share in parse_shares(thinned)]
+        cases += [thin for case in cases for thin in thinned_cases(case, parse_shares(thinned))]
     except (PolicyError, ModelError, PruneError) as exc:
         fail(str(exc))
 

@@ -26,7 +26,7 @@ import torch
 
 from . import MIN_RATIO
 from .cost import Cost
-from .groups import ChannelGroups, Group, PruneError
+from .groups import ChannelGroups, Group, PruneError, in_steps
 
 
 def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
@@ -44,8 +44,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
                  for c in _candidates(g, plan[g.name], floors[g.name], cost.step, units[g.name])]
         if not moves:
             raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
-                             f"({min_ratio:.0%} of each group" + (f", in steps of {round_to}" if round_to > 1 else "")
-                             + f") costs {total:.4g} {cost.unit}")
+                             f"({min_ratio:.0%} of each group{in_steps(round_to)}) costs {total:.4g} {cost.unit}")
         saved = _savings(groups, cost, plan, moves, touched)
 
         def loss(move: tuple[Group, int]) -> float:

@@ -13,7 +13,7 @@ import torch
 
 from . import MIN_RATIO
 from .cost import Cost
-from .groups import ChannelGroups, PruneError
+from .groups import ChannelGroups, PruneError, in_steps
 
 
 def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float = MIN_RATIO,
@@ -32,7 +32,7 @@ def uniform(groups: ChannelGroups, cost: Cost, target: float, min_ratio: float =
             return plan(ratio)
     best = min(cost.total(plan(r)) for r in ratios)
     raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach with one ratio for every group"
-                     f"{_in_steps(step)} (the cheapest ratio costs {best:.4g} {cost.unit})")
+                     f"{in_steps(step)} (the cheapest ratio costs {best:.4g} {cost.unit})")
 
 
 def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
@@ -52,11 +52,7 @@ def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torc
         open_groups = [name for name in plan if plan[name] - units[name] >= floors[name]]
         if not open_groups:
             raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
-                             f"({min_ratio:.0%} of each group{_in_steps(step)}) costs {cost.total(plan):.4g} {cost.unit}")
+                             f"({min_ratio:.0%} of each group{in_steps(step)}) costs {cost.total(plan):.4g} {cost.unit}")
         weakest = min(open_groups, key=next_chunk)
         plan[weakest] -= units[weakest]
     return plan
-
-
-def _in_steps(step: int) -> str:
-    return f", in steps of {step}" if step > 1 else ""

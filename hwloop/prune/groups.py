@@ -166,6 +166,11 @@ def thinned(model: nn.Module, input_shape: tuple[int, ...], share: float) -> nn.
     return model
 
 
+def in_steps(step: int) -> str:
+    """``", in steps of N"`` for error messages about counts rounded to ``step``; empty for 1."""
+    return f", in steps of {step}" if step > 1 else ""
+
+
 def resized(config: LayerConfig, in_channels: int, out_channels: int) -> LayerConfig:
     """``config`` with new channel counts; a depthwise conv keeps its multiplier and ignores ``out_channels``."""
     if config.op == "depthwise_conv2d":
