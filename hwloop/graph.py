@@ -42,7 +42,9 @@ def relax_module(model: nn.Module, input_shape: tuple[int, ...]):
     example = torch.zeros(input_shape)
     with torch.no_grad():
         exported = torch.export.export(folded, (example,))
-    mod = from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    with warnings.catch_warnings():  # torch's own run_decompositions trips its LeafSpec deprecation
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        mod = from_exported_program(exported, keep_params_as_input=False, unwrap_unit_return_tuple=True)
     passes = [getattr(relax.transform, name)() for name in LOWERING]
     return tvm.transform.Sequential(passes)(mod)
 
