@@ -29,9 +29,10 @@ from hwloop.prune.train import evaluate, train
 
 REMADE = ("latency", "flops", "uniform")
 
-def refinetuned(out: Path, seed: int, train_samples: int | None, lr: float) -> float:
-    """Test accuracy of ``out``'s plan applied to its dense model and fine-tuned with ``seed``."""
-    _, dense, record = export.load(out)
+
+def refinetuned(dense: torch.nn.Module, record: dict, seed: int, train_samples: int | None, lr: float) -> float:
+    """Test accuracy of ``record``'s plan applied to ``dense`` (its output folder's dense model) and
+    fine-tuned with ``seed``."""
     data = load_data(record["dataset"], train_samples=train_samples, seed=seed)
     model = copy.deepcopy(dense)
     groups = ChannelGroups(model, data.input_shape)
@@ -58,9 +59,9 @@ def main() -> None:
     print("| output | run's accuracy | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |")
     print("|---|---|" + "---|" * (len(seeds) + 2))
     for out in args.outputs:
-        run = export.read_plan(out)["accuracy"]
-        accuracy = [refinetuned(out, seed, args.train_samples, args.lr) for seed in seeds]
-        print(f"| {out.name} | {run:.2%} | " + " | ".join(f"{a:.2%}" for a in accuracy)
+        _, dense, record = export.load(out)
+        accuracy = [refinetuned(dense, record, seed, args.train_samples, args.lr) for seed in seeds]
+        print(f"| {out.name} | {record['accuracy']:.2%} | " + " | ".join(f"{a:.2%}" for a in accuracy)
               + f" | {statistics.mean(accuracy):.2%} | {max(accuracy) - min(accuracy):.2%} |", flush=True)
 
 
