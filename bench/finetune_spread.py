@@ -4,9 +4,9 @@ output folder's plan is applied again to its dense model and fine-tuned with oth
     .venv/bin/python bench/finetune_spread.py bench-prune/pruned/resnet20-latency-board-0.4 ... \\
         [--seeds 1,2,3] [--train-samples 20000] [--lr 0.01]
 
-Each plan keeps the same channels as its run (each group's top channels by the run's importance
-criterion), so only outputs of ``latency``, ``flops`` and ``uniform`` can be re-made; ``afcp`` and
-``lws`` choose their channels in a search. A seed sets the shuffling of the training images and
+Each plan keeps the same channels as its run (``plan.json``'s ``channels``; in older outputs, each
+group's top channels by the run's importance criterion). Only outputs of ``latency``, ``flops`` and
+``uniform`` can be re-made: ``afcp`` and ``lws`` also fold their gates into the weights. A seed sets the shuffling of the training images and
 the fine-tuning's random state; the epochs and distillation are the run's. Prints each seed's
 test accuracy, and the mean and range per output beside the run's own.
 """
@@ -36,11 +36,18 @@ def refinetuned(dense: torch.nn.Module, record: dict, seed: int, train_samples: 
     data = load_data(record["dataset"], train_samples=train_samples, seed=seed)
     model = copy.deepcopy(dense)
     groups = ChannelGroups(model, data.input_shape)
-    importance = scores(groups, record["criterion"], first_batches(data.train, 4))
-    groups.apply(keep_top(importance, {name: g["kept"] for name, g in record["groups"].items()}))
+    groups.apply(kept_channels(record, groups, data))
     torch.manual_seed(seed)
     train(model, data.train, record["epochs"], lr=lr, teacher=dense)
     return evaluate(model, data.test)
+
+
+def kept_channels(record: dict, groups: ChannelGroups, data) -> dict[str, list[int]]:
+    """The dense indices each group kept: as recorded, or (older outputs) re-ranked by the run's criterion."""
+    if all("channels" in g for g in record["groups"].values()):
+        return {name: g["channels"] for name, g in record["groups"].items()}
+    importance = scores(groups, record["criterion"], first_batches(data.train, 4))
+    return keep_top(importance, {name: g["kept"] for name, g in record["groups"].items()})
 
 
 def main() -> None:

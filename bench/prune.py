@@ -1,7 +1,8 @@
-"""Pruning methods compared on the local device: ResNet on Fashion-MNIST, each method at a few
+"""Pruning methods compared on the local device: a ResNet on Fashion-MNIST (or CIFAR-10), each method at a few
 latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
 
-    .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
+    .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--dataset fashion-mnist|cifar10:PATH]
+        [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
         [--min-ratio 0.25] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3]
         [--revalidate 0] [--work bench-prune] [--plot docs/prune.png]
@@ -45,7 +46,7 @@ from hwloop.endtoend import ModelCase, measure_models, thinned_cases  # noqa: E4
 from hwloop.predictor import Predictor  # noqa: E402
 from hwloop.prune import pipeline  # noqa: E402
 from hwloop.prune.board import Board  # noqa: E402
-from hwloop.prune.data import load_data  # noqa: E402
+from hwloop.prune.data import DATASET_HELP, load_data  # noqa: E402
 from hwloop.prune import MIN_RATIO  # noqa: E402
 from hwloop.prune.groups import PruneError  # noqa: E402
 from hwloop.prune.validate import judged, validate  # noqa: E402
@@ -55,10 +56,13 @@ from hwloop.space import model_space  # noqa: E402
 
 from schedules import REGISTRY  # noqa: E402
 
+DATASETS = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
     parser.add_argument("--budgets", default="0.4,0.6")
     parser.add_argument("--flops-budgets", default=None,
                         help="MACs fractions for the flops baseline (default: --budgets); its curve should span the others' accuracy")
@@ -86,7 +90,7 @@ def main() -> None:
     device = load_registry(work).get("local")
     policy = parse_policy("default")
     tables_dir, cache = work / "tables", work / "cache"
-    data = load_data("fashion-mnist", 128, args.train_samples, args.test_samples)
+    data = load_data(args.dataset, 128, args.train_samples, args.test_samples)
 
     model = pipeline.build(args.model, data).eval()
     calibration_models = _calibration_models(args.model, data)
@@ -140,7 +144,7 @@ def main() -> None:
     results = _merged(work / "results.json", [{**_fastest_of_run(reports, dense_ms), **about[out]}
                                                for out, reports in validations.items()])
     _print_table(results)
-    _plot(results, args.plot, name)
+    _plot(results, args.plot, f"{name} on {DATASETS.get(args.dataset.partition(':')[0], args.dataset)}")
 
 
 def _calibration_models(spec: str, data) -> list[ModelCase]:
@@ -210,7 +214,7 @@ def _print_table(results: list[dict]) -> None:
         print(_line(r))
 
 
-def _plot(results: list[dict], path: Path, model: str) -> None:
+def _plot(results: list[dict], path: Path, title: str) -> None:
     """Accuracy against measured speed-up: each pruned model against the dense model timed beside
     it, a ratio that a slow spell of the machine moves less than either latency."""
     if not results:
@@ -224,7 +228,7 @@ def _plot(results: list[dict], path: Path, model: str) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("measured speed-up on the device (dense / pruned latency)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{model} on Fashion-MNIST: accuracy vs measured speed-up")
+    ax.set_title(f"{title}: accuracy vs measured speed-up")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

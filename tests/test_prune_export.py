@@ -26,7 +26,8 @@ def saved(tmp_path_factory):
     groups.apply(keep)
     out = tmp_path_factory.mktemp("pruned")
     record = {"model": "resnet20", "input_shape": list(SHAPE), "num_classes": 10,
-              "groups": {g.name: {"dense": g.size, "kept": len(keep[g.name])} for g in groups.groups}}
+              "groups": {g.name: {"dense": g.size, "kept": len(keep[g.name]), "channels": sorted(keep[g.name])}
+                         for g in groups.groups}}
     files = export.save(out, pruned, dense, record)
     return out, pruned, dense, files
 
@@ -39,6 +40,16 @@ def test_reload_reproduces_outputs(saved):
     torch.testing.assert_close(model(x), pruned(x))
     torch.testing.assert_close(dense_again(x), dense(x))
     assert record["groups"]["layer2.1.conv1"]["dense"] == 32
+
+
+def test_recorded_channels_remake_the_pruned_model_from_the_dense_one(saved):
+    out, pruned, dense, _ = saved
+    _, _, record = export.load(out)
+    remade = resnet20(10, 1).eval()
+    remade.load_state_dict(dense.state_dict())
+    ChannelGroups(remade, SHAPE).apply({name: g["channels"] for name, g in record["groups"].items()})
+    x = torch.randn(2, *SHAPE[1:])
+    torch.testing.assert_close(remade(x), pruned(x))
 
 
 def test_exported_program_reproduces_outputs(saved):
@@ -59,6 +70,13 @@ def test_bad_folders_name_file_and_field(saved, tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps({**record, "groups": {"layer1.0.conv1": {"kept": 99}}}))
     with pytest.raises(PruneError, match=r"plan.json: plan: layer1.0.conv1: channel count must be an integer in 1..16"):
         export.load(tmp_path)
+    group = record["groups"]["layer1.0.conv1"]
+    assert group["kept"] > 1
+    for channels in (group["channels"][::-1], [*group["channels"][:-1], 16], group["channels"][1:]):
+        broken = {**record["groups"], "layer1.0.conv1": {**group, "channels": channels}}
+        (tmp_path / "plan.json").write_text(json.dumps({**record, "groups": broken}))
+        with pytest.raises(PruneError, match=r"plan.json: groups.layer1.0.conv1.channels: expected"):
+            export.load(tmp_path)
     (tmp_path / "plan.json").write_text((out / "plan.json").read_text())
     (tmp_path / "pruned.pt").write_bytes((out / "dense.pt").read_bytes())
     with pytest.raises(PruneError, match="pruned.pt: does not fit the plan's model"):

@@ -147,6 +147,7 @@ def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):
     assert record["predicted_ms"] <= record["target_ms"]
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(export.load(tmp_path / method)[0](x), result.model(x))
+    assert all(len(g["channels"]) == g["kept"] for g in record["groups"].values())
     if method == "afcp":
         assert record["replaced_channels"] + record["zeroed_channels"] == \
             sum(g["dense"] - g["kept"] for g in record["groups"].values())

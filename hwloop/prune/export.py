@@ -24,7 +24,8 @@ FORMAT = "hwloop-prune/1"
 
 def save(out: Path, pruned: nn.Module, dense: nn.Module, record: dict) -> list[Path]:
     """Write the folder; ``record`` holds at least ``model``, ``input_shape``, ``num_classes`` and
-    ``groups`` (``{name: {"dense": n, "kept": k}}``). A model ``torch.export`` cannot export still gets
+    ``groups`` (``{name: {"dense": n, "kept": k}}``, and optionally ``"channels"``: the dense
+    indices of the kept channels, ascending). A model ``torch.export`` cannot export still gets
     its weights and plan; ``plan.json``'s ``export_errors`` says why. Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(pruned.state_dict(), out / "pruned.pt")
@@ -68,7 +69,18 @@ def read_plan(out: Path) -> dict:
     for name, counts in record["groups"].items():
         if not isinstance(counts, dict) or not isinstance(counts.get("kept"), int):
             raise PruneError(f"{path}: groups.{name}.kept: missing or not an integer")
+        channels = counts.get("channels")
+        if channels is not None and not _indices(channels, counts["kept"], counts.get("dense")):
+            raise PruneError(f"{path}: groups.{name}.channels: expected {counts['kept']} distinct ascending "
+                             f"indices of the dense model's {counts.get('dense')} channels")
     return record
+
+
+def _indices(channels, kept: int, dense) -> bool:
+    """Whether ``channels`` lists ``kept`` ascending channel indices below ``dense``."""
+    return (isinstance(channels, list) and len(channels) == kept and isinstance(dense, int)
+            and all(isinstance(i, int) for i in channels) and channels == sorted(set(channels))
+            and (not channels or 0 <= channels[0] and channels[-1] < dense))
 
 
 def load(out: Path) -> tuple[nn.Module, nn.Module, dict]:

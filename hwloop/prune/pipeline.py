@@ -128,7 +128,8 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         "dense_predicted_ms": latency.total(groups.dense), "predicted_ms": latency.total(plan),
         "dense_macs": macs.total(groups.dense) * 1e6, "macs": macs.total(plan) * 1e6,
         "dense_accuracy": dense_accuracy, "accuracy": evaluate(model, data.test),
-        "groups": {g.name: {"dense": g.size, "kept": plan[g.name]} for g in groups.groups}, **chosen.extra,
+        "groups": {g.name: {"dense": g.size, "kept": plan[g.name], "channels": sorted(map(int, chosen.keep[g.name]))}
+                   for g in groups.groups}, **chosen.extra,
     }
     if checked is not None:
         record["board"] = checked.record(board.device.name)
