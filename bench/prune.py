@@ -4,7 +4,7 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up, an
     .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--dataset fashion-mnist|cifar10:PATH]
         [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
-        [--min-ratio 0.25] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3]
+        [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3]
         [--revalidate 0] [--work bench-prune] [--plot docs/prune.png]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
@@ -16,7 +16,8 @@ pruned model compiled whole and timed end to end, ``--passes`` times each, the f
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
 dense MACs; ``METHOD:N`` rounds a baseline's counts to multiples of N (``flops:1``: Torch-Pruning's
 default, no rounding; plain ``flops`` rounds to the vector width); a ``--min-ratio`` other than
-the default adds ``-minR`` to the labels. The methods of
+the default adds ``-minR`` to the labels, ``--proposals N`` (``latency`` ranks N plans by a short
+fine-tune) ``-pN``. The methods of
 ``--board-methods`` time their plans on the device before fine-tuning and re-plan up to
 ``--board-rounds`` times (0: open loop); the baselines stay open loop, as their tools are.
 ``--revalidate K`` then validates every output under --work K more times, in turns, so that each
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--dense-epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=1)
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO, help="smallest share of its channels a group keeps")
+    parser.add_argument("--proposals", type=int, default=1, help="latency: plans ranked by a short fine-tune")
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
@@ -115,8 +117,10 @@ def main() -> None:
         for budget in [float(b) for b in budgets.split(",")]:
             settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, round_to=int(round_to or 0),
                                          dense_epochs=args.dense_epochs, search_epochs=args.search_epochs,
-                                         min_ratio=args.min_ratio)
-            label = (method + (f"-r{round_to}" if round_to else "") + ("-board" if board else "")
+                                         min_ratio=args.min_ratio,
+                                         proposals=args.proposals if method == "latency" else 1)
+            label = (method + (f"-r{round_to}" if round_to else "")
+                     + (f"-p{settings.proposals}" if settings.proposals > 1 else "") + ("-board" if board else "")
                      + (f"-min{args.min_ratio:g}" if args.min_ratio != MIN_RATIO else ""))
             out = work / "pruned" / f"{name}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():

@@ -167,3 +167,26 @@ def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
     assert result.record["dataset"] == "mine" and result.files == []
     assert result.record["predicted_ms"] <= result.record["target_ms"]
     assert len(list((tmp_path / "dense").glob("*.pt"))) == 1
+
+
+def test_proposals_are_distinct_plans_under_the_target_ranked_by_held_out_accuracy(resnet20_predictor, tmp_path):
+    torch.manual_seed(0)
+    data = load_data("fashion-mnist", 32, train_samples=192, test_samples=64)
+    dense = pipeline.dense_baseline("resnet20", data, 1, 0, tmp_path)
+    settings = pipeline.Settings(method="latency", budget=_budget(resnet20_predictor), epochs=1, proposals=4)
+    result = pipeline.run("resnet20", data, resnet20_predictor, settings, None, tmp_path, dense=dense)
+    record, ranked = result.record, result.record["proposals"]
+    assert 2 <= len(ranked) <= 4
+    assert len({tuple(sorted(p["plan"].items())) for p in ranked}) == len(ranked)
+    assert all(p["predicted_ms"] <= record["target_ms"] for p in ranked)
+    assert [p["accuracy"] for p in ranked] == sorted((p["accuracy"] for p in ranked), reverse=True)
+    assert ranked[0]["plan"] == {name: g["kept"] for name, g in record["groups"].items()}
+    unscaled = pipeline.run("resnet20", data, resnet20_predictor, pipeline.Settings(**{**vars(settings), "proposals": 1}),
+                            None, tmp_path, dense=dense).record
+    assert {name: g["kept"] for name, g in unscaled["groups"].items()} in [p["plan"] for p in ranked]
+
+
+def test_only_the_allocator_takes_proposals():
+    result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--method", "flops",
+                                 "--proposals", "3", *SMALL])
+    assert result.exit_code == 2 and "more than 1 only with --method latency" in " ".join(result.output.split())

@@ -53,6 +53,10 @@ def prune(
         help="Smallest share of its channels any group keeps. A narrower group is a bottleneck that "
              "fine-tuning does not recover from (a ResNet stage's residual stream feeds every block of the "
              "stage), and importance scored on the dense model does not see it.")] = MIN_RATIO,
+    proposals: Annotated[int, typer.Option(
+        help="latency: propose N plans at the budget (whole groups' importance scaled at random), fine-tune each "
+             "for one pass over up to 200 training batches and keep the one most accurate on training images "
+             "held out of that pass, as NetAdapt ranks its proposals (1: the allocator's plan alone).")] = 1,
     board_rounds: Annotated[int, typer.Option(
         help="Time each plan on the device before fine-tuning (dense and planned model compiled whole, "
              "side by side) and re-plan, up to N plans, until the measured latency meets the budget "
@@ -77,6 +81,8 @@ def prune(
 
       hwloop prune --device local --model resnet20 --budget 0.5 --board-rounds 3
 
+      hwloop prune --device local --model resnet20 --budget 0.4 --proposals 8 --epochs 3
+
       hwloop prune -d jetson -m resnet56 --budget 3.2ms --method afcp --dataset cifar10:~/data/cifar --epochs 10
     """
     from ..models import ModelError
@@ -95,6 +101,8 @@ def prune(
         fail(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
     if board_rounds < 0 or round_to < 0:
         fail("--board-rounds and --round-to must be 0 or more")
+    if proposals < 1 or (proposals > 1 and method != "latency"):
+        fail(f"--proposals {proposals}: expected 1 or more, and more than 1 only with --method latency")
     if not 0 < min_ratio <= 1:
         fail(f"--min-ratio {min_ratio}: expected a share of a group's channels in (0, 1]")
     cache_root = cache or default_cache_dir()
@@ -110,7 +118,7 @@ def prune(
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
                                  search_epochs=search_epochs, criterion=criterion, seed=seed, round_to=round_to,
-                                 min_ratio=min_ratio)
+                                 min_ratio=min_ratio, proposals=proposals)
     progress = progress_bar(disable=as_json)
     try:
         with progress:
@@ -132,6 +140,8 @@ def _summary(record: dict) -> None:
         if counts["kept"] != counts["dense"]:
             plan.add_row(name, f"{counts['dense']} → {counts['kept']}")
     out.print(plan)
+    if "proposals" in record:
+        _proposals_table(record)
     if "board" in record:
         _board_table(record["board"])
     table = Table("", "accuracy", "predicted ms", "MMACs", title=f"{record['model']} · {record['method']} · "
@@ -142,6 +152,17 @@ def _summary(record: dict) -> None:
     table.add_row("ratio", f"{record['accuracy'] - record['dense_accuracy']:+.2%}",
                   f"{record['dense_predicted_ms'] / record['predicted_ms']:.2f}x faster",
                   f"{record['dense_macs'] / record['macs']:.2f}x fewer")
+    out.print(table)
+
+
+def _proposals_table(record: dict) -> None:
+    table = Table("proposal", "held-out accuracy after a short fine-tune", "predicted ms", "groups cut (kept of dense)",
+                  title="plans proposed at the budget, most accurate first")
+    for index, p in enumerate(record["proposals"]):
+        cut = [f"{name} {kept}/{record['groups'][name]['dense']}" for name, kept in p["plan"].items()
+               if kept < record["groups"][name]["dense"]]
+        table.add_row(str(index + 1) + (" (chosen)" if index == 0 else ""), f"{p['accuracy']:.2%}",
+                      f"{p['predicted_ms']:.4f}", ", ".join(cut))
     out.print(table)
 
 

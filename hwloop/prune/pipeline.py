@@ -16,7 +16,7 @@ from torch import nn
 
 from ..models import ModelError, load_model
 from ..schedules import policy_of_rows
-from . import MIN_RATIO, afcp, baselines, export, lws
+from . import MIN_RATIO, afcp, baselines, export, lws, proposals
 from .allocator import allocate, keep_top
 from .board import Board, correct
 from .cost import Macs, PredictedLatency
@@ -42,6 +42,8 @@ class Settings:
     # latency, flops, uniform: counts move by multiples of this; 0: the cost's alignment step for the
     # baselines, any count for the allocator (it prices ragged counts)
     round_to: int = 0
+    # latency: plans proposed and ranked by a short fine-tune (see :mod:`.proposals`); 1: the allocator's alone
+    proposals: int = 1
 
 
 @dataclass
@@ -90,8 +92,15 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     measured (see :mod:`hwloop.prune.board`)."""
     if settings.method not in METHODS:
         raise PruneError(f"method: unknown {settings.method!r}; methods are {', '.join(METHODS)}")
+    if settings.proposals > 1 and settings.method != "latency":
+        raise PruneError(f"proposals: only the latency method proposes plans, not {settings.method}")
     policy_of_rows(predictor.schedule)  # a predictor of earlier rules is refused before any training
     dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
+
+    probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
+    target = probe.target(settings.budget)
+    ranked = _ranked(settings, dense_model, probe, target, data, progress) if settings.proposals > 1 else []
+    factors = ranked[0].factors if ranked else None
 
     def plan_at(target: float) -> _Planned:
         torch.manual_seed(settings.seed)
@@ -99,12 +108,10 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         groups = ChannelGroups(model, data.input_shape)
         latency, macs = PredictedLatency(groups, predictor), Macs(groups)
         planned = _Planned(model, groups, latency, macs,
-                           *_plan(settings, groups, latency, macs, target, data, dense_model, progress))
+                           *_plan(settings, groups, latency, macs, target, data, dense_model, progress, factors))
         groups.apply(planned.keep)
         return planned
 
-    probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
-    target = probe.target(settings.budget)
     checked = None
     if board is None:
         chosen = plan_at(target)
@@ -131,6 +138,8 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         "groups": {g.name: {"dense": g.size, "kept": plan[g.name], "channels": sorted(map(int, chosen.keep[g.name]))}
                    for g in groups.groups}, **chosen.extra,
     }
+    if ranked:
+        record["proposals"] = [{"accuracy": p.accuracy, "predicted_ms": p.predicted_ms, "plan": p.plan} for p in ranked]
     if checked is not None:
         record["board"] = checked.record(board.device.name)
     files = export.save(out, model, dense_model, record) if out is not None else []
@@ -152,9 +161,21 @@ class _Planned:
     extra: dict
 
 
+def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, target: float, data: Data,
+            progress) -> list[proposals.Proposal]:
+    """``settings.proposals`` plans at ``target``, most accurate after a short fine-tune first."""
+    importance = scores(cost.groups, settings.criterion, first_batches(data.train, 4))
+    batches = first_batches(data.train, proposals.BATCHES)
+    tuned = len(batches) - max(1, round(len(batches) * proposals.HELD_OUT))
+    with _task(progress, f"ranking {settings.proposals} proposals (short fine-tunes)", settings.proposals * tuned) as advance:
+        return proposals.ranked(dense, cost, importance, target, settings.proposals, batches, settings.seed,
+                                settings.lr, settings.min_ratio, settings.round_to or 1, on_batch=advance)
+
+
 def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, macs: Macs, target: float,
-          data: Data, teacher: nn.Module, progress):
-    """The method's plan, the kept channels of each group, and what the method adds to the record."""
+          data: Data, teacher: nn.Module, progress, factors: dict[str, float] | None = None):
+    """The method's plan, the kept channels of each group, and what the method adds to the record;
+    ``factors`` scale each group's importance in the allocator (the proposal ranked first)."""
     method = settings.method
     if method in ("afcp", "lws"):
         search = afcp.search if method == "afcp" else lws.search
@@ -170,8 +191,9 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         macs_target = target / latency.total(groups.dense) * macs.total(groups.dense)
         plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio, step)
     else:
+        weighted = {name: score * factors[name] for name, score in importance.items()} if factors else importance
         with _task(progress, "allocating channels", None) as advance:
-            plan = allocate(groups, latency, importance, target, settings.min_ratio, on_step=lambda _: advance(),
+            plan = allocate(groups, latency, weighted, target, settings.min_ratio, on_step=lambda _: advance(),
                             round_to=settings.round_to or 1)
     return plan, keep_top(importance, plan), {"criterion": settings.criterion}
 

@@ -1,0 +1,75 @@
+"""Plans proposed around the allocator's and ranked by a short fine-tune, as NetAdapt ranks its
+proposals by short-term fine-tuning.
+
+Importance scored on the dense model does not see which narrow groups the pruned network will miss:
+plans of the same predicted latency that cut different groups end up a point or more apart after
+fine-tuning. :func:`ranked` proposes other plans at the same target (the allocator again, each
+group's importance scaled by a log-normal factor, so that whole groups trade places while the
+channels kept within a group stay its most important), fine-tunes each for one pass over most of a
+fixed sample of training batches, distilled from the dense model, and ranks them by their accuracy
+on the rest of that sample, held out of the fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .allocator import allocate, keep_top
+from .cost import Cost
+from .groups import ChannelGroups
+from .train import evaluate, train
+
+SPREAD = 0.5  # standard deviation of the log of a group's importance factor
+BATCHES = 200  # training batches sampled (or one pass of a shorter loader)
+HELD_OUT = 0.2  # share of the sampled batches that ranks the proposals
+
+
+@dataclass
+class Proposal:
+    """A group factor (on importance) and the plan the allocator makes with it."""
+
+    factors: dict[str, float]
+    plan: dict[str, int]
+    predicted_ms: float
+    accuracy: float = float("nan")
+
+
+def ranked(dense: nn.Module, cost: Cost, importance: dict[str, torch.Tensor], target: float, count: int,
+           batches: list, seed: int, lr: float, min_ratio: float, round_to: int = 1,
+           on_batch: Callable[[float], None] | None = None) -> list[Proposal]:
+    """Up to ``count`` distinct plans of ``dense`` meeting ``target`` under ``cost`` (whose groups
+    describe ``dense``), the first with importance as it is; most accurate first. ``batches``:
+    ``(inputs, labels)`` pairs of training data, the last :data:`HELD_OUT` of them held out to rank on."""
+    held = max(1, round(len(batches) * HELD_OUT))
+    tune, rank = batches[:-held], batches[-held:]
+    proposals = _proposals(cost, importance, target, count, seed, min_ratio, round_to)
+    for proposal in proposals:
+        model = copy.deepcopy(dense).eval()
+        ChannelGroups(model, cost.groups.input_shape).apply(keep_top(importance, proposal.plan))
+        torch.manual_seed(seed)
+        train(model, tune, 1, lr=lr, teacher=dense, on_batch=on_batch)
+        proposal.accuracy = evaluate(model, rank)
+    return sorted(proposals, key=lambda p: -p.accuracy)
+
+
+def _proposals(cost: Cost, importance: dict[str, torch.Tensor], target: float, count: int,
+               seed: int, min_ratio: float, round_to: int) -> list[Proposal]:
+    """Distinct plans from scaled importance; draws stop after ``4 * count`` tries."""
+    groups, rng = cost.groups, np.random.default_rng(seed)
+    proposals: dict[tuple[int, ...], Proposal] = {}
+    for draw in range(4 * count):
+        factors = {name: float(np.exp(SPREAD * rng.standard_normal())) if draw else 1.0 for name in importance}
+        plan = allocate(groups, cost, {name: score * factors[name] for name, score in importance.items()},
+                        target, min_ratio, round_to=round_to)
+        key = tuple(plan[g.name] for g in groups.groups)
+        if key not in proposals:
+            proposals[key] = Proposal(factors, plan, cost.total(plan))
+        if len(proposals) == count:
+            break
+    return list(proposals.values())
