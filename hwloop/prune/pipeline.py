@@ -166,7 +166,7 @@ def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, target
     """``settings.proposals`` plans at ``target``, most accurate after a short fine-tune first."""
     importance = scores(cost.groups, settings.criterion, first_batches(data.train, 4))
     batches = first_batches(data.train, proposals.BATCHES)
-    tuned = len(batches) - max(1, round(len(batches) * proposals.HELD_OUT))
+    tuned = len(proposals.split(batches)[0])
     with _task(progress, f"ranking {settings.proposals} proposals (short fine-tunes)", settings.proposals * tuned) as advance:
         return proposals.ranked(dense, cost, importance, target, settings.proposals, batches, settings.seed,
                                 settings.lr, settings.min_ratio, settings.round_to or 1, on_batch=advance)
@@ -191,7 +191,7 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         macs_target = target / latency.total(groups.dense) * macs.total(groups.dense)
         plan = baselines.global_ranking(groups, macs, importance, macs_target, settings.min_ratio, step)
     else:
-        weighted = {name: score * factors[name] for name, score in importance.items()} if factors else importance
+        weighted = proposals.scaled(importance, factors) if factors else importance
         with _task(progress, "allocating channels", None) as advance:
             plan = allocate(groups, latency, weighted, target, settings.min_ratio, on_step=lambda _: advance(),
                             round_to=settings.round_to or 1)

@@ -46,8 +46,7 @@ def ranked(dense: nn.Module, cost: Cost, importance: dict[str, torch.Tensor], ta
     """Up to ``count`` distinct plans of ``dense`` meeting ``target`` under ``cost`` (whose groups
     describe ``dense``), the first with importance as it is; most accurate first. ``batches``:
     ``(inputs, labels)`` pairs of training data, the last :data:`HELD_OUT` of them held out to rank on."""
-    held = max(1, round(len(batches) * HELD_OUT))
-    tune, rank = batches[:-held], batches[-held:]
+    tune, rank = split(batches)
     proposals = _proposals(cost, importance, target, count, seed, min_ratio, round_to)
     for proposal in proposals:
         model = copy.deepcopy(dense).eval()
@@ -58,6 +57,17 @@ def ranked(dense: nn.Module, cost: Cost, importance: dict[str, torch.Tensor], ta
     return sorted(proposals, key=lambda p: -p.accuracy)
 
 
+def split(batches: list) -> tuple[list, list]:
+    """``batches`` split into those each proposal is fine-tuned on and the last :data:`HELD_OUT`, ranked on."""
+    held = max(1, round(len(batches) * HELD_OUT))
+    return batches[:-held], batches[-held:]
+
+
+def scaled(importance: dict[str, torch.Tensor], factors: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Each group's importance times its factor."""
+    return {name: score * factors[name] for name, score in importance.items()}
+
+
 def _proposals(cost: Cost, importance: dict[str, torch.Tensor], target: float, count: int,
                seed: int, min_ratio: float, round_to: int) -> list[Proposal]:
     """Distinct plans from scaled importance; draws stop after ``4 * count`` tries."""
@@ -65,8 +75,7 @@ def _proposals(cost: Cost, importance: dict[str, torch.Tensor], target: float, c
     proposals: dict[tuple[int, ...], Proposal] = {}
     for draw in range(4 * count):
         factors = {name: float(np.exp(SPREAD * rng.standard_normal())) if draw else 1.0 for name in importance}
-        plan = allocate(groups, cost, {name: score * factors[name] for name, score in importance.items()},
-                        target, min_ratio, round_to=round_to)
+        plan = allocate(groups, cost, scaled(importance, factors), target, min_ratio, round_to=round_to)
         key = tuple(plan[g.name] for g in groups.groups)
         if key not in proposals:
             proposals[key] = Proposal(factors, plan, cost.total(plan))
