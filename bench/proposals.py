@@ -1,14 +1,15 @@
-"""Does a short fine-tune rank plans of equal predicted latency by what the full fine-tune makes of
-them? The proposals of ``hwloop prune --proposals N`` (see ``hwloop.prune.proposals``), each
-ranked by its held-out accuracy after one short pass, then fine-tuned in full with a few seeds.
+"""Do short fine-tunes rank plans of equal predicted latency by what the full fine-tune makes of
+them? The proposals of ``hwloop prune --proposals N`` (see ``hwloop.prune.proposals``), ranked by
+successive halving of short passes, then each fine-tuned in full with a few seeds.
 
     .venv/bin/python bench/proposals.py [--work bench-prune] [--model resnet20] [--budget 0.4] [--proposals 12]
         [--seeds 0,1] [--epochs 3] [--dense-epochs 8] [--train-samples 20000]
 
 Reads the predictor's tables and the dense baseline of a bench/prune.py work folder (run that
 first, with the same model, dense epochs and training images). Prints, per proposal, its predicted
-latency, held-out accuracy after the short pass, test accuracy after the full fine-tuning with
-each seed and their mean, and the rank correlation between the two.
+latency, held-out accuracy after its last short pass and how many passes it had, test accuracy
+after the full fine-tuning with each seed and their mean, and the rank correlation between the
+ranking and the means.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def main() -> None:
 
     names = [g.name for g in cost.groups.groups]
     print("groups: " + " ".join(names))
-    print("| proposal | predicted ms | held-out after the short pass | " + " | ".join(f"seed {s}" for s in seeds)
+    print("| proposal | predicted ms | held-out after its passes | passes | " + " | ".join(f"seed {s}" for s in seeds)
           + " | mean | channels kept |")
-    print("|---|---|---|" + "---|" * (len(seeds) + 2))
+    print("|---|---|---|---|" + "---|" * (len(seeds) + 2))
     means = []
     for index, proposal in enumerate(ranked):
         accuracy = []
@@ -72,11 +73,11 @@ def main() -> None:
                   lr=args.lr, teacher=dense)
             accuracy.append(evaluate(model, data.test))
         means.append(statistics.mean(accuracy))
-        print(f"| {index + 1} | {proposal.predicted_ms:.4f} | {proposal.accuracy:.2%} | "
+        print(f"| {index + 1} | {proposal.predicted_ms:.4f} | {proposal.accuracy:.2%} | {proposal.passes} | "
               + " | ".join(f"{a:.2%}" for a in accuracy) + f" | {means[-1]:.2%} | "
               + " ".join(str(proposal.plan[name]) for name in names) + " |", flush=True)
-    print(f"\nSpearman rank correlation, short pass against mean: "
-          f"{pd.Series([p.accuracy for p in ranked]).rank().corr(pd.Series(means).rank()):.2f}")
+    print(f"\nSpearman rank correlation, ranking against mean: "
+          f"{pd.Series(range(len(ranked), 0, -1)).corr(pd.Series(means).rank()):.2f}")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def _plot(results: list[dict], path: Path, title: str) -> None:
     it, a ratio that a slow spell of the machine moves less than either latency."""
     if not results:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.scatter([1.0], [results[0]["dense_accuracy"] * 100], marker="*", s=160, color="black", label="dense")
     for method in dict.fromkeys(r["method"] for r in results):
         rows = sorted((r for r in results if r["method"] == method and r["speedup"]), key=lambda r: r["speedup"])
@@ -234,7 +234,7 @@ def _plot(results: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{title}: accuracy vs measured speed-up")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

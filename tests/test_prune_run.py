@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from hwloop import tables
 from hwloop.cli import app
-from hwloop.prune import export, pipeline
+from hwloop.prune import export, pipeline, proposals
 from hwloop.prune.cost import PredictedLatency
 from hwloop.prune.data import Data, load_data
 from hwloop.prune.groups import ChannelGroups
@@ -169,7 +169,7 @@ def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
     assert len(list((tmp_path / "dense").glob("*.pt"))) == 1
 
 
-def test_proposals_are_distinct_plans_under_the_target_ranked_by_held_out_accuracy(resnet20_predictor, tmp_path):
+def test_proposals_are_distinct_plans_under_the_target_ranked_by_successive_halving(resnet20_predictor, tmp_path):
     torch.manual_seed(0)
     data = load_data("fashion-mnist", 32, train_samples=192, test_samples=64)
     dense = pipeline.dense_baseline("resnet20", data, 1, 0, tmp_path)
@@ -179,11 +179,16 @@ def test_proposals_are_distinct_plans_under_the_target_ranked_by_held_out_accura
     assert 2 <= len(ranked) <= 4
     assert len({tuple(sorted(p["plan"].items())) for p in ranked}) == len(ranked)
     assert all(p["predicted_ms"] <= record["target_ms"] for p in ranked)
-    assert [p["accuracy"] for p in ranked] == sorted((p["accuracy"] for p in ranked), reverse=True)
+    order = [(p["passes"], p["accuracy"]) for p in ranked]
+    assert order == sorted(order, reverse=True) and ranked[0]["passes"] == len(proposals.rounds(len(ranked)))
     assert ranked[0]["plan"] == {name: g["kept"] for name, g in record["groups"].items()}
     unscaled = pipeline.run("resnet20", data, resnet20_predictor, pipeline.Settings(**{**vars(settings), "proposals": 1}),
                             None, tmp_path, dense=dense).record
     assert {name: g["kept"] for name, g in unscaled["groups"].items()} in [p["plan"] for p in ranked]
+
+
+def test_successive_halving_goes_on_with_the_better_half_until_two_or_three_remain():
+    assert [proposals.rounds(n) for n in (2, 3, 5, 12, 16)] == [[2], [3], [5, 2], [12, 6, 3], [16, 8, 4, 2]]
 
 
 def test_only_the_allocator_takes_proposals():

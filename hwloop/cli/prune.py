@@ -54,9 +54,10 @@ def prune(
              "fine-tuning does not recover from (a ResNet stage's residual stream feeds every block of the "
              "stage), and importance scored on the dense model does not see it.")] = MIN_RATIO,
     proposals: Annotated[int, typer.Option(
-        help="latency: propose N plans at the budget (whole groups' importance scaled at random), fine-tune each "
-             "for one pass over up to 200 training batches and keep the one most accurate on training images "
-             "held out of that pass, as NetAdapt ranks its proposals (1: the allocator's plan alone).")] = 1,
+        help="latency: propose N plans at the budget (whole groups' importance scaled at random) and rank them "
+             "by short fine-tunes, as NetAdapt ranks its proposals: each is fine-tuned one pass over up to 200 "
+             "training batches and scored on training images held out of it, the better half another pass, and "
+             "so on until two or three remain; the best of those is kept (1: the allocator's plan alone).")] = 1,
     board_rounds: Annotated[int, typer.Option(
         help="Time each plan on the device before fine-tuning (dense and planned model compiled whole, "
              "side by side) and re-plan, up to N plans, until the measured latency meets the budget "
@@ -156,12 +157,12 @@ def _summary(record: dict) -> None:
 
 
 def _proposals_table(record: dict) -> None:
-    table = Table("proposal", "held-out accuracy after a short fine-tune", "predicted ms", "groups cut (kept of dense)",
-                  title="plans proposed at the budget, most accurate first")
+    table = Table("proposal", "held-out accuracy", "after passes", "predicted ms", "groups cut (kept of dense)",
+                  title="plans proposed at the budget, ranked by successive halving of short fine-tunes")
     for index, p in enumerate(record["proposals"]):
         cut = [f"{name} {kept}/{record['groups'][name]['dense']}" for name, kept in p["plan"].items()
                if kept < record["groups"][name]["dense"]]
-        table.add_row(str(index + 1) + (" (chosen)" if index == 0 else ""), f"{p['accuracy']:.2%}",
+        table.add_row(str(index + 1) + (" (chosen)" if index == 0 else ""), f"{p['accuracy']:.2%}", str(p.get("passes", 1)),
                       f"{p['predicted_ms']:.4f}", ", ".join(cut))
     out.print(table)
 

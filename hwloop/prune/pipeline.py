@@ -139,7 +139,8 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
                    for g in groups.groups}, **chosen.extra,
     }
     if ranked:
-        record["proposals"] = [{"accuracy": p.accuracy, "predicted_ms": p.predicted_ms, "plan": p.plan} for p in ranked]
+        record["proposals"] = [{"accuracy": p.accuracy, "passes": p.passes, "predicted_ms": p.predicted_ms, "plan": p.plan}
+                               for p in ranked]
     if checked is not None:
         record["board"] = checked.record(board.device.name)
     files = export.save(out, model, dense_model, record) if out is not None else []
@@ -166,8 +167,8 @@ def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, target
     """``settings.proposals`` plans at ``target``, most accurate after a short fine-tune first."""
     importance = scores(cost.groups, settings.criterion, first_batches(data.train, 4))
     batches = first_batches(data.train, proposals.BATCHES)
-    tuned = len(proposals.split(batches)[0])
-    with _task(progress, f"ranking {settings.proposals} proposals (short fine-tunes)", settings.proposals * tuned) as advance:
+    passes = sum(proposals.rounds(settings.proposals)) * len(proposals.split(batches)[0])
+    with _task(progress, f"ranking {settings.proposals} proposals (successive halving)", passes) as advance:
         return proposals.ranked(dense, cost, importance, target, settings.proposals, batches, settings.seed,
                                 settings.lr, settings.min_ratio, settings.round_to or 1, on_batch=advance)
 

@@ -5,9 +5,10 @@ Importance scored on the dense model does not see which narrow groups the pruned
 plans of the same predicted latency that cut different groups end up a point or more apart after
 fine-tuning. :func:`ranked` proposes other plans at the same target (the allocator again, each
 group's importance scaled by a log-normal factor, so that whole groups trade places while the
-channels kept within a group stay its most important), fine-tunes each for one pass over most of a
-fixed sample of training batches, distilled from the dense model, and ranks them by their accuracy
-on the rest of that sample, held out of the fine-tuning.
+channels kept within a group stay its most important), and ranks them by successive halving: each is
+fine-tuned, distilled from the dense model, for one pass over most of a fixed sample of training
+batches and scored on the rest of that sample, held out of the fine-tuning; the better half goes on
+for another pass and is scored again, until two or three remain, ranked after their last pass.
 """
 
 from __future__ import annotations
@@ -37,24 +38,40 @@ class Proposal:
     factors: dict[str, float]
     plan: dict[str, int]
     predicted_ms: float
-    accuracy: float = float("nan")
+    accuracy: float = float("nan")  # held out, after its last pass
+    passes: int = 0
 
 
 def ranked(dense: nn.Module, cost: Cost, importance: dict[str, torch.Tensor], target: float, count: int,
            batches: list, seed: int, lr: float, min_ratio: float, round_to: int = 1,
            on_batch: Callable[[float], None] | None = None) -> list[Proposal]:
     """Up to ``count`` distinct plans of ``dense`` meeting ``target`` under ``cost`` (whose groups
-    describe ``dense``), the first with importance as it is; most accurate first. ``batches``:
+    describe ``dense``), the first with importance as it is; the last one standing first, then the
+    others by the round they fell in and their accuracy then. ``batches``:
     ``(inputs, labels)`` pairs of training data, the last :data:`HELD_OUT` of them held out to rank on."""
     tune, rank = split(batches)
     proposals = _proposals(cost, importance, target, count, seed, min_ratio, round_to)
-    for proposal in proposals:
-        model = copy.deepcopy(dense).eval()
-        ChannelGroups(model, cost.groups.input_shape).apply(keep_top(importance, proposal.plan))
-        torch.manual_seed(seed)
-        train(model, tune, 1, lr=lr, teacher=dense, on_batch=on_batch)
-        proposal.accuracy = evaluate(model, rank)
-    return sorted(proposals, key=lambda p: -p.accuracy)
+    alive: list[tuple[Proposal, nn.Module | None]] = [(proposal, None) for proposal in proposals]
+    for size in rounds(len(proposals)):
+        tuned = []
+        for proposal, model in alive[:size]:
+            if model is None:
+                model = copy.deepcopy(dense).eval()
+                ChannelGroups(model, cost.groups.input_shape).apply(keep_top(importance, proposal.plan))
+            torch.manual_seed(seed)
+            train(model, tune, 1, lr=lr, teacher=dense, on_batch=on_batch)
+            proposal.accuracy, proposal.passes = evaluate(model, rank), proposal.passes + 1
+            tuned.append((proposal, model))
+        alive = sorted(tuned, key=lambda pair: -pair[0].accuracy)
+    return sorted(proposals, key=lambda p: (-p.passes, -p.accuracy))
+
+
+def rounds(count: int) -> list[int]:
+    """How many proposals are fine-tuned in each round of successive halving (``[16, 8, 4, 2]``)."""
+    sizes = [count]
+    while sizes[-1] >= 4:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 def split(batches: list) -> tuple[list, list]:
