@@ -164,7 +164,7 @@ class _Planned:
 
 def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, target: float, data: Data,
             progress) -> list[proposals.Proposal]:
-    """``settings.proposals`` plans at ``target``, most accurate after a short fine-tune first."""
+    """``settings.proposals`` plans at ``target``, ranked by successive halving of short fine-tunes (best first)."""
     importance = scores(cost.groups, settings.criterion, first_batches(data.train, 4))
     batches = first_batches(data.train, proposals.BATCHES)
     passes = sum(proposals.rounds(settings.proposals)) * len(proposals.split(batches)[0])
