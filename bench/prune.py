@@ -16,8 +16,8 @@ pruned model compiled whole and timed end to end, ``--passes`` times each, the f
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
 dense MACs; ``METHOD:N`` rounds a baseline's counts to multiples of N (``flops:1``: Torch-Pruning's
 default, no rounding; plain ``flops`` rounds to the vector width); a ``--min-ratio`` other than
-the default adds ``-minR`` to the labels, ``--proposals N`` (``latency`` ranks N plans by a short
-fine-tune) ``-pN``. The methods of
+the default adds ``-minR`` to the labels, ``--proposals N`` (``latency`` ranks N plans by short
+fine-tunes) ``-pN``. The methods of
 ``--board-methods`` time their plans on the device before fine-tuning and re-plan up to
 ``--board-rounds`` times (0: open loop); the baselines stay open loop, as their tools are.
 ``--revalidate K`` then validates every output under --work K more times, in turns, so that each
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--dense-epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=1)
     parser.add_argument("--min-ratio", type=float, default=MIN_RATIO, help="smallest share of its channels a group keeps")
-    parser.add_argument("--proposals", type=int, default=1, help="latency: plans ranked by a short fine-tune")
+    parser.add_argument("--proposals", type=int, default=1, help="latency: plans ranked by short fine-tunes")
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")

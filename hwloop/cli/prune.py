@@ -162,7 +162,7 @@ def _proposals_table(record: dict) -> None:
     for index, p in enumerate(record["proposals"]):
         cut = [f"{name} {kept}/{record['groups'][name]['dense']}" for name, kept in p["plan"].items()
                if kept < record["groups"][name]["dense"]]
-        table.add_row(str(index + 1) + (" (chosen)" if index == 0 else ""), f"{p['accuracy']:.2%}", str(p.get("passes", 1)),
+        table.add_row(str(index + 1) + (" (chosen)" if index == 0 else ""), f"{p['accuracy']:.2%}", str(p["passes"]),
                       f"{p['predicted_ms']:.4f}", ", ".join(cut))
     out.print(table)
 

@@ -42,7 +42,7 @@ class Settings:
     # latency, flops, uniform: counts move by multiples of this; 0: the cost's alignment step for the
     # baselines, any count for the allocator (it prices ragged counts)
     round_to: int = 0
-    # latency: plans proposed and ranked by a short fine-tune (see :mod:`.proposals`); 1: the allocator's alone
+    # latency: plans proposed and ranked by short fine-tunes (see :mod:`.proposals`); 1: the allocator's alone
     proposals: int = 1
 
 

@@ -1,4 +1,4 @@
-"""Plans proposed around the allocator's and ranked by a short fine-tune, as NetAdapt ranks its
+"""Plans proposed around the allocator's and ranked by short fine-tunes, as NetAdapt ranks its
 proposals by short-term fine-tuning.
 
 Importance scored on the dense model does not see which narrow groups the pruned network will miss:
