@@ -28,7 +28,7 @@ from hwloop.prune import MIN_RATIO, pipeline, proposals
 from hwloop.prune.allocator import keep_top
 from hwloop.prune.cost import PredictedLatency
 from hwloop.prune.data import first_batches, load_data
-from hwloop.prune.groups import ChannelGroups
+from hwloop.prune.groups import ChannelGroups, pruned_copy
 from hwloop.prune.importance import scores
 from hwloop.prune.train import evaluate, train
 
@@ -54,8 +54,9 @@ def main() -> None:
     dense, _ = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, args.work / "cache")
     cost = PredictedLatency(ChannelGroups(copy.deepcopy(dense), data.input_shape), predictor)
     importance = scores(cost.groups, "l1")
-    ranked = proposals.ranked(dense, cost, importance, cost.target(args.budget), args.proposals,
-                              first_batches(data.train, proposals.BATCHES), 0, args.lr, MIN_RATIO)
+    proposed = proposals.propose(cost, importance, cost.target(args.budget), args.proposals, 0, MIN_RATIO)
+    ranked = proposals.ranked(dense, data.input_shape, proposed, importance,
+                              first_batches(data.train, proposals.BATCHES), 0, args.lr)
 
     names = [g.name for g in cost.groups.groups]
     print("groups: " + " ".join(names))
@@ -66,8 +67,7 @@ def main() -> None:
     for index, proposal in enumerate(ranked):
         accuracy = []
         for seed in seeds:
-            model = copy.deepcopy(dense)
-            ChannelGroups(model, data.input_shape).apply(keep_top(importance, proposal.plan))
+            model = pruned_copy(dense, data.input_shape, keep_top(importance, proposal.plan))
             torch.manual_seed(seed)
             train(model, load_data("fashion-mnist", 128, args.train_samples, seed=seed).train, args.epochs,
                   lr=args.lr, teacher=dense)

@@ -157,6 +157,13 @@ class ChannelGroups:
         self.apply({name: list(range(count)) for name, count in plan.items()})
 
 
+def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], keep: dict[str, list[int]]) -> nn.Module:
+    """A copy of ``model`` (in eval mode) in which group ``name`` keeps the channels ``keep[name]``."""
+    model = copy.deepcopy(model).eval()
+    ChannelGroups(model, input_shape).apply(keep)
+    return model
+
+
 def thinned(model: nn.Module, input_shape: tuple[int, ...], share: float) -> nn.Module:
     """A copy of ``model`` with every channel group cut to ``share`` of its channels (at least one):
     a model to time, so that the whole-model calibration spans the range pruned models fall in."""

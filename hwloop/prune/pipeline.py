@@ -99,7 +99,10 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
 
     probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
     target = probe.target(settings.budget)
-    ranked = _ranked(settings, dense_model, probe, target, data, progress) if settings.proposals > 1 else []
+    torch.manual_seed(settings.seed)
+    importance = None if settings.method in ("afcp", "lws") else \
+        scores(probe.groups, settings.criterion, first_batches(data.train, 4))
+    ranked = _ranked(settings, dense_model, probe, importance, target, data, progress) if settings.proposals > 1 else []
     factors = ranked[0].factors if ranked else None
 
     def plan_at(target: float) -> _Planned:
@@ -108,7 +111,7 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         groups = ChannelGroups(model, data.input_shape)
         latency, macs = PredictedLatency(groups, predictor), Macs(groups)
         planned = _Planned(model, groups, latency, macs,
-                           *_plan(settings, groups, latency, macs, target, data, dense_model, progress, factors))
+                           *_plan(settings, groups, latency, macs, target, data, dense_model, importance, progress, factors))
         groups.apply(planned.keep)
         return planned
 
@@ -162,21 +165,25 @@ class _Planned:
     extra: dict
 
 
-def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, target: float, data: Data,
-            progress) -> list[proposals.Proposal]:
+def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, importance: dict[str, torch.Tensor],
+            target: float, data: Data, progress) -> list[proposals.Proposal]:
     """``settings.proposals`` plans at ``target``, ranked by successive halving of short fine-tunes (best first)."""
-    importance = scores(cost.groups, settings.criterion, first_batches(data.train, 4))
+    with _task(progress, f"proposing {settings.proposals} plans", None):
+        proposed = proposals.propose(cost, importance, target, settings.proposals, settings.seed,
+                                     settings.min_ratio, settings.round_to or 1)
     batches = first_batches(data.train, proposals.BATCHES)
-    passes = sum(proposals.rounds(settings.proposals)) * len(proposals.split(batches)[0])
-    with _task(progress, f"ranking {settings.proposals} proposals (successive halving)", passes) as advance:
-        return proposals.ranked(dense, cost, importance, target, settings.proposals, batches, settings.seed,
-                                settings.lr, settings.min_ratio, settings.round_to or 1, on_batch=advance)
+    with _task(progress, f"ranking {len(proposed)} proposals (successive halving)",
+               proposals.passes(len(proposed), batches)) as advance:
+        return proposals.ranked(dense, data.input_shape, proposed, importance, batches, settings.seed, settings.lr,
+                                on_batch=advance)
 
 
 def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, macs: Macs, target: float,
-          data: Data, teacher: nn.Module, progress, factors: dict[str, float] | None = None):
+          data: Data, teacher: nn.Module, importance: dict[str, torch.Tensor] | None, progress,
+          factors: dict[str, float] | None = None):
     """The method's plan, the kept channels of each group, and what the method adds to the record;
-    ``factors`` scale each group's importance in the allocator (the proposal ranked first)."""
+    ``importance``: the dense model's (unused by afcp and lws, which search their own); ``factors``
+    scale each group's importance in the allocator (the proposal ranked first)."""
     method = settings.method
     if method in ("afcp", "lws"):
         search = afcp.search if method == "afcp" else lws.search
@@ -184,7 +191,6 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
                    settings.search_epochs * len(data.train)) as advance:
             return search(groups, latency, target, data.train, teacher, settings.search_epochs,
                           settings.min_ratio, on_batch=advance)
-    importance = scores(groups, settings.criterion, first_batches(data.train, 4))
     step = settings.round_to or latency.step
     if method == "uniform":
         plan = baselines.uniform(groups, latency, target, settings.min_ratio, step)
