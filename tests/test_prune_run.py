@@ -97,6 +97,22 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert narrow.exit_code == 2 and "--min-ratio 0.0: expected a share" in " ".join(narrow.output.split())
 
 
+def test_validation_tells_a_device_running_at_another_pace_from_a_wrong_prediction(capsys):
+    from hwloop.cli.prune import _validation_table
+    from hwloop.prune.validate import judged
+
+    faster = {"model": "out", "device": "local", "predicted_for": "local", "schedule": "default",
+              "dense_ms": 0.40, "measured_ms": 0.20, "dense_predicted_ms": 0.48, "predicted_ms": 0.24,
+              "accuracy": 0.9, "dense_accuracy": 0.91}
+    report = judged(dict(faster), [])
+    assert report["predicted_error"] == pytest.approx(0.2) and report["dense_predicted_error"] == pytest.approx(0.2)
+    assert report["speedup"] == pytest.approx(report["predicted_speedup"]) and report["ok"]
+    _validation_table(report)
+    assert "predicted +20.0% off too: the device ran faster" in " ".join(capsys.readouterr().out.split())
+    _validation_table(judged({**faster, "dense_ms": 0.47, "measured_ms": 0.235}, []))
+    assert "off too" not in capsys.readouterr().out
+
+
 def test_dry_run_checks_shapes_without_a_predictor():
     result = runner.invoke(app, ["prune", "--device", "local", "--model", "mobilenetv2", "--dry-run",
                                  "--train-samples", "8", "--test-samples", "8"])

@@ -16,6 +16,7 @@ from ..paths import cache_dir as default_cache_dir
 from ..prune import MIN_RATIO
 from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, progress_bar
 
+PACE_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device's pace moved
 PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
 
 
@@ -254,5 +255,10 @@ def _validation_table(report: dict) -> None:
                   f"predicted latency off by {report['predicted_error']:+.1%}"
                   + ("" if report["predicted_for"] == report["device"] else
                      f" (predicted for {report['predicted_for']})"))
+        pace = report["dense_predicted_error"]
+        if pace is not None and abs(pace) > PACE_TOLERANCE:
+            out.print(f"the dense model is predicted {pace:+.1%} off too: the device ran "
+                      f"{'faster' if pace > 0 else 'slower'} than when its tables were measured (clocks, load, "
+                      "heat); the speed-ups compare models timed side by side and move less with that")
     for failure in report["failures"]:
         out.print(f"[bold red]failed:[/] {escape(failure)}", highlight=False)

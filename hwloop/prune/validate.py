@@ -37,7 +37,8 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
 
 def judged(report: dict, failures: list[str]) -> dict:
     """``report`` with what its latencies (``dense_ms``, ``measured_ms``, ``predicted_ms``,
-    ``dense_predicted_ms``) say: measured and predicted speed-up, the prediction's error, and
+    ``dense_predicted_ms``) say: measured and predicted speed-up, the prediction's error on the pruned
+    and on the dense model (both off alike: the device ran at another pace than its tables), and
     ``failures`` (the measurements' own) with a pruned model not faster than the dense one added."""
     report["failures"] = list(failures)
     measured = not failures
@@ -46,6 +47,8 @@ def judged(report: dict, failures: list[str]) -> dict:
                                    if report["dense_predicted_ms"] and report["predicted_ms"] else None)
     report["predicted_error"] = (report["predicted_ms"] / report["measured_ms"] - 1
                                  if measured and report["predicted_ms"] else None)
+    report["dense_predicted_error"] = (report["dense_predicted_ms"] / report["dense_ms"] - 1
+                                       if measured and report["dense_predicted_ms"] else None)
     if measured and report["measured_ms"] >= report["dense_ms"]:
         report["failures"].append(f"the pruned model measured {report['measured_ms']:.4f} ms, not faster than "
                                   f"the dense model's {report['dense_ms']:.4f} ms")
