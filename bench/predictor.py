@@ -113,7 +113,12 @@ def print_models(calibration: dict | None) -> None:
     for case in calibration["cases"]:
         print(f"{case['model']:<24}{case['measured_ms']:>12.3f}{case['layers_ms']:>12.3f}"
               f"{case['predicted_ms']:>14.3f}{100 * case['error']:>+8.1f}%")
-    print(f"mean absolute error {100 * calibration['held_out_mape']:.1f} %")
+    print(f"mean absolute error {100 * calibration['held_out_mape']:.1f} %" + _paced(calibration))
+
+
+def _paced(calibration: dict) -> str:
+    paced = calibration.get("held_out_paced_mape")
+    return f"; with the pace of the models timed beside each: {100 * paced:.1f} %" if paced is not None else ""
 
 
 def print_throughput(predictor: Predictor) -> None:

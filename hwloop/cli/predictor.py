@@ -118,6 +118,10 @@ def fit(
             models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
                                  f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
         out.print(models_table)
+        paced = calibration["held_out_paced_mape"]
+        out.print(f"held out: {calibration['held_out_mape']:.1%} off on average"
+                  + (f"; {paced:.1%} once each spell's pace is read off the models timed beside it "
+                     "(the error of a predicted speed-up)" if paced is not None else ""))
     else:
         out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
     out.print(f"trained on {record['rows']} rows → {directory}")
