@@ -117,7 +117,7 @@ def print_models(calibration: dict | None) -> None:
 
 
 def _paced(calibration: dict) -> str:
-    paced = calibration.get("held_out_paced_mape")
+    paced = calibration["held_out_paced_mape"]
     return f"; with the pace of the models timed beside each: {100 * paced:.1f} %" if paced is not None else ""
 
 

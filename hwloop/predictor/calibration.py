@@ -48,8 +48,11 @@ def spells(rows: pd.DataFrame) -> pd.Series:
 
 def fit(rows: pd.DataFrame) -> tuple[float, float]:
     """``(scale, offset_ms)`` for ``rows`` (``layers_ms``, ``latency_ms``, ``spell``, ``model_id``)."""
-    fastest = fastest_pass(rows, "model_id")
-    paired = shared_spells(rows)
+    return _fit(fastest_pass(rows, "model_id"), shared_spells(rows))
+
+
+def _fit(fastest: pd.DataFrame, paired: pd.DataFrame) -> tuple[float, float]:
+    """:func:`fit` from each model's fastest pass and :func:`shared_spells` of the same rows."""
     if paired.empty:
         return fit_line(fastest.layers_ms.to_numpy(), fastest.latency_ms.to_numpy())
     share = offset_share(paired)
@@ -95,8 +98,8 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
     rows = model_rows(models, predictor)
     if rows.empty:
         return None
-    scale, offset = fit(rows)
     fastest, paired = fastest_pass(rows, "model_id"), shared_spells(rows)
+    scale, offset = _fit(fastest, paired)
     measured, layers = fastest.latency_ms.to_numpy(), fastest.layers_ms.to_numpy()
     held_out, paced = np.empty(len(fastest)), []
     for name in fastest.model.unique():
