@@ -3,7 +3,9 @@
 Builds run ahead in a process pool while the device times the previous artifact; each result is
 appended to the device's table as soon as it exists. A protocol with ``passes: N`` sweeps the
 configs N times, one sweep after the other. A re-run skips what already has its successful rows
-for the same schedule policy, target and protocol.
+for the same schedule policy, target and protocol. A collection that adds to a table after a pause
+starts each pass with a few of the table's configs again (anchors, :mod:`hwloop.pace`), so the
+predictor can bring its rows to the table's pace.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, tables
+import pandas as pd
+
+from . import __version__, pace, tables
 from .builder import BuildJob, BuildPool, BuildQueue, Built, tvm_version
 from .layers import LayerConfig
 from .registry import Device
@@ -52,6 +56,7 @@ class Summary:
     schedule: str
     planned: int
     skipped: int
+    anchors: int = 0  # measurements of configs already in the table, to pace a new spell
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -64,17 +69,29 @@ class Summary:
         return len(self.rows) - self.measured
 
 
-def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, force: bool) -> list[LayerConfig]:
+def pending(configs: list[LayerConfig], context: Context, tables_dir: Path,
+            force: bool) -> tuple[list[LayerConfig], int]:
     """The measurements still to take, pass by pass: a config appears once for each of the
-    protocol's passes it has no successful row for in this context (every pass with ``force``)."""
+    protocol's passes it has no successful row for in this context (every pass with ``force``).
+    When the table's last row in this context is older than a spell, each pass starts with the
+    table's anchors; returns the list and how many of it are anchors."""
     unique = list(dict.fromkeys(configs))
-    counts = {}
-    if not force:
-        table = tables.read(tables_dir, context.device.name)
-        done = table[(table.status == "ok") & (table.schedule == context.policy.name)
-                     & (table.target == context.target_json) & (table.protocol_id == context.protocol_id)]
-        counts = done.config_id.value_counts().to_dict()
-    return [c for sweep in range(context.device.protocol.passes) for c in unique if counts.get(c.id, 0) <= sweep]
+    table = tables.read(tables_dir, context.device.name)
+    done = table[(table.status == "ok") & (table.schedule == context.policy.name)
+                 & (table.target == context.target_json) & (table.protocol_id == context.protocol_id)]
+    counts = {} if force else done.config_id.value_counts().to_dict()
+    passes = [[c for c in unique if counts.get(c.id, 0) <= sweep] for sweep in range(context.device.protocol.passes)]
+    links = []
+    if any(passes) and not done.empty:
+        idle = (pd.Timestamp.now(tz="UTC") - done.measured_at.max()).total_seconds()
+        links = pace.anchors(done) if idle > pace.SPELL_GAP_S else []
+    todo, anchored = [], 0
+    for sweep in passes:
+        if sweep:
+            head = [a for a in links if a not in sweep]
+            todo += head + sweep
+            anchored += len(head)
+    return todo, anchored
 
 
 def planned(configs: list[LayerConfig], device: Device) -> int:
@@ -89,9 +106,10 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
     protocol); rows are written as they come."""
     start = time.perf_counter()
     context = Context.of(device, policy)
-    todo = pending(configs, context, tables_dir, force)
+    todo, anchored = pending(configs, context, tables_dir, force)
     total = planned(configs, device)
-    summary = Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo), 0))
+    summary = Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo) + anchored, 0),
+                      anchors=anchored)
     if on_start:
         on_start(len(todo))
     if todo:

@@ -129,11 +129,12 @@ def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Pol
     """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per device."""
     start = time.perf_counter()
     contexts = {d.name: Context.of(d, policy) for d in devices}
-    todo = {d.name: pending(configs, contexts[d.name], tables_dir, force) for d in devices}
-    runs = {}
+    todo, runs = {}, {}
     for d in devices:
+        todo[d.name], anchored = pending(configs, contexts[d.name], tables_dir, force)
         total = planned(configs, d)
-        runs[d.name] = BoardRun(Summary(d.name, policy.name, total, max(total - len(todo[d.name]), 0)))
+        runs[d.name] = BoardRun(Summary(d.name, policy.name, total, max(total - len(todo[d.name]) + anchored, 0),
+                                        anchored))
     for d in devices:
         if on_start:
             on_start(d.name, len(todo[d.name]))

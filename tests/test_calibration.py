@@ -8,8 +8,9 @@ from torch import nn
 from hwloop import tables
 from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
+from hwloop.pace import spells
 from hwloop.predictor import Predictor
-from hwloop.predictor.calibration import calibrate, fit, fit_line, spells
+from hwloop.predictor.calibration import calibrate, fit, fit_line
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 

@@ -100,3 +100,5 @@ def test_collect_refuses_bad_arguments(registry_dir, tmp_path):
     (tmp_path / "space.yaml").write_text("layers:\n  - op: conv2d\n    in_channels: x\n")
     result = invoke("collect", "-d", "local", "--space", tmp_path / "space.yaml", "--registry", registry_dir)
     assert result.exit_code == 2 and "space.yaml" in result.stderr
+    result = invoke("collect", "-d", "local", "-m", tmp_path, "--registry", registry_dir)
+    assert result.exit_code == 2 and "output folder of `hwloop prune`" in " ".join(result.stderr.split())

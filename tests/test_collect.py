@@ -1,6 +1,6 @@
 import pytest
 
-from hwloop import tables
+from hwloop import pace, tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
@@ -76,3 +76,21 @@ def test_passes_sweep_every_config_again_and_resume_the_missing_ones(registry_di
     assert table.config_id.value_counts().to_dict() == {c.id: 2 for c in SPACE[:4]}
     assert table.protocol_id.nunique() == 1 and '"passes"' not in table.protocol.iloc[0]
     assert collect(double, SPACE[:4], policy, tmp_path, cache_dir).rows == []
+
+
+def test_a_collection_after_a_pause_starts_each_pass_with_anchors_from_the_table(registry_dir, cache_dir, tmp_path,
+                                                                                monkeypatch):
+    single = load_registry(registry_dir).get("local")
+    double = single.model_copy(update={"protocol": single.protocol.model_copy(update={"passes": 2})})
+    policy = parse_policy("untuned")
+    collect(single, SPACE[:3], policy, tmp_path, cache_dir)
+    soon = collect(single, SPACE[3:], policy, tmp_path, cache_dir)
+    assert soon.anchors == 0 and [r["config_id"] for r in soon.rows] == [SPACE[3].id]
+
+    monkeypatch.setattr(pace, "SPELL_GAP_S", 0.0)  # the table's last row is now older than a spell
+    new = LayerConfig("conv2d", 4, 5, 8, 8, kernel=3, padding=1)
+    later = collect(double, [new], policy, tmp_path, cache_dir)
+    assert (later.planned, later.skipped, later.anchors, later.measured) == (2, 0, 8, 10)
+    ids = [r["config_id"] for r in later.rows]
+    assert ids[4] == ids[9] == new.id and ids[:4] == ids[5:9] and set(ids[:4]) == {c.id for c in SPACE}
+    assert collect(double, [new], policy, tmp_path, cache_dir).rows == []

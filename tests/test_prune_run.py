@@ -74,6 +74,10 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert report["ok"] == (report["measured_ms"] < report["dense_ms"]) == (checked.exit_code == 0)
     rows = tables.read_models(tables_dir, "local")
     assert set(rows.model) - set(timed.model) == {"resnet20@fashion-mnist:latency"}
+    where = runner.invoke(app, ["collect", "--device", "local", "--model", str(out), "--samples", "1", "--registry",
+                                str(registry_dir), "--tables", str(tables_dir), "--cache", str(cache_dir), "--json"])
+    assert where.exit_code == 0, where.output
+    assert {c.id for c in layers} == set(tables.read(tables_dir, "local").config_id)
 
     earlier = tmp_path / "earlier"
     shutil.copytree(out, earlier)

@@ -27,6 +27,15 @@ def _configs(model: str | None, space: Path | None, input_shape: str | None, sam
     try:
         if space is not None:
             return load_space(space)
+        if Path(model).is_dir():
+            from ..prune.export import load
+            from ..prune.groups import PruneError
+
+            try:
+                module, _, record = load(Path(model))
+            except PruneError as exc:
+                fail(str(exc))
+            return model_space(module, tuple(record["input_shape"]), samples, seed)
         module, shape = load_model(model, parse_shape(input_shape))
         return model_space(module, shape, samples, seed)
     except (ModelError, SpaceError) as exc:
@@ -39,8 +48,9 @@ def collect(
         "--device", "-d", help="Registered device or group name (see `hwloop devices list`); repeat it to measure "
                                "on several boards at once.")],
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2) or path/to/file.py:callable; "
-                              "its conv/linear layers give the space of channel counts a pruner could choose.")] = None,
+        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2), path/to/file.py:callable, "
+                              "or the output folder of `hwloop prune`; its conv/linear layers give the space of "
+                              "channel counts a pruner could choose (a pruned model's: its layers and narrower).")] = None,
     space: Annotated[Optional[Path], typer.Option("--space", "-s", help="YAML space file with a `layers:` list.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32 (required for a file).")] = None,
     samples: Annotated[int, typer.Option(help="Configs to sample from a model's space (each layer's dense config always).")] = 200,
@@ -59,13 +69,17 @@ def collect(
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
 
-    Resumable: a re-run measures only what is missing. Examples:
+    Resumable: a re-run measures only what is missing. Adding to a table after a pause first times
+    a few of its configs again (anchors), so `hwloop fit` can bring the new rows to the table's
+    pace. Examples:
 
       hwloop collect --device local --model resnet20 --samples 60
 
       hwloop collect --device local --space docs/space.yaml --schedule tuned:64
 
       hwloop collect --device local --model resnet20 --adaptive --budget 300
+
+      hwloop collect --device local --model pruned/resnet20-latency-0.5 --samples 40   (where a plan went)
 
       hwloop collect --device pi4 --device pi5 --model resnet20   (or a group: --device raspberry-pi)
     """
@@ -134,13 +148,21 @@ def summary_record(summary, tables: Path) -> dict:
     """What a collection on one device did, as printed with --json."""
     return {
         "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
-        "skipped": summary.skipped, "measured": summary.measured, "failed": summary.failed,
+        "skipped": summary.skipped, "anchors": summary.anchors, "measured": summary.measured, "failed": summary.failed,
         "wall_s": round(summary.wall_s, 2),
         "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
         "table": str(tables_mod.device_dir(tables, summary.device)),
         "failures": [{"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
                      for r in summary.rows if r["status"] != "ok"],
     }
+
+
+def measured_text(record: dict) -> str:
+    """``planned …, already measured …, measured now …`` of a :func:`summary_record`."""
+    anchors = (f" ({record['anchors']} of them anchors, configs of the table timed again to pace this sweep)"
+               if record["anchors"] else "")
+    return (f"planned {record['planned']}, already measured {record['skipped']}, measured now "
+            f"{record['measured']}{anchors}, failed {record['failed']}")
 
 
 def _print_summary(summary, tables: Path, as_json: bool) -> None:
@@ -156,8 +178,7 @@ def _print_summary(summary, tables: Path, as_json: bool) -> None:
                       f"{max(latencies):.4f}")
     if ok:
         out.print(table)
-    out.print(f"planned {record['planned']}, already measured {record['skipped']}, measured now {record['measured']}, "
-              f"failed {record['failed']} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
+    out.print(f"{measured_text(record)} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
               f"→ {record['table']}")
     for failure in record["failures"][:10]:
         out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from .app import err, out, progress_bar, read_table
-from .collect import summary_record
+from .collect import measured_text, summary_record
 
 
 def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force: bool, as_json: bool) -> None:
@@ -47,8 +47,7 @@ def collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force
     else:
         for r in records:
             state = f"[red]given up: {escape(r['error'])}[/]" if r["error"] else "done"
-            out.print(f"{r['device']}: planned {r['planned']}, already measured {r['skipped']}, measured now "
-                      f"{r['measured']}, failed {r['failed']} in {r['wall_s']:.1f} s → {r['table']} · {state}",
+            out.print(f"{r['device']}: {measured_text(r)} in {r['wall_s']:.1f} s → {r['table']} · {state}",
                       highlight=False, emoji=False)
             for failure in r["failures"][:5]:
                 out.print(f"  [red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",

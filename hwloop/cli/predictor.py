@@ -81,9 +81,10 @@ def fit(
 ) -> None:
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
 
-    Only rows of one schedule policy and protocol are used. Held-out scores (random configs,
-    unseen channel counts, unseen shapes) are printed and kept in predictor.json; when the device
-    has measured whole models, the whole-model calibration is fitted too. Example:
+    Only rows of one schedule policy and protocol are used, each spell of the board brought to one
+    pace through the configs timed in several (see `hwloop collect`). Held-out scores (random
+    configs, unseen channel counts, unseen shapes) are printed and kept in predictor.json; when the
+    device has measured whole models, the whole-model calibration is fitted too. Example:
 
       hwloop fit --device local
     """
@@ -104,7 +105,7 @@ def fit(
     calibration = predictor.meta["calibration"]
     record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
               "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
-              "calibration": calibration}
+              "spells": predictor.meta["spells"], "calibration": calibration}
     if as_json:
         out.print_json(json.dumps(record))
         return
@@ -124,6 +125,13 @@ def fit(
                      "(the error of a predicted speed-up)" if paced is not None else ""))
     else:
         out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
+    spells = record["spells"]
+    if len(spells) > 1:
+        out.print(f"rows of {len(spells)} spells of the board, brought to the pace of the largest:")
+        for spell in spells:
+            pace = (f"pace {spell['pace']:.3f}" if spell["pace"] is not None
+                    else "[red]kept as measured[/]: it shares no config with the others")
+            out.print(f"  {spell['start']} · {spell['configs']} configs, {spell['shared']} shared · {pace}")
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 

@@ -2,15 +2,14 @@
 models measured end to end on the device (the model table), to account for the rest: element-wise
 ops, pooling, glue and the runtime's calls.
 
-``measured ≈ scale × Σ layers + offset_ms``. A board's pace drifts (other tenants, heat, clocks),
-and it moves every model alike, so the two are fitted apart. Rows of one board measured less than
-:data:`SPELL_GAP_S` apart (a sweep of ``hwloop measure``, a validation's dense and pruned model)
-share a pace: the ratios of different models within such a spell fix the offset's share, whatever
-the pace; the scale then follows from each model's fastest pass, by least squared relative error
-(pruned models run tens of times faster than the dense one, and an error in ms would serve the
-dense model alone). When no spell holds two models, scale and offset are fitted together on the
-fastest passes. Each model's error is also scored by a calibration fitted without that model's
-rows, so the reported figures are held out.
+``measured ≈ scale × Σ layers + offset_ms``. A board's pace drifts and moves every model alike, so
+the two are fitted apart. Models timed in one spell (:mod:`hwloop.pace`: a sweep of ``hwloop
+measure``, a validation's dense and pruned model) share a pace: the ratios of different models
+within such a spell fix the offset's share, whatever the pace; the scale then follows from each
+model's fastest pass, by least squared relative error (pruned models run tens of times faster than
+the dense one, and an error in ms would serve the dense model alone). When no spell holds two
+models, scale and offset are fitted together on the fastest passes. Each model's error is also
+scored by a calibration fitted without that model's rows, so the reported figures are held out.
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from ..layers import LayerConfig
+from ..pace import spells
 from .selection import fastest_pass
-
-SPELL_GAP_S = 60.0  # rows of one board measured closer than this share its pace
 
 
 def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
@@ -35,15 +33,6 @@ def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
     sums = {text: float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum())
             for text in rows.layers.unique()}
     return rows.assign(layers_ms=rows.layers.map(sums).astype(float), spell=spells(rows)).reset_index(drop=True)
-
-
-def spells(rows: pd.DataFrame) -> pd.Series:
-    """A number per row: rows of one board (fingerprint) each measured within :data:`SPELL_GAP_S`
-    of the one before share it."""
-    order = rows.assign(board=rows.fp_id.fillna("")).sort_values(["board", "measured_at"], kind="stable")
-    gap = order.measured_at.diff().dt.total_seconds()
-    new = (order.board != order.board.shift()) | gap.isna() | (gap > SPELL_GAP_S)
-    return new.cumsum().reindex(rows.index)
 
 
 def fit(rows: pd.DataFrame) -> tuple[float, float]:

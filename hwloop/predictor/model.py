@@ -53,9 +53,10 @@ class Predictor:
             models: pd.DataFrame | None = None) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
 
-        With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel
-        counts, unseen shapes) from models trained without those rows. ``models`` (the device's
-        model table) calibrates whole-model predictions.
+        Rows are brought to one pace first (``meta["spells"]``). With ``evaluate``, the metadata
+        also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
+        trained without those rows. ``models`` (the device's model table) calibrates whole-model
+        predictions.
         """
         schedule = rows_name(schedule)
         chosen = select(table, source, schedule, protocol_id, device)
@@ -66,7 +67,7 @@ class Predictor:
             "lanes": lanes, "features": features.names(lanes), "rows": len(chosen.rows),
             "table_sha256": table_hash(chosen.rows), "xgboost_version": xgb.__version__,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "metrics": {}, "calibration": None,
+            "spells": spells_record(chosen.spells), "metrics": {}, "calibration": None,
         }
         if evaluate:
             from .evaluation import holdout_scores
@@ -189,6 +190,14 @@ def train(rows: pd.DataFrame, lanes: int, seed: int = 0) -> xgb.Booster:
     data = xgb.DMatrix(x, label=np.log(rows.latency_ms.to_numpy()), base_margin=features.baseline(x, lanes),
                        weight=1.0 / (1.0 + (cv / STEADY_CV) ** 2))
     return xgb.train({**PARAMS, "seed": seed}, data, num_boost_round=ROUNDS)
+
+
+def spells_record(spells: pd.DataFrame) -> list[dict]:
+    """The spells a predictor's rows were measured in and the pace each was brought from (None:
+    nothing linked it to the others, its rows are kept as measured)."""
+    return [{"start": start.isoformat(timespec="seconds"), "configs": int(configs), "shared": int(shared),
+             "pace": None if np.isnan(pace) else float(pace)}
+            for start, configs, shared, pace in zip(spells.start, spells.configs, spells.shared, spells.pace)]
 
 
 def lanes_of(target_json: str) -> int:

@@ -2,8 +2,10 @@
 one schedule policy, one protocol and one target. Rows measured under other conditions are other
 latencies, so mixing them is refused rather than averaged.
 
-A config measured in several passes counts once, by its fastest pass: a slow spell of the host
-(another tenant, a thermal dip) only adds time.
+Rows are first brought to the pace of the table's largest spell (:mod:`hwloop.pace`): a sweep
+added on a day the board ran 10 % faster would otherwise teach the predictor that its configs are
+10 % cheaper. A config measured in several passes then counts once, by its fastest pass: a
+disturbance within a spell (another tenant, a thermal dip) only adds time.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..pace import paced
 from ..schedules import unrevised
 from .errors import PredictorError
 
 
 @dataclass(frozen=True)
 class Selection:
-    rows: pd.DataFrame  # one per config
+    rows: pd.DataFrame  # one per config, paced
     measurements: int  # the table's rows behind them, every pass counted
     device: str
     schedule: str
     protocol_id: str
     protocol: str
     target: str
+    spells: pd.DataFrame  # hwloop.pace.spell_paces of the rows
 
 
 def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | None = None,
@@ -62,8 +66,9 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
         raise PredictorError(f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); "
                              "keep one target per device table")
     first = rows.iloc[0]
+    rows, spells = paced(rows)
     return Selection(fastest_pass(rows), len(rows), first.device, schedule, first.protocol_id, first.protocol,
-                     first.target)
+                     first.target, spells)
 
 
 def fastest_pass(rows: pd.DataFrame, key: str = "config_id") -> pd.DataFrame:
