@@ -270,7 +270,8 @@ def report(
     """Plot a device's predictor against its table as an HTML page.
 
     The page has predicted-vs-measured (±10 % band), latency-vs-out-channels staircases with the
-    predictor's line, and learning curves.
+    predictor's line, learning curves and, when configs were timed in several spells of the board,
+    the pace of each spell.
 
       hwloop report --device local
     """
@@ -285,5 +286,5 @@ def report(
     except PredictorError as exc:
         fail(str(exc))
     with err.status(f"plotting {device}'s predictor on {len(chosen.rows)} rows"):
-        index = write_report(predictor, chosen.rows, out_dir or Path("reports") / device)
+        index = write_report(predictor, chosen, out_dir or Path("reports") / device)
     out.print(f"report → {index}")

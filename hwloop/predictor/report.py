@@ -4,7 +4,11 @@
   see them (k-fold by config), with the ±10 % band;
 * ``staircase.png``: measured latency against out-channels for a few layer shapes, with the
   predictor's line over every count in between;
-* ``learning_curve.png``: share within ±10 % of held-out rows against samples, random and adaptive.
+* ``learning_curve.png``: share within ±10 % of held-out rows against samples, random and adaptive;
+* ``pace.png`` (when configs were timed in several spells of the board): each such config's
+  fastest timing in a spell over its level (the median of its paced timings), against its level,
+  with the pace the spell was brought from; a spell whose points slope saw large and small layers
+  move apart.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .evaluation import BANDS, splits
 from .features import COLUMNS, shape_key
 from .model import Predictor, train
 from .sampling import learning_curve
+from .selection import Selection
 
 FOLDS = 4
 STAIRCASES = 4
@@ -35,8 +40,8 @@ def out_of_fold(rows: pd.DataFrame, lanes: int, seed: int = 0) -> np.ndarray:
     return predicted
 
 
-def write_report(predictor: Predictor, rows: pd.DataFrame, out_dir: Path, seed: int = 0) -> Path:
-    """Plots and ``index.html`` for ``predictor`` on ``rows`` (its device's selected rows)."""
+def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: int = 0) -> Path:
+    """Plots and ``index.html`` for ``predictor`` on ``chosen`` (its device's selected rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,6 +51,7 @@ def write_report(predictor: Predictor, rows: pd.DataFrame, out_dir: Path, seed: 
     out_dir.mkdir(parents=True, exist_ok=True)
     lanes = predictor.lanes
     title = f"{predictor.device} · {predictor.schedule}"
+    rows = chosen.rows
 
     measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, lanes, seed)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -83,9 +89,36 @@ def write_report(predictor: Predictor, rows: pd.DataFrame, out_dir: Path, seed: 
     ax.legend()
     _save(fig, out_dir / "learning_curve.png")
 
+    paced = _pace_plot(chosen, out_dir / "pace.png", title)
     index = out_dir / "index.html"
-    index.write_text(_page(predictor, rows, measured, predicted))
+    index.write_text(_page(predictor, rows, measured, predicted, paced))
     return index
+
+
+def _pace_plot(chosen: Selection, path: Path, title: str) -> bool:
+    """``pace.png`` (see the module's docstring); False, and no file, when no config was timed in
+    two spells."""
+    import matplotlib.pyplot as plt
+
+    best = chosen.passes.groupby(["spell", "config_id"])[["latency_ms", "pace"]].min()
+    best = best[best.groupby(level="config_id").latency_ms.transform("size") > 1]
+    if best.empty:
+        return False
+    level = best.latency_ms.groupby(level="config_id").median()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spell, points in best.groupby(level="spell"):
+        x = level[points.index.get_level_values("config_id")].to_numpy()
+        start, pace = chosen.spells.start[spell], chosen.spells.pace[spell]
+        linked = not np.isnan(pace)
+        dots = ax.scatter(x, (points.latency_ms * points.pace).to_numpy() / x, s=14,
+                          label=f"{start:%Y-%m-%d %H:%M}" + (f" · pace {pace:.3f}" if linked else " · not linked"))
+        if linked:
+            ax.axhline(pace, color=dots.get_facecolor()[0], lw=0.8)
+    ax.set(xscale="log", xlabel="config level ms (median over its spells, paced)", ylabel="timed in the spell / level",
+           title=f"{title}: the board's pace per spell")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
 
 
 def _staircases(rows: pd.DataFrame):
@@ -110,7 +143,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted) -> str:
+def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted, paced: bool) -> str:
     error = np.abs(predicted / measured - 1)
     cells = "".join(f"<td>{100 * np.mean(error <= b / 100):.1f} %</td>" for b in BANDS)
     held_out = "".join(
@@ -132,5 +165,6 @@ def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted) -> str:
 <h2>Predicted vs measured</h2><img src="scatter.png" alt="predicted vs measured">
 <h2>Latency vs out-channels</h2><img src="staircase.png" alt="staircase">
 <h2>Learning curve</h2><img src="learning_curve.png" alt="learning curve">
+{'<h2>The board&#39;s pace per spell</h2><img src="pace.png" alt="pace per spell">' if paced else ''}
 </body></html>
 """

@@ -21,14 +21,18 @@ from .errors import PredictorError
 
 @dataclass(frozen=True)
 class Selection:
-    rows: pd.DataFrame  # one per config, paced
-    measurements: int  # the table's rows behind them, every pass counted
+    rows: pd.DataFrame  # one per config, its fastest pass
+    passes: pd.DataFrame  # the table's rows behind them, every pass, paced (with spell and pace)
     device: str
     schedule: str
     protocol_id: str
     protocol: str
     target: str
-    spells: pd.DataFrame  # hwloop.pace.spell_paces of the rows
+    spells: pd.DataFrame  # hwloop.pace.spell_paces of the passes
+
+    @property
+    def measurements(self) -> int:
+        return len(self.passes)
 
 
 def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | None = None,
@@ -67,7 +71,7 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
                              "keep one target per device table")
     first = rows.iloc[0]
     rows, spells = paced(rows)
-    return Selection(fastest_pass(rows), len(rows), first.device, schedule, first.protocol_id, first.protocol,
+    return Selection(fastest_pass(rows), rows, first.device, schedule, first.protocol_id, first.protocol,
                      first.target, spells)
 
 
