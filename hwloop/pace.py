@@ -33,7 +33,7 @@ def spell_paces(rows: pd.DataFrame) -> pd.DataFrame:
     and its ``pace``, its latency over that of the spell with the most configs (1.0 for that one,
     NaN for a spell no chain of shared configs links to it).
 
-    Each config's fastest row per spell is a config level times its spell's pace, in logs; both
+    In logs, each config's fastest row per spell is the config's level plus its spell's pace; both
     are fitted on the shared configs by alternating medians, so an anchor timed in a disturbance
     does not move a spell.
     """
