@@ -7,7 +7,7 @@ Needs a work folder with a layer table and ``devices.yaml`` (``bench/prune.py`` 
 ``--every`` minutes, one spell times ``--configs`` configs of the table's largest spell again
 (spread over its latency range, as ``hwloop.pace.anchors`` picks them) and the model with its
 copies thinned to 0.75, 0.5 and 0.25. Each spell prints the layers' pace against that spell (the
-median, and a line in log latency read at the smallest and the largest config), and the whole
+median over all configs, and over the smaller and the larger half of them), and the whole
 models: the 0.75 copy's latency over the 0.25 copy's, and a line through the four models' timings
 against the predicted sums of their layers (slope and intercept). A board whose large layers
 gain more than its small ones when it runs faster shows it here; within one state, the figures
@@ -62,7 +62,7 @@ def main() -> None:
     small, large = levels[[c.id for c in probes]].min(), levels[[c.id for c in probes]].max()
     print(f"{len(probes)} configs of the spell of {reference.measured_at.min():%Y-%m-%d %H:%M} "
           f"({small * 1e3:.1f}-{large * 1e3:.1f} us); models' predicted layer sums {np.round(sums, 4).tolist()} ms")
-    print("time  | layers: median pace, at smallest, at largest | models: 0.75/0.25, slope, intercept us, dense ms")
+    print("time  | layers' pace: all, smaller half, larger half | models: 0.75/0.25, slope, intercept us, dense ms")
     for index in range(args.spells):
         start = time.monotonic()
         rows = collect(device, probes, policy, tables_dir, cache, force=True).rows
@@ -71,15 +71,15 @@ def main() -> None:
         for row in rows:
             if row["status"] == "ok" and row["config_id"] in levels.index:
                 fastest[row["config_id"]] = min(row["latency_ms"], fastest.get(row["config_id"], np.inf))
-        x = np.log(levels[list(fastest)].to_numpy())
-        y = np.log(np.array(list(fastest.values()))) - x
-        slope, at_mean = np.polyfit(x - x.mean(), y, 1)
+        level = levels[list(fastest)].to_numpy()
+        pace = np.array(list(fastest.values())) / level
+        larger = level > np.median(level)
         model_ms = {c.name: min(r["latency_ms"] for r in timed if r["model"] == c.name and r["status"] == "ok")
                     for c in cases}
         whole = np.array([model_ms[c.name] for c in cases])
         line_slope, intercept = np.polyfit(sums, whole, 1)
-        at = lambda level: np.exp(at_mean + slope * (np.log(level) - x.mean()))  # noqa: E731
-        print(f"{time.strftime('%H:%M')} | {np.exp(np.median(y)):.3f}, {at(small):.3f}, {at(large):.3f} | "
+        print(f"{time.strftime('%H:%M')} | {np.median(pace):.3f}, {np.median(pace[~larger]):.3f}, "
+              f"{np.median(pace[larger]):.3f} | "
               f"{whole[1] / whole[3]:.3f}, {line_slope:.3f}, {intercept * 1e3:.1f}, {whole[0]:.4f}", flush=True)
         if index + 1 < args.spells:
             time.sleep(max(0.0, args.every * 60 - (time.monotonic() - start)))
