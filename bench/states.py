@@ -51,7 +51,7 @@ def main() -> None:
     if ok.empty:
         raise SystemExit(f"{tables_dir}: no successful {policy.name} rows of device 'local'; run bench/prune.py first")
     ok = ok.assign(spell=spells(ok))
-    reference = ok[ok.spell == ok.spell.value_counts().idxmax()]
+    reference = ok[ok.spell == ok.groupby("spell").config_id.nunique().idxmax()]  # as hwloop.pace.spell_paces
     levels = reference.groupby("config_id").latency_ms.min()
     probes = anchors(reference, args.configs)
     predictor = Predictor.fit(reference, "local", "default", evaluate=False)

@@ -94,9 +94,13 @@ def pending(configs: list[LayerConfig], context: Context, tables_dir: Path,
     return todo, anchored
 
 
-def planned(configs: list[LayerConfig], device: Device) -> int:
-    """Measurements a collection of ``configs`` on ``device`` plans: each distinct config once per pass."""
-    return len(set(configs)) * device.protocol.passes
+def planned_summary(device: Device, policy: Policy, configs: list[LayerConfig], todo: list[LayerConfig],
+                    anchored: int) -> Summary:
+    """The summary of a collection before it runs: it plans each distinct config of ``configs`` once
+    per pass, skips what :func:`pending` left out and re-times ``anchored`` anchors besides."""
+    total = len(set(configs)) * device.protocol.passes
+    return Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo) + anchored, 0),
+                   anchors=anchored)
 
 
 def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_dir: Path, cache_dir: Path,
@@ -107,9 +111,7 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
     start = time.perf_counter()
     context = Context.of(device, policy)
     todo, anchored = pending(configs, context, tables_dir, force)
-    total = planned(configs, device)
-    summary = Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo) + anchored, 0),
-                      anchors=anchored)
+    summary = planned_summary(device, policy, configs, todo, anchored)
     if on_start:
         on_start(len(todo))
     if todo:

@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import tables
 from .builder import BuildJob, BuildPool, Built
-from .collect import Context, Summary, make_row, pending, planned
+from .collect import Context, Summary, make_row, pending, planned_summary
 from .layers import LayerConfig
 from .registry import Device
 from .runner import Measurement, Runner
@@ -132,9 +132,7 @@ def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Pol
     todo, runs = {}, {}
     for d in devices:
         todo[d.name], anchored = pending(configs, contexts[d.name], tables_dir, force)
-        total = planned(configs, d)
-        runs[d.name] = BoardRun(Summary(d.name, policy.name, total, max(total - len(todo[d.name]) + anchored, 0),
-                                        anchored))
+        runs[d.name] = BoardRun(planned_summary(d, policy, configs, todo[d.name], anchored))
     for d in devices:
         if on_start:
             on_start(d.name, len(todo[d.name]))
