@@ -25,10 +25,11 @@ import numpy as np
 
 from hwloop import tables
 from hwloop.collect import collect
-from hwloop.endtoend import ModelCase, measure_models, thinned_cases
+from hwloop.endtoend import ModelCase, thinned_cases
 from hwloop.models import load_model
-from hwloop.pace import anchors, spells
+from hwloop.pace import anchors, spell_paces, spells
 from hwloop.predictor import Predictor
+from hwloop.prune.validate import side_by_side
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 from hwloop.space import trace_layers
@@ -51,7 +52,7 @@ def main() -> None:
     if ok.empty:
         raise SystemExit(f"{tables_dir}: no successful {policy.name} rows of device 'local'; run bench/prune.py first")
     ok = ok.assign(spell=spells(ok))
-    reference = ok[ok.spell == ok.groupby("spell").config_id.nunique().idxmax()]  # as hwloop.pace.spell_paces
+    reference = ok[ok.spell == spell_paces(ok).configs.idxmax()]
     levels = reference.groupby("config_id").latency_ms.min()
     probes = anchors(reference, args.configs)
     predictor = Predictor.fit(reference, "local", "default", evaluate=False)
@@ -66,7 +67,7 @@ def main() -> None:
     for index in range(args.spells):
         start = time.monotonic()
         rows = collect(device, probes, policy, tables_dir, cache, force=True).rows
-        timed = measure_models(device, cases, policy, tables_dir, cache, force=True)
+        timed = side_by_side(device, cases, policy, tables_dir, cache)
         fastest = {}
         for row in rows:
             if row["status"] == "ok" and row["config_id"] in levels.index:
@@ -74,9 +75,10 @@ def main() -> None:
         level = levels[list(fastest)].to_numpy()
         pace = np.array(list(fastest.values())) / level
         larger = level > np.median(level)
-        model_ms = {c.name: min(r["latency_ms"] for r in timed if r["model"] == c.name and r["status"] == "ok")
-                    for c in cases}
-        whole = np.array([model_ms[c.name] for c in cases])
+        failed = [f"{row['model']}: {row['stage']}: {row['error']}" for row in timed if row["status"] != "ok"]
+        if failed:
+            raise SystemExit("; ".join(failed))
+        whole = np.array([row["latency_ms"] for row in timed])
         line_slope, intercept = np.polyfit(sums, whole, 1)
         print(f"{time.strftime('%H:%M')} | {np.median(pace):.3f}, {np.median(pace[~larger]):.3f}, "
               f"{np.median(pace[larger]):.3f} | "
