@@ -7,6 +7,7 @@ waits on the compiler.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -18,6 +19,7 @@ import traceback
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as BuildTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,10 @@ from .layers import LayerConfig
 from .lifetime import die_with_parent
 from .schedules import parse_policy
 from .targets import canonical
+
+
+BUILD_TIMEOUT_S = 300.0
+TRIAL_TIMEOUT_S = 10.0
 
 
 def tvm_version() -> str:
@@ -95,6 +101,12 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
     return Built(job, str(path), None, time.perf_counter() - start)
 
 
+def build_timeout(policy: str) -> float:
+    """Seconds a build under ``policy`` may take: :data:`BUILD_TIMEOUT_S`, and
+    :data:`TRIAL_TIMEOUT_S` more per measured candidate of a search (``tuned:N``, ``transfer:N``)."""
+    return BUILD_TIMEOUT_S + TRIAL_TIMEOUT_S * parse_policy(policy).trials
+
+
 def prepare(target, cc: str | None) -> None:
     """Check that code for ``target`` can be linked here with ``cc``, and set up its code generator."""
     _check_linker(target, cc)
@@ -159,8 +171,20 @@ class BuildPool:
             return self._executor.submit(build, job, self.cache_dir)
 
     def restart(self) -> None:
-        """Replace the workers after one died (a crashed compiler breaks the whole pool)."""
+        """Replace the workers after one died (a crashed compiler breaks the whole pool) or hung
+        (its process tree is killed)."""
+        import psutil
+
+        workers = list(getattr(self._executor, "_processes", {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            try:
+                tree = psutil.Process(worker.pid).children(recursive=True) + [psutil.Process(worker.pid)]
+            except psutil.NoSuchProcess:
+                continue
+            for process in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         self._executor = self._start()
 
     def close(self) -> None:
@@ -177,13 +201,17 @@ class BuildQueue:
     """Yields the builds of ``jobs`` in order while keeping up to ``depth`` of them in flight.
 
     When a worker dies, the pool is restarted and the jobs in flight are submitted again; the job
-    at the head of the queue is blamed, and fails after ``max_crashes`` deaths.
+    at the head of the queue is blamed, and fails after ``max_crashes`` deaths. A build still
+    running ``timeout`` seconds after the queue started waiting for it (the default: its policy's,
+    :func:`build_timeout`) fails with that error, and the pool is restarted without it.
     """
 
-    def __init__(self, pool: BuildPool, jobs: list[BuildJob], depth: int | None = None, max_crashes: int = 2):
+    def __init__(self, pool: BuildPool, jobs: list[BuildJob], depth: int | None = None, max_crashes: int = 2,
+                 timeout: float | None = None):
         self.pool = pool
         self.depth = depth or 2 * pool.workers + 1
         self.max_crashes = max_crashes
+        self.timeout = timeout
         self.crashes: Counter[int] = Counter()  # by id(job): a job's target is a dict
         self.todo = deque(jobs)
         self.inflight: deque[tuple[BuildJob, Future]] = deque()
@@ -197,8 +225,13 @@ class BuildQueue:
     def __iter__(self) -> Iterator[Built]:
         while self.inflight:
             job, future = self.inflight.popleft()
+            limit = self.timeout or build_timeout(job.policy)
             try:
-                built = future.result()
+                built = future.result(timeout=limit)
+            except BuildTimeout:
+                self.pool.restart()
+                self.inflight = deque((j, self.pool.submit(j)) for j, _ in self.inflight)
+                built = Built(job, None, f"the build did not finish within {limit:g} s (a hung compiler?)", limit)
             except BrokenProcessPool:
                 self.crashes[id(job)] += 1
                 self.pool.restart()

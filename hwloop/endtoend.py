@@ -23,15 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tables
 from .builder import export, prepare
-from .collect import Context, measurement_fields
-from .layers import LayerConfig
 from .registry import Device
-from .runner import Measurement, Runner
+from .rows import Context
+from .runner import Measurement
 from .schedules import Policy
+from .session import Session
 from .space import trace_layers
-from .transports import open_transport
+from .transports import TransportError
 
 
 @dataclass(frozen=True)
@@ -85,25 +84,6 @@ def build_model(model: nn.Module, input_shape: tuple[int, ...], target: dict, po
     export(compile_module(scheduled, tvm_target), tvm_target, cc, path)
 
 
-def measure_model(device: Device, model: nn.Module, input_shape: tuple[int, ...], policy: Policy,
-                  cache_dir: Path, transport=None) -> Measurement:
-    """Build ``model`` for ``device`` with ``policy``, check it against torch there, time it end to end.
-
-    ``transport`` is an open transport to the device, or None to open one for this measurement.
-    """
-    context = Context.of(device, policy)
-    with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch:
-        artifact = Path(scratch) / f"model-{os.getpid()}.so"
-        failure, _ = _build(model, tuple(input_shape), context, policy, cache_dir, artifact)
-        if failure is not None:
-            return failure
-        io = reference_io(model, tuple(input_shape))
-        if transport is not None:
-            return Runner(transport, device.protocol).measure_model(str(artifact), *io)
-        with open_transport(device) as opened:
-            return Runner(opened, device.protocol).measure_model(str(artifact), *io)
-
-
 @dataclass(frozen=True)
 class _Built:
     """A model built for a measurement sweep, and the passes it still needs there."""
@@ -131,52 +111,39 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], context: Context, pol
 
 
 def measure_models(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
-                   force: bool = False, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+                   force: bool = False, on_row: Callable[[dict], None] | None = None,
+                   on_wait: Callable[[str], None] | None = None) -> list[dict]:
     """Measure each model of ``cases`` once per pass of the device's protocol (a sweep over the
     models per pass), skipping passes already in ``device``'s model table unless ``force``; rows
-    are written as they come. A model that fails to build gets one failed row."""
-    context = Context.of(device, policy)
-    done = tables.read_models(tables_dir, device.name)
-    done = done[(done.status == "ok") & (done.schedule == policy.name) & (done.target == context.target_json)
-                & (done.protocol_id == context.protocol_id)]
-    counts = {} if force else done.model_id.value_counts().to_dict()
-    todo = []
-    for case in cases:
-        layers = model_layers(case.model, case.input_shape)
-        key = model_id(case.name, case.input_shape, layers)
-        if device.protocol.passes > counts.get(key, 0):
-            todo.append((case, layers, key, device.protocol.passes - counts.get(key, 0)))
-    rows: list[dict] = []
-    if not todo:
-        return rows
-    with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch, open_transport(device) as transport:
-        built = []
-        for index, (case, layers, key, passes) in enumerate(todo):
-            artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
-            failure, build_s = _build(case.model, tuple(case.input_shape), context, policy, cache_dir, artifact)
-            io = None if failure else reference_io(case.model, tuple(case.input_shape))
-            built.append(_Built(case, layers, key, 1 if failure else passes, artifact, failure, io, build_s))
-        runner = Runner(transport, device.protocol)
-        for sweep in range(max(b.passes for b in built)):
-            for b in (b for b in built if sweep < b.passes):
-                measurement = b.failure or runner.measure_model(str(b.artifact), *b.io)
-                row = _row(context, b.case, b.layers, b.key, measurement, b.build_s, transport.fingerprint())
-                tables.append_models(tables_dir, device.name, [row])
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+    are written as they come. A model that fails to build gets one failed row. A device given up
+    midway raises :class:`TransportError` (the rows written before are kept)."""
+    with Session(device, policy, tables_dir, models=True, on_wait=on_wait) as session:
+        counts = {} if force else session.done("model_id")
+        todo = []
+        for case in cases:
+            layers = model_layers(case.model, case.input_shape)
+            key = model_id(case.name, case.input_shape, layers)
+            if device.protocol.passes > counts.get(key, 0):
+                todo.append((case, layers, key, device.protocol.passes - counts.get(key, 0)))
+        rows: list[dict] = []
+        if not todo:
+            return rows
+        session.open()
+        with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch:
+            built = []
+            for index, (case, layers, key, passes) in enumerate(todo):
+                artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
+                failure, build_s = _build(case.model, tuple(case.input_shape), session.context, policy, cache_dir,
+                                          artifact)
+                io = None if failure else reference_io(case.model, tuple(case.input_shape))
+                built.append(_Built(case, layers, key, 1 if failure else passes, artifact, failure, io, build_s))
+            for sweep in range(max(b.passes for b in built)):
+                for b in (b for b in built if sweep < b.passes):
+                    row = session.model(b.case.name, b.key, tuple(b.case.input_shape), b.layers, b.artifact, b.io,
+                                        b.build_s, b.failure)
+                    if row is None:
+                        raise TransportError(session.lost)
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
     return rows
-
-
-def _row(context: Context, case: ModelCase, layers: list[dict], key: str, m: Measurement, build_s: float,
-         fp: dict) -> dict:
-    return {
-        "model_id": key,
-        "model": case.name,
-        "input_shape": json.dumps(list(case.input_shape)),
-        "layers": json.dumps(layers),
-        "macs": sum(LayerConfig.from_dict(layer).macs for layer in layers),
-        **measurement_fields(context, m, fp),
-        "build_s": build_s,
-        "build_cached": False,
-    }

@@ -1,146 +1,151 @@
 """Collection on several devices at once, surviving the faults of real boards.
 
 Each device is measured by its own worker process (TVM's RPC client holds the GIL while it waits
-for a board, so boards in one process would take turns), one measurement at a time. Builds run
-once in a shared pool for every device with the same target and cross compiler. A fault of the
-link or the board (``transport.fault()`` names it) is retried after a reconnect, with bounded
-retries and backoff; a board that stays away is given up with its error and the others go on.
-Every row is written as soon as it exists, so nothing measured is lost, a measurement lost in
-flight is taken again rather than recorded twice, and a re-run measures only what is missing.
+for a board, so boards in one process would take turns), one measurement at a time, in a
+:class:`~hwloop.session.Session` (which retries after faults and gives a board up that stays
+away; the others go on). This process holds every device's table while its workers write their
+rows into it. Builds run once in a shared pool for every device with the same target and cross
+compiler. Every row is written as soon as it exists, so nothing measured is lost, a measurement
+lost in flight is taken again rather than recorded twice, and a re-run measures only what is
+missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import signal
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as BuildTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import tables
-from .builder import BuildJob, BuildPool, Built
-from .collect import Context, Summary, make_row, pending, planned_summary
+from .builder import BuildJob, BuildPool, Built, build_timeout
+from .collect import Summary, pending, planned_summary
 from .layers import LayerConfig
 from .registry import Device
-from .runner import Measurement, Runner
+from .rows import Context
 from .schedules import Policy
 
 
 @dataclass
 class BoardRun:
-    """One device's part of a fleet collection: its summary, and why it was given up (if it was)."""
+    """One device's part of a fleet collection: its summary (``summary.error``: why it was given
+    up, if it was) and the workers that measured it."""
 
     summary: Summary
-    error: str | None = None
     workers: int = 1
 
-
-def measure(runner: Runner, transport, config: LayerConfig, artifact: str, retries: int) -> tuple[Measurement, bool]:
-    """``config`` measured, retried after faults of the board or the link; and whether the board is lost.
-
-    A config that faults the board on every attempt fails alone: the next one starts on a fresh
-    connection, and only a board that cannot be reconnected is lost."""
-    for _ in range(retries + 1):
-        m = runner.measure(config, artifact)
-        fault = transport.fault() if m.status == "failed" and hasattr(transport, "fault") else None
-        if fault is None:
-            return m, False
-        m.error = f"{fault} ({m.error})"
-        if m.stage == "connect":
-            return m, True
-    return m, False
+    @property
+    def error(self) -> str | None:
+        return self.summary.error
 
 
 def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> None:
     """Worker process: measure what arrives on ``jobs`` on ``device``, report on ``results``."""
     from .lifetime import die_with_parent
-    from .transports import TransportError, open_transport
+    from .session import Session
+    from .transports import TransportError
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    context = Context.of(device, policy)
     try:
-        transport = open_transport(device)
-    except (TransportError, OSError) as exc:
+        with Session(device, policy, tables_dir, journal_only=True) as session:
+            session.open()
+            while (built := jobs.get()) is not None:
+                row = session.layer(built.job.config, built)
+                if row is None:
+                    results.put(("lost", device.name, session.lost))
+                    return
+                results.put(("row", device.name, row))
+    except (TransportError, tables.TableError, OSError) as exc:
         results.put(("lost", device.name, str(exc)))
         return
-    try:
-        runner = Runner(transport, device.protocol, context.target)
-        while (built := jobs.get()) is not None:
-            config = built.job.config
-            lost = False
-            if built.artifact:
-                m, lost = measure(runner, transport, config, built.artifact, device.link.retries)
-            else:
-                m = Measurement("failed", "build", built.error)
-            row = make_row(context, config, built, m, transport.fingerprint())
-            tables.append(tables_dir, device.name, [row])
-            results.put(("row", device.name, row))
-            if lost:
-                results.put(("lost", device.name, transport.fault() or m.error))
-                return
-    finally:
-        transport.close()
     results.put(("done", device.name, None))
 
 
 class SharedBuilds:
-    """Each distinct build job submitted once to the pool; every device waiting on it gets the result."""
+    """Each distinct build job submitted once to the pool; every device waiting on it gets the result.
+
+    A build that outlasts its policy's timeout fails (for every device); a pool broken by a dying
+    worker is restarted once, whichever device noticed first, and the build asked again."""
 
     def __init__(self, pool: BuildPool):
         self.pool = pool
-        self._futures: dict[tuple, Future] = {}
+        self._futures: dict[tuple, tuple[Future, int]] = {}
+        self._generation = 0
         self._lock = threading.Lock()
 
     def _key(self, job: BuildJob) -> tuple:
         return job.key(""), job.policy
 
-    def submit(self, job: BuildJob) -> None:
+    def submit(self, job: BuildJob) -> tuple[Future, int]:
         with self._lock:
             if self._key(job) not in self._futures:
-                self._futures[self._key(job)] = self.pool.submit(job)
+                self._futures[self._key(job)] = self.pool.submit(job), self._generation
+            return self._futures[self._key(job)]
 
     def get(self, job: BuildJob) -> Built:
-        self.submit(job)
-        try:
-            built = self._futures[self._key(job)].result()
-        except BrokenProcessPool:
-            with self._lock:
-                self.pool.restart()
-                self._futures = {k: f for k, f in self._futures.items() if f.done() and not f.exception()}
+        limit = build_timeout(job.policy)
+        for _ in range(3):
+            future, generation = self.submit(job)
             try:
-                built = self.pool.submit(job).result()
-            except BrokenProcessPool:
+                built = future.result(timeout=limit)
+                return Built(job, built.artifact, built.error, built.seconds, built.cached)
+            except BuildTimeout:
+                failed = Built(job, None, f"the build did not finish within {limit:g} s (a hung compiler?)", limit)
+                self._restart(generation, job, failed)
+                return failed
+            except (BrokenProcessPool, CancelledError):
+                self._restart(generation)
+        return Built(job, None, "the build worker died building this config", 0.0)
+
+    def _restart(self, generation: int, job: BuildJob | None = None, failed: Built | None = None) -> None:
+        """Restart the pool unless it was restarted since ``generation``; keep the builds done (and
+        ``failed`` as ``job``'s result)."""
+        with self._lock:
+            if generation == self._generation:
                 self.pool.restart()
-                return Built(job, None, "the build worker died building this config", 0.0)
-        return Built(job, built.artifact, built.error, built.seconds, built.cached)
+                self._generation += 1
+                self._futures = {k: (f, g) for k, (f, g) in self._futures.items()
+                                 if f.done() and not f.cancelled() and not f.exception()}
+            if job is not None:
+                done: Future = Future()
+                done.set_result(failed)
+                self._futures[self._key(job)] = done, self._generation
 
 
 def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Policy, tables_dir: Path,
                   cache_dir: Path, force: bool = False,
                   on_start: Callable[[str, int], None] | None = None,
                   on_row: Callable[[str, dict], None] | None = None,
-                  on_lost: Callable[[str, str], None] | None = None) -> list[BoardRun]:
-    """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per device."""
+                  on_lost: Callable[[str, str], None] | None = None,
+                  on_wait: Callable[[str], None] | None = None) -> list[BoardRun]:
+    """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per
+    device. Each device's table is held from planning to the end (``on_wait`` hears of a run
+    that holds one already)."""
     start = time.perf_counter()
     contexts = {d.name: Context.of(d, policy) for d in devices}
     todo, runs = {}, {}
-    for d in devices:
-        todo[d.name], anchored = pending(configs, contexts[d.name], tables_dir, force)
-        runs[d.name] = BoardRun(planned_summary(d, policy, configs, todo[d.name], anchored))
-    for d in devices:
-        if on_start:
-            on_start(d.name, len(todo[d.name]))
-    busy = [d for d in devices if todo[d.name]]
-    if busy:
-        avoid = sorted({c for d in busy if d.transport == "local" for c in (d.protocol.cpus or [])})
-        with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
-            _run(busy, todo, contexts, policy, tables_dir, SharedBuilds(pool), runs, on_row, on_lost)
+    with contextlib.ExitStack() as held:
+        for d in devices:
+            held.enter_context(tables.Writer(tables_dir, d.name, on_wait=on_wait))
+            todo[d.name], anchored = pending(configs, contexts[d.name], tables_dir, force)
+            runs[d.name] = BoardRun(planned_summary(d, policy, configs, todo[d.name], anchored))
+        for d in devices:
+            if on_start:
+                on_start(d.name, len(todo[d.name]))
+        busy = [d for d in devices if todo[d.name]]
+        if busy:
+            avoid = sorted({c for d in busy if d.transport == "local" for c in (d.protocol.cpus or [])})
+            with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
+                _run(busy, todo, contexts, policy, tables_dir, SharedBuilds(pool), runs, on_row, on_lost)
     for run in runs.values():
         run.summary.wall_s = time.perf_counter() - start
     return list(runs.values())
@@ -223,7 +228,7 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
 
 
 def _lose(name, error, runs, stopped, active, on_lost) -> None:
-    runs[name].error = error
+    runs[name].summary.error = error
     stopped.add(name)
     active[name] = 0
     if on_lost:

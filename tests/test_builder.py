@@ -73,3 +73,17 @@ def test_queue_survives_killed_workers(host_target, tmp_path):
     assert [r.job for r in results] == jobs
     assert results[0].artifact and results[2].artifact
     assert results[1].artifact is None and "worker died 2 times" in results[1].error
+
+
+def test_a_hung_build_fails_after_its_timeout_and_the_queue_goes_on(host_target, tmp_path):
+    import psutil
+
+    hang = tmp_path / "hangs"
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    jobs = [BuildJob(CONFIGS[0], host_target, "untuned", cc=str(hang)), BuildJob(CONFIGS[1], host_target, "untuned")]
+    with BuildPool(tmp_path, workers=1) as pool:
+        results = list(BuildQueue(pool, jobs, timeout=5))
+    assert results[0].artifact is None and "did not finish within 5 s" in results[0].error
+    assert results[1].artifact
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600"]]

@@ -8,7 +8,7 @@ import tvm
 from tvm import relax, tirx
 
 from hwloop import tables
-from hwloop.endtoend import ModelCase, measure_model, measure_models, model_layers, reference_io
+from hwloop.endtoend import ModelCase, measure_models, model_layers, reference_io
 from hwloop.graph import compile_module, relax_module
 from hwloop.kernels import relative_error
 from hwloop.models import ResNet, load_model
@@ -105,8 +105,10 @@ def test_models_are_measured_once_into_the_model_table(local_device, tmp_path):
     second = measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
     assert [r["model"] for r in second] == ["resnet20", "ragged-resnet20"] and {r["status"] for r in second} == {"ok"}
     assert measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache") == []
-    tables.append(tmp_path / "tables", "local", [])  # a layer part beside the model table
-    assert pd.read_parquet(tmp_path / "tables" / "local").empty  # the layer table does not see model rows
+    layer = {"measurement_id": tables.new_measurement_id(), "config_id": "c", "device": "local", "status": "ok",
+             "latency_ms": 1.0, "measured_at": pd.Timestamp.now(tz="UTC")}
+    tables.append(tmp_path / "tables", "local", [layer])  # a layer part beside the model table
+    assert list(pd.read_parquet(tmp_path / "tables" / "local").config_id) == ["c"]  # no model row among them
 
 
 def test_a_model_whose_output_differs_is_a_mismatch_not_a_timing(local_device, tmp_path, monkeypatch):
@@ -115,8 +117,9 @@ def test_a_model_whose_output_differs_is_a_mismatch_not_a_timing(local_device, t
 
     monkeypatch.setattr(endtoend, "reference_io",
                         lambda m, s: (lambda d, e: (d, e + 1.0))(*reference_io(m, s)))
-    measurement = measure_model(local_device, calibrated(model, shape), shape, parse_policy("default"), tmp_path)
-    assert measurement.status == "mismatch" and measurement.stage == "check" and not measurement.latencies_ms
+    [row] = measure_models(local_device, [ModelCase("resnet20", calibrated(model, shape), shape)],
+                           parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
+    assert row["status"] == "mismatch" and row["stage"] == "check" and not row["latencies_ms"]
 
 
 def test_untuned_whole_model_matches_torch(host_target, tmp_path):

@@ -75,11 +75,12 @@ def progress_bar(*columns, disable: bool = False):
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=disable)
 
 
-def read_table(tables: Path, device: str):
+def read_table(tables: Path, device: str, columns: list[str] | None = None, where: dict | None = None):
+    """``device``'s layer table (only ``columns``, only rows matching ``where``), or exit naming the bad file."""
     from .. import tables as tables_mod
 
     try:
-        return tables_mod.read(tables, device)
+        return tables_mod.read(tables, device, columns, where)
     except tables_mod.TableError as exc:
         fail(str(exc))
 

@@ -65,6 +65,9 @@ def collect(
              "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
              "budget) is the pool.")] = False,
     budget: Annotated[Optional[int], typer.Option(min=1, help="Measurements --adaptive may spend.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what the space holds and what would be measured on each device, then stop: "
+                          "nothing is built, no device is reached.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
@@ -102,10 +105,11 @@ def collect(
     configs = _configs(model, space, input_shape, max(samples, 10 * budget) if adaptive else samples, seed)
     if len(devices) > 1 and adaptive:
         fail("--adaptive measures one device at a time: give one --device")
+    if dry_run:
+        _print_plan(devices, configs, policy, tables, force, as_json)
+        return
     if not adaptive and (len(devices) > 1 or devices[0].transport != "local"):
-        from .fleet import collect_on_boards
-
-        collect_on_boards(devices, configs, policy, tables, cache or default_cache_dir(), force, as_json)
+        _collect_on_boards(devices, configs, policy, tables, cache or default_cache_dir(), force, as_json)
         return
     dev = devices[0]
     read_table(tables, dev.name)
@@ -130,18 +134,52 @@ def collect(
 
                 on_start(budget)
                 summary = adaptive_collect(dev, configs, policy, tables, cache or default_cache_dir(), budget, seed=seed,
-                                           force=force, on_row=on_row)
+                                           force=force, on_row=on_row, on_wait=say_waiting)
             else:
-                summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row)
-        except TransportError as exc:
+                summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row,
+                                      on_wait=say_waiting)
+        except (TransportError, tables_mod.TableError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             err.print(f"interrupted: every measurement written so far is kept in {tables_mod.device_dir(tables, dev.name)}; "
                       "run the same command again to measure the rest")
             raise typer.Exit(130) from None
     _print_summary(summary, tables, as_json)
-    if summary.failed:
+    if summary.error:
+        err.print(f"[red]{escape(dev.name)} given up:[/] {escape(summary.error)}; run the same command again to "
+                  "measure the rest", highlight=False, emoji=False)
+    if summary.failed or summary.error:
         raise typer.Exit(1)
+
+
+def _print_plan(devices, configs, policy, tables: Path, force: bool, as_json: bool) -> None:
+    """What a collection of ``configs`` would measure on each of ``devices`` (``--dry-run``)."""
+    from collections import Counter
+
+    from ..collect import pending
+    from ..rows import Context
+
+    ops = Counter(c.op for c in dict.fromkeys(configs))
+    records = []
+    for device in devices:
+        read_table(tables, device.name, ["config_id"])
+        todo, anchored = pending(configs, Context.of(device, policy), tables, force)
+        records.append({"device": device.name, "schedule": policy.name, "configs": len(set(configs)),
+                        "passes": device.protocol.passes, "to_measure": len(todo), "anchors": anchored,
+                        "ops": dict(ops), "to_measure_ops": dict(Counter(c.op for c in todo))})
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    for r in records:
+        per_op = ", ".join(f"{op} {count}" for op, count in sorted(r["ops"].items()))
+        out.print(f"{r['device']} · {r['schedule']}: the space holds {r['configs']} configs ({per_op}); "
+                  f"{r['passes']} pass(es) → {r['to_measure']} measurements to take"
+                  + (f" ({r['anchors']} anchors)" if r["anchors"] else ""), highlight=False)
+
+
+def say_waiting(message: str) -> None:
+    """Tell the user that the run waits for another one (on stderr)."""
+    err.print(escape(message), highlight=False, emoji=False)
 
 
 def summary_record(summary, tables: Path) -> dict:
@@ -149,7 +187,7 @@ def summary_record(summary, tables: Path) -> dict:
     return {
         "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
         "skipped": summary.skipped, "anchors": summary.anchors, "measured": summary.measured, "failed": summary.failed,
-        "wall_s": round(summary.wall_s, 2),
+        "wall_s": round(summary.wall_s, 2), "error": summary.error,
         "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
         "table": str(tables_mod.device_dir(tables, summary.device)),
         "failures": [{"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
@@ -183,3 +221,69 @@ def _print_summary(summary, tables: Path, as_json: bool) -> None:
     for failure in record["failures"][:10]:
         out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
                   highlight=False, emoji=False)
+
+
+BAR_PER_BOARD = 8  # more boards than this share one progress bar
+
+
+def _collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force: bool, as_json: bool) -> None:
+    """Measure ``configs`` on ``devices`` in parallel; exit 1 if a row failed or a board was given up.
+    Up to :data:`BAR_PER_BOARD` boards get a progress bar each, more share one that counts them."""
+    from ..fleet import collect_fleet
+
+    for device in devices:
+        read_table(tables, device.name, ["config_id"])
+    progress = progress_bar(TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[status]}"))
+    shared = len(devices) > BAR_PER_BOARD
+    lost: set[str] = set()
+    with progress:
+        if shared:
+            one = progress.add_task(f"{len(devices)} boards · {policy.name}", total=0, failed=0, status="")
+            tasks = dict.fromkeys((d.name for d in devices), one)
+        else:
+            tasks = {d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="")
+                     for d in devices}
+
+        def on_start(name: str, total: int) -> None:
+            task = tasks[name]
+            if shared:
+                progress.update(task, total=progress.tasks[task].total + total)
+            else:
+                progress.update(task, total=total, status="" if total else "nothing to measure")
+
+        def on_row(name: str, row: dict) -> None:
+            task = tasks[name]
+            progress.advance(task)
+            progress.update(task, failed=progress.tasks[task].fields["failed"] + (row["status"] != "ok"))
+
+        def on_lost(name: str, error: str) -> None:
+            lost.add(name)
+            progress.update(tasks[name], status=f"[red]{len(lost)} given up" if shared else "[red]given up")
+
+        try:
+            runs = collect_fleet(devices, configs, policy, tables, cache, force, on_start, on_row, on_lost,
+                                 on_wait=say_waiting)
+        except tables_mod.TableError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err.print(f"interrupted: every measurement written so far is kept under {tables}; "
+                      "run the same command again to measure the rest")
+            raise typer.Exit(130) from None
+    records = [summary_record(r.summary, tables) for r in runs]
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        if shared:
+            out.print(f"{len(records)} boards: measured now {sum(r['measured'] for r in records)}, failed "
+                      f"{sum(r['failed'] for r in records)}, {len(lost)} given up → {tables}", highlight=False)
+        for r in records:
+            if shared and not (r["error"] or r["failed"]):
+                continue
+            state = f"[red]given up: {escape(r['error'])}[/]" if r["error"] else "done"
+            out.print(f"{r['device']}: {measured_text(r)} in {r['wall_s']:.1f} s → {r['table']} · {state}",
+                      highlight=False, emoji=False)
+            for failure in r["failures"][:5]:
+                out.print(f"  [red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+                          highlight=False, emoji=False)
+    if any(r["error"] or r["failed"] for r in records):
+        raise typer.Exit(1)

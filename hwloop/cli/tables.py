@@ -24,7 +24,7 @@ def show(device: Annotated[Optional[str], typer.Argument(help="Device; all devic
     names = [device] if device else tables_mod.devices(tables)
     records = []
     for name in names:
-        frame = read_table(tables, name)
+        frame = read_table(tables, name, ["schedule", "op", "status", "config_id", "latency_ms", "measured_at"])
         if frame.empty:
             continue
         groups = frame.groupby(["schedule", "op"])
@@ -62,7 +62,8 @@ def export(device: str, csv: Annotated[Path, typer.Option("--csv", help="CSV fil
 
 @tables_app.command("compact")
 def compact(device: str, tables: TablesOpt = Path("tables")) -> None:
-    """Merge a device's part files into one, keeping every row."""
-    read_table(tables, device)
-    merged = tables_mod.compact(tables, device)
+    """Merge all of a device's part files into one, keeping every row (runs merge small parts on
+    their own; this merges everything)."""
+    read_table(tables, device, ["config_id"])
+    merged = tables_mod.compact(tables, device, on_wait=lambda message: err.print(message))
     err.print(f"merged into {merged}" if merged else "nothing to merge")

@@ -30,6 +30,11 @@ class LocalTransport:
 
     def __init__(self, protocol: Protocol, start_timeout: float = 120.0):
         self.protocol = protocol
+        self.start_timeout = start_timeout
+        self._start()
+
+    def _start(self) -> None:
+        protocol = self.protocol
         self.port = _free_port()
         self._log = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "hwloop.transports.serve", "--host", "127.0.0.1",
@@ -40,7 +45,7 @@ class LocalTransport:
         self._process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=lambda: die_with_parent(signal.SIGTERM), start_new_session=True)
-        self._wait_ready(start_timeout)
+        self._wait_ready(self.start_timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -62,6 +67,18 @@ class LocalTransport:
         from tvm import rpc
 
         return rpc.connect("127.0.0.1", self.port)
+
+    def fault(self, grace: float = 0.0) -> str | None:
+        """Why the server cannot serve now (it exited), or None."""
+        if self._process.poll() is not None:
+            return f"the local RPC server exited with code {self._process.returncode}"
+        return None
+
+    def reconnect(self) -> None:
+        """Start the server again if it exited."""
+        if self.fault() is not None:
+            self.close()
+            self._start()
 
     def fingerprint(self) -> dict:
         return fingerprint.collect(self.protocol.cpus[0] if self.protocol.cpus else 0)

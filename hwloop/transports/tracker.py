@@ -51,6 +51,12 @@ class TrackerTransport:
         except TransportError as exc:
             return str(exc)
 
+    def reconnect(self) -> None:
+        """Sessions come from the tracker: raise when it has no board of the pool left."""
+        fault = self.fault()
+        if fault is not None:
+            raise TransportError(f"device {self.device.name!r}: {fault}")
+
     def fingerprint(self) -> dict:
         return {}
 

@@ -1,0 +1,285 @@
+"""What moves a layer's measured latency: one artifact timed in many independent trials.
+
+    .venv/bin/python bench/reproducibility.py [--trials 12] [--neighbour none|bursts|fit] [--builds]
+                                              [--out docs/results/reproducibility/results/NAME]
+
+Three convs of the ResNet family (about 10 µs, 0.3 ms and 3 ms on one x86 core) are built with the
+``default`` rules for this machine and timed on the built-in ``local`` device (its RPC server pinned
+to CPU 0), trial after trial, the configs interleaved. A trial is ``repeat`` repeats of at least
+``min_repeat_ms``, and each condition makes its trials more independent than the last:
+
+* ``same``: one RPC session, the library loaded once, the same buffers: only time passes;
+* ``buffers``: fresh input/output buffers for each trial (the old ones kept, so addresses move);
+* ``load``: the library loaded again for each trial;
+* ``session``: a new RPC session (a new forked server process) for each trial;
+* ``server``: a new RPC server (a fresh interpreter, new address-space randomisation) per trial.
+
+With ``--builds``, a build pool compiles other configs on the other CPUs meanwhile; ``--neighbour``
+runs another tenant on every CPU: ``bursts`` (a two-threaded matrix product, 3 s or 8 s on and as
+long off) or ``fit`` (an XGBoost fit on all CPUs). Each trial records what the host said about
+itself during it: steal and iowait time (/proc/stat), load and the pinned CPU's clock.
+
+Writes ``trials.jsonl`` and ``summary.json`` (per condition and config: the spread of the trials'
+medians, their CV, the repeats' CV) with the machine, the commit and the command, and prints the
+summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hwloop.builder import BuildJob, BuildPool, build
+from hwloop.kernels import random_inputs
+from hwloop.layers import LayerConfig
+from hwloop.registry import Protocol
+from hwloop.schedules import parse_policy
+from hwloop.targets import canonical, host_cpu, resolve
+from hwloop.transports.local import LocalTransport
+
+CONFIGS = [
+    LayerConfig("conv2d", 16, 16, 14, 14, kernel=3, padding=1),
+    LayerConfig("conv2d", 64, 64, 28, 28, kernel=3, padding=1),
+    LayerConfig("conv2d", 128, 128, 56, 56, kernel=3, padding=1),
+]
+CONDITIONS = ("same", "buffers", "load", "session", "server")
+NEIGHBOURS = {
+    "bursts": """
+import os, random, time
+import numpy as np
+a = np.random.rand(1024, 1024)
+while True:
+    on = random.choice([3, 8])
+    end = time.time() + on
+    while time.time() < end:
+        a @ a
+    time.sleep(on)
+""",
+    "fit": """
+import numpy as np, xgboost as xgb
+x = np.random.rand(200000, 40); y = x @ np.random.rand(40)
+while True:
+    xgb.train({"tree_method": "hist", "max_depth": 8, "nthread": 0}, xgb.DMatrix(x, label=y), 200)
+""",
+}
+
+
+def cpu_times(cpu: int) -> dict:
+    """Jiffies of ``cpu`` from /proc/stat: user+nice+system (busy), iowait, steal and the total."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            return {"busy": v[0] + v[1] + v[2], "iowait": v[4], "steal": v[7] if len(v) > 7 else 0, "total": sum(v)}
+    return {}
+
+
+def cpu_mhz(cpu: int) -> float | None:
+    blocks = Path("/proc/cpuinfo").read_text().split("\n\n")
+    for block in blocks:
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        if fields.get("processor", "").strip() == str(cpu) and "cpu MHz" in fields:
+            return float(fields["cpu MHz"])
+    return None
+
+
+class Timer:
+    """Loads artifacts into a session of ``transport`` and times them, one trial at a time."""
+
+    def __init__(self, transport, protocol: Protocol):
+        self.transport, self.protocol = transport, protocol
+        self.session = transport.connect()
+        self.modules: dict = {}
+        self.args: dict = {}
+        self.kept: list = []
+
+    def load(self, config: LayerConfig, artifact: str) -> None:
+        name = f"{config.id.replace(':', '_')}-{random.getrandbits(32):08x}.so"
+        self.session.upload(artifact, target=name)
+        self.modules[config] = self.session.load_module(name)
+
+    def buffers(self, config: LayerConfig) -> None:
+        import tvm
+
+        device = self.session.cpu(0)
+        data, weight = random_inputs(config)
+        # a buffer of random size first, and the old buffers kept alive, so the new ones sit elsewhere
+        self.kept += [tvm.runtime.empty((random.randint(1, 4096),), "float32", device), *self.args.get(config, [])]
+        self.args[config] = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
+                             tvm.runtime.empty(config.output_shape, config.dtype, device)]
+
+    def trial(self, config: LayerConfig) -> list[float]:
+        p = self.protocol
+        module, device = self.modules[config], self.session.cpu(0)
+        module.time_evaluator("main", device, number=p.warmup, repeat=1)(*self.args[config])
+        evaluator = module.time_evaluator("main", device, number=p.number, repeat=p.repeat,
+                                          min_repeat_ms=p.min_repeat_ms)
+        return [s * 1e3 for s in evaluator(*self.args[config]).results]
+
+
+def run_condition(condition: str, artifacts: dict, protocol: Protocol, trials: int, log) -> None:
+    level = CONDITIONS.index(condition)
+    transport = LocalTransport(protocol)
+    timer = None
+    try:
+        for trial in range(trials):
+            if timer is None or level >= CONDITIONS.index("session"):
+                timer = None  # the server serves one session at a time: end the last one first
+                gc.collect()
+                if trial and level >= CONDITIONS.index("server"):
+                    transport.close()
+                    transport = LocalTransport(protocol)
+                timer = Timer(transport, protocol)
+            order = list(artifacts)
+            random.shuffle(order)
+            for config in order:
+                if config not in timer.modules or level >= CONDITIONS.index("load"):
+                    timer.load(config, artifacts[config])
+                if config not in timer.args or level >= CONDITIONS.index("buffers"):
+                    timer.buffers(config)
+                before, start = cpu_times(0), time.time()
+                latencies = timer.trial(config)
+                after = cpu_times(0)
+                total = max(after.get("total", 0) - before.get("total", 0), 1)
+                log({"condition": condition, "trial": trial, "config": config.id, "start": start,
+                     "seconds": time.time() - start, "median_ms": statistics.median(latencies),
+                     "min_ms": min(latencies), "cv": statistics.pstdev(latencies) / statistics.fmean(latencies),
+                     "latencies_ms": latencies,
+                     "cpu0_busy": (after["busy"] - before["busy"]) / total,
+                     "cpu0_steal": (after["steal"] - before["steal"]) / total,
+                     "cpu0_iowait": (after["iowait"] - before["iowait"]) / total,
+                     "load1": os.getloadavg()[0], "cpu0_mhz": cpu_mhz(0)})
+    finally:
+        transport.close()
+
+
+def summarise(records: list[dict]) -> dict:
+    summary = {}
+    for condition in CONDITIONS:
+        mine = [r for r in records if r["condition"] == condition]
+        for config in dict.fromkeys(r["config"] for r in mine):
+            medians = [r["median_ms"] for r in mine if r["config"] == config]
+            if len(medians) < 2:
+                continue
+            best = min(medians)
+            summary.setdefault(condition, {})[config] = {
+                "trials": len(medians), "median_ms": statistics.median(medians), "min_ms": best,
+                "max_over_min": max(medians) / best,
+                "trials_cv": statistics.pstdev(medians) / statistics.fmean(medians),
+                "within_10_of_median": float(np.mean([abs(m / statistics.median(medians) - 1) <= 0.10 for m in medians])),
+                "repeats_cv_median": statistics.median(r["cv"] for r in mine if r["config"] == config),
+                "steal_max": max(r["cpu0_steal"] for r in mine if r["config"] == config),
+            }
+    return summary
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu_model": model, "llvm_cpu": host_cpu(), "cores": os.cpu_count(), "commit": commit,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d")}
+
+
+@contextlib.contextmanager
+def neighbour(kind: str):
+    if kind == "none":
+        yield
+        return
+    process = subprocess.Popen([sys.executable, "-c", NEIGHBOURS[kind]], env=dict(os.environ, OMP_NUM_THREADS="2"))
+    try:
+        time.sleep(2)
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def builds_running(enabled: bool, cache: Path, target: dict):
+    if not enabled:
+        yield
+        return
+    pool = BuildPool(cache / "noise", avoid_cpus=[0])
+    stop = time.time() + 10 ** 6
+    futures = []
+
+    def keep_busy():
+        while time.time() < stop:
+            futures[:] = [f for f in futures if not f.done()]
+            while len(futures) < 2 * pool.workers:
+                c = random.randint(8, 256)
+                futures.append(pool.submit(BuildJob(LayerConfig("conv2d", c, c + 1, 28, 28, 3, padding=1), target,
+                                                    parse_policy("default").name)))
+            time.sleep(0.2)
+
+    import threading
+
+    thread = threading.Thread(target=keep_busy, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop = 0
+        pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--neighbour", choices=["none", *NEIGHBOURS], default="none")
+    parser.add_argument("--builds", action="store_true", help="compile other configs on the other CPUs meanwhile")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--min-repeat-ms", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    protocol = Protocol(warmup=10, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, threads=1, cpus=[0])
+    target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
+    cache = Path(tempfile.mkdtemp(prefix="hwloop-repro-"))
+    artifacts = {}
+    for config in CONFIGS:
+        built = build(BuildJob(config, target, parse_policy("default").name), cache)
+        assert built.artifact, built.error
+        artifacts[config] = built.artifact
+    out = args.out or Path("docs/results/reproducibility/results") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    with open(out / "trials.jsonl", "w") as log_file:
+        def log(record):
+            records.append(record)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+        with neighbour(args.neighbour), builds_running(args.builds, cache, target):
+            for condition in args.conditions.split(","):
+                run_condition(condition, artifacts, protocol, args.trials, log)
+    summary = {"machine": machine(), "target": canonical(target), "neighbour": args.neighbour,
+               "builds": args.builds, "protocol": protocol.model_dump(), "conditions": summarise(records)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"{summary['machine']['cpu_model']} ({summary['machine']['llvm_cpu']}, {summary['machine']['cores']} cores), "
+          f"neighbour {args.neighbour}, builds {'on' if args.builds else 'off'} → {out}")
+    print(f"{'condition':9} {'config':42} {'trials':>6} {'median ms':>10} {'max/min':>8} {'trials CV':>9} "
+          f"{'±10%':>5} {'rep CV':>7} {'steal':>6}")
+    for condition, configs in summary["conditions"].items():
+        for config, s in configs.items():
+            print(f"{condition:9} {config:42} {s['trials']:6d} {s['median_ms']:10.4f} {s['max_over_min']:8.3f} "
+                  f"{s['trials_cv']:9.3%} {s['within_10_of_median']:5.0%} {s['repeats_cv_median']:7.2%} "
+                  f"{s['steal_max']:6.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""hwloop at scale: a device table of 100,000 rows, and a fleet of loopback SSH boards.
+
+    .venv/bin/python bench/scale.py [--rows 100000] [--boards 4] [--configs 60] [--out DIR]
+
+Tables: synthetic rows of the real schema (conv, depthwise and linear configs, three passes each,
+written run by run as collections write them) fill a device's table; then the loop's reads are
+timed: `hwloop tables show`, a collection's planning (up to its first measurement), reading the
+rows a predictor learns from, and the files the folder holds. Fleet: ``--boards`` real sshd boards
+on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol, so that
+the host's own work per measurement shows; the CPU time of hwloop's processes is counted apart
+from the boards' (sshd sessions and everything under them). Then the same fleet again with two
+boards killed halfway, and a re-run: rows lost or duplicated are counted.
+
+Writes ``scale.json`` (with the machine, the commit and the command) into ``--out`` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hwloop import tables  # noqa: E402
+from hwloop.builder import BuildJob, BuildPool, BuildQueue  # noqa: E402
+from hwloop.collect import pending  # noqa: E402
+from hwloop.fleet import collect_fleet  # noqa: E402
+from hwloop.layers import LayerConfig  # noqa: E402
+from hwloop.registry import load_registry  # noqa: E402
+from hwloop.rows import Context  # noqa: E402
+from hwloop.schedules import parse_policy  # noqa: E402
+from hwloop.targets import host_cpu, resolve  # noqa: E402
+
+POLICY = parse_policy("default")
+RUN_ROWS = 600  # rows per synthetic collection run
+
+
+def synthetic_configs(count: int, rng: np.random.Generator) -> list[LayerConfig]:
+    configs: dict[LayerConfig, None] = {}
+    while len(configs) < count:
+        kind = rng.choice(["conv", "pointwise", "depthwise", "linear"], p=[0.5, 0.25, 0.15, 0.1])
+        hw = int(rng.choice([7, 14, 28, 56]))
+        cin, cout = int(rng.integers(1, 513)), int(rng.integers(1, 513))
+        if kind == "conv":
+            config = LayerConfig("conv2d", cin, cout, hw, hw, kernel=3, stride=int(rng.choice([1, 2])), padding=1)
+        elif kind == "pointwise":
+            config = LayerConfig("conv2d", cin, cout, hw, hw)
+        elif kind == "depthwise":
+            config = LayerConfig("depthwise_conv2d", cin, cin, hw, hw, kernel=3, padding=1, groups=cin)
+        else:
+            config = LayerConfig("linear", cin, cout)
+        configs[config] = None
+    return list(configs)
+
+
+def fill(tables_dir: Path, device, rows: int, seed: int = 0) -> list[LayerConfig]:
+    """``rows`` synthetic rows of ``device`` (three passes of ``rows // 3`` configs), sealed run by
+    run as collections seal them (:data:`RUN_ROWS` a run), small parts merged after each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hwloop.builder import Built
+    from hwloop.rows import layer_row
+    from hwloop.runner import Measurement
+
+    rng = np.random.default_rng(seed)
+    configs = synthetic_configs(rows // 3, rng)
+    context = Context.of(device, POLICY)
+    fp = {"id": "synthetic", "cpu_model": "synthetic", "arch": "x86_64", "cores": 2}
+    directory = tables.device_dir(tables_dir, device.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    for run, first in enumerate(range(0, rows, RUN_ROWS)):
+        batch = []
+        for index in range(first, min(first + RUN_ROWS, rows)):
+            config = configs[index % len(configs)]
+            latency = config.macs / 2e7 * float(rng.lognormal(0, 0.05)) + 0.005
+            m = Measurement(latencies_ms=list(latency * rng.lognormal(0, 0.01, 10)), attempts=1)
+            batch.append(layer_row(context, config, Built(None, "x", None, 0.0, True), m, fp))
+        pq.write_table(pa.Table.from_pylist(batch, schema=tables.SCHEMA), directory / f"part-synthetic-{run:06d}.parquet")
+        tables.merge_tiers(directory, tables.SCHEMA)
+    return configs
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def table_figures(args, device, work: Path) -> dict:
+    tables_dir = work / "tables"
+    fill_s, configs = timed(fill, tables_dir, device, args.rows)
+    files = sorted(p.name for p in tables.device_dir(tables_dir, device.name).rglob("*") if p.is_file())
+    read_all_s, frame = timed(tables.read, tables_dir, device.name)
+    context = Context.of(device, POLICY)
+    wanted = configs[: len(configs) // 2] + synthetic_configs(len(configs) // 2 + 50, np.random.default_rng(1))[-50:]
+    plan_s, (todo, _) = timed(pending, wanted, context, tables_dir, False)
+    learn_s, learned = timed(tables.read, tables_dir, device.name,
+                             columns=["config_id", "op", "in_channels", "out_channels", "input_h", "input_w", "kernel",
+                                      "stride", "padding", "groups", "batch", "dtype", "latency_ms", "latency_cv",
+                                      "measured_at", "fp_id", "schedule", "protocol_id", "target", "status", "device"],
+                             where={"status": "ok"})
+    env = dict(os.environ, HWLOOP_REGISTRY=str(work / "registry"))
+    start = time.perf_counter()
+    shown = subprocess.run([sys.executable, "-m", "hwloop", "tables", "show", device.name, "--tables", str(tables_dir),
+                            "--json"], capture_output=True, text=True, env=env)
+    show_s = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import hwloop.cli"], check=True)
+    startup_s = time.perf_counter() - start
+    return {"rows": len(frame), "fill_s": fill_s, "files": len(files), "read_all_s": read_all_s,
+            "plan_s": plan_s, "planned": len(todo), "read_learning_rows_s": learn_s, "learning_rows": len(learned),
+            "tables_show_s": show_s, "tables_show_ok": shown.returncode == 0, "cli_startup_s": startup_s}
+
+
+def board_cpu(boards) -> float:
+    """CPU seconds of every process under the boards' sshd listeners (the boards' own work)."""
+    total = 0.0
+    for board in boards:
+        for process in [psutil.Process(board.process.pid), *board.sessions()]:
+            try:
+                t = process.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+def own_cpu(board_pids: set[int]) -> float:
+    """CPU seconds of this process and its children that are not board processes."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        if child.pid in board_pids:
+            continue
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def fleet_figures(args, work: Path) -> dict:
+    from boards import Board, keygen, write_registry
+
+    home = work / "home"
+    (home / ".ssh").mkdir(parents=True)
+    os.environ["HOME"] = str(home)
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    key = keygen(work / "id_ed25519")
+    boards = [Board(work / f"board{i}", key.with_name(key.name + ".pub")) for i in range(args.boards)]
+    try:
+        known = work / "known_hosts"
+        known.write_text("".join(b.known_hosts_line() for b in boards))
+        minimal = {"protocol": {"warmup": 0, "number": 1, "repeat": 1, "min_repeat_ms": 0, "threads": 1}}
+        devices = {f"b{i}": {**b.device(f"b{i}", key, known), **minimal} for i, b in enumerate(boards)}
+        registry = load_registry(write_registry(work / "registry-boards", devices))
+        fleet = registry.select(list(devices))
+        configs = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(1, args.configs + 1)]
+        cache = work / "cache"
+        target = resolve(fleet[0].target, 1)
+        with BuildPool(cache) as pool:  # builds cached before the timed run
+            list(BuildQueue(pool, [BuildJob(c, target, POLICY.name) for c in configs]))
+        board_pids = set()
+        for board in boards:
+            board_pids |= {p.pid for p in [psutil.Process(board.process.pid), *board.sessions()]}
+        cpu_before, boards_before, start = own_cpu(board_pids), board_cpu(boards), time.perf_counter()
+        watcher_pids: set[int] = set()
+
+        def watch():  # board session processes come and go: keep them out of the host's account
+            while not done.is_set():
+                for board in boards:
+                    watcher_pids.update(p.pid for p in board.sessions())
+                time.sleep(0.05)
+
+        done = threading.Event()
+        threading.Thread(target=watch, daemon=True).start()
+        runs = collect_fleet(fleet, configs, POLICY, work / "fleet-tables", cache)
+        done.set()
+        wall = time.perf_counter() - start
+        measured = sum(len(r.summary.rows) for r in runs)
+        host_cpu_s = own_cpu(board_pids | watcher_pids) - cpu_before
+        result = {"boards": len(boards), "measurements": measured, "wall_s": wall,
+                  "host_cpu_s": host_cpu_s, "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
+                  "board_cpu_s": board_cpu(boards) - boards_before,
+                  "errors": [r.error for r in runs if r.error]}
+        result["killed"] = killed_run(fleet, boards, configs, work, cache)
+        return result
+    finally:
+        for board in boards:
+            board.stop()
+
+
+def killed_run(fleet, boards, configs, work: Path, cache: Path) -> dict:
+    """The fleet again into a fresh folder, two of its boards killed once a third of their rows are in."""
+    tables_dir = work / "killed-tables"
+
+    def kill_half():
+        victims = [d.name for d in fleet[: len(fleet) // 2]]
+        while sum(len(tables.read(tables_dir, name, columns=["config_id"])) for name in victims) < len(configs) // 3:
+            time.sleep(0.05)
+        for board in boards[: len(fleet) // 2]:
+            board.stop()
+
+    threading.Thread(target=kill_half, daemon=True).start()
+    first = collect_fleet(fleet, configs, POLICY, tables_dir, cache)
+    for board in boards[: len(fleet) // 2]:
+        board.start()
+    second = collect_fleet(fleet, configs, POLICY, tables_dir, cache)
+    counts = {d.name: tables.read(tables_dir, d.name, where={"status": "ok"}).config_id.value_counts() for d in fleet}
+    return {"given_up": [r.summary.device for r in first if r.error],
+            "second_run_errors": [r.error for r in second if r.error],
+            "missing": int(sum(len(configs) - len(c) for c in counts.values())),
+            "duplicated": int(sum((c > 1).sum() for c in counts.values()))}
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu_model": model, "llvm_cpu": host_cpu(), "cores": os.cpu_count(), "commit": commit,
+            "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--boards", type=int, default=4)
+    parser.add_argument("--configs", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/scale/results") / time.strftime("%Y%m%d-%H%M%S"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hwloop-scale-") as tmp:
+        work = Path(tmp)
+        device = load_registry(work).get("local")
+        result = {"machine": machine(), "tables": table_figures(args, device, work)}
+        print(json.dumps(result["tables"], indent=1), flush=True)
+        if args.boards:
+            result["fleet"] = fleet_figures(args, work)
+            print(json.dumps(result["fleet"], indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"→ {args.out / 'scale.json'}")
+
+
+if __name__ == "__main__":
+    main()
