@@ -1,8 +1,14 @@
-"""What moves a layer's measured latency: one artifact timed in many independent trials.
+"""Whether a layer's measured latency repeats: what moves it, and whether two collections agree.
 
-    .venv/bin/python bench/reproducibility.py [--trials 12] [--neighbour none|bursts|fit] [--builds]
-                                              [--out docs/results/reproducibility/results/NAME]
+    .venv/bin/python bench/reproducibility.py trials [--trials 12] [--neighbour none|bursts|fit] [--builds]
+    .venv/bin/python bench/reproducibility.py collections --space resnet20|grid [--neighbour none|bursts|fit]
+    .venv/bin/python bench/reproducibility.py page
 
+The first two write into ``--out`` (default: docs/results/reproducibility/results/<mode>-<time>)
+with the machine, the commit and the command, and print what they found; ``page`` turns every
+results folder there into docs/results/reproducibility/README.md.
+
+``trials``: what moves one artifact's latency.
 Three convs of the ResNet family (about 10 µs, 0.3 ms and 3 ms on one x86 core) are built with the
 ``default`` rules for this machine and timed on the built-in ``local`` device (its RPC server pinned
 to CPU 0), trial after trial, the configs interleaved. A trial is ``repeat`` repeats of at least
@@ -20,8 +26,13 @@ long off) or ``fit`` (an XGBoost fit on all CPUs). Each trial records what the h
 itself during it: steal and iowait time (/proc/stat), load and the pinned CPU's clock.
 
 Writes ``trials.jsonl`` and ``summary.json`` (per condition and config: the spread of the trials'
-medians, their CV, the repeats' CV) with the machine, the commit and the command, and prints the
-summary.
+medians, their CV, the repeats' CV).
+
+``collections``: the same space collected twice into separate tables with hwloop's own protocol
+(the built-in ``local`` device), the second beside ``--neighbour``; writes ``agreement.json``: the
+share of configs whose two latencies agree within ±5/±10 %, the collections' speed and how many
+trials were disturbed, and a predictor fitted on three quarters of the configs of each collection,
+both scored on the other quarter of the first (quiet) one.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -236,27 +247,15 @@ def builds_running(enabled: bool, cache: Path, target: dict):
         pool.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--neighbour", choices=["none", *NEIGHBOURS], default="none")
-    parser.add_argument("--builds", action="store_true", help="compile other configs on the other CPUs meanwhile")
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--min-repeat-ms", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-
+def study_trials(args, out: Path) -> None:
     protocol = Protocol(warmup=10, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, threads=1, cpus=[0])
     target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
-    cache = Path(tempfile.mkdtemp(prefix="hwloop-repro-"))
+    cache = out / "cache"
     artifacts = {}
     for config in CONFIGS:
         built = build(BuildJob(config, target, parse_policy("default").name), cache)
         assert built.artifact, built.error
         artifacts[config] = built.artifact
-    out = args.out or Path("docs/results/reproducibility/results") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     with open(out / "trials.jsonl", "w") as log_file:
         def log(record):
@@ -279,6 +278,129 @@ def main() -> None:
             print(f"{condition:9} {config:42} {s['trials']:6d} {s['median_ms']:10.4f} {s['max_over_min']:8.3f} "
                   f"{s['trials_cv']:9.3%} {s['within_10_of_median']:5.0%} {s['repeats_cv_median']:7.2%} "
                   f"{s['steal_max']:6.1%}")
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def space(name: str) -> list[LayerConfig]:
+    """``resnet20``: 150 configs of ResNet-20's space at 28x28; ``grid``: 3x3 and 1x1 convs at 14² and 28²."""
+    if name == "resnet20":
+        from hwloop.models import load_model
+        from hwloop.space import model_space
+
+        model, shape = load_model("resnet20", (1, 1, 28, 28))
+        return model_space(model, shape, 150)
+    return [LayerConfig("conv2d", cin, cout, hw, hw, kernel=k, padding=k // 2)
+            for hw in (14, 28) for k in (3, 1) for cin in (8, 24, 40, 56, 72, 88) for cout in (8, 28, 48, 68, 92)]
+
+
+def study_collections(args, out: Path) -> None:
+    from hwloop import tables
+    from hwloop.collect import collect
+    from hwloop.predictor import Predictor
+    from hwloop.predictor.evaluation import scores
+    from hwloop.registry import LOCAL
+
+    configs = space(args.space)
+    policy = parse_policy("default")
+    cache = out / "cache"
+    runs = {}
+    for name, beside in (("first", "none"), ("second", args.neighbour)):
+        with neighbour(beside):
+            summary = collect(LOCAL, configs, policy, out / name, cache)
+        rows = tables.read(out / name, "local", where={"status": "ok"})
+        runs[name] = {"neighbour": beside, "configs": int(rows.config_id.nunique()), "wall_s": summary.wall_s,
+                      "configs_per_min": 60 * len(summary.rows) / summary.wall_s, "retaken": summary.retaken,
+                      "disturbed_trials": int(rows.disturbed.sum()), "not_quiet": int((rows.quiet == False).sum()),  # noqa: E712
+                      "failed": summary.failed}
+    first, second = (tables.read(out / n, "local", where={"status": "ok"}) for n in ("first", "second"))
+    first, second = (f[f.quiet.ne(False)].groupby("config_id").latency_ms.median() for f in (first, second))
+    ratio = (second / first).dropna()
+    agreement = {f"within_{b}": float((abs(ratio - 1) <= b / 100).mean()) for b in (5, 10)}
+    agreement.update(configs=int(len(ratio)), worst=float(abs(ratio - 1).max()), median_ratio=float(ratio.median()))
+    rng = np.random.default_rng(0)
+    held = set(rng.choice(sorted(first.index), size=len(first) // 4, replace=False))
+    test = tables.read(out / "first", "local", where={"status": "ok"})
+    test = test[test.config_id.isin(held) & test.quiet.ne(False)].drop_duplicates("config_id")
+    predictors = {}
+    for name in runs:
+        table = tables.read(out / name, "local")
+        fitted = Predictor.fit(table[~table.config_id.isin(held)], "local", evaluate=False)
+        predictors[name] = scores(test.latency_ms.to_numpy(), fitted.predict_frame(test))
+    result = {"machine": machine(), "space": args.space, "protocol": LOCAL.protocol.model_dump(), "runs": runs,
+              "agreement": agreement, "predictor_on_first_quarter": predictors}
+    (out / "agreement.json").write_text(json.dumps(result, indent=1) + "\n")
+    shutil.rmtree(cache, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+
+
+RESULTS = Path("docs/results/reproducibility")
+
+
+def page(args, _) -> None:
+    """docs/results/reproducibility/README.md from the results folders under it."""
+    lines = ["# Reproducibility: what moves a layer's latency, and whether two collections agree", "",
+             "Generated by `python bench/reproducibility.py page` from the folders of `results/`; each section names "
+             "its machine, commit, date and command.", ""]
+    for summary_path in sorted((RESULTS / "results").glob("*/summary.json")):
+        s = json.loads(summary_path.read_text())
+        m = s["machine"]
+        lines += [f"## Trials: neighbour {s['neighbour']}, builds {'on' if s['builds'] else 'off'} "
+                  f"(`{summary_path.parent.name}`)", "",
+                  f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
+                  f"{m['date']}: `{m['command']}`", "",
+                  "| condition | config | trials | median ms | slowest / fastest | CV of trials | within ±10 % "
+                  "| CV of repeats | steal (max) |", "|---|---|---|---|---|---|---|---|---|"]
+        for condition, configs in s["conditions"].items():
+            for config, c in configs.items():
+                lines.append(f"| {condition} | `{config}` | {c['trials']} | {c['median_ms']:.4f} | "
+                             f"{c['max_over_min']:.3f} | {c['trials_cv']:.2%} | {c['within_10_of_median']:.0%} | "
+                             f"{c['repeats_cv_median']:.2%} | {c['steal_max']:.1%} |")
+        lines.append("")
+    for path in sorted((RESULTS / "results").glob("*/agreement.json")):
+        a = json.loads(path.read_text())
+        m, agreement = a["machine"], a["agreement"]
+        lines += [f"## Two collections of the {a['space']} space, the second beside `{a['runs']['second']['neighbour']}` "
+                  f"(`{path.parent.name}`)", "",
+                  f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
+                  f"{m['date']}: `{m['command']}`", "",
+                  f"{agreement['configs']} configs: **{agreement['within_5']:.1%} within ±5 %, "
+                  f"{agreement['within_10']:.1%} within ±10 %** (worst {agreement['worst']:.1%} off, median "
+                  f"second / first {agreement['median_ratio']:.3f}).", "",
+                  "| collection | neighbour | configs | configs/min | disturbed trials dropped | rows not quiet "
+                  "| taken again | predictor within ±10 % on the first's held-out quarter |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, run in a["runs"].items():
+            scored = a["predictor_on_first_quarter"][name]
+            lines.append(f"| {name} | {run['neighbour']} | {run['configs']} | {run['configs_per_min']:.1f} | "
+                         f"{run['disturbed_trials']} | {run['not_quiet']} | {run['retaken']} | "
+                         f"{scored['within_10']:.1%} |")
+        lines.append("")
+    (RESULTS / "README.md").write_text("\n".join(lines))
+    print(f"→ {RESULTS / 'README.md'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = parser.add_subparsers(dest="mode", required=True)
+    trials = modes.add_parser("trials", help="what moves one artifact's latency")
+    trials.add_argument("--trials", type=int, default=12)
+    trials.add_argument("--conditions", default=",".join(CONDITIONS))
+    trials.add_argument("--builds", action="store_true", help="compile other configs on the other CPUs meanwhile")
+    trials.add_argument("--repeat", type=int, default=20)
+    trials.add_argument("--min-repeat-ms", type=int, default=20)
+    collections = modes.add_parser("collections", help="two collections of one space, compared")
+    collections.add_argument("--space", choices=["resnet20", "grid"], default="resnet20")
+    modes.add_parser("page", help="the results page from the results folders")
+    for mode in (trials, collections):
+        mode.add_argument("--neighbour", choices=["none", *NEIGHBOURS], default="none")
+        mode.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.mode == "page":
+        page(args, None)
+        return
+    out = args.out or RESULTS / "results" / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (study_trials if args.mode == "trials" else study_collections)(args, out)
 
 
 if __name__ == "__main__":

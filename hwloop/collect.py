@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -24,7 +24,7 @@ from .layers import LayerConfig
 from .registry import Device
 from .rows import Context
 from .schedules import Policy
-from .session import Session
+from .session import Session, batched
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Summary:
     planned: int
     skipped: int
     anchors: int = 0  # measurements of configs already in the table, to pace a new spell
+    retaken: int = 0  # measurements taken again at the end because the device was busy the first time
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     error: str | None = None  # why the device was given up, if it was
@@ -48,17 +49,18 @@ class Summary:
 
 
 PLANNING = ["config_id", "op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding",
-            "groups", "batch", "dtype", "latency_ms", "measured_at", "fp_id"]
+            "groups", "batch", "dtype", "latency_ms", "measured_at", "fp_id", "quiet"]
 
 
 def pending(configs: list[LayerConfig], context: Context, tables_dir: Path,
             force: bool) -> tuple[list[LayerConfig], int]:
     """The measurements still to take, pass by pass: a config appears once for each of the
-    protocol's passes it has no successful row for in this context (every pass with ``force``).
+    protocol's passes it has no successful, quiet row for in this context (every pass with ``force``).
     When the table's last row in this context is older than a spell, each pass starts with the
     table's anchors; returns the list and how many of it are anchors."""
     unique = list(dict.fromkeys(configs))
     done = tables.read(tables_dir, context.device.name, columns=PLANNING, where={"status": "ok", **context.same()})
+    done = done[done.quiet.ne(False)]
     counts = {} if force else done.config_id.value_counts().to_dict()
     passes = [[c for c in unique if counts.get(c.id, 0) <= sweep] for sweep in range(context.device.protocol.passes)]
     links = []
@@ -103,14 +105,35 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
             session.open()
             avoid = device.protocol.cpus if device.transport == "local" else None
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
-                jobs = [BuildJob(c, session.context.target, policy.name, device.cc) for c in todo]
-                for built in BuildQueue(pool, jobs):
-                    row = session.layer(built.job.config, built)
-                    if row is None:
-                        break
-                    summary.rows.append(row)
-                    if on_row:
-                        on_row(row)
+                _sweep(session, pool, todo, summary, on_row)
+                busy = {r["config_id"]: i for i, r in enumerate(summary.rows) if r["quiet"] is False}
+                if busy and not session.lost:  # once more for what the device was too busy to time quietly
+                    again = [c for c in dict.fromkeys(todo) if c.id in busy]
+                    summary.retaken = len(again)
+                    if on_start:
+                        on_start(len(todo) + len(again))
+                    _sweep(session, pool, again, summary, on_row, busy)
         summary.error = session.lost
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def _sweep(session: Session, pool: BuildPool, configs: list[LayerConfig], summary: Summary,
+           on_row: Callable[[dict], None] | None, replacing: dict[str, int] | None = None) -> None:
+    """Build ``configs`` in ``pool`` and measure them in ``session`` batch by batch, rows into
+    ``summary``; a config of ``replacing`` (config id → its row's index in ``summary.rows``) is
+    taken again, and its new row replaces the old one there (the table keeps both)."""
+    replacing = dict(replacing or {})
+    size = session.device.protocol.batch
+    jobs = [BuildJob(c, session.context.target, session.context.policy.name, session.device.cc) for c in configs]
+    for batch in batched(BuildQueue(pool, jobs, depth=2 * size + pool.workers), size):
+        rows = session.layers(batch)
+        if rows is None:
+            return
+        for row in rows:
+            if row["config_id"] in replacing:
+                summary.rows[replacing.pop(row["config_id"])] = row
+            else:
+                summary.rows.append(row)
+            if on_row:
+                on_row(row)

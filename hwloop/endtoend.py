@@ -28,7 +28,7 @@ from .registry import Device
 from .rows import Context
 from .runner import Measurement
 from .schedules import Policy
-from .session import Session
+from .session import ModelBuild, Session, batched
 from .space import trace_layers
 from .transports import TransportError
 
@@ -84,20 +84,6 @@ def build_model(model: nn.Module, input_shape: tuple[int, ...], target: dict, po
     export(compile_module(scheduled, tvm_target), tvm_target, cc, path)
 
 
-@dataclass(frozen=True)
-class _Built:
-    """A model built for a measurement sweep, and the passes it still needs there."""
-
-    case: ModelCase
-    layers: list[dict]
-    key: str
-    passes: int
-    artifact: Path
-    failure: Measurement | None
-    io: tuple[np.ndarray, np.ndarray] | None
-    build_s: float
-
-
 def _build(model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy, cache_dir: Path,
            artifact: Path) -> tuple[Measurement | None, float]:
     """Build ``model`` into ``artifact``: (None, seconds), or (the failed measurement, seconds)."""
@@ -136,14 +122,14 @@ def measure_models(device: Device, cases: list[ModelCase], policy: Policy, table
                 failure, build_s = _build(case.model, tuple(case.input_shape), session.context, policy, cache_dir,
                                           artifact)
                 io = None if failure else reference_io(case.model, tuple(case.input_shape))
-                built.append(_Built(case, layers, key, 1 if failure else passes, artifact, failure, io, build_s))
-            for sweep in range(max(b.passes for b in built)):
-                for b in (b for b in built if sweep < b.passes):
-                    row = session.model(b.case.name, b.key, tuple(b.case.input_shape), b.layers, b.artifact, b.io,
-                                        b.build_s, b.failure)
-                    if row is None:
+                model = ModelBuild(case.name, key, tuple(case.input_shape), layers, artifact, io, build_s, failure)
+                built.append((model, 1 if failure else passes))
+            for sweep in range(max(passes for _, passes in built)):
+                for batch in batched([m for m, passes in built if sweep < passes], device.protocol.batch):
+                    measured = session.models(batch)
+                    if measured is None:
                         raise TransportError(session.lost)
-                    rows.append(row)
-                    if on_row:
+                    rows += measured
+                    for row in measured if on_row else []:
                         on_row(row)
     return rows

@@ -58,16 +58,33 @@ def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> N
     try:
         with Session(device, policy, tables_dir, journal_only=True) as session:
             session.open()
-            while (built := jobs.get()) is not None:
-                row = session.layer(built.job.config, built)
-                if row is None:
+            while batch := _next_batch(jobs, device.protocol.batch):
+                rows = session.layers(batch)
+                if rows is None:
                     results.put(("lost", device.name, session.lost))
                     return
-                results.put(("row", device.name, row))
+                for row in rows:
+                    results.put(("row", device.name, row))
     except (TransportError, tables.TableError, OSError) as exc:
         results.put(("lost", device.name, str(exc)))
         return
     results.put(("done", device.name, None))
+
+
+def _next_batch(jobs, size: int) -> list[Built]:
+    """Up to ``size`` builds from ``jobs``: waits for the first, takes those ready behind it; empty
+    once the feeder's end mark (None) came."""
+    batch = []
+    while len(batch) < size:
+        try:
+            built = jobs.get(timeout=None if not batch else 0.05)
+        except queue.Empty:
+            break
+        if built is None:
+            jobs.put(None)  # seen again by the next call, which then ends
+            break
+        batch.append(built)
+    return batch
 
 
 class SharedBuilds:
@@ -166,7 +183,7 @@ def _slots(device: Device) -> int:
 def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_lost) -> None:
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
-    jobs = {d.name: spawn.Queue(maxsize=2) for d in devices}
+    jobs = {d.name: spawn.Queue(maxsize=d.protocol.batch + 1) for d in devices}
     slots = {d.name: _slots(d) for d in devices}
     stopped: set[str] = set()
     order = [(d, c) for i in range(max(len(t) for t in todo.values())) for d in devices

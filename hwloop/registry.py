@@ -37,15 +37,26 @@ class Protocol(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    warmup: int = Field(10, ge=0, description="untimed runs before each trial")
     number: int = Field(10, ge=1, description="runs averaged in one repeat")
-    repeat: int = Field(20, ge=1, description="repeats; median/min/std are taken over them")
-    min_repeat_ms: int = Field(20, ge=0, description="TVM raises `number` until a repeat lasts this long")
+    repeat: int = Field(10, ge=1, description="repeats in one trial; a trial's latency is their median")
+    min_repeat_ms: int = Field(10, ge=0, description="TVM raises `number` until a repeat lasts this long")
     cooldown_ms: int = Field(0, ge=0, description="pause between repeats")
     threads: int = Field(1, ge=1, description="runtime threads (TVM_NUM_THREADS)")
     cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
-    max_cv: float = Field(0.05, ge=0, description="coefficient of variation above which a measurement is retaken")
-    max_attempts: int = Field(3, ge=1, description="measurements taken at most")
+    trials: int = Field(3, ge=1, description="independent trials (fresh buffers, interleaved with the other "
+                                             "configs of a batch) that must agree before a measurement settles")
+    max_trials: int = Field(7, ge=1, description="trials taken at most when they do not agree")
+    agree: float = Field(0.02, gt=0, description="trials agree when their medians lie within this share of "
+                                                 "the median of them all")
+    max_wait: float = Field(0.02, ge=0, description="a trial in which the timing process waited for its CPU "
+                                                    "longer than this share of the time (another process ran "
+                                                    "there) is disturbed, dropped and taken again")
+    max_steal: float = Field(0.02, ge=0, description="likewise for time the hypervisor stole from the timing CPUs")
+    max_disturbed: int = Field(6, ge=0, description="disturbed trials dropped at most per measurement (the pause "
+                                                    "before a retake doubles each time); later ones are kept and "
+                                                    "the row is not quiet")
+    batch: int = Field(8, ge=1, description="configs (or models) measured together, their trials interleaved")
     passes: int = Field(1, ge=1, description="sweeps of a layer collection, one after another, each measuring every "
                                              "config; the predictor keeps each config's fastest (not part of the "
                                              "protocol's identity: every pass's rows count alike)")
@@ -63,6 +74,14 @@ class Protocol(BaseModel):
         if threads and threads > len(cpus):
             raise ValueError(f"threads ({threads}) exceeds the number of pinned cpus ({len(cpus)})")
         return cpus
+
+    @field_validator("max_trials")
+    @classmethod
+    def _max_trials(cls, max_trials: int, info: ValidationInfo) -> int:
+        trials = info.data.get("trials")
+        if trials and max_trials < trials:
+            raise ValueError(f"max_trials ({max_trials}) is below trials ({trials})")
+        return max_trials
 
 
 class Link(BaseModel):

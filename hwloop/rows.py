@@ -11,7 +11,7 @@ from . import __version__, tables
 from .builder import Built, tvm_version
 from .layers import LayerConfig
 from .registry import Device
-from .runner import Measurement
+from .runner import ESTIMATOR, Measurement
 from .schedules import Policy
 from .targets import canonical, resolve
 
@@ -29,7 +29,7 @@ class Context:
 
     @classmethod
     def of(cls, device: Device, policy: Policy) -> "Context":
-        protocol = device.protocol.model_dump_json(exclude={"passes"})  # a row's meaning does not depend on it
+        protocol = device.protocol.model_dump_json(exclude={"passes", "batch"})  # a row's meaning does not depend on them
         return cls(device, policy, resolve(device.target, device.protocol.threads), protocol,
                    hashlib.sha256(protocol.encode()).hexdigest()[:12])
 
@@ -84,7 +84,12 @@ def measurement_fields(context: Context, m: Measurement, fp: dict) -> dict:
         "latency_cv": m.cv,
         "latencies_ms": m.latencies_ms,
         "repeats": len(m.latencies_ms),
-        "attempts": m.attempts,
+        "trials": len(m.trials),
+        "trial_latencies_ms": m.trial_ms,
+        "trial_spread": m.spread,
+        "disturbed": m.disturbed,
+        "quiet": m.quiet if m.trials else None,
+        "estimator": ESTIMATOR if m.trials else None,
         "check_error": m.check_error,
         "schedule": context.policy.name,
         "target": context.target_json,

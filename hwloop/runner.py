@@ -1,15 +1,23 @@
-"""Timing built layers and whole models on a device through a TVM RPC session, with TVM's
-evaluator semantics.
+"""Timing built layers and whole models on a device through a TVM RPC session.
 
-Each artifact is uploaded, checked once against torch, warmed up, then timed with
-``time_evaluator(number, repeat, min_repeat_ms, cooldown)``. A measurement whose coefficient of
-variation exceeds the protocol's ``max_cv`` is taken again, up to ``max_attempts`` times, and the
-steadiest attempt is kept. Failures come back as values.
+A measurement is a few independent *trials*, interleaved across the artifacts of a batch: each
+artifact is uploaded, loaded and checked once against torch, then every round gives each artifact
+not yet settled one trial, in a new random order, on fresh buffers. A trial is TVM's
+``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
+least ``min_repeat_ms``), and around it the device says what its timing process shared the CPU
+with (:mod:`hwloop.usage`): a trial during which the process waited for its CPU more than
+``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
+it is dropped and taken again in a later round, after a pause that grows while the device stays
+busy (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement
+is not *quiet*). An artifact settles once ``trials`` quiet trials agree within ``agree`` of their median, or
+after ``max_trials``; its latency is the median of its trials' medians, so a trial in another
+state of the machine moves it less than the trials that agree.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,43 +29,113 @@ from .kernels import random_inputs, reference, relative_error, tolerance
 from .layers import LayerConfig
 from .registry import Protocol
 from .targets import runtime_device_type
+from .usage import parse as parse_usage
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
+ESTIMATOR = "median-of-trials"
+PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
+MAX_PAUSE_S = 4.0
+
+
+@dataclass
+class Trial:
+    """One trial: its repeats' latencies (ms), and the shares of its wall time that the timing
+    process waited for its CPU (``wait``) and that the hypervisor stole (``steal``); None where the
+    device cannot tell."""
+
+    latencies_ms: list[float]
+    wait: float | None = None
+    steal: float | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    def disturbed(self, protocol: Protocol) -> bool:
+        return (self.wait or 0.0) > protocol.max_wait or (self.steal or 0.0) > protocol.max_steal
 
 
 @dataclass
 class Measurement:
-    """One timed layer or model: per-repeat latencies in ms, or the stage and error that stopped it."""
+    """One timed layer or model (its kept trials, how many disturbed ones were dropped and how many
+    were kept because the device stayed busy), or the stage and error that stopped it."""
 
     status: str = "ok"
     stage: str | None = None
     error: str | None = None
-    latencies_ms: list[float] = field(default_factory=list)
-    attempts: int = 0
+    trials: list[Trial] = field(default_factory=list)
+    disturbed: int = 0
+    kept_disturbed: int = 0
     check_error: float | None = None
     seconds: float = 0.0
     timing_s: float = 0.0
 
     @property
+    def quiet(self) -> bool:
+        """Whether every kept trial was quiet."""
+        return self.kept_disturbed == 0
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        """Every repeat of the kept trials."""
+        return [latency for trial in self.trials for latency in trial.latencies_ms]
+
+    @property
+    def trial_ms(self) -> list[float]:
+        """Each kept trial's median."""
+        return [trial.median_ms for trial in self.trials]
+
+    @property
     def median_ms(self) -> float | None:
-        return statistics.median(self.latencies_ms) if self.latencies_ms else None
+        """The measured latency: the median of the trials' medians."""
+        return statistics.median(self.trial_ms) if self.trials else None
+
+    @property
+    def spread(self) -> float | None:
+        """How far apart the trials landed: the slowest trial's median over the fastest's, minus one."""
+        return max(self.trial_ms) / min(self.trial_ms) - 1 if self.trials else None
 
     @property
     def mean_ms(self) -> float | None:
-        return statistics.fmean(self.latencies_ms) if self.latencies_ms else None
+        return statistics.fmean(self.latencies_ms) if self.trials else None
 
     @property
     def min_ms(self) -> float | None:
-        return min(self.latencies_ms) if self.latencies_ms else None
+        return min(self.latencies_ms) if self.trials else None
 
     @property
     def std_ms(self) -> float | None:
-        return statistics.pstdev(self.latencies_ms) if self.latencies_ms else None
+        return statistics.pstdev(self.latencies_ms) if self.trials else None
 
     @property
     def cv(self) -> float | None:
-        mean = self.mean_ms
-        return self.std_ms / mean if mean else None
+        """Coefficient of variation of the repeats within the trials (each around its trial's median)."""
+        if not self.trials:
+            return None
+        return statistics.fmean(statistics.pstdev(t.latencies_ms) / statistics.fmean(t.latencies_ms)
+                                for t in self.trials)
+
+    def settled(self, protocol: Protocol) -> bool:
+        """Whether no more trials are needed: ``trials`` that agree within ``agree`` of their
+        median, or ``max_trials`` taken."""
+        if len(self.trials) >= protocol.max_trials:
+            return True
+        if len(self.trials) < protocol.trials:
+            return False
+        middle = self.median_ms
+        close = sum(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
+        return close >= protocol.trials and close > len(self.trials) / 2
+
+
+@dataclass
+class _Open:
+    """An artifact loaded in the session, ready for trials: its module (or VM), device and arguments."""
+
+    module: object
+    device: object
+    make_args: object  # () -> fresh argument list
+    measurement: Measurement
+    name: str
 
 
 class Runner:
@@ -72,92 +150,155 @@ class Runner:
         self.protocol = protocol
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self._session = None
-        self._stage = "connect"
+        self._usage = None
+        self._cpus = ",".join(map(str, protocol.cpus or []))
 
     def measure(self, config: LayerConfig, artifact: str) -> Measurement:
         """Check the layer ``artifact`` against torch on the device, then time it."""
-        return self._guarded(lambda session: self._measure_layer(session, config, artifact))
+        return self.measure_layers([(config, artifact)])[0]
 
-    def measure_model(self, artifact: str, data: np.ndarray, expected: np.ndarray) -> Measurement:
-        """Check the whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
-        (torch's output), then time it end to end."""
-        return self._guarded(lambda session: self._measure_model(session, artifact, data, expected))
+    def measure_layers(self, batch: list[tuple[LayerConfig, str]]) -> list[Measurement]:
+        """Check and time a batch of built layers, their trials interleaved; one measurement each."""
+        return self._batch([(artifact, lambda session, module, c=config: self._open_layer(session, module, c))
+                            for config, artifact in batch])
 
-    def _guarded(self, work) -> Measurement:
+    def measure_models(self, batch: list[tuple[str, np.ndarray, np.ndarray]]) -> list[Measurement]:
+        """Check each whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
+        (torch's output), then time them end to end, their trials interleaved."""
+        return self._batch([(artifact, lambda session, module, d=data, e=expected: self._open_model(session, module,
+                                                                                                     d, e))
+                            for artifact, data, expected in batch])
+
+    def _batch(self, batch) -> list[Measurement]:
         start = time.perf_counter()
-        self._stage = "connect"
+        results: list[Measurement | None] = [None] * len(batch)
+        stage = "connect"
         try:
             if self._session is None:
                 self._session = self.transport.connect()
-            result = work(self._session)
-        except Exception as exc:  # noqa: BLE001 - the session may be gone; the row records why
-            self._session = None
-            result = Measurement("failed", self._stage, f"{type(exc).__name__}: {str(exc).strip()[:2000]}")
-        result.seconds = time.perf_counter() - start
-        return result
+                self._usage = _usage_function(self._session)
+            session = self._session
+            with contextlib.ExitStack() as loaded:
+                opened: dict[int, _Open] = {}
+                for index, (artifact, opener) in enumerate(batch):
+                    name = f"{Path(artifact).stem}-{random.getrandbits(32):08x}{Path(artifact).suffix}"
+                    stage = "upload"
+                    session.upload(artifact, target=name)
+                    loaded.callback(_remove, session, name)
+                    stage = "load"
+                    module = session.load_module(name)
+                    stage = "check"
+                    done = opener(session, module)
+                    if isinstance(done, Measurement):
+                        results[index] = done
+                    else:
+                        opened[index] = done
+                stage = "run"
+                self._rounds(list(opened.values()))
+                for index, item in opened.items():
+                    results[index] = item.measurement
+        except Exception as exc:  # noqa: BLE001 - the session may be gone; the rows record why
+            self._session = self._usage = None
+            error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+            results = [r if r is not None else Measurement("failed", stage, error) for r in results]
+        elapsed = time.perf_counter() - start
+        for result in results:
+            result.seconds = elapsed / len(batch)
+        return results
 
-    @contextlib.contextmanager
-    def _loaded(self, session, artifact: str):
-        """The library ``artifact`` uploaded to the device and loaded there; removed afterwards."""
-        name = Path(artifact).name
-        self._stage = "upload"
-        session.upload(artifact, target=name)
-        try:
-            self._stage = "load"
-            yield session.load_module(name)
-        finally:
-            with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
-                session.remove(name)
-
-    def _measure_layer(self, session, config: LayerConfig, artifact: str) -> Measurement:
+    def _open_layer(self, session, module, config: LayerConfig):
         import tvm
 
-        with self._loaded(session, artifact) as module:
-            self._stage = "check"
-            device = session.device(self.device_type, 0)
-            data, weight = random_inputs(config)
-            args = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
-                    tvm.runtime.empty(config.output_shape, config.dtype, device)]
-            module["main"](*args)
-            error = relative_error(args[2].numpy(), reference(config, data, weight))
-            if not error <= tolerance(config):
-                return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
-                                   check_error=error)
-            self._stage = "run"
-            return self._time(module, device, args, error)
+        device = session.device(self.device_type, 0)
+        data, weight = random_inputs(config)
 
-    def _measure_model(self, session, artifact: str, data: np.ndarray, expected: np.ndarray) -> Measurement:
+        def make_args():
+            return [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
+                    tvm.runtime.empty(config.output_shape, config.dtype, device)]
+
+        args = make_args()
+        module["main"](*args)
+        error = relative_error(args[2].numpy(), reference(config, data, weight))
+        if not error <= tolerance(config):
+            return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
+                               check_error=error)
+        return _Open(module, device, make_args, Measurement(check_error=error), "main")
+
+    def _open_model(self, session, module, data: np.ndarray, expected: np.ndarray):
         import tvm
         from tvm import relax
 
-        with self._loaded(session, artifact) as module:
-            self._stage = "check"
-            device = session.cpu(0)
-            vm = relax.VirtualMachine(module, device)
-            args = [tvm.runtime.tensor(data, device)]
-            error = relative_error(vm["main"](*args).numpy(), expected)
-            if not error <= MODEL_TOLERANCE:
-                return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
-                                   check_error=error)
-            self._stage = "run"
-            return self._time(vm, device, args, error)
+        device = session.device(self.device_type, 0)
+        vm = relax.VirtualMachine(module, device)
 
-    def _time(self, module, device, args, check_error: float) -> Measurement:
-        """Warm up, then time ``module``'s (a library's or a VM's) ``main`` on ``args``."""
-        start = time.perf_counter()
+        def make_args():
+            return [tvm.runtime.tensor(data, device)]
+
+        error = relative_error(vm["main"](*make_args()).numpy(), expected)
+        if not error <= MODEL_TOLERANCE:
+            return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
+                               check_error=error)
+        return _Open(vm, device, make_args, Measurement(check_error=error), "main")
+
+    def _rounds(self, opened: list[_Open]) -> None:
+        """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
+        trial is dropped (and counted), and the next round waits a little longer first."""
         p = self.protocol
+        pause = 0.0
+        while pending := [o for o in opened if not o.measurement.settled(p)]:
+            random.shuffle(pending)
+            disturbed = False
+            for item in pending:
+                trial, m = self._trial(item), item.measurement
+                if trial.disturbed(p):
+                    disturbed = True
+                    if m.disturbed < p.max_disturbed:
+                        m.disturbed += 1
+                        continue
+                    m.kept_disturbed += 1
+                m.trials.append(trial)
+            pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
+            time.sleep(pause)
+
+    def _trial(self, item: _Open) -> Trial:
+        """One trial of ``item`` on fresh buffers, with what the device says of its CPU meanwhile."""
+        p = self.protocol
+        start = time.perf_counter()
+        args = item.make_args()
         if p.warmup:
-            module.time_evaluator("main", device, number=p.warmup, repeat=1)(*args)
-        evaluator = module.time_evaluator("main", device, number=p.number, repeat=p.repeat,
-                                          min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
-        best = None
-        for attempt in range(1, p.max_attempts + 1):
-            latencies = [seconds * 1e3 for seconds in evaluator(*args).results]
-            candidate = Measurement(latencies_ms=latencies, attempts=attempt, check_error=check_error)
-            if best is None or candidate.cv < best.cv:
-                best = candidate
-            best.attempts = attempt
-            if candidate.cv <= p.max_cv:
-                break
-        best.timing_s = time.perf_counter() - start
-        return best
+            item.module.time_evaluator(item.name, item.device, number=p.warmup, repeat=1)(*args)
+        evaluator = item.module.time_evaluator(item.name, item.device, number=p.number, repeat=p.repeat,
+                                               min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
+        before = self._read_usage()
+        results = evaluator(*args).results
+        after = self._read_usage()
+        item.measurement.timing_s += time.perf_counter() - start
+        return Trial([seconds * 1e3 for seconds in results], *_shares(before, after))
+
+    def _read_usage(self) -> dict | None:
+        return parse_usage(self._usage(self._cpus)) if self._usage is not None else None
+
+
+def _usage_function(session):
+    """The device's ``hwloop.usage``, or None where its RPC server does not have it."""
+    try:
+        return session.get_function("hwloop.usage")
+    except Exception:  # noqa: BLE001 - a plain TVM RPC server (a tracker's board) has none
+        return None
+
+
+def _shares(before: dict | None, after: dict | None) -> tuple[float | None, float | None]:
+    """(wait, steal): the shares of a trial's time the timing process waited for its CPU and the
+    hypervisor stole from the timing CPUs, from two :func:`hwloop.usage.usage` readings."""
+    if before is None or after is None:
+        return None, None
+    ran, waited = after["cpu_ns"] - before["cpu_ns"], after["wait_ns"] - before["wait_ns"]
+    wait = waited / (ran + waited) if before["cpu_ns"] >= 0 and ran + waited > 0 else None
+    total, stolen = after["total_ns"] - before["total_ns"], after["steal_ns"] - before["steal_ns"]
+    steal = stolen / total if before["total_ns"] >= 0 and total > 0 else None
+    return wait, steal
+
+
+def _remove(session, name: str) -> None:
+    with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
+        session.remove(name)

@@ -12,14 +12,14 @@ cut short leaves no row: it is still to be measured, and a re-run measures it on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import tables
 from .builder import Built
-from .layers import LayerConfig
 from .registry import Device
 from .rows import Context, layer_row, model_row
 from .runner import Measurement, Runner
@@ -27,6 +27,33 @@ from .schedules import Policy
 from .transports import TransportError, open_transport
 
 FINGERPRINT_S = 10.0  # a device's fingerprint is read again after this long
+
+
+@dataclass(frozen=True)
+class ModelBuild:
+    """A whole model built for a device: its name and key, input shape and layers (for its row), the
+    library and torch's input and output to check it with, or the build's failure."""
+
+    name: str
+    model_id: str
+    input_shape: tuple[int, ...]
+    layers: list[dict]
+    artifact: Path | None
+    io: tuple[np.ndarray, np.ndarray] | None
+    build_s: float
+    failure: Measurement | None = None
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Session:
@@ -39,7 +66,7 @@ class Session:
         self.device = device
         self.context = Context.of(device, policy)
         self.tables_dir = Path(tables_dir)
-        self.models = models
+        self.model_table = models
         self.writer = (tables.Journal(tables_dir, device.name, models) if journal_only
                        else tables.Writer(tables_dir, device.name, models, on_wait))
         self.transport = None
@@ -49,10 +76,12 @@ class Session:
         self._fingerprint_at = -FINGERPRINT_S
 
     def done(self, key: str) -> dict[str, int]:
-        """How many successful rows of this context each ``key`` (``config_id`` or ``model_id``) has."""
-        read = tables.read_models if self.models else tables.read
-        rows = read(self.tables_dir, self.device.name, columns=[key], where={"status": "ok", **self.context.same()})
-        return rows[key].value_counts().to_dict()
+        """How many successful rows of this context, timed on a quiet device, each ``key``
+        (``config_id`` or ``model_id``) has."""
+        read = tables.read_models if self.model_table else tables.read
+        rows = read(self.tables_dir, self.device.name, columns=[key, "quiet"],
+                    where={"status": "ok", **self.context.same()})
+        return rows[rows.quiet.ne(False)][key].value_counts().to_dict()
 
     def open(self) -> None:
         """Start the device's transport (it raises :class:`TransportError` when the device cannot be reached)."""
@@ -60,24 +89,31 @@ class Session:
             self.transport = open_transport(self.device)
             self.runner = Runner(self.transport, self.device.protocol, self.context.target)
 
-    def layer(self, config: LayerConfig, built: Built) -> dict | None:
-        """Measure the built ``config`` and write its row; None when the board was lost meanwhile."""
-        if built.artifact is None:
-            m = Measurement("failed", "build", built.error)
-        else:
-            m = self._measured(lambda runner: runner.measure(config, built.artifact))
-            if m is None:
-                return None
-        return self._write(layer_row(self.context, config, built, m, self.fingerprint()))
-
-    def model(self, name: str, model_id: str, input_shape: tuple[int, ...], layers: list[dict], artifact: Path | None,
-              io: tuple[np.ndarray, np.ndarray] | None, build_s: float, failure: Measurement | None = None) -> dict | None:
-        """Measure a whole model's ``artifact`` against torch's ``io`` (input, output), or record its
-        build ``failure``, and write its row; None when the board was lost meanwhile."""
-        m = failure or self._measured(lambda runner: runner.measure_model(str(artifact), *io))
-        if m is None:
+    def layers(self, builds: list[Built]) -> list[dict] | None:
+        """Measure a batch of builds (a failed build is its row) and write their rows, in order;
+        None when the board was lost meanwhile (no row for the batch)."""
+        ready = [(b.job.config, b.artifact) for b in builds if b.artifact]
+        measured = self._measured(Runner.measure_layers, ready) if ready else []
+        if measured is None:
             return None
-        return self._write(model_row(self.context, name, model_id, input_shape, layers, m, build_s, self.fingerprint()))
+        results = iter(measured)
+        fp = self.fingerprint()
+        return [self._write(layer_row(self.context, b.job.config, b,
+                                      next(results) if b.artifact else Measurement("failed", "build", b.error), fp))
+                for b in builds]
+
+    def models(self, models: list[ModelBuild]) -> list[dict] | None:
+        """Measure a batch of built whole models (a failed build is its row) and write their rows,
+        in order; None when the board was lost meanwhile."""
+        ready = [(str(m.artifact), *m.io) for m in models if m.failure is None]
+        measured = self._measured(Runner.measure_models, ready) if ready else []
+        if measured is None:
+            return None
+        results = iter(measured)
+        fp = self.fingerprint()
+        return [self._write(model_row(self.context, m.name, m.model_id, m.input_shape, m.layers,
+                                      m.failure or next(results), m.build_s, fp))
+                for m in models]
 
     def fingerprint(self) -> dict:
         """The device's fingerprint, read again when the last reading is older than :data:`FINGERPRINT_S`."""
@@ -86,25 +122,38 @@ class Session:
             self._fingerprint_at = time.monotonic()
         return self._fingerprint
 
-    def _measured(self, work: Callable[[Runner], Measurement]) -> Measurement | None:
-        """``work``'s measurement, taken again after each fault of the board or the link, up to the
-        device's ``link.retries``; None (and :attr:`lost` set) when the board cannot be reached again.
-        A measurement that faults the board every time is returned failed: it is that layer's."""
+    def _measured(self, measure, items: list) -> list[Measurement] | None:
+        """``measure(runner, items)``, taken again after each fault of the board or the link, up to
+        the device's ``link.retries``; None (and :attr:`lost` set) when the board cannot be reached
+        again. A batch that still fails is measured item by item, so that only the item at fault
+        fails: a layer that faults the board every time fails alone."""
         if self.lost:
             return None
         self.open()
         for _ in range(self.device.link.retries + 1):
-            m = work(self.runner)
-            fault = self.transport.fault() if m.status == "failed" else None
+            results = measure(self.runner, items)
+            if all(m.status != "failed" for m in results):
+                return results
+            fault = self.transport.fault()
             if fault is None:
-                return m
-            m.error = f"{fault} ({m.error})"
+                break
+            for m in results:
+                if m.status == "failed":
+                    m.error = f"{fault} ({m.error})"
             try:
                 self.transport.reconnect()
             except TransportError as exc:
                 self.lost = str(exc)
                 return None
-        return m
+        if len(items) == 1:
+            return results
+        one_by_one = []
+        for item in items:
+            result = self._measured(measure, [item])
+            if result is None:
+                return None
+            one_by_one += result
+        return one_by_one
 
     def _write(self, row: dict) -> dict:
         self.writer.write(row)

@@ -63,7 +63,12 @@ SCHEMA = pa.schema([
     ("latency_cv", pa.float64()),
     ("latencies_ms", pa.list_(pa.float64())),
     ("repeats", pa.int32()),
-    ("attempts", pa.int32()),
+    ("trials", pa.int32()),
+    ("trial_latencies_ms", pa.list_(pa.float64())),
+    ("trial_spread", pa.float64()),
+    ("disturbed", pa.int32()),
+    ("quiet", pa.bool_()),
+    ("estimator", pa.string()),
     ("check_error", pa.float64()),
     ("schedule", pa.string()),
     ("target", pa.string()),
@@ -93,7 +98,8 @@ SCHEMA = pa.schema([
 COLUMNS = SCHEMA.names
 
 _CONTEXT = ["status", "stage", "error", "latency_ms", "latency_mean_ms", "latency_std_ms", "latency_min_ms",
-            "latency_cv", "latencies_ms", "repeats", "attempts", "check_error", "schedule", "target", "cc",
+            "latency_cv", "latencies_ms", "repeats", "trials", "trial_latencies_ms", "trial_spread", "disturbed",
+            "quiet", "estimator", "check_error", "schedule", "target", "cc",
             "protocol", "protocol_id", "tvm_version", "hwloop_version", "build_s", "build_cached", "measure_s",
             "timing_s", "measured_at"]
 MODEL_SCHEMA = pa.schema([

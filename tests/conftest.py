@@ -20,18 +20,19 @@ devices:
   local:
     transport: local
     target: {kind: llvm, mcpu: host}
-    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0]}
+    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3, max_wait: 1.0, max_steal: 1.0}
   broken-cc:
     transport: local
     target: {kind: llvm, mcpu: host}
     cc: /nonexistent/cross-gcc
-    protocol: {warmup: 1, number: 1, repeat: 2, min_repeat_ms: 1, threads: 1, cpus: [0]}
+    protocol: {warmup: 1, number: 1, repeat: 2, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 1, max_wait: 1.0, max_steal: 1.0}
 """
 
 
 @pytest.fixture(scope="session")
 def registry_dir(tmp_path_factory):
-    """A registry whose ``local`` device times with a short protocol, and a device whose builds fail."""
+    """A registry whose ``local`` device times with a short protocol that counts no trial as disturbed
+    (a busy test machine would have them taken again), and a device whose builds fail."""
     directory = tmp_path_factory.mktemp("registry")
     (directory / "devices.yaml").write_text(FAST_REGISTRY)
     return directory

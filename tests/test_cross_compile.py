@@ -21,7 +21,7 @@ JETSON_GPU = {"kind": "nvptx", "mcpu": "sm_87", "mtriple": "nvptx64-nvidia-cuda"
               "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae"}}
 EM_AARCH64 = 183
 PTXAS = Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas"  # NVIDIA's PTX assembler, from PyPI
-QUICK = Protocol(warmup=0, number=1, repeat=2, min_repeat_ms=0, max_attempts=1)
+QUICK = Protocol(warmup=0, number=1, repeat=2, min_repeat_ms=0, trials=1, max_disturbed=0)
 
 CONFIGS = [
     LayerConfig("conv2d", 13, 19, 10, 10, kernel=3, padding=1),

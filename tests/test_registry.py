@@ -48,7 +48,7 @@ def test_builtin_local_device_without_files(tmp_path, monkeypatch):
     assert local.transport == "local" and local.host is None and local.source is None
     assert local.target == {"kind": "llvm", "mcpu": "host"}
     assert local.protocol == Protocol(threads=1, cpus=[0])
-    assert local.protocol.repeat == 20 and local.description == "this machine"
+    assert local.protocol.repeat == Protocol().repeat and local.description == "this machine"
     assert registry.groups == {}
 
 
@@ -141,7 +141,7 @@ GOOD = f"host: pi.local\nuser: pi\ntarget: {PI_TARGET}"
     (GOOD + "\nprotocol: {repeat: lots}", "protocol.repeat",
      "Input should be a valid integer, unable to parse string as an integer"),
     (GOOD + "\nprotocol: {repeat: 0}", "protocol.repeat", "greater than or equal to 1"),
-    (GOOD + "\nprotocol: {max_cv: -0.1}", "protocol.max_cv", "greater than or equal to 0"),
+    (GOOD + "\nprotocol: {max_wait: -0.1}", "protocol.max_wait", "greater than or equal to 0"),
     (GOOD + "\nprotocol: {cpus: []}", "protocol.cpus", "at least 1 item"),
     (GOOD + "\nprotocol: {cpus: [0, -1]}", "protocol.cpus", "non-negative"),
     (GOOD + "\nprotocol: {cpus: [1, 1]}", "protocol.cpus", "each CPU is listed once"),

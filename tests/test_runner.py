@@ -5,11 +5,11 @@ from tvm import te
 from hwloop.builder import BuildJob, build
 from hwloop.layers import LayerConfig
 from hwloop.registry import Protocol
-from hwloop.runner import Runner
+from hwloop.runner import Measurement, Runner, Trial
 from hwloop.transports.local import LocalTransport
 
 CONV = LayerConfig("conv2d", 8, 8, 12, 12, kernel=3, padding=1)
-FAST = Protocol(warmup=1, number=2, repeat=4, min_repeat_ms=1, threads=1, cpus=[0])
+FAST = Protocol(warmup=1, number=2, repeat=4, min_repeat_ms=1, threads=1, cpus=[0], trials=2, max_trials=4)
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,43 @@ def transport():
         yield t
 
 
-def test_measures_with_the_protocol(transport, host_target, cache_dir):
+def test_measures_in_trials_with_what_the_cpu_did_meanwhile(transport, host_target, cache_dir):
     built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
     m = Runner(transport, FAST).measure(CONV, built.artifact)
     assert m.status == "ok", m.error
-    assert 1 <= m.attempts <= FAST.max_attempts
-    assert len(m.latencies_ms) == FAST.repeat
+    assert FAST.trials <= len(m.trials) <= FAST.max_trials
+    assert all(len(t.latencies_ms) == FAST.repeat for t in m.trials)
+    assert len(m.latencies_ms) == FAST.repeat * len(m.trials)
     assert 0 < m.min_ms <= m.median_ms
     assert m.check_error <= 1e-4
+    assert all(0 <= t.wait <= 1 and 0 <= t.steal <= 1 for t in m.trials)  # the local server reports its CPU
+
+
+def test_a_batch_gets_one_measurement_per_artifact_in_order(transport, host_target, cache_dir):
+    configs = [LayerConfig("conv2d", 8, c, 12, 12, kernel=3, padding=1) for c in (4, 8, 16)]
+    batch = [(c, build(BuildJob(c, host_target, "untuned"), cache_dir).artifact) for c in configs]
+    measured = Runner(transport, FAST).measure_layers(batch)
+    assert [m.status for m in measured] == ["ok"] * 3
+    assert measured[0].median_ms < measured[2].median_ms  # untuned code is linear in the output channels
+
+
+def test_the_estimate_is_the_median_of_the_trials_and_settles_when_they_agree():
+    p = Protocol(trials=3, max_trials=5, agree=0.02)
+    m = Measurement(trials=[Trial([1.0, 1.2, 1.0]), Trial([1.01]), Trial([1.6])])
+    assert m.median_ms == 1.01 and m.trial_ms == [1.0, 1.01, 1.6]
+    assert abs(m.spread - 0.6) < 1e-9
+    assert not m.settled(p)  # one trial of three in another state: more trials
+    m.trials.append(Trial([0.995]))
+    assert m.settled(p)  # three of four agree
+    assert Measurement(trials=[Trial([1.0]), Trial([2.0]), Trial([3.0]), Trial([4.0]), Trial([5.0])]).settled(p)
+
+
+def test_a_trial_is_disturbed_by_waiting_or_steal():
+    p = Protocol(max_wait=0.02, max_steal=0.02)
+    assert not Trial([1.0], wait=0.01, steal=0.0).disturbed(p)
+    assert Trial([1.0], wait=0.3, steal=0.0).disturbed(p)
+    assert Trial([1.0], wait=0.0, steal=0.05).disturbed(p)
+    assert not Trial([1.0]).disturbed(p)  # a device that cannot tell
 
 
 def test_wrong_code_is_caught_before_timing(transport, host_target, tmp_path):
@@ -48,6 +77,27 @@ def test_a_failure_does_not_stop_the_next_measurement(transport, host_target, ca
     assert failed.status == "failed" and failed.stage == "load" and failed.error
     built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
     assert runner.measure(CONV, built.artifact).status == "ok"
+
+
+HOG = "import os, time\nos.sched_setaffinity(0, {0})\nwhile True: pass\n"
+
+
+def test_trials_beside_a_process_on_the_timing_cpu_are_dropped_and_taken_again(transport, host_target, cache_dir):
+    import subprocess
+    import sys
+    import threading
+
+    built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
+    hog = subprocess.Popen([sys.executable, "-c", HOG])
+    threading.Timer(2.0, hog.kill).start()
+    try:
+        m = Runner(transport, FAST.model_copy(update={"max_disturbed": 50})).measure(CONV, built.artifact)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert m.status == "ok", m.error
+    assert m.disturbed >= 1 and m.quiet
+    assert all(t.wait <= FAST.max_wait for t in m.trials)
 
 
 def test_fingerprint_describes_this_machine(transport):

@@ -53,7 +53,7 @@ def tracker(tmp_path):
 def test_two_boards_under_one_key_share_one_sweep(tracker, tmp_path, cache_dir):
     fields = {"transport": "tracker", "host": "127.0.0.1", "port": tracker, "pool": "pool",
               "target": {"kind": "llvm", "mcpu": "host"},
-              "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1}}
+              "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "trials": 2, "max_trials": 3}}
     registry = load_registry(write_registry(tmp_path / "registry", {"pool": fields, "empty": {**fields, "pool": "none"}}))
     device = registry.get("pool")
     deadline = time.monotonic() + 120

@@ -37,8 +37,8 @@ class LocalTransport:
         protocol = self.protocol
         self.port = _free_port()
         self._log = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "hwloop.transports.serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--port-end", str(self.port + 1), "--silent"]
+        command = [sys.executable, "-m", "hwloop.transports.serve", "--port", str(self.port),
+                   "--port-end", str(self.port + 1)]
         if protocol.cpus:
             command = ["taskset", "-c", ",".join(map(str, protocol.cpus)), *command]
         env = dict(os.environ, TVM_NUM_THREADS=str(protocol.threads))
