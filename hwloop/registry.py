@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -81,6 +81,17 @@ class Link(BaseModel):
     workdir: str = Field(".cache/hwloop-board", min_length=1,
                          description="the board's work folder (relative to the SSH user's home), one sub-folder "
                                      "per device, removed when hwloop is done")
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, workdir: str) -> str:
+        parts = PurePosixPath(workdir).parts
+        if workdir.startswith(("/", "~")):
+            raise ValueError(f"{workdir!r} must be relative to the SSH user's home (hwloop deletes the work folders "
+                             "it makes there), e.g. '.cache/hwloop-board'")
+        if ".." in parts:
+            raise ValueError(f"{workdir!r} must stay inside the SSH user's home: no '..'")
+        return workdir
 
 
 class Device(BaseModel):

@@ -77,9 +77,9 @@ def test_measures_on_a_board_and_cleans_up(boards, user_key, tmp_path, host_targ
         assert len(m.latencies_ms) == device.protocol.repeat and m.check_error <= 1e-4
         fp = transport.fingerprint()
         assert fp["cores"] >= 1 and len(fp["id"]) == 12
-        assert (board.root / "work" / "b1" / "board_agent.py").is_file()
+        assert (board.home / "work" / "b1" / "board_agent.py").is_file()
         agent = transport.board["pgid"]
-    assert not (board.root / "work" / "b1").exists()
+    assert not (board.home / "work" / "b1").exists()
     assert gone(agent)
 
 
@@ -119,11 +119,11 @@ def test_shell_metacharacters_run_nothing_on_the_board(boards, user_key, tmp_pat
     if field == "python":
         fields["python"] = evil
     else:
-        fields["link"]["workdir"] = f"{tmp_path}/{evil}"
+        fields["link"]["workdir"] = f"work/{evil}"
     _, reg = registry(tmp_path, {"b1": fields})
     try:
         with open_transport(reg.get("b1")) as transport:
-            assert transport.workdir == f"{tmp_path}/{evil}/b1"
+            assert transport.workdir == f"{board.home}/work/{evil}/b1"
             assert os.path.isdir(transport.workdir)
     except BoardError as exc:
         assert field == "python" and "field 'python'" in str(exc) and "cannot be run" in str(exc)
