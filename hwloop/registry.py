@@ -78,9 +78,12 @@ class Link(BaseModel):
                                                            "before it is declared hung")
     retries: int = Field(3, ge=0, description="reconnects tried after a fault before the board is given up")
     backoff: float = Field(1.0, ge=0, description="seconds before the first reconnect, doubled each time")
+    session_timeout: float = Field(3600.0, gt=0, description="tracker devices: seconds a session may last; the board "
+                                                              "then ends it (a board held by a hung or vanished client "
+                                                              "returns to the pool) and the next one is requested")
     workdir: str = Field(".cache/hwloop-board", min_length=1,
-                         description="the board's work folder (relative to the SSH user's home), one sub-folder "
-                                     "per device, removed when hwloop is done")
+                         description="the boards' work folders, relative to the SSH user's home: one sub-folder "
+                                     "per device, removed when hwloop is done, and the board's lock")
 
     @field_validator("workdir")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 
 from ..registry import Device, Link
-from . import TransportError
+from .errors import TransportError
 
 SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
 

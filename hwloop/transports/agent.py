@@ -1,10 +1,12 @@
-"""The board side of the SSH transport: TVM's RPC server on the board's loopback.
+"""TVM's RPC server on the loopback of a board or of this machine, serving only the holder of its key.
 
-Shipped to the board's work folder over SFTP and run with the board's Python; standard library
-only until TVM is imported, so it runs on boards without hwloop. ``python board_agent.py
-[--port N] [--executable PYTHON]`` prints one JSON line: ``{"port": N, "pgid": G, ...}`` once the
-server listens, or ``{"error": ..., ...}`` when it cannot start. Its process group dies when its
-standard input closes, which is how the SSH channel that started it going away is seen.
+Run with the device's Python; standard library only until TVM is imported, so it runs on boards
+without hwloop: ``python agent.py [--port N] [--executable PYTHON]``. The first line of its
+standard input is its key, a fresh random string (never on its command line, which every user of
+the machine can read): the server refuses a client whose handshake does not carry it. It prints one
+JSON line, ``{"port": N, "pgid": G, ...}`` once the server listens, or ``{"error": ..., ...}`` when
+it cannot start. Its process group dies when its standard input closes: hwloop closing it, hwloop
+dying, or the SSH channel that started it going away.
 """
 
 import argparse
@@ -15,6 +17,7 @@ import platform
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 
 REQUIRED = ("numpy", "tvm")
@@ -23,6 +26,12 @@ REQUIRED = ("numpy", "tvm")
 def report(**fields):
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+def read_key():
+    """The key on the first line of standard input, or None when there is none."""
+    key = sys.stdin.buffer.readline().decode(errors="replace").strip()
+    return key if key and not any(c.isspace() for c in key) else None
 
 
 def die_with_stdin():
@@ -38,16 +47,17 @@ def die_with_stdin():
 
 def without_torch():
     """``tvm_ffi`` imports torch eagerly; kernels never use it, so neither this process nor its
-    children (a ``torch.py`` that fails to import, first on their path) pay for it."""
+    children (a ``torch`` that fails to import, first on their path) pay for it."""
     sys.modules["torch"] = None
-    here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(here, "notorch"),
-                                                             os.environ.get("PYTHONPATH")]))
+    shim = tempfile.mkdtemp(prefix="notorch-")
+    with open(os.path.join(shim, "torch.py"), "w") as f:
+        f.write('raise ImportError("the hwloop agent runs TVM without torch")\n')
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")]))
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=9090)
+    parser.add_argument("--port", type=int, default=9090, help="the first port tried; the next 1000 follow")
     parser.add_argument("--executable", help="the interpreter command the server's workers are started with "
                                              "(a wrapper such as an emulator launcher stays in the loop)")
     args = parser.parse_args()
@@ -55,10 +65,14 @@ def main():
         os.setpgid(0, 0)  # its own process group, unless it already leads a session (sshd's setsid)
     except OSError:
         pass
+    key = read_key()
     die_with_stdin()
     if args.executable:
         sys.executable = shutil.which(args.executable) or args.executable
     python = {"python": sys.executable, "python_version": platform.python_version()}
+    if key is None:
+        report(error="key", detail="no key on the first line of standard input", **python)
+        return 2
     missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
     if missing:
         report(error="missing", missing=missing, **python)
@@ -70,7 +84,8 @@ def main():
     except Exception as exc:  # noqa: BLE001 - a broken install is reported, whatever it raises
         report(error="import", detail=f"{type(exc).__name__}: {exc}", **python)
         return 3
-    server = rpc.Server(host="127.0.0.1", port=args.port, port_end=args.port + 1000, silent=True)
+    server = rpc.Server(host="127.0.0.1", port=args.port, port_end=min(args.port + 1000, 65536), key=key,
+                        silent=True)
     report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
     server.proc.join()
     return 0
