@@ -18,9 +18,9 @@ from hwloop.registry import load_registry
 from hwloop.runner import Runner
 from hwloop.transports import DeviceBusy, Transport, open_transport
 from hwloop.transports.ssh import MARKER, BoardError
-from hwloop.transports.sshlink import HostKeyError
+from hwloop.transports.sshlink import Connection, HostKeyError, device_endpoint
 
-from boards import PYTHON, gone, write_registry
+from boards import PYTHON, gone, keygen, write_registry
 
 CONV = LayerConfig("conv2d", 4, 4, 8, 8, kernel=3, padding=1)
 cli = CliRunner()
@@ -218,3 +218,28 @@ def test_one_session_per_board_until_the_first_ends_or_dies(boards, user_key, tm
             assert time.monotonic() < deadline, "the lock of a killed session was not released"
             time.sleep(0.2)
 
+
+def test_known_hosts_with_markers_broken_lines_and_several_key_types(boards, user_key, tmp_path):
+    board = boards()
+    name, (kind, blob) = f"[{board.address}]:{board.port}", board.known_hosts_line().split()[1:]
+    ecdsa = " ".join(keygen(tmp_path / "ecdsa", "ecdsa").with_suffix(".pub").read_text().split()[:2])
+    known = tmp_path / "known_hosts"
+    directory, reg = registry(tmp_path, {"b1": board.device("b1", user_key, known)})
+    ep, link = device_endpoint(reg.get("b1")), reg.get("b1").link
+    known.write_bytes(f"# boards\n@cert-authority *.lab {ecdsa}\nnot a key line\n{name} ssh-ed25519 AAAA%%\n"
+                      f"{name} {ecdsa}\n{board.known_hosts_line()}".encode() + b"\xff\xfe\n")
+    Connection(ep, link).close()  # the board's own Ed25519 line counts; the ECDSA line before it does not conflict
+    assert "already trusted" in trust(directory, "b1").stdout
+
+    known.write_text(f"{name} {ecdsa}\n{name} ssh-ed25519 AAAA%%\n")
+    with pytest.raises(HostKeyError, match=r"unknown host key ssh-ed25519 .*files only ecdsa-sha2-nistp256 .*\(line 1\)"
+                                           r".*skipped .*line 2 \(ssh-ed25519 key unreadable") as refused:
+        Connection(ep, link)
+    assert "CHANGED" not in str(refused.value)
+
+    known.write_text(f"{board.known_hosts_line()}@revoked * {kind} {blob}\n")
+    with pytest.raises(HostKeyError, match=r"REVOKED \(.*known_hosts line 2\)"):
+        Connection(ep, link)
+    result = trust(directory, "b1", "--yes")
+    assert result.exit_code != 0 and "REVOKED" in result.output
+    assert len(known.read_text().splitlines()) == 2
