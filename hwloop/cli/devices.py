@@ -79,7 +79,8 @@ def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Reco
     hwloop refuses boards whose host key is unknown or changed; compare the fingerprint with the
     board's own (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the board) before trusting it.
     """
-    from ..transports import TransportError, knownhosts
+    from ..transports import TransportError
+    from ..transports.knownhosts import read_known_hosts
     from ..transports.sshlink import describe, device_endpoint, record, scan
 
     device = get_device(name, registry)
@@ -87,7 +88,7 @@ def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Reco
         fail(f"device {name!r} uses transport {device.transport!r}; only ssh devices have host keys")
     ep = device_endpoint(device)
     try:
-        known = knownhosts.read(ep.known_hosts, ep.known_name)
+        known = read_known_hosts(ep.known_hosts, ep.known_name)
         key = scan(ep, device.link, prefer=list(known.keys))
     except TransportError as exc:
         fail(str(exc))

@@ -39,7 +39,8 @@ class Forward:
 
     def __init__(self, open_upstream: Callable[[tuple], object], stall_timeout: float,
                  on_stall: Callable[[str], None] | None = None, errors: tuple[type[BaseException], ...] = RELAY_ERRORS):
-        self.open_upstream, self.stall_timeout, self.on_stall, self.errors = open_upstream, stall_timeout, on_stall, errors
+        self.open_upstream, self.stall_timeout, self.on_stall = open_upstream, stall_timeout, on_stall
+        self.errors = errors
         self.stalled: str | None = None
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]

@@ -55,7 +55,7 @@ class KnownHosts:
         return notes
 
 
-def read(path: Path, name: str) -> KnownHosts:
+def read_known_hosts(path: Path, name: str) -> KnownHosts:
     """The keys ``path`` files for ``name``; an absent file files none."""
     known = KnownHosts(path, name)
     try:

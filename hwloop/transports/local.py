@@ -41,8 +41,8 @@ def _free_port() -> int:
 class LocalTransport(Transport):
     """The local device ``name``; see the module docstring."""
 
-    def __init__(self, protocol: Protocol, name: str = "local", link: Link = Link()):
-        self.protocol, self.name, self.link = protocol, name, link
+    def __init__(self, protocol: Protocol, name: str = "local", link: Link | None = None):
+        self.protocol, self.name, self.link = protocol, name, link or Link()
         self.where = f"device {name!r}"
         self.lost: str | None = None
         self._process: subprocess.Popen | None = None

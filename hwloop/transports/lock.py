@@ -64,7 +64,10 @@ def describe(holder: str | dict) -> str:
 def locks_dir() -> Path:
     """Where this machine's device locks live: ``$XDG_RUNTIME_DIR/hwloop`` or ``~/.cache/hwloop/locks``."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    root = Path(runtime) / "hwloop" if runtime and os.path.isdir(runtime) else Path.home() / ".cache" / "hwloop" / "locks"
+    if runtime and os.path.isdir(runtime):
+        root = Path(runtime) / "hwloop"
+    else:
+        root = Path.home() / ".cache" / "hwloop" / "locks"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
 

@@ -127,7 +127,8 @@ class SSHTransport(Transport):
         """A fresh work folder on the board, with hwloop's marker and the files that run there."""
         workdir, marker = q(self.workdir), q(posixpath.join(self.workdir, MARKER))
         status, output = self._run(
-            f"if [ -e {workdir} ] || [ -L {workdir} ]; then [ -f {marker} ] || exit {NOT_OURS}; rm -rf -- {workdir}; fi; "
+            f"if [ -e {workdir} ] || [ -L {workdir} ]; then [ -f {marker} ] || exit {NOT_OURS}; "
+            f"rm -rf -- {workdir}; fi; "
             f"mkdir -m 700 -- {workdir} && : > {marker} && mkdir -- {q(self.workdir + '/tmp')}")
         if status == NOT_OURS:
             raise BoardError(f"{self.where}: field 'link.workdir': {self.workdir!r} exists on the board and was not "

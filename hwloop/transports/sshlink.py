@@ -3,8 +3,9 @@ timeouts, keepalive and ``TCP_USER_TIMEOUT`` so that a dead link is noticed in s
 
 Host keys are checked against the device's ``known_hosts`` file, else ``UserKnownHostsFile`` from
 ``~/.ssh/config``, else ``~/.ssh/known_hosts`` (read by :mod:`knownhosts`). An unknown, changed or
-revoked key is refused; ``hwloop devices trust`` records one only when asked. Passwords are never used: keys come from the device's ``key``, the config's
-``IdentityFile``, the default key files or an SSH agent.
+revoked key is refused; ``hwloop devices trust`` records one only when asked. Passwords are never
+used: keys come from the device's ``key``, the config's ``IdentityFile``, the default key files or
+an SSH agent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import paramiko
 
 from ..registry import Device, Link
-from . import knownhosts
+from .knownhosts import KnownHosts, read_known_hosts
 from .errors import TransportError
 
 SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
@@ -100,7 +101,7 @@ def _socket_to(ep: Endpoint, link: Link, hops: list[paramiko.SSHClient]):
 class _Refuse(paramiko.MissingHostKeyPolicy):
     """Refuses a key the known_hosts file does not file for the host (a revoked one, naming its line)."""
 
-    def __init__(self, ep: Endpoint, known: knownhosts.KnownHosts):
+    def __init__(self, ep: Endpoint, known: KnownHosts):
         self.ep, self.known, self.key = ep, known, None
 
     def missing_host_key(self, client, hostname, key):
@@ -109,19 +110,19 @@ class _Refuse(paramiko.MissingHostKeyPolicy):
         raise paramiko.SSHException("host key not known")
 
 
-def _refuse_revoked(ep: Endpoint, known: knownhosts.KnownHosts, key: paramiko.PKey) -> None:
+def _refuse_revoked(ep: Endpoint, known: KnownHosts, key: paramiko.PKey) -> None:
     line = known.revoked_line(key)
     if line is not None:
         raise HostKeyError(f"{ep.alias}: the host key {describe(key)} of {ep.known_name} is REVOKED "
                            f"({ep.known_hosts} line {line}); connection refused")
 
 
-def _notes(known: knownhosts.KnownHosts) -> str:
+def _notes(known: KnownHosts) -> str:
     return "".join(f"; {note}" for note in known.notes())
 
 
 def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
-    known = knownhosts.read(ep.known_hosts, ep.known_name)
+    known = read_known_hosts(ep.known_hosts, ep.known_name)
     client = paramiko.SSHClient()
     for key, _ in known.keys.values():
         client.get_host_keys().add(ep.known_name, key.get_name(), key)
