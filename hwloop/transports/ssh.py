@@ -207,6 +207,8 @@ class SSHTransport(Transport):
                              f"install on the board: {INSTALL.format(python=shlex.quote(self.device.python))}")
         if ready.get("error") == "import":
             raise BoardError(f"{self.where}: importing tvm on the board failed: {ready.get('detail')}")
+        if ready.get("error"):
+            raise BoardError(f"{self.where}: the board's RPC server did not start: {ready.get('detail')}")
         if not isinstance(ready.get("port"), int) or not isinstance(ready.get("pgid"), int):
             raise TransportError(f"{self.where}: garbled answer from the board's agent: {json.dumps(ready)[:200]}")
         return ready
