@@ -1,4 +1,5 @@
-"""A pool of two RPC servers behind a real TVM RPC tracker on loopback, measured as one device."""
+"""A pool of two RPC servers behind a real TVM RPC tracker on loopback, measured as one device, with
+bounded waits for a free board and for a session."""
 
 import contextlib
 import os
@@ -64,7 +65,7 @@ def wait_pool(device, size: int) -> None:
         time.sleep(0.2)
 
 
-def test_two_boards_under_one_key_share_one_sweep(tracker, tmp_path, cache_dir):
+def test_two_boards_under_one_key_share_one_sweep_and_bound_their_waits(tracker, tmp_path, cache_dir):
     fields = {"transport": "tracker", "host": "127.0.0.1", "port": tracker, "pool": "pool",
               "target": {"kind": "llvm", "mcpu": "host"},
               "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1}}
