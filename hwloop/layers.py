@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 OPS = ("conv2d", "depthwise_conv2d", "linear")
 DTYPES = ("float32", "float16")
+INT32_MAX = 2**31 - 1  # the largest shape field: tables store them as int32
 
 
 @dataclass(frozen=True, order=True)
@@ -37,8 +38,10 @@ class LayerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        if not isinstance(self.padding, int) or self.padding < 0:
-            raise ValueError(f"padding: must be a non-negative integer, got {self.padding!r}")
+            if value > INT32_MAX:
+                raise ValueError(f"{name}: {value} is above the largest supported value, {INT32_MAX}")
+        if not isinstance(self.padding, int) or not 0 <= self.padding <= INT32_MAX:
+            raise ValueError(f"padding: must be an integer from 0 to {INT32_MAX}, got {self.padding!r}")
         if self.op == "linear":
             if (self.input_h, self.input_w, self.kernel, self.stride, self.padding, self.groups) != (1, 1, 1, 1, 0, 1):
                 raise ValueError("linear: input_h, input_w, kernel, stride, groups must be 1 and padding 0")

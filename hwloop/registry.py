@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -97,9 +97,23 @@ class Link(BaseModel):
                                                            "before it is declared hung")
     retries: int = Field(3, ge=0, description="reconnects tried after a fault before the board is given up")
     backoff: float = Field(1.0, ge=0, description="seconds before the first reconnect, doubled each time")
+    session_timeout: float = Field(3600.0, gt=0, description="tracker devices: seconds a session may last; the board "
+                                                              "then ends it (a board held by a hung or vanished client "
+                                                              "returns to the pool) and the next one is requested")
     workdir: str = Field(".cache/hwloop-board", min_length=1,
-                         description="the board's work folder (relative to the SSH user's home), one sub-folder "
-                                     "per device, removed when hwloop is done")
+                         description="the boards' work folders, relative to the SSH user's home: one sub-folder "
+                                     "per device, removed when hwloop is done, and the board's lock")
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, workdir: str) -> str:
+        parts = PurePosixPath(workdir).parts
+        if workdir.startswith(("/", "~")):
+            raise ValueError(f"{workdir!r} must be relative to the SSH user's home (hwloop deletes the work folders "
+                             "it makes there), e.g. '.cache/hwloop-board'")
+        if ".." in parts:
+            raise ValueError(f"{workdir!r} must stay inside the SSH user's home: no '..'")
+        return workdir
 
 
 class Device(BaseModel):

@@ -5,7 +5,7 @@ artifact is uploaded, loaded and checked once against torch, then every round gi
 not yet settled one trial, in a new random order, on fresh buffers. A trial is TVM's
 ``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
 least ``min_repeat_ms``), and around it the device says what its timing process shared the CPU
-with (:mod:`hwloop.usage`): a trial during which the process waited for its CPU more than
+with (:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
 ``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
 it is dropped and taken again in a later round, after a pause that grows while the device stays
 busy (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement
@@ -29,7 +29,7 @@ from .kernels import random_inputs, reference, relative_error, tolerance
 from .layers import LayerConfig
 from .registry import Protocol
 from .targets import runtime_device_type
-from .usage import parse as parse_usage
+from .transports.usage import parse as parse_usage
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
 ESTIMATOR = "median-of-trials"
@@ -289,7 +289,7 @@ def _usage_function(session):
 
 def _shares(before: dict | None, after: dict | None) -> tuple[float | None, float | None]:
     """(wait, steal): the shares of a trial's time the timing process waited for its CPU and the
-    hypervisor stole from the timing CPUs, from two :func:`hwloop.usage.usage` readings."""
+    hypervisor stole from the timing CPUs, from two :func:`hwloop.transports.usage.usage` readings."""
     if before is None or after is None:
         return None, None
     ran, waited = after["cpu_ns"] - before["cpu_ns"], after["wait_ns"] - before["wait_ns"]

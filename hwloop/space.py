@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from .layers import DTYPES, OPS, LayerConfig
+from .layers import DTYPES, INT32_MAX, OPS, LayerConfig
 
 
 class SpaceError(ValueError):
@@ -29,14 +29,52 @@ class SpaceError(ValueError):
 NUMBERS = ("in_channels", "out_channels", "input_hw", "input_h", "input_w", "kernel", "stride", "padding", "groups", "batch")
 CONV_ONLY = ("input_hw", "input_h", "input_w", "kernel", "stride", "padding", "groups")
 FIELDS = ("op", *NUMBERS, "dtype")
+MAX_CONFIGS = 100_000  # a space file's entries may multiply out to this many configs at most
 
 
-def load_space(path: str | Path) -> list[LayerConfig]:
-    """The configs of a YAML space file, deduplicated, in the order of the file's entries."""
+def load_space(path: str | Path, limit: int = MAX_CONFIGS) -> list[LayerConfig]:
+    """The configs of a YAML space file, deduplicated, in the order of the file's entries; a file
+    whose entries multiply out to more than ``limit`` configs is refused before any is made."""
+    entries = _entries(path)
+    sizes = [math.prod(len(values) for values in axes.values()) for _, _, axes in entries]
+    if sum(sizes) > limit:
+        where, _, axes = entries[sizes.index(max(sizes))]
+        factors = " x ".join(f"{len(values):,} {name}" for name, values in axes.items() if len(values) > 1)
+        raise SpaceTooLarge(f"{path}: the space multiplies out to {sum(sizes):,} configs, above the limit of "
+                            f"{limit:,} ({where.removeprefix(f'{path}: ')} alone: {factors or '1'}); narrow it with "
+                            "a larger `step` in its ranges or fewer values in its lists, or split it into files",
+                            sum(sizes), limit)
+    configs: dict[LayerConfig, None] = {}
+    for where, op, axes in entries:
+        configs.update(dict.fromkeys(_expand(op, axes, where)))
+    return list(configs)
+
+
+def space_size(path: str | Path) -> int:
+    """How many configs a YAML space file's entries multiply out to, counted without making them (an
+    upper bound of what :func:`load_space` returns: duplicates and impossible shapes are left out)."""
+    return sum(math.prod(len(values) for values in axes.values()) for _, _, axes in _entries(path))
+
+
+class SpaceTooLarge(SpaceError):
+    """A space file that multiplies out to more configs than the limit."""
+
+    def __init__(self, message: str, count: int, limit: int):
+        super().__init__(message)
+        self.count, self.limit = count, limit
+
+
+def _entries(path: str | Path) -> list[tuple[str, str, dict[str, Sequence]]]:
+    """Each entry of a space file, checked: where it is, its op, and the values of each field."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save the space file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or "layers" not in data:
@@ -46,13 +84,12 @@ def load_space(path: str | Path) -> list[LayerConfig]:
     entries = data["layers"]
     if not isinstance(entries, list) or not entries:
         raise SpaceError(f"{path}: layers: expected a non-empty list of layers")
-    configs: dict[LayerConfig, None] = {}
-    for index, entry in enumerate(entries):
-        configs.update(dict.fromkeys(_expand(entry, f"{path}: layers[{index}]")))
-    return list(configs)
+    return [(where, *_axes(entry, where)) for where, entry in
+            ((f"{path}: layers[{index}]", entry) for index, entry in enumerate(entries))]
 
 
-def _expand(entry: Any, where: str) -> list[LayerConfig]:
+def _axes(entry: Any, where: str) -> tuple[str, dict[str, Sequence]]:
+    """An entry's op and the values of each of its fields, checked."""
     if not isinstance(entry, dict):
         raise SpaceError(f"{where}: expected a mapping of fields, got {entry!r}")
     for name in entry:
@@ -78,9 +115,13 @@ def _expand(entry: Any, where: str) -> list[LayerConfig]:
         if name not in entry:
             raise SpaceError(f"{where}.{name}: missing" + (" (or give input_hw)" if name.startswith("input_") else ""))
 
-    axes = {name: _numbers(entry[name], f"{where}.{name}", 0 if name == "padding" else 1)
-            for name in NUMBERS if name in entry}
+    axes: dict[str, Sequence] = {name: _numbers(entry[name], f"{where}.{name}", 0 if name == "padding" else 1)
+                                 for name in NUMBERS if name in entry}
     axes["dtype"] = _dtypes(entry.get("dtype", "float32"), f"{where}.dtype")
+    return op, axes
+
+
+def _expand(op: str, axes: dict[str, Sequence], where: str) -> list[LayerConfig]:
     configs, first_error = [], None
     for values in itertools.product(*axes.values()):
         fields = dict(zip(axes, values), op=op)
@@ -100,7 +141,9 @@ def _expand(entry: Any, where: str) -> list[LayerConfig]:
     return configs
 
 
-def _numbers(value: Any, where: str, minimum: int) -> list[int]:
+def _numbers(value: Any, where: str, minimum: int) -> Sequence[int]:
+    """A field's values: an int, a list of ints, or a range (kept as one, however long)."""
+    too_large = f"above the largest supported value, {INT32_MAX} (int32, the tables' column type)"
     if isinstance(value, dict):
         unknown = set(value) - {"start", "stop", "step"}
         if unknown or not {"start", "stop"} <= set(value):
@@ -108,20 +151,24 @@ def _numbers(value: Any, where: str, minimum: int) -> list[int]:
         start, stop, step = (value.get(key, 1) for key in ("start", "stop", "step"))
         if not all(_is_int(v) for v in (start, stop, step)) or step < 1:
             raise SpaceError(f"{where}: range start and stop must be integers and step a positive integer, got {value!r}")
-        values = list(range(start, stop, step))
+        values = range(start, stop, step)
         if not values:
             raise SpaceError(f"{where}: range {value!r} is empty (stop is exclusive)")
-    elif isinstance(value, list):
-        values = value
-        if not values:
-            raise SpaceError(f"{where}: empty list")
-    else:
-        values = [value]
+        if values[0] < minimum:
+            raise SpaceError(f"{where}: {values[0]} is below the minimum of {minimum}")
+        if values[-1] > INT32_MAX:
+            raise SpaceError(f"{where}: range {value!r} reaches {values[-1]}, {too_large}")
+        return values
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise SpaceError(f"{where}: empty list")
     for v in values:
         if not _is_int(v):
             raise SpaceError(f"{where}: expected an integer, a list of integers or {{start, stop, step}}, got {v!r}")
         if v < minimum:
             raise SpaceError(f"{where}: {v} is below the minimum of {minimum}")
+        if v > INT32_MAX:
+            raise SpaceError(f"{where}: {v} is {too_large}")
     return list(dict.fromkeys(values))
 
 

@@ -1,7 +1,7 @@
 """Test boards: real OpenSSH servers on loopback addresses, and a TCP proxy that injects link faults.
 
-Each :class:`Board` is ``/usr/sbin/sshd -D -f CONFIG`` with its own host key, authorized_keys and
-address in 127.0.0.0/8. Everything started here is killed by pid.
+Each :class:`Board` is ``/usr/sbin/sshd -D -f CONFIG`` with its own host key, authorized_keys, home
+folder (``$HOME`` of its sessions) and address in 127.0.0.0/8. Everything started here is killed by pid.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ UseDNS no
 ClientAliveInterval 5
 LogLevel ERROR
 Subsystem sftp internal-sftp
+SetEnv HOME={root}/home
 """
 
 
-def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "", "-f", str(path)], check=True)
     return path
 
 
@@ -72,6 +73,8 @@ class Board:
     def __init__(self, root: Path, user_pub: Path):
         self.root = root
         root.mkdir(parents=True)
+        self.home = root / "home"
+        self.home.mkdir()
         self.address, self.port = free_address()
         self.host_key = keygen(root / "host_key")
         (root / "authorized_keys").write_text(user_pub.read_text())
@@ -133,7 +136,7 @@ class Board:
             "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "threads": 1, "trials": 2,
                          "max_trials": 3, "max_wait": 1.0, "max_steal": 1.0},
             "link": {"connect_timeout": 3, "keepalive": 1, "stall_timeout": 4, "retries": 3, "backoff": 0.5,
-                     "workdir": str(self.root / "work")},
+                     "workdir": "work"},
             **fields,
         }
 

@@ -259,3 +259,11 @@ def test_empty_and_group_only_files_are_fine(tmp_path):
                                               "notes.txt": "not: [yaml"}))
     assert list(registry.devices) == ["local"] and registry.groups == {"g": []}
     assert registry.select(["g"]) == []
+
+
+@pytest.mark.parametrize("workdir", ["/", "/home", "~/hwloop", "../other-user", "cache/../../etc"])
+def test_work_folders_outside_the_home_are_refused(tmp_path, workdir):
+    message = error(tmp_path, {"boards.yaml": device("pi", f"host: pi.local\nuser: pi\ntarget: {PI_TARGET}\n"
+                                                          f"link: {{workdir: {workdir!r}}}")})
+    assert message.startswith(f"{tmp_path / 'boards.yaml'}: device 'pi': field 'link.workdir': ")
+    assert "home" in message

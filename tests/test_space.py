@@ -6,7 +6,8 @@ from torch import nn
 
 from hwloop.layers import LayerConfig
 from hwloop.models import BUILTIN_MODELS, load_model
-from hwloop.space import SpaceError, TracedLayer, load_space, model_space, trace_layers
+from hwloop.space import (MAX_CONFIGS, SpaceError, SpaceTooLarge, TracedLayer, load_space, model_space,
+                          space_size, trace_layers)
 
 
 def _space(tmp_path, text: str):
@@ -138,6 +139,12 @@ layers:
      "layers[1]: no valid layer in this entry, e.g. groups: 4 must divide"),
     ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 2, kernel: 5, padding: 0}\n",
      "layers[0]: no valid layer in this entry, e.g. kernel: 5"),
+    ("layers:\n  - {op: linear, in_channels: 4, out_channels: [2, 3000000000]}\n",
+     "layers[0].out_channels: 3000000000 is above the largest supported value, 2147483647"),
+    ("layers:\n  - {op: linear, in_channels: {start: 2147483640, stop: 2147483650}, out_channels: 2}\n",
+     "layers[0].in_channels: range {'start': 2147483640, 'stop': 2147483650} reaches 2147483649, above the largest"),
+    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, kernel: 3, padding: 4294967296}\n",
+     "layers[0].padding: 4294967296 is above the largest supported value"),
 ])
 def test_malformed_spaces_name_file_entry_and_field(tmp_path, text, where):
     path = tmp_path / "bad-space.yaml"
@@ -152,6 +159,35 @@ def test_malformed_spaces_name_file_entry_and_field(tmp_path, text, where):
 def test_missing_space_file(tmp_path):
     with pytest.raises(SpaceError, match="absent.yaml: cannot read"):
         load_space(tmp_path / "absent.yaml")
+
+
+def test_a_space_file_not_in_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# Räume\nlayers:\n  - {op: linear, in_channels: 4, out_channels: 2}\n".encode("latin-1"))
+    with pytest.raises(SpaceError) as refused:
+        load_space(path)
+    assert str(refused.value).startswith(f"{path}: not UTF-8 text (byte 3: b'\\xe4')")
+
+
+def test_a_space_of_millions_is_counted_and_refused_before_it_is_made(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("layers:\n"
+                    "  - {op: linear, in_channels: [8, 16], out_channels: 4}\n"
+                    "  - {op: conv2d, in_channels: {start: 1, stop: 2001}, out_channels: {start: 1, stop: 3001}, "
+                    "input_hw: 8, kernel: 3}\n"
+                    "  - {op: linear, in_channels: {start: 1, stop: 2147483647, step: 1000}, out_channels: 2}\n")
+    count = 2 + 2000 * 3000 + 2147484
+    assert space_size(path) == count
+    with pytest.raises(SpaceTooLarge) as refused:
+        load_space(path)
+    assert (refused.value.count, refused.value.limit) == (count, MAX_CONFIGS)
+    assert str(refused.value).startswith(f"{path}: the space multiplies out to {count:,} configs, above the limit of "
+                                         f"{MAX_CONFIGS:,} (layers[1] alone: 2,000 in_channels x 3,000 out_channels)")
+    small = tmp_path / "small.yaml"
+    small.write_text("layers:\n  - {op: linear, in_channels: [8, 16], out_channels: [2, 4]}\n")
+    assert len(load_space(small, limit=4)) == 4
+    with pytest.raises(SpaceTooLarge, match="above the limit of 3"):
+        load_space(small, limit=3)
 
 
 # --- tracing -----------------------------------------------------------------------------------

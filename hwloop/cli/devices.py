@@ -80,25 +80,36 @@ def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Reco
     board's own (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the board) before trusting it.
     """
     from ..transports import TransportError
-    from ..transports.sshlink import describe, device_endpoint, known_key, record, scan
+    from ..transports.knownhosts import read_known_hosts
+    from ..transports.sshlink import describe, device_endpoint, record, scan
 
     device = get_device(name, registry)
     if device.transport != "ssh":
         fail(f"device {name!r} uses transport {device.transport!r}; only ssh devices have host keys")
     ep = device_endpoint(device)
     try:
-        key = scan(ep, device.link)
+        known = read_known_hosts(ep.known_hosts, ep.known_name)
+        key = scan(ep, device.link, prefer=list(known.keys))
     except TransportError as exc:
         fail(str(exc))
-    known = known_key(ep)
-    if known is not None and known == key:
+    revoked = known.revoked_line(key)
+    if revoked is not None:
+        fail(f"{name}: the host key {describe(key)} of {ep.known_name} is REVOKED ({ep.known_hosts} line {revoked}); "
+             "it is not trusted again")
+    if known.known(key):
         out.print(f"{name}: {ep.known_name} is already trusted ({describe(key)}) in {ep.known_hosts}")
         return
-    if known is not None:
+    same_type = known.keys.get(key.get_name())
+    if same_type is not None:
         fail(f"{name}: the host key of {ep.known_name} CHANGED: it offers {describe(key)}, {ep.known_hosts} has "
-             f"{describe(known)}. If the board was reinstalled, remove the old key "
+             f"{describe(same_type[0])} (line {same_type[1]}). If the board was reinstalled, remove the old key "
              f"(ssh-keygen -R '{ep.known_name}' -f {ep.known_hosts}) and run this again")
     out.print(f"{name}: {ep.known_name} offers host key {describe(key)}", highlight=False)
+    if known.keys:
+        out.print(escape(f"note: {ep.known_hosts} files {known.listed()} for it, a type the board no longer "
+                         "offers (reinstalled?)"), highlight=False)
+    for note in known.notes():
+        out.print(f"note: {escape(note)}", highlight=False)
     try:
         confirmed = yes or typer.confirm(f"Trust it and add it to {ep.known_hosts}?", default=False)
     except typer.Abort:

@@ -2,9 +2,10 @@
 timeouts, keepalive and ``TCP_USER_TIMEOUT`` so that a dead link is noticed in seconds.
 
 Host keys are checked against the device's ``known_hosts`` file, else ``UserKnownHostsFile`` from
-``~/.ssh/config``, else ``~/.ssh/known_hosts``. An unknown key is refused; :func:`trust` records
-one only when asked. Passwords are never used: keys come from the device's ``key``, the config's
-``IdentityFile``, the default key files or an SSH agent.
+``~/.ssh/config``, else ``~/.ssh/known_hosts`` (read by :mod:`knownhosts`). An unknown, changed or
+revoked key is refused; ``hwloop devices trust`` records one only when asked. Passwords are never
+used: keys come from the device's ``key``, the config's ``IdentityFile``, the default key files or
+an SSH agent.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 import paramiko
 
 from ..registry import Device, Link
-from . import TransportError
+from .knownhosts import KnownHosts, read_known_hosts
+from .errors import TransportError
 
 SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
+RSA_SIGNATURES = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}  # how an RSA host key is asked for
 
 
 class HostKeyError(TransportError):
@@ -96,29 +99,56 @@ def _socket_to(ep: Endpoint, link: Link, hops: list[paramiko.SSHClient]):
 
 
 class _Refuse(paramiko.MissingHostKeyPolicy):
+    """Refuses a key the known_hosts file does not file for the host (a revoked one, naming its line)."""
+
+    def __init__(self, ep: Endpoint, known: KnownHosts):
+        self.ep, self.known, self.key = ep, known, None
+
     def missing_host_key(self, client, hostname, key):
         self.key = key
+        _refuse_revoked(self.ep, self.known, key)
         raise paramiko.SSHException("host key not known")
 
 
+def _refuse_revoked(ep: Endpoint, known: KnownHosts, key: paramiko.PKey) -> None:
+    line = known.revoked_line(key)
+    if line is not None:
+        raise HostKeyError(f"{ep.alias}: the host key {describe(key)} of {ep.known_name} is REVOKED "
+                           f"({ep.known_hosts} line {line}); connection refused")
+
+
+def _notes(known: KnownHosts) -> str:
+    return "".join(f"; {note}" for note in known.notes())
+
+
 def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
+    known = read_known_hosts(ep.known_hosts, ep.known_name)
     client = paramiko.SSHClient()
-    if ep.known_hosts.is_file():
-        client.load_host_keys(str(ep.known_hosts))
-    policy = _Refuse()
+    for key, _ in known.keys.values():
+        client.get_host_keys().add(ep.known_name, key.get_name(), key)
+    policy = _Refuse(ep, known)
     client.set_missing_host_key_policy(policy)
     try:
         client.connect(ep.hostname, ep.port, username=ep.user, key_filename=list(ep.keys) or None,
                        look_for_keys=not ep.keys, allow_agent=True, sock=sock, timeout=link.connect_timeout,
                        banner_timeout=link.connect_timeout, auth_timeout=link.connect_timeout,
                        channel_timeout=link.connect_timeout)
+    except HostKeyError:
+        client.close()
+        raise
     except paramiko.BadHostKeyException as exc:
         client.close()
+        _refuse_revoked(ep, known, exc.key)
+        if exc.key.get_name() not in known.keys:
+            raise HostKeyError(
+                f"{ep.alias}: unknown host key {describe(exc.key)} for {ep.known_name}: {ep.known_hosts} files only "
+                f"{known.listed()} for it, a type the board no longer offers (reinstalled?); connection "
+                f"refused{_notes(known)}") from None
         raise HostKeyError(
             f"{ep.alias}: the host key CHANGED: it offers {describe(exc.key)}, {ep.known_hosts} has "
-            f"{describe(exc.expected_key)} for {ep.known_name}. Someone may be intercepting the connection; "
-            f"if the board was reinstalled, remove the old key (ssh-keygen -R '{ep.known_name}' -f "
-            f"{ep.known_hosts}) and trust the new one") from None
+            f"{describe(exc.expected_key)} (line {known.keys[exc.key.get_name()][1]}) for {ep.known_name}. Someone "
+            f"may be intercepting the connection; if the board was reinstalled, remove the old key (ssh-keygen -R "
+            f"'{ep.known_name}' -f {ep.known_hosts}) and trust the new one") from None
     except paramiko.PasswordRequiredException:
         client.close()
         raise TransportError(f"{ep.alias}: key {', '.join(ep.keys)} is encrypted: load it into your SSH agent "
@@ -129,9 +159,9 @@ def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
                              "(or your SSH agent)") from None
     except paramiko.SSHException:
         client.close()
-        if getattr(policy, "key", None) is not None:
+        if policy.key is not None:
             raise HostKeyError(f"{ep.alias}: unknown host key {describe(policy.key)} for {ep.known_name} "
-                               f"(not in {ep.known_hosts}); connection refused") from None
+                               f"(not in {ep.known_hosts}); connection refused{_notes(known)}") from None
         raise
     client.get_transport().set_keepalive(max(1, int(link.keepalive)))
     return client
@@ -175,13 +205,17 @@ def describe(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def scan(ep: Endpoint, link: Link) -> paramiko.PKey:
-    """The host key ``ep`` offers, read without logging in (hops are verified as usual)."""
+def scan(ep: Endpoint, link: Link, prefer: list[str] | tuple[str, ...] = ()) -> paramiko.PKey:
+    """The host key ``ep`` offers, read without logging in (hops are verified as usual); of a type in
+    ``prefer`` (the types known for it) when the board has one, as a login asks."""
     hops: list[paramiko.SSHClient] = []
     try:
         sock = _socket_to(ep, link, hops)
         transport = paramiko.Transport(sock)
         transport.banner_timeout = link.connect_timeout
+        options = transport.get_security_options()
+        wanted = [t for kind in prefer for t in RSA_SIGNATURES.get(kind, (kind,)) if t in options.key_types]
+        options.key_types = [*wanted, *(t for t in options.key_types if t not in wanted)]
         try:
             transport.start_client(timeout=link.connect_timeout)
             return transport.get_remote_server_key()
@@ -195,14 +229,6 @@ def scan(ep: Endpoint, link: Link) -> paramiko.PKey:
     finally:
         for hop in hops:
             hop.close()
-
-
-def known_key(ep: Endpoint) -> paramiko.PKey | None:
-    """The key ``ep.known_hosts`` files for this board (of any type), if any."""
-    if not ep.known_hosts.is_file():
-        return None
-    entry = paramiko.HostKeys(str(ep.known_hosts)).lookup(ep.known_name)
-    return next(iter(entry.values()), None) if entry else None
 
 
 def record(ep: Endpoint, key: paramiko.PKey) -> None:

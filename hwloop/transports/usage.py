@@ -1,7 +1,8 @@
 """What a device's timing process shared its CPU with: read where the kernels run.
 
-Standard library only, so the same file runs unchanged on a board. :func:`register` makes
-``hwloop.usage`` a TVM global function of the RPC server (its sessions inherit it):
+Standard library only: :mod:`agent` imports it beside itself, on a board as on this machine, and
+:func:`register` makes ``hwloop.usage`` a TVM global function of its RPC server (the server's
+sessions inherit it):
 ``hwloop.usage(cpus)`` returns, as text, the session process's own CPU time and the time it was
 ready to run but waited for a CPU (``/proc/<pid>/task/*/schedstat``, in ns), and the steal and
 total time of the CPUs ``cpus`` (a comma list) from ``/proc/stat`` (in ns). Between two readings,

@@ -1,0 +1,100 @@
+"""TVM's RPC server on the loopback of a board or of this machine, serving only the holder of its key.
+
+Run with the device's Python; standard library only until TVM is imported, so it runs on boards
+without hwloop: ``python agent.py [--port N] [--executable PYTHON]``, with :mod:`usage` beside it
+(registered in the server: what the timing process shared its CPU with). The first line of its
+standard input is its key, a fresh random string (never on its command line, which every user of
+the machine can read): the server refuses a client whose handshake does not carry it. It prints one
+JSON line, ``{"port": N, "pgid": G, ...}`` once the server listens, or ``{"error": ..., ...}`` when
+it cannot start. Its process group dies when its standard input closes: hwloop closing it, hwloop
+dying, or the SSH channel that started it going away.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+
+REQUIRED = ("numpy", "tvm", "cloudpickle")
+
+
+def report(**fields):
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def read_key():
+    """The key on the first line of standard input, or None when there is none."""
+    key = sys.stdin.buffer.readline().decode(errors="replace").strip()
+    return key if key and not any(c.isspace() for c in key) else None
+
+
+def die_with_stdin():
+    def watch():
+        try:
+            while os.read(0, 4096):
+                pass
+        finally:
+            os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def without_torch():
+    """``tvm_ffi`` imports torch eagerly; kernels never use it, so neither this process nor its
+    children (a ``torch`` that fails to import, first on their path) pay for it."""
+    sys.modules["torch"] = None
+    shim = tempfile.mkdtemp(prefix="notorch-")
+    with open(os.path.join(shim, "torch.py"), "w") as f:
+        f.write('raise ImportError("the hwloop agent runs TVM without torch")\n')
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")]))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=9090, help="the first port tried; the next 1000 follow")
+    parser.add_argument("--executable", help="the interpreter command the server's workers are started with "
+                                             "(a wrapper such as an emulator launcher stays in the loop)")
+    args = parser.parse_args()
+    try:
+        os.setpgid(0, 0)  # its own process group, unless it already leads a session (sshd's setsid)
+    except OSError:
+        pass
+    key = read_key()
+    die_with_stdin()
+    if args.executable:
+        sys.executable = shutil.which(args.executable) or args.executable
+    python = {"python": sys.executable, "python_version": platform.python_version()}
+    if key is None:
+        report(error="key", detail="no key on the first line of standard input", **python)
+        return 2
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        report(error="missing", missing=missing, **python)
+        return 3
+    without_torch()
+    try:
+        import tvm
+        from tvm import rpc
+    except Exception as exc:  # noqa: BLE001 - a broken install is reported, whatever it raises
+        report(error="import", detail=f"{type(exc).__name__}: {exc}", **python)
+        return 3
+    import cloudpickle
+    import usage
+
+    cloudpickle.register_pickle_by_value(usage)  # the server's worker process gets the code, not a module name
+    server = rpc.Server(host="127.0.0.1", port=args.port, port_end=min(args.port + 1000, 65536), key=key,
+                        silent=True, server_init_callback=usage.register)
+    report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
+    server.proc.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

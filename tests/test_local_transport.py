@@ -1,0 +1,77 @@
+"""The local device's transport: its RPC server serves only hwloop, a hung kernel fails the session
+instead of blocking it, and one session per device name runs at a time."""
+
+import subprocess
+import sys
+
+import psutil
+import pytest
+from tvm import rpc
+
+from hwloop.registry import Link, Protocol
+from hwloop.transports import Transport, TransportError
+from hwloop.transports.local import LocalTransport
+from hwloop.transports.lock import LocalLock
+
+from boards import gone
+
+FAST = Protocol(warmup=1, number=2, repeat=3, min_repeat_ms=1, threads=1, cpus=[0])
+
+
+def answers(session) -> bool:
+    """Whether the server answers a call (one that goes to it: device queries may be answered here)."""
+    return bool(session.get_function("tvm.rpc.server.workpath")("probe"))
+
+
+@pytest.fixture(autouse=True)
+def own_locks(tmp_path, monkeypatch):
+    """This test's own lock folder, away from other hwloop sessions of this machine."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+
+
+def test_server_refuses_sessions_without_its_key(tmp_path):
+    with LocalTransport(FAST, "local-key") as transport:
+        assert isinstance(transport, Transport)
+        for port in (transport._relay.port, transport.server_port):  # through the relay, and directly
+            for key in ("", "not-the-key"):
+                with pytest.raises(Exception, match="cannot find server that matches key"):
+                    rpc.connect("127.0.0.1", port, key=key)
+        assert answers(transport.connect())
+
+
+def test_a_hung_session_fails_and_the_server_is_restarted(tmp_path):
+    with LocalTransport(FAST, "local-stall", Link(stall_timeout=1)) as transport:
+        session = transport.connect()
+        assert answers(session) and transport.fault(grace=0) is None
+        hung = psutil.Process(transport._process.pid).children(recursive=True)
+        for process in hung:
+            process.suspend()
+        with pytest.raises(Exception):  # noqa: B017 - TVM raises its own error types when the relay drops
+            answers(session)
+        assert "unanswered for 1 s" in transport.fault()
+        transport.reconnect()
+        assert answers(transport.connect()) and transport.fault(grace=0) is None
+        assert all(gone(p.pid) for p in hung)
+
+
+def test_one_session_per_local_device(tmp_path):
+    with LocalTransport(FAST, "local-once"):
+        with pytest.raises(TransportError, match="already open in this process"):
+            LocalTransport(FAST, "local-once")
+    other = subprocess.Popen(
+        [sys.executable, "-c", "from hwloop.transports.lock import LocalLock; LocalLock('local-once'); "
+                               "print('held', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        said = []
+
+        def release(message):
+            said.append(message)
+            other.stdin.close()  # the other session ends while this one waits
+
+        LocalLock("local-once", on_wait=release).release()
+        assert len(said) == 1 and f"in use by hwloop pid {other.pid}" in said[0] and "waiting" in said[0]
+    finally:
+        other.kill()
+        other.wait()
