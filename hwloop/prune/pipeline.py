@@ -17,7 +17,7 @@ from torch import nn
 from ..models import ModelError, load_model
 from ..schedules import policy_of_rows
 from . import MIN_RATIO, afcp, baselines, export, lws, proposals
-from .allocator import allocate, keep_top
+from .allocator import allocate
 from .board import Board, correct
 from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
@@ -202,7 +202,7 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         with _task(progress, "allocating channels", None) as advance:
             plan = allocate(groups, latency, weighted, target, settings.min_ratio, on_step=lambda _: advance(),
                             round_to=settings.round_to or 1)
-    return plan, keep_top(importance, plan), {"criterion": settings.criterion}
+    return plan, groups.top(importance, plan), {"criterion": settings.criterion}
 
 
 def build(spec: str, data: Data) -> nn.Module:
