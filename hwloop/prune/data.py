@@ -157,7 +157,7 @@ def _npz(path: Path):
         raise DataError(f"{path}: not a readable .npz file of arrays: {exc}") from exc
     with arrays:
         names = set(arrays.files)
-        test = "test" if {"x_test", "y_test"} <= names else "val"
+        test = "val" if {"x_val", "y_val"} <= names and "x_test" not in names else "test"
         missing = [n for n in ("x_train", "y_train", f"x_{test}", f"y_{test}") if n not in names]
         if missing:
             raise DataError(f"{path}: {missing[0]}: missing; expected arrays x_train, y_train, x_test, y_test "
