@@ -17,8 +17,10 @@ from .app import CacheOpt, JsonOpt, RegistryOpt, app, err, fail, get_device, out
 
 @app.command("models")
 def models_list(as_json: JsonOpt = False) -> None:
-    """List the models that --model accepts: the built-in ones, and torchvision's classifiers
-    (torchvision:NAME, random weights; with torchvision installed: pip install 'hwloop[vision]')."""
+    """List the models that --model accepts: the built-in ones and torchvision's classifiers.
+
+    torchvision:NAME builds a torchvision classifier with random weights (torchvision comes with
+    pip install 'hwloop[vision]')."""
     from ..models import BUILTIN_MODELS, TORCHVISION, TORCHVISION_INPUT, ModelError, torchvision_classifiers
 
     records = [{"name": name, "input_shape": list(m.input_shape), "description": m.description}
@@ -55,11 +57,11 @@ def profile_model(
     cache: CacheOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Time a whole model per operator kind on this machine: conv2d and linear (what the layer
-    tables price) and the rest (pooling, concatenation, elementwise scaling, LayerNorm, reshapes,
-    the VM's own work), which the whole-model calibration adds to the sum of the layers.
+    """Time a whole model per operator kind on this machine: where it spends its time beyond conv and linear.
 
-    The model is compiled as `hwloop measure` compiles it; each call of TVM's Relax VM is timed.
+    Conv2d and linear are what the layer tables price; the rest (pooling, concatenation, elementwise
+    scaling, LayerNorm, reshapes, the VM's own work) is what the whole-model calibration adds to the
+    sum of the layers. The model is compiled as `hwloop measure` compiles it; each call of TVM's Relax VM is timed.
 
       hwloop profile --device local --model torchvision:mobilenet_v3_large --input-shape 1,3,64,64
     """

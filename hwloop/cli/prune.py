@@ -246,6 +246,8 @@ def _check_coverage(spec: str, data, predictor, tables: Path, as_json: bool) -> 
         rows = read(tables, predictor.device)
     except (PruneError, SpaceError, TableError, OSError):
         return  # the run reports a model it cannot build; a missing table leaves the predictor's word
+    if not len(rows) or not (rows.schedule == predictor.schedule).any():
+        return  # no layer rows of the predictor's kind here (it was fitted on another table)
     missing, shapes = uncovered(layers, rows, predictor.schedule)
     if not missing:
         return
