@@ -119,7 +119,7 @@ def test_validation_tells_a_device_running_at_another_pace_from_a_wrong_predicti
 
 def test_dry_run_checks_shapes_without_a_predictor():
     result = runner.invoke(app, ["prune", "--device", "local", "--model", "mobilenetv2", "--dry-run",
-                                 "--train-samples", "8", "--test-samples", "8"])
+                                 "--train-samples", "8", "--test-samples", "8"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "output (1, 10) like the dense model's" in text and "features.2.conv.1.0" in text
