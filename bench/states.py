@@ -25,7 +25,8 @@ import numpy as np
 
 from hwloop import tables
 from hwloop.collect import collect
-from hwloop.endtoend import ModelCase, thinned_cases
+from hwloop.endtoend import ModelCase
+from hwloop.prune.groups import thinned_cases
 from hwloop.models import load_model
 from hwloop.pace import anchors, spell_paces, spells
 from hwloop.predictor import Predictor

@@ -27,7 +27,8 @@ def test_measures_in_trials_with_what_the_cpu_did_meanwhile(transport, host_targ
     assert len(m.latencies_ms) == FAST.repeat * len(m.trials)
     assert 0 < m.min_ms <= m.median_ms
     assert m.check_error <= 1e-4
-    assert all(0 <= t.wait <= 1 and 0 <= t.steal <= 1 for t in m.trials)  # the local server reports its CPU
+    assert all(0 <= t.wait <= 1 for t in m.trials)  # the local server reports its CPU
+    assert all(t.steal is None or 0 <= t.steal <= 1 for t in m.trials)  # None: a trial shorter than a clock tick
 
 
 def test_a_batch_gets_one_measurement_per_artifact_in_order(transport, host_target, cache_dir):
