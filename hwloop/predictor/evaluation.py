@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .features import shape_key
+from .latency import LatencyModel
+from .selection import select
 
 BANDS = (5, 10, 15)
 HOLDOUT = 0.25
@@ -90,13 +92,11 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
-    """:func:`report` of each split, from a booster trained on the rest of ``rows``."""
-    from .model import Predictor, train
-
+    """:func:`report` of each split, from a latency model trained on the rest of ``rows``."""
     result = {}
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
-        probe = Predictor(train(train_rows, lanes, seed), {"lanes": lanes})
+        probe = LatencyModel.train(train_rows, lanes, seed)
         result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
     return result
 
@@ -104,8 +104,6 @@ def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
 def evaluate(predictor, table: pd.DataFrame, source: str) -> dict:
     """:func:`report` of ``predictor`` on the rows of ``table`` that match what it was trained on
     (device, schedule policy, protocol); a table without such rows is refused."""
-    from .selection import select
-
     chosen = select(table, source, predictor.schedule, predictor.protocol_id, predictor.device)
     return {"device": predictor.device, "schedule": predictor.schedule, "protocol_id": predictor.protocol_id,
             **report(chosen.rows, predictor.predict_frame(chosen.rows)),

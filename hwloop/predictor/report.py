@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..layers import LayerConfig
 from .evaluation import BANDS, splits
 from .features import COLUMNS, shape_key
-from .model import Predictor, train
+from .latency import LatencyModel
+from .model import Predictor
 from .sampling import learning_curve
 from .selection import Selection
 
@@ -30,13 +32,13 @@ STAIRCASES = 4
 
 
 def out_of_fold(rows: pd.DataFrame, lanes: int, seed: int = 0) -> np.ndarray:
-    """Each row's latency predicted by a booster trained on the other folds."""
+    """Each row's latency predicted by a latency model trained on the other folds."""
     fold = np.random.default_rng(seed).permutation(len(rows)) % FOLDS
     predicted = np.empty(len(rows))
     for k in range(FOLDS):
         test = fold == k
         if test.any() and (~test).any():
-            predicted[test] = Predictor(train(rows[~test], lanes, seed), {"lanes": lanes}).predict_frame(rows[test])
+            predicted[test] = LatencyModel.train(rows[~test], lanes, seed).predict_frame(rows[test])
     return predicted
 
 
@@ -130,8 +132,6 @@ def _staircases(rows: pd.DataFrame):
 
 
 def _config(row):
-    from ..layers import LayerConfig
-
     return LayerConfig.from_dict({c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in COLUMNS})
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from ..layers import LayerConfig
 from .evaluation import scores
 from .features import shape_key
-from .model import Predictor, train
+from .latency import LatencyModel, lanes_of
 
 MEMBERS = 4
 WRONG = 0.10
@@ -58,11 +58,11 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int,
     preds, oob_sum, oob_count = [], np.zeros(n), np.zeros(n)
     for member in range(MEMBERS):
         picks = rng.integers(0, n, n)
-        predictor = Predictor(train(measured.iloc[picks], lanes, seed + member), {"lanes": lanes})
-        preds.append(np.log(predictor.predict_frame(pool)))
+        member_model = LatencyModel.train(measured.iloc[picks], lanes, seed + member)
+        preds.append(np.log(member_model.predict_frame(pool)))
         unseen = np.ones(n, dtype=bool)
         unseen[picks] = False
-        oob_sum[unseen] += predictor.predict_frame(measured[unseen])
+        oob_sum[unseen] += member_model.predict_frame(measured[unseen])
         oob_count[unseen] += 1
     score = np.std(preds, axis=0) + 0.05 * near_step(pool, lanes)
     seen = oob_count > 0
@@ -85,7 +85,6 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
     :class:`hwloop.collect.Summary` for all rounds."""
     from .. import tables
     from ..collect import Context, Summary, collect
-    from .model import lanes_of
 
     start = time.perf_counter()
     context = Context.of(device, policy)
@@ -134,6 +133,6 @@ def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], lanes
         else:
             picks = choose(pool, chosen, size - len(chosen), lanes, seed + size)
             chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
-        predictor = Predictor(train(chosen, lanes, seed), {"lanes": lanes})
-        curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), predictor.predict_frame(held))})
+        model = LatencyModel.train(chosen, lanes, seed)
+        curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), model.predict_frame(held))})
     return curve
