@@ -48,7 +48,7 @@ def test_metadata_says_what_it_was_trained_on(local_predictor, local_table):
     assert (local_predictor.device, local_predictor.schedule) == ("local", parse_policy("default").name)
     assert local_predictor.protocol_id == rows.protocol_id.iloc[0]
     assert meta["rows"] == int((rows.status == "ok").sum()) and len(meta["table_sha256"]) == 64
-    assert meta["lanes"] in (4, 8, 16) and len(meta["features"]) == local_predictor.booster.num_features()
+    assert meta["lanes"] in (4, 8, 16) and len(meta["features"]) == local_predictor.model.booster.num_features()
 
 
 def test_save_then_load_predicts_the_same(local_predictor, saved):
