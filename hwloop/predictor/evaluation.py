@@ -91,12 +91,12 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: mask for name, mask in result.items() if 0 < mask.sum() < n}
 
 
-def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
+def holdout_scores(rows: pd.DataFrame, seed: int = 0) -> dict:
     """:func:`report` of each split, from a latency model trained on the rest of ``rows``."""
     result = {}
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
-        probe = LatencyModel.train(train_rows, lanes, seed)
+        probe = LatencyModel.train(train_rows, seed)
         result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
     return result
 

@@ -2,8 +2,9 @@
 was trained on.
 
 Saved as ``<predictors>/<device>/booster.ubj`` (XGBoost's own binary JSON) beside
-``predictor.json`` (device, schedule policy, protocol, target, vector width, feature names,
-training-table hash, xgboost version, metrics, whole-model calibration, format version).
+``predictor.json`` (device, schedule policy, protocol, target, vector width and registers, the
+work model's coefficients, feature names, training-table hash, xgboost version, metrics,
+whole-model calibration, format version).
 Nothing is pickled; a file that is corrupt or was made for something else is refused.
 """
 
@@ -24,14 +25,14 @@ from . import features
 from .calibration import calibrate
 from .errors import PredictorError
 from .evaluation import holdout_scores
-from .latency import LatencyModel, lanes_of
+from .latency import LatencyModel, vector_unit
 from .selection import select
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BOOSTER_FILE = "booster.ubj"
 META_FILE = "predictor.json"
-REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "features", "table_sha256",
-            "booster_sha256", "xgboost_version")
+REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "registers", "work", "features",
+            "table_sha256", "booster_sha256", "xgboost_version")
 
 
 class Predictor:
@@ -61,18 +62,19 @@ class Predictor:
         """
         schedule = rows_name(schedule)
         chosen = select(table, source, schedule, protocol_id, device)
-        lanes = lanes_of(chosen.target)
+        lanes, registers = vector_unit(chosen.target)
         meta = {
             "format_version": FORMAT_VERSION, "device": device, "schedule": schedule,
             "protocol_id": chosen.protocol_id, "protocol": chosen.protocol, "target": chosen.target,
-            "lanes": lanes, "features": features.names(lanes), "rows": len(chosen.rows),
+            "lanes": lanes, "registers": registers, "features": features.names(lanes), "rows": len(chosen.rows),
             "table_sha256": table_hash(chosen.rows), "xgboost_version": xgb.__version__,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "spells": spells_record(chosen.spells), "metrics": {}, "calibration": None,
         }
         if evaluate:
-            meta["metrics"] = holdout_scores(chosen.rows, lanes, seed)
-        predictor = cls(LatencyModel.train(chosen.rows, lanes, seed), meta)
+            meta["metrics"] = holdout_scores(chosen.rows, seed)
+        model = LatencyModel.train(chosen.rows, seed)
+        predictor = cls(model, {**meta, "work": model.work})
         if models is not None:
             predictor.meta["calibration"] = calibrate(predictor, models)
         return predictor
@@ -161,7 +163,7 @@ class Predictor:
         if booster.num_features() != len(meta["features"]):
             raise PredictorError(f"{booster_path}: {booster.num_features()} features, predictor.json lists "
                                  f"{len(meta['features'])}")
-        return cls(LatencyModel(booster, meta["lanes"]), meta)
+        return cls(LatencyModel(booster, meta["lanes"], meta["registers"], meta["work"]), meta)
 
 
 def rows_name(schedule: str) -> str:
@@ -200,6 +202,9 @@ def _read_meta(path: Path) -> dict:
     if version > FORMAT_VERSION:
         raise PredictorError(f"{path}: field 'format_version': {version} was written by a newer hwloop "
                              f"(this one reads up to {FORMAT_VERSION}); upgrade hwloop or fit it again")
+    if version < FORMAT_VERSION:
+        raise PredictorError(f"{path}: field 'format_version': {version} was written by an earlier hwloop, whose "
+                             f"predictors this one does not read; fit it again with `hwloop fit`")
     missing = [key for key in REQUIRED if key not in meta]
     if missing:
         raise PredictorError(f"{path}: field {missing[0]!r}: missing")

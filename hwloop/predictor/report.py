@@ -31,14 +31,14 @@ FOLDS = 4
 STAIRCASES = 4
 
 
-def out_of_fold(rows: pd.DataFrame, lanes: int, seed: int = 0) -> np.ndarray:
+def out_of_fold(rows: pd.DataFrame, seed: int = 0) -> np.ndarray:
     """Each row's latency predicted by a latency model trained on the other folds."""
     fold = np.random.default_rng(seed).permutation(len(rows)) % FOLDS
     predicted = np.empty(len(rows))
     for k in range(FOLDS):
         test = fold == k
         if test.any() and (~test).any():
-            predicted[test] = LatencyModel.train(rows[~test], lanes, seed).predict_frame(rows[test])
+            predicted[test] = LatencyModel.train(rows[~test], seed).predict_frame(rows[test])
     return predicted
 
 
@@ -55,7 +55,7 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     title = f"{predictor.device} · {predictor.schedule}"
     rows = chosen.rows
 
-    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, lanes, seed)
+    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, seed)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for op in sorted(rows.op.unique()):
         mask = (rows.op == op).to_numpy()

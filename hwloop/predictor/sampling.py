@@ -58,7 +58,7 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int,
     preds, oob_sum, oob_count = [], np.zeros(n), np.zeros(n)
     for member in range(MEMBERS):
         picks = rng.integers(0, n, n)
-        member_model = LatencyModel.train(measured.iloc[picks], lanes, seed + member)
+        member_model = LatencyModel.train(measured.iloc[picks], seed + member)
         preds.append(np.log(member_model.predict_frame(pool)))
         unseen = np.ones(n, dtype=bool)
         unseen[picks] = False
@@ -133,6 +133,6 @@ def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], lanes
         else:
             picks = choose(pool, chosen, size - len(chosen), lanes, seed + size)
             chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
-        model = LatencyModel.train(chosen, lanes, seed)
+        model = LatencyModel.train(chosen, seed)
         curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), model.predict_frame(held))})
     return curve
