@@ -290,7 +290,7 @@ def score_space(folder: Path, name: str) -> dict:
                 result["curve"].append({"samples": size, "seed": seed, "learner": label,
                                         "within_10": scored["all"]["within_10"],
                                         "steady_within_10": scored.get("steady", {}).get("within_10")})
-    for point in learning_curve(rows, test, sizes, lanes, adaptive=True):
+    for point in learning_curve(rows, test, sizes, adaptive=True):
         result["curve"].append({"samples": point["samples"], "seed": 0, "learner": "hwloop, adaptive",
                                 "within_10": point["within_10"], "steady_within_10": None})
     return result

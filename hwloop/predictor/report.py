@@ -51,7 +51,6 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lanes = predictor.lanes
     title = f"{predictor.device} · {predictor.schedule}"
     rows = chosen.rows
 
@@ -84,7 +83,7 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     sizes = sorted({int(s) for s in np.geomspace(min(10, pool), pool, 6)})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for adaptive in (False, True):
-        curve = learning_curve(rows, test, sizes, lanes, adaptive, seed)
+        curve = learning_curve(rows, test, sizes, adaptive, seed)
         ax.plot([p["samples"] for p in curve], [100 * p["within_10"] for p in curve], "o-",
                 label="adaptive" if adaptive else "random")
     ax.set(xlabel="measured samples", ylabel="held-out rows within ±10 % (%)", ylim=(0, 100), title=title)
