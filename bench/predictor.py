@@ -69,7 +69,8 @@ class Space:
 def grid(quick: bool) -> Space:
     """The issue's grid: 3x3 and 1x1 convs, in 8-88, out 8-92, at 14² and 28²; ``between``: counts
     off the grid at those sizes and at 21²."""
-    ins, outs = (8, 40, 88) if quick else (8, 24, 40, 56, 72, 88), (8, 44, 92) if quick else (8, 20, 32, 44, 56, 68, 80, 92)
+    ins = (8, 40, 88) if quick else (8, 24, 40, 56, 72, 88)
+    outs = (8, 44, 92) if quick else (8, 20, 32, 44, 56, 68, 80, 92)
     configs = [_conv(cin, cout, size, kernel) for kernel in (3, 1) for size in (14, 28) for cin in ins for cout in outs]
     rng = np.random.default_rng(0)
     test = []
@@ -259,9 +260,9 @@ def score_space(folder: Path, name: str) -> dict:
     tests = {k: v for k, v in splits(rows).items() if k != "unseen_shapes"}
     if interior_shapes(rows).any():
         tests["unseen_shapes"] = interior_shapes(rows)
+    repeated = int(sum(len(p) > 1 for p in rows.pass_latencies_ms))
     result = {"space": name, "configs": int(len(rows)), "ops": rows.op.value_counts().to_dict(),
-              "passes_agree": {"configs": int(sum(len(p) > 1 for p in rows.pass_latencies_ms)),
-                               "within_5": float(steady(rows).sum() / max(sum(len(p) > 1 for p in rows.pass_latencies_ms), 1))},
+              "passes_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
               "splits": {}, "curve": []}
     if (folder / "repeat").exists():
         result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
@@ -297,14 +298,14 @@ def score_space(folder: Path, name: str) -> dict:
 
 
 def machine() -> dict:
-    from hwloop.predictor.latency import lanes_of
+    from hwloop.predictor.latency import vector_unit
     from hwloop.targets import resolve
 
     target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "llvm_cpu": _llvm_cpu(), "lanes": lanes_of(json.dumps(target)), "cores": os.cpu_count(),
+    return {"cpu": cpu, "llvm_cpu": _llvm_cpu(), "lanes": vector_unit(json.dumps(target))[0], "cores": os.cpu_count(),
             "commit": commit, "date": time.strftime("%Y-%m-%d")}
 
 

@@ -7,8 +7,7 @@ import pytest
 
 from hwloop import tables
 from hwloop.layers import LayerConfig
-from hwloop.predictor import Predictor, PredictorError
-from hwloop.predictor import features, rules
+from hwloop.predictor import Predictor, PredictorError, features, rules
 from hwloop.predictor.evaluation import evaluate, noise_floor
 from hwloop.predictor.latency import LatencyModel, vector_unit
 from hwloop.predictor.selection import select

@@ -4,9 +4,9 @@ scores, sampling and plots train and use bare ones).
 
 Two stages. A **work model** per path of the ``default`` rules (:mod:`hwloop.predictor.rules`):
 latency as a non-negative sum of the loops' vector multiply-adds, inner steps, vector loads,
-outputs written, repacked weight bytes, input bytes, outer tiles and a constant, fitted by least relative squares. It is smooth in
-every dimension, so a 21² input lands between 14² and 28² and an unseen channel count between its
-neighbours. An **XGBoost booster** then learns the log of what the work model misses (cache fit,
+outputs written, repacked weight bytes, input bytes, outer tiles and a constant, fitted by least
+relative squares. It is smooth in every dimension, so a 21² input lands between 14² and 28² and an
+unseen channel count between its neighbours. An **XGBoost booster** then learns the log of what the work model misses (cache fit,
 vector fill, loop overheads) from the features (:mod:`hwloop.predictor.features`), starting from
 the work model's log latency as its base margin.
 """
@@ -107,11 +107,6 @@ def _fit_work(terms: np.ndarray, latency: np.ndarray, weight: np.ndarray) -> lis
     norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
     coefficients, _ = nnls(terms / norm * (root / latency)[:, None], root)
     return [float(c) for c in coefficients / norm]
-
-
-def lanes_of(target_json: str) -> int:
-    """float32 SIMD lanes of a table's target (a CPU's vector width; 32, a warp, for GPU targets)."""
-    return vector_unit(target_json)[0]
 
 
 def vector_unit(target_json: str) -> tuple[int, int]:

@@ -20,8 +20,8 @@ import functools
 import numpy as np
 
 PATHS = ("channel", "spatial", "width", "reduction")
-QUANTITIES = ("vectors", "tile", "vector_fmas", "steps", "loads", "outputs", "weight_bytes", "input_bytes", "slab_bytes",
-              "tiles")
+QUANTITIES = ("vectors", "tile", "vector_fmas", "steps", "loads", "outputs", "weight_bytes", "input_bytes",
+              "slab_bytes", "tiles")
 
 
 def accumulators(registers: int) -> int:

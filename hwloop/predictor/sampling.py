@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..layers import LayerConfig
-from .evaluation import scores
 from . import rules
+from .evaluation import scores
 from .features import from_frame, shape_key
 from .latency import LatencyModel, vector_unit
 
