@@ -49,7 +49,7 @@ from hwloop.space import model_space
 POLICY = parse_policy("default").name
 
 INPUT = (1, 1, 28, 28)
-REPEAT = 60  # configs of each space collected a second time
+REPEAT = 40  # configs of each space collected a second time
 REGISTRY = """\
 devices:
   local:
@@ -95,7 +95,7 @@ def model(name: str, samples: int) -> Space:
 def spaces(quick: bool) -> list[Space]:
     if quick:
         return [grid(True), model("resnet20", 40)]
-    return [grid(False), model("resnet20", 400), model("mobilenetv2", 600), model("resnet18", 450)]
+    return [grid(False), model("resnet20", 400), model("mobilenetv2", 450), model("resnet18", 300)]
 
 
 def collect_space(work: Path, space: Space, passes: int, again: bool) -> None:
