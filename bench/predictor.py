@@ -145,16 +145,6 @@ def agreement(rows: pd.DataFrame, again: pd.DataFrame) -> dict:
             "mape": float(error.mean())}
 
 
-def interior_shapes(rows: pd.DataFrame) -> np.ndarray:
-    """Rows of an input size between two other sizes measured with the same op, kernel and stride."""
-    key = rows.op + ":" + rows.kernel.astype(str) + ":" + rows.stride.astype(str)
-    test = np.zeros(len(rows), dtype=bool)
-    for name, group in rows.groupby(key):
-        for size in sorted(group.input_h.unique())[1:-1]:
-            test |= ((key == name) & (rows.input_h == size)).to_numpy()
-    return test
-
-
 def learners() -> dict:
     """Each learner as ``fit(train_rows) -> predict(rows)``."""
     from hwloop.predictor.latency import LatencyModel
@@ -249,6 +239,21 @@ def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int) -> dict:
     return {name: scores(measured[mask], predicted[mask]) for name, mask in groups.items() if mask.any()}
 
 
+def fit_and_evaluate(folder: Path) -> dict:
+    """What ``hwloop fit`` keeps (its held-out scores) and, where the space has a table measured
+    apart, what ``hwloop evaluate --table`` says of it."""
+    from hwloop.predictor import Predictor
+    from hwloop.predictor.evaluation import evaluate
+
+    predictor = Predictor.fit(tables.read(folder / "tables", "local"), "local")
+    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows")
+    result = {"metrics": {split: {k: s[k] for k in strip} for split, s in predictor.meta["metrics"].items()}}
+    if (folder / "test").exists():
+        scored = evaluate(predictor, tables.read(folder / "test", "local"), str(folder / "test"))
+        result["evaluate"] = {k: scored[k] for k in strip}
+    return result
+
+
 def score_space(folder: Path, name: str) -> dict:
     """Every learner on every split of a space's table (see the module's docstring)."""
     from hwloop.predictor.evaluation import splits
@@ -258,14 +263,13 @@ def score_space(folder: Path, name: str) -> dict:
     rows = rows_of(folder / "tables")
     lanes = vector_unit(rows.target.iloc[0])[0]
     tests = {k: v for k, v in splits(rows).items() if k != "unseen_shapes"}
-    if interior_shapes(rows).any():
-        tests["unseen_shapes"] = interior_shapes(rows)
     repeated = int(sum(len(p) > 1 for p in rows.pass_latencies_ms))
     result = {"space": name, "configs": int(len(rows)), "ops": rows.op.value_counts().to_dict(),
               "passes_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
               "splits": {}, "curve": []}
     if (folder / "repeat").exists():
         result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
+    result["fit"] = fit_and_evaluate(folder)
     fits = learners()
     for split, test in tests.items():
         train, held = rows[~test], rows[test].reset_index(drop=True)

@@ -8,7 +8,7 @@ import pytest
 from hwloop import tables
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError, features, rules
-from hwloop.predictor.evaluation import evaluate, noise_floor
+from hwloop.predictor.evaluation import evaluate, noise_floor, splits
 from hwloop.predictor.latency import LatencyModel, vector_unit
 from hwloop.predictor.selection import select
 from hwloop.schedules import PolicyError, parse_policy, policy_of_rows
@@ -190,3 +190,11 @@ def test_a_predictor_of_an_earlier_format_is_refused(saved, tmp_path):
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
     with pytest.raises(PredictorError, match="format_version.*earlier hwloop.*fit it again"):
         Predictor.load("local", tmp_path)
+
+
+def test_sizes_between_hold_out_the_sizes_inside_the_measured_range():
+    rows = pd.DataFrame([{**LayerConfig("conv2d", c, c, size, size, kernel=3, padding=1).to_dict(), "config_id": i}
+                         for i, (c, size) in enumerate((c, s) for c in (8, 16, 24) for s in (7, 14, 21, 28))])
+    rows = pd.concat([rows, pd.DataFrame([{**LayerConfig("conv2d", 8, 8, 14, 14).to_dict(), "config_id": 99}])])
+    held = rows[splits(rows)["sizes_between"]]
+    assert set(held.input_h) == {14, 21} and set(held.kernel) == {3}  # the lone 1x1 conv has no size around it

@@ -2,7 +2,9 @@
 
 Scores are the share of rows predicted within ±5/10/15 %, RMSE (ms), MAPE and Spearman rank
 correlation, overall and per op family. Held-out splits: random configs, unseen channel counts
-(every row with a held-out count leaves training) and unseen shapes (input size, kernel, stride).
+(every row with a held-out count leaves training), unseen shapes (input size, kernel, stride: drawn
+at random, so a held-out size may lie outside those measured) and sizes between (every row of an
+input size lying between two other sizes measured with the same op, kernel and stride).
 The noise floor scores single repeats against their row's median and, for configs measured in
 several passes, the other passes against the fastest: a predictor cannot beat it.
 """
@@ -72,7 +74,8 @@ def _agreement(pairs) -> dict:
 
 
 def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
-    """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``."""
+    """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``,
+    ``sizes_between``; a split that would hold out nothing or everything is left out."""
     rng = np.random.default_rng(seed)
     n = len(rows)
     result = {"config": rng.permutation(n) < max(int(round(HOLDOUT * n)), 1)}
@@ -88,7 +91,20 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
             test |= shape.isin(chosen).to_numpy()
     if test.any():
         result["unseen_shapes"] = test
+    result["sizes_between"] = sizes_between(rows)
     return {name: mask for name, mask in result.items() if 0 < mask.sum() < n}
+
+
+def sizes_between(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of an input size lying between two other sizes measured with the same op, kernel and stride."""
+    key = (rows.op + ":" + rows.kernel.astype(str) + ":" + rows.stride.astype(str)).to_numpy()
+    size = rows.input_h.to_numpy()
+    test = np.zeros(len(rows), dtype=bool)
+    for name in np.unique(key):
+        mine = key == name
+        measured = np.unique(size[mine])
+        test |= mine & (size > measured[0]) & (size < measured[-1])
+    return test
 
 
 def holdout_scores(rows: pd.DataFrame, seed: int = 0) -> dict:
