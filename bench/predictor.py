@@ -192,16 +192,19 @@ def _nn_meter_features(rows: pd.DataFrame) -> np.ndarray:
     """nn-Meter's kernel features: input size, channels, kernel, stride, FLOPs, parameters (and the op)."""
     params = rows.out_channels * rows.in_channels // rows.groups * rows.kernel ** 2
     return np.column_stack([rows.input_h, rows.in_channels, rows.out_channels, rows.kernel, rows.stride,
-                            2e-6 * rows.macs, 1e-6 * params, rows.op == "depthwise_conv2d", rows.op == "linear"])
+                            2e-6 * rows.macs, 1e-6 * params, rows.op == "depthwise_conv2d",
+                            rows.op == "linear"]).astype(np.float32)
 
 
 def _random_forest(train: pd.DataFrame):
-    """nn-Meter's learner: a random forest on its kernel features, fitted to latency."""
-    from sklearn.ensemble import RandomForestRegressor
+    """nn-Meter's learner: a random forest (300 trees on bootstrap-sized samples, 60 % of the features
+    per split; XGBoost's random-forest mode) on its kernel features, fitted to latency."""
+    import xgboost as xgb
 
-    forest = RandomForestRegressor(n_estimators=300, max_features=0.6, random_state=0, n_jobs=1)
-    forest.fit(_nn_meter_features(train), train.latency_ms)
-    return lambda rows: forest.predict(_nn_meter_features(rows))
+    params = {"num_parallel_tree": 300, "subsample": 0.632, "colsample_bynode": 0.6, "eta": 1.0, "max_depth": 12,
+              "min_child_weight": 1.0, "lambda": 0.0, "tree_method": "hist", "seed": 0}
+    forest = xgb.train(params, xgb.DMatrix(_nn_meter_features(train), label=train.latency_ms.to_numpy()), 1)
+    return lambda rows: forest.inplace_predict(_nn_meter_features(rows).astype(np.float32))
 
 
 def _lightgbm(train: pd.DataFrame):
