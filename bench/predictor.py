@@ -1,13 +1,15 @@
 """The latency predictor study: collect, fit, score on honest held-out splits, write the results.
 
+    .venv/bin/pip install -e '.[bench]'    # LightGBM, one of the learners compared
     flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work /work/data/predictor \\
         --results docs/results/predictor/results
     .venv/bin/python bench/predictor_page.py docs/results/predictor    # the page, from the results
 
-1. **collect** (``local`` device, the built-in protocol, ``default`` rules): for each space a table
-   under ``--work/<space>/tables``, then, once every space is measured, a second collection of a
-   random subset of each into ``--work/<space>/repeat`` (another process, minutes later): how well
-   two collections of the same configs agree is the floor no predictor can beat. The spaces:
+1. **collect** (``local`` device, the built-in protocol with ``--passes`` sweeps, ``default``
+   rules): for each space a table under ``--work/<space>/tables``; **repeat**: once every space is
+   measured, a second collection of a random subset of each into ``--work/<space>/repeat``
+   (another process, minutes later): how well two collections of the same configs agree is the
+   floor no predictor can beat. Nothing else should run meanwhile (hence the lock). The spaces:
    ``grid``, 3x3 and 1x1 convs at 14² and 28² on a grid of channel counts (in 8-88, out 8-92),
    with ``between``, a table of channel counts between the grid's and of an unseen 21² input,
    measured separately; the layer spaces of ResNet-20, MobileNetV2 and ResNet-18 at Fashion-MNIST's
@@ -18,8 +20,12 @@
    an input size between two measured ones held out (per op, kernel and stride), and for ``grid``
    the separately measured ``between`` table; the learning curve (random subsets of the training
    rows against the held-out random configs); per op family, latency range and channel alignment.
-3. Results go to ``--results`` as JSON (one file per space, plus ``machine.json``), which
-   ``bench/predictor_page.py`` turns into the page.
+   Results go to ``--results`` as JSON (one file per space, plus ``machine.json``), which
+   ``bench/predictor_page.py`` turns into the page. **agree** only updates them with how the
+   second collections agree.
+
+``--stages`` and ``--spaces`` run parts (e.g. one space's collection per lock, so that others' runs
+go in between).
 
 ``--quick`` measures a few dozen configs per space, to check the script.
 """
@@ -327,7 +333,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and build cache (kept)")
     parser.add_argument("--results", type=Path, default=Path("docs/results/predictor/results"))
     parser.add_argument("--stages", default="collect,repeat,score",
-                        help="comma-separated: collect (the tables), repeat (the second collections), score")
+                        help="comma-separated: collect (the tables), repeat (the second collections), score, "
+                             "agree (only update the scored results with how the second collections agree)")
     parser.add_argument("--spaces", help="comma-separated space names (default: all)")
     parser.add_argument("--passes", type=int, default=2, help="sweeps measuring each config (the fastest counts)")
     parser.add_argument("--quick", action="store_true", help="a few dozen configs per space")
@@ -345,6 +352,13 @@ def main() -> None:
             result = score_space(args.work / space.name, space.name)
             (args.results / f"{space.name}.json").write_text(json.dumps(result, indent=1) + "\n")
             print(f"{space.name}: scored → {args.results / space.name}.json", flush=True)
+    if "agree" in stages:
+        for space in chosen:
+            path, folder = args.results / f"{space.name}.json", args.work / space.name
+            result = json.loads(path.read_text())
+            result["collections_agree"] = agreement(rows_of(folder / "tables"), rows_of(folder / "repeat"))
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{space.name}: collections agree {result['collections_agree']}", flush=True)
 
 
 if __name__ == "__main__":
