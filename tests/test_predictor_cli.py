@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from hwloop import tables
 from hwloop.cli import app
+from hwloop.layers import LayerConfig
 
 runner = CliRunner()
 
@@ -82,3 +83,13 @@ def test_predict_a_whole_model(local_predictor, tmp_path):
     record = json.loads(result.stdout)
     assert len(record["layers"]) == 22 and not record["calibrated"]  # 19 convs, 2 shortcuts, the classifier
     assert record["model_ms"] == record["layers_ms"] == pytest.approx(sum(r["latency_ms"] for r in record["layers"]))
+
+
+def test_config_ids_parse_back_to_their_configs():
+    configs = [LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, padding=1), LayerConfig("linear", 64, 10),
+               LayerConfig("depthwise_conv2d", 8, 8, 9, 9, kernel=3, stride=2, padding=1, groups=8, batch=2,
+                           dtype="float16")]
+    assert [LayerConfig.from_id(c.id) for c in configs] == configs
+    assert LayerConfig.from_id("linear:1x512:o10") == LayerConfig("linear", 512, 10)
+    with pytest.raises(ValueError, match="groups: 3 must divide"):
+        LayerConfig.from_id("conv2d:1x4x8x8:o4:k3s1p1g3")

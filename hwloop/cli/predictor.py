@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .app import JsonOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
+from .app import JsonOpt, PredictorsOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
 
-PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of predictors, one sub-folder per device.")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
-CONFIG_ID = re.compile(r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
-                       r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?")
 
 
 def _load(device: str, predictors: Path):
@@ -178,21 +174,8 @@ def evaluate(
 def _parse_config(text: str):
     from ..layers import LayerConfig
 
-    match = CONFIG_ID.fullmatch(text)
-    if not match:
-        fail(f"layer {text!r}: expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
-             "or linear:1x512:o10 (see `hwloop tables show` / the table's config_id column)")
-    dims = [int(d) for d in match["shape"].split("x")]
-    op = match["op"]
     try:
-        if op == "linear":
-            if len(dims) != 2:
-                fail(f"layer {text!r}: a linear shape is BATCHxIN, e.g. 1x512")
-            return LayerConfig(op, dims[1], int(match["out"]), batch=dims[0], dtype=match["dtype"] or "float32")
-        if len(dims) != 4 or match["k"] is None:
-            fail(f"layer {text!r}: a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
-        return LayerConfig(op, dims[1], int(match["out"]), dims[2], dims[3], int(match["k"]), int(match["s"]),
-                           int(match["p"]), int(match["g"]), dims[0], match["dtype"] or "float32")
+        return LayerConfig.from_id(text)
     except ValueError as exc:
         fail(f"layer {text!r}: {exc}")
 

@@ -13,10 +13,10 @@ from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
 from ..prune import MIN_RATIO
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, parse_shape, progress_bar
+from .app import (CacheOpt, JsonOpt, PredictorsOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out,
+                  parse_shape, progress_bar)
 
 PACE_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device's pace moved
-PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
 
 
 @app.command()

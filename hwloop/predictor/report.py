@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..layers import LayerConfig
 from .evaluation import BANDS, splits
 from .features import COLUMNS, shape_key
-from .model import Predictor, train
+from .latency import LatencyModel
+from .model import Predictor
 from .sampling import learning_curve
 from .selection import Selection
 
@@ -29,14 +31,14 @@ FOLDS = 4
 STAIRCASES = 4
 
 
-def out_of_fold(rows: pd.DataFrame, lanes: int, seed: int = 0) -> np.ndarray:
-    """Each row's latency predicted by a booster trained on the other folds."""
+def out_of_fold(rows: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """Each row's latency predicted by a latency model trained on the other folds."""
     fold = np.random.default_rng(seed).permutation(len(rows)) % FOLDS
     predicted = np.empty(len(rows))
     for k in range(FOLDS):
         test = fold == k
         if test.any() and (~test).any():
-            predicted[test] = Predictor(train(rows[~test], lanes, seed), {"lanes": lanes}).predict_frame(rows[test])
+            predicted[test] = LatencyModel.train(rows[~test], seed).predict_frame(rows[test])
     return predicted
 
 
@@ -49,11 +51,10 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lanes = predictor.lanes
     title = f"{predictor.device} · {predictor.schedule}"
     rows = chosen.rows
 
-    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, lanes, seed)
+    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, seed)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for op in sorted(rows.op.unique()):
         mask = (rows.op == op).to_numpy()
@@ -82,7 +83,7 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     sizes = sorted({int(s) for s in np.geomspace(min(10, pool), pool, 6)})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for adaptive in (False, True):
-        curve = learning_curve(rows, test, sizes, lanes, adaptive, seed)
+        curve = learning_curve(rows, test, sizes, adaptive, seed)
         ax.plot([p["samples"] for p in curve], [100 * p["within_10"] for p in curve], "o-",
                 label="adaptive" if adaptive else "random")
     ax.set(xlabel="measured samples", ylabel="held-out rows within ±10 % (%)", ylim=(0, 100), title=title)
@@ -130,8 +131,6 @@ def _staircases(rows: pd.DataFrame):
 
 
 def _config(row):
-    from ..layers import LayerConfig
-
     return LayerConfig.from_dict({c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in COLUMNS})
 
 
