@@ -95,8 +95,7 @@ def main() -> None:
                               models=tables.read_models(tables_dir, "local"))
     calibration = predictor.meta["calibration"] or {}
     print(f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration scale {calibration.get('scale', 1):.3f}, "
-          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}"
-          + (f", paced {calibration['held_out_paced_mape']:.1%}" if calibration.get("held_out_paced_mape") is not None else ""))
+          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}")
 
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     name = args.model.rpartition(":")[2] or args.model

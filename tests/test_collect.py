@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hwloop import pace, tables
+from hwloop import tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
@@ -81,19 +81,17 @@ def test_passes_sweep_every_config_again_and_resume_the_missing_ones(registry_di
     assert collect(double, SPACE[:4], policy, tmp_path, cache_dir).rows == []
 
 
-def test_a_collection_after_a_pause_starts_each_pass_with_anchors_from_the_table(registry_dir, cache_dir, tmp_path,
-                                                                                monkeypatch):
-    single = load_registry(registry_dir).get("local")
-    double = single.model_copy(update={"protocol": single.protocol.model_copy(update={"passes": 2})})
+def test_a_row_timed_on_a_busy_device_is_measured_again(registry_dir, cache_dir, tmp_path):
+    device = load_registry(registry_dir).get("local")
     policy = parse_policy("untuned")
-    collect(single, SPACE[:3], policy, tmp_path, cache_dir)
-    soon = collect(single, SPACE[3:], policy, tmp_path, cache_dir)
-    assert soon.anchors == 0 and [r["config_id"] for r in soon.rows] == [SPACE[3].id]
-
-    monkeypatch.setattr(pace, "SPELL_GAP_S", 0.0)  # the table's last row is now older than a spell
-    new = LayerConfig("conv2d", 4, 5, 8, 8, kernel=3, padding=1)
-    later = collect(double, [new], policy, tmp_path, cache_dir)
-    assert (later.planned, later.skipped, later.anchors, later.measured) == (2, 0, 8, 10)
-    ids = [r["config_id"] for r in later.rows]
-    assert ids[4] == ids[9] == new.id and ids[:4] == ids[5:9] and set(ids[:4]) == {c.id for c in SPACE}
-    assert collect(double, [new], policy, tmp_path, cache_dir).rows == []
+    collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    rows = tables.read(tmp_path, "local")
+    busy = rows[rows.config_id == SPACE[0].id].assign(quiet=False, measurement_id=tables.new_measurement_id())
+    with tables.Writer(tmp_path, "local") as writer:  # as if the first measurement had been disturbed throughout
+        writer.write({**busy.iloc[0].to_dict()})
+    again = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    assert again.skipped == 2  # each config has a quiet row
+    only_busy = tmp_path / "busy"
+    tables.append(only_busy, "local", [busy.iloc[0].to_dict()])
+    retaken = collect(device, SPACE[:2], policy, only_busy, cache_dir)
+    assert (retaken.skipped, [r["config_id"] for r in retaken.rows]) == (0, [SPACE[0].id, SPACE[1].id])

@@ -1,11 +1,9 @@
 import json
 import shutil
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from hwloop import tables
 from hwloop.cli import app
 from hwloop.layers import LayerConfig
 
@@ -63,15 +61,11 @@ def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_pa
     local_predictor.save(tmp_path / "predictors")
     tables_dir = tmp_path / "tables"
     shutil.copytree(local_table, tables_dir)
-    rows = tables.read(local_table, "local").head(12)
-    later = rows.assign(latency_ms=rows.latency_ms * 0.9, measured_at=rows.measured_at + pd.Timedelta(days=1),
-                        measurement_id=[tables.new_measurement_id() for _ in range(len(rows))])
-    tables.append(tables_dir, "local", later.astype(object).where(later.notna(), None).to_dict("records"))
     result = invoke("report", "--device", "local", "--tables", tables_dir, "--predictors", tmp_path / "predictors",
                     "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
-    for name in ("scatter.png", "staircase.png", "learning_curve.png", "pace.png"):
+    for name in ("scatter.png", "staircase.png", "learning_curve.png", "trials.png"):
         assert name in page
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ from ..prune import MIN_RATIO
 from .app import (CacheOpt, JsonOpt, PredictorsOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out,
                   parse_shape, progress_bar)
 
-PACE_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device's pace moved
+DRIFT_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device ran differently
 
 
 @app.command()
@@ -313,10 +313,10 @@ def _validation_table(report: dict) -> None:
                   f"predicted latency off by {report['predicted_error']:+.1%}"
                   + ("" if report["predicted_for"] == report["device"] else
                      f" (predicted for {report['predicted_for']})"))
-        pace = report["dense_predicted_error"]
-        if pace is not None and abs(pace) > PACE_TOLERANCE:
-            out.print(f"the dense model is predicted {pace:+.1%} off too: the device ran "
-                      f"{'faster' if pace > 0 else 'slower'} than when its tables were measured (clocks, load, "
+        drift = report["dense_predicted_error"]
+        if drift is not None and abs(drift) > DRIFT_TOLERANCE:
+            out.print(f"the dense model is predicted {drift:+.1%} off too: the device ran "
+                      f"{'faster' if drift > 0 else 'slower'} than when its tables were measured (clocks, load, "
                       "heat); the speed-ups compare models timed side by side and move less with that")
     for failure in report["failures"]:
         out.print(f"[bold red]failed:[/] {escape(failure)}", highlight=False)

@@ -21,6 +21,7 @@ import pandas as pd
 import xgboost as xgb
 
 from ..schedules import PolicyError, parse_policy
+from ..trust import agreement
 from . import features
 from .calibration import calibrate
 from .errors import PredictorError
@@ -55,8 +56,8 @@ class Predictor:
             models: pd.DataFrame | None = None) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
 
-        Rows are brought to one pace first (``meta["spells"]``). With ``evaluate``, the metadata
-        also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
+        ``meta["trust"]`` says how far the rows can be trusted (:func:`hwloop.trust.agreement`).
+        With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
         trained without those rows. ``models`` (the device's model table) calibrates whole-model
         predictions.
         """
@@ -69,7 +70,7 @@ class Predictor:
             "lanes": lanes, "registers": registers, "features": features.names(lanes), "rows": len(chosen.rows),
             "table_sha256": table_hash(chosen.rows), "xgboost_version": xgb.__version__,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spells": spells_record(chosen.spells), "metrics": {}, "calibration": None,
+            "trust": agreement(chosen.passes), "metrics": {}, "calibration": None,
         }
         if evaluate:
             meta["metrics"] = holdout_scores(chosen.rows, seed)
@@ -172,14 +173,6 @@ def rows_name(schedule: str) -> str:
         return parse_policy(schedule).name
     except PolicyError as exc:
         raise PredictorError(str(exc)) from None
-
-
-def spells_record(spells: pd.DataFrame) -> list[dict]:
-    """The spells a predictor's rows were measured in and the pace each was brought from (None:
-    nothing linked it to the others, its rows are kept as measured)."""
-    return [{"start": start.isoformat(timespec="seconds"), "configs": int(configs), "shared": int(shared),
-             "pace": None if np.isnan(pace) else float(pace)}
-            for start, configs, shared, pace in zip(spells.start, spells.configs, spells.shared, spells.pace)]
 
 
 def table_hash(rows: pd.DataFrame) -> str:
