@@ -23,7 +23,7 @@ def test_collect_measures_each_config_once_and_resumes(registry_dir, cache_dir, 
     row = table.iloc[0]
     assert row.status == "ok" and row.latency_ms > 0 and row.repeats == 3 * row.trials
     assert row.trials == len(row.trial_latencies_ms) >= device.protocol.trials and row.quiet
-    assert row.latency_ms == pytest.approx(float(np.median(row.trial_latencies_ms)))  # the median of the trials
+    assert row.latency_ms == pytest.approx(float(np.mean(row.trial_latencies_ms)))  # fewer than 5 trials: their mean
     assert row.schedule == "untuned" and '"kind":"llvm"' in row.target and row.tvm_version
     assert row.fp_id and row.fp_cores >= 1 and row.check_error <= 1e-4
 
