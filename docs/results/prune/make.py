@@ -66,8 +66,8 @@ def main() -> None:
         first = results[0]
         date = f", {run['date']}" if run.get("date") else ""
         sections += [f"\n## {run['model']} on {run['dataset']}\n",
-                     f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores){date}, commit "
-                     f"`{run['commit'][:12]}`, `{run['command']}`. Dense: accuracy {first['dense_accuracy']:.2%}, "
+                     f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores){date}, "
+                     f"commit `{run['commit'][:12]}`, `{run['command']}`. Dense: accuracy {first['dense_accuracy']:.2%}, "
                      f"measured {first['dense_ms']:.3f} ms, predicted {first['dense_predicted_ms']:.3f} ms.\n",
                      "| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
                      "| predicted speed-up | MACs reduction |",
