@@ -87,11 +87,12 @@ def test_a_row_timed_on_a_busy_device_is_measured_again(registry_dir, cache_dir,
     collect(device, SPACE[:2], policy, tmp_path, cache_dir)
     rows = tables.read(tmp_path, "local")
     busy = rows[rows.config_id == SPACE[0].id].assign(quiet=False, measurement_id=tables.new_measurement_id())
+    busy = busy.astype(object).where(busy.notna(), None).iloc[0].to_dict()  # pandas' NaN back to null
     with tables.Writer(tmp_path, "local") as writer:  # as if the first measurement had been disturbed throughout
-        writer.write({**busy.iloc[0].to_dict()})
+        writer.write(busy)
     again = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
     assert again.skipped == 2  # each config has a quiet row
     only_busy = tmp_path / "busy"
-    tables.append(only_busy, "local", [busy.iloc[0].to_dict()])
+    tables.append(only_busy, "local", [busy])
     retaken = collect(device, SPACE[:2], policy, only_busy, cache_dir)
     assert (retaken.skipped, [r["config_id"] for r in retaken.rows]) == (0, [SPACE[0].id, SPACE[1].id])
