@@ -4,9 +4,11 @@
 
 Tables: synthetic rows of the real schema (conv, depthwise and linear configs, three passes each,
 written run by run as collections write them) fill a device's table; then the loop's reads are
-timed: `hwloop tables show`, a collection's planning (up to its first measurement), reading the
-rows a predictor learns from, and the files the folder holds. Fleet: ``--boards`` real sshd boards
-on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol, so that
+timed: `hwloop tables show`, a collection's planning (in process, and `hwloop collect --dry-run`
+for ResNet-20's space: what a collection does before its first measurement), reading the rows a
+predictor learns from, `hwloop fit` (its time and peak memory), and the files the folder holds. Fleet: ``--boards`` real sshd boards
+on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol (one
+repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
 the host's own work per measurement shows; the CPU time of hwloop's processes is counted apart
 from the boards' (sshd sessions and everything under them). Then the same fleet again with two
 boards killed halfway, and a re-run: rows lost or duplicated are counted.
@@ -72,7 +74,7 @@ def fill(tables_dir: Path, device, rows: int, seed: int = 0) -> list[LayerConfig
 
     from hwloop.builder import Built
     from hwloop.rows import layer_row
-    from hwloop.runner import Measurement
+    from hwloop.runner import Measurement, Trial
 
     rng = np.random.default_rng(seed)
     configs = synthetic_configs(rows // 3, rng)
@@ -85,7 +87,7 @@ def fill(tables_dir: Path, device, rows: int, seed: int = 0) -> list[LayerConfig
         for index in range(first, min(first + RUN_ROWS, rows)):
             config = configs[index % len(configs)]
             latency = config.macs / 2e7 * float(rng.lognormal(0, 0.05)) + 0.005
-            m = Measurement(latencies_ms=list(latency * rng.lognormal(0, 0.01, 10)), attempts=1)
+            m = Measurement(trials=[Trial(list(latency * rng.lognormal(0, 0.01, 10)), 0.0, 0.0) for _ in range(3)])
             batch.append(layer_row(context, config, Built(None, "x", None, 0.0, True), m, fp))
         pq.write_table(pa.Table.from_pylist(batch, schema=tables.SCHEMA), directory / f"part-synthetic-{run:06d}.parquet")
         tables.merge_tiers(directory, tables.SCHEMA)
@@ -98,6 +100,31 @@ def timed(function, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
+def hwloop(work: Path, *args: str) -> dict:
+    """``hwloop ARGS`` in a fresh process: its wall time, its peak memory and whether it succeeded."""
+    env = dict(os.environ, HWLOOP_REGISTRY=str(work / "registry"))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", SINGLE_RUN, *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    peak_mib = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    if done.returncode:
+        print(f"hwloop {' '.join(args)} failed: {done.stderr[-2000:]}", file=sys.stderr)
+    return {"s": seconds, "ok": done.returncode == 0, "peak_mib": peak_mib}
+
+
+SINGLE_RUN = """import resource, sys
+from hwloop.cli import main
+sys.argv = ["hwloop", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    if exit.code:
+        raise
+print()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
 def table_figures(args, device, work: Path) -> dict:
     tables_dir = work / "tables"
     fill_s, configs = timed(fill, tables_dir, device, args.rows)
@@ -105,23 +132,22 @@ def table_figures(args, device, work: Path) -> dict:
     read_all_s, frame = timed(tables.read, tables_dir, device.name)
     context = Context.of(device, POLICY)
     wanted = configs[: len(configs) // 2] + synthetic_configs(len(configs) // 2 + 50, np.random.default_rng(1))[-50:]
-    plan_s, (todo, _) = timed(pending, wanted, context, tables_dir, False)
+    plan_s, todo = timed(pending, wanted, context, tables_dir, False)
     learn_s, learned = timed(tables.read, tables_dir, device.name,
                              columns=["config_id", "op", "in_channels", "out_channels", "input_h", "input_w", "kernel",
                                       "stride", "padding", "groups", "batch", "dtype", "latency_ms", "latency_cv",
                                       "measured_at", "fp_id", "schedule", "protocol_id", "target", "status", "device"],
                              where={"status": "ok"})
-    env = dict(os.environ, HWLOOP_REGISTRY=str(work / "registry"))
-    start = time.perf_counter()
-    shown = subprocess.run([sys.executable, "-m", "hwloop", "tables", "show", device.name, "--tables", str(tables_dir),
-                            "--json"], capture_output=True, text=True, env=env)
-    show_s = time.perf_counter() - start
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import hwloop.cli"], check=True)
     startup_s = time.perf_counter() - start
+    show = hwloop(work, "tables", "show", device.name, "--tables", str(tables_dir), "--json")
+    plan = hwloop(work, "collect", "-d", device.name, "-m", "resnet20", "--tables", str(tables_dir), "--dry-run")
+    fit = hwloop(work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"),
+                 "--json")
     return {"rows": len(frame), "fill_s": fill_s, "files": len(files), "read_all_s": read_all_s,
-            "plan_s": plan_s, "planned": len(todo), "read_learning_rows_s": learn_s, "learning_rows": len(learned),
-            "tables_show_s": show_s, "tables_show_ok": shown.returncode == 0, "cli_startup_s": startup_s}
+            "plan_s": plan_s, "wanted": len(wanted), "planned": len(todo), "read_learning_rows_s": learn_s, "learning_rows": len(learned),
+            "cli_startup_s": startup_s, "tables_show": show, "collect_dry_run": plan, "fit": fit}
 
 
 def board_cpu(boards) -> float:
@@ -137,17 +163,19 @@ def board_cpu(boards) -> float:
     return total
 
 
-def own_cpu(board_pids: set[int]) -> float:
-    """CPU seconds of this process and its children that are not board processes."""
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
-        if child.pid in board_pids:
-            continue
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
+def own_cpu(boards) -> float:
+    """CPU seconds of this process and of every process under it, finished or not, except the
+    boards' (their sshd and its sessions)."""
+    board_pids = {p.pid for board in boards for p in [psutil.Process(board.process.pid), *board.sessions()]}
+    times = psutil.Process().cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in board_pids:
+            try:
+                t = child.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
     return total
 
 
@@ -164,7 +192,8 @@ def fleet_figures(args, work: Path) -> dict:
     try:
         known = work / "known_hosts"
         known.write_text("".join(b.known_hosts_line() for b in boards))
-        minimal = {"protocol": {"warmup": 0, "number": 1, "repeat": 1, "min_repeat_ms": 0, "threads": 1}}
+        minimal = {"protocol": {"warmup": 0, "number": 1, "repeat": 1, "min_repeat_ms": 0, "threads": 1,
+                                "max_wait": 1.0, "max_steal": 1.0}}
         devices = {f"b{i}": {**b.device(f"b{i}", key, known), **minimal} for i, b in enumerate(boards)}
         registry = load_registry(write_registry(work / "registry-boards", devices))
         fleet = registry.select(list(devices))
@@ -173,26 +202,13 @@ def fleet_figures(args, work: Path) -> dict:
         target = resolve(fleet[0].target, 1)
         with BuildPool(cache) as pool:  # builds cached before the timed run
             list(BuildQueue(pool, [BuildJob(c, target, POLICY.name) for c in configs]))
-        board_pids = set()
-        for board in boards:
-            board_pids |= {p.pid for p in [psutil.Process(board.process.pid), *board.sessions()]}
-        cpu_before, boards_before, start = own_cpu(board_pids), board_cpu(boards), time.perf_counter()
-        watcher_pids: set[int] = set()
-
-        def watch():  # board session processes come and go: keep them out of the host's account
-            while not done.is_set():
-                for board in boards:
-                    watcher_pids.update(p.pid for p in board.sessions())
-                time.sleep(0.05)
-
-        done = threading.Event()
-        threading.Thread(target=watch, daemon=True).start()
+        cpu_before, boards_before, start = own_cpu(boards), board_cpu(boards), time.perf_counter()
         runs = collect_fleet(fleet, configs, POLICY, work / "fleet-tables", cache)
-        done.set()
         wall = time.perf_counter() - start
         measured = sum(len(r.summary.rows) for r in runs)
-        host_cpu_s = own_cpu(board_pids | watcher_pids) - cpu_before
-        result = {"boards": len(boards), "measurements": measured, "wall_s": wall,
+        host_cpu_s = own_cpu(boards) - cpu_before
+        trials = sum(row["trials"] or 0 for r in runs for row in r.summary.rows)
+        result = {"boards": len(boards), "measurements": measured, "trials": trials, "wall_s": wall,
                   "host_cpu_s": host_cpu_s, "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
                   "board_cpu_s": board_cpu(boards) - boards_before,
                   "errors": [r.error for r in runs if r.error]}

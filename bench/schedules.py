@@ -111,7 +111,7 @@ def main() -> None:
         for case, row in zip(cases, model_rows):
             data, _ = reference_io(case.model, case.input_shape)
             x = torch.from_numpy(data)
-            eager = median_ms(lambda: case.model(x))
+            eager = median_ms(lambda model=case.model, x=x: model(x))
             latency = row["latency_ms"] if row["status"] == "ok" else float("nan")
             print(f"| {case.name} {'x'.join(map(str, case.input_shape))} | {latency:.3f} | {row['build_s']:.1f} | "
                   f"{eager:.3f} | {eager / latency:.2f}x |")

@@ -222,7 +222,7 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
             try:
                 kind, name, payload = results.get(timeout=0.5)
             except queue.Empty:
-                for (name, i), process in workers.items():
+                for (name, _), process in workers.items():
                     if active[name] and not process.is_alive() and process.exitcode not in (0, None):
                         _lose(name, f"the worker measuring {name} exited ({process.exitcode})", runs, stopped,
                               active, on_lost)

@@ -66,7 +66,7 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
     return {
         "scale": scale, "offset_ms": offset, "rows": int(len(fastest)), "models": sorted(fastest.model.unique()),
         "held_out_mape": float(np.mean(np.abs(error))),
-        "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(l),
+        "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(s),
                    "predicted_ms": float(p), "error": float(e)}
-                  for m, i, v, l, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)],
+                  for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)],
     }

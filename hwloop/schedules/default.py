@@ -447,7 +447,7 @@ def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> No
 
 
 def _var_of(c: Contraction, loop) -> tirx.Var:
-    return next(v for v, l in c.loops.items() if l.same_as(loop))
+    return next(v for v, each in c.loops.items() if each.same_as(loop))
 
 
 def _accumulate_locally(sch, c: Contraction, layout):
@@ -493,7 +493,7 @@ def _compute_producer_at(sch, producer, loop, stride: int = 1) -> None:
         sch.compute_at(producer, loop)
         loops = sch.get_loops(producer)
         anchor = sch.get_sref(loop)
-        below = loops[1 + next(i for i, l in enumerate(loops) if sch.get_sref(l).same_as(anchor)):]
+        below = loops[1 + next(i for i, each in enumerate(loops) if sch.get_sref(each).same_as(anchor)):]
     else:
         below = sch.get_loops(producer)
     blocks = [producer]

@@ -46,10 +46,8 @@ python docs/results/prune/make.py
 ```
 
 Related benchmarks that print their findings (no results folder yet): `bench/proposals.py` (do short
-fine-tunes rank plans of equal predicted latency as the full fine-tune does?),
-`bench/finetune_spread.py` (how far one fine-tuning's accuracy moves with the seed) and
-`bench/states.py` (how a change of the machine's pace moves large and small layers and whole
-models apart).
+fine-tunes rank plans of equal predicted latency as the full fine-tune does?) and
+`bench/finetune_spread.py` (how far one fine-tuning's accuracy moves with the seed).
 """
 
 

@@ -1,0 +1,92 @@
+"""Turns docs/results/scale/results/*/scale.json (written by ``bench/scale.py``) into this folder's README.md.
+
+    .venv/bin/python docs/results/scale/make.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+INTRO = """# hwloop at scale: large tables and fleets of boards
+
+What this benchmark measures:
+
+- **Tables**: a device table filled with synthetic rows of the real schema (conv, pointwise,
+  depthwise and linear configs, three rows each, sealed run by run as collections seal them), then
+  at that size: `hwloop tables show`, `hwloop collect -m resnet20 --dry-run` (what a collection
+  does before its first measurement: start, read the table, plan), `hwloop fit` (time and peak
+  memory), and how many files the folder holds. Each command runs as a user runs it, in a fresh
+  process.
+- **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
+  cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
+  shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
+  everything under it). Then the same fleet with half its boards killed a third of the way in,
+  and a re-run: rows missing or duplicated at the end.
+
+The targets: with 100,000 rows, `collect` plans within 2 s, `tables show` answers within 1 s, `fit`
+finishes within 2 minutes on 2 cores and the folder holds a few dozen files; a fleet's host spends
+at most 20 ms of CPU per measurement; killed boards lose and duplicate nothing.
+
+```bash
+.venv/bin/python bench/scale.py --rows 100000 --boards 4 --configs 60
+.venv/bin/python docs/results/scale/make.py
+```
+"""
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
+def _command(record: dict) -> str:
+    return f"{_s(record['s'])}{'' if record['ok'] else ' (failed)'}, peak {record['peak_mib'] or 0:.0f} MiB"
+
+
+def section(path: Path) -> list[str]:
+    run = json.loads(path.read_text())
+    machine, table = run["machine"], run["tables"]
+    lines = [f"\n## {path.parent.name}\n",
+             f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores), "
+             f"{machine['date']}, commit `{machine['commit']}`, `{machine['command']}`.\n",
+             "| table of one device | figure |", "|---|---|",
+             f"| rows | {table['rows']:,} |",
+             f"| files in the folder | {table['files']} |",
+             f"| `hwloop tables show` | {_command(table['tables_show'])} |",
+             f"| `hwloop collect -m resnet20 --dry-run` | {_command(table['collect_dry_run'])} |",
+             f"| `hwloop fit` ({table['learning_rows']:,} rows) | {_command(table['fit'])} |",
+             f"| start of the CLI (`import hwloop.cli`) | {_s(table['cli_startup_s'])} |",
+             f"| in process: read the whole table | {_s(table['read_all_s'])} |",
+             f"| in process: read what a predictor learns from | {_s(table['read_learning_rows_s'])} |",
+             f"| in process: plan a space of {table['wanted']:,} configs ({table['planned']:,} to measure) "
+             f"| {_s(table['plan_s'])} |"]
+    fleet = run.get("fleet")
+    if fleet:
+        killed = fleet["killed"]
+        per_trial = 1e3 * fleet["host_cpu_s"] / max(fleet["trials"], 1)
+        lines += ["", "| fleet | figure |", "|---|---|",
+                  f"| boards | {fleet['boards']} |",
+                  f"| measurements (trials) | {fleet['measurements']} ({fleet['trials']}) |",
+                  f"| wall time | {_s(fleet['wall_s'])} |",
+                  f"| host CPU per measurement | {fleet['host_cpu_ms_per_measurement']:.1f} ms "
+                  f"({per_trial:.1f} ms per trial) |",
+                  f"| the boards' own CPU | {_s(fleet['board_cpu_s'])} |",
+                  f"| errors | {len(fleet['errors'])} |",
+                  f"| half the boards killed: boards given up | {', '.join(killed['given_up']) or 'none'} |",
+                  f"| after a re-run: rows missing / duplicated | {killed['missing']} / {killed['duplicated']} |"]
+    return lines
+
+
+def main() -> None:
+    lines = [INTRO]
+    for path in sorted((HERE / "results").glob("*/scale.json")):
+        lines += section(path)
+    if len(lines) == 1:
+        lines.append("\nNo run is recorded in `results/` yet.")
+    (HERE / "README.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
