@@ -10,7 +10,8 @@ predictor learns from, `hwloop fit` (its time and peak memory), and the files th
 on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol (one
 repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
 the host's own work per measurement shows; the CPU time of hwloop's processes is counted apart
-from the boards' (sshd sessions and everything under them). Then the same fleet again with two
+from the boards' (sshd sessions and everything under them), for the whole run and per measurement
+beyond those of a run of half the configs (what a longer run adds, its start paid once). Then the same fleet again with two
 boards killed halfway, and a re-run: rows lost or duplicated are counted.
 
 Writes ``scale.json`` (with the machine, the commit and the command) into ``--out`` and prints it.
@@ -127,6 +128,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def table_figures(args, device, work: Path) -> dict:
     tables_dir = work / "tables"
+    (work / "registry").mkdir(exist_ok=True)
     fill_s, configs = timed(fill, tables_dir, device, args.rows)
     files = sorted(p.name for p in tables.device_dir(tables_dir, device.name).rglob("*") if p.is_file())
     read_all_s, frame = timed(tables.read, tables_dir, device.name)
@@ -202,21 +204,30 @@ def fleet_figures(args, work: Path) -> dict:
         target = resolve(fleet[0].target, 1)
         with BuildPool(cache) as pool:  # builds cached before the timed run
             list(BuildQueue(pool, [BuildJob(c, target, POLICY.name) for c in configs]))
-        cpu_before, boards_before, start = own_cpu(boards), board_cpu(boards), time.perf_counter()
-        runs = collect_fleet(fleet, configs, POLICY, work / "fleet-tables", cache)
-        wall = time.perf_counter() - start
-        measured = sum(len(r.summary.rows) for r in runs)
-        host_cpu_s = own_cpu(boards) - cpu_before
-        trials = sum(row["trials"] or 0 for r in runs for row in r.summary.rows)
-        result = {"boards": len(boards), "measurements": measured, "trials": trials, "wall_s": wall,
-                  "host_cpu_s": host_cpu_s, "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
-                  "board_cpu_s": board_cpu(boards) - boards_before,
-                  "errors": [r.error for r in runs if r.error]}
+        half = fleet_run(fleet, boards, configs[: len(configs) // 2], work / "fleet-half", cache)
+        result = fleet_run(fleet, boards, configs, work / "fleet-tables", cache)
+        extra = {key: result[key] - half[key] for key in ("measurements", "trials", "host_cpu_s")}
+        result.update(half=half, host_cpu_ms_per_extra_measurement=1e3 * extra["host_cpu_s"] / max(extra["measurements"], 1),
+                      host_cpu_ms_per_extra_trial=1e3 * extra["host_cpu_s"] / max(extra["trials"], 1))
         result["killed"] = killed_run(fleet, boards, configs, work, cache)
         return result
     finally:
         for board in boards:
             board.stop()
+
+
+def fleet_run(fleet, boards, configs, tables_dir: Path, cache: Path) -> dict:
+    """One fleet collection of ``configs``: its measurements and trials, its wall time, and the CPU
+    time of the host's side and of the boards'."""
+    cpu_before, boards_before, start = own_cpu(boards), board_cpu(boards), time.perf_counter()
+    runs = collect_fleet(fleet, configs, POLICY, tables_dir, cache)
+    wall = time.perf_counter() - start
+    measured = sum(len(r.summary.rows) for r in runs)
+    host_cpu_s = own_cpu(boards) - cpu_before
+    return {"boards": len(boards), "measurements": measured,
+            "trials": sum(row["trials"] or 0 for r in runs for row in r.summary.rows), "wall_s": wall,
+            "host_cpu_s": host_cpu_s, "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
+            "board_cpu_s": board_cpu(boards) - boards_before, "errors": [r.error for r in runs if r.error]}
 
 
 def killed_run(fleet, boards, configs, work: Path, cache: Path) -> dict:

@@ -21,11 +21,12 @@ def agreement(rows: pd.DataFrame) -> dict:
     whose trials agree within each of :data:`BANDS` (``within_5``, ``within_10``), the share timed
     on a quiet device (``quiet``) and the trials dropped as disturbed (``disturbed``). ``measured``
     is 0 for a table of rows without trials."""
-    ok = rows[(rows.status == "ok") & rows.trial_latencies_ms.map(lambda t: t is not None and len(t) > 0)]
-    if ok.empty:
+    ok = rows[rows.status == "ok"].reset_index(drop=True)
+    trials = ok.trial_latencies_ms.explode().dropna().astype(float)
+    if trials.empty:
         return {"measured": 0}
-    spread = np.array([np.max(np.abs(np.asarray(t) / latency - 1))
-                       for t, latency in zip(ok.trial_latencies_ms, ok.latency_ms)])
+    spread = (trials / ok.latency_ms.to_numpy()[trials.index] - 1).abs().groupby(level=0).max().to_numpy()
+    ok = ok.loc[trials.index.unique()]
     return {"measured": int(len(ok)),
             **{f"within_{b}": float(np.mean(spread <= b / 100)) for b in BANDS},
             "quiet": float(ok.quiet.fillna(True).astype(bool).mean()),
