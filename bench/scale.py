@@ -5,7 +5,7 @@
 Tables: synthetic rows of the real schema (conv, depthwise and linear configs, three passes each,
 written run by run as collections write them) fill a device's table; then the loop's reads are
 timed: `hwloop tables show`, a collection's planning (in process, and `hwloop collect --dry-run`
-for ResNet-20's space: what a collection does before its first measurement), reading the rows a
+of an 8,192-config space file: what a collection does before its first build), reading the rows a
 predictor learns from, `hwloop fit` (its time and peak memory), and the files the folder holds. Fleet: ``--boards`` real sshd boards
 on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol (one
 repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
@@ -113,7 +113,7 @@ def hwloop(work: Path, *args: str) -> dict:
     return {"s": seconds, "ok": done.returncode == 0, "peak_mib": peak_mib}
 
 
-SINGLE_RUN = """import resource, sys
+SINGLE_RUN = """import sys
 from hwloop.cli import main
 sys.argv = ["hwloop", *sys.argv[1:]]
 try:
@@ -121,9 +121,10 @@ try:
 except SystemExit as exit:
     if exit.code:
         raise
+peak_kib = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
+print(int(peak_kib) / 1024)
+"""  # VmHWM: this process's own peak (ru_maxrss would count the parent's at the fork)
 
 
 def table_figures(args, device, work: Path) -> dict:
@@ -144,7 +145,10 @@ def table_figures(args, device, work: Path) -> dict:
     subprocess.run([sys.executable, "-c", "import hwloop.cli"], check=True)
     startup_s = time.perf_counter() - start
     show = hwloop(work, "tables", "show", device.name, "--tables", str(tables_dir), "--json")
-    plan = hwloop(work, "collect", "-d", device.name, "-m", "resnet20", "--tables", str(tables_dir), "--dry-run")
+    space = work / "space.yaml"  # 3x3 convs at 14² and 28², 8,192 configs, some of them in the table
+    space.write_text("layers:\n  - {op: conv2d, in_channels: {start: 1, stop: 513, step: 16}, "
+                     "out_channels: {start: 1, stop: 513, step: 4}, input_hw: [14, 28], kernel: 3, stride: 1}\n")
+    plan = hwloop(work, "collect", "-d", device.name, "--space", str(space), "--tables", str(tables_dir), "--dry-run")
     fit = hwloop(work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"),
                  "--json")
     return {"rows": len(frame), "fill_s": fill_s, "files": len(files), "read_all_s": read_all_s,
@@ -271,9 +275,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hwloop-scale-") as tmp:
         work = Path(tmp)
         device = load_registry(work).get("local")
-        result = {"machine": machine(), "tables": table_figures(args, device, work)}
+        result = {"machine": machine(), "load_before": os.getloadavg()[0], "tables": table_figures(args, device, work)}
         print(json.dumps(result["tables"], indent=1), flush=True)
         if args.boards:
+            result["load_before_fleet"] = os.getloadavg()[0]
             result["fleet"] = fleet_figures(args, work)
             print(json.dumps(result["fleet"], indent=1))
     args.out.mkdir(parents=True, exist_ok=True)

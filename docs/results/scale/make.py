@@ -16,8 +16,9 @@ What this benchmark measures:
 
 - **Tables**: a device table filled with synthetic rows of the real schema (conv, pointwise,
   depthwise and linear configs, three rows each, sealed run by run as collections seal them), then
-  at that size: `hwloop tables show`, `hwloop collect -m resnet20 --dry-run` (what a collection
-  does before its first measurement: start, read the table, plan), `hwloop fit` (time and peak
+  at that size: `hwloop tables show`, `hwloop collect --space FILE --dry-run` on a space of
+  8,192 3×3 convs (what a collection does before its first build: start, read the space and the
+  table, plan), `hwloop fit` (time and peak
   memory), and how many files the folder holds. Each command runs as a user runs it, in a fresh
   process.
 - **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
@@ -51,12 +52,14 @@ def section(path: Path) -> list[str]:
     machine, table = run["machine"], run["tables"]
     lines = [f"\n## {path.parent.name}\n",
              f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores), "
-             f"{machine['date']}, commit `{machine['commit']}`, `{machine['command']}`.\n",
+             f"{machine['date']}, commit `{machine['commit']}`, `{machine['command']}`; one-minute load average "
+             f"before the tables: {run['load_before']:.2f}" + (f", before the fleet: {run['load_before_fleet']:.2f}"
+                                                                 if "load_before_fleet" in run else "") + ".\n",
              "| table of one device | figure |", "|---|---|",
              f"| rows | {table['rows']:,} |",
              f"| files in the folder | {table['files']} |",
              f"| `hwloop tables show` | {_command(table['tables_show'])} |",
-             f"| `hwloop collect -m resnet20 --dry-run` | {_command(table['collect_dry_run'])} |",
+             f"| `hwloop collect --space FILE --dry-run` (8,192 configs) | {_command(table['collect_dry_run'])} |",
              f"| `hwloop fit` ({table['learning_rows']:,} rows) | {_command(table['fit'])} |",
              f"| start of the CLI (`import hwloop.cli`) | {_s(table['cli_startup_s'])} |",
              f"| in process: read the whole table | {_s(table['read_all_s'])} |",
