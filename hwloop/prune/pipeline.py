@@ -30,9 +30,11 @@ METHODS = ("latency", "afcp", "lws", "flops", "uniform")
 
 @dataclass
 class Settings:
+    """What ``hwloop prune`` does, with its command line's defaults."""
+
     method: str = "latency"
     budget: float | str = 0.5
-    epochs: int = 1
+    epochs: int = 2
     dense_epochs: int = 5
     search_epochs: int = 1
     criterion: str = "l1"
