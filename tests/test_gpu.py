@@ -14,17 +14,17 @@ from tvm import tirx
 
 from hwloop import fingerprint, tables
 from hwloop.endtoend import build_model
-from hwloop.graph import relax_module
 from hwloop.fingerprint import GPU_FIELDS, jetson_gpu, parse_nvidia_smi
+from hwloop.graph import relax_module
 from hwloop.models import InvertedResidual, load_model
 from hwloop.registry import load_registry, local_gpu, nvidia_target
 from hwloop.schedules import parse_policy
 from hwloop.targets import runtime_device_type
 
-from test_cross_compile import AARCH64_CC, JETSON_GPU, PTXAS, elf_machine, embedded_ptx
+from test_cross_compile import AARCH64_CC, EM_AARCH64, JETSON_GPU, PTXAS, elf_machine, embedded_ptx
 
 SERVER_GPU = {"kind": "nvptx", "mcpu": "sm_90", "mtriple": "nvptx64-nvidia-cuda", "host": {"kind": "llvm"}}
-EM_X86_64, EM_AARCH64 = 62, 183
+EM_X86_64 = 62
 
 
 def small_mobilenet() -> nn.Module:
@@ -66,7 +66,6 @@ def test_whole_models_compile_for_nvidia_gpus_and_their_ptx_assembles(case, cach
     assert len(layers) >= 3 and all(any(e.startswith(f"{name}_kernel") for e in entries) for name in layers)
     assert sorted(kernels_assembled(ptx, arch, tmp_path)) == sorted(entries)
     assert ".shared" in ptx and "bar.sync" in ptx  # dlight's tiled schedules, not one thread per element only
-
 
 
 @pytest.fixture

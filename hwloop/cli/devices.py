@@ -20,8 +20,7 @@ app.add_typer(devices_app, name="devices")
 
 @devices_app.command("list")
 def list_devices(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
-    """List every registered device (the built-in [bold]local[/] one included, and [bold]local-gpu[/] when
-    nvidia-smi lists an NVIDIA GPU)."""
+    """List every registered device (the built-in [bold]local[/] and, with an NVIDIA GPU, [bold]local-gpu[/])."""
     devices = load_registry(registry).devices.values()
     if as_json:
         out.print_json(json.dumps([d.model_dump(mode="json") for d in devices]))

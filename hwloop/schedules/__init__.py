@@ -77,7 +77,7 @@ def _on_gpu(target) -> bool:
 
     from .default import GPU_KINDS
 
-    return Target(target).kind.name in GPU_KINDS
+    return target is not None and Target(target).kind.name in GPU_KINDS
 
 
 def _bind_gpu_threads(mod, target):
