@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,6 +83,8 @@ def parse_nvidia_smi(output: str) -> dict:
 
 
 def _nvidia_smi() -> dict:
+    if shutil.which("nvidia-smi") is None:
+        return {}
     try:
         result = subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={NVIDIA_SMI_QUERY}",
                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -210,6 +211,8 @@ def nvidia_target(compute_capability: str) -> dict:
 @functools.lru_cache(maxsize=1)
 def local_gpu() -> Device | None:
     """The built-in ``local-gpu`` device: this machine's first NVIDIA GPU, when ``nvidia-smi`` lists one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
     try:
         listed = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=10)
