@@ -1,4 +1,5 @@
-"""The device registry: ``*.yaml`` files of devices and groups, plus the built-in ``local`` device.
+"""The device registry: ``*.yaml`` files of devices and groups, plus the built-in ``local`` device (and
+``local-gpu``, this machine's NVIDIA GPU, when ``nvidia-smi`` lists one).
 
 A file has an optional ``groups:`` mapping (group name → default fields) and a ``devices:`` mapping
 (device name → fields; ``group: NAME`` inherits the group's fields, the device's own win, and
@@ -7,9 +8,12 @@ A file has an optional ``groups:`` mapping (group name → default fields) and a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -192,6 +196,32 @@ class Device(BaseModel):
 
 LOCAL = Device(name="local", transport="local", target={"kind": "llvm", "mcpu": "host"},
                protocol=Protocol(threads=1, cpus=[0]), description="this machine")
+LOCAL_GPU = "local-gpu"
+
+
+def nvidia_target(compute_capability: str) -> dict:
+    """The TVM target of an NVIDIA GPU of ``compute_capability`` (``"9.0"`` is ``sm_90``), driven from
+    this machine's CPU."""
+    major, _, minor = compute_capability.strip().partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise ValueError(f"not a compute capability: {compute_capability!r} (expected e.g. 8.7)")
+    return {"kind": "nvptx", "mcpu": f"sm_{major}{minor}", "mtriple": "nvptx64-nvidia-cuda", "host": {"kind": "llvm"}}
+
+
+@functools.lru_cache(maxsize=1)
+def local_gpu() -> Device | None:
+    """The built-in ``local-gpu`` device: this machine's first NVIDIA GPU, when ``nvidia-smi`` lists one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        listed = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10)
+        name, capability = listed.stdout.splitlines()[0].rsplit(",", 1)
+        target = nvidia_target(capability)
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None  # no nvidia-smi, no GPU, or an answer it could not give
+    return Device(name=LOCAL_GPU, transport="local", target=target, protocol=Protocol(threads=1, cpus=[0]),
+                  description=f"this machine's GPU 0: {name.strip()} ({target['mcpu']})")
 
 
 NESTED: dict[str, type[BaseModel]] = {"protocol": Protocol, "link": Link}
@@ -237,6 +267,8 @@ def load_registry(directory: str | Path | None = None) -> Registry:
     groups = _groups(documents)
 
     devices = {"local": LOCAL}
+    if local_gpu() is not None:
+        devices[LOCAL_GPU] = local_gpu()
     sources: dict[str, Path] = {}
     members: dict[str, list[str]] = {name: [] for name in groups}
     for path, doc in documents:

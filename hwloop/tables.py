@@ -94,6 +94,12 @@ SCHEMA = pa.schema([
     ("fp_temp_c", pa.float64()),
     ("fp_load1", pa.float64()),
     ("fp_power_mode", pa.string()),
+    ("fp_gpu_name", pa.string()),
+    ("fp_gpu_driver", pa.string()),
+    ("fp_gpu_sm_mhz", pa.float64()),
+    ("fp_gpu_mem_mhz", pa.float64()),
+    ("fp_gpu_power_limit_w", pa.float64()),
+    ("fp_gpu_clocks_pinned", pa.bool_()),
 ])
 COLUMNS = SCHEMA.names
 

@@ -1,8 +1,10 @@
 """The local device's transport: its RPC server serves only hwloop, a hung kernel fails the session
-instead of blocking it, and one session per device name runs at a time."""
+instead of blocking it, one session per device name runs at a time, and CUDA is first touched in
+the session's process."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -75,3 +77,20 @@ def test_one_session_per_local_device(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_server_leaves_cuda_to_the_session_processes(tmp_path):
+    """TVM's server forks each session from its own process, and CUDA fails in a process forked from
+    one that initialised it. tvm_ffi imports torch and asks it whether CUDA is available, which
+    initialises CUDA: neither the agent nor the server may have torch loaded, nor tvm_ffi's hook."""
+    with LocalTransport(FAST, "local-cuda") as transport:
+        session = transport.connect()
+        assert answers(session)
+        agent = psutil.Process(transport._process.pid)
+        started = agent.children(recursive=True)
+        assert len(started) >= 2  # TVM's server process, the session forked from it
+        for process in [agent, *started]:
+            libraries = {Path(m.path).name for m in process.memory_maps()}
+            assert "libtvm_runtime.so" in libraries
+            assert not {"libtorch.so", "libtorch_cpu.so", "libc10.so"} & libraries, process.cmdline()
+        assert all(p.environ().get("TVM_FFI_DISABLE_TORCH_C_DLPACK") == "1" for p in started)

@@ -20,7 +20,7 @@ app.add_typer(devices_app, name="devices")
 
 @devices_app.command("list")
 def list_devices(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
-    """List every registered device (the built-in [bold]local[/] one included)."""
+    """List every registered device (the built-in [bold]local[/] and, with an NVIDIA GPU, [bold]local-gpu[/])."""
     devices = load_registry(registry).devices.values()
     if as_json:
         out.print_json(json.dumps([d.model_dump(mode="json") for d in devices]))
@@ -62,8 +62,10 @@ def check(name: str, registry: RegistryOpt = None,
         out.print_json(json.dumps(report, default=str))
     elif report["ok"]:
         fp = report["fingerprint"]
+        gpu = device.target["kind"] != "llvm" and fp.get("gpu_name")
+        where = f"{fp['gpu_name']} (driver {fp.get('gpu_driver') or 'unknown'}), host " if gpu else ""
         out.print(f"[green]ok[/] {name}: {report['config']} ran correctly in {report['latency_ms']:.4f} ms "
-                  f"(cv {report['latency_cv']:.3f}) on {fp['cpu_model']} ({fp['arch']}, {fp['cores']} cores)")
+                  f"(cv {report['latency_cv']:.3f}) on {where}{fp['cpu_model']} ({fp['arch']}, {fp['cores']} cores)")
     else:
         out.print(f"[red]failed[/] {name} at {report['stage']}: {escape(report['error'])}", highlight=False,
                   emoji=False)

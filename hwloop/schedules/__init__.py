@@ -53,6 +53,9 @@ class Policy:
             from .default import schedule
 
             return schedule(mod, target)
+        if self.kind in SEARCHED and _on_gpu(target):
+            raise PolicyError(f"{self.name}: hwloop's MetaSchedule search times candidates on this machine's CPU; "
+                              "schedule GPU targets with default or untuned")
         if self.kind == "tuned":
             from .tuned import tune, tune_functions
 
@@ -69,16 +72,22 @@ class Policy:
         return _bind_gpu_threads(mod, target)
 
 
+def _on_gpu(target) -> bool:
+    from tvm.target import Target
+
+    from .default import GPU_KINDS
+
+    return target is not None and Target(target).kind.name in GPU_KINDS
+
+
 def _bind_gpu_threads(mod, target):
     """``mod`` as it is for a CPU; for a GPU, one thread per output element (dlight's Fallback),
     the least a GPU kernel needs."""
     from tvm.s_tir import dlight as dl
     from tvm.target import Target
 
-    from .default import GPU_KINDS
-
     target = Target(target)
-    if target.kind.name not in GPU_KINDS:
+    if not _on_gpu(target):
         return mod
     with target:
         return dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod)

@@ -11,6 +11,7 @@ dying, or the SSH channel that started it going away.
 """
 
 import argparse
+import glob
 import importlib.util
 import json
 import os
@@ -47,13 +48,32 @@ def die_with_stdin():
 
 
 def without_torch():
-    """``tvm_ffi`` imports torch eagerly; kernels never use it, so neither this process nor its
-    children (a ``torch`` that fails to import, first on their path) pay for it."""
+    """Keep torch out of this process and of the server's (a ``torch`` that fails to import, first on
+    their path).
+
+    ``tvm_ffi`` imports torch eagerly and then asks ``torch.cuda.is_available()``, which initialises
+    the CUDA driver on a machine with an NVIDIA GPU. TVM's server forks a process per session from
+    its own, and CUDA cannot be used in a process forked from one that initialised it (every CUDA
+    call fails with ``cudaErrorInitializationError``). Without torch, the session's process is the
+    first to touch CUDA (and no process pays ~3 s for an import that kernels never use)."""
     sys.modules["torch"] = None
     shim = tempfile.mkdtemp(prefix="notorch-")
     with open(os.path.join(shim, "torch.py"), "w") as f:
         f.write('raise ImportError("the hwloop agent runs TVM without torch")\n')
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")]))
+    os.environ["TVM_FFI_DISABLE_TORCH_C_DLPACK"] = "1"  # and tvm_ffi's torch hook off, should torch import anyway
+
+
+def with_wheel_cuda_runtime():
+    """Put the CUDA runtime of NVIDIA's wheels (``nvidia-cuda-runtime``, which a CUDA build of torch
+    brings) on the library path of the server's processes: TVM's CUDA support links ``libcudart``,
+    which torch would have loaded, and torch is kept out of them (:func:`without_torch`)."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    folders = sorted({os.path.dirname(path) for root in roots
+                      for path in glob.glob(os.path.join(root, "*", "lib", "libcudart.so.*"))})
+    if folders:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*folders, os.environ.get("LD_LIBRARY_PATH")]))
 
 
 def main():
@@ -79,6 +99,7 @@ def main():
         report(error="missing", missing=missing, **python)
         return 3
     without_torch()
+    with_wheel_cuda_runtime()
     try:
         import tvm
         from tvm import rpc
