@@ -4,6 +4,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from hwloop import tables
 from hwloop.cli import app
 from hwloop.layers import LayerConfig
 
@@ -19,9 +20,23 @@ def said(result) -> str:
     return " ".join(result.stderr.split())
 
 
+def test_fit_refuses_a_table_whose_trials_disagree(local_table, tmp_path):
+    rows = tables.read(local_table, "local", where={"status": "ok"})
+    noisy = rows.assign(trial_latencies_ms=[[latency, 1.3 * latency] for latency in rows.latency_ms])
+    tables.append(tmp_path / "noisy", "local", noisy.astype(object).where(noisy.notna(), None).to_dict("records"))
+    predictors = tmp_path / "predictors"
+    refused = invoke("fit", "--device", "local", "--tables", tmp_path / "noisy", "--predictors", predictors)
+    assert refused.exit_code != 0 and "too noisy" in said(refused) and not (predictors / "local").exists()
+    accepted = invoke("fit", "--device", "local", "--tables", tmp_path / "noisy", "--predictors", predictors,
+                      "--accept-noisy")
+    assert accepted.exit_code == 0 and (predictors / "local" / "predictor.json").is_file()
+
+
 def test_fit_evaluate_predict(local_table, tmp_path):
     predictors = tmp_path / "predictors"
-    fitted = invoke("fit", "--device", "local", "--tables", local_table, "--predictors", predictors, "--json")
+    # the test protocol's two trials are not checked for a busy machine: whether they agree is not the point here
+    fitted = invoke("fit", "--device", "local", "--tables", local_table, "--predictors", predictors, "--json",
+                    "--accept-noisy")
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     assert record["rows"] > 50 and set(record["metrics"]) >= {"config", "unseen_channels"}
