@@ -41,8 +41,8 @@ def measured(space: dict) -> str:
     table = space["table"]
     p = table["protocol"]
     if table["estimator"] is None:
-        return (f"{table['passes']} passes over every config, each pass one median of {p['repeat']} repeats, "
-                "the fastest pass counting (the protocol before trials)")
+        return (f"passes over every config (at most {table['passes']}), each pass one median of {p['repeat']} "
+                "repeats, the fastest pass counting (the protocol before trials)")
     return (f"independent trials, each on a fresh load and fresh buffers, interleaved across batches of "
             f"{p.get('batch', 8)} configs, until {p['trials']} agree within {p['agree']:.0%} (at most "
             f"{p['max_trials']}); trials on a busy CPU dropped; the latency `{table['estimator']}`")
@@ -84,6 +84,11 @@ def page(folder: Path) -> str:
         when = dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
         lines.append(f"| {s['space']} | {when} | {measured(s)} | `{run['commit']}` ({run['date']}) | "
                      f"`{run['command']}` |")
+    older = [s["space"] for s in spaces if s["table"]["estimator"] is None]
+    if older:
+        lines += ["", f"The figures of {', '.join(f'`{name}`' for name in older)} come from tables measured before "
+                      "trials, by the command in their row: they are not yet measured again with trials, and their "
+                      "tables repeat less well (below)."]
     lines += [
         "",
         "## How well the tables repeat",
