@@ -1,31 +1,39 @@
 """The latency predictor study: collect, fit, score on honest held-out splits, write the results.
 
     .venv/bin/pip install -e '.[bench]'    # LightGBM, one of the learners compared
-    flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work /work/data/predictor \\
+    flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work /work/data/predictor2 \\
         --results docs/results/predictor/results
     .venv/bin/python bench/predictor_page.py docs/results/predictor    # the page, from the results
 
-1. **collect** (``local`` device, the built-in protocol with ``--passes`` sweeps, ``default``
-   rules): for each space a table under ``--work/<space>/tables``; **repeat**: once every space is
-   measured, a second collection of a random subset of each into ``--work/<space>/repeat``
-   (another process, minutes later): how well two collections of the same configs agree is the
-   floor no predictor can beat. Nothing else should run meanwhile (hence the lock). The spaces:
-   ``grid``, 3x3 and 1x1 convs at 14² and 28² on a grid of channel counts (in 8-88, out 8-92),
-   with ``between``, a table of channel counts between the grid's and of an unseen 21² input,
-   measured separately; the layer spaces of ResNet-20, MobileNetV2 and ResNet-18 at Fashion-MNIST's
-   1x28x28 input (the pruning benchmark's), with seeded random channel counts. Tables are kept, so
-   a re-run measures only what is missing.
+0. **build** (optional): every config compiled into ``--work/cache``, timing nothing, so that the
+   collection that follows spends its exclusive time measuring.
+1. **collect** (the built-in ``local`` device and its protocol: independent trials on fresh loads,
+   busy trials dropped, see docs/measurement.md; ``default`` rules): for each space a table under
+   ``--work/<space>/tables``; **repeat**: once every space is measured, a second collection of a
+   random subset of each into ``--work/<space>/repeat`` (another process, minutes later): how well
+   two collections of the same configs agree is the floor no predictor can beat. Nothing else
+   should run meanwhile (hence the lock). The spaces: ``grid``, 3x3 and 1x1 convs at 14² and 28²
+   on a grid of channel counts (in 8-88, out 8-92), with ``between``, a table of channel counts
+   between the grid's and of an unseen 21² input, measured separately; the layer spaces of
+   ResNet-20, MobileNetV2 and ResNet-18 at Fashion-MNIST's 1x28x28 input (the pruning benchmark's),
+   with seeded random channel counts. Tables are kept, so a re-run measures only what is missing.
 2. **score**: for each space, each learner is trained and scored on the same splits: a random
    quarter of the configs held out, every row with a held-out channel count held out, every row of
    an input size between two measured ones held out (per op, kernel and stride), and for ``grid``
    the separately measured ``between`` table; the learning curve (random subsets of the training
    rows against the held-out random configs); per op family, latency range and channel alignment.
-   Results go to ``--results`` as JSON (one file per space, plus ``machine.json``), which
-   ``bench/predictor_page.py`` turns into the page. **agree** only updates them with how the
+   *Steady* rows are those whose trials (or, in a table measured in several passes, passes) all
+   lie within ±5 % of the row's latency. Results go to ``--results`` as JSON (one file per space,
+   with the protocol its table was measured with, the commit and the command; plus
+   ``machine.json``), which ``bench/predictor_page.py`` turns into the page. **agree** only updates them with how the
    second collections agree.
 
-``--stages`` and ``--spaces`` run parts (e.g. one space's collection per lock, so that others' runs
-go in between).
+``--stages`` and ``--spaces`` run parts (e.g. builds under a shared lock, then a few spaces'
+collections per exclusive lock, so that others' runs go in between)::
+
+    flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work W --stages build
+    flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work W --stages collect,repeat --spaces grid
+    flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work W --stages score
 
 ``--quick`` measures a few dozen configs per space, to check the script.
 """
@@ -37,6 +45,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,21 +57,15 @@ from hwloop import tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.models import load_model
-from hwloop.registry import load_registry
+from hwloop.registry import LOCAL
 from hwloop.schedules import parse_policy
 from hwloop.space import model_space
+from hwloop.targets import resolve
 
 POLICY = parse_policy("default").name
 
 INPUT = (1, 1, 28, 28)
 REPEAT = 40  # configs of each space collected a second time
-REGISTRY = """\
-devices:
-  local:
-    transport: local
-    target: {{kind: llvm, mcpu: host}}
-    protocol: {{threads: 1, cpus: [0], passes: {passes}}}
-"""
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,9 @@ def spaces(quick: bool) -> list[Space]:
     return [grid(False), model("resnet20", 400), model("mobilenetv2", 450), model("resnet18", 300)]
 
 
-def collect_space(work: Path, space: Space, passes: int, again: bool) -> None:
-    """Measure ``space``'s table (and its test table), or with ``again`` its second collection."""
-    registry = work / "registry"
-    registry.mkdir(parents=True, exist_ok=True)
-    (registry / "devices.yaml").write_text(REGISTRY.format(passes=passes))
-    device = load_registry(registry).get("local")
+def collect_space(work: Path, space: Space, again: bool) -> None:
+    """Measure ``space``'s table (and its test table), or with ``again`` its second collection, on
+    the built-in ``local`` device with its protocol."""
     if again:
         rng = np.random.default_rng(1)
         picks = rng.choice(len(space.configs), min(REPEAT, len(space.configs)), replace=False)
@@ -119,9 +119,24 @@ def collect_space(work: Path, space: Space, passes: int, again: bool) -> None:
     for label, configs, folder in parts:
         if configs:
             start = time.perf_counter()
-            summary = collect(device, configs, parse_policy("default"), work / space.name / folder, work / "cache")
+            summary = collect(LOCAL, configs, parse_policy("default"), work / space.name / folder, work / "cache")
             print(f"{space.name}{label}: {summary.measured} measured, {summary.skipped} already, "
                   f"{summary.failed} failed ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def build_space(work: Path, space: Space) -> None:
+    """Build every config of ``space`` (and of its test table) into ``--work/cache`` on every CPU,
+    timing nothing: a later collection takes them from the cache."""
+    from hwloop.builder import BuildJob, BuildPool, BuildQueue
+
+    target = resolve(LOCAL.target, LOCAL.protocol.threads)
+    policy = parse_policy("default").name
+    configs = list(dict.fromkeys(space.configs + space.test))
+    start, failed = time.perf_counter(), 0
+    with BuildPool(work / "cache") as pool:
+        for built in BuildQueue(pool, [BuildJob(c, target, policy) for c in configs]):
+            failed += built.error is not None
+    print(f"{space.name}: {len(configs)} built, {failed} failed ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -137,9 +152,27 @@ def rows_of(tables_dir: Path) -> pd.DataFrame:
     return select(tables.read(tables_dir, "local"), str(tables_dir), POLICY).rows
 
 
+def repeats(rows: pd.DataFrame) -> list[list[float]]:
+    """Each config's repeated measurements: its passes, where it was measured in several, or else
+    the medians of the trials kept for its row (empty for a row of neither)."""
+    trials = rows.trial_latencies_ms if "trial_latencies_ms" in rows else [None] * len(rows)
+    return [list(p) if len(p) > 1 else list(t if t is not None else []) for p, t in zip(rows.pass_latencies_ms, trials)]
+
+
 def steady(rows: pd.DataFrame, within: float = 0.05) -> np.ndarray:
-    """Configs whose passes agree within ``within`` (the slowest over the fastest)."""
-    return np.array([len(p) > 1 and max(p) / min(p) - 1 <= within for p in rows.pass_latencies_ms])
+    """Configs whose repeated measurements (:func:`repeats`) all lie within ``within`` of the
+    latency it keeps (as :func:`hwloop.trust.agreement` judges trials)."""
+    return np.array([len(r) > 1 and max(abs(v / latency - 1) for v in r) <= within
+                     for r, latency in zip(repeats(rows), rows.latency_ms)])
+
+
+def protocol(rows: pd.DataFrame) -> dict:
+    """How a space's table was measured: the protocol's fields, how a row's latency was made from its
+    trials (``estimator``; None for rows made before trials) and the passes over each config."""
+    estimator = rows.estimator.dropna() if "estimator" in rows else pd.Series(dtype=object)
+    return {"protocol": json.loads(rows.protocol.iloc[0]), "estimator": estimator.iloc[0] if len(estimator) else None,
+            "passes": int(max(len(p) for p in rows.pass_latencies_ms)),
+            "measured": [str(rows.measured_at.min())[:10], str(rows.measured_at.max())[:10]]}
 
 
 def agreement(rows: pd.DataFrame, again: pd.DataFrame) -> dict:
@@ -272,9 +305,10 @@ def score_space(folder: Path, name: str) -> dict:
     rows = rows_of(folder / "tables")
     lanes = vector_unit(rows.target.iloc[0])[0]
     tests = {k: v for k, v in splits(rows).items() if k != "unseen_shapes"}
-    repeated = int(sum(len(p) > 1 for p in rows.pass_latencies_ms))
+    repeated = int(sum(len(r) > 1 for r in repeats(rows)))
     result = {"space": name, "configs": int(len(rows)), "ops": rows.op.value_counts().to_dict(),
-              "passes_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
+              "run": run(), "table": protocol(rows),
+              "repeats_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
               "splits": {}, "curve": []}
     if (folder / "repeat").exists():
         result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
@@ -310,16 +344,21 @@ def score_space(folder: Path, name: str) -> dict:
     return result
 
 
+def run() -> dict:
+    """The commit, the date and the command of this run."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"commit": commit, "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["bench/predictor.py", *sys.argv[1:]])}
+
+
 def machine() -> dict:
     from hwloop.predictor.latency import vector_unit
-    from hwloop.targets import resolve
 
     target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "llvm_cpu": _llvm_cpu(), "lanes": vector_unit(json.dumps(target))[0], "cores": os.cpu_count(),
-            "commit": commit, "date": time.strftime("%Y-%m-%d")}
+            **run()}
 
 
 def _llvm_cpu() -> str:
@@ -333,18 +372,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and build cache (kept)")
     parser.add_argument("--results", type=Path, default=Path("docs/results/predictor/results"))
     parser.add_argument("--stages", default="collect,repeat,score",
-                        help="comma-separated: collect (the tables), repeat (the second collections), score, "
+                        help="comma-separated: build (every config into the cache, timing nothing: the shared lock "
+                             "suffices), collect (the tables), repeat (the second collections), score, "
                              "agree (only update the scored results with how the second collections agree)")
     parser.add_argument("--spaces", help="comma-separated space names (default: all)")
-    parser.add_argument("--passes", type=int, default=2, help="sweeps measuring each config (the fastest counts)")
     parser.add_argument("--quick", action="store_true", help="a few dozen configs per space")
     args = parser.parse_args()
     chosen = [s for s in spaces(args.quick) if not args.spaces or s.name in args.spaces.split(",")]
     stages = set(args.stages.split(","))
+    if "build" in stages:
+        for space in chosen:
+            build_space(args.work, space)
     for stage in ("collect", "repeat"):
         if stage in stages:
             for space in chosen:
-                collect_space(args.work, space, args.passes, again=stage == "repeat")
+                collect_space(args.work, space, again=stage == "repeat")
     if "score" in stages:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "machine.json").write_text(json.dumps(machine(), indent=1) + "\n")

@@ -17,7 +17,12 @@ SPLITS = {"config": "random configs", "unseen_channels": "unseen channel counts"
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work /work/data/predictor \\
+W=/work/data/predictor2
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build
+flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces grid,resnet20
+flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat \\
+    --spaces mobilenetv2,resnet18
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score \\
     --results docs/results/predictor/results
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
@@ -31,6 +36,18 @@ def cell(scores: dict, group: str = "all") -> str:
     return "-" if s is None else f"{pct(s['within_10'])} ({s['rows']})"
 
 
+def measured(space: dict) -> str:
+    """How a space's table was measured, from its results."""
+    table = space["table"]
+    p = table["protocol"]
+    if table["estimator"] is None:
+        return (f"passes over every config (at most {table['passes']}), each pass one median of {p['repeat']} "
+                "repeats, the fastest pass counting (the protocol before trials)")
+    return (f"independent trials, each on a fresh load and fresh buffers, interleaved across batches of "
+            f"{p.get('batch', 8)} configs, until {p['trials']} agree within {p['agree']:.0%} (at most "
+            f"{p['max_trials']}); trials on a busy CPU dropped; the latency `{table['estimator']}`")
+
+
 def page(folder: Path) -> str:
     results = folder / "results"
     machine = json.loads((results / "machine.json").read_text())
@@ -40,10 +57,9 @@ def page(folder: Path) -> str:
     lines = [
         "# Latency predictor: accuracy on held-out layers",
         "",
-        f"Run on {machine['date']} at commit `{machine['commit']}` on {machine['cpu']} (LLVM CPU "
-        f"`{machine['llvm_cpu']}`, {machine['lanes']} float32 lanes, {machine['cores']} cores), the `local` device "
-        "(1 thread pinned to CPU 0, the built-in protocol, every config measured in two passes, the fastest "
-        "counting), `default` rules. Made by:",
+        f"Machine: {machine['cpu']} (LLVM CPU `{machine['llvm_cpu']}`, {machine['lanes']} float32 lanes, "
+        f"{machine['cores']} cores), the built-in `local` device (1 thread pinned to CPU 0), `default` rules. "
+        "Made by:",
         "",
         "```bash",
         COMMAND,
@@ -55,20 +71,38 @@ def page(folder: Path) -> str:
         "1x28x28 input (the pruning benchmark's), with seeded random channel counts. Splits: a random quarter "
         "of the configs; every row with a held-out channel count; every row of an input size lying between two "
         "other sizes of the same op, kernel and stride. Each cell is the share of held-out rows predicted "
-        "within ±10 % (rows in brackets); *steady* keeps the rows whose two passes agree within ±5 %.",
+        "within ±10 % (rows in brackets); *steady* keeps the rows whose trials (passes, in a table measured "
+        "in passes) all lie within ±5 % of the row's latency.",
+        "",
+        "## The tables",
+        "",
+        "| space | measured | protocol | scored at commit | command |",
+        "|---|---|---|---|---|",
+    ]
+    for s in spaces:
+        run, dates = s["run"], s["table"]["measured"]
+        when = dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
+        lines.append(f"| {s['space']} | {when} | {measured(s)} | `{run['commit']}` ({run['date']}) | "
+                     f"`{run['command']}` |")
+    older = [s["space"] for s in spaces if s["table"]["estimator"] is None]
+    if older:
+        lines += ["", f"The figures of {', '.join(f'`{name}`' for name in older)} come from tables measured before "
+                      "trials, by the command in their row: they are not yet measured again with trials, and their "
+                      "tables repeat less well (below)."]
+    lines += [
         "",
         "## How well the tables repeat",
         "",
         "No predictor agrees with a measurement better than two measurements of it agree with each other.",
         "",
-        "| space | configs | per op | passes agree ±5 % | second collection: configs | ±5 % | ±10 % |",
+        "| space | configs | per op | trials (passes) agree ±5 % | second collection: configs | ±5 % | ±10 % |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in spaces:
         again = s.get("collections_agree") or {}
         ops = ", ".join(f"{op} {n}" for op, n in s["ops"].items())
-        lines.append(f"| {s['space']} | {s['configs']} | {ops} | {pct(s['passes_agree']['within_5'])} of "
-                     f"{s['passes_agree']['configs']} | {again.get('configs', '-')} | {pct(again.get('within_5'))} | "
+        lines.append(f"| {s['space']} | {s['configs']} | {ops} | {pct(s['repeats_agree']['within_5'])} of "
+                     f"{s['repeats_agree']['configs']} | {again.get('configs', '-')} | {pct(again.get('within_5'))} | "
                      f"{pct(again.get('within_10'))} |")
     lines += ["", "## Held out: share within ±10 %", "",
               "| space | split | trained on | " + " | ".join(LEARNERS) + " | hwloop, steady rows | target |",
