@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAST_REGISTRY
+from typer.testing import CliRunner
+
+from hwloop import tables
+from hwloop.cli import app
+from hwloop.layers import LayerConfig
+from hwloop.predictor import Predictor
+from hwloop.predictor.calibration import scaled, transferred
+from hwloop.predictor.features import shape_key
+from hwloop.predictor.fewshot import TREE_ROWS, retarget, transfer
+from hwloop.predictor.latency import vector_unit
+from hwloop.predictor.sampling import at_step, frame_of, transfer_design
+
+TARGET = "local-sse4.2"
+SPACE = """\
+layers:
+  - {op: conv2d, in_channels: 16, out_channels: {start: 4, stop: 49, step: 1}, input_h: 16, input_w: 16, kernel: 3, padding: 1}
+  - {op: conv2d, in_channels: 32, out_channels: {start: 8, stop: 65, step: 1}, input_h: 8, input_w: 8}
+  - {op: linear, in_channels: 64, out_channels: {start: 10, stop: 101, step: 1}}
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def said(result) -> str:
+    return " ".join(result.stderr.split())
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """The fast registry, plus its ``local`` device with AVX switched off (SSE4.2 code: 4 float32 lanes)."""
+    directory = tmp_path_factory.mktemp("fewshot-registry")
+    sse = FAST_REGISTRY.split("\n  broken-cc:")[0].split("  local:\n", 1)[1].replace(
+        "target: {kind: llvm, mcpu: host}", "target: {kind: llvm, mcpu: host, mattr: [-avx, -avx2, -avx512f]}")
+    (directory / "devices.yaml").write_text(FAST_REGISTRY + f"  {TARGET}:\n" + sse)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def source_predictors(local_predictor, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("predictors")
+    local_predictor.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def chosen(registry, source_predictors, cache_dir, tmp_path_factory):
+    """``collect --adaptive --budget 14 --from local`` on the SSE4.2 device: its tables folder and the CLI's record."""
+    folder = tmp_path_factory.mktemp("fewshot")
+    (folder / "space.yaml").write_text(SPACE)
+    result = invoke("collect", "-d", TARGET, "--space", folder / "space.yaml", "--adaptive", "--budget", 14,
+                    "--from", "local", "--predictors", source_predictors, "--registry", registry,
+                    "--tables", folder / "tables", "--cache", cache_dir, "--json")
+    assert result.exit_code == 0, result.output
+    return folder / "tables", json.loads(result.stdout)
+
+
+def test_collect_from_a_source_measures_both_ends_of_each_shape(chosen):
+    tables_dir, record = chosen
+    table = tables.read(tables_dir, TARGET)
+    assert record["measured"] + record["failed"] == 14 == len(table) and table.config_id.is_unique
+    assert vector_unit(table.target.iloc[0]) == (4, 16)  # the registry's mattr, whatever this machine has
+    space = frame_of([LayerConfig(op="conv2d", in_channels=16, out_channels=c, input_h=16, input_w=16, kernel=3,
+                                  padding=1) for c in range(4, 49)])
+    convs = table[shape_key(table) == shape_key(space).iloc[0]]
+    assert {4, 48} <= set(convs.out_channels)
+    assert {10, 100} <= set(table[table.op == "linear"].out_channels)
+
+
+def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, source_predictors, local_predictor, tmp_path):
+    tables_dir, _ = chosen
+    predictors = tmp_path / "predictors"
+    predictors.mkdir()
+    (predictors / "local").symlink_to(source_predictors / "local", target_is_directory=True)
+    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors, "--json")
+    assert fitted.exit_code == 0, fitted.output
+    record = json.loads(fitted.stdout)
+    assert record["transfer"]["source"] == "local" and record["metrics"]["config"]["rows"] >= 1
+    meta = json.loads((predictors / TARGET / "predictor.json").read_text())
+    (source,) = meta["transfer"]["sources"]
+    assert source["booster_sha256"] == local_predictor.meta["booster_sha256"]
+    assert source["table_sha256"] == local_predictor.meta["table_sha256"] and meta["lanes"] == 4
+    loaded = Predictor.load(TARGET, predictors)
+    layers = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in (20, 21)]
+    assert (loaded.predict(layers) > 0).all()
+
+    for name, message in (("pi4", "no predictor for device 'pi4'"), (TARGET, "cannot be its own source")):
+        refused = invoke("fit", "-d", TARGET, "--from", name, "--tables", tables_dir, "--predictors", predictors)
+        assert refused.exit_code == 2 and message in said(refused)
+    alone = invoke("collect", "-d", TARGET, "--space", tables_dir / "x.yaml", "--from", "local")
+    assert alone.exit_code == 2 and "--adaptive" in said(alone)
+
+
+def target_rows(source, configs: list[LayerConfig], lanes: int, registers: int, scale: float) -> pd.DataFrame:
+    """Rows of a device whose target has ``lanes`` and ``registers`` and that runs the source's
+    retargeted prediction ``scale`` times slower, exactly."""
+    frame = frame_of(configs)
+    target = json.dumps({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"})
+    assert vector_unit(target) == (lanes, registers)
+    latency = scale * retarget(source, lanes, registers).predict_frame(frame)
+    return frame.assign(latency_ms=latency, latency_cv=0.0, target=target)
+
+
+def test_a_device_slower_by_a_factor_is_predicted_slower_by_it(local_predictor):
+    source = local_predictor.model
+    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49, 3)]
+    rows = target_rows(source, configs, 4, 16, scale=2.5)
+    model = transfer(source, rows.iloc[::2])
+    assert model.lanes == 4 and model.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
+    assert model.predict_frame(rows.iloc[1::2]) == pytest.approx(rows.latency_ms.iloc[1::2], rel=1e-4)
+
+
+def test_trees_correct_the_source_from_enough_rows(local_predictor):
+    source = local_predictor.model
+    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + TREE_ROWS)]
+    rows = target_rows(source, configs, 4, 16, scale=1.0)
+    rows = rows.assign(latency_ms=rows.latency_ms * np.where(rows.out_channels % 2 == 0, 1.3, 1.0))
+    few, enough = transfer(source, rows.iloc[:TREE_ROWS - 1]), transfer(source, rows)
+    assert few.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
+    assert enough.booster.num_boosted_rounds() > source.booster.num_boosted_rounds()
+    error = [np.mean(np.abs(np.log(m.predict_frame(rows) / rows.latency_ms))) for m in (few, enough)]
+    assert error[1] < error[0]
+
+
+def test_design_takes_both_ends_of_each_shape_then_steps(local_predictor):
+    configs = ([LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
+               + [LayerConfig("linear", 64, c) for c in range(10, 101)])
+    pool = frame_of(configs)
+    prior = [retarget(local_predictor.model, 4, 16)]
+    design = transfer_design(pool, 12, prior, 4, 16)
+    assert len(design) == 12 and design.config_id.is_unique
+    convs, linears = design[design.op == "conv2d"], design[design.op == "linear"]
+    assert {4, 48} <= set(convs.out_channels) and {10, 100} <= set(linears.out_channels)
+    assert at_step(design.iloc[4:], 4, 16).mean() > at_step(pool, 4, 16).mean()
+    assert transfer_design(pool, 3, prior, 4, 16).config_id.tolist() == design.config_id.tolist()[:3]
+
+
+def test_whole_model_calibration_scales_the_source_with_a_handful_of_timings():
+    source = {"scale": 1.2, "offset_ms": 0.05}
+    rows = pd.DataFrame({"layers_ms": [0.5, 2.0], "latency_ms": [1.5 * (1.2 * 0.5 + 0.05), 1.5 * (1.2 * 2.0 + 0.05)]})
+    assert scaled(source, rows) == pytest.approx((1.8, 0.075))
