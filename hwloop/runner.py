@@ -11,9 +11,10 @@ with (:mod:`hwloop.transports.usage`): a trial during which the process waited f
 ``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
 it is dropped and taken again in a later round, after a pause that grows while the device stays
 busy (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement
-is not *quiet*). An artifact settles once ``trials`` quiet trials agree within ``agree`` of their median, or
-after ``max_trials``; its latency is the median of its trials' medians, so a trial in another
-state of the machine moves it less than the trials that agree.
+is not *quiet*). An artifact settles once it has ``trials`` trials and each lies within ``agree``
+of their median, or after ``max_trials``; its latency is the mean of its trials' medians, the
+fastest and slowest left out from five trials on: a small kernel whose loads land in two states of
+the device gets the mean of both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .targets import runtime_device_type
 from .transports.usage import parse as parse_usage
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
-ESTIMATOR = "median-of-trials"
+ESTIMATOR = "trimmed-mean-of-trials"
+TRIM_FROM = 5  # trials from which the fastest and the slowest one are left out of the mean
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 
@@ -89,9 +91,14 @@ class Measurement:
         return [trial.median_ms for trial in self.trials]
 
     @property
-    def median_ms(self) -> float | None:
-        """The measured latency: the median of the trials' medians."""
-        return statistics.median(self.trial_ms) if self.trials else None
+    def latency_ms(self) -> float | None:
+        """The measured latency: the mean of the trials' medians, the fastest and the slowest left
+        out from :data:`TRIM_FROM` trials on. Trials that disagree landed in different states of
+        the device; their mean weighs the states as often as loads meet them."""
+        if not self.trials:
+            return None
+        medians = sorted(self.trial_ms)
+        return statistics.fmean(medians[1:-1] if len(medians) >= TRIM_FROM else medians)
 
     @property
     def spread(self) -> float | None:
@@ -119,15 +126,14 @@ class Measurement:
                                 for t in self.trials)
 
     def settled(self, protocol: Protocol) -> bool:
-        """Whether no more trials are needed: ``trials`` that agree within ``agree`` of their
+        """Whether no more trials are needed: at least ``trials``, each within ``agree`` of their
         median, or ``max_trials`` taken."""
         if len(self.trials) >= protocol.max_trials:
             return True
         if len(self.trials) < protocol.trials:
             return False
-        middle = self.median_ms
-        close = sum(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
-        return close >= protocol.trials and close > len(self.trials) / 2
+        middle = statistics.median(self.trial_ms)
+        return all(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
 
 
 @dataclass

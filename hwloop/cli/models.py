@@ -17,10 +17,10 @@ from .app import CacheOpt, JsonOpt, RegistryOpt, app, err, fail, get_device, out
 
 @app.command("models")
 def models_list(as_json: JsonOpt = False) -> None:
-    """List the models that --model accepts: the built-in ones and torchvision's classifiers.
+    r"""List the models that --model accepts: the built-in ones and torchvision's classifiers.
 
     torchvision:NAME builds a torchvision classifier with random weights (torchvision comes with
-    pip install 'hwloop[vision]')."""
+    pip install 'hwloop\[vision]')."""
     from ..models import BUILTIN_MODELS, TORCHVISION, TORCHVISION_INPUT, ModelError, torchvision_classifiers
 
     records = [{"name": name, "input_shape": list(m.input_shape), "description": m.description}
