@@ -1,8 +1,8 @@
 """A new board in twenty measurements: few-shot predictors transferred from a board already measured.
 
-    flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot collect [--work /work/data/fewshot] [--samples 300]
-    .venv/bin/python -m bench.fewshot score [--work ...] [--out docs/results/fewshot/results/<time>]
-    flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot prune --target local-sse4.2 [--work ...] [--out ...]
+    flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot collect --work /work/data/fewshot
+    flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot score --work /work/data/fewshot
+    flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot workflow --work /work/data/fewshot   (optional)
     .venv/bin/python docs/results/fewshot/make.py
 
 The devices (a registry written to ``--work/registry``), all this machine's CPU, ``default`` rules:
@@ -16,20 +16,20 @@ input on each device (``--work/tables``), and whole ResNet-20s end to end: the d
 thinned to 7/8 ... 1/4 of their channels (the model tables, for the whole-model calibration). On a
 2-core machine a 2-thread device times on every core, so builds cannot run beside it: its configs
 are built first (all cores), then timed with every build in the cache. Tables are kept: a re-run
-measures only what is missing.
+measures only what is missing. Writes ``collect.json`` (what each device's table holds).
 
 **score**: per pair, a fixed third of the target's configs is held out; predictors are fitted on
 samples of the rest (random, seeded, 5 to 200; and chosen as ``hwloop collect --adaptive --from``
 chooses them) and scored on the held-out configs: the few-shot transfer from the source's
 predictor beside a predictor fitted from scratch on the same samples, and the transfer's parts on
-their own (the method's choice); the whole-model calibration from one or two whole-model timings
+their own (the method's choice); the whole-model calibration from one to three whole-model timings
 of the target, scored on the target's other whole models. Writes ``scores.json``.
 
-**prune**: the whole workflow with the CLI on a target, in a tables folder of its own: the
+**workflow**: the whole workflow with the CLI on a target, in a tables folder of its own: the
 source's predictor (``hwloop fit``), 20 configs chosen and measured (``hwloop collect --adaptive
 --budget 20 --from local``), two whole models timed (``hwloop measure --thinned 0.5``), the few-shot
 predictor (``hwloop fit --from local``), pruning for half the latency with ``--board-rounds 2``,
-and ``hwloop validate``; writes ``prune-TARGET.json`` with each command and its output.
+and ``hwloop validate``; writes ``workflow-TARGET.json`` with each command and its output.
 
 Every results file records the machine, the commit and the command (:mod:`bench.machine`).
 """
@@ -56,7 +56,7 @@ from hwloop.endtoend import ModelCase, measure_models
 from hwloop.models import load_model
 from hwloop.predictor import Predictor, calibration, features, fewshot, rules
 from hwloop.predictor.calibration import calibrate, model_rows
-from hwloop.predictor.evaluation import scores
+from hwloop.predictor.evaluation import noise_floor, scores
 from hwloop.predictor.latency import PARAMS, ROUNDS, LatencyModel, vector_unit
 from hwloop.predictor.sampling import choose, learning_curve, transfer_design
 from hwloop.predictor.selection import fastest_pass, select
@@ -79,6 +79,7 @@ DEVICES = {
 TARGETS = ("local-sse4.2", "local-2t")
 SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 RESULTS = Path("docs/results/fewshot/results")
+WORK = Path("bench-out/fewshot")
 POLICY = parse_policy("default").name
 
 
@@ -125,6 +126,16 @@ def collect_stage(args) -> None:
               f"{summary.retaken} taken again ({time.perf_counter() - start:.0f} s)", flush=True)
         rows = measure_models(device, model_cases(), policy, tables_dir, cache)
         print(f"{name}: {sum(r['status'] == 'ok' for r in rows)} whole models timed", flush=True)
+    record = {**provenance(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "samples": args.samples,
+              "input_shape": list(INPUT), "devices": {}}
+    for name, entry in DEVICES.items():
+        table, models = tables.read(tables_dir, name), tables.read_models(tables_dir, name)
+        record["devices"][name] = {**entry, "configs": int(table.config_id.nunique()),
+                                   "ok": int((table.status == "ok").sum()), "quiet": int(table.quiet.ne(False).sum()),
+                                   "models": sorted(models[models.status == "ok"].model.unique())}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "collect.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"→ {args.out / 'collect.json'}")
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -221,7 +232,7 @@ def score_pair(work: Path, target: str) -> dict:
     result = {"source": SOURCE, "target": target, "source_rows": int(len(source_rows)), "rows": int(len(rows)),
               "held_out": int(len(held)), "lanes": {d: vector_unit(r.target.iloc[0])[0]
                                                     for d, r in ((SOURCE, source_rows), (target, rows))},
-              "curve": [], "designed": []}
+              "noise": noise_floor(held), "curve": [], "designed": []}
     for size in [s for s in SIZES if s <= len(pool)]:
         for seed in range(SEEDS if size < len(pool) else 1):
             sample = pool.sample(size, random_state=seed)
@@ -238,12 +249,11 @@ def score_pair(work: Path, target: str) -> dict:
         scratch_design = learning_curve(rows, test, [size], adaptive=True)[0]
         result["designed"].append({"learner": "from scratch, its own adaptive design", "adaptive": True,
                                    **scratch_design})
-    result["calibration"] = score_calibration(work, target, source_rows, designed(pool, 20, source, False), source)
+    result["calibration"] = score_calibration(work, target, designed(pool, 20, source, False), source)
     return result
 
 
-def score_calibration(work: Path, target: str, source_rows: pd.DataFrame, sample: pd.DataFrame,
-                      source: LatencyModel) -> dict:
+def score_calibration(work: Path, target: str, sample: pd.DataFrame, source: LatencyModel) -> dict:
     """Whole-model calibrations of the few-shot predictor fitted on ``sample``, from a handful of
     the target's whole-model timings, scored on the target's other whole models."""
     source_predictor = Predictor.fit(tables.read(work / "tables", SOURCE), SOURCE, evaluate=False,
@@ -263,19 +273,19 @@ def score_calibration(work: Path, target: str, source_rows: pd.DataFrame, sample
                                                          rows.latency_ms[mine].to_numpy())
         else:
             lines["none (the layers' sum)"] = (1.0, 0.0)
-        result["handfuls"][name] = {
+        result["handfuls"][name] = {"timed": sorted(rows.model[mine]), "scored": int((~mine).sum()), "lines": {
             label: {"scale": s, "offset_ms": o,
                     "mape": float(np.mean(np.abs((s * rows.layers_ms[~mine] + o) / rows.latency_ms[~mine] - 1)))}
-            for label, (s, o) in lines.items()}
+            for label, (s, o) in lines.items()}}
     return result
 
 
 def score_stage(args) -> None:
-    out = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     pairs = [score_pair(args.work, target) for target in TARGETS]
-    path = out / "scores.json"
-    path.write_text(json.dumps({**provenance(), "pairs": pairs}, indent=1) + "\n")
+    path = args.out / "scores.json"
+    path.write_text(json.dumps({**provenance(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "pairs": pairs},
+                               indent=1) + "\n")
     print(f"→ {path}")
 
 
@@ -302,7 +312,7 @@ def workflow_stage(args) -> None:
         ("validate", target, "--model", pruned, "--tables", own / "tables", *common),
     ]
     record = {**provenance(), "target": target, "source": SOURCE, "steps": []}
-    out = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S")
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     for command, device, *options in steps:
         argv = ["hwloop", command, "--device", device, *map(str, options), "--json"]
@@ -331,10 +341,8 @@ def main() -> None:
     prune_mode.add_argument("--target", choices=TARGETS, default=TARGETS[0])
     prune_mode.add_argument("--budget", type=int, default=20, help="configs measured on the target")
     for mode in (collect_mode, score_mode, prune_mode):
-        mode.add_argument("--work", type=Path, default=Path("bench-fewshot"), help="tables, cache (kept)")
-    for mode in (score_mode, prune_mode):
-        mode.add_argument("--out", type=Path, default=None,
-                          help=f"results folder (default: a new one under {RESULTS})")
+        mode.add_argument("--work", type=Path, default=WORK, help="registry, tables and build cache (kept)")
+        mode.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
     {"collect": collect_stage, "score": score_stage, "workflow": workflow_stage}[args.mode](args)
 

@@ -1,20 +1,25 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import FAST_REGISTRY
+from torch import nn
 from typer.testing import CliRunner
 
 from hwloop import tables
 from hwloop.cli import app
+from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
 from hwloop.predictor.calibration import scaled, transferred
 from hwloop.predictor.features import shape_key
-from hwloop.predictor.fewshot import TREE_ROWS, retarget, transfer
+from hwloop.predictor.fewshot import TREE_ROWS, fit, retarget, transfer
 from hwloop.predictor.latency import vector_unit
 from hwloop.predictor.sampling import at_step, frame_of, transfer_design
+from hwloop.registry import load_registry
+from hwloop.schedules import parse_policy
 
 TARGET = "local-sse4.2"
 SPACE = """\
@@ -146,3 +151,31 @@ def test_whole_model_calibration_scales_the_source_with_a_handful_of_timings():
     source = {"scale": 1.2, "offset_ms": 0.05}
     rows = pd.DataFrame({"layers_ms": [0.5, 2.0], "latency_ms": [1.5 * (1.2 * 0.5 + 0.05), 1.5 * (1.2 * 2.0 + 0.05)]})
     assert scaled(source, rows) == pytest.approx((1.8, 0.075))
+
+
+def small_cnn(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(16, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 16, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(chosen, registry, source_predictors,
+                                                                           cache_dir, local_predictor, tmp_path):
+    tables_dir = tmp_path / "tables"
+    shutil.copytree(chosen[0], tables_dir)
+    cases = [ModelCase(f"cnn{c}", small_cnn(c), (1, 16, 16, 16)) for c in (8, 16)]
+    rows = measure_models(load_registry(registry).get(TARGET), cases, parse_policy("default"), tables_dir, cache_dir)
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows]
+    source = Predictor(local_predictor.model, {**local_predictor.meta, "calibration": {"scale": 3.0, "offset_ms": 0.0}})
+    models = tables.read_models(tables_dir, TARGET)
+    predictor = fit(tables.read(tables_dir, TARGET), TARGET, [source], evaluate=False, models=models)
+
+    calibration = predictor.meta["calibration"]
+    assert calibration["method"] == "source's shape, target's scale" and calibration["models"] == ["cnn16", "cnn8"]
+    assert all(np.isfinite(case["error"]) for case in calibration["cases"])
+    measured = np.array([case["measured_ms"] for case in calibration["cases"]])
+    layers = np.array([case["layers_ms"] for case in calibration["cases"]])
+    as_is = np.abs(3.0 * layers / measured - 1)
+    fitted = np.abs((calibration["scale"] * layers + calibration["offset_ms"]) / measured - 1)
+    assert np.sum(fitted ** 2) < np.sum(as_is ** 2)
+    assert transferred(predictor, models.iloc[:0], source.meta["calibration"])["method"] == "source"
+    assert transferred(predictor, models, None)["method"] == "own"

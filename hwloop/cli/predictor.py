@@ -14,11 +14,11 @@ from .app import JsonOpt, PredictorsOpt, TablesOpt, app, err, fail, out, parse_s
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
 
 
-def _load(device: str, predictors: Path):
+def _load(device: str, predictors: Path, schedule: str | None = None):
     from ..predictor import Predictor, PredictorError
 
     try:
-        return Predictor.load(device, predictors)
+        return Predictor.load(device, predictors, schedule)
     except PredictorError as exc:
         fail(str(exc))
 
@@ -107,7 +107,9 @@ def fit(
         models = tables_mod.read_models(tables, device)
     except tables_mod.TableError as exc:
         fail(str(exc))
-    known = [_load(name, predictors) for name in dict.fromkeys(sources or [])]
+    if device in (sources or []):
+        fail(f"--from {device}: a device cannot be its own source")
+    known = [_load(name, predictors, schedule) for name in dict.fromkeys(sources or [])]
     with err.status(f"fitting {device}'s predictor on its {schedule!r} rows" + (
             f", from {', '.join(s.device for s in known)}'s" if known else "")):
         try:

@@ -95,8 +95,9 @@ def transfer_from(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0
 
 def best_source(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> int:
     """The index of the source whose transfer predicts ``rows`` best, each row predicted by a
-    transfer fitted without it (``FOLDS``-fold; the mean absolute log error)."""
-    if len(sources) == 1:
+    transfer fitted without it (``FOLDS``-fold; the mean absolute log error); the first when
+    there are fewer than two rows."""
+    if len(sources) == 1 or len(rows) < 2:
         return 0
     fold = np.random.default_rng(seed).permutation(len(rows)) % min(FOLDS, len(rows))
     errors = []
@@ -124,7 +125,7 @@ def fit(table: pd.DataFrame, device: str, sources: list, schedule: str = "defaul
     schedule = rows_name(schedule)
     for other in sources:
         if other.device == device:
-            raise PredictorError(f"--from {device}: a device cannot be its own source")
+            raise PredictorError(f"{device!r}: a device cannot be its own source")
         if other.schedule != schedule:
             raise PredictorError(f"predictor of {other.device!r}: field 'schedule': trained on {other.schedule!r} "
                                  f"rows, not {schedule!r}; a transfer keeps the schedule policy")

@@ -168,7 +168,7 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
                 break
             if design is not None and round_index == 0:
                 chosen = design[~design.config_id.isin(measured.config_id)].head(left)
-            elif len(measured) < 8 and design is None:
+            elif len(measured) < (1 if sources else 8):
                 fresh = candidates[~candidates.config_id.isin(measured.config_id)]
                 chosen = initial_design(fresh, min(left, design_size), lanes, registers, seed)
             else:
