@@ -246,7 +246,7 @@ def score_pair(work: Path, target: str) -> dict:
             for label in ("few-shot", "from scratch"):
                 point = scores(measured, fits[label](sample).predict_frame(held))
                 result["designed"].append({"learner": label, "samples": size, "adaptive": adaptive, **point})
-        scratch_design = learning_curve(rows, test, [size], adaptive=True)[0]
+        scratch_design = learning_curve(rows, test, [size // 2, size], adaptive=True)[-1]
         result["designed"].append({"learner": "from scratch, its own adaptive design", "adaptive": True,
                                    **scratch_design})
     result["calibration"] = score_calibration(work, target, designed(pool, 20, source, False), source)

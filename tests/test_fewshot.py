@@ -25,7 +25,7 @@ TARGET = "local-sse4.2"
 SPACE = """\
 layers:
   - {op: conv2d, in_channels: 16, out_channels: {start: 4, stop: 49, step: 1}, input_h: 16, input_w: 16, kernel: 3, padding: 1}
-  - {op: conv2d, in_channels: 32, out_channels: {start: 8, stop: 65, step: 1}, input_h: 8, input_w: 8}
+  - {op: conv2d, in_channels: 32, out_channels: {start: 8, stop: 65, step: 1}, input_h: 8, input_w: 8, kernel: 1}
   - {op: linear, in_channels: 64, out_channels: {start: 10, stop: 101, step: 1}}
 """
 
