@@ -79,7 +79,8 @@ def test_collect_from_a_source_measures_both_ends_of_each_shape(chosen):
     assert {10, 100} <= set(table[table.op == "linear"].out_channels)
 
 
-def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, source_predictors, local_predictor, tmp_path):
+def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, registry, source_predictors, local_predictor,
+                                                                  tmp_path):
     tables_dir, _ = chosen
     predictors = tmp_path / "predictors"
     predictors.mkdir()
@@ -99,7 +100,7 @@ def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, source_
     for name, message in (("pi4", "no predictor for device 'pi4'"), (TARGET, "cannot be its own source")):
         refused = invoke("fit", "-d", TARGET, "--from", name, "--tables", tables_dir, "--predictors", predictors)
         assert refused.exit_code == 2 and message in said(refused)
-    alone = invoke("collect", "-d", TARGET, "--space", tables_dir / "x.yaml", "--from", "local")
+    alone = invoke("collect", "-d", TARGET, "--space", tables_dir / "x.yaml", "--from", "local", "--registry", registry)
     assert alone.exit_code == 2 and "--adaptive" in said(alone)
 
 
