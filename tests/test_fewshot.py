@@ -91,7 +91,8 @@ def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, registr
     predictors = tmp_path / "predictors"
     predictors.mkdir()
     (predictors / "local").symlink_to(source_predictors / "local", target_is_directory=True)
-    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors, "--json")
+    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors, "--json",
+                    "--accept-noisy")  # a table of 14 rows timed beside other work: its trust is not the point here
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     assert record["transfer"]["source"] == "local" and record["metrics"]["config"]["rows"] >= 1
