@@ -71,9 +71,11 @@ SOURCE = "local"
 DEVICES = {
     SOURCE: {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"}, "protocol": {"threads": 1, "cpus": [0]},
              "description": "this CPU, 1 thread"},
-    "local-sse4.2": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host", "mattr": ["-avx", "-avx2", "-avx512f"]},
+    "local-sse4.2": {"transport": "local",
+                     "target": {"kind": "llvm", "mcpu": "host", "mattr": ["-avx", "-avx2", "-avx512f"]},
                      "protocol": {"threads": 1, "cpus": [0]}, "description": "this CPU without AVX: SSE4.2 code"},
-    "local-2t": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"}, "protocol": {"threads": 2, "cpus": [0, 1]},
+    "local-2t": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"},
+                 "protocol": {"threads": 2, "cpus": [0, 1]},
                  "description": "this CPU, 2 threads"},
 }
 TARGETS = ("local-sse4.2", "local-2t")
@@ -179,7 +181,8 @@ class Pooled:
     def __init__(self, source_rows: pd.DataFrame, target_rows: pd.DataFrame):
         self.source = LatencyModel.train(source_rows)
         frames = [self._matrix(source_rows, 0.0), self._matrix(target_rows, 1.0)]
-        weight = np.concatenate([np.ones(len(source_rows)), np.full(len(target_rows), len(source_rows) / len(target_rows))])
+        weight = np.concatenate([np.ones(len(source_rows)),
+                                 np.full(len(target_rows), len(source_rows) / len(target_rows))])
         x = np.vstack([f[0] for f in frames])
         margin = np.concatenate([f[1] for f in frames])
         label = np.log(np.concatenate([source_rows.latency_ms, target_rows.latency_ms]))
@@ -323,7 +326,8 @@ def workflow_stage(args) -> None:
             output = json.loads(done.stdout)
         except json.JSONDecodeError:
             output = done.stdout[-4000:]
-        record["steps"].append({"command": " ".join(argv), "exit": done.returncode, "seconds": time.perf_counter() - start,
+        record["steps"].append({"command": " ".join(argv), "exit": done.returncode,
+                                "seconds": time.perf_counter() - start,
                                 "output": output, "stderr": done.stderr[-2000:] if done.returncode else ""})
         (out / f"workflow-{target}.json").write_text(json.dumps(record, indent=1) + "\n")
         if done.returncode not in (0, 1):

@@ -24,7 +24,7 @@ from hwloop.schedules import parse_policy
 TARGET = "local-sse4.2"
 SPACE = """\
 layers:
-  - {op: conv2d, in_channels: 16, out_channels: {start: 4, stop: 49, step: 1}, input_h: 16, input_w: 16, kernel: 3, padding: 1}
+  - {op: conv2d, in_channels: 16, out_channels: {start: 4, stop: 49, step: 1}, input_hw: 16, kernel: 3, padding: 1}
   - {op: conv2d, in_channels: 32, out_channels: {start: 8, stop: 65, step: 1}, input_h: 8, input_w: 8, kernel: 1}
   - {op: linear, in_channels: 64, out_channels: {start: 10, stop: 101, step: 1}}
 """
@@ -91,8 +91,9 @@ def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, registr
     predictors = tmp_path / "predictors"
     predictors.mkdir()
     (predictors / "local").symlink_to(source_predictors / "local", target_is_directory=True)
-    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors, "--json",
-                    "--accept-noisy")  # a table of 14 rows timed beside other work: its trust is not the point here
+    # a table of 14 rows timed beside other work: its trust is not the point here
+    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors,
+                    "--json", "--accept-noisy")
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     assert record["transfer"]["source"] == "local" and record["metrics"]["config"]["rows"] >= 1

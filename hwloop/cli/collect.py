@@ -15,8 +15,20 @@ from rich.table import Table
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import (CacheOpt, JsonOpt, PredictorsOpt, RegistryOpt, TablesOpt, app, err, fail, out, parse_shape, progress_bar,
-                  read_table)
+from .app import (
+    CacheOpt,
+    JsonOpt,
+    PredictorsOpt,
+    RegistryOpt,
+    TablesOpt,
+    app,
+    err,
+    fail,
+    out,
+    parse_shape,
+    progress_bar,
+    read_table,
+)
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):

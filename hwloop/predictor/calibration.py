@@ -106,8 +106,8 @@ def transferred(predictor, models: pd.DataFrame, source: dict | None) -> dict | 
     error = held_out / fastest.latency_ms.to_numpy() - 1
     return {"scale": scale, "offset_ms": offset, "rows": int(len(fastest)), "models": sorted(fastest.model.unique()),
             "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
-            "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(l),
+            "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(s),
                        "predicted_ms": float(p), "error": float(e)}
-                      for m, i, v, l, p, e in zip(fastest.model, fastest.model_id, fastest.latency_ms, fastest.layers_ms,
-                                                  held_out, error)],
+                      for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, fastest.latency_ms,
+                                                  fastest.layers_ms, held_out, error)],
             "method": "source's shape, target's scale"}

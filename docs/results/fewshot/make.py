@@ -52,7 +52,8 @@ def main() -> None:
             lines.append(f"- {m['cpu_model']} (LLVM CPU `{m['llvm_cpu']}`, {m['cores']} cores), {run.get('date', '')}, "
                          f"commit `{run['commit'][:12]}`: `{run['command']}`")
     if collected:
-        lines += ["", "| device | description | configs measured | quiet rows | whole models |", "|---|---|---|---|---|"]
+        lines += ["", "| device | description | configs measured | quiet rows | whole models |",
+                  "|---|---|---|---|---|"]
         for name, d in collected["devices"].items():
             lines.append(f"| `{name}` | {d['description']} | {d['configs']} | {d['quiet']} | {len(d['models'])} |")
     pairs = scored["pairs"]
@@ -66,8 +67,9 @@ def main() -> None:
     met = []
     for pair in pairs:
         for size, (share, rho) in TARGETS.items():
-            for how, few, scratch in (("random", _mean(pair, "few-shot", size), _mean(pair, "from scratch", size)),
-                                      ("chosen", _designed(pair, "few-shot", size), _designed(pair, "from scratch", size))):
+            for how, few, scratch in (
+                    ("random", _mean(pair, "few-shot", size), _mean(pair, "from scratch", size)),
+                    ("chosen", _designed(pair, "few-shot", size), _designed(pair, "from scratch", size))):
                 if few is None:
                     continue
                 met.append(few["within_10"] >= share and (size != 20 or (few["spearman"] or 0) >= rho))
@@ -151,7 +153,8 @@ def main() -> None:
             for step in run["steps"]:
                 lines.append(f"| `{run['target']}` | `{step['command']}` | {step['exit']} | {step['seconds']:.0f} |")
     else:
-        lines.append("\nNot measured here: a pruning run on a target with the few-shot predictor and `--board-rounds 2` "
+        lines.append("\nNot measured here: a pruning run on a target with the few-shot predictor and "
+                     "`--board-rounds 2` "
                      "(`python -m bench.fewshot workflow` runs it and writes `results/workflow-TARGET.json`).")
     _write(lines)
 
