@@ -15,7 +15,20 @@ from rich.table import Table
 from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, out, parse_shape, progress_bar, read_table
+from .app import (
+    CacheOpt,
+    JsonOpt,
+    PredictorsOpt,
+    RegistryOpt,
+    TablesOpt,
+    app,
+    err,
+    fail,
+    out,
+    parse_shape,
+    progress_bar,
+    read_table,
+)
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
@@ -65,6 +78,12 @@ def collect(
              "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
              "budget) is the pool.")] = False,
     budget: Annotated[Optional[int], typer.Option(min=1, help="Measurements --adaptive may spend.")] = None,
+    sources: Annotated[Optional[list[str]], typer.Option(
+        "--from", help="With --adaptive on a new device: a device already measured whose saved predictor (under "
+                       "--predictors) says where few measurements teach the most (both ends of each layer's range, "
+                       "steps of the new device's vector width, where sources disagree); `hwloop fit --from` then "
+                       "fits the few-shot predictor. Repeatable.", show_default=False)] = None,
+    predictors: PredictorsOpt = Path("predictors"),
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print what the space holds and what would be measured on each device, then stop: "
                           "nothing is built, no device is reached.")] = False,
@@ -81,6 +100,8 @@ def collect(
       hwloop collect --device local --space docs/space.yaml --schedule tuned:64
 
       hwloop collect --device local --model resnet20 --adaptive --budget 300
+
+      hwloop collect --device pi5 --model resnet20 --adaptive --budget 20 --from pi4   (a new board)
 
       hwloop collect --device local --model pruned/resnet20-latency-0.5 --samples 40   (where a plan went)
 
@@ -102,6 +123,8 @@ def collect(
         fail(str(exc))
     if adaptive and budget is None:
         fail("--adaptive needs --budget N, the number of measurements it may spend")
+    if sources and not adaptive:
+        fail("--from chooses what --adaptive measures: give --adaptive --budget N")
     configs = _configs(model, space, input_shape, max(samples, 10 * budget) if adaptive else samples, seed)
     if len(devices) > 1 and adaptive:
         fail("--adaptive measures one device at a time: give one --device")
@@ -113,6 +136,7 @@ def collect(
         return
     dev = devices[0]
     read_table(tables, dev.name)
+    known = [_source(name, dev.name, policy, predictors) for name in dict.fromkeys(sources or [])]
     progress = progress_bar(TextColumn("{task.fields[rate]} cfg/min"), TextColumn("[red]{task.fields[failed]} failed"))
     state = {"failed": 0}
     with progress:
@@ -134,7 +158,7 @@ def collect(
 
                 on_start(budget)
                 summary = adaptive_collect(dev, configs, policy, tables, cache or default_cache_dir(), budget, seed=seed,
-                                           force=force, on_row=on_row, on_wait=say_waiting)
+                                           force=force, on_row=on_row, on_wait=say_waiting, sources=known)
             else:
                 summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row,
                                       on_wait=say_waiting)
@@ -150,6 +174,18 @@ def collect(
                   "measure the rest", highlight=False, emoji=False)
     if summary.failed or summary.error:
         raise typer.Exit(1)
+
+
+def _source(name: str, device: str, policy, predictors: Path):
+    """The latency model of ``name``'s saved predictor, a source for ``device`` under ``policy``."""
+    from ..predictor import Predictor, PredictorError
+
+    if name == device:
+        fail(f"--from {name}: a device cannot be its own source")
+    try:
+        return Predictor.load(name, predictors, policy.name).model
+    except PredictorError as exc:
+        fail(str(exc))
 
 
 def _print_plan(devices, configs, policy, tables: Path, force: bool, as_json: bool) -> None:

@@ -14,11 +14,11 @@ from .app import JsonOpt, PredictorsOpt, TablesOpt, app, err, fail, out, parse_s
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
 
 
-def _load(device: str, predictors: Path):
+def _load(device: str, predictors: Path, schedule: str | None = None):
     from ..predictor import Predictor, PredictorError
 
     try:
-        return Predictor.load(device, predictors)
+        return Predictor.load(device, predictors, schedule)
     except PredictorError as exc:
         fail(str(exc))
 
@@ -75,6 +75,10 @@ def fit(
         help="protocol_id to train on, when the table holds rows of several protocols.")] = None,
     accept_noisy: Annotated[bool, typer.Option(
         "--accept-noisy", help="Fit even on a table whose trials disagree too often (see `hwloop tables show`).")] = False,
+    sources: Annotated[Optional[list[str]], typer.Option(
+        "--from", help="A device already measured whose saved predictor (under --predictors) the new device's few "
+                       "rows correct: a few-shot predictor. Repeat it for several; the one that predicts the rows "
+                       "best is used.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
@@ -84,9 +88,15 @@ def fit(
     too noisy to learn from (--accept-noisy fits all the same). Held-out scores (random configs,
     unseen channel counts, unseen shapes, sizes between measured ones) are printed and kept in
     predictor.json; when the device has measured whole models, the whole-model calibration is
-    fitted too. Example:
+    fitted too. With --from, a new device needs only a few measured configs (`hwloop collect --adaptive
+    --budget 20 --from SOURCE` chooses them): the source's predictor, retargeted to the new
+    device's vector width, is scaled per path of the rules on them (and, from 30 rows on, corrected by
+    a few trees); a handful of whole models timed on the new device scale the source's calibration.
+    Examples:
 
       hwloop fit --device local
+
+      hwloop fit --device pi5 --from pi4
     """
     from .. import tables as tables_mod
     from ..predictor import Predictor, PredictorError
@@ -97,9 +107,19 @@ def fit(
         models = tables_mod.read_models(tables, device)
     except tables_mod.TableError as exc:
         fail(str(exc))
-    with err.status(f"fitting {device}'s predictor on its {schedule!r} rows"):
+    if device in (sources or []):
+        fail(f"--from {device}: a device cannot be its own source")
+    known = [_load(name, predictors, schedule) for name in dict.fromkeys(sources or [])]
+    with err.status(f"fitting {device}'s predictor on its {schedule!r} rows" + (
+            f", from {', '.join(s.device for s in known)}'s" if known else "")):
         try:
-            predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
+            if known:
+                from ..predictor.fewshot import fit as fit_fewshot
+
+                predictor = fit_fewshot(frame, device, known, schedule, protocol, source=str(tables / device),
+                                        models=models)
+            else:
+                predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
         except PredictorError as exc:
             fail(str(exc))
     if (why := warning(predictor.meta["trust"])) and not accept_noisy:
@@ -108,7 +128,7 @@ def fit(
     calibration = predictor.meta["calibration"]
     record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
               "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
-              "trust": predictor.meta["trust"], "calibration": calibration}
+              "trust": predictor.meta["trust"], "calibration": calibration, "transfer": predictor.meta.get("transfer")}
     if as_json:
         out.print_json(json.dumps(record))
         return
@@ -122,13 +142,18 @@ def fit(
             models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
                                  f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
         out.print(models_table)
-        out.print(f"held out: {calibration['held_out_mape']:.1%} off on average")
+        if calibration["held_out_mape"] is not None:
+            out.print(f"held out: {calibration['held_out_mape']:.1%} off on average")
+        if calibration.get("method", "own") != "own":
+            out.print(f"calibration: the {calibration['method']}")
     else:
         out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
     trust = record["trust"]
     if trust["measured"]:
         out.print(f"the table's trials agree within ±5 % for {trust['within_5']:.1%} of its measurements, within "
                   f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device")
+    if record["transfer"]:
+        out.print(f"few-shot: from {record['transfer']['source']}'s predictor, corrected on {device}'s rows")
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 

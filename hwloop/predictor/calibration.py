@@ -70,3 +70,44 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
                    "predicted_ms": float(p), "error": float(e)}
                   for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)],
     }
+
+
+def scaled(source: dict, rows: pd.DataFrame) -> tuple[float, float]:
+    """``(scale, offset_ms)``: the calibration ``source`` (another device's) times the one factor
+    that fits ``rows`` (``layers_ms``, ``latency_ms``: one per model) with the least squared
+    relative error."""
+    x = ((source["scale"] * rows.layers_ms + source["offset_ms"]) / rows.latency_ms).to_numpy()
+    factor = float(x.sum() / np.dot(x, x))
+    return factor * source["scale"], factor * source["offset_ms"]
+
+
+OWN_MODELS = 3
+
+
+def transferred(predictor, models: pd.DataFrame, source: dict | None) -> dict | None:
+    """The calibration of a few-shot predictor (``source``: its source device's calibration, or
+    None): its own (:func:`calibrate`) once its device has timed ``OWN_MODELS`` whole models;
+    below that, the source's times one factor fitted on the models it has timed (:func:`scaled`;
+    each scored by a factor fitted on the others, where there are others), or the source's as is
+    when it has timed none. ``method`` says which."""
+    rows = model_rows(models, predictor)
+    timed = rows.model_id.nunique()
+    if source is None or timed >= OWN_MODELS:
+        own = calibrate(predictor, models)
+        return own and {**own, "method": "own"}
+    if not timed:
+        return {"scale": source["scale"], "offset_ms": source["offset_ms"], "rows": 0, "models": [],
+                "held_out_mape": None, "cases": [], "method": "source"}
+    fastest = fastest_pass(rows, "model_id")
+    scale, offset = scaled(source, fastest)
+    held_out = np.array([np.dot(scaled(source, fastest[fastest.model != name]) if (fastest.model != name).any()
+                                else (np.nan, np.nan), (layers, 1.0))
+                         for name, layers in zip(fastest.model, fastest.layers_ms)])
+    error = held_out / fastest.latency_ms.to_numpy() - 1
+    return {"scale": scale, "offset_ms": offset, "rows": int(len(fastest)), "models": sorted(fastest.model.unique()),
+            "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
+            "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(s),
+                       "predicted_ms": float(p), "error": float(e)}
+                      for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, fastest.latency_ms,
+                                                  fastest.layers_ms, held_out, error)],
+            "method": "source's shape, target's scale"}

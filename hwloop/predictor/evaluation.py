@@ -11,6 +11,8 @@ several passes, the other passes against the fastest: a predictor cannot beat it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -107,12 +109,13 @@ def sizes_between(rows: pd.DataFrame) -> np.ndarray:
     return test
 
 
-def holdout_scores(rows: pd.DataFrame, seed: int = 0) -> dict:
-    """:func:`report` of each split, from a latency model trained on the rest of ``rows``."""
+def holdout_scores(rows: pd.DataFrame, seed: int = 0,
+                   train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> dict:
+    """:func:`report` of each split, from a latency model trained (by ``train``) on the rest of ``rows``."""
     result = {}
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
-        probe = LatencyModel.train(train_rows, seed)
+        probe = train(train_rows, seed)
         result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
     return result
 

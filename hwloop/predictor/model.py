@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,8 +54,10 @@ class Predictor:
     @classmethod
     def fit(cls, table: pd.DataFrame, device: str, schedule: str = "default", protocol_id: str | None = None,
             source: str = "table", evaluate: bool = True, seed: int = 0,
-            models: pd.DataFrame | None = None) -> "Predictor":
-        """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
+            models: pd.DataFrame | None = None,
+            train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> "Predictor":
+        """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target),
+        with ``train`` (rows, seed → latency model; :meth:`LatencyModel.train` by default).
 
         ``meta["trust"]`` says how far the rows can be trusted (:func:`hwloop.trust.agreement`).
         With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
@@ -73,8 +76,8 @@ class Predictor:
             "trust": agreement(chosen.passes), "metrics": {}, "calibration": None,
         }
         if evaluate:
-            meta["metrics"] = holdout_scores(chosen.rows, seed)
-        model = LatencyModel.train(chosen.rows, seed)
+            meta["metrics"] = holdout_scores(chosen.rows, seed, train)
+        model = train(chosen.rows, seed)
         predictor = cls(model, {**meta, "work": model.work})
         if models is not None:
             predictor.meta["calibration"] = calibrate(predictor, models)

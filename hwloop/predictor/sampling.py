@@ -7,6 +7,13 @@ small bootstrap ensemble on what is measured and picks the candidates where the 
 disagrees most, and those near a measured config the ensemble gets wrong by more than 10 %
 (scored on the members that did not see it). :func:`learning_curve` replays either strategy on
 rows already measured, to show accuracy against the number of samples.
+
+A new device whose predictor starts from devices already measured (:mod:`hwloop.predictor.fewshot`)
+needs other measurements: its sources know the shape of each layer's latency, the new device tells
+their scale. Its first design (:func:`transfer_design`) takes both ends of each layer shape's range
+(its slowest and fastest config, as the sources predict them), then fills the widest gaps in
+predicted latency, preferring configs at a step of the new device's vector width and where the
+sources disagree.
 """
 
 from __future__ import annotations
@@ -67,9 +74,38 @@ def initial_design(candidates: pd.DataFrame, k: int, lanes: int, registers: int,
     return order.sort_values(["_rank", "_p"]).head(k).drop(columns=["_p", "_s", "_rank"])
 
 
-def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+def transfer_design(candidates: pd.DataFrame, k: int, priors: list[LatencyModel], lanes: int,
+                    registers: int) -> pd.DataFrame:
+    """``k`` candidates to measure first on a device that ``priors`` (source models retargeted to
+    it, :func:`hwloop.predictor.fewshot.retarget`) predict: each shape's slowest config (slowest
+    shapes first), then each shape's fastest, then one by one the candidate farthest in predicted
+    log latency from those chosen of its shape, plus half a unit at a step of the rules and the
+    sources' disagreement (the spread of their log predictions, each source's own pace removed)."""
+    cols = from_frame(candidates)
+    logs = np.array([np.log(model.predict_columns(cols)) for model in priors])
+    logs -= logs.mean(axis=1, keepdims=True)
+    predicted, spread = logs.mean(axis=0), logs.std(axis=0)
+    shape = shape_key(candidates).to_numpy()
+    bonus = 0.5 * at_step(candidates, lanes, registers) + spread
+    chosen: list[int] = []
+    for end in (np.argmax, np.argmin):
+        ends = [np.flatnonzero(shape == s)[end(predicted[shape == s])] for s in np.unique(shape)]
+        chosen += [i for i in sorted(ends, key=lambda i: -predicted[i]) if i not in chosen]
+    chosen = chosen[:k]
+    while len(chosen) < min(k, len(candidates)):
+        gap = np.full(len(candidates), np.inf)
+        for i in chosen:
+            mine = shape == shape[i]
+            gap[mine] = np.minimum(gap[mine], np.abs(predicted[mine] - predicted[i]))
+        gap[chosen] = -np.inf
+        chosen.append(int(np.argmax(np.where(np.isfinite(gap), gap + bonus, -np.inf))))
+    return candidates.iloc[chosen]
+
+
+def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int = 0,
+           train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> pd.DataFrame:
     """The ``k`` unmeasured candidates the next round should measure (see the module's docstring);
-    ``measured`` are table rows (of one target)."""
+    ``measured`` are table rows (of one target), ``train`` fits the ensemble's members."""
     rng = np.random.default_rng(seed)
     lanes, registers = vector_unit(measured.target.iloc[0])
     pool = candidates[~candidates.config_id.isin(measured.config_id)].reset_index(drop=True)
@@ -79,7 +115,7 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int =
     preds, oob_sum, oob_count = [], np.zeros(n), np.zeros(n)
     for member in range(MEMBERS):
         picks = rng.integers(0, n, n)
-        member_model = LatencyModel.train(measured.iloc[picks], seed + member)
+        member_model = train(measured.iloc[picks], seed + member)
         preds.append(np.log(member_model.predict_frame(pool)))
         unseen = np.ones(n, dtype=bool)
         unseen[picks] = False
@@ -100,21 +136,28 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int =
 def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Path, cache_dir: Path, budget: int,
                      rounds: int = 4, seed: int = 0, on_round: Callable[[int, int], None] | None = None,
                      force: bool = False, on_row: Callable[[dict], None] | None = None,
-                     on_wait: Callable[[str], None] | None = None):
+                     on_wait: Callable[[str], None] | None = None, sources: list[LatencyModel] | None = None):
     """Measure at most ``budget`` new configs of ``configs`` on ``device`` (each in every pass of its
     protocol) in ``rounds`` rounds, all in one measuring session: a first design (half the budget),
     then where the predictor is uncertain or wrong. Rows already in the table count as measured.
+    With ``sources`` (latency models of devices already measured), the first design is
+    :func:`transfer_design`'s and the later rounds' predictors are few-shot transfers from them.
     Returns one :class:`hwloop.collect.Summary` for all rounds (``error`` set when the device was
     given up)."""
     from .. import tables
     from ..collect import Summary, collect
     from ..session import Session
+    from .fewshot import retarget, transfer_from
 
     start = time.perf_counter()
     candidates = frame_of(list(dict.fromkeys(configs)))
     total = Summary(device.name, policy.name, planned=min(budget, len(candidates)) * device.protocol.passes, skipped=0)
+    train = (lambda rows, member: transfer_from(sources, rows, member)) if sources else LatencyModel.train
     with Session(device, policy, tables_dir, on_wait=on_wait) as session:
         lanes, registers = vector_unit(session.context.target_json)
+        design_size = max(budget // 2, 1)
+        design = (transfer_design(candidates, design_size, [retarget(s, lanes, registers) for s in sources], lanes,
+                                  registers) if sources else None)
         for round_index in range(rounds):
             table = tables.read(tables_dir, device.name, where={"status": "ok", **session.context.same()})
             measured = table[table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
@@ -123,14 +166,16 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
             left = budget - len({row["config_id"] for row in total.rows})
             if left <= 0:
                 break
-            if len(measured) < 8:
+            if design is not None and round_index == 0:
+                chosen = design[~design.config_id.isin(measured.config_id)].head(left)
+            elif len(measured) < (1 if sources else 8):
                 fresh = candidates[~candidates.config_id.isin(measured.config_id)]
-                chosen = initial_design(fresh, min(left, max(budget // 2, 1)), lanes, registers, seed)
+                chosen = initial_design(fresh, min(left, design_size), lanes, registers, seed)
             else:
                 chosen = choose(candidates, measured.reset_index(drop=True), -(-left // (rounds - round_index)),
-                                seed + round_index)
+                                seed + round_index, train)
             if chosen.empty:
-                break
+                continue
             if on_round:
                 on_round(round_index, len(chosen))
             batch = [LayerConfig.from_dict(row) for row in chosen.to_dict("records")]

@@ -1,0 +1,143 @@
+"""A latency model for a new device from a few of its rows and a device already measured (the source).
+
+The source's latency model is *retargeted*: its work coefficients and booster applied to what the
+``default`` rules make of each layer on the new device (its vector width and registers, so the
+steps of the new device's vectors are where the rules put them). The new device's rows then
+correct it, per path of the rules, by a scale and an overhead on the source's work model (``α ×
+work + β``, non-negative, least squared relative error): a CPU without AVX runs each vector
+multiply-add at about its own pace, two threads halve the work and add a fork-join. A path with
+fewer than :data:`PATH_ROWS` rows takes the fit of all rows. From :data:`TREE_ROWS` rows on, a few
+trees on top of the source's booster learn what the scale misses.
+
+The result is an ordinary :class:`~hwloop.predictor.latency.LatencyModel` (the source's trees and
+the new ones in one booster), saved and used like any.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from scipy.optimize import nnls
+
+from . import features, rules
+from .errors import PredictorError
+from .latency import PARAMS, STEADY_CV, LatencyModel, vector_unit
+
+PATH_ROWS = 4
+TREE_ROWS = 30
+TREE_PARAMS = {**PARAMS, "max_depth": 2, "eta": 0.05}
+TREE_ROUNDS = 60
+
+
+def retarget(source: LatencyModel, lanes: int, registers: int) -> LatencyModel:
+    """``source`` applied to a CPU with ``lanes`` float32 lanes and ``registers`` vector registers."""
+    return LatencyModel(source.booster, lanes, registers, dict(source.work))
+
+
+def transfer(source: LatencyModel, rows: pd.DataFrame, seed: int = 0, path_rows: int = PATH_ROWS,
+             tree_rows: int = TREE_ROWS, tree_rounds: int = TREE_ROUNDS, overhead: bool = True) -> LatencyModel:
+    """A latency model of the device of ``rows`` (table rows of one target, as
+    :meth:`LatencyModel.train` takes them) that starts from ``source``."""
+    if rows.target.nunique() != 1:
+        raise ValueError(f"a latency model learns rows of one target, not {rows.target.nunique()}")
+    lanes, registers = vector_unit(rows.target.iloc[0])
+    prior = retarget(source, lanes, registers)
+    cols = features.from_frame(rows)
+    quantities = rules.quantities(cols, lanes, registers)
+    x = features.matrix(cols, lanes, quantities)
+    latency = rows.latency_ms.to_numpy()
+    weight = 1.0 / (1.0 + (rows.latency_cv.fillna(0.0).to_numpy() / STEADY_CV) ** 2)
+    work = prior.work_ms(cols)
+    residual = np.exp(source.booster.inplace_predict(x, base_margin=np.zeros(len(rows))))
+    paths = quantities["path"]
+    fits = {"any": _scale(work * residual, residual, latency, weight, overhead)}
+    for index in np.unique(paths):
+        mine = paths == index
+        if mine.sum() >= path_rows:
+            fits[rules.PATHS[index]] = _scale(work[mine] * residual[mine], residual[mine], latency[mine], weight[mine],
+                                              overhead)
+    corrected = {}
+    for path in ("any", *rules.PATHS):
+        base = np.asarray(source.work.get(path, source.work["any"]))
+        scale, extra = fits.get(path, fits["any"])
+        coefficients = scale * base
+        coefficients[-1] += extra
+        corrected[path] = [float(c) for c in coefficients]
+    model = LatencyModel(source.booster, lanes, registers, corrected)
+    if len(rows) >= tree_rows and tree_rounds:
+        data = xgb.DMatrix(x, label=np.log(latency), base_margin=np.log(model.work_ms(cols)), weight=weight)
+        model.booster = xgb.train({**TREE_PARAMS, "seed": seed}, data, num_boost_round=tree_rounds,
+                                  xgb_model=source.booster)
+    return model
+
+
+def _scale(work: np.ndarray, residual: np.ndarray, latency: np.ndarray, weight: np.ndarray,
+           overhead: bool) -> tuple[float, float]:
+    """``(α, β)`` ≥ 0 of ``latency ≈ α × work + β × residual``, least weighted squared relative error."""
+    root = np.sqrt(weight) / latency
+    terms = np.column_stack([work, residual] if overhead else [work]) * root[:, None]
+    norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
+    coefficients, _ = nnls(terms / norm, np.sqrt(weight))
+    coefficients = coefficients / norm
+    if coefficients[0] <= 0:
+        coefficients = np.array([float(np.sum(terms[:, 0] * np.sqrt(weight)) / np.sum(terms[:, 0] ** 2)), 0.0])
+    return float(coefficients[0]), float(coefficients[1]) if overhead else 0.0
+
+
+FOLDS = 5
+
+
+def transfer_from(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> LatencyModel:
+    """:func:`transfer` from the source of ``sources`` that predicts ``rows`` best (:func:`best_source`)."""
+    return transfer(sources[best_source(sources, rows, seed)], rows, seed)
+
+
+def best_source(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> int:
+    """The index of the source whose transfer predicts ``rows`` best, each row predicted by a
+    transfer fitted without it (``FOLDS``-fold; the mean absolute log error); the first when
+    there are fewer than two rows."""
+    if len(sources) == 1 or len(rows) < 2:
+        return 0
+    fold = np.random.default_rng(seed).permutation(len(rows)) % min(FOLDS, len(rows))
+    errors = []
+    for source in sources:
+        error = 0.0
+        for k in np.unique(fold):
+            test = fold == k
+            model = transfer(source, rows[~test], seed)
+            error += float(np.abs(np.log(model.predict_frame(rows[test]) / rows.latency_ms[test].to_numpy())).sum())
+        errors.append(error)
+    return int(np.argmin(errors))
+
+
+def fit(table: pd.DataFrame, device: str, sources: list, schedule: str = "default", protocol_id: str | None = None,
+        source: str = "table", evaluate: bool = True, seed: int = 0, models: pd.DataFrame | None = None):
+    """A :class:`~hwloop.predictor.Predictor` of ``device`` from its rows of ``table`` and the
+    saved predictors ``sources`` of devices already measured (:func:`transfer_from`); like
+    :meth:`Predictor.fit` otherwise. ``meta["transfer"]`` names the sources (device, booster and
+    training-table hashes) and the one used; the whole-model calibration comes from ``models``
+    (:func:`hwloop.predictor.calibration.transferred`)."""
+    from .calibration import transferred
+    from .model import Predictor, rows_name
+    from .selection import select
+
+    schedule = rows_name(schedule)
+    for other in sources:
+        if other.device == device:
+            raise PredictorError(f"{device!r}: a device cannot be its own source")
+        if other.schedule != schedule:
+            raise PredictorError(f"predictor of {other.device!r}: field 'schedule': trained on {other.schedule!r} "
+                                 f"rows, not {schedule!r}; a transfer keeps the schedule policy")
+    models_of = [other.model for other in sources]
+    predictor = Predictor.fit(table, device, schedule, protocol_id, source, evaluate, seed,
+                              train=lambda rows, fit_seed: transfer_from(models_of, rows, fit_seed))
+    rows = select(table, source, schedule, predictor.protocol_id, device).rows
+    used = sources[best_source(models_of, rows, seed)]
+    predictor.meta["transfer"] = {
+        "method": "few-shot", "source": used.device,
+        "sources": [{key: other.meta.get(key) for key in ("device", "booster_sha256", "table_sha256", "rows", "target",
+                                                          "protocol_id")} for other in sources]}
+    if models is not None:
+        predictor.meta["calibration"] = transferred(predictor, models, used.meta.get("calibration"))
+    return predictor
