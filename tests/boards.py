@@ -142,12 +142,12 @@ class Board:
 
 
 class Proxy:
-    """``127.0.0.1:port`` → a board, with faults: :meth:`stall` (stop moving bytes), :meth:`resume`,
-    :meth:`cut` (close every connection)."""
+    """``listen`` (``127.0.0.1`` and a free port unless given) → a board's ``address:port``, with faults:
+    :meth:`stall` (stop moving bytes), :meth:`resume`, :meth:`cut` (close every connection)."""
 
-    def __init__(self, address: str, port: int):
+    def __init__(self, address: str, port: int, listen: tuple[str, int] = ("127.0.0.1", 0)):
         self.target = (address, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(listen)
         self.address, self.port = self._listener.getsockname()
         self._moving = threading.Event()
         self._moving.set()
