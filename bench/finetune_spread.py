@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from hwloop.prune import export
-from hwloop.prune.allocator import keep_top
 from hwloop.prune.data import first_batches, load_data
 from hwloop.prune.groups import ChannelGroups
 from hwloop.prune.importance import scores
@@ -47,7 +46,7 @@ def kept_channels(record: dict, groups: ChannelGroups, data) -> dict[str, list[i
     if all("channels" in g for g in record["groups"].values()):
         return {name: g["channels"] for name, g in record["groups"].items()}
     importance = scores(groups, record["criterion"], first_batches(data.train, 4))
-    return keep_top(importance, {name: g["kept"] for name, g in record["groups"].items()})
+    return groups.top(importance, {name: g["kept"] for name, g in record["groups"].items()})
 
 
 def main() -> None:

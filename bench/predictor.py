@@ -1,47 +1,61 @@
-"""The latency predictor on the local device: accuracy, learning curves, whole models, query speed.
+"""The latency predictor study: collect, fit, score on honest held-out splits, write the results.
 
-    .venv/bin/python bench/predictor.py [--samples 600] [--passes 3] [--work bench-out/predictor] [--quick]
+    .venv/bin/pip install -e '.[bench]'    # LightGBM, one of the learners compared
+    flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work /work/data/predictor \\
+        --results docs/results/predictor/results
+    .venv/bin/python bench/predictor_page.py docs/results/predictor    # the page, from the results
 
-1. Measures a layer table under ``default`` on the ``local`` device (the built-in protocol:
-   10 warm-ups, 20 repeats of >= 20 ms, 1 thread pinned to CPU 0, with ``--passes`` sweeps): the
-   dense layers of ResNet-20 and MobileNetV2 (64x64 input) and seeded random prunings of them,
-   ``--samples`` configs in all. The folder ``--work`` keeps the tables, so a re-run measures only
-   what is missing.
-2. Prints held-out accuracy (random configs, unseen channel counts, unseen shapes) per op family
-   beside the noise floor, then learning curves (held-out share within ±10 % against samples,
-   random order and adaptive sampling replayed on the measured rows).
-3. Measures whole models end to end (ResNet-20 at four channel configurations, dense and pruned,
-   and MobileNetV2 at two) and prints each one's measured latency, the predicted sum of its
-   layers and the calibrated prediction fitted without that model.
-4. Times batched queries: 1 M distinct configs, 1 M configs of a pruning search (a 256 x 256
-   in/out grid of one layer, repeated), and a cached ``latency_grid``.
+1. **collect** (``local`` device, the built-in protocol with ``--passes`` sweeps, ``default``
+   rules): for each space a table under ``--work/<space>/tables``; **repeat**: once every space is
+   measured, a second collection of a random subset of each into ``--work/<space>/repeat``
+   (another process, minutes later): how well two collections of the same configs agree is the
+   floor no predictor can beat. Nothing else should run meanwhile (hence the lock). The spaces:
+   ``grid``, 3x3 and 1x1 convs at 14² and 28² on a grid of channel counts (in 8-88, out 8-92),
+   with ``between``, a table of channel counts between the grid's and of an unseen 21² input,
+   measured separately; the layer spaces of ResNet-20, MobileNetV2 and ResNet-18 at Fashion-MNIST's
+   1x28x28 input (the pruning benchmark's), with seeded random channel counts. Tables are kept, so
+   a re-run measures only what is missing.
+2. **score**: for each space, each learner is trained and scored on the same splits: a random
+   quarter of the configs held out, every row with a held-out channel count held out, every row of
+   an input size between two measured ones held out (per op, kernel and stride), and for ``grid``
+   the separately measured ``between`` table; the learning curve (random subsets of the training
+   rows against the held-out random configs); per op family, latency range and channel alignment.
+   Results go to ``--results`` as JSON (one file per space, plus ``machine.json``), which
+   ``bench/predictor_page.py`` turns into the page. **agree** only updates them with how the
+   second collections agree.
 
-``--quick`` (60 samples, ResNet-20 variants only) checks the script in a few minutes.
+``--stages`` and ``--spaces`` run parts (e.g. one space's collection per lock, so that others' runs
+go in between).
+
+``--quick`` measures a few dozen configs per space, to check the script.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
+import os
+import platform
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hwloop import tables
 from hwloop.collect import collect
-from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
-from hwloop.models import ResNet, load_model
-from hwloop.predictor import Predictor
-from hwloop.predictor.evaluation import splits
-from hwloop.predictor.sampling import learning_curve
-from hwloop.predictor.selection import select
+from hwloop.models import load_model
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 from hwloop.space import model_space
 
-BANDS = ("within_5", "within_10", "within_15")
+POLICY = parse_policy("default").name
+
+INPUT = (1, 1, 28, 28)
+REPEAT = 40  # configs of each space collected a second time
 REGISTRY = """\
 devices:
   local:
@@ -51,130 +65,300 @@ devices:
 """
 
 
-def resnet20(widths: tuple[int, int, int]) -> ModelCase:
-    model = ResNet(widths, (3, 3, 3), num_classes=10, in_channels=3, imagenet_stem=False).eval()
-    return ModelCase(f"resnet20-{'-'.join(map(str, widths))}", model, (1, 3, 32, 32))
+@dataclass(frozen=True)
+class Space:
+    name: str
+    configs: list[LayerConfig]
+    test: list[LayerConfig]  # measured in a table of its own (empty: the splits of the space's table only)
 
 
-def model_cases(quick: bool) -> list[ModelCase]:
-    cases = [resnet20(w) for w in ((16, 32, 64), (13, 27, 45), (12, 24, 48), (16, 29, 58))]
-    if not quick:
-        mobilenet, shape = load_model("mobilenetv2", (1, 3, 64, 64))
-        cases.append(ModelCase("mobilenetv2-64", mobilenet.eval(), shape))
-    return cases
-
-
-def layer_space(samples: int, quick: bool) -> list[LayerConfig]:
-    resnet, shape = load_model("resnet20")
-    if quick:
-        return model_space(resnet, shape, samples, seed=0)
-    mobilenet, mshape = load_model("mobilenetv2", (1, 3, 64, 64))
-    return model_space(resnet, shape, samples // 2, seed=0) + model_space(mobilenet, mshape, samples - samples // 2, seed=0)
-
-
-def row(name: str, s: dict) -> str:
-    rho = f"{s['spearman']:.3f}" if s.get("spearman") is not None else "-"
-    rmse = f"{s['rmse_ms']:.4f}" if "rmse_ms" in s else "-"
-    return (f"{name:<28}{s.get('rows', ''):>6}" + "".join(f"{100 * s[b]:>8.1f}" for b in BANDS)
-            + f"{rmse:>10}{100 * s['mape']:>8.1f}{rho:>9}")
-
-
-def print_accuracy(metrics: dict) -> None:
-    print(f"{'held out':<28}{'rows':>6}{'±5 %':>8}{'±10 %':>8}{'±15 %':>8}{'RMSE ms':>10}{'MAPE':>8}{'Spearman':>9}")
-    for split, report in metrics.items():
-        print(row(split, report))
-        for op, s in report["ops"].items():
-            print(row(f"  {op}", s))
-        print(row("  noise: repeats", report["noise"]))
-        if report["noise"].get("passes"):
-            print(row("  noise: passes", report["noise"]["passes"]))
-
-
-def print_learning_curves(rows, lanes: int) -> None:
-    test = splits(rows)["config"]
-    pool = int((~test).sum())
-    sizes = sorted({int(s) for s in np.geomspace(min(20, pool), pool, 7)})
-    print(f"\nlearning curve: held-out ({int(test.sum())} rows) share within ±10 % / MAPE")
-    print(f"{'samples':>8}{'random':>16}{'adaptive':>16}")
-    random_curve = learning_curve(rows, test, sizes, lanes, adaptive=False)
-    adaptive_curve = learning_curve(rows, test, sizes, lanes, adaptive=True)
-    for r, a in zip(random_curve, adaptive_curve):
-        print(f"{r['samples']:>8}{100 * r['within_10']:>9.1f} / {100 * r['mape']:<4.0f}"
-              f"{100 * a['within_10']:>9.1f} / {100 * a['mape']:<4.0f}")
-
-
-def print_models(calibration: dict | None) -> None:
-    if not calibration:
-        print("\nno whole-model rows")
-        return
-    print(f"\nwhole models: scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} ms "
-          "(each predicted by a calibration fitted without it)")
-    print(f"{'model':<24}{'measured ms':>12}{'layers ms':>12}{'predicted ms':>14}{'error':>9}")
-    for case in calibration["cases"]:
-        print(f"{case['model']:<24}{case['measured_ms']:>12.3f}{case['layers_ms']:>12.3f}"
-              f"{case['predicted_ms']:>14.3f}{100 * case['error']:>+8.1f}%")
-    print(f"mean absolute error {100 * calibration['held_out_mape']:.1f} %" + _paced(calibration))
-
-
-def _paced(calibration: dict) -> str:
-    paced = calibration["held_out_paced_mape"]
-    return f"; with the pace of the models timed beside each: {100 * paced:.1f} %" if paced is not None else ""
-
-
-def print_throughput(predictor: Predictor) -> None:
+def grid(quick: bool) -> Space:
+    """The issue's grid: 3x3 and 1x1 convs, in 8-88, out 8-92, at 14² and 28²; ``between``: counts
+    off the grid at those sizes and at 21²."""
+    ins = (8, 40, 88) if quick else (8, 24, 40, 56, 72, 88)
+    outs = (8, 44, 92) if quick else (8, 20, 32, 44, 56, 68, 80, 92)
+    configs = [_conv(cin, cout, size, kernel) for kernel in (3, 1) for size in (14, 28) for cin in ins for cout in outs]
     rng = np.random.default_rng(0)
-    n = 1_000_000
-    base = LayerConfig("conv2d", 64, 64, 56, 56, kernel=3, padding=1)
-    cols = {c: np.full(n, v) for c, v in base.to_dict().items()}
-    cols.update(in_channels=rng.integers(1, 257, n), out_channels=rng.integers(1, 257, n),
-                input_h=rng.integers(7, 113, n))
-    cols["input_w"] = cols["input_h"]
-    print("\nbatched queries (best of 3)")
-    for label, batch in (("1 M distinct configs", cols),
-                         ("1 M configs of a pruning search", {**cols, "input_h": np.full(n, 56), "input_w": np.full(n, 56)})):
-        best = min(_seconds(lambda: predictor.predict_columns(batch)) for _ in range(3))
-        print(f"{label:<34}{best:>8.3f} s  {n / best / 1e6:>6.2f} M configs/s")
-    counts = np.arange(1, 257)
-    fresh = _seconds(lambda: predictor.latency_grid(base, counts, counts))
-    cached = _seconds(lambda: predictor.latency_grid(base, counts, counts))
-    print(f"{'latency_grid 256 x 256, first':<34}{fresh:>8.3f} s\n{'latency_grid 256 x 256, cached':<34}{cached * 1e6:>8.1f} µs")
+    test = []
+    for kernel in (3, 1):
+        for size in (14, 21, 28):
+            for _ in range(4 if quick else 16):
+                cin = int(rng.choice([c for c in range(9, 88) if c not in ins]))
+                cout = int(rng.choice([c for c in range(9, 92) if c not in outs]))
+                test.append(_conv(cin, cout, size, kernel))
+    return Space("grid", configs, list(dict.fromkeys(test)))
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _conv(cin: int, cout: int, size: int, kernel: int) -> LayerConfig:
+    return LayerConfig("conv2d", cin, cout, size, size, kernel=kernel, padding=kernel // 2)
+
+
+def model(name: str, samples: int) -> Space:
+    module, shape = load_model(name, INPUT, 10)
+    return Space(name, model_space(module, shape, samples, seed=0), [])
+
+
+def spaces(quick: bool) -> list[Space]:
+    if quick:
+        return [grid(True), model("resnet20", 40)]
+    return [grid(False), model("resnet20", 400), model("mobilenetv2", 450), model("resnet18", 300)]
+
+
+def collect_space(work: Path, space: Space, passes: int, again: bool) -> None:
+    """Measure ``space``'s table (and its test table), or with ``again`` its second collection."""
+    registry = work / "registry"
+    registry.mkdir(parents=True, exist_ok=True)
+    (registry / "devices.yaml").write_text(REGISTRY.format(passes=passes))
+    device = load_registry(registry).get("local")
+    if again:
+        rng = np.random.default_rng(1)
+        picks = rng.choice(len(space.configs), min(REPEAT, len(space.configs)), replace=False)
+        parts = [(" (repeat)", [space.configs[i] for i in sorted(picks)], "repeat")]
+    else:
+        parts = [("", space.configs, "tables"), (" (test)", space.test, "test")]
+    for label, configs, folder in parts:
+        if configs:
+            start = time.perf_counter()
+            summary = collect(device, configs, parse_policy("default"), work / space.name / folder, work / "cache")
+            print(f"{space.name}{label}: {summary.measured} measured, {summary.skipped} already, "
+                  f"{summary.failed} failed ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+LATENCY_BANDS = (0.01, 0.1, 1.0)  # ms: the edges of the latency ranges scored apart
+CURVE = (25, 50, 100, 200, 300, 400, 500)
+
+
+def rows_of(tables_dir: Path) -> pd.DataFrame:
+    """A table's rows as the predictor learns them: one per config, its fastest pass, paced."""
+    from hwloop.predictor.selection import select
+
+    return select(tables.read(tables_dir, "local"), str(tables_dir), POLICY).rows
+
+
+def steady(rows: pd.DataFrame, within: float = 0.05) -> np.ndarray:
+    """Configs whose passes agree within ``within`` (the slowest over the fastest)."""
+    return np.array([len(p) > 1 and max(p) / min(p) - 1 <= within for p in rows.pass_latencies_ms])
+
+
+def agreement(rows: pd.DataFrame, again: pd.DataFrame) -> dict:
+    """How a second collection of some configs agrees with the first (each config's fastest pass)."""
+    both = rows.set_index("config_id").latency_ms.to_frame("first").join(
+        again.set_index("config_id").latency_ms.to_frame("second"), how="inner")
+    error = np.abs(both.second / both.first - 1)
+    return {"configs": int(len(both)), **{f"within_{b}": float(np.mean(error <= b / 100)) for b in (5, 10)},
+            "mape": float(error.mean())}
+
+
+def learners() -> dict:
+    """Each learner as ``fit(train_rows) -> predict(rows)``."""
+    from hwloop.predictor.latency import LatencyModel
+
+    return {"hwloop": lambda train: LatencyModel.train(train).predict_frame, "work model": _work_only,
+            "xgboost, FLOPs margin": _flops_margin, "random forest (nn-Meter)": _random_forest,
+            "lightgbm": _lightgbm}
+
+
+def _work_only(train: pd.DataFrame):
+    """The work model alone (no booster)."""
+    from hwloop.predictor import features
+    from hwloop.predictor.latency import LatencyModel
+
+    model = LatencyModel.train(train)
+    return lambda rows: model.work_ms(features.from_frame(rows))
+
+
+def _matrix(rows: pd.DataFrame, lanes: int, registers: int) -> tuple[np.ndarray, dict]:
+    from hwloop.predictor import features, rules
+
+    cols = features.from_frame(rows)
+    work = rules.quantities(cols, lanes, registers)
+    return features.matrix(cols, lanes, work), work
+
+
+def _flops_margin(train: pd.DataFrame):
+    """hwloop's features and booster, from the log FLOPs the loops execute instead of the work model."""
+    import xgboost as xgb
+
+    from hwloop.predictor.latency import PARAMS, ROUNDS, vector_unit
+
+    unit = vector_unit(train.target.iloc[0])
+    x, work = _matrix(train, *unit)
+    booster = xgb.train(PARAMS, xgb.DMatrix(x, label=np.log(train.latency_ms.to_numpy()),
+                                            base_margin=np.log(work["vector_fmas"])), ROUNDS)
+
+    def predict(rows):
+        x, work = _matrix(rows, *unit)
+        return np.exp(booster.inplace_predict(x, base_margin=np.log(work["vector_fmas"])))
+    return predict
+
+
+def _nn_meter_features(rows: pd.DataFrame) -> np.ndarray:
+    """nn-Meter's kernel features: input size, channels, kernel, stride, FLOPs, parameters (and the op)."""
+    params = rows.out_channels * rows.in_channels // rows.groups * rows.kernel ** 2
+    return np.column_stack([rows.input_h, rows.in_channels, rows.out_channels, rows.kernel, rows.stride,
+                            2e-6 * rows.macs, 1e-6 * params, rows.op == "depthwise_conv2d",
+                            rows.op == "linear"]).astype(np.float32)
+
+
+def _random_forest(train: pd.DataFrame):
+    """nn-Meter's learner: a random forest (300 trees on bootstrap-sized samples, 60 % of the features
+    per split; XGBoost's random-forest mode) on its kernel features, fitted to latency."""
+    import xgboost as xgb
+
+    params = {"num_parallel_tree": 300, "subsample": 0.632, "colsample_bynode": 0.6, "eta": 1.0, "max_depth": 12,
+              "min_child_weight": 1.0, "lambda": 0.0, "tree_method": "hist", "seed": 0}
+    forest = xgb.train(params, xgb.DMatrix(_nn_meter_features(train), label=train.latency_ms.to_numpy()), 1)
+    return lambda rows: forest.inplace_predict(_nn_meter_features(rows).astype(np.float32))
+
+
+def _lightgbm(train: pd.DataFrame):
+    """hwloop's features and work model, with LightGBM in place of XGBoost."""
+    import lightgbm
+
+    from hwloop.predictor import features
+    from hwloop.predictor.latency import ROUNDS, LatencyModel
+
+    model = LatencyModel.train(train)
+    x, _ = _matrix(train, model.lanes, model.registers)
+    margin = np.log(model.work_ms(features.from_frame(train)))
+    booster = lightgbm.train({"objective": "regression", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 3,
+                              "verbose": -1, "seed": 0},
+                             lightgbm.Dataset(x, np.log(train.latency_ms.to_numpy()), init_score=margin), ROUNDS)
+
+    def predict(rows):
+        x, _ = _matrix(rows, model.lanes, model.registers)
+        return np.exp(booster.predict(x)) * model.work_ms(features.from_frame(rows))
+    return predict
+
+
+def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int) -> dict:
+    """Scores overall, on steady configs, per op family, latency range and output-channel alignment."""
+    from hwloop.predictor.evaluation import scores
+
+    measured = rows.latency_ms.to_numpy()
+    groups = {"all": np.ones(len(rows), dtype=bool), "steady": steady(rows)}
+    groups.update({f"op {op}": (rows.op == op).to_numpy() for op in sorted(rows.op.unique())})
+    edges = (0.0, *LATENCY_BANDS, np.inf)
+    for low, high in zip(edges, edges[1:]):
+        groups[f"{low:g}-{high:g} ms"] = (measured >= low) & (measured < high)
+    aligned = (rows.out_channels % lanes == 0).to_numpy()
+    groups.update({f"out channels multiple of {lanes}": aligned, f"out channels not multiple of {lanes}": ~aligned})
+    return {name: scores(measured[mask], predicted[mask]) for name, mask in groups.items() if mask.any()}
+
+
+def fit_and_evaluate(folder: Path) -> dict:
+    """What ``hwloop fit`` keeps (its held-out scores) and, where the space has a table measured
+    apart, what ``hwloop evaluate --table`` says of it."""
+    from hwloop.predictor import Predictor
+    from hwloop.predictor.evaluation import evaluate
+
+    predictor = Predictor.fit(tables.read(folder / "tables", "local"), "local")
+    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows")
+    result = {"metrics": {split: {k: s[k] for k in strip} for split, s in predictor.meta["metrics"].items()}}
+    if (folder / "test").exists():
+        scored = evaluate(predictor, tables.read(folder / "test", "local"), str(folder / "test"))
+        result["evaluate"] = {k: scored[k] for k in strip}
+    return result
+
+
+def score_space(folder: Path, name: str) -> dict:
+    """Every learner on every split of a space's table (see the module's docstring)."""
+    from hwloop.predictor.evaluation import splits
+    from hwloop.predictor.latency import vector_unit
+    from hwloop.predictor.sampling import learning_curve
+
+    rows = rows_of(folder / "tables")
+    lanes = vector_unit(rows.target.iloc[0])[0]
+    tests = {k: v for k, v in splits(rows).items() if k != "unseen_shapes"}
+    repeated = int(sum(len(p) > 1 for p in rows.pass_latencies_ms))
+    result = {"space": name, "configs": int(len(rows)), "ops": rows.op.value_counts().to_dict(),
+              "passes_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
+              "splits": {}, "curve": []}
+    if (folder / "repeat").exists():
+        result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
+    result["fit"] = fit_and_evaluate(folder)
+    fits = learners()
+    for split, test in tests.items():
+        train, held = rows[~test], rows[test].reset_index(drop=True)
+        result["splits"][split] = {"train": int(len(train)), "train_per_op": train.op.value_counts().to_dict(),
+                                   "learners": {label: breakdown(held, fit(train)(held), lanes)
+                                                for label, fit in fits.items()}}
+    if (folder / "test").exists():
+        held = rows_of(folder / "test")
+        result["splits"]["between"] = {
+            "train": int(len(rows)), "train_per_op": rows.op.value_counts().to_dict(),
+            "learners": {label: {f"{size}x{size}": breakdown(held[held.input_h == size].reset_index(drop=True),
+                                                             predict(held[held.input_h == size]), lanes)
+                                 for size in sorted(held.input_h.unique())}
+                         for label, fit in fits.items() for predict in [fit(rows)]}}
+    test = tests["config"]
+    pool, held = rows[~test], rows[test].reset_index(drop=True)
+    sizes = [s for s in CURVE if s < len(pool)] + [len(pool)]
+    for size in sizes:
+        for seed in range(3):
+            chosen = pool.sample(size, random_state=seed)
+            for label in ("hwloop", "random forest (nn-Meter)"):
+                scored = breakdown(held, fits[label](chosen)(held), lanes)
+                result["curve"].append({"samples": size, "seed": seed, "learner": label,
+                                        "within_10": scored["all"]["within_10"],
+                                        "steady_within_10": scored.get("steady", {}).get("within_10")})
+    for point in learning_curve(rows, test, sizes, adaptive=True):
+        result["curve"].append({"samples": point["samples"], "seed": 0, "learner": "hwloop, adaptive",
+                                "within_10": point["within_10"], "steady_within_10": None})
+    return result
+
+
+def machine() -> dict:
+    from hwloop.predictor.latency import vector_unit
+    from hwloop.targets import resolve
+
+    target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "llvm_cpu": _llvm_cpu(), "lanes": vector_unit(json.dumps(target))[0], "cores": os.cpu_count(),
+            "commit": commit, "date": time.strftime("%Y-%m-%d")}
+
+
+def _llvm_cpu() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=600, help="layer configs to measure")
-    parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and cache (kept)")
-    parser.add_argument("--passes", type=int, default=3, help="sweeps measuring each config (the fastest counts)")
-    parser.add_argument("--quick", action="store_true", help="60 samples, ResNet-20 variants only")
+    parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and build cache (kept)")
+    parser.add_argument("--results", type=Path, default=Path("docs/results/predictor/results"))
+    parser.add_argument("--stages", default="collect,repeat,score",
+                        help="comma-separated: collect (the tables), repeat (the second collections), score, "
+                             "agree (only update the scored results with how the second collections agree)")
+    parser.add_argument("--spaces", help="comma-separated space names (default: all)")
+    parser.add_argument("--passes", type=int, default=2, help="sweeps measuring each config (the fastest counts)")
+    parser.add_argument("--quick", action="store_true", help="a few dozen configs per space")
     args = parser.parse_args()
-    samples = 60 if args.quick else args.samples
-
-    registry = Path(tempfile.mkdtemp())
-    (registry / "devices.yaml").write_text(REGISTRY.format(passes=args.passes))
-    device = load_registry(registry).get("local")
-    policy = parse_policy("default")
-    tables_dir, cache = args.work / "tables", args.work / "cache"
-    start = time.perf_counter()
-    summary = collect(device, layer_space(samples, args.quick), policy, tables_dir, cache)
-    print(f"layers: {summary.measured} measured now, {summary.skipped} already, {summary.failed} failed "
-          f"({time.perf_counter() - start:.0f} s)")
-    start = time.perf_counter()
-    measure_models(device, model_cases(args.quick), policy, tables_dir, cache)
-    print(f"whole models measured in {time.perf_counter() - start:.0f} s\n")
-
-    table, models = tables.read(tables_dir, "local"), tables.read_models(tables_dir, "local")
-    predictor = Predictor.fit(table, "local", models=models)
-    print(f"{device.name} · default · {predictor.meta['rows']} rows · {predictor.lanes} float32 lanes\n")
-    print_accuracy(predictor.meta["metrics"])
-    print_learning_curves(select(table, "bench", "default", predictor.protocol_id, "local").rows, predictor.lanes)
-    print_models(predictor.meta["calibration"])
-    print_throughput(predictor)
+    chosen = [s for s in spaces(args.quick) if not args.spaces or s.name in args.spaces.split(",")]
+    stages = set(args.stages.split(","))
+    for stage in ("collect", "repeat"):
+        if stage in stages:
+            for space in chosen:
+                collect_space(args.work, space, args.passes, again=stage == "repeat")
+    if "score" in stages:
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / "machine.json").write_text(json.dumps(machine(), indent=1) + "\n")
+        for space in chosen:
+            result = score_space(args.work / space.name, space.name)
+            (args.results / f"{space.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{space.name}: scored → {args.results / space.name}.json", flush=True)
+    if "agree" in stages:
+        for space in chosen:
+            path, folder = args.results / f"{space.name}.json", args.work / space.name
+            result = json.loads(path.read_text())
+            result["collections_agree"] = agreement(rows_of(folder / "tables"), rows_of(folder / "repeat"))
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{space.name}: collections agree {result['collections_agree']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import torch
 from hwloop import tables
 from hwloop.predictor import Predictor
 from hwloop.prune import MIN_RATIO, pipeline, proposals
-from hwloop.prune.allocator import keep_top
 from hwloop.prune.cost import PredictedLatency
 from hwloop.prune.data import first_batches, load_data
 from hwloop.prune.groups import ChannelGroups, pruned_copy
@@ -67,7 +66,7 @@ def main() -> None:
     for index, proposal in enumerate(ranked):
         accuracy = []
         for seed in seeds:
-            model = pruned_copy(dense, data.input_shape, keep_top(importance, proposal.plan))
+            model = pruned_copy(dense, data.input_shape, importance, proposal.plan)
             torch.manual_seed(seed)
             train(model, load_data("fashion-mnist", 128, args.train_samples, seed=seed).train, args.epochs,
                   lr=args.lr, teacher=dense)

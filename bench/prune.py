@@ -1,11 +1,11 @@
 """Pruning methods compared on the local device: a ResNet on Fashion-MNIST (or CIFAR-10), each method at a few
-latency budgets; accuracy, predicted and measured latency, measured speed-up, and a plot.
+latency budgets; accuracy, predicted and measured latency, measured speed-up.
 
-    .venv/bin/python bench/prune.py [--model resnet20|bench/models.py:resnet20_x075] [--dataset fashion-mnist|cifar10:PATH]
+    .venv/bin/python -m bench.prune [--model resnet20|bench/models.py:resnet20_x075] [--dataset fashion-mnist|cifar10:PATH]
         [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
         [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3]
-        [--revalidate 0] [--work bench-prune] [--plot docs/prune.png]
+        [--revalidate 0] [--work bench-prune] [--results docs/results/prune/results]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
 schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
@@ -24,10 +24,11 @@ fine-tunes) ``-pN``. The methods of
 model's passes are spread over minutes; the speed-ups then compare each model's fastest latency
 with the dense model's fastest over all of them (``--methods '' --revalidate 3``: only that).
 
-Work files (tables, predictor, pruned models, results.json) stay under --work, so a re-run reuses
-the measured tables, the dense baseline and every pruned model already written, and only measures
-again; results of methods and budgets not in this run are kept, so the table and the plot
-(accuracy against measured speed-up) show every output measured so far.
+Work files (tables, predictor, pruned models) stay under --work, so a re-run reuses the measured
+tables, the dense baseline and every pruned model already written, and only measures again. The
+results go to ``--results/MODEL@DATASET.json`` with the machine, the commit and the command;
+results of methods and budgets not in this run are kept, so the file holds every output measured
+so far. ``docs/results/prune/make.py`` turns the folder into the page's tables and plots.
 """
 
 from __future__ import annotations
@@ -36,28 +37,20 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from hwloop import tables  # noqa: E402
-from hwloop.collect import collect  # noqa: E402
-from hwloop.endtoend import ModelCase, measure_models, thinned_cases  # noqa: E402
-from hwloop.predictor import Predictor  # noqa: E402
-from hwloop.prune import pipeline  # noqa: E402
-from hwloop.prune.board import Board  # noqa: E402
-from hwloop.prune.data import DATASET_HELP, load_data  # noqa: E402
-from hwloop.prune import MIN_RATIO  # noqa: E402
-from hwloop.prune.groups import PruneError  # noqa: E402
-from hwloop.prune.validate import judged, validate  # noqa: E402
-from hwloop.registry import load_registry  # noqa: E402
-from hwloop.schedules import parse_policy  # noqa: E402
-from hwloop.space import model_space  # noqa: E402
-
-from schedules import REGISTRY  # noqa: E402
-
-DATASETS = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+from bench.machine import local_registry, provenance
+from hwloop import tables
+from hwloop.collect import collect
+from hwloop.endtoend import ModelCase, measure_models
+from hwloop.prune.groups import thinned_cases
+from hwloop.predictor import Predictor
+from hwloop.prune import MIN_RATIO, pipeline
+from hwloop.prune.board import Board
+from hwloop.prune.data import DATASET_HELP, load_data
+from hwloop.prune.groups import PruneError
+from hwloop.prune.validate import judged, validate
+from hwloop.registry import load_registry
+from hwloop.schedules import parse_policy
+from hwloop.space import model_space
 
 
 def main() -> None:
@@ -83,13 +76,12 @@ def main() -> None:
                         help="validate every output under --work again this many times, in turns, after the runs; "
                              "each model's fastest latency counts, against the dense model's fastest of them all")
     parser.add_argument("--work", type=Path, default=Path("bench-prune"))
-    parser.add_argument("--plot", type=Path, default=Path("docs/prune.png"))
+    parser.add_argument("--results", type=Path, default=Path("docs/results/prune/results"))
     args = parser.parse_args()
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    (work / "devices.yaml").write_text(REGISTRY.replace("cpus: [0]}", f"cpus: [0], passes: {args.passes}}}"))
-    device = load_registry(work).get("local")
+    device = load_registry(local_registry(work, args.passes)).get("local")
     policy = parse_policy("default")
     tables_dir, cache = work / "tables", work / "cache"
     data = load_data(args.dataset, 128, args.train_samples, args.test_samples)
@@ -103,8 +95,7 @@ def main() -> None:
                               models=tables.read_models(tables_dir, "local"))
     calibration = predictor.meta["calibration"] or {}
     print(f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration scale {calibration.get('scale', 1):.3f}, "
-          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}"
-          + (f", paced {calibration['held_out_paced_mape']:.1%}" if calibration.get("held_out_paced_mape") is not None else ""))
+          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}")
 
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     name = args.model.rpartition(":")[2] or args.model
@@ -136,7 +127,7 @@ def main() -> None:
             validations[out] = [validate(device, out, tables_dir, cache)]
             print(_line({**validations[out][0], **about[out]}), flush=True)
     if args.revalidate:
-        for r in _read(work / "results.json"):
+        for r in _read(args.results / f"{name}@{args.dataset.partition(':')[0]}.json"):
             out = Path(r["model"])
             if out not in validations and (out / "plan.json").is_file():
                 about[out], validations[out] = {k: r[k] for k in ("method", "macs", "dense_macs", "board")}, []
@@ -146,10 +137,11 @@ def main() -> None:
             reports.append(validate(device, out, tables_dir, cache))
     dense_ms = min((r["dense_ms"] for reports in validations.values() for r in reports if r["speedup"]),
                    default=None) if args.revalidate else None
-    results = _merged(work / "results.json", [{**_fastest_of_run(reports, dense_ms), **about[out]}
-                                               for out, reports in validations.items()])
+    path = args.results / f"{name}@{args.dataset.partition(':')[0]}.json"
+    results = _merged(path, [{**_fastest_of_run(reports, dense_ms), **about[out]} for out, reports in validations.items()],
+                      {"model": args.model, "dataset": args.dataset, **provenance()})
     _print_table(results)
-    _plot(results, args.plot, f"{name} on {DATASETS.get(args.dataset.partition(':')[0], args.dataset)}")
+    print(f"results → {path}")
 
 
 def _calibration_models(spec: str, data) -> list[ModelCase]:
@@ -192,18 +184,20 @@ def _timed(board: dict | None) -> str:
             f"{r['goal_ms'] / r['dense_ms']:.2f}" + ("" if board["met"] else " (missed)"))
 
 
-def _merged(path: Path, results: list[dict]) -> list[dict]:
+def _merged(path: Path, results: list[dict], about: dict) -> list[dict]:
     """``results`` with the earlier runs' results of other outputs (so a run of a few methods or
-    budgets completes the table), written back to ``path``, ordered by method and budget."""
+    budgets completes the table), written back to ``path`` with ``about`` (the run's model, dataset,
+    machine, commit and command), ordered by method and budget."""
     earlier = _read(path)
     ran = {r["model"] for r in results}
     merged = sorted([r for r in earlier if r["model"] not in ran] + results, key=lambda r: (r["method"], r["budget"]))
-    path.write_text(json.dumps(merged, indent=1) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**about, "results": merged}, indent=1) + "\n")
     return merged
 
 
 def _read(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.is_file() else []
+    return json.loads(path.read_text())["results"] if path.is_file() else []
 
 
 def _print_table(results: list[dict]) -> None:
@@ -217,29 +211,6 @@ def _print_table(results: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(_line(r))
-
-
-def _plot(results: list[dict], path: Path, title: str) -> None:
-    """Accuracy against measured speed-up: each pruned model against the dense model timed beside
-    it, a ratio that a slow spell of the machine moves less than either latency."""
-    if not results:
-        return
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.scatter([1.0], [results[0]["dense_accuracy"] * 100], marker="*", s=160, color="black", label="dense")
-    for method in dict.fromkeys(r["method"] for r in results):
-        rows = sorted((r for r in results if r["method"] == method and r["speedup"]), key=lambda r: r["speedup"])
-        ax.plot([r["speedup"] for r in rows], [r["accuracy"] * 100 for r in rows], marker="o", label=method)
-    if max((r["speedup"] or 1) for r in results) > 10:
-        ax.set_xscale("log")
-    ax.set_xlabel("measured speed-up on the device (dense / pruned latency)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{title}: accuracy vs measured speed-up")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot → {path}")
 
 
 if __name__ == "__main__":

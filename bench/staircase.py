@@ -1,6 +1,6 @@
 """Latency vs output channels (1…128) of one conv under the ``default`` policy, with torch eager.
 
-    .venv/bin/python bench/staircase.py [--in-channels 64] [--size 28] [--max-out 128] [--plot docs/staircase.png]
+    .venv/bin/python -m bench.staircase [--in-channels 64] [--size 28] [--max-out 128] [--plot staircase.png]
 
 A channel pruner leaves counts that are not multiples of the vector width; compiled code runs
 whole vectors, so latency climbs in steps. The conv is measured through ``hwloop.collect`` on the
@@ -28,7 +28,7 @@ from hwloop.schedules import parse_policy  # noqa: E402
 from hwloop.schedules.default import vector_lanes  # noqa: E402
 from hwloop.targets import resolve  # noqa: E402
 
-from schedules import REGISTRY, torch_layer_ms  # noqa: E402
+from bench.schedules import REGISTRY, torch_layer_ms  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--in-channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=28, help="input height and width")
     parser.add_argument("--max-out", type=int, default=128)
-    parser.add_argument("--plot", type=Path, default=Path("docs/staircase.png"))
+    parser.add_argument("--plot", type=Path, default=Path("staircase.png"))
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp())

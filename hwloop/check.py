@@ -26,6 +26,6 @@ def smoke_check(device: Device, cache_dir: Path) -> dict:
         report["fingerprint"] = transport.fingerprint()
         measurement = Runner(transport, device.protocol, target).measure(SMOKE, built.artifact)
     report.update(ok=measurement.status == "ok", stage=measurement.stage, error=measurement.error,
-                  check_error=measurement.check_error, latency_ms=measurement.median_ms,
+                  check_error=measurement.check_error, latency_ms=measurement.latency_ms,
                   latency_cv=measurement.cv)
     return report

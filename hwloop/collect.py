@@ -1,11 +1,10 @@
 """Collection: build a space of layer configurations for a device, time them, keep every row.
 
-Builds run ahead in a process pool while the device times the previous artifact; each result is
-appended to the device's table as soon as it exists. A protocol with ``passes: N`` sweeps the
-configs N times, one sweep after the other. A re-run skips what already has its successful rows
-for the same schedule policy, target and protocol. A collection that adds to a table after a pause
-starts each pass with a few of the table's configs again (anchors, :mod:`hwloop.pace`), so the
-predictor can bring its rows to the table's pace.
+Builds run ahead in a process pool while the device times the previous batch (in a measuring
+session, :mod:`hwloop.session`); each result is written to the device's table as soon as it exists.
+A protocol with ``passes: N`` sweeps the configs N times, one sweep after the other. A re-run skips
+what already has its successful, quiet rows for the same schedule policy, target and protocol; what
+the device was too busy to time quietly is taken again at the end of a collection.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
-import pandas as pd
-
-from . import pace, tables
+from . import tables
 from .builder import BuildJob, BuildPool, BuildQueue
 from .layers import LayerConfig
 from .registry import Device
@@ -33,7 +30,6 @@ class Summary:
     schedule: str
     planned: int
     skipped: int
-    anchors: int = 0  # measurements of configs already in the table, to pace a new spell
     retaken: int = 0  # measurements taken again at the end because the device was busy the first time
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
@@ -48,41 +44,21 @@ class Summary:
         return len(self.rows) - self.measured
 
 
-PLANNING = ["config_id", "op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding",
-            "groups", "batch", "dtype", "latency_ms", "measured_at", "fp_id", "quiet"]
-
-
-def pending(configs: list[LayerConfig], context: Context, tables_dir: Path,
-            force: bool) -> tuple[list[LayerConfig], int]:
+def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, force: bool) -> list[LayerConfig]:
     """The measurements still to take, pass by pass: a config appears once for each of the
-    protocol's passes it has no successful, quiet row for in this context (every pass with ``force``).
-    When the table's last row in this context is older than a spell, each pass starts with the
-    table's anchors; returns the list and how many of it are anchors."""
+    protocol's passes it has no successful, quiet row for in this context (every pass with ``force``)."""
     unique = list(dict.fromkeys(configs))
-    done = tables.read(tables_dir, context.device.name, columns=PLANNING, where={"status": "ok", **context.same()})
-    done = done[done.quiet.ne(False)]
-    counts = {} if force else done.config_id.value_counts().to_dict()
-    passes = [[c for c in unique if counts.get(c.id, 0) <= sweep] for sweep in range(context.device.protocol.passes)]
-    links = []
-    if any(passes) and not done.empty:
-        idle = (pd.Timestamp.now(tz="UTC") - done.measured_at.max()).total_seconds()
-        links = pace.anchors(done) if idle > pace.SPELL_GAP_S else []
-    todo, anchored = [], 0
-    for sweep in passes:
-        if sweep:
-            head = [a for a in links if a not in sweep]
-            todo += head + sweep
-            anchored += len(head)
-    return todo, anchored
+    done = tables.read(tables_dir, context.device.name, columns=["config_id", "quiet"],
+                       where={"status": "ok", **context.same()})
+    counts = {} if force else done[done.quiet.ne(False)].config_id.value_counts().to_dict()
+    return [c for sweep in range(context.device.protocol.passes) for c in unique if counts.get(c.id, 0) <= sweep]
 
 
-def planned_summary(device: Device, policy: Policy, configs: list[LayerConfig], todo: list[LayerConfig],
-                    anchored: int) -> Summary:
+def planned_summary(device: Device, policy: Policy, configs: list[LayerConfig], todo: list[LayerConfig]) -> Summary:
     """The summary of a collection before it runs: it plans each distinct config of ``configs`` once
-    per pass, skips what :func:`pending` left out and re-times ``anchored`` anchors besides."""
+    per pass and skips what :func:`pending` left out."""
     total = len(set(configs)) * device.protocol.passes
-    return Summary(device.name, policy.name, planned=total, skipped=max(total - len(todo) + anchored, 0),
-                   anchors=anchored)
+    return Summary(device.name, policy.name, planned=total, skipped=total - len(todo))
 
 
 def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_dir: Path, cache_dir: Path,
@@ -97,8 +73,8 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
     with contextlib.ExitStack() as stack:
         if session is None:
             session = stack.enter_context(Session(device, policy, tables_dir, on_wait=on_wait))
-        todo, anchored = pending(configs, session.context, tables_dir, force)
-        summary = planned_summary(device, policy, configs, todo, anchored)
+        todo = pending(configs, session.context, tables_dir, force)
+        summary = planned_summary(device, policy, configs, todo)
         if on_start:
             on_start(len(todo))
         if todo:

@@ -44,15 +44,6 @@ class ModelCase:
     input_shape: tuple[int, ...]
 
 
-def thinned_cases(case: ModelCase, shares) -> list[ModelCase]:
-    """Copies of ``case`` with every channel group cut to each of ``shares`` (named
-    ``NAME@thinned:SHARE``), for the whole-model calibration."""
-    from .prune.groups import thinned
-
-    return [ModelCase(f"{case.name}@thinned:{share:g}", thinned(case.model, case.input_shape, share), case.input_shape)
-            for share in shares]
-
-
 def model_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     """The model's conv/linear layers in call order, as ``LayerConfig`` dicts."""
     return [layer.config.to_dict() for layer in trace_layers(model.eval(), input_shape)]

@@ -153,8 +153,8 @@ def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Pol
     with contextlib.ExitStack() as held:
         for d in devices:
             held.enter_context(tables.Writer(tables_dir, d.name, on_wait=on_wait))
-            todo[d.name], anchored = pending(configs, contexts[d.name], tables_dir, force)
-            runs[d.name] = BoardRun(planned_summary(d, policy, configs, todo[d.name], anchored))
+            todo[d.name] = pending(configs, contexts[d.name], tables_dir, force)
+            runs[d.name] = BoardRun(planned_summary(d, policy, configs, todo[d.name]))
         for d in devices:
             if on_start:
                 on_start(d.name, len(todo[d.name]))

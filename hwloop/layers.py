@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 OPS = ("conv2d", "depthwise_conv2d", "linear")
 DTYPES = ("float32", "float16")
 INT32_MAX = 2**31 - 1  # the largest shape field: tables store them as int32
+ID = re.compile(r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
+                r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?")
 
 
 @dataclass(frozen=True, order=True)
@@ -102,3 +105,22 @@ class LayerConfig:
     def from_dict(cls, data: dict) -> "LayerConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def from_id(cls, text: str) -> "LayerConfig":
+        """The config whose :attr:`id` is ``text``; a linear id may leave out ``:k1s1p0g1``, any id
+        its dtype (float32). Raises ValueError saying what is wrong."""
+        match = ID.fullmatch(text)
+        if not match:
+            raise ValueError("expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
+                             "or linear:1x512:o10 (the config_id column of a table)")
+        dims = [int(d) for d in match["shape"].split("x")]
+        out, dtype = int(match["out"]), match["dtype"] or "float32"
+        if match["op"] == "linear":
+            if len(dims) != 2:
+                raise ValueError("a linear shape is BATCHxIN, e.g. 1x512")
+            return cls("linear", dims[1], out, batch=dims[0], dtype=dtype)
+        if len(dims) != 4 or match["k"] is None:
+            raise ValueError("a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
+        return cls(match["op"], dims[1], out, dims[2], dims[3], int(match["k"]), int(match["s"]), int(match["p"]),
+                   int(match["g"]), dims[0], dtype)

@@ -1,8 +1,10 @@
-"""Built-in PyTorch models, and user models loaded from ``path/to/file.py:callable``."""
+"""Built-in PyTorch models, torchvision's classifiers (``torchvision:NAME``, random weights), and
+user models loaded from ``path/to/file.py:callable`` (importing the file runs its code)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import sys
 from collections import OrderedDict
@@ -148,25 +150,91 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
+TORCHVISION = "torchvision:"
+# Builder arguments a torchvision classifier needs to train like the others: one output, not the
+# auxiliary heads' tuple in training mode.
+TORCHVISION_ARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
+                    "inception_v3": {"aux_logits": False, "init_weights": True}}
+TORCHVISION_INPUT = (1, 3, 224, 224)
+
+
 def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
                num_classes: int | None = None) -> tuple[nn.Module, tuple[int, ...]]:
-    """Build a built-in model by name, or call ``callable`` of ``path/to/file.py:callable``.
+    """Build a built-in model by name, a torchvision classifier as ``torchvision:NAME`` (random
+    weights), or call ``callable`` of ``path/to/file.py:callable``.
 
-    A built-in's ``input_shape`` (N, C, H, W) defaults to its own and sets its input channels;
-    ``num_classes`` applies to built-ins only. A file needs ``input_shape``. The model is in eval mode.
+    A built-in's ``input_shape`` (N, C, H, W) defaults to its own and sets its input channels; a
+    torchvision classifier's defaults to 1x3x224x224 and must have 3 channels; ``num_classes``
+    applies to both. A file needs ``input_shape``. The model is in eval mode.
     """
     if input_shape is not None:
         input_shape = tuple(input_shape)
         if not input_shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in input_shape):
             raise ModelError(f"{spec}: input shape {input_shape} must be positive integers")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ModelError(f"{spec}: num_classes must be a positive integer, got {num_classes!r}")
     if spec in BUILTIN_MODELS:
         model, shape = _builtin(spec, input_shape, num_classes)
+    elif spec.startswith(TORCHVISION):
+        model, shape = _torchvision(spec, input_shape, num_classes)
     elif ":" in spec:
         model, shape = _from_file(spec, input_shape, num_classes)
     else:
-        raise ModelError(f"unknown model {spec!r}: built-in models are {', '.join(BUILTIN_MODELS)}; "
-                         "a model of your own is given as path/to/file.py:callable")
+        raise ModelError(f"unknown model {spec!r}: built-in models are {', '.join(BUILTIN_MODELS)}; torchvision's "
+                         "classifiers are torchvision:NAME (such as torchvision:resnet50); a model of your own is "
+                         "given as path/to/file.py:callable")
     return model.eval(), shape
+
+
+def model_file(spec: str) -> Path | None:
+    """The Python file of a ``path/to/file.py:callable`` spec; None for a built-in or torchvision model."""
+    if spec in BUILTIN_MODELS or spec.startswith(TORCHVISION) or ":" not in spec:
+        return None
+    return Path(spec.rpartition(":")[0])
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex; :class:`ModelError` names the file when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def torchvision_models():
+    """``torchvision.models``, torchvision's model definitions.
+
+    A torchvision wheel built for another torch (a CUDA build beside torch's CPU build, say) fails
+    at ``import torchvision`` while registering its compiled detection operators, which no
+    classifier uses. Then the ``torchvision`` package is set up without running its
+    ``__init__`` (so without those registrations) and ``torchvision.models`` imported from it; the
+    operators (``torchvision.ops.nms`` and the like) stay unavailable in this process.
+    """
+    try:
+        return importlib.import_module("torchvision.models")
+    except ModuleNotFoundError as exc:
+        if exc.name != "torchvision":
+            raise ModelError(f"torchvision cannot be imported: {exc}") from exc
+        raise ModelError("torchvision is not installed: pip install 'hwloop[vision]' "
+                         "(or torchvision matching your torch)") from exc
+    except (RuntimeError, ImportError, OSError):
+        pass
+    for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        del sys.modules[name]
+    spec = importlib.util.find_spec("torchvision")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["torchvision"] = package
+    try:
+        return importlib.import_module("torchvision.models")
+    except Exception as exc:
+        del sys.modules["torchvision"]
+        raise ModelError(f"torchvision's model definitions cannot be imported: {type(exc).__name__}: {exc}") from exc
+
+
+def torchvision_classifiers() -> list[str]:
+    """The names of torchvision's image classifiers (``torchvision.models.list_models``)."""
+    models = torchvision_models()
+    return sorted(models.list_models(module=models))
 
 
 def _builtin(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
@@ -176,10 +244,27 @@ def _builtin(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | 
         raise ModelError(f"{spec}: input shape {shape} must have 4 dimensions (N, C, H, W)")
     kwargs = {"in_channels": shape[1]}
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ModelError(f"{spec}: num_classes must be a positive integer, got {num_classes!r}")
         kwargs["num_classes"] = num_classes
     return builtin.build(**kwargs), shape
+
+
+def _torchvision(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
+    name = spec.removeprefix(TORCHVISION)
+    shape = input_shape or TORCHVISION_INPUT
+    if len(shape) != 4 or shape[1] != 3:
+        raise ModelError(f"{spec}: input shape {shape}: torchvision's classifiers take 3-channel images (N, 3, H, W); "
+                         "grey images are repeated to 3 channels with --input-shape 1,3,H,W")
+    classifiers = torchvision_classifiers()
+    if name not in classifiers:
+        raise ModelError(f"{spec}: not one of torchvision's classifiers: {', '.join(classifiers)}")
+    kwargs = dict(TORCHVISION_ARGS.get(name, {}))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = torchvision_models().get_model(name, weights=None, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"{spec}: building it raised {type(exc).__name__}: {exc}") from exc
+    return model, shape
 
 
 def _from_file(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
@@ -189,7 +274,7 @@ def _from_file(spec: str, input_shape: tuple[int, ...] | None, num_classes: int 
     if input_shape is None:
         raise ModelError(f"{spec}: a model from a file needs an input shape, such as 1,3,32,32")
     if num_classes is not None:
-        raise ModelError(f"{spec}: num_classes applies to built-in models only; set it in {name}()")
+        raise ModelError(f"{spec}: num_classes applies to built-in and torchvision models only; set it in {name}()")
     path = Path(file)
     if not path.is_file():
         raise ModelError(f"{spec}: no such file {path}")

@@ -46,8 +46,10 @@ class Protocol(BaseModel):
     cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
     trials: int = Field(3, ge=1, description="independent trials (fresh buffers, interleaved with the other "
                                              "configs of a batch) that must agree before a measurement settles")
-    max_trials: int = Field(7, ge=1, description="trials taken at most when they do not agree")
-    agree: float = Field(0.02, gt=0, description="trials agree when their medians lie within this share of "
+    max_trials: int = Field(9, ge=1, description="trials taken at most when they do not agree; the latency is "
+                                                 "the mean of the trials' medians (from 5 trials on, the fastest "
+                                                 "and the slowest left out)")
+    agree: float = Field(0.02, gt=0, description="trials agree when each one's median lies within this share of "
                                                  "the median of them all")
     max_wait: float = Field(0.02, ge=0, description="a trial in which the timing process waited for its CPU "
                                                     "longer than this share of the time (another process ran "

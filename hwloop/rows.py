@@ -77,7 +77,7 @@ def measurement_fields(context: Context, m: Measurement, fp: dict) -> dict:
         "status": m.status,
         "stage": m.stage,
         "error": m.error,
-        "latency_ms": m.median_ms,
+        "latency_ms": m.latency_ms,
         "latency_mean_ms": m.mean_ms,
         "latency_std_ms": m.std_ms,
         "latency_min_ms": m.min_ms,

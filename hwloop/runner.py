@@ -2,16 +2,19 @@
 
 A measurement is a few independent *trials*, interleaved across the artifacts of a batch: each
 artifact is uploaded, loaded and checked once against torch, then every round gives each artifact
-not yet settled one trial, in a new random order, on fresh buffers. A trial is TVM's
+not yet settled one trial, in a new random order; a trial loads a fresh copy of the artifact (the
+device maps it anew) and runs it on fresh buffers, since where code and data land can move a small
+kernel's latency by tens of per cent. A trial is TVM's
 ``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
 least ``min_repeat_ms``), and around it the device says what its timing process shared the CPU
 with (:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
 ``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
 it is dropped and taken again in a later round, after a pause that grows while the device stays
 busy (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement
-is not *quiet*). An artifact settles once ``trials`` quiet trials agree within ``agree`` of their median, or
-after ``max_trials``; its latency is the median of its trials' medians, so a trial in another
-state of the machine moves it less than the trials that agree.
+is not *quiet*). An artifact settles once it has ``trials`` trials and each lies within ``agree``
+of their median, or after ``max_trials``; its latency is the mean of its trials' medians, the
+fastest and slowest left out from five trials on: a small kernel whose loads land in two states of
+the device gets the mean of both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +36,8 @@ from .targets import runtime_device_type
 from .transports.usage import parse as parse_usage
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
-ESTIMATOR = "median-of-trials"
+ESTIMATOR = "trimmed-mean-of-trials"
+TRIM_FROM = 5  # trials from which the fastest and the slowest one are left out of the mean
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 
@@ -86,9 +91,14 @@ class Measurement:
         return [trial.median_ms for trial in self.trials]
 
     @property
-    def median_ms(self) -> float | None:
-        """The measured latency: the median of the trials' medians."""
-        return statistics.median(self.trial_ms) if self.trials else None
+    def latency_ms(self) -> float | None:
+        """The measured latency: the mean of the trials' medians, the fastest and the slowest left
+        out from :data:`TRIM_FROM` trials on. Trials that disagree landed in different states of
+        the device; their mean weighs the states as often as loads meet them."""
+        if not self.trials:
+            return None
+        medians = sorted(self.trial_ms)
+        return statistics.fmean(medians[1:-1] if len(medians) >= TRIM_FROM else medians)
 
     @property
     def spread(self) -> float | None:
@@ -116,26 +126,25 @@ class Measurement:
                                 for t in self.trials)
 
     def settled(self, protocol: Protocol) -> bool:
-        """Whether no more trials are needed: ``trials`` that agree within ``agree`` of their
+        """Whether no more trials are needed: at least ``trials``, each within ``agree`` of their
         median, or ``max_trials`` taken."""
         if len(self.trials) >= protocol.max_trials:
             return True
         if len(self.trials) < protocol.trials:
             return False
-        middle = self.median_ms
-        close = sum(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
-        return close >= protocol.trials and close > len(self.trials) / 2
+        middle = statistics.median(self.trial_ms)
+        return all(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
 
 
 @dataclass
 class _Open:
-    """An artifact loaded in the session, ready for trials: its module (or VM), device and arguments."""
+    """An artifact checked in the session, ready for trials: how to load a fresh copy of it (a
+    module, or a VM over one), its device and fresh arguments."""
 
-    module: object
+    load: Callable[[], object]
     device: object
-    make_args: object  # () -> fresh argument list
+    make_args: Callable[[], list]
     measurement: Measurement
-    name: str
 
 
 class Runner:
@@ -151,6 +160,7 @@ class Runner:
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self._session = None
         self._usage = None
+        self._stage = "connect"
         self._cpus = ",".join(map(str, protocol.cpus or []))
 
     def measure(self, config: LayerConfig, artifact: str) -> Measurement:
@@ -159,57 +169,61 @@ class Runner:
 
     def measure_layers(self, batch: list[tuple[LayerConfig, str]]) -> list[Measurement]:
         """Check and time a batch of built layers, their trials interleaved; one measurement each."""
-        return self._batch([(artifact, lambda session, module, c=config: self._open_layer(session, module, c))
-                            for config, artifact in batch])
+        return self._batch([(artifact, lambda load, c=config: self._open_layer(load, c)) for config, artifact in batch])
 
     def measure_models(self, batch: list[tuple[str, np.ndarray, np.ndarray]]) -> list[Measurement]:
         """Check each whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
         (torch's output), then time them end to end, their trials interleaved."""
-        return self._batch([(artifact, lambda session, module, d=data, e=expected: self._open_model(session, module,
-                                                                                                     d, e))
+        return self._batch([(artifact, lambda load, d=data, e=expected: self._open_model(load, d, e))
                             for artifact, data, expected in batch])
 
     def _batch(self, batch) -> list[Measurement]:
         start = time.perf_counter()
         results: list[Measurement | None] = [None] * len(batch)
-        stage = "connect"
+        self._stage = "connect"
         try:
             if self._session is None:
                 self._session = self.transport.connect()
                 self._usage = _usage_function(self._session)
-            session = self._session
-            with contextlib.ExitStack() as loaded:
-                opened: dict[int, _Open] = {}
-                for index, (artifact, opener) in enumerate(batch):
-                    name = f"{Path(artifact).stem}-{random.getrandbits(32):08x}{Path(artifact).suffix}"
-                    stage = "upload"
-                    session.upload(artifact, target=name)
-                    loaded.callback(_remove, session, name)
-                    stage = "load"
-                    module = session.load_module(name)
-                    stage = "check"
-                    done = opener(session, module)
-                    if isinstance(done, Measurement):
-                        results[index] = done
-                    else:
-                        opened[index] = done
-                stage = "run"
-                self._rounds(list(opened.values()))
-                for index, item in opened.items():
-                    results[index] = item.measurement
+            opened: dict[int, _Open] = {}
+            for index, (artifact, opener) in enumerate(batch):
+                done = opener(lambda a=artifact: self._load(a))
+                if isinstance(done, Measurement):
+                    results[index] = done
+                else:
+                    opened[index] = done
+            self._rounds(list(opened.values()))
+            for index, item in opened.items():
+                results[index] = item.measurement
         except Exception as exc:  # noqa: BLE001 - the session may be gone; the rows record why
             self._session = self._usage = None
             error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
-            results = [r if r is not None else Measurement("failed", stage, error) for r in results]
+            results = [r if r is not None else Measurement("failed", self._stage, error) for r in results]
         elapsed = time.perf_counter() - start
         for result in results:
             result.seconds = elapsed / len(batch)
         return results
 
-    def _open_layer(self, session, module, config: LayerConfig):
+    def _load(self, artifact: str):
+        """A fresh copy of the library ``artifact`` loaded in the session (uploaded under a new name,
+        so that the device maps it anew; the file is removed once loaded)."""
+        session = self._session
+        name = f"{Path(artifact).stem}-{random.getrandbits(32):08x}{Path(artifact).suffix}"
+        self._stage = "upload"
+        session.upload(artifact, target=name)
+        try:
+            self._stage = "load"
+            return session.load_module(name)
+        finally:
+            with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
+                session.remove(name)
+
+    def _open_layer(self, load, config: LayerConfig):
         import tvm
 
-        device = session.device(self.device_type, 0)
+        module = load()
+        self._stage = "check"
+        device = self._session.device(self.device_type, 0)
         data, weight = random_inputs(config)
 
         def make_args():
@@ -222,23 +236,27 @@ class Runner:
         if not error <= tolerance(config):
             return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
                                check_error=error)
-        return _Open(module, device, make_args, Measurement(check_error=error), "main")
+        return _Open(load, device, make_args, Measurement(check_error=error))
 
-    def _open_model(self, session, module, data: np.ndarray, expected: np.ndarray):
+    def _open_model(self, load, data: np.ndarray, expected: np.ndarray):
         import tvm
         from tvm import relax
 
-        device = session.device(self.device_type, 0)
-        vm = relax.VirtualMachine(module, device)
+        device = self._session.device(self.device_type, 0)
+
+        def load_vm():
+            return relax.VirtualMachine(load(), device)
 
         def make_args():
             return [tvm.runtime.tensor(data, device)]
 
+        vm = load_vm()
+        self._stage = "check"
         error = relative_error(vm["main"](*make_args()).numpy(), expected)
         if not error <= MODEL_TOLERANCE:
             return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
                                check_error=error)
-        return _Open(vm, device, make_args, Measurement(check_error=error), "main")
+        return _Open(load_vm, device, make_args, Measurement(check_error=error))
 
     def _rounds(self, opened: list[_Open]) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
@@ -261,14 +279,17 @@ class Runner:
             time.sleep(pause)
 
     def _trial(self, item: _Open) -> Trial:
-        """One trial of ``item`` on fresh buffers, with what the device says of its CPU meanwhile."""
+        """One trial of ``item``: a fresh copy of it loaded, on fresh buffers, with what the device
+        says of its CPU meanwhile."""
         p = self.protocol
         start = time.perf_counter()
+        module = item.load()
+        self._stage = "run"
         args = item.make_args()
         if p.warmup:
-            item.module.time_evaluator(item.name, item.device, number=p.warmup, repeat=1)(*args)
-        evaluator = item.module.time_evaluator(item.name, item.device, number=p.number, repeat=p.repeat,
-                                               min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
+            module.time_evaluator("main", item.device, number=p.warmup, repeat=1)(*args)
+        evaluator = module.time_evaluator("main", item.device, number=p.number, repeat=p.repeat,
+                                          min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
         before = self._read_usage()
         results = evaluator(*args).results
         after = self._read_usage()
@@ -299,6 +320,3 @@ def _shares(before: dict | None, after: dict | None) -> tuple[float | None, floa
     return wait, steal
 
 
-def _remove(session, name: str) -> None:
-    with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
-        session.remove(name)

@@ -134,7 +134,7 @@ class Board:
             "known_hosts": str(known_hosts), "python": PYTHON,
             "target": {"kind": "llvm", "mcpu": "host"},
             "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "threads": 1, "trials": 2,
-                         "max_trials": 3, "max_wait": 1.0, "max_steal": 1.0},
+                         "max_trials": 3, "max_wait": 1.0, "max_steal": 1.0, "batch": 2},
             "link": {"connect_timeout": 3, "keepalive": 1, "stall_timeout": 4, "retries": 3, "backoff": 0.5,
                      "workdir": "work"},
             **fields,

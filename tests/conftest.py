@@ -20,7 +20,7 @@ devices:
   local:
     transport: local
     target: {kind: llvm, mcpu: host}
-    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3, max_wait: 1.0, max_steal: 1.0}
+    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3, max_wait: 1.0, max_steal: 1.0, batch: 4}
   broken-cc:
     transport: local
     target: {kind: llvm, mcpu: host}

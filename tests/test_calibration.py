@@ -8,9 +8,8 @@ from torch import nn
 from hwloop import tables
 from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
-from hwloop.pace import spells
 from hwloop.predictor import Predictor
-from hwloop.predictor.calibration import calibrate, fit, fit_line
+from hwloop.predictor.calibration import calibrate, fit_line
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
@@ -63,46 +62,19 @@ def test_calibration_serves_small_models_as_well_as_the_dense_one():
     assert abs((absolute_scale * layers[0] + absolute_offset) / measured[0] - 1) > 1
 
 
-def _timed(spell_paces: list[tuple[float, list[float]]], start: str = "2026-01-01 10:00") -> pd.DataFrame:
-    """Model rows of a board whose pace differs between spells ten minutes apart: each spell times
-    the models with these layer sums 20 s apart, each at ``pace × 1.1 × (layers + 0.02 ms)``."""
-    rows, at = [], pd.Timestamp(start, tz="UTC")
-    for pace, sums in spell_paces:
-        for layers in sums:
-            rows.append({"model": f"m{layers}", "model_id": f"id{layers}", "layers_ms": layers, "fp_id": "board",
-                         "latency_ms": pace * 1.1 * (layers + 0.02), "measured_at": at})
-            at += pd.Timedelta(seconds=20)
-        at += pd.Timedelta(minutes=10)
-    return pd.DataFrame(rows)
-
-
-def test_the_offset_is_read_off_models_timed_in_one_spell_whatever_the_boards_pace():
-    rows = _timed([(0.8, [0.4, 0.2]), (1.0, [0.4, 0.05]), (1.25, [0.1, 0.4]), (0.9, [0.2, 0.1])])
-    rows["spell"] = spells(rows)
-    assert rows.spell.tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
-    scale, offset = fit(rows)
-    assert offset / scale == pytest.approx(0.02, rel=1e-3)
-    truth = 1.1 * (rows.layers_ms + 0.02)
-    predicted = scale * rows.layers_ms + offset
-    assert np.allclose(predicted / predicted.iloc[0], truth / truth.iloc[0])  # every ratio, every speed-up
-    fastest = rows.sort_values("latency_ms").drop_duplicates("model_id")
-    line_scale, line_offset = fit_line(fastest.layers_ms.to_numpy(), fastest.latency_ms.to_numpy())
-    line = line_scale * rows.layers_ms + line_offset
-    assert np.max(np.abs((line / line.iloc[0]) / (truth / truth.iloc[0]) - 1)) > 0.05
-
-
-def test_spells_are_per_board_and_end_at_a_pause():
-    rows = _timed([(1.0, [0.4, 0.2, 0.1])])
-    rows.loc[2, "fp_id"] = "another board"
-    rows.loc[1, "measured_at"] += pd.Timedelta(seconds=50)  # 70 s after the first row: a pause
-    assert spells(rows).nunique() == 3
-    assert fit(rows.assign(spell=spells(rows))) == fit_line(rows.layers_ms.to_numpy(), rows.latency_ms.to_numpy())
-
-
 def test_without_model_rows_the_layers_are_summed(local_table, local_predictor):
     layers = [LayerConfig("conv2d", 16, 16, 16, 16, kernel=3, padding=1), LayerConfig("linear", 64, 10)]
     assert local_predictor.meta["calibration"] is None
     assert local_predictor.predict_model(layers) == pytest.approx(local_predictor.predict(layers).sum())
+
+
+def test_a_model_timed_on_a_busy_device_is_left_out(model_table):
+    models = tables.read_models(model_table, "local")
+    busy = models.assign(latency_ms=models.latency_ms * 0.5, quiet=False,
+                         measurement_id=models.measurement_id + "-busy")
+    predictor = Predictor.fit(tables.read(model_table, "local"), "local", evaluate=False)
+    once, beside = (calibrate(predictor, frame) for frame in (models, pd.concat([models, busy], ignore_index=True)))
+    assert (beside["scale"], beside["offset_ms"]) == pytest.approx((once["scale"], once["offset_ms"]))
 
 
 def test_a_model_measured_in_several_passes_counts_by_its_fastest(model_table):

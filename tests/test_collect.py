@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from hwloop import pace, tables
+from hwloop import tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
@@ -20,7 +21,9 @@ def test_collect_measures_each_config_once_and_resumes(registry_dir, cache_dir, 
     table = tables.read(tmp_path, "local")
     assert sorted(table.config_id) == sorted(c.id for c in SPACE)
     row = table.iloc[0]
-    assert row.status == "ok" and row.latency_ms > 0 and row.repeats == 3
+    assert row.status == "ok" and row.latency_ms > 0 and row.repeats == 3 * row.trials
+    assert row.trials == len(row.trial_latencies_ms) >= device.protocol.trials and row.quiet
+    assert row.latency_ms == pytest.approx(float(np.mean(row.trial_latencies_ms)))  # fewer than 5 trials: their mean
     assert row.schedule == "untuned" and '"kind":"llvm"' in row.target and row.tvm_version
     assert row.fp_id and row.fp_cores >= 1 and row.check_error <= 1e-4
 
@@ -78,19 +81,18 @@ def test_passes_sweep_every_config_again_and_resume_the_missing_ones(registry_di
     assert collect(double, SPACE[:4], policy, tmp_path, cache_dir).rows == []
 
 
-def test_a_collection_after_a_pause_starts_each_pass_with_anchors_from_the_table(registry_dir, cache_dir, tmp_path,
-                                                                                monkeypatch):
-    single = load_registry(registry_dir).get("local")
-    double = single.model_copy(update={"protocol": single.protocol.model_copy(update={"passes": 2})})
+def test_a_row_timed_on_a_busy_device_is_measured_again(registry_dir, cache_dir, tmp_path):
+    device = load_registry(registry_dir).get("local")
     policy = parse_policy("untuned")
-    collect(single, SPACE[:3], policy, tmp_path, cache_dir)
-    soon = collect(single, SPACE[3:], policy, tmp_path, cache_dir)
-    assert soon.anchors == 0 and [r["config_id"] for r in soon.rows] == [SPACE[3].id]
-
-    monkeypatch.setattr(pace, "SPELL_GAP_S", 0.0)  # the table's last row is now older than a spell
-    new = LayerConfig("conv2d", 4, 5, 8, 8, kernel=3, padding=1)
-    later = collect(double, [new], policy, tmp_path, cache_dir)
-    assert (later.planned, later.skipped, later.anchors, later.measured) == (2, 0, 8, 10)
-    ids = [r["config_id"] for r in later.rows]
-    assert ids[4] == ids[9] == new.id and ids[:4] == ids[5:9] and set(ids[:4]) == {c.id for c in SPACE}
-    assert collect(double, [new], policy, tmp_path, cache_dir).rows == []
+    collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    rows = tables.read(tmp_path, "local")
+    busy = rows[rows.config_id == SPACE[0].id].assign(quiet=False, measurement_id=tables.new_measurement_id())
+    busy = busy.astype(object).where(busy.notna(), None).iloc[0].to_dict()  # pandas' NaN back to null
+    with tables.Writer(tmp_path, "local") as writer:  # as if the first measurement had been disturbed throughout
+        writer.write(busy)
+    again = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    assert again.skipped == 2  # each config has a quiet row
+    only_busy = tmp_path / "busy"
+    tables.append(only_busy, "local", [busy])
+    retaken = collect(device, SPACE[:2], policy, only_busy, cache_dir)
+    assert (retaken.skipped, [r["config_id"] for r in retaken.rows]) == (0, [SPACE[0].id, SPACE[1].id])

@@ -20,6 +20,8 @@ CONFIGS = [
     conv(8, 20, 8, kernel=1), conv(24, 17, 4, kernel=1), conv(13, 40, 16, kernel=1), conv(3, 5, 12, kernel=1),
     conv(3, 17, 15, stride=2), conv(16, 32, 14, kernel=1, stride=2), conv(8, 8, 10, kernel=7, stride=2),
     conv(8, 12, 9, groups=4), conv(32, 64, 7, groups=2), conv(12, 36, 6, kernel=1, groups=3),
+    # grouped convs of ResNeXt (4 channels a group) and RegNet (16 a group, and 12 once pruned alike in each)
+    conv(128, 128, 6, groups=32), conv(400, 400, 4, groups=25), conv(300, 300, 4, groups=25),
     conv(13, 13, 10, groups=13, op="depthwise_conv2d"), conv(16, 16, 11, stride=2, groups=16, op="depthwise_conv2d"),
     conv(6, 12, 8, kernel=5, groups=6, op="depthwise_conv2d"), conv(7, 7, 9, kernel=3, stride=2, groups=7, op="depthwise_conv2d"),
     LayerConfig("linear", 64, 10), LayerConfig("linear", 70, 13, batch=3), LayerConfig("linear", 512, 1000),

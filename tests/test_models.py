@@ -109,7 +109,7 @@ def test_file_needs_input_shape_and_no_num_classes(tmp_path):
     with pytest.raises(ModelError, match="needs an input shape") as info:
         load_model(spec)
     assert spec in str(info.value)
-    with pytest.raises(ModelError, match="num_classes applies to built-in models only"):
+    with pytest.raises(ModelError, match="num_classes applies to built-in and torchvision models only"):
         load_model(spec, (1, 2), num_classes=4)
 
 

@@ -1,12 +1,11 @@
 import json
 import shutil
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from hwloop import tables
 from hwloop.cli import app
+from hwloop.layers import LayerConfig
 
 runner = CliRunner()
 
@@ -62,15 +61,11 @@ def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_pa
     local_predictor.save(tmp_path / "predictors")
     tables_dir = tmp_path / "tables"
     shutil.copytree(local_table, tables_dir)
-    rows = tables.read(local_table, "local").head(12)
-    later = rows.assign(latency_ms=rows.latency_ms * 0.9, measured_at=rows.measured_at + pd.Timedelta(days=1),
-                        measurement_id=[tables.new_measurement_id() for _ in range(len(rows))])
-    tables.append(tables_dir, "local", later.astype(object).where(later.notna(), None).to_dict("records"))
     result = invoke("report", "--device", "local", "--tables", tables_dir, "--predictors", tmp_path / "predictors",
                     "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
-    for name in ("scatter.png", "staircase.png", "learning_curve.png", "pace.png"):
+    for name in ("scatter.png", "staircase.png", "learning_curve.png", "trials.png"):
         assert name in page
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -82,3 +77,13 @@ def test_predict_a_whole_model(local_predictor, tmp_path):
     record = json.loads(result.stdout)
     assert len(record["layers"]) == 22 and not record["calibrated"]  # 19 convs, 2 shortcuts, the classifier
     assert record["model_ms"] == record["layers_ms"] == pytest.approx(sum(r["latency_ms"] for r in record["layers"]))
+
+
+def test_config_ids_parse_back_to_their_configs():
+    configs = [LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, padding=1), LayerConfig("linear", 64, 10),
+               LayerConfig("depthwise_conv2d", 8, 8, 9, 9, kernel=3, stride=2, padding=1, groups=8, batch=2,
+                           dtype="float16")]
+    assert [LayerConfig.from_id(c.id) for c in configs] == configs
+    assert LayerConfig.from_id("linear:1x512:o10") == LayerConfig("linear", 512, 10)
+    with pytest.raises(ValueError, match="groups: 3 must divide"):
+        LayerConfig.from_id("conv2d:1x4x8x8:o4:k3s1p1g3")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hwloop.models import mobilenetv2, resnet20
-from hwloop.prune.allocator import _lost, allocate, keep_top
+from hwloop.prune.allocator import _lost, allocate
 from hwloop.prune.baselines import global_ranking, uniform
 from hwloop.prune.cost import Macs, PredictedLatency, SoftCost
 from hwloop.prune import MIN_RATIO
@@ -38,7 +38,7 @@ def test_allocator_meets_the_predicted_budget(resnet, resnet20_predictor, share)
     assert cost.total(plan) == pytest.approx(resnet20_predictor.predict_model(groups.layers(plan)))
     assert sum(plan.values()) < sum(groups.dense.values())
     assert all(plan[g.name] >= math.ceil(MIN_RATIO * g.size) for g in groups.groups)
-    keep = keep_top(importance, plan)
+    keep = groups.top(importance, plan)
     assert all(len(keep[name]) == count for name, count in plan.items())
     assert all(float(importance[name][keep[name]].min()) >= float(importance[name].sort().values[-count])
                for name, count in plan.items())

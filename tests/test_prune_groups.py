@@ -10,7 +10,7 @@ from hwloop.space import trace_layers
 
 
 class Branches(nn.Module):
-    """A concatenation of two branches, then a grouped conv (whose groups stay dense)."""
+    """A concatenation of two branches, then a grouped conv."""
 
     def __init__(self):
         super().__init__()
@@ -35,8 +35,9 @@ def test_arbitrary_plans_keep_shapes_and_predicted_layers(build, shape, seed):
     model = build().eval()
     groups = ChannelGroups(model, shape)
     rng = random.Random(seed)
-    keep = {g.name: rng.sample(range(g.size), rng.randint(1, g.size)) for g in groups.groups}
-    expected = groups.layers({name: len(kept) for name, kept in keep.items()})
+    plan = {g.name: g.unit * rng.randint(1, g.size // g.unit) for g in groups.groups}
+    keep = groups.top({g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(seed)) for g in groups.groups}, plan)
+    expected = groups.layers(plan)
     groups.apply(keep)
     out = model(torch.randn(2, *shape[1:]))
     assert out.shape[0] == 2 and torch.isfinite(out).all()
@@ -62,11 +63,18 @@ def test_depthwise_follows_its_expansion():
     assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (10, 10, 10)
 
 
-def test_concatenation_positions_and_grouped_conv_left_dense():
+def test_concatenation_positions_and_grouped_conv_pruned_alike_in_each_group():
     groups = ChannelGroups(Branches().eval(), (1, 3, 16, 16))
     assert groups.by_name["a"].consumers == {"c": list(range(8))}
     assert groups.by_name["b"].consumers == {"c": list(range(8, 14))}
-    assert set(groups.by_name) == {"a", "b"}
+    assert set(groups.by_name) == {"a", "b", "c", "grouped"}
+    assert (groups.by_name["c"].unit, groups.by_name["grouped"].unit, groups.by_name["a"].unit) == (2, 2, 1)
+    keep = groups.top({"c": torch.tensor([0.0, 5, 1, 0, 0, 0, 4, 2, 0, 0])}, {"c": 4})
+    assert keep == {"c": [1, 2, 6, 7]}  # positions 1 and 2 of each half: the highest averaged over both
+    with pytest.raises(PruneError, match="same channels each"):
+        groups.apply({"c": [0, 1, 5, 7]})
+    with pytest.raises(PruneError, match=r"c: channel count must be an integer in 1..10, in steps of 2"):
+        groups.layers({"c": 3})
 
 
 def test_bad_plans_are_refused():

@@ -23,6 +23,8 @@ TablesOpt = Annotated[Path, typer.Option("--tables", help="Folder of measurement
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+PredictorsOpt = Annotated[Path, typer.Option(
+    "--predictors", help="Folder of trained predictors (`hwloop fit`), one sub-folder per device.")]
 
 
 def reflow_help(typer_app: typer.Typer) -> None:

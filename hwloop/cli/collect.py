@@ -72,9 +72,9 @@ def collect(
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
 
-    Resumable: a re-run measures only what is missing. Adding to a table after a pause first times
-    a few of its configs again (anchors), so `hwloop fit` can bring the new rows to the table's
-    pace. Examples:
+    Each config is timed in independent trials that must agree; trials during which another
+    process used the timing CPU are taken again, and what stayed too busy is retried at the end.
+    Resumable: a re-run measures only what is missing. `--dry-run` prints the plan. Examples:
 
       hwloop collect --device local --model resnet20 --samples 60
 
@@ -163,9 +163,9 @@ def _print_plan(devices, configs, policy, tables: Path, force: bool, as_json: bo
     records = []
     for device in devices:
         read_table(tables, device.name, ["config_id"])
-        todo, anchored = pending(configs, Context.of(device, policy), tables, force)
+        todo = pending(configs, Context.of(device, policy), tables, force)
         records.append({"device": device.name, "schedule": policy.name, "configs": len(set(configs)),
-                        "passes": device.protocol.passes, "to_measure": len(todo), "anchors": anchored,
+                        "passes": device.protocol.passes, "to_measure": len(todo),
                         "ops": dict(ops), "to_measure_ops": dict(Counter(c.op for c in todo))})
     if as_json:
         out.print_json(json.dumps(records))
@@ -173,8 +173,7 @@ def _print_plan(devices, configs, policy, tables: Path, force: bool, as_json: bo
     for r in records:
         per_op = ", ".join(f"{op} {count}" for op, count in sorted(r["ops"].items()))
         out.print(f"{r['device']} · {r['schedule']}: the space holds {r['configs']} configs ({per_op}); "
-                  f"{r['passes']} pass(es) → {r['to_measure']} measurements to take"
-                  + (f" ({r['anchors']} anchors)" if r["anchors"] else ""), highlight=False)
+                  f"{r['passes']} pass(es) → {r['to_measure']} measurements to take", highlight=False)
 
 
 def say_waiting(message: str) -> None:
@@ -186,7 +185,8 @@ def summary_record(summary, tables: Path) -> dict:
     """What a collection on one device did, as printed with --json."""
     return {
         "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
-        "skipped": summary.skipped, "anchors": summary.anchors, "measured": summary.measured, "failed": summary.failed,
+        "skipped": summary.skipped, "measured": summary.measured, "failed": summary.failed,
+        "retaken": summary.retaken,
         "wall_s": round(summary.wall_s, 2), "error": summary.error,
         "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
         "table": str(tables_mod.device_dir(tables, summary.device)),
@@ -197,10 +197,10 @@ def summary_record(summary, tables: Path) -> dict:
 
 def measured_text(record: dict) -> str:
     """``planned …, already measured …, measured now …`` of a :func:`summary_record`."""
-    anchors = (f" ({record['anchors']} of them anchors, configs of the table timed again to pace this sweep)"
-               if record["anchors"] else "")
+    retaken = (f" ({record['retaken']} taken again: the device was busy the first time)"
+               if record["retaken"] else "")
     return (f"planned {record['planned']}, already measured {record['skipped']}, measured now "
-            f"{record['measured']}{anchors}, failed {record['failed']}")
+            f"{record['measured']}{retaken}, failed {record['failed']}")
 
 
 def _print_summary(summary, tables: Path, as_json: bool) -> None:

@@ -42,9 +42,9 @@ def measure(
 
       hwloop measure --device local --model resnet20 --input-shape 1,1,28,28 --thinned 0.75,0.5,0.25
     """
-    from ..endtoend import ModelCase, measure_models, thinned_cases
+    from ..endtoend import ModelCase, measure_models
     from ..models import ModelError, load_model
-    from ..prune.groups import PruneError
+    from ..prune.groups import PruneError, thinned_cases
     from ..schedules import PolicyError, parse_policy
     from ..space import SpaceError
     from ..transports import TransportError

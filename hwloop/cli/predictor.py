@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .app import JsonOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
+from .app import JsonOpt, PredictorsOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
 
-PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of predictors, one sub-folder per device.")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
-CONFIG_ID = re.compile(r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
-                       r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?")
 
 
 def _load(device: str, predictors: Path):
@@ -77,19 +73,24 @@ def fit(
     schedule: Annotated[str, typer.Option(help="Schedule policy whose rows train the predictor.")] = "default",
     protocol: Annotated[Optional[str], typer.Option(
         help="protocol_id to train on, when the table holds rows of several protocols.")] = None,
+    accept_noisy: Annotated[bool, typer.Option(
+        "--accept-noisy", help="Fit even on a table whose trials disagree too often (see `hwloop tables show`).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
 
-    Only rows of one schedule policy and protocol are used, each spell of the board brought to one
-    pace through the configs timed in several (see `hwloop collect`). Held-out scores (random
-    configs, unseen channel counts, unseen shapes) are printed and kept in predictor.json; when the
-    device has measured whole models, the whole-model calibration is fitted too. Example:
+    Only quiet rows of one schedule policy and protocol are used. A table whose measurements'
+    independent trials agree within ±10 % for fewer than 95 % of them is refused: the device was
+    too noisy to learn from (--accept-noisy fits all the same). Held-out scores (random configs,
+    unseen channel counts, unseen shapes, sizes between measured ones) are printed and kept in
+    predictor.json; when the device has measured whole models, the whole-model calibration is
+    fitted too. Example:
 
       hwloop fit --device local
     """
     from .. import tables as tables_mod
     from ..predictor import Predictor, PredictorError
+    from ..trust import warning
 
     frame = read_table(tables, device)
     try:
@@ -101,11 +102,13 @@ def fit(
             predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
         except PredictorError as exc:
             fail(str(exc))
+    if (why := warning(predictor.meta["trust"])) and not accept_noisy:
+        fail(f"{tables / device}: {why}; nothing saved (--accept-noisy fits all the same)")
     directory = predictor.save(predictors)
     calibration = predictor.meta["calibration"]
     record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
               "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
-              "spells": predictor.meta["spells"], "calibration": calibration}
+              "trust": predictor.meta["trust"], "calibration": calibration}
     if as_json:
         out.print_json(json.dumps(record))
         return
@@ -119,19 +122,13 @@ def fit(
             models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
                                  f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
         out.print(models_table)
-        paced = calibration["held_out_paced_mape"]
-        out.print(f"held out: {calibration['held_out_mape']:.1%} off on average"
-                  + (f"; {paced:.1%} once each spell's pace is read off the models timed beside it "
-                     "(the error of a predicted speed-up)" if paced is not None else ""))
+        out.print(f"held out: {calibration['held_out_mape']:.1%} off on average")
     else:
         out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
-    spells = record["spells"]
-    if len(spells) > 1:
-        out.print(f"rows of {len(spells)} spells of the board, brought to the pace of the largest:")
-        for spell in spells:
-            pace = (f"pace {spell['pace']:.3f}" if spell["pace"] is not None
-                    else "[red]kept as measured[/]: it shares no config with the others")
-            out.print(f"  {spell['start']} · {spell['configs']} configs, {spell['shared']} shared · {pace}")
+    trust = record["trust"]
+    if trust["measured"]:
+        out.print(f"the table's trials agree within ±5 % for {trust['within_5']:.1%} of its measurements, within "
+                  f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device")
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 
@@ -178,21 +175,8 @@ def evaluate(
 def _parse_config(text: str):
     from ..layers import LayerConfig
 
-    match = CONFIG_ID.fullmatch(text)
-    if not match:
-        fail(f"layer {text!r}: expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
-             "or linear:1x512:o10 (see `hwloop tables show` / the table's config_id column)")
-    dims = [int(d) for d in match["shape"].split("x")]
-    op = match["op"]
     try:
-        if op == "linear":
-            if len(dims) != 2:
-                fail(f"layer {text!r}: a linear shape is BATCHxIN, e.g. 1x512")
-            return LayerConfig(op, dims[1], int(match["out"]), batch=dims[0], dtype=match["dtype"] or "float32")
-        if len(dims) != 4 or match["k"] is None:
-            fail(f"layer {text!r}: a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
-        return LayerConfig(op, dims[1], int(match["out"]), dims[2], dims[3], int(match["k"]), int(match["s"]),
-                           int(match["p"]), int(match["g"]), dims[0], match["dtype"] or "float32")
+        return LayerConfig.from_id(text)
     except ValueError as exc:
         fail(f"layer {text!r}: {exc}")
 
@@ -270,8 +254,7 @@ def report(
     """Plot a device's predictor against its table as an HTML page.
 
     The page has predicted-vs-measured (±10 % band), latency-vs-out-channels staircases with the
-    predictor's line, learning curves and, when configs were timed in several spells of the board,
-    the pace of each spell.
+    predictor's line, learning curves and, for rows measured in trials, how far the trials repeat.
 
       hwloop report --device local
     """

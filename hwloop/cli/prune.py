@@ -4,7 +4,6 @@ measure the pruned model against the dense one on the device."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,10 +13,10 @@ from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
 from ..prune import MIN_RATIO
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, progress_bar
+from .app import (CacheOpt, JsonOpt, PredictorsOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out,
+                  parse_shape, progress_bar)
 
-PACE_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device's pace moved
-PredictorsOpt = Annotated[Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`).")]
+DRIFT_TOLERANCE = 0.05  # dense model's prediction error beyond which validate says the device ran differently
 
 
 @app.command()
@@ -25,8 +24,10 @@ def prune(
     device: Annotated[str, typer.Option("--device", "-d", help="Device whose predicted latency is the cost (and, with --board-rounds, where plans are timed).")],
     model: Annotated[str, typer.Option(
         "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2; built for the dataset's "
-                              "input channels and classes) or path/to/file.py:callable returning an nn.Module that "
-                              "takes the dataset's images (Fashion-MNIST: 1x28x28, CIFAR-10: 3x32x32).")],
+                              "input channels and classes), torchvision:NAME (a torchvision classifier, random "
+                              "weights, built for the dataset's classes; 3-channel input) or path/to/file.py:callable "
+                              "returning an nn.Module that takes the dataset's images (Fashion-MNIST: 1x28x28, "
+                              "CIFAR-10: 3x32x32, or --input-shape).")],
     budget: Annotated[str, typer.Option(
         help="Latency budget: a fraction of the dense model's predicted latency (0.5 or 50%), "
              "or milliseconds with the unit (3.2ms).")] = "0.5",
@@ -34,7 +35,13 @@ def prune(
         help="latency (allocator under the predicted latency), afcp (gates with residual replacement), "
              "lws (layer-wise rule search with distillation), flops (global ranking under a MACs budget), "
              "uniform (one ratio everywhere).")] = "latency",
-    dataset: Annotated[str, typer.Option(help="fashion-mnist, or cifar10:PATH (the CIFAR-10 binary version).")] = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(
+        help="fashion-mnist, cifar10:PATH (the CIFAR-10 binary version), folder:PATH (PATH/train/CLASS/IMAGE and "
+             "PATH/val/CLASS/IMAGE, read with Pillow) or npz:PATH (arrays x_train, y_train, x_test, y_test).")] = "fashion-mnist",
+    input_shape: Annotated[Optional[str], typer.Option(
+        help="The model's input, N,C,H,W such as 1,3,64,64: the dataset's images are resized to HxW and grey ones "
+             "repeated to 3 channels (colour ones averaged to 1). With --dry-run no data is read.",
+        show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (distilled from the dense model).")] = 2,
     dense_epochs: Annotated[int, typer.Option(help="Epochs of the dense baseline (trained once, then cached).")] = 5,
     search_epochs: Annotated[int, typer.Option(help="Epochs of gate or rule training (afcp, lws).")] = 1,
@@ -86,6 +93,12 @@ def prune(
       hwloop prune --device local --model resnet20 --budget 0.4 --proposals 8 --epochs 3
 
       hwloop prune -d jetson -m resnet56 --budget 3.2ms --method afcp --dataset cifar10:~/data/cifar --epochs 10
+
+      hwloop prune -d local -m torchvision:mobilenet_v3_large --input-shape 1,3,64,64 --train-samples 10000
+
+      hwloop prune -d local -m torchvision:resnet50 --dataset folder:~/data/parts --input-shape 1,3,96,96
+
+      hwloop prune -d local -m torchvision:shufflenet_v2_x1_0 --input-shape 1,3,64,64 --dry-run
     """
     from ..models import ModelError
     from ..predictor import Predictor, PredictorError
@@ -108,15 +121,20 @@ def prune(
     if not 0 < min_ratio <= 1:
         fail(f"--min-ratio {min_ratio}: expected a share of a group's channels in (0, 1]")
     cache_root = cache or default_cache_dir()
+    shape = parse_shape(input_shape)
+    if dry_run and shape is not None:
+        _dry_run(model, shape, None)
+        return
     board = Board(get_device(device, registry), tables, cache_root, board_rounds) if board_rounds and not dry_run else None
     try:
         predictor = None if dry_run else Predictor.load(device, predictors)
-        data = load_data(dataset, batch_size, train_samples, test_samples, seed)
+        data = load_data(dataset, batch_size, train_samples, test_samples, seed, shape)
     except (PredictorError, DataError) as exc:
         fail(str(exc))
     if dry_run:
-        _dry_run(model, data)
+        _dry_run(model, data.input_shape, data.num_classes)
         return
+    _check_coverage(model, data, predictor, tables, as_json)
     out_dir = out_dir or Path("pruned") / f"{Path(model.rpartition(':')[2] or model).name}-{method}-{budget.rstrip('%')}"
     settings = pipeline.Settings(method=method, budget=budget, epochs=epochs, dense_epochs=dense_epochs,
                                  search_epochs=search_epochs, criterion=criterion, seed=seed, round_to=round_to,
@@ -182,26 +200,66 @@ def _board_table(board: dict) -> None:
         out.print("[bold yellow]no plan met the budget as measured[/]; the one that missed it least was kept")
 
 
-def _dry_run(spec: str, data) -> None:
-    import torch
+DRY_RUN_TOLERANCE = 1e-4  # relative difference of the pruned and the masked dense output a right grouping stays under
 
-    from ..prune.groups import ChannelGroups, PruneError
-    from ..prune.pipeline import build
+
+def _dry_run(spec: str, shape: tuple[int, ...], num_classes: int | None) -> None:
+    from ..models import ModelError, load_model, model_file
+    from ..prune.dryrun import dry_run
+    from ..prune.groups import PruneError
 
     try:
-        model = build(spec, data).eval()
-        groups = ChannelGroups(model, data.input_shape)
-    except PruneError as exc:
+        model, shape = load_model(spec, shape, None if model_file(spec) else num_classes)
+        checked = dry_run(model, shape)
+    except (ModelError, PruneError) as exc:
         fail(str(exc))
-    table = Table("group", "channels", "sets out of", "sets in of", title=f"{spec}: {len(groups.groups)} channel groups")
+    groups = checked.groups
+    table = Table("group", "channels", "in steps of", "sets out of", "sets in of",
+                  title=f"{spec}: {len(groups.groups)} channel groups")
     for g in groups.groups:
-        table.add_row(g.name, str(g.size), ", ".join(g.producers + list(g.depthwise)), ", ".join(g.consumers))
+        table.add_row(g.name, str(g.size), str(g.unit), ", ".join(g.producers + list(g.depthwise)), ", ".join(g.consumers))
     out.print(table)
-    rng = random.Random(0)
-    groups.apply({g.name: sorted(rng.sample(range(g.size), max(1, g.size // 2))) for g in groups.groups})
-    with torch.no_grad():
-        shape = tuple(model(torch.zeros(data.input_shape)).shape)
-    out.print(f"pruned every group to half: forward on {data.input_shape} gives {shape}: shapes hold")
+    for skipped in groups.skipped:
+        out.print(f"kept dense: {escape(skipped.name)} ({skipped.size} channels): {escape(skipped.reason)}", highlight=False)
+    if not checked.shapes_hold:
+        fail(f"pruned every group to about half: the output is {checked.pruned_shape}, the dense model's "
+             f"{checked.dense_shape}")
+    verdict = ("the pruned model computes what the dense one does without those channels"
+               if checked.difference <= DRY_RUN_TOLERANCE else
+               "more than the dropped channels changed (layers that normalise across channels, such as LayerNorm, "
+               "see them; a wrong grouping does too)")
+    out.print(f"pruned every group to about half: output {checked.pruned_shape} like the dense model's; against "
+              f"the dense model with the same channels zeroed, relative difference {checked.difference:.1e}: {verdict}")
+
+
+def _check_coverage(spec: str, data, predictor, tables: Path, as_json: bool) -> None:
+    """Refuse a model none of whose layer shapes the device's table holds (the predictor would
+    extrapolate every layer); warn when some are missing. Both name the collect command."""
+    from ..prune.coverage import uncovered
+    from ..prune.groups import PruneError
+    from ..prune.pipeline import build
+    from ..space import SpaceError, trace_layers
+    from ..tables import TableError, read
+
+    try:
+        layers = [t.config for t in trace_layers(build(spec, data), data.input_shape)]
+        rows = read(tables, predictor.device)
+    except (PruneError, SpaceError, TableError, OSError):
+        return  # the run reports a model it cannot build; a missing table leaves the predictor's word
+    if not len(rows) or not (rows.schedule == predictor.schedule).any():
+        return  # no layer rows of the predictor's kind here (it was fitted on another table)
+    missing, shapes = uncovered(layers, rows, predictor.schedule)
+    if not missing:
+        return
+    command = (f"hwloop collect -d {predictor.device} -m {spec} --input-shape {','.join(map(str, data.input_shape))}"
+               + ("" if predictor.schedule.startswith("default") else f" --schedule {predictor.schedule}"))
+    what = f"{len(missing)} of the {shapes} layer shapes of {spec} (input {data.input_shape})"
+    if len(missing) == shapes:
+        fail(f"{tables / predictor.device} holds none of the layer shapes of {spec} (input {data.input_shape}): "
+             f"the predictor would guess every layer; measure them first: {command}")
+    if not as_json:
+        err.print(f"[yellow]note:[/] {what} have no row in {tables / predictor.device} (such as {missing[0].id}): "
+                  f"the predictor extrapolates there; measure them with: {command}", highlight=False)
 
 
 @app.command()
@@ -255,10 +313,10 @@ def _validation_table(report: dict) -> None:
                   f"predicted latency off by {report['predicted_error']:+.1%}"
                   + ("" if report["predicted_for"] == report["device"] else
                      f" (predicted for {report['predicted_for']})"))
-        pace = report["dense_predicted_error"]
-        if pace is not None and abs(pace) > PACE_TOLERANCE:
-            out.print(f"the dense model is predicted {pace:+.1%} off too: the device ran "
-                      f"{'faster' if pace > 0 else 'slower'} than when its tables were measured (clocks, load, "
+        drift = report["dense_predicted_error"]
+        if drift is not None and abs(drift) > DRIFT_TOLERANCE:
+            out.print(f"the dense model is predicted {drift:+.1%} off too: the device ran "
+                      f"{'faster' if drift > 0 else 'slower'} than when its tables were measured (clocks, load, "
                       "heat); the speed-ups compare models timed side by side and move less with that")
     for failure in report["failures"]:
         out.print(f"[bold red]failed:[/] {escape(failure)}", highlight=False)

@@ -21,11 +21,12 @@ app.add_typer(tables_app, name="tables")
 @tables_app.command("show")
 def show(device: Annotated[Optional[str], typer.Argument(help="Device; all devices when omitted.")] = None,
          tables: TablesOpt = Path("tables"), as_json: JsonOpt = False) -> None:
-    """Summarise the tables per device, schedule policy and op: rows, failures, latencies, and how
-    far they can be trusted: the share of measurements whose independent trials agree within ±5 %
-    and ±10 %, and the share timed while nothing else used the timing CPU (quiet). A table whose
-    trials agree within ±10 % for fewer than 95 % of its measurements is flagged: the device was
-    too noisy to learn from."""
+    """Summarise the tables per device, schedule policy and op, and how far they can be trusted.
+
+    Rows, failures, latencies; the share of measurements whose independent trials agree within
+    ±5 % and ±10 %, and the share timed while nothing else used the timing CPU (quiet). A table
+    whose trials agree within ±10 % for fewer than 95 % of its measurements is flagged: the device
+    was too noisy to learn from."""
     from ..trust import COLUMNS, agreement, warning
 
     names = [device] if device else tables_mod.devices(tables)

@@ -2,7 +2,9 @@
 
 Scores are the share of rows predicted within ±5/10/15 %, RMSE (ms), MAPE and Spearman rank
 correlation, overall and per op family. Held-out splits: random configs, unseen channel counts
-(every row with a held-out count leaves training) and unseen shapes (input size, kernel, stride).
+(every row with a held-out count leaves training), unseen shapes (input size, kernel, stride: drawn
+at random, so a held-out size may lie outside those measured) and sizes between (every row of an
+input size lying between two other sizes measured with the same op, kernel and stride).
 The noise floor scores single repeats against their row's median and, for configs measured in
 several passes, the other passes against the fastest: a predictor cannot beat it.
 """
@@ -13,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .features import shape_key
+from .latency import LatencyModel
+from .selection import select
 
 BANDS = (5, 10, 15)
 HOLDOUT = 0.25
@@ -70,7 +74,8 @@ def _agreement(pairs) -> dict:
 
 
 def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
-    """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``."""
+    """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``,
+    ``sizes_between``; a split that would hold out nothing or everything is left out."""
     rng = np.random.default_rng(seed)
     n = len(rows)
     result = {"config": rng.permutation(n) < max(int(round(HOLDOUT * n)), 1)}
@@ -86,17 +91,28 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
             test |= shape.isin(chosen).to_numpy()
     if test.any():
         result["unseen_shapes"] = test
+    result["sizes_between"] = sizes_between(rows)
     return {name: mask for name, mask in result.items() if 0 < mask.sum() < n}
 
 
-def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
-    """:func:`report` of each split, from a booster trained on the rest of ``rows``."""
-    from .model import Predictor, train
+def sizes_between(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of an input size lying between two other sizes measured with the same op, kernel and stride."""
+    key = (rows.op + ":" + rows.kernel.astype(str) + ":" + rows.stride.astype(str)).to_numpy()
+    size = rows.input_h.to_numpy()
+    test = np.zeros(len(rows), dtype=bool)
+    for name in np.unique(key):
+        mine = key == name
+        measured = np.unique(size[mine])
+        test |= mine & (size > measured[0]) & (size < measured[-1])
+    return test
 
+
+def holdout_scores(rows: pd.DataFrame, seed: int = 0) -> dict:
+    """:func:`report` of each split, from a latency model trained on the rest of ``rows``."""
     result = {}
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
-        probe = Predictor(train(train_rows, lanes, seed), {"lanes": lanes})
+        probe = LatencyModel.train(train_rows, seed)
         result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
     return result
 
@@ -104,8 +120,6 @@ def holdout_scores(rows: pd.DataFrame, lanes: int, seed: int = 0) -> dict:
 def evaluate(predictor, table: pd.DataFrame, source: str) -> dict:
     """:func:`report` of ``predictor`` on the rows of ``table`` that match what it was trained on
     (device, schedule policy, protocol); a table without such rows is refused."""
-    from .selection import select
-
     chosen = select(table, source, predictor.schedule, predictor.protocol_id, predictor.device)
     return {"device": predictor.device, "schedule": predictor.schedule, "protocol_id": predictor.protocol_id,
             **report(chosen.rows, predictor.predict_frame(chosen.rows)),

@@ -2,9 +2,10 @@
 
 Latency on a board steps with channel counts: the ``default`` schedules vectorise output channels
 (or output width, or a pointwise conv's output positions) by the target's SIMD width and tile
-output positions by exact divisors, so the features say which path a layer takes, how full its
-last vector is, how many vectors and tiles it runs and the work the padded layer really does,
-beside the plain shape, FLOPs, bytes and arithmetic intensity.
+output positions by exact divisors. Beside the plain shape, FLOPs, bytes, arithmetic intensity and
+each channel count's alignment, the features are what the rules make of the layer
+(:mod:`hwloop.predictor.rules`): its path, register tile, vector multiply-adds, inner steps,
+repacked weight, input read with its halo, and the weights one tile walks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..layers import OPS, LayerConfig
+from . import rules
 
 COLUMNS = ("op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding", "groups",
            "batch", "dtype")
@@ -28,9 +30,9 @@ def names(lanes: int) -> list[str]:
         *(f"aligned_{a}" for a in ALIGNMENTS), "aligned_lanes", "mod_lanes", "vectors", "vector_fill")]
     return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
             "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
-            "log_flops", "log_bytes", "log_intensity", "log_padded_flops", "channel_vectorised",
-            "pointwise_vectorised", "positions_mod_lanes",
-            *channel, "ow_mod_lanes", "ow_vectors", "ow_tile", "oh_tile", "log_positions", "log_weight_bytes"]
+            "log_flops", "log_bytes", "log_intensity", "positions_mod_lanes", *channel, "ow_mod_lanes", "ow_vectors",
+            "log_positions", "log_weight_bytes", *(f"path_{path}" for path in rules.PATHS), "tile_vectors",
+            "tile_accumulators", *(f"log_{q}" for q in rules.QUANTITIES[2:]), "fmas_per_step", "useful_share"]
 
 
 def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
@@ -73,18 +75,20 @@ def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.nda
     return {c: np.asarray(cols[c])[first] for c in COLUMNS}, inverse
 
 
-def matrix(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+def matrix(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray]) -> np.ndarray:
     """Feature matrix (float32, XGBoost's own precision), one row per config, for a target with
-    ``lanes`` float32 SIMD lanes; computed in cache-sized chunks."""
+    ``lanes`` float32 SIMD lanes; ``work`` is :func:`hwloop.predictor.rules.quantities` of the same
+    configs. Computed in cache-sized chunks."""
     cols = {c: np.asarray(cols[c]) for c in COLUMNS}
     n = len(cols["op"])
     out = np.empty((n, len(names(lanes))), dtype=np.float32)
     for start in range(0, n, CHUNK):
-        out[start:start + CHUNK] = _chunk({c: v[start:start + CHUNK] for c, v in cols.items()}, lanes)
+        part = slice(start, start + CHUNK)
+        out[part] = _chunk({c: v[part] for c, v in cols.items()}, lanes, {q: v[part] for q, v in work.items()})
     return out
 
 
-def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
+def _chunk(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray]) -> np.ndarray:
     op = cols["op"]
     cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
     h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
@@ -99,27 +103,17 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int) -> np.ndarray:
     weight_bytes = cout * (cin // g) * k * k * dtype_bytes
     moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
     positions = oh * ow
-    pointwise = (op == "conv2d") & (k == 1) & (s == 1) & (p == 0) & (g == 1) & (positions % dlanes == 0)
-    channel_vectorised = ~pointwise & ((cout_g % dlanes == 0) | (g == 1))
-    padded_cout = np.where(channel_vectorised, _ceil(cout, dlanes) * dlanes, cout)
-    padded_ow = np.where(channel_vectorised | pointwise, ow, _ceil(ow, dlanes) * dlanes)
-    padded_macs = n * padded_cout * oh * padded_ow * (cin // g) * k * k
 
     features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
-                dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved),
-                np.log2(2.0 * padded_macs), channel_vectorised, pointwise, positions % dlanes]
+                dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved), positions % dlanes]
     wide = (dlanes != lanes).astype(np.intp)
     for c in (cin, cout, cout_g):
         features.append(_channel_table(lanes, _capacity(int(c.max(initial=0))))[wide, c])
-    features += [ow % dlanes, _ceil(ow, dlanes), _largest_divisor(ow, 8), _largest_divisor(oh, 4),
-                 np.log2(n * positions), np.log2(weight_bytes)]
+    features += [ow % dlanes, _ceil(ow, dlanes), np.log2(n * positions), np.log2(weight_bytes)]
+    features += [*(work["path"] == index for index in range(len(rules.PATHS))), work["vectors"], work["tile"],
+                 *(np.log2(work[q]) for q in rules.QUANTITIES[2:]), work["vector_fmas"] / work["steps"],
+                 macs / (work["vector_fmas"] * dlanes)]
     return np.column_stack(features)
-
-
-def baseline(features: np.ndarray, lanes: int) -> np.ndarray:
-    """Natural log of the FLOPs of the padded layer, the starting point the booster corrects:
-    trees then learn an efficiency, which carries over to shapes between the measured ones."""
-    return features[:, names(lanes).index("log_padded_flops")] * np.log(2.0)
 
 
 def _int(values) -> np.ndarray:
@@ -128,11 +122,6 @@ def _int(values) -> np.ndarray:
 
 def _ceil(a: np.ndarray, b) -> np.ndarray:
     return -(-a // b)
-
-
-def _largest_divisor(extent: np.ndarray, limit: int) -> np.ndarray:
-    """The largest divisor of each ``extent`` up to ``limit`` (the register tiles' rule), looked up."""
-    return _divisors(limit, _capacity(int(extent.max(initial=0))))[extent]
 
 
 @functools.lru_cache(maxsize=32)
@@ -148,15 +137,6 @@ def _channel_table(lanes: int, size: int) -> np.ndarray:
             fill = c / (vectors * width)
         blocks.append(np.column_stack([*(c % a == 0 for a in ALIGNMENTS), c % lanes == 0, c % width, vectors, fill]))
     return np.stack(blocks)
-
-
-@functools.lru_cache(maxsize=32)
-def _divisors(limit: int, size: int) -> np.ndarray:
-    extent = np.arange(size)
-    best = np.ones(size, dtype=np.int64)
-    for d in range(2, limit + 1):
-        best = np.where(extent % d == 0, d, best)
-    return best
 
 
 def _capacity(largest: int) -> int:

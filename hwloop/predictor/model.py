@@ -1,8 +1,10 @@
-"""The per-device latency predictor: an XGBoost booster on log latency, and what it was trained on.
+"""The per-device latency predictor: a :class:`~hwloop.predictor.latency.LatencyModel` and what it
+was trained on.
 
 Saved as ``<predictors>/<device>/booster.ubj`` (XGBoost's own binary JSON) beside
-``predictor.json`` (device, schedule policy, protocol, target, vector width, feature names,
-training-table hash, xgboost version, metrics, whole-model calibration, format version).
+``predictor.json`` (device, schedule policy, protocol, target, vector width and registers, the
+work model's coefficients, feature names, training-table hash, xgboost version, metrics,
+whole-model calibration, format version).
 Nothing is pickled; a file that is corrupt or was made for something else is refused.
 """
 
@@ -19,26 +21,27 @@ import pandas as pd
 import xgboost as xgb
 
 from ..schedules import PolicyError, parse_policy
+from ..trust import agreement
 from . import features
+from .calibration import calibrate
 from .errors import PredictorError
+from .evaluation import holdout_scores
+from .latency import LatencyModel, vector_unit
 from .selection import select
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BOOSTER_FILE = "booster.ubj"
 META_FILE = "predictor.json"
-PARAMS = {"objective": "reg:squarederror", "eta": 0.2, "max_depth": 5, "min_child_weight": 1.0,
-          "subsample": 0.9, "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "max_bin": 512}
-ROUNDS = 100
-STEADY_CV = 0.05
-REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "features", "table_sha256",
-            "booster_sha256", "xgboost_version")
+REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "registers", "work", "features",
+            "table_sha256", "booster_sha256", "xgboost_version")
 
 
 class Predictor:
-    """Predicts a layer's latency (ms) on one device, for one schedule policy and protocol."""
+    """Predicts a layer's latency (ms) on one device, for one schedule policy and protocol: a
+    latency model and the metadata saved beside it (``meta``)."""
 
-    def __init__(self, booster: xgb.Booster, meta: dict):
-        self.booster = booster
+    def __init__(self, model: LatencyModel, meta: dict):
+        self.model = model
         self.meta = meta
         self._grids: dict[tuple, np.ndarray] = {}
 
@@ -53,49 +56,42 @@ class Predictor:
             models: pd.DataFrame | None = None) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target).
 
-        Rows are brought to one pace first (``meta["spells"]``). With ``evaluate``, the metadata
-        also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
+        ``meta["trust"]`` says how far the rows can be trusted (:func:`hwloop.trust.agreement`).
+        With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
         trained without those rows. ``models`` (the device's model table) calibrates whole-model
         predictions.
         """
         schedule = rows_name(schedule)
         chosen = select(table, source, schedule, protocol_id, device)
-        lanes = lanes_of(chosen.target)
+        lanes, registers = vector_unit(chosen.target)
         meta = {
             "format_version": FORMAT_VERSION, "device": device, "schedule": schedule,
             "protocol_id": chosen.protocol_id, "protocol": chosen.protocol, "target": chosen.target,
-            "lanes": lanes, "features": features.names(lanes), "rows": len(chosen.rows),
+            "lanes": lanes, "registers": registers, "features": features.names(lanes), "rows": len(chosen.rows),
             "table_sha256": table_hash(chosen.rows), "xgboost_version": xgb.__version__,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spells": spells_record(chosen.spells), "metrics": {}, "calibration": None,
+            "trust": agreement(chosen.passes), "metrics": {}, "calibration": None,
         }
         if evaluate:
-            from .evaluation import holdout_scores
-
-            meta["metrics"] = holdout_scores(chosen.rows, lanes, seed)
-        predictor = cls(train(chosen.rows, lanes, seed), meta)
+            meta["metrics"] = holdout_scores(chosen.rows, seed)
+        model = LatencyModel.train(chosen.rows, seed)
+        predictor = cls(model, {**meta, "work": model.work})
         if models is not None:
-            from .calibration import calibrate
-
             predictor.meta["calibration"] = calibrate(predictor, models)
         return predictor
 
     def predict(self, configs) -> np.ndarray:
         """Latency in ms of each config (a list of LayerConfig)."""
-        return self.predict_columns(features.arrays(list(configs)))
+        return self.model.predict(configs)
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Latency in ms of each row of a frame with the config columns (a table, say)."""
-        return self.predict_columns(features.from_frame(frame))
+        return self.model.predict_frame(frame)
 
     def predict_columns(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         """Latency in ms from config columns as arrays: the fast path for large batches (each
         distinct config is predicted once)."""
-        if len(cols["op"]) == 0:
-            return np.empty(0)
-        unique, inverse = features.distinct(cols)
-        x = features.matrix(unique, self.lanes)
-        return np.exp(self.booster.inplace_predict(x, base_margin=features.baseline(x, self.lanes)))[inverse]
+        return self.model.predict_columns(cols)
 
     def latency_grid(self, config, in_counts, out_counts) -> np.ndarray:
         """Latency (ms) of ``config`` with every in/out channel count pair, shape ``(len(in), len(out))``.
@@ -127,7 +123,7 @@ class Predictor:
         """Write ``<predictors_dir>/<device>/``; each file is replaced atomically."""
         directory = Path(predictors_dir) / self.device
         directory.mkdir(parents=True, exist_ok=True)
-        raw = bytes(self.booster.save_raw("ubj"))
+        raw = bytes(self.model.booster.save_raw("ubj"))
         meta = {**self.meta, "booster_sha256": hashlib.sha256(raw).hexdigest()}
         _write_atomic(directory / BOOSTER_FILE, raw)
         _write_atomic(directory / META_FILE, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
@@ -168,7 +164,7 @@ class Predictor:
         if booster.num_features() != len(meta["features"]):
             raise PredictorError(f"{booster_path}: {booster.num_features()} features, predictor.json lists "
                                  f"{len(meta['features'])}")
-        return cls(booster, meta)
+        return cls(LatencyModel(booster, meta["lanes"], meta["registers"], meta["work"]), meta)
 
 
 def rows_name(schedule: str) -> str:
@@ -177,37 +173,6 @@ def rows_name(schedule: str) -> str:
         return parse_policy(schedule).name
     except PolicyError as exc:
         raise PredictorError(str(exc)) from None
-
-
-def train(rows: pd.DataFrame, lanes: int, seed: int = 0) -> xgb.Booster:
-    """A booster fitted to the log latency of ``rows``, from the padded FLOPs as base margin.
-
-    Unsteady measurements (coefficient of variation above ``STEADY_CV``, the default protocol's
-    retake threshold) weigh less: ``1 / (1 + (cv / STEADY_CV)²)``.
-    """
-    x = features.matrix(features.from_frame(rows), lanes)
-    cv = rows.latency_cv.fillna(0.0).to_numpy()
-    data = xgb.DMatrix(x, label=np.log(rows.latency_ms.to_numpy()), base_margin=features.baseline(x, lanes),
-                       weight=1.0 / (1.0 + (cv / STEADY_CV) ** 2))
-    return xgb.train({**PARAMS, "seed": seed}, data, num_boost_round=ROUNDS)
-
-
-def spells_record(spells: pd.DataFrame) -> list[dict]:
-    """The spells a predictor's rows were measured in and the pace each was brought from (None:
-    nothing linked it to the others, its rows are kept as measured)."""
-    return [{"start": start.isoformat(timespec="seconds"), "configs": int(configs), "shared": int(shared),
-             "pace": None if np.isnan(pace) else float(pace)}
-            for start, configs, shared, pace in zip(spells.start, spells.configs, spells.shared, spells.pace)]
-
-
-def lanes_of(target_json: str) -> int:
-    """float32 SIMD lanes of a table's target (a CPU's vector width; 32, a warp, for GPU targets)."""
-    target = json.loads(target_json)
-    if target.get("kind") != "llvm":
-        return 32
-    from ..schedules.default import vector_lanes
-
-    return vector_lanes(target)
 
 
 def table_hash(rows: pd.DataFrame) -> str:
@@ -230,6 +195,9 @@ def _read_meta(path: Path) -> dict:
     if version > FORMAT_VERSION:
         raise PredictorError(f"{path}: field 'format_version': {version} was written by a newer hwloop "
                              f"(this one reads up to {FORMAT_VERSION}); upgrade hwloop or fit it again")
+    if version < FORMAT_VERSION:
+        raise PredictorError(f"{path}: field 'format_version': {version} was written by an earlier hwloop, whose "
+                             f"predictors this one does not read; fit it again with `hwloop fit`")
     missing = [key for key in REQUIRED if key not in meta]
     if missing:
         raise PredictorError(f"{path}: field {missing[0]!r}: missing")

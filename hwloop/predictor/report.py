@@ -5,10 +5,8 @@
 * ``staircase.png``: measured latency against out-channels for a few layer shapes, with the
   predictor's line over every count in between;
 * ``learning_curve.png``: share within ±10 % of held-out rows against samples, random and adaptive;
-* ``pace.png`` (when configs were timed in several spells of the board): each such config's
-  fastest timing in a spell over its level (the median of its paced timings), against its level,
-  with the pace the spell was brought from; a spell whose points slope saw large and small layers
-  move apart.
+* ``trials.png`` (rows measured in trials): each trial's latency over its row's, against the row's
+  latency, with the ±5 and ±10 % bands: how far the table's measurements repeat.
 """
 
 from __future__ import annotations
@@ -19,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..layers import LayerConfig
 from .evaluation import BANDS, splits
 from .features import COLUMNS, shape_key
-from .model import Predictor, train
+from .latency import LatencyModel
+from .model import Predictor
 from .sampling import learning_curve
 from .selection import Selection
 
@@ -29,14 +29,14 @@ FOLDS = 4
 STAIRCASES = 4
 
 
-def out_of_fold(rows: pd.DataFrame, lanes: int, seed: int = 0) -> np.ndarray:
-    """Each row's latency predicted by a booster trained on the other folds."""
+def out_of_fold(rows: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """Each row's latency predicted by a latency model trained on the other folds."""
     fold = np.random.default_rng(seed).permutation(len(rows)) % FOLDS
     predicted = np.empty(len(rows))
     for k in range(FOLDS):
         test = fold == k
         if test.any() and (~test).any():
-            predicted[test] = Predictor(train(rows[~test], lanes, seed), {"lanes": lanes}).predict_frame(rows[test])
+            predicted[test] = LatencyModel.train(rows[~test], seed).predict_frame(rows[test])
     return predicted
 
 
@@ -49,11 +49,10 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lanes = predictor.lanes
     title = f"{predictor.device} · {predictor.schedule}"
     rows = chosen.rows
 
-    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, lanes, seed)
+    measured, predicted = rows.latency_ms.to_numpy(), out_of_fold(rows, seed)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for op in sorted(rows.op.unique()):
         mask = (rows.op == op).to_numpy()
@@ -82,41 +81,34 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     sizes = sorted({int(s) for s in np.geomspace(min(10, pool), pool, 6)})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for adaptive in (False, True):
-        curve = learning_curve(rows, test, sizes, lanes, adaptive, seed)
+        curve = learning_curve(rows, test, sizes, adaptive, seed)
         ax.plot([p["samples"] for p in curve], [100 * p["within_10"] for p in curve], "o-",
                 label="adaptive" if adaptive else "random")
     ax.set(xlabel="measured samples", ylabel="held-out rows within ±10 % (%)", ylim=(0, 100), title=title)
     ax.legend()
     _save(fig, out_dir / "learning_curve.png")
 
-    paced = _pace_plot(chosen, out_dir / "pace.png", title)
+    trials = _trials_plot(chosen.passes, out_dir / "trials.png", title)
     index = out_dir / "index.html"
-    index.write_text(_page(predictor, rows, measured, predicted, paced))
+    index.write_text(_page(predictor, rows, measured, predicted, trials))
     return index
 
 
-def _pace_plot(chosen: Selection, path: Path, title: str) -> bool:
-    """``pace.png`` (see the module's docstring); False, and no file, when no config was timed in
-    two spells."""
+def _trials_plot(passes: pd.DataFrame, path: Path, title: str) -> bool:
+    """``trials.png`` (see the module's docstring); False, and no file, when no row has trials."""
     import matplotlib.pyplot as plt
 
-    best = chosen.passes.groupby(["spell", "config_id"])[["latency_ms", "pace"]].min()
-    best = best[best.groupby(level="config_id").latency_ms.transform("size") > 1]
-    if best.empty:
+    rows = passes[passes.trial_latencies_ms.map(lambda t: t is not None and len(t) > 0)]
+    if rows.empty:
         return False
-    level = best.latency_ms.groupby(level="config_id").median()
+    x = np.concatenate([np.full(len(t), latency) for t, latency in zip(rows.trial_latencies_ms, rows.latency_ms)])
+    y = np.concatenate([np.asarray(t) / latency for t, latency in zip(rows.trial_latencies_ms, rows.latency_ms)])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for spell, points in best.groupby(level="spell"):
-        x = level[points.index.get_level_values("config_id")].to_numpy()
-        start, pace = chosen.spells.start[spell], chosen.spells.pace[spell]
-        linked = not np.isnan(pace)
-        dots = ax.scatter(x, (points.latency_ms * points.pace).to_numpy() / x, s=14,
-                          label=f"{start:%Y-%m-%d %H:%M}" + (f" · pace {pace:.3f}" if linked else " · not linked"))
-        if linked:
-            ax.axhline(pace, color=dots.get_facecolor()[0], lw=0.8)
-    ax.set(xscale="log", xlabel="config level ms (median over its spells, paced)", ylabel="timed in the spell / level",
-           title=f"{title}: the board's pace per spell")
-    ax.legend(fontsize=7)
+    ax.scatter(x, y, s=6, alpha=0.5)
+    for band, style in ((0.05, ":"), (0.10, "--")):
+        for side in (1 - band, 1 + band):
+            ax.axhline(side, color="grey", lw=0.8, ls=style)
+    ax.set(xscale="log", xlabel="row latency (ms)", ylabel="trial / row latency", title=f"{title}: trials")
     _save(fig, path)
     return True
 
@@ -130,8 +122,6 @@ def _staircases(rows: pd.DataFrame):
 
 
 def _config(row):
-    from ..layers import LayerConfig
-
     return LayerConfig.from_dict({c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in COLUMNS})
 
 
@@ -143,7 +133,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted, paced: bool) -> str:
+def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted, trials: bool) -> str:
     error = np.abs(predicted / measured - 1)
     cells = "".join(f"<td>{100 * np.mean(error <= b / 100):.1f} %</td>" for b in BANDS)
     held_out = "".join(
@@ -165,6 +155,6 @@ def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted, paced: 
 <h2>Predicted vs measured</h2><img src="scatter.png" alt="predicted vs measured">
 <h2>Latency vs out-channels</h2><img src="staircase.png" alt="staircase">
 <h2>Learning curve</h2><img src="learning_curve.png" alt="learning curve">
-{'<h2>The board&#39;s pace per spell</h2><img src="pace.png" alt="pace per spell">' if paced else ''}
+{'<h2>How far the measurements repeat</h2><img src="trials.png" alt="trials">' if trials else ''}
 </body></html>
 """

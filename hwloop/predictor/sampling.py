@@ -1,7 +1,8 @@
 """Spending board time where the predictor needs it, in the spirit of nn-Meter's adaptive sampling.
 
-A first design covers every layer shape with a spread of channel counts, those next to a vector
-step first (``c % lanes`` in {0, 1, lanes - 1}, where latency jumps). Each later round fits a
+A first design covers every layer shape with a spread of channel counts, those at a step of the
+``default`` rules first (where one channel more opens another vector or tile, or one fewer closes
+one: latency jumps there, see :mod:`hwloop.predictor.rules`). Each later round fits a
 small bootstrap ensemble on what is measured and picks the candidates where the ensemble
 disagrees most, and those near a measured config the ensemble gets wrong by more than 10 %
 (scored on the members that did not see it). :func:`learning_curve` replays either strategy on
@@ -18,12 +19,14 @@ import numpy as np
 import pandas as pd
 
 from ..layers import LayerConfig
+from . import rules
 from .evaluation import scores
-from .features import shape_key
-from .model import Predictor, train
+from .features import from_frame, shape_key
+from .latency import LatencyModel, vector_unit
 
 MEMBERS = 4
 WRONG = 0.10
+STEP = 1.1
 
 
 def frame_of(configs: list[LayerConfig]) -> pd.DataFrame:
@@ -31,26 +34,44 @@ def frame_of(configs: list[LayerConfig]) -> pd.DataFrame:
     return pd.DataFrame([{**c.to_dict(), "config_id": c.id} for c in configs])
 
 
-def near_step(frame: pd.DataFrame, lanes: int) -> np.ndarray:
-    """Whether a channel count sits on or next to a multiple of the vector width."""
-    def close(c):
-        r = c.to_numpy() % lanes
-        return np.minimum(r, lanes - r) <= 1
-    return close(frame.in_channels) | close(frame.out_channels)
+def at_step(frame: pd.DataFrame, lanes: int, registers: int) -> np.ndarray:
+    """Whether a config sits at a step of the rules' work: one channel more (in or out) makes its
+    loops' vector multiply-adds grow over ``STEP`` times faster than the channel count (another
+    vector or tile opens), or one channel fewer did."""
+    cols = from_frame(frame)
+    depthwise = cols["op"] == "depthwise_conv2d"
+
+    def fmas(d_in: int, d_out: int) -> np.ndarray:
+        both = np.maximum(cols["in_channels"] + d_in + d_out, 1)  # a depthwise conv's channels and groups move together
+        return rules.quantities(dict(
+            cols, in_channels=np.where(depthwise, both, np.maximum(cols["in_channels"] + d_in, 1)),
+            out_channels=np.where(depthwise, both, np.maximum(cols["out_channels"] + d_out, 1)),
+            groups=np.where(depthwise, both, cols["groups"])), lanes, registers)["vector_fmas"]
+
+    here, step = fmas(0, 0), np.zeros(len(frame), dtype=bool)
+    for column, shift in (("in_channels", (1, 0)), ("out_channels", (0, 1))):
+        count = np.asarray(cols[column], dtype=float)
+        up, down = fmas(*shift), fmas(*(-d for d in shift))
+        step |= up / here > (count + 1) / count * STEP
+        step |= (count > 1) & (here / down > count / np.maximum(count - 1, 1) * STEP)
+    return step
 
 
-def initial_design(candidates: pd.DataFrame, k: int, lanes: int, seed: int = 0) -> pd.DataFrame:
-    """``k`` candidates, round-robin over layer shapes, near-step channel counts first in each."""
+def initial_design(candidates: pd.DataFrame, k: int, lanes: int, registers: int, seed: int = 0) -> pd.DataFrame:
+    """``k`` candidates, round-robin over layer shapes, configs at a step of the rules first in each."""
     rng = np.random.default_rng(seed)
-    order = candidates.assign(_p=rng.random(len(candidates)) - near_step(candidates, lanes), _s=shape_key(candidates))
+    order = candidates.assign(_p=rng.random(len(candidates)) - at_step(candidates, lanes, registers),
+                              _s=shape_key(candidates))
     order = order.sort_values("_p")
     order["_rank"] = order.groupby("_s").cumcount()
     return order.sort_values(["_rank", "_p"]).head(k).drop(columns=["_p", "_s", "_rank"])
 
 
-def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int, seed: int = 0) -> pd.DataFrame:
-    """The ``k`` unmeasured candidates the next round should measure (see the module's docstring)."""
+def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+    """The ``k`` unmeasured candidates the next round should measure (see the module's docstring);
+    ``measured`` are table rows (of one target)."""
     rng = np.random.default_rng(seed)
+    lanes, registers = vector_unit(measured.target.iloc[0])
     pool = candidates[~candidates.config_id.isin(measured.config_id)].reset_index(drop=True)
     if len(pool) <= k:
         return pool
@@ -58,13 +79,13 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int,
     preds, oob_sum, oob_count = [], np.zeros(n), np.zeros(n)
     for member in range(MEMBERS):
         picks = rng.integers(0, n, n)
-        predictor = Predictor(train(measured.iloc[picks], lanes, seed + member), {"lanes": lanes})
-        preds.append(np.log(predictor.predict_frame(pool)))
+        member_model = LatencyModel.train(measured.iloc[picks], seed + member)
+        preds.append(np.log(member_model.predict_frame(pool)))
         unseen = np.ones(n, dtype=bool)
         unseen[picks] = False
-        oob_sum[unseen] += predictor.predict_frame(measured[unseen])
+        oob_sum[unseen] += member_model.predict_frame(measured[unseen])
         oob_count[unseen] += 1
-    score = np.std(preds, axis=0) + 0.05 * near_step(pool, lanes)
+    score = np.std(preds, axis=0) + 0.05 * at_step(pool, lanes, registers)
     seen = oob_count > 0
     error = np.abs(oob_sum[seen] / oob_count[seen] / measured.latency_ms.to_numpy()[seen] - 1)
     wrong = measured[seen][error > WRONG]
@@ -78,47 +99,51 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, lanes: int,
 
 def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Path, cache_dir: Path, budget: int,
                      rounds: int = 4, seed: int = 0, on_round: Callable[[int, int], None] | None = None,
-                     **collect_kwargs):
+                     force: bool = False, on_row: Callable[[dict], None] | None = None,
+                     on_wait: Callable[[str], None] | None = None):
     """Measure at most ``budget`` new configs of ``configs`` on ``device`` (each in every pass of its
-    protocol) in ``rounds`` rounds: a first design (half the budget), then where the predictor is
-    uncertain or wrong. Rows already in the table count as measured. Returns one
-    :class:`hwloop.collect.Summary` for all rounds."""
+    protocol) in ``rounds`` rounds, all in one measuring session: a first design (half the budget),
+    then where the predictor is uncertain or wrong. Rows already in the table count as measured.
+    Returns one :class:`hwloop.collect.Summary` for all rounds (``error`` set when the device was
+    given up)."""
     from .. import tables
-    from ..collect import Context, Summary, collect
-    from .model import lanes_of
+    from ..collect import Summary, collect
+    from ..session import Session
 
     start = time.perf_counter()
-    context = Context.of(device, policy)
-    lanes = lanes_of(context.target_json)
     candidates = frame_of(list(dict.fromkeys(configs)))
     total = Summary(device.name, policy.name, planned=min(budget, len(candidates)) * device.protocol.passes, skipped=0)
-    for round_index in range(rounds):
-        table = tables.read(tables_dir, device.name)
-        measured = table[(table.status == "ok") & (table.schedule == policy.name)
-                         & (table.protocol_id == context.protocol_id) & (table.target == context.target_json)
-                         & table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
-        if round_index == 0:
-            total.skipped = len(measured)
-        left = budget - len({row["config_id"] for row in total.rows})
-        if left <= 0:
-            break
-        if len(measured) < 8:
-            fresh = candidates[~candidates.config_id.isin(measured.config_id)]
-            chosen = initial_design(fresh, min(left, max(budget // 2, 1)), lanes, seed)
-        else:
-            chosen = choose(candidates, measured.reset_index(drop=True), -(-left // (rounds - round_index)), lanes,
-                            seed + round_index)
-        if chosen.empty:
-            break
-        if on_round:
-            on_round(round_index, len(chosen))
-        batch = [LayerConfig.from_dict(row) for row in chosen.to_dict("records")]
-        total.rows += collect(device, batch, policy, tables_dir, cache_dir, **collect_kwargs).rows
+    with Session(device, policy, tables_dir, on_wait=on_wait) as session:
+        lanes, registers = vector_unit(session.context.target_json)
+        for round_index in range(rounds):
+            table = tables.read(tables_dir, device.name, where={"status": "ok", **session.context.same()})
+            measured = table[table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
+            if round_index == 0:
+                total.skipped = len(measured)
+            left = budget - len({row["config_id"] for row in total.rows})
+            if left <= 0:
+                break
+            if len(measured) < 8:
+                fresh = candidates[~candidates.config_id.isin(measured.config_id)]
+                chosen = initial_design(fresh, min(left, max(budget // 2, 1)), lanes, registers, seed)
+            else:
+                chosen = choose(candidates, measured.reset_index(drop=True), -(-left // (rounds - round_index)),
+                                seed + round_index)
+            if chosen.empty:
+                break
+            if on_round:
+                on_round(round_index, len(chosen))
+            batch = [LayerConfig.from_dict(row) for row in chosen.to_dict("records")]
+            summary = collect(device, batch, policy, tables_dir, cache_dir, force, on_row=on_row, session=session)
+            total.rows += summary.rows
+            if summary.error:
+                total.error = summary.error
+                break
     total.wall_s = time.perf_counter() - start
     return total
 
 
-def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], lanes: int, adaptive: bool,
+def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], adaptive: bool,
                    seed: int = 0) -> list[dict]:
     """Scores on ``rows[test]`` of predictors trained on growing subsets of the other rows, chosen
     at random or by the adaptive sampler (replayed: a chosen row's measured latency is revealed)."""
@@ -130,10 +155,10 @@ def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], lanes
         if not adaptive:
             chosen = order.head(size)
         elif chosen.empty:
-            chosen = initial_design(pool, size, lanes, seed)
+            chosen = initial_design(pool, size, *vector_unit(rows.target.iloc[0]), seed)
         else:
-            picks = choose(pool, chosen, size - len(chosen), lanes, seed + size)
+            picks = choose(pool, chosen, size - len(chosen), seed + size)
             chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
-        predictor = Predictor(train(chosen, lanes, seed), {"lanes": lanes})
-        curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), predictor.predict_frame(held))})
+        model = LatencyModel.train(chosen, seed)
+        curve.append({"samples": int(len(chosen)), **scores(held.latency_ms.to_numpy(), model.predict_frame(held))})
     return curve

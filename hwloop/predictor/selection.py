@@ -2,10 +2,8 @@
 one schedule policy, one protocol and one target. Rows measured under other conditions are other
 latencies, so mixing them is refused rather than averaged.
 
-Rows are first brought to the pace of the table's largest spell (:mod:`hwloop.pace`): a sweep
-added on a day the board ran 10 % faster would otherwise teach the predictor that its configs are
-10 % cheaper. A config measured in several passes then counts once, by its fastest pass: a
-disturbance within a spell (another tenant, a thermal dip) only adds time.
+Rows timed while the device was busy (not *quiet*, :mod:`hwloop.runner`) are left out. A config
+measured in several passes counts once, by its fastest pass: a disturbance only adds time.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..pace import paced
 from ..schedules import unrevised
 from .errors import PredictorError
 
@@ -22,13 +19,12 @@ from .errors import PredictorError
 @dataclass(frozen=True)
 class Selection:
     rows: pd.DataFrame  # one per config, its fastest pass
-    passes: pd.DataFrame  # the table's rows behind them, every pass, paced (with spell and pace)
+    passes: pd.DataFrame  # the table's rows behind them, every pass
     device: str
     schedule: str
     protocol_id: str
     protocol: str
     target: str
-    spells: pd.DataFrame  # hwloop.pace.spell_paces of the passes
 
     @property
     def measurements(self) -> int:
@@ -39,10 +35,10 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
            device: str | None = None) -> Selection:
     """The successful rows of ``table`` measured with ``schedule`` (and ``protocol_id`` if given).
 
-    ``source`` names the table in errors. Refused: no such rows, rows of several devices, or
-    several protocols or targets left to choose from.
+    ``source`` names the table in errors. Refused: no such rows (successful and quiet), rows of
+    several devices, or several protocols or targets left to choose from.
     """
-    ok = table[(table.status == "ok") & (table.latency_ms > 0)]
+    ok = table[(table.status == "ok") & (table.latency_ms > 0) & table.quiet.ne(False)]
     if ok.empty:
         raise PredictorError(f"{source}: no successful measurements")
     if device is not None and set(ok.device) != {device}:
@@ -70,9 +66,7 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
         raise PredictorError(f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); "
                              "keep one target per device table")
     first = rows.iloc[0]
-    rows, spells = paced(rows)
-    return Selection(fastest_pass(rows), rows, first.device, schedule, first.protocol_id, first.protocol,
-                     first.target, spells)
+    return Selection(fastest_pass(rows), rows, first.device, schedule, first.protocol_id, first.protocol, first.target)
 
 
 def fastest_pass(rows: pd.DataFrame, key: str = "config_id") -> pd.DataFrame:

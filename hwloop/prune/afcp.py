@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from . import MIN_RATIO
-from .allocator import allocate, keep_top
+from .allocator import allocate
 from .cost import Cost, SoftCost
 from .data import first_batches
-from .gates import ConsumerHooks, channel_view, compose, feeds
+from .gates import ConsumerHooks, Feed, channel_view, compose, feeds
 from .groups import ChannelGroups
 from .train import train
 
@@ -34,8 +34,12 @@ PENALTY = 2.0
 
 
 def foldable(groups: ChannelGroups) -> list[str]:
-    """Groups whose channels feed only plain convs and linears, where replacing a channel folds exactly."""
-    return [g.name for g in groups.groups if g.consumers and not g.depthwise]
+    """Groups whose channels feed only plain (ungrouped) convs and linears, one input position per
+    channel, where replacing a channel folds exactly."""
+    modules = dict(groups.model.named_modules())
+    return [g.name for g in groups.groups if g.consumers and not g.depthwise
+            and all(getattr(modules[name], "groups", 1) == 1 and len(positions) == g.size
+                    for name, positions in g.consumers.items())]
 
 
 @torch.no_grad()
@@ -44,17 +48,16 @@ def similarity(groups: ChannelGroups, batches: Iterable, names: list[str]) -> di
     grams = {name: torch.zeros(groups.by_name[name].size, groups.by_name[name].size, dtype=torch.float64)
              for name in names}
 
-    def record(group: str, positions: torch.Tensor):
+    def record(group: str, positions: torch.Tensor, axis: int):
         def take(x: torch.Tensor) -> torch.Tensor:
-            channels = x.index_select(1 if x.dim() == 4 else -1, positions)
-            flat = channels.transpose(0, 1).reshape(len(positions), -1) if x.dim() == 4 else channels.T
+            flat = x.index_select(axis, positions).movedim(axis, 0).reshape(len(positions), -1)
             grams[group].add_(flat.double() @ flat.double().T)
             return x
         return take
 
     transforms = {}
     for consumer, fed in feeds(groups).items():
-        chain = [record(group, positions) for group, positions in fed if group in grams]
+        chain = [record(feed.group, feed.positions, feed.axis) for feed in fed if feed.group in grams]
         if chain:
             transforms[consumer] = compose(chain)
     was_training = groups.model.training
@@ -91,8 +94,9 @@ def fold(groups: ChannelGroups, keep: dict[str, list[int]], replaced: dict[str, 
     for name, values in (scale or {}).items():
         group, kept = groups.by_name[name], keep[name]
         for consumer, positions in group.consumers.items():
-            weight = modules[consumer].weight
-            weight[:, torch.tensor(positions)[kept]] *= values[kept].view(1, -1, *[1] * (weight.dim() - 2))
+            roots = torch.tensor(group.roots[consumer])
+            at = torch.isin(roots, torch.tensor(kept))
+            _scale_inputs(modules[consumer], torch.tensor(positions)[at], values[roots[at]])
         for consumer, positions in group.depthwise.items():
             weight = modules[consumer].weight
             weight[torch.tensor(positions)[kept]] *= values[kept].view(-1, 1, 1, 1)
@@ -103,6 +107,19 @@ def fold(groups: ChannelGroups, keep: dict[str, list[int]], replaced: dict[str, 
             for j in channels:
                 weight[:, positions[int(k[j])]] += float(alpha[j]) * weight[:, positions[j]]
     return sum(len(channels) for channels in replaced.values())
+
+
+def _scale_inputs(layer: nn.Module, channels: torch.Tensor, values: torch.Tensor) -> None:
+    """Multiply the weights of ``layer`` (a linear, or a conv, grouped or not) that read its input
+    ``channels`` by ``values``."""
+    weight = layer.weight
+    groups = getattr(layer, "groups", 1)
+    if groups == 1:
+        weight[:, channels] *= values.view(1, -1, *[1] * (weight.dim() - 2))
+        return
+    per_in, per_out = layer.in_channels // groups, layer.out_channels // groups
+    blocks = weight.view(groups, per_out, per_in, *weight.shape[2:])
+    blocks[channels // per_in, :, channels % per_in] *= values.view(-1, 1, *[1] * (weight.dim() - 2))
 
 
 def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
@@ -116,20 +133,21 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     rho = {name: nn.Parameter(torch.zeros(groups.by_name[name].size)) for name in replaceable}
     soft = SoftCost(cost)
 
-    def gate(group: str, positions: torch.Tensor):
+    def gate(feed: Feed):
+        group, axis = feed.group, feed.axis
+
         def apply(x: torch.Tensor) -> torch.Tensor:
-            dim = 1 if x.dim() == 4 else -1
-            channels = x.index_select(dim, positions)
-            m = channel_view(x, torch.sigmoid(theta[group]))
+            channels = x.index_select(axis, feed.positions)
+            m = channel_view(x, feed.spread(torch.sigmoid(theta[group])), axis)
             mixed = m * channels
             if group in pairs:
                 k, alpha = pairs[group]
-                r = channel_view(x, torch.sigmoid(rho[group]) * alpha.float())
-                mixed = mixed + (1 - m) * r * channels.index_select(dim, k)
-            return x.index_copy(dim, positions, mixed)
+                r = channel_view(x, torch.sigmoid(rho[group]) * alpha.float(), axis)
+                mixed = mixed + (1 - m) * r * channels.index_select(axis, k)
+            return x.index_copy(axis % x.dim(), feed.positions, mixed)
         return apply
 
-    transforms = {consumer: compose([gate(group, positions) for group, positions in fed])
+    transforms = {consumer: compose([gate(feed) for feed in fed])
                   for consumer, fed in feeds(groups).items()}
 
     def penalty() -> torch.Tensor:
@@ -142,7 +160,7 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
               extra_params=[{"params": gates, "lr": 0.1, "weight_decay": 0}], on_batch=on_batch)
     keep_values = {name: torch.sigmoid(t.detach()) for name, t in theta.items()}
     plan = allocate(groups, cost, keep_values, target, min_ratio)
-    keep = keep_top(keep_values, plan)
+    keep = groups.top(keep_values, plan)
     replaced = {name: [j for j in range(groups.by_name[name].size)
                        if j not in set(keep[name]) and torch.sigmoid(rho[name][j]) > 0.5]
                 for name in replaceable}

@@ -13,8 +13,10 @@ channels at once let a group jump to a count the device runs fast (an alignment 
 steps a compiled conv can be many times slower), rather than crawl through slow ragged counts. When
 the whole-model cost meets the target, a last pass gives each group back any channels that cost
 nothing. Importance is removed lowest-first, so the kept channels of a group are its top-``count``
-channels. With ``round_to``, counts move only by multiples of it (HALP's latency-aware grouping of
-channels, Torch-Pruning's ``round_to``) in every group whose size is a multiple of it.
+channels (averaged over a grouped conv's groups, :meth:`.ChannelGroups.top`). With ``round_to``,
+counts move only by multiples of it (HALP's latency-aware grouping of channels, Torch-Pruning's
+``round_to``) in every group whose size is a multiple of it; a group feeding a grouped conv moves in
+multiples of the conv's group count.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense
     units, floors = groups.steps(round_to, min_ratio)
-    lost = {g.name: _lost(importance[g.name]) for g in groups.groups}
+    lost = {g.name: _lost(g.averaged(importance[g.name])) for g in groups.groups}
     touched = _touched(groups)
     while (total := cost.total(plan)) > target:
         if on_step:
@@ -63,12 +65,6 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
     if on_step:
         on_step(total)
     return _give_back(groups, cost, plan, target, touched, units)
-
-
-def keep_top(importance: dict[str, torch.Tensor], plan: dict[str, int]) -> dict[str, list[int]]:
-    """The dense indices of each group's ``plan[name]`` most important channels, ascending."""
-    return {name: sorted(torch.argsort(importance[name], descending=True, stable=True)[:count].tolist())
-            for name, count in plan.items()}
 
 
 def _lost(score: torch.Tensor) -> np.ndarray:

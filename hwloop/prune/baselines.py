@@ -41,7 +41,7 @@ def global_ranking(groups: ChannelGroups, cost: Cost, importance: dict[str, torc
     network (``step`` at a time in a group whose size is a multiple of it), whatever they cost,
     until ``target`` is met."""
     units, floors = groups.steps(step, min_ratio)
-    ranked = {g.name: torch.sort(importance[g.name]).values for g in groups.groups}
+    ranked = {g.name: torch.sort(g.averaged(importance[g.name])).values for g in groups.groups}
     plan = groups.dense
 
     def next_chunk(name: str) -> float:

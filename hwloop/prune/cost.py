@@ -6,6 +6,7 @@ allocator uses to rank many candidate moves at once before checking the whole-mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -123,8 +124,9 @@ class SoftCost:
             ins, outs = feeds_in.get(traced.name, []), feeds_out.get(traced.name, [])
             if c.op == "depthwise_conv2d":
                 outs = []
-            in_points = _points(c.in_channels, cost.step, points) if ins else [c.in_channels]
-            out_points = _points(c.out_channels, cost.step, points) if outs else [c.out_channels]
+            unit = c.groups if c.op == "conv2d" else 1
+            in_points = _points(c.in_channels, cost.step, points, unit) if ins else [c.in_channels]
+            out_points = _points(c.out_channels, cost.step, points, unit) if outs else [c.out_channels]
             table = torch.tensor(cost.grid(c, in_points, out_points), dtype=torch.float32)
             self.layers.append((c, ins, outs, torch.tensor(in_points, dtype=torch.float32),
                                 torch.tensor(out_points, dtype=torch.float32), table))
@@ -140,12 +142,14 @@ class SoftCost:
         return total
 
 
-def _points(dense: int, step: int, points: int) -> list[int]:
-    """Grid counts: 1, the dense count, and evenly spaced multiples of ``step`` (counts a device runs well)."""
-    aligned = list(range(step, dense, step))
+def _points(dense: int, step: int, points: int, unit: int = 1) -> list[int]:
+    """Grid counts: ``unit`` (a grouped conv's group count, which every count is a multiple of), the
+    dense count, and evenly spaced multiples of ``step`` and ``unit`` (counts a device runs well)."""
+    step = math.lcm(step, unit)
+    aligned = list(range(step, dense, step)) or list(range(unit, dense, unit))
     if len(aligned) > points - 2:
         aligned = [aligned[round(i)] for i in np.linspace(0, len(aligned) - 1, points - 2)]
-    return sorted({1, dense, *aligned})
+    return sorted({unit, dense, *aligned})
 
 
 def _interval(points: torch.Tensor, value) -> tuple[int, torch.Tensor]:

@@ -1,7 +1,8 @@
 """A pruned model on disk: weights, the plan as JSON, and an ExportedProgram (ONNX too when the
 ``onnx`` package is installed). Reloading needs neither the pruning run nor unpickling: the
 architecture is rebuilt from the model spec and the plan, the weights are read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. A model given as a Python file is imported to rebuild it, which
+runs that file's code: the plan records the file's SHA-256 and a changed file is refused.
 
 Folder layout: ``plan.json``, ``pruned.pt`` and ``dense.pt`` (state dicts), ``pruned.pt2``
 (``torch.export``), ``pruned.onnx`` (optional).
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import ModelError, load_model
+from ..models import ModelError, file_sha256, load_model, model_file
 from .groups import ChannelGroups, PruneError
 
 FORMAT = "hwloop-prune/1"
@@ -99,10 +100,19 @@ def load(out: Path) -> tuple[nn.Module, nn.Module, dict]:
 
 
 def _build(record: dict, out: Path) -> nn.Module:
-    builtin = ":" not in record["model"]
+    """The dense model of a plan; a model file is imported (which runs its code) only when its
+    SHA-256 is the one the plan recorded."""
+    file = model_file(record["model"])
     try:
+        if file is not None:
+            recorded, actual = record.get("model_sha256"), file_sha256(file)
+            if recorded != actual:
+                raise PruneError(f"{out / 'plan.json'}: model_sha256: {file} has changed since the plan was made "
+                                 f"(SHA-256 {actual[:12]}…, the plan recorded "
+                                 f"{recorded[:12] + '…' if isinstance(recorded, str) else 'none'}); "
+                                 "a changed file may be another model, and importing it runs its code")
         model, _ = load_model(record["model"], tuple(record["input_shape"]),
-                              record["num_classes"] if builtin else None)
+                              record["num_classes"] if file is None else None)
     except ModelError as exc:
         raise PruneError(f"{out / 'plan.json'}: model: {exc}") from exc
     return model

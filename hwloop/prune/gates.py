@@ -8,6 +8,7 @@ depthwise convs), so scaling a channel at the input of every consumer by 0 is ex
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,25 +16,45 @@ from torch import nn
 from .groups import ChannelGroups
 
 
-def feeds(groups: ChannelGroups) -> dict[str, list[tuple[str, torch.Tensor]]]:
-    """For each consuming layer, the groups feeding it and their input-channel positions."""
-    result: dict[str, list[tuple[str, torch.Tensor]]] = {}
+@dataclass(frozen=True)
+class Feed:
+    """A group's channels at a consuming layer's input: their ``positions`` on the input's channel
+    ``axis`` (1 for a conv's NCHW input, the last for a linear's, whatever its rank) and the group
+    channel at each position (``roots``)."""
+
+    group: str
+    positions: torch.Tensor
+    roots: torch.Tensor
+    axis: int
+
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-channel ``values`` of the group, one per position."""
+        return values[self.roots]
+
+
+def feeds(groups: ChannelGroups) -> dict[str, list[Feed]]:
+    """For each consuming layer, the groups feeding it."""
+    modules = dict(groups.model.named_modules())
+    result: dict[str, list[Feed]] = {}
     for group in groups.groups:
         for name, positions in (*group.consumers.items(), *group.depthwise.items()):
-            result.setdefault(name, []).append((group.name, torch.tensor(positions, dtype=torch.long)))
+            axis = -1 if isinstance(modules[name], nn.Linear) else 1
+            result.setdefault(name, []).append(Feed(group.name, torch.tensor(positions, dtype=torch.long),
+                                                    torch.tensor(group.roots[name], dtype=torch.long), axis))
     return result
 
 
-def channel_view(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``values`` (one per channel) shaped to broadcast over ``x``'s channel axis (1 for NCHW, last for NC)."""
-    return values.view(1, -1, 1, 1) if x.dim() == 4 else values
+def channel_view(x: torch.Tensor, values: torch.Tensor, axis: int) -> torch.Tensor:
+    """``values`` (one per channel) shaped to broadcast over ``x``'s channel ``axis``."""
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return values.view(shape)
 
 
-def scale_channels(x: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``x`` with the channels at ``positions`` multiplied by ``values`` (differentiable in both)."""
-    channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
-    factor = torch.ones(channels, dtype=x.dtype, device=x.device).index_copy(0, positions, values.to(x.dtype))
-    return x * channel_view(x, factor)
+def scale_channels(x: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` with the channels at ``positions`` (on ``axis``) multiplied by ``values`` (differentiable in both)."""
+    factor = torch.ones(x.shape[axis], dtype=x.dtype, device=x.device).index_copy(0, positions, values.to(x.dtype))
+    return x * channel_view(x, factor, axis)
 
 
 def compose(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:

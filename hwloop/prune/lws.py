@@ -17,10 +17,10 @@ from torch import nn
 
 from . import MIN_RATIO
 from .afcp import fold
-from .allocator import allocate, keep_top
+from .allocator import allocate
 from .cost import Cost
 from .data import first_batches
-from .gates import ConsumerHooks, compose, feeds, scale_channels
+from .gates import ConsumerHooks, Feed, compose, feeds, scale_channels
 from .groups import ChannelGroups
 from .importance import scores
 from .train import train
@@ -54,16 +54,16 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
         threshold = (top[count - 1] + top[count]) / 2
         return torch.sigmoid((mixed - threshold) / TEMPERATURE)
 
-    def gate(name: str, positions: torch.Tensor):
-        return lambda x: scale_channels(x, positions, mask(name))
+    def gate(feed: Feed):
+        return lambda x: scale_channels(x, feed.positions, feed.spread(mask(feed.group)), feed.axis)
 
-    transforms = {consumer: compose([gate(name, positions) for name, positions in fed])
+    transforms = {consumer: compose([gate(feed) for feed in fed])
                   for consumer, fed in feeds(groups).items()}
     with ConsumerHooks(groups.model, transforms):
         train(groups.model, loader, epochs, lr=0.01, teacher=teacher,
               extra_params=[{"params": list(beta.values()), "lr": 0.5, "weight_decay": 0}], on_batch=on_batch)
     rules = {name: RULES[int(b.argmax())] for name, b in beta.items()}
-    keep = keep_top({name: by_rule[rules[name]][name] for name in plan}, plan)
+    keep = groups.top({name: by_rule[rules[name]][name] for name in plan}, plan)
     with torch.no_grad():
         chosen = {name: mask(name, nn.functional.one_hot(beta[name].argmax(), len(RULES)).float()) for name in plan}
         fold(groups, keep, {}, {}, chosen)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import ModelError, load_model
+from ..models import ModelError, file_sha256, load_model, model_file
 from ..schedules import policy_of_rows
 from . import MIN_RATIO, afcp, baselines, export, lws, proposals
-from .allocator import allocate, keep_top
+from .allocator import allocate
 from .board import Board, correct
 from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
@@ -56,10 +56,10 @@ class Result:
 
 def model_spec(spec: str) -> str:
     """A model spec that still resolves from another folder (a file's path made absolute)."""
-    if ":" not in spec:
+    file = model_file(spec)
+    if file is None:
         return spec
-    file, _, name = spec.rpartition(":")
-    return f"{Path(file).resolve()}:{name}"
+    return f"{file.resolve()}:{spec.rpartition(':')[2]}"
 
 
 def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None) -> tuple[nn.Module, float]:
@@ -67,8 +67,8 @@ def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Pat
     model = build(spec, data)
     key = {"model": model_spec(spec), "dataset": data.name, "train": len(data.train.dataset),
            "input_shape": list(data.input_shape), "classes": data.num_classes, "epochs": epochs, "seed": seed}
-    if ":" in spec:
-        key["source"] = hashlib.sha256(Path(spec.rpartition(":")[0]).read_bytes()).hexdigest()
+    if model_file(spec) is not None:
+        key["source"] = file_sha256(model_file(spec))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     weights, meta = cache_dir / "dense" / f"{digest}.pt", cache_dir / "dense" / f"{digest}.json"
     if weights.is_file() and meta.is_file():
@@ -131,7 +131,8 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     with _task(progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)) as advance:
         train(model, data.train, settings.epochs, lr=settings.lr, teacher=dense_model, on_batch=advance)
     record = {
-        "model": model_spec(spec), "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        "model": model_spec(spec), **({"model_sha256": file_sha256(model_file(spec))} if model_file(spec) else {}),
+        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
         "dataset": data.name, "device": predictor.device, "schedule": predictor.schedule,
         "method": settings.method, "budget": settings.budget, "target_ms": target,
         "epochs": settings.epochs, "dense_epochs": settings.dense_epochs,
@@ -202,13 +203,13 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
         with _task(progress, "allocating channels", None) as advance:
             plan = allocate(groups, latency, weighted, target, settings.min_ratio, on_step=lambda _: advance(),
                             round_to=settings.round_to or 1)
-    return plan, keep_top(importance, plan), {"criterion": settings.criterion}
+    return plan, groups.top(importance, plan), {"criterion": settings.criterion}
 
 
 def build(spec: str, data: Data) -> nn.Module:
     """The untrained model of ``spec`` for ``data``'s input shape (and class count, for a built-in)."""
     try:
-        model, _ = load_model(spec, data.input_shape, data.num_classes if ":" not in spec else None)
+        model, _ = load_model(spec, data.input_shape, data.num_classes if model_file(spec) is None else None)
     except ModelError as exc:
         raise PruneError(str(exc)) from exc
     return model

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .allocator import allocate, keep_top
+from .allocator import allocate
 from .cost import Cost
 from .groups import pruned_copy
 from .train import evaluate, train
@@ -74,7 +74,7 @@ def ranked(dense: nn.Module, input_shape: tuple[int, ...], proposals: list[Propo
         tuned = []
         for proposal, model in alive[:size]:
             if model is None:
-                model = pruned_copy(dense, input_shape, keep_top(importance, proposal.plan))
+                model = pruned_copy(dense, input_shape, importance, proposal.plan)
             torch.manual_seed(seed)
             train(model, tune, 1, lr=lr, teacher=dense, on_batch=on_batch)
             proposal.accuracy, proposal.passes = evaluate(model, rank), proposal.passes + 1

@@ -451,14 +451,16 @@ def _var_of(c: Contraction, loop) -> tirx.Var:
 
 
 def _accumulate_locally(sch, c: Contraction, layout):
-    """Accumulate in a local buffer (``layout`` orders its axes); inline injective consumers into its write-back."""
+    """Accumulate in a local buffer (``layout`` orders its axes); inline injective consumers of the
+    result's shape into its write-back."""
     writeback = sch.cache_write(c.block, 0, "local")
     if layout is not None:
         sch.transform_layout(c.block, ("write", 0), layout)
+    shape = [int(d) for d in sch.get(writeback).writes[0].source.shape]
     while True:
         consumers = sch.get_consumers(writeback)
-        if len(consumers) != 1:
-            break
+        if len(consumers) != 1 or [int(d) for d in sch.get(consumers[0]).writes[0].source.shape] != shape:
+            break  # a consumer that broadcasts the result (squeeze-excitation's scale) stays a block of its own
         try:
             sch.reverse_compute_inline(consumers[0])
         except ScheduleError:
