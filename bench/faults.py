@@ -7,8 +7,9 @@ each way hwloop measures, against real OpenSSH boards on loopback.
 ``run`` runs every cell of :mod:`fault_matrix` (tests/fault_matrix.py: what each fault and each
 path is, and how rows lost and duplicated are counted), each in a process of its own that is
 killed if it outlasts ``--cell-timeout``, prints each cell as it ends and writes ``matrix.json``
-(the machine, the commit, the command, the settings and the cells) into ``--out`` (default
-docs/results/faults/results/<time>). Counts, not timings: it may share the machine. The full
+(the machine, the commit, the command, the settings and the cells so far) into ``--out`` (default
+docs/results/faults/results/<time>) after each cell; run again with the same ``--out`` at the same
+commit, it runs only the cells still missing. Counts, not timings: it may share the machine. The full
 matrix takes about half an hour on two cores, the seven reboots a minute each. A disk-full cell
 needs root (it mounts a tmpfs); without it the cell says so.
 
@@ -112,6 +113,15 @@ def run_all(args) -> None:
         sys.exit(f"unknown fault or path: {', '.join(unknown)} (faults: {', '.join(FAULTS)}; paths: {', '.join(PATHS)})")
     out = args.out or RESULTS / "results" / time.strftime("%Y%m%d-%H%M%S")
     result = {"machine": machine(), "settings": settings(), "faults": FAULTS, "paths": PATHS, "cells": []}
+    saved = out / "matrix.json"
+    if saved.exists():  # resume: keep the cells a run of the same commit finished
+        before = json.loads(saved.read_text())
+        if before["machine"]["commit"] != result["machine"]["commit"]:
+            sys.exit(f"{saved}: machine.commit: written at commit {before['machine']['commit']}, this is "
+                     f"{result['machine']['commit']}; give another --out")
+        result["cells"] = before["cells"]
+    done = {(c["fault"], c["path"]) for c in result["cells"]}
+    out.mkdir(parents=True, exist_ok=True)
     from boards import keygen
 
     with tempfile.TemporaryDirectory(prefix="hwloop-faults-") as tmp:
@@ -120,13 +130,14 @@ def run_all(args) -> None:
         key = keygen(root / "id_ed25519")
         for fault in faults:
             for path in paths:
+                if (fault, path) in done:
+                    continue
                 cell = cell_in_child(fault, path, root, key, args.cell_timeout)
                 result["cells"].append(cell)
+                saved.write_text(json.dumps(result, indent=1, default=str) + "\n")
                 print(f"{fault:15} {path:13} lost {cell['lost']} duplicated {cell['duplicated']}: "
                       f"{cell['outcome']}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"→ {out / 'matrix.json'}")
+    print(f"→ {saved}")
 
 
 def page(_args) -> None:
@@ -142,8 +153,8 @@ def page(_args) -> None:
              "that are not in it at the end (must be 0);",
              "- **rows duplicated**: successful rows beyond one per config (or model) and pass after the fault and "
              "the re-run: in the whole table for paths that resume, within each measuring call for `validate` and "
-             "the board rounds (which measure again on purpose); anchors, configs a collection after a pause of "
-             "more than a minute times again on purpose to pace its rows, do not count (must be 0).", ""]
+             "the board rounds (which measure again on purpose); a row timed on a busy device (`quiet` false), "
+             "which a collection takes again on purpose, does not count (must be 0).", ""]
     folders = sorted((RESULTS / "results").glob("*/matrix.json"), reverse=True)
     for path in folders:
         result = json.loads(path.read_text())

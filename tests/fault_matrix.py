@@ -9,8 +9,8 @@ the run to end, mends the fault, runs the path again, and counts:
   path reported as written, and are not in it at the end;
 * rows duplicated: successful rows beyond one per config (or model) and pass, in the whole table
   for paths that resume (a re-run measures only what is missing), else within each measuring call
-  (``validate`` and each board round measure again on purpose). Anchors, configs a collection
-  after a pause times again on purpose (:mod:`hwloop.pace`), are not duplicates.
+  (``validate`` and each board round measure again on purpose). A row timed on a busy device
+  (``quiet`` False) is taken again on purpose, so it is no duplicate.
 
 tests/test_faults.py runs a few cells; bench/faults.py runs them all and writes the page.
 """
@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +37,8 @@ import paramiko
 import psutil
 
 from hwloop import builder, tables
-from hwloop.collect import pending
 from hwloop.layers import LayerConfig
 from hwloop.registry import Link, load_registry
-from hwloop.rows import Context
 from hwloop.schedules import parse_policy
 
 from boards import PYTHON, Board, Proxy, write_registry
@@ -261,7 +258,6 @@ class Run:
     error: str | None = None  # why the path stopped, or gave its board up
     reported: set[str] = field(default_factory=set)  # measurement ids the path reported
     calls: list[tuple[pd.Timestamp, pd.Timestamp]] = field(default_factory=list)  # its measuring calls
-    anchors: set[tuple[str, str]] = field(default_factory=set)  # (device, config) it times again on purpose
     on_row: Callable[[str | None], None] = lambda device: None  # told of each row (and its device, in a fleet)
 
     def row(self, *args) -> None:
@@ -301,23 +297,12 @@ def _boards(lab: Lab, fault: str, count: int, **extra) -> list:
     return [registry.get(name) for name in devices]
 
 
-def _anchors(device, configs, tables_dir) -> set[tuple[str, str]]:
-    """(device, config id) of the configs a collection of ``configs`` starting now times again as anchors."""
-    context = Context.of(device, POLICY)
-    done = tables.read(tables_dir, device.name, columns=["config_id", "quiet"],
-                       where={"status": "ok", **context.same()})
-    measured = set(done[done.quiet.ne(False)].config_id)
-    todo, _ = pending(configs, context, tables_dir, False)
-    return {(device.name, c.id) for c in todo if c.id in measured}
-
-
 def collect_path(lab: Lab, fault: str, count: int = 1) -> Setup:
     from hwloop.fleet import collect_fleet
 
     devices = _boards(lab, fault, count)
 
     def go(run: Run) -> None:
-        run.anchors = set().union(*(_anchors(d, CONFIGS, lab.tables) for d in devices))
         runs = collect_fleet(devices, CONFIGS, POLICY, lab.tables, lab.cache, on_row=run.row)
         run.error = "; ".join(f"{r.summary.device}: {r.error}" for r in runs if r.error) or None
 
@@ -330,7 +315,6 @@ def adaptive_path(lab: Lab, fault: str) -> Setup:
     (device,) = _boards(lab, fault, 1)
 
     def go(run: Run) -> None:
-        run.anchors = _anchors(device, CANDIDATES, lab.tables)
         summary = adaptive_collect(device, CANDIDATES, POLICY, lab.tables, lab.cache, BUDGET, on_row=run.row)
         run.error = summary.error
 
@@ -363,6 +347,7 @@ def measure_path(lab: Lab, fault: str) -> Setup:
 
 
 def validate_path(lab: Lab, fault: str) -> Setup:
+    from hwloop.models import file_sha256, model_file
     from hwloop.prune import export
     from hwloop.prune.groups import ChannelGroups, thinned
     from hwloop.prune.validate import validate
@@ -373,7 +358,8 @@ def validate_path(lab: Lab, fault: str) -> Setup:
     groups = {g.name: {"dense": g.size, "kept": max(1, round(0.25 * g.size))}
               for g in ChannelGroups(dense, SHAPE).groups}
     out = lab.work / "pruned"
-    export.save(out, pruned, dense, {"model": spec, "input_shape": list(SHAPE), "num_classes": 4, "groups": groups,
+    export.save(out, pruned, dense, {"model": spec, "model_sha256": file_sha256(model_file(spec)),
+                                     "input_shape": list(SHAPE), "num_classes": 4, "groups": groups,
                                      "schedule": POLICY.name, "method": "uniform"})
 
     def go(run: Run) -> None:
@@ -443,7 +429,6 @@ def tracker_path(lab: Lab, fault: str) -> Setup:
         full_pool()
 
     def go(run: Run) -> None:
-        run.anchors = _anchors(device, CONFIGS, lab.tables)
         (result,) = collect_fleet([device], CONFIGS, POLICY, lab.tables, lab.cache, on_row=run.row)
         run.error = result.error
 
@@ -594,7 +579,6 @@ def run_cell(fault: str, path_name: str, work: Path, cache: Path, user_key: Path
         cell = {"fault": fault, "path": path_name, "injected": bool(injected),
                 "lost": len((watch.seen | reported) - set(rows.measurement_id)),
                 "duplicated": _duplicated(rows, path, runs),
-                "anchors": sum(len(run.anchors) for run in runs),
                 "runs": [_describe(run, done, rows, path, fault_at, timeout) for run, done in zip(runs, ended)]}
         cell["outcome"], cell["summary"] = outcome(cell), outcome(cell, brief=True)
     finally:
@@ -605,14 +589,12 @@ def run_cell(fault: str, path_name: str, work: Path, cache: Path, user_key: Path
 
 
 def _duplicated(rows: pd.DataFrame, path: Setup, runs: list[Run]) -> int:
-    """Successful rows beyond one per key and pass: in the whole table for a path that resumes (less
-    one per anchor of each run), else within each measuring call."""
+    """Successful rows timed on a quiet device beyond one per key and pass: in the whole table for a
+    path that resumes, else within each measuring call."""
     ok = rows[(rows.status == "ok") & rows.quiet.ne(False)]
     passes = path.devices[0].protocol.passes
     if path.resumable:
-        anchors = Counter(anchor for run in runs for anchor in run.anchors)
-        counts = ok.groupby(["device", "key"]).size()
-        return int(sum(max(0, count - passes - anchors[key]) for key, count in counts.items()))
+        return int((ok.groupby(["device", "key"]).size() - passes).clip(lower=0).sum())
     extra = 0
     for run in runs:
         for start, end in run.calls:
