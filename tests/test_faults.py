@@ -30,10 +30,10 @@ def completed(run: dict) -> bool:
     return run["kind"] == "completed" and not run["missing"]
 
 
-def test_sshd_killed_between_board_rounds_is_retried(cell):
-    record = cell("sshd-killed", "board-rounds")
+def test_a_tracker_board_whose_sshd_was_killed_leaves_the_pool_and_its_measurement_is_retried(cell):
+    record = cell("sshd-killed", "tracker")
     first, again = record["runs"]
-    assert completed(first) and first["after_fault"] > 0, record  # the rounds after the fault were timed
+    assert completed(first) and first["after_fault"] > 0, record  # no failed row for the measurement in flight
     assert completed(again)
 
 
