@@ -433,7 +433,7 @@ def tracker_path(lab: Lab, fault: str) -> Setup:
         run.error = result.error
 
     full_pool()
-    return Setup([device], "pool", False, 2, True, go, [c.id for c in CONFIGS], mend)
+    return Setup([device], "pool", False, 2, True, go, [c.id for c in CONFIGS], mend=mend)
 
 
 SETUPS = {
