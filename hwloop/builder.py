@@ -1,8 +1,10 @@
-"""Host-side builds: a layer configuration compiled for a device's target into a shared library.
+"""Host-side builds: a layer configuration (or a whole model) compiled for a device's target into a
+shared library.
 
-Builds are cached by (config, target, cross compiler, schedule policy, TVM version, the code of
-the kernels and policies) and run in a pool of long-lived worker processes, so the device never
-waits on the compiler.
+Layer builds are cached by (config, target, cross compiler, schedule policy, TVM version, the code
+of the kernels and policies) and run in a pool of long-lived worker processes, so the device never
+waits on the compiler. Whole models are compiled in such a pool too, where a hung compiler can be
+killed.
 """
 
 from __future__ import annotations
@@ -96,15 +98,39 @@ def build(job: BuildJob, cache_dir: Path) -> Built:
         export(tvm.compile(mod, target), target, job.cc, tmp)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return Built(job, None, detail.splitlines()[-1][:2000], time.perf_counter() - start)
+        return Built(job, None, failure(exc), time.perf_counter() - start)
     return Built(job, str(path), None, time.perf_counter() - start)
 
 
-def build_timeout(policy: str) -> float:
+def build_lowered(mod, target: dict, policy: str, cc: str | None, cache_dir: Path, path: Path) -> str | None:
+    """Compile a whole model, lowered to the Relax module ``mod`` (:func:`hwloop.graph.relax_module`),
+    for ``target`` with ``policy`` into the library ``path``: None, or the error. Runs in the
+    worker of a pool made ``with_torch``."""
+    import tvm
+
+    from .graph import compile_module
+
+    try:
+        tvm_target = tvm.target.Target(target)
+        prepare(tvm_target, cc)
+        scheduled = parse_policy(policy).apply(mod, tvm_target, Path(cache_dir))
+        export(compile_module(scheduled, tvm_target), tvm_target, cc, path)
+    except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
+        return failure(exc)
+    return None
+
+
+def failure(exc: Exception) -> str:
+    """A failed build's error for its row: the exception's last line."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return detail.splitlines()[-1][:2000]
+
+
+def build_timeout(policy: str, tasks: int = 1) -> float:
     """Seconds a build under ``policy`` may take: :data:`BUILD_TIMEOUT_S`, and
-    :data:`TRIAL_TIMEOUT_S` more per measured candidate of a search (``tuned:N``, ``transfer:N``)."""
-    return BUILD_TIMEOUT_S + TRIAL_TIMEOUT_S * parse_policy(policy).trials
+    :data:`TRIAL_TIMEOUT_S` more per measured candidate of a search (``tuned:N``, ``transfer:N``)
+    for each of ``tasks`` searches (a whole model tunes each of its layers)."""
+    return BUILD_TIMEOUT_S + TRIAL_TIMEOUT_S * parse_policy(policy).trials * tasks
 
 
 def prepare(target, cc: str | None) -> None:
@@ -141,34 +167,42 @@ def _cross_compiler(cc: str | None):
     return tvm_cc.cross_compiler(cc)
 
 
-def _init_worker(cpus: list[int] | None) -> None:
+def _init_worker(cpus: list[int] | None, with_torch: bool) -> None:
     die_with_parent()
     if cpus:
         os.sched_setaffinity(0, cpus)
-    sys.modules["torch"] = None  # tvm_ffi imports torch eagerly; builds never use it (~3 s per worker)
+    if not with_torch:
+        sys.modules["torch"] = None  # tvm_ffi imports torch eagerly; layer builds never use it (~3 s per worker)
     import tvm  # noqa: F401 - paid once per worker, not once per build
 
 
 class BuildPool:
-    """Long-lived build workers, pinned away from the CPUs that time kernels."""
+    """Long-lived build workers, pinned away from the CPUs that time kernels; ``with_torch``:
+    workers that can compile whole models (:func:`build_lowered`, whose lowering code imports torch)."""
 
-    def __init__(self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None):
+    def __init__(self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None,
+                 with_torch: bool = False):
         allowed = sorted(os.sched_getaffinity(0))
         self.cpus = [c for c in allowed if c not in set(avoid_cpus or [])] or allowed
         self.cache_dir = Path(cache_dir)
         self.workers = workers or len(self.cpus)
+        self.with_torch = with_torch
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.cpus,))
+                                   initializer=_init_worker, initargs=(self.cpus, self.with_torch))
 
     def submit(self, job: BuildJob) -> Future:
+        return self.call(build, job, self.cache_dir)
+
+    def call(self, function, *args) -> Future:
+        """``function(*args)`` in a worker (a pool that a dead worker broke is restarted first)."""
         try:
-            return self._executor.submit(build, job, self.cache_dir)
+            return self._executor.submit(function, *args)
         except BrokenProcessPool:
             self.restart()
-            return self._executor.submit(build, job, self.cache_dir)
+            return self._executor.submit(function, *args)
 
     def restart(self) -> None:
         """Replace the workers after one died (a crashed compiler breaks the whole pool) or hung

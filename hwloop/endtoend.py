@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import time
-import traceback
+from concurrent.futures import TimeoutError as BuildTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .builder import export, prepare
+from .builder import BuildPool, build_lowered, build_timeout, failure
+from .graph import relax_module
 from .registry import Device
 from .rows import Context
 from .runner import Measurement
@@ -62,29 +64,26 @@ def reference_io(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) 
     return data.numpy(), expected.numpy()
 
 
-def build_model(model: nn.Module, input_shape: tuple[int, ...], target: dict, policy: Policy, cc: str | None,
-                cache_dir: Path, path: Path) -> None:
-    """Compile ``model`` for ``target`` with ``policy`` into the library ``path`` (raises on failure)."""
-    import tvm
-
-    from .graph import compile_module, relax_module
-
-    tvm_target = tvm.target.Target(target)
-    prepare(tvm_target, cc)
-    scheduled = policy.apply(relax_module(model, input_shape), tvm_target, Path(cache_dir))
-    export(compile_module(scheduled, tvm_target), tvm_target, cc, path)
-
-
-def _build(model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy, cache_dir: Path,
-           artifact: Path) -> tuple[Measurement | None, float]:
-    """Build ``model`` into ``artifact``: (None, seconds), or (the failed measurement, seconds)."""
+def _build(pool: BuildPool, model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy,
+           artifact: Path, tasks: int) -> tuple[Measurement | None, float]:
+    """Build ``model`` into ``artifact``: lowered here (torch's export), compiled in ``pool``'s worker
+    within its policy's :func:`~hwloop.builder.build_timeout` for ``tasks`` layers (a hung compiler
+    is killed with the worker). (None, seconds), or (the failed measurement, seconds)."""
     start = time.perf_counter()
+    limit = build_timeout(policy.name, tasks)
     try:
-        build_model(model, input_shape, context.target, policy, context.device.cc, cache_dir, artifact)
-    except Exception as exc:  # noqa: BLE001 - a failed build is a value recorded on its row
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
-        return Measurement("failed", "build", detail[:2000]), time.perf_counter() - start
-    return None, time.perf_counter() - start
+        mod = relax_module(model, input_shape)
+        error = pool.call(build_lowered, mod, context.target, policy.name, context.device.cc, pool.cache_dir,
+                          artifact).result(timeout=limit)
+    except BuildTimeout:
+        pool.restart()
+        error = f"the build did not finish within {limit:g} s (a hung compiler?)"
+    except BrokenProcessPool:
+        pool.restart()
+        error = "the build worker died building this model"
+    except Exception as exc:  # noqa: BLE001 - a failed lowering is a value recorded on its row
+        error = failure(exc)
+    return (Measurement("failed", "build", error) if error else None), time.perf_counter() - start
 
 
 def measure_models(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
@@ -106,15 +105,17 @@ def measure_models(device: Device, cases: list[ModelCase], policy: Policy, table
         if not todo:
             return rows
         session.open()
-        with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch:
+        avoid = device.protocol.cpus if device.transport == "local" else None
+        with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch, \
+                BuildPool(cache_dir, avoid_cpus=avoid, workers=1, with_torch=True) as pool:
             built = []
             for index, (case, layers, key, passes) in enumerate(todo):
                 artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
-                failure, build_s = _build(case.model, tuple(case.input_shape), session.context, policy, cache_dir,
-                                          artifact)
-                io = None if failure else reference_io(case.model, tuple(case.input_shape))
-                model = ModelBuild(case.name, key, tuple(case.input_shape), layers, artifact, io, build_s, failure)
-                built.append((model, 1 if failure else passes))
+                failed, build_s = _build(pool, case.model, tuple(case.input_shape), session.context, policy, artifact,
+                                         len(layers))
+                io = None if failed else reference_io(case.model, tuple(case.input_shape))
+                model = ModelBuild(case.name, key, tuple(case.input_shape), layers, artifact, io, build_s, failed)
+                built.append((model, 1 if failed else passes))
             for sweep in range(max(passes for _, passes in built)):
                 for batch in batched([m for m, passes in built if sweep < passes], device.protocol.batch):
                     measured = session.models(batch)

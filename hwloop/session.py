@@ -24,7 +24,8 @@ from .registry import Device
 from .rows import Context, layer_row, model_row
 from .runner import Measurement, Runner
 from .schedules import Policy
-from .transports import TransportError, open_transport
+from .transports import DeviceBusy, TransportError, open_transport
+from .transports.base import start_with_retries
 
 FINGERPRINT_S = 10.0  # a device's fingerprint is read again after this long
 
@@ -84,9 +85,21 @@ class Session:
         return rows[rows.quiet.ne(False)][key].value_counts().to_dict()
 
     def open(self) -> None:
-        """Start the device's transport (it raises :class:`TransportError` when the device cannot be reached)."""
+        """Start the device's transport; a start that fails is tried again as a reconnect is, up to
+        the device's ``link.retries`` times, so a fault while a session starts is survived like one
+        in the middle of it. Raises :class:`TransportError` when the device stays away, and at once
+        when another session holds it, its host key is not trusted or it cannot run hwloop."""
         if self.transport is None:
-            self.transport = open_transport(self.device)
+            from .transports.ssh import BoardError
+            from .transports.sshlink import HostKeyError
+
+            started = []
+            failure = start_with_retries(lambda: started.append(open_transport(self.device)), self.device.link,
+                                         f"cannot start a session on device {self.device.name!r}",
+                                         fatal=(DeviceBusy, BoardError, HostKeyError))
+            if failure:
+                raise TransportError(failure)
+            self.transport = started[0]
             self.runner = Runner(self.transport, self.device.protocol, self.context.target)
 
     def layers(self, builds: list[Built]) -> list[dict] | None:

@@ -142,21 +142,54 @@ class Board:
 
 
 class Proxy:
-    """``127.0.0.1:port`` → a board, with faults: :meth:`stall` (stop moving bytes), :meth:`resume`,
-    :meth:`cut` (close every connection)."""
+    """``listen`` (``127.0.0.1`` and a free port unless given) → a board's ``address:port``, with faults:
+    :meth:`stall` (stop moving bytes), :meth:`resume`, :meth:`cut` (close every connection).
 
-    def __init__(self, address: str, port: int):
+    The relay runs in a process of its own: TVM's RPC client holds the GIL while it waits for an
+    answer, so a relay thread beside an RPC client would stall every request it carries."""
+
+    def __init__(self, address: str, port: int, listen: tuple[str, int] = ("127.0.0.1", 0)):
+        self._process = subprocess.Popen([PYTHON, __file__, "proxy", address, str(port), *map(str, listen)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.address, port = self._process.stdout.readline().split()
+        self.port = int(port)
+
+    def _tell(self, command: str) -> None:
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        assert self._process.stdout.readline().strip() == "ok", f"the proxy did not {command}"
+
+    def stall(self) -> None:
+        self._tell("stall")
+
+    def resume(self) -> None:
+        self._tell("resume")
+
+    def cut(self) -> None:
+        self._tell("cut")
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._process.stdin.close()
+        self._process.stdout.close()
+
+
+class _Relay:
+    """What :class:`Proxy` runs in its process."""
+
+    def __init__(self, address: str, port: int, listen: tuple[str, int]):
         self.target = (address, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(listen)
         self.address, self.port = self._listener.getsockname()
         self._moving = threading.Event()
         self._moving.set()
         self._sockets: list[socket.socket] = []
-        self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        while not self._closed:
+        while True:
             try:
                 client, _ = self._listener.accept()
                 server = socket.create_connection(self.target, timeout=5)
@@ -180,26 +213,23 @@ class Proxy:
             except OSError:
                 pass
 
-    def stall(self) -> None:
-        self._moving.clear()
-
-    def resume(self) -> None:
-        self._moving.set()
-
-    def cut(self) -> None:
-        for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-        self._sockets.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        self.resume()
-        self.cut()
+    def serve(self) -> None:
+        """Answer the commands on stdin (``stall``, ``resume``, ``cut``) with ``ok``, until it closes."""
+        print(self.address, self.port, flush=True)
+        for command in sys.stdin:
+            if command.strip() == "stall":
+                self._moving.clear()
+            elif command.strip() == "resume":
+                self._moving.set()
+            elif command.strip() == "cut":
+                for s in self._sockets:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                        s.close()
+                    except OSError:
+                        pass
+                self._sockets.clear()
+            print("ok", flush=True)
 
 
 def write_registry(directory: Path, devices: dict[str, dict], groups: dict | None = None) -> Path:
@@ -221,3 +251,8 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["proxy"]:
+    target_address, target_port, listen_address, listen_port = sys.argv[2:]
+    _Relay(target_address, int(target_port), (listen_address, int(listen_port))).serve()

@@ -52,12 +52,17 @@ def _ask(device: Device, message: list, wait: float | None = None):
     return answer[1] if len(answer) > 1 else None
 
 
-def pool_size(device: Device) -> int:
-    """How many RPC servers the tracker has under the device's ``pool`` key."""
+def pool(device: Device) -> list[tuple[str, int]]:
+    """The addresses (host, port) of the RPC servers the tracker has under the device's ``pool`` key."""
     from tvm.rpc.base import TrackerCode
 
     servers = (_ask(device, [TrackerCode.SUMMARY]) or {}).get("server_info", [])
-    return sum(1 for s in servers if str(s.get("key", "")).split(":", 1)[-1] == device.pool)
+    return [tuple(s.get("addr") or ()) for s in servers if str(s.get("key", "")).split(":", 1)[-1] == device.pool]
+
+
+def pool_size(device: Device) -> int:
+    """How many RPC servers the tracker has under the device's ``pool`` key."""
+    return len(pool(device))
 
 
 class TrackerTransport(Transport):
@@ -69,6 +74,7 @@ class TrackerTransport(Transport):
         self.lost: str | None = None
         self._relay: Tunnel | None = None
         self._since: float | None = None
+        self._board: tuple[str, int] | None = None  # the address of the board serving the session
         self._refused: str | None = None  # why the last session could not be opened
         self._require_pool()
 
@@ -90,6 +96,7 @@ class TrackerTransport(Transport):
         try:
             host, port, key = _ask(self.device, [TrackerCode.REQUEST, self.device.pool, "", PRIORITY],
                                    wait=self.link.start_timeout)
+            self._board = (host, port)
             self._relay = Tunnel.tcp(host, port, self.link.stall_timeout, self.link.connect_timeout)
             session = rpc.connect("127.0.0.1", self._relay.port, key=key, session_timeout=self.link.session_timeout)
         except TransportError as exc:
@@ -103,7 +110,9 @@ class TrackerTransport(Transport):
 
     def fault(self, grace: float = 1.0) -> str | None:
         """Why the session cannot be used now (no board free in time, a stall, its end at
-        ``link.session_timeout``, an empty pool, a tracker away), or ``None`` when it can."""
+        ``link.session_timeout``, its board gone from the pool, an empty pool, a tracker away), or
+        ``None`` when it can. The pool is asked after the relay's ``grace`` seconds: time for the
+        tracker to hear of a board whose server died (its connection to the tracker drops)."""
         if self.lost or self._refused:
             return self.lost or self._refused
         event = self._relay.fault(grace) if self._relay is not None else None
@@ -112,9 +121,15 @@ class TrackerTransport(Transport):
         if self._since is not None and time.monotonic() - self._since >= self.link.session_timeout:
             return f"the session reached link.session_timeout ({self.link.session_timeout:g} s); its board ended it"
         try:
-            return None if pool_size(self.device) else f"no RPC server left under key {self.device.pool!r}"
+            boards = pool(self.device)
         except TransportError as exc:
             return str(exc)
+        if not boards:
+            return f"no RPC server left under key {self.device.pool!r}"
+        if self._board is not None and self._board not in boards:
+            host, port = self._board
+            return f"the board at {host}:{port} that served the session left the pool (its RPC server exited)"
+        return None
 
     def reconnect(self) -> None:
         """Drop the session; the next :meth:`connect` requests a board again once the pool has one
@@ -131,7 +146,7 @@ class TrackerTransport(Transport):
         if self._relay is not None:
             self._relay.close()
             self._relay = None
-        self._since = None
+        self._since = self._board = None
 
     def fingerprint(self) -> dict:
         return {}
