@@ -24,10 +24,12 @@ def report(label: str, summary) -> None:
     timed = sum(r["timing_s"] for r in rows)
     check = sum(r["measure_s"] - r["timing_s"] for r in rows)
     wall = summary.wall_s
-    print(f"{label}: {len(rows)} configs in {wall:.1f} s = {len(rows) * 60 / wall:.1f} configs/min; "
-          f"timed runs {timed / wall:.0%} of wall time, outside them {1 - timed / wall:.0%} "
-          f"(upload + load + torch check {check / wall:.0%}, start-up + build waits + table writes "
-          f"{(wall - timed - check) / wall:.0%}); failed {summary.failed}")
+    print(
+        f"{label}: {len(rows)} configs in {wall:.1f} s = {len(rows) * 60 / wall:.1f} configs/min; "
+        f"timed runs {timed / wall:.0%} of wall time, outside them {1 - timed / wall:.0%} "
+        f"(upload + load + torch check {check / wall:.0%}, start-up + build waits + table writes "
+        f"{(wall - timed - check) / wall:.0%}); failed {summary.failed}"
+    )
 
 
 def main() -> None:

@@ -44,20 +44,41 @@ def machine() -> dict:
     from hwloop.targets import host_cpu
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_model": model, "llvm_cpu": host_cpu(), "cores": os.cpu_count(), "commit": commit,
-            "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu_model": model,
+        "llvm_cpu": host_cpu(),
+        "cores": os.cpu_count(),
+        "commit": commit,
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def settings() -> dict:
     from hwloop.registry import Link
 
-    return {"stall_s": fault_matrix.STALL_S, "reboot_s": fault_matrix.REBOOT_S,
-            "build_timeout_s": fault_matrix.BUILD_TIMEOUT_S, "links_before_hang": fault_matrix.LINKS_BEFORE_HANG,
-            "link": {"retries": Link().retries, "backoff": Link().backoff, "connect_timeout": 3, "keepalive": 1,
-                     "stall_timeout": 4},
-            "policy": fault_matrix.POLICY.name}
+    return {
+        "stall_s": fault_matrix.STALL_S,
+        "reboot_s": fault_matrix.REBOOT_S,
+        "build_timeout_s": fault_matrix.BUILD_TIMEOUT_S,
+        "links_before_hang": fault_matrix.LINKS_BEFORE_HANG,
+        "link": {
+            "retries": Link().retries,
+            "backoff": Link().backoff,
+            "connect_timeout": 3,
+            "keepalive": 1,
+            "stall_timeout": 4,
+        },
+        "policy": fault_matrix.POLICY.name,
+    }
 
 
 def run_one(args) -> None:
@@ -83,10 +104,26 @@ def _kill_tree(process: subprocess.Popen) -> None:
 def cell_in_child(fault: str, path: str, root: Path, key: Path, timeout: float) -> dict:
     work = root / f"{fault}-{path}"
     if fault in ROOT_ONLY and os.geteuid() != 0:
-        return {"fault": fault, "path": path, "lost": None, "duplicated": None,
-                "outcome": "not run: needs root (mounts a tmpfs for the tables folder)"}
-    command = [sys.executable, __file__, "cell", fault, path, "--work", str(work), "--cache", str(root / "cache"),
-               "--key", str(key)]
+        return {
+            "fault": fault,
+            "path": path,
+            "lost": None,
+            "duplicated": None,
+            "outcome": "not run: needs root (mounts a tmpfs for the tables folder)",
+        }
+    command = [
+        sys.executable,
+        __file__,
+        "cell",
+        fault,
+        path,
+        "--work",
+        str(work),
+        "--cache",
+        str(root / "cache"),
+        "--key",
+        str(key),
+    ]
     env = {**os.environ, "HOME": str(root / "home")}
     log = open(root / f"{fault}-{path}.log", "w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -95,13 +132,23 @@ def cell_in_child(fault: str, path: str, root: Path, key: Path, timeout: float) 
     except subprocess.TimeoutExpired:
         _kill_tree(process)
         subprocess.run(["umount", "-l", str(work / "tables")], capture_output=True)
-        return {"fault": fault, "path": path, "lost": None, "duplicated": None,
-                "outcome": f"the cell did not finish within {timeout:g} s"}
+        return {
+            "fault": fault,
+            "path": path,
+            "lost": None,
+            "duplicated": None,
+            "outcome": f"the cell did not finish within {timeout:g} s",
+        }
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if process.returncode or not lines:
         tail = (root / f"{fault}-{path}.log").read_text().strip().splitlines()[-1:] or ["no output"]
-        return {"fault": fault, "path": path, "lost": None, "duplicated": None,
-                "outcome": f"the cell failed (exit {process.returncode}): {tail[0][:300]}"}
+        return {
+            "fault": fault,
+            "path": path,
+            "lost": None,
+            "duplicated": None,
+            "outcome": f"the cell failed (exit {process.returncode}): {tail[0][:300]}",
+        }
     return json.loads(lines[-1])
 
 
@@ -110,15 +157,19 @@ def run_all(args) -> None:
     paths = args.paths.split(",") if args.paths else list(PATHS)
     unknown = [name for name in faults if name not in FAULTS] + [name for name in paths if name not in PATHS]
     if unknown:
-        sys.exit(f"unknown fault or path: {', '.join(unknown)} (faults: {', '.join(FAULTS)}; paths: {', '.join(PATHS)})")
+        sys.exit(
+            f"unknown fault or path: {', '.join(unknown)} (faults: {', '.join(FAULTS)}; paths: {', '.join(PATHS)})"
+        )
     out = args.out or RESULTS / "results" / time.strftime("%Y%m%d-%H%M%S")
     result = {"machine": machine(), "settings": settings(), "faults": FAULTS, "paths": PATHS, "cells": []}
     saved = out / "matrix.json"
     if saved.exists():  # resume: keep the cells a run of the same commit finished
         before = json.loads(saved.read_text())
         if before["machine"]["commit"] != result["machine"]["commit"]:
-            sys.exit(f"{saved}: machine.commit: written at commit {before['machine']['commit']}, this is "
-                     f"{result['machine']['commit']}; give another --out")
+            sys.exit(
+                f"{saved}: machine.commit: written at commit {before['machine']['commit']}, this is "
+                f"{result['machine']['commit']}; give another --out"
+            )
         result["cells"] = before["cells"]
     done = {(c["fault"], c["path"]) for c in result["cells"]}
     out.mkdir(parents=True, exist_ok=True)
@@ -135,26 +186,33 @@ def run_all(args) -> None:
                 cell = cell_in_child(fault, path, root, key, args.cell_timeout)
                 result["cells"].append(cell)
                 saved.write_text(json.dumps(result, indent=1, default=str) + "\n")
-                print(f"{fault:15} {path:13} lost {cell['lost']} duplicated {cell['duplicated']}: "
-                      f"{cell['outcome']}", flush=True)
+                print(
+                    f"{fault:15} {path:13} lost {cell['lost']} duplicated {cell['duplicated']}: {cell['outcome']}",
+                    flush=True,
+                )
     print(f"→ {saved}")
 
 
 def page(_args) -> None:
     """docs/results/faults/README.md from the results folders."""
-    lines = ["# Fault matrix: what a fault costs on each way hwloop measures", "",
-             "Generated by `python bench/faults.py page` from the folders of `results/`, written by "
-             "`python bench/faults.py run` (the cells: `tests/fault_matrix.py`; a few of them run in CI as "
-             "`tests/test_faults.py`). Each cell starts real OpenSSH boards on loopback addresses (and, for the "
-             "tracker, TVM RPC servers started through them), runs one path, injects one fault on the first board "
-             "0.1 s after it wrote its second row (the first for `validate`; a hung compiler from the start), waits "
-             "for the run to end, mends the fault and runs the path again.", "",
-             "- **rows lost**: rows seen in the table while the runs went on, or reported written by the path, "
-             "that are not in it at the end (must be 0);",
-             "- **rows duplicated**: successful rows beyond one per config (or model) and pass after the fault and "
-             "the re-run: in the whole table for paths that resume, within each measuring call for `validate` and "
-             "the board rounds (which measure again on purpose); a row timed on a busy device (`quiet` false), "
-             "which a collection takes again on purpose, does not count (must be 0).", ""]
+    lines = [
+        "# Fault matrix: what a fault costs on each way hwloop measures",
+        "",
+        "Generated by `python bench/faults.py page` from the folders of `results/`, written by "
+        "`python bench/faults.py run` (the cells: `tests/fault_matrix.py`; a few of them run in CI as "
+        "`tests/test_faults.py`). Each cell starts real OpenSSH boards on loopback addresses (and, for the "
+        "tracker, TVM RPC servers started through them), runs one path, injects one fault on the first board "
+        "0.1 s after it wrote its second row (the first for `validate`; a hung compiler from the start), waits "
+        "for the run to end, mends the fault and runs the path again.",
+        "",
+        "- **rows lost**: rows seen in the table while the runs went on, or reported written by the path, "
+        "that are not in it at the end (must be 0);",
+        "- **rows duplicated**: successful rows beyond one per config (or model) and pass after the fault and "
+        "the re-run: in the whole table for paths that resume, within each measuring call for `validate` and "
+        "the board rounds (which measure again on purpose); a row timed on a busy device (`quiet` false), "
+        "which a collection takes again on purpose, does not count (must be 0).",
+        "",
+    ]
     folders = sorted((RESULTS / "results").glob("*/matrix.json"), reverse=True)
     for path in folders:
         result = json.loads(path.read_text())
@@ -163,29 +221,44 @@ def page(_args) -> None:
         faults = list(dict.fromkeys(c["fault"] for c in result["cells"]))
         paths = list(dict.fromkeys(c["path"] for c in result["cells"]))
         link = s["link"]
-        lines += [f"## `{path.parent.name}`", "",
-                  f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
-                  f"{m['date']}: `{m['command']}`. Layers and models built with the `{s['policy']}` policy; links "
-                  f"with hwloop's default retries ({link['retries']}) and backoff ({link['backoff']:g} s, doubling), "
-                  f"short timeouts (connect {link['connect_timeout']} s, keepalive {link['keepalive']} s, stall "
-                  f"{link['stall_timeout']} s); builds time out after {s['build_timeout_s']:g} s in the compiler "
-                  "cells.", "",
-                  "Each cell: rows lost / rows duplicated, then how the faulted run ended and whether a re-run "
-                  "completes.", "",
-                  "| fault | " + " | ".join(f"`{p}`" for p in paths) + " |",
-                  "|---|" + "---|" * len(paths)]
+        lines += [
+            f"## `{path.parent.name}`",
+            "",
+            f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
+            f"{m['date']}: `{m['command']}`. Layers and models built with the `{s['policy']}` policy; links "
+            f"with hwloop's default retries ({link['retries']}) and backoff ({link['backoff']:g} s, doubling), "
+            f"short timeouts (connect {link['connect_timeout']} s, keepalive {link['keepalive']} s, stall "
+            f"{link['stall_timeout']} s); builds time out after {s['build_timeout_s']:g} s in the compiler "
+            "cells.",
+            "",
+            "Each cell: rows lost / rows duplicated, then how the faulted run ended and whether a re-run completes.",
+            "",
+            "| fault | " + " | ".join(f"`{p}`" for p in paths) + " |",
+            "|---|" + "---|" * len(paths),
+        ]
         for fault in faults:
             row = []
             for p in paths:
                 c = cells.get((fault, p))
-                row.append("" if c is None else f"**{_count(c['lost'])} / {_count(c['duplicated'])}** {c.get('summary', c['outcome'])}")
+                row.append(
+                    ""
+                    if c is None
+                    else f"**{_count(c['lost'])} / {_count(c['duplicated'])}** {c.get('summary', c['outcome'])}"
+                )
             lines.append(f"| `{fault}` | " + " | ".join(row) + " |")
-        lines += ["", "<details><summary>Every cell's outcome in full</summary>", "",
-                  "| fault | path | lost | duplicated | outcome | cell s |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "<details><summary>Every cell's outcome in full</summary>",
+            "",
+            "| fault | path | lost | duplicated | outcome | cell s |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in result["cells"]:
             outcome = c["outcome"].replace("|", "\\|")
-            lines.append(f"| `{c['fault']}` | `{c['path']}` | {_count(c['lost'])} | {_count(c['duplicated'])} | "
-                         f"{outcome} | {c.get('wall_s', '')} |")
+            lines.append(
+                f"| `{c['fault']}` | `{c['path']}` | {_count(c['lost'])} | {_count(c['duplicated'])} | "
+                f"{outcome} | {c.get('wall_s', '')} |"
+            )
         lines += ["", "</details>", "", "Faults:", ""]
         lines += [f"- `{name}`: {text}" for name, text in result["faults"].items()]
         lines += ["", "Paths:", ""]

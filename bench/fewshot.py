@@ -69,14 +69,24 @@ from hwloop.space import model_space
 INPUT = (1, 1, 28, 28)
 SOURCE = "local"
 DEVICES = {
-    SOURCE: {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"}, "protocol": {"threads": 1, "cpus": [0]},
-             "description": "this CPU, 1 thread"},
-    "local-sse4.2": {"transport": "local",
-                     "target": {"kind": "llvm", "mcpu": "host", "mattr": ["-avx", "-avx2", "-avx512f"]},
-                     "protocol": {"threads": 1, "cpus": [0]}, "description": "this CPU without AVX: SSE4.2 code"},
-    "local-2t": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"},
-                 "protocol": {"threads": 2, "cpus": [0, 1]},
-                 "description": "this CPU, 2 threads"},
+    SOURCE: {
+        "transport": "local",
+        "target": {"kind": "llvm", "mcpu": "host"},
+        "protocol": {"threads": 1, "cpus": [0]},
+        "description": "this CPU, 1 thread",
+    },
+    "local-sse4.2": {
+        "transport": "local",
+        "target": {"kind": "llvm", "mcpu": "host", "mattr": ["-avx", "-avx2", "-avx512f"]},
+        "protocol": {"threads": 1, "cpus": [0]},
+        "description": "this CPU without AVX: SSE4.2 code",
+    },
+    "local-2t": {
+        "transport": "local",
+        "target": {"kind": "llvm", "mcpu": "host"},
+        "protocol": {"threads": 2, "cpus": [0, 1]},
+        "description": "this CPU, 2 threads",
+    },
 }
 TARGETS = ("local-sse4.2", "local-2t")
 SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
@@ -124,17 +134,29 @@ def collect_stage(args) -> None:
         if len(device.protocol.cpus or []) > 1:
             prebuild(device, configs, cache)
         summary = collect(device, configs, policy, tables_dir, cache)
-        print(f"{name}: {summary.measured} measured, {summary.skipped} already, {summary.failed} failed, "
-              f"{summary.retaken} taken again ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{name}: {summary.measured} measured, {summary.skipped} already, {summary.failed} failed, "
+            f"{summary.retaken} taken again ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         rows = measure_models(device, model_cases(), policy, tables_dir, cache)
         print(f"{name}: {sum(r['status'] == 'ok' for r in rows)} whole models timed", flush=True)
-    record = {**provenance(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "samples": args.samples,
-              "input_shape": list(INPUT), "devices": {}}
+    record = {
+        **provenance(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "samples": args.samples,
+        "input_shape": list(INPUT),
+        "devices": {},
+    }
     for name, entry in DEVICES.items():
         table, models = tables.read(tables_dir, name), tables.read_models(tables_dir, name)
-        record["devices"][name] = {**entry, "configs": int(table.config_id.nunique()),
-                                   "ok": int((table.status == "ok").sum()), "quiet": int(table.quiet.ne(False).sum()),
-                                   "models": sorted(models[models.status == "ok"].model.unique())}
+        record["devices"][name] = {
+            **entry,
+            "configs": int(table.config_id.nunique()),
+            "ok": int((table.status == "ok").sum()),
+            "quiet": int(table.quiet.ne(False).sum()),
+            "models": sorted(models[models.status == "ok"].model.unique()),
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "collect.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"→ {args.out / 'collect.json'}")
@@ -145,8 +167,12 @@ def collect_stage(args) -> None:
 SIZES = (5, 10, 20, 30, 50, 100, 200)
 SEEDS = 5
 HELD_OUT = 1 / 3
-HANDFULS = {"none": (), "dense": ("resnet20",), "dense and 1/2": ("resnet20", "resnet20@thinned:0.5"),
-            "dense, 1/2 and 1/4": ("resnet20", "resnet20@thinned:0.5", "resnet20@thinned:0.25")}
+HANDFULS = {
+    "none": (),
+    "dense": ("resnet20",),
+    "dense and 1/2": ("resnet20", "resnet20@thinned:0.5"),
+    "dense, 1/2 and 1/4": ("resnet20", "resnet20@thinned:0.5", "resnet20@thinned:0.25"),
+}
 
 
 def rows_of(work: Path, device: str) -> pd.DataFrame:
@@ -158,6 +184,7 @@ def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
     """Each learner as ``fit(train_rows) -> model`` with ``predict_frame``: the few-shot transfer,
     the transfer's parts on their own, a model over both devices with device descriptors, and a
     predictor fitted from scratch."""
+
     def parts(**options):
         return lambda train: fewshot.transfer(source, train, **options)
 
@@ -181,13 +208,15 @@ class Pooled:
     def __init__(self, source_rows: pd.DataFrame, target_rows: pd.DataFrame):
         self.source = LatencyModel.train(source_rows)
         frames = [self._matrix(source_rows, 0.0), self._matrix(target_rows, 1.0)]
-        weight = np.concatenate([np.ones(len(source_rows)),
-                                 np.full(len(target_rows), len(source_rows) / len(target_rows))])
+        weight = np.concatenate(
+            [np.ones(len(source_rows)), np.full(len(target_rows), len(source_rows) / len(target_rows))]
+        )
         x = np.vstack([f[0] for f in frames])
         margin = np.concatenate([f[1] for f in frames])
         label = np.log(np.concatenate([source_rows.latency_ms, target_rows.latency_ms]))
-        self.booster = xgb.train({**PARAMS, "seed": 0}, xgb.DMatrix(x, label=label, base_margin=margin, weight=weight),
-                                 ROUNDS)
+        self.booster = xgb.train(
+            {**PARAMS, "seed": 0}, xgb.DMatrix(x, label=label, base_margin=margin, weight=weight), ROUNDS
+        )
         self.target = target_rows.iloc[:1]
 
     def _matrix(self, rows: pd.DataFrame, which: float) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +247,13 @@ def designed(pool: pd.DataFrame, size: int, source: LatencyModel, adaptive: bool
         left = size - len(chosen)
         if left <= 0:
             break
-        picks = choose(pool, chosen.reset_index(drop=True), -(-left // (rounds - round_index)), round_index,
-                       lambda rows, seed: fewshot.transfer(source, rows, seed))
+        picks = choose(
+            pool,
+            chosen.reset_index(drop=True),
+            -(-left // (rounds - round_index)),
+            round_index,
+            lambda rows, seed: fewshot.transfer(source, rows, seed),
+        )
         chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
     return chosen
 
@@ -232,10 +266,17 @@ def score_pair(work: Path, target: str) -> dict:
     pool, held = rows[~test].reset_index(drop=True), rows[test].reset_index(drop=True)
     fits = learners(source, source_rows)
     measured = held.latency_ms.to_numpy()
-    result = {"source": SOURCE, "target": target, "source_rows": int(len(source_rows)), "rows": int(len(rows)),
-              "held_out": int(len(held)), "lanes": {d: vector_unit(r.target.iloc[0])[0]
-                                                    for d, r in ((SOURCE, source_rows), (target, rows))},
-              "noise": noise_floor(held), "curve": [], "designed": []}
+    result = {
+        "source": SOURCE,
+        "target": target,
+        "source_rows": int(len(source_rows)),
+        "rows": int(len(rows)),
+        "held_out": int(len(held)),
+        "lanes": {d: vector_unit(r.target.iloc[0])[0] for d, r in ((SOURCE, source_rows), (target, rows))},
+        "noise": noise_floor(held),
+        "curve": [],
+        "designed": [],
+    }
     for size in [s for s in SIZES if s <= len(pool)]:
         for seed in range(SEEDS if size < len(pool) else 1):
             sample = pool.sample(size, random_state=seed)
@@ -250,8 +291,9 @@ def score_pair(work: Path, target: str) -> dict:
                 point = scores(measured, fits[label](sample).predict_frame(held))
                 result["designed"].append({"learner": label, "samples": size, "adaptive": adaptive, **point})
         scratch_design = learning_curve(rows, test, [size // 2, size], adaptive=True)[-1]
-        result["designed"].append({"learner": "from scratch, its own adaptive design", "adaptive": True,
-                                   **scratch_design})
+        result["designed"].append(
+            {"learner": "from scratch, its own adaptive design", "adaptive": True, **scratch_design}
+        )
     result["calibration"] = score_calibration(work, target, designed(pool, 20, source, False), source)
     return result
 
@@ -259,27 +301,43 @@ def score_pair(work: Path, target: str) -> dict:
 def score_calibration(work: Path, target: str, sample: pd.DataFrame, source: LatencyModel) -> dict:
     """Whole-model calibrations of the few-shot predictor fitted on ``sample``, from a handful of
     the target's whole-model timings, scored on the target's other whole models."""
-    source_predictor = Predictor.fit(tables.read(work / "tables", SOURCE), SOURCE, evaluate=False,
-                                     models=tables.read_models(work / "tables", SOURCE))
-    few = Predictor(fewshot.transfer(source, sample), {"device": target, "schedule": POLICY,
-                                                        "protocol_id": sample.protocol_id.iloc[0]})
+    source_predictor = Predictor.fit(
+        tables.read(work / "tables", SOURCE), SOURCE, evaluate=False, models=tables.read_models(work / "tables", SOURCE)
+    )
+    few = Predictor(
+        fewshot.transfer(source, sample),
+        {"device": target, "schedule": POLICY, "protocol_id": sample.protocol_id.iloc[0]},
+    )
     rows = fastest_pass(model_rows(tables.read_models(work / "tables", target), few), "model_id")
     reference = calibrate(few, tables.read_models(work / "tables", target))
-    result = {"source": {k: source_predictor.meta["calibration"][k] for k in ("scale", "offset_ms", "held_out_mape")},
-              "all_models_held_out_mape": reference["held_out_mape"], "models": sorted(rows.model), "handfuls": {}}
+    result = {
+        "source": {k: source_predictor.meta["calibration"][k] for k in ("scale", "offset_ms", "held_out_mape")},
+        "all_models_held_out_mape": reference["held_out_mape"],
+        "models": sorted(rows.model),
+        "handfuls": {},
+    }
     for name, handful in HANDFULS.items():
         mine = rows.model.isin(handful).to_numpy()
         lines = {"source's, as is": (result["source"]["scale"], result["source"]["offset_ms"])}
         if mine.any():
             lines["source's shape, target's scale"] = calibration.scaled(result["source"], rows[mine])
-            lines["from scratch"] = calibration.fit_line(rows.layers_ms[mine].to_numpy(),
-                                                         rows.latency_ms[mine].to_numpy())
+            lines["from scratch"] = calibration.fit_line(
+                rows.layers_ms[mine].to_numpy(), rows.latency_ms[mine].to_numpy()
+            )
         else:
             lines["none (the layers' sum)"] = (1.0, 0.0)
-        result["handfuls"][name] = {"timed": sorted(rows.model[mine]), "scored": int((~mine).sum()), "lines": {
-            label: {"scale": s, "offset_ms": o,
-                    "mape": float(np.mean(np.abs((s * rows.layers_ms[~mine] + o) / rows.latency_ms[~mine] - 1)))}
-            for label, (s, o) in lines.items()}}
+        result["handfuls"][name] = {
+            "timed": sorted(rows.model[mine]),
+            "scored": int((~mine).sum()),
+            "lines": {
+                label: {
+                    "scale": s,
+                    "offset_ms": o,
+                    "mape": float(np.mean(np.abs((s * rows.layers_ms[~mine] + o) / rows.latency_ms[~mine] - 1))),
+                }
+                for label, (s, o) in lines.items()
+            },
+        }
     return result
 
 
@@ -287,12 +345,14 @@ def score_stage(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = [score_pair(args.work, target) for target in TARGETS]
     path = args.out / "scores.json"
-    path.write_text(json.dumps({**provenance(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "pairs": pairs},
-                               indent=1) + "\n")
+    path.write_text(
+        json.dumps({**provenance(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "pairs": pairs}, indent=1) + "\n"
+    )
     print(f"→ {path}")
 
 
 # --- the workflow on a target ------------------------------------------------------------------
+
 
 def workflow_stage(args) -> None:
     """``hwloop`` commands on ``args.target``: source predictor, 20 chosen configs, two whole
@@ -305,13 +365,46 @@ def workflow_stage(args) -> None:
     pruned = own / "pruned"
     steps = [
         ("fit", SOURCE, "--tables", work / "tables", "--predictors", own / "predictors"),
-        ("collect", target, *shape, "--adaptive", "--budget", args.budget, "--from", SOURCE, "--tables", own / "tables",
-         "--predictors", own / "predictors", *common),
+        (
+            "collect",
+            target,
+            *shape,
+            "--adaptive",
+            "--budget",
+            args.budget,
+            "--from",
+            SOURCE,
+            "--tables",
+            own / "tables",
+            "--predictors",
+            own / "predictors",
+            *common,
+        ),
         ("measure", target, *shape, "--thinned", "0.5", "--tables", own / "tables", *common),
         ("fit", target, "--from", SOURCE, "--tables", own / "tables", "--predictors", own / "predictors"),
-        ("prune", target, "--model", "resnet20", "--budget", "0.5", "--board-rounds", "2", "--train-samples", "6000",
-         "--dense-epochs", "2", "--epochs", "1", "--out", pruned, "--tables", own / "tables", "--predictors",
-         own / "predictors", *common),
+        (
+            "prune",
+            target,
+            "--model",
+            "resnet20",
+            "--budget",
+            "0.5",
+            "--board-rounds",
+            "2",
+            "--train-samples",
+            "6000",
+            "--dense-epochs",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            pruned,
+            "--tables",
+            own / "tables",
+            "--predictors",
+            own / "predictors",
+            *common,
+        ),
         ("validate", target, "--model", pruned, "--tables", own / "tables", *common),
     ]
     record = {**provenance(), "target": target, "source": SOURCE, "steps": []}
@@ -326,9 +419,15 @@ def workflow_stage(args) -> None:
             output = json.loads(done.stdout)
         except json.JSONDecodeError:
             output = done.stdout[-4000:]
-        record["steps"].append({"command": " ".join(argv), "exit": done.returncode,
-                                "seconds": time.perf_counter() - start,
-                                "output": output, "stderr": done.stderr[-2000:] if done.returncode else ""})
+        record["steps"].append(
+            {
+                "command": " ".join(argv),
+                "exit": done.returncode,
+                "seconds": time.perf_counter() - start,
+                "output": output,
+                "stderr": done.stderr[-2000:] if done.returncode else "",
+            }
+        )
         (out / f"workflow-{target}.json").write_text(json.dumps(record, indent=1) + "\n")
         if done.returncode not in (0, 1):
             break

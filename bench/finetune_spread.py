@@ -6,7 +6,8 @@ output folder's plan is applied again to its dense model and fine-tuned with oth
 
 Each plan keeps the same channels as its run (``plan.json``'s ``channels``; in older outputs, each
 group's top channels by the run's importance criterion). Only outputs of ``latency``, ``flops`` and
-``uniform`` can be re-made: ``afcp`` and ``lws`` also fold their gates into the weights. A seed sets the shuffling of the training images and
+``uniform`` can be re-made: ``afcp`` and ``lws`` also fold their gates into the weights. A seed sets the
+shuffling of the training images and
 the fine-tuning's random state; the epochs and distillation are the run's. Prints each seed's
 test accuracy, and the mean and range per output beside the run's own.
 """
@@ -60,15 +61,21 @@ def main() -> None:
     for out in args.outputs:
         method = export.read_plan(out).get("method")
         if method not in REMADE:
-            raise SystemExit(f"{out / 'plan.json'}: method: {method} chooses its channels in a search; "
-                             f"only {', '.join(REMADE)} outputs can be re-made")
+            raise SystemExit(
+                f"{out / 'plan.json'}: method: {method} chooses its channels in a search; "
+                f"only {', '.join(REMADE)} outputs can be re-made"
+            )
     print("| output | run's accuracy | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |")
     print("|---|---|" + "---|" * (len(seeds) + 2))
     for out in args.outputs:
         _, dense, record = export.load(out)
         accuracy = [refinetuned(dense, record, seed, args.train_samples, args.lr) for seed in seeds]
-        print(f"| {out.name} | {record['accuracy']:.2%} | " + " | ".join(f"{a:.2%}" for a in accuracy)
-              + f" | {statistics.mean(accuracy):.2%} | {max(accuracy) - min(accuracy):.2%} |", flush=True)
+        print(
+            f"| {out.name} | {record['accuracy']:.2%} | "
+            + " | ".join(f"{a:.2%}" for a in accuracy)
+            + f" | {statistics.mean(accuracy):.2%} | {max(accuracy) - min(accuracy):.2%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

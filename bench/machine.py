@@ -19,19 +19,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def provenance() -> dict:
     """The machine, the commit (with ``+dirty`` for uncommitted changes) and the command line."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    return {"machine": {"cpu_model": collect()["cpu_model"], "llvm_cpu": host_cpu(), "cores": os.cpu_count()},
-            "commit": commit, "command": " ".join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])}
+    return {
+        "machine": {"cpu_model": collect()["cpu_model"], "llvm_cpu": host_cpu(), "cores": os.cpu_count()},
+        "commit": commit,
+        "command": " ".join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
+    }
 
 
 def local_registry(folder: Path, passes: int = 1, threads: int = 1) -> Path:
     """A registry in ``folder`` whose ``local`` device times on CPU 0 with the benchmarks' protocol."""
-    protocol = {"warmup": 5, "number": 10, "repeat": 10, "min_repeat_ms": 20, "threads": threads,
-                "cpus": list(range(threads)), "passes": passes}
+    protocol = {
+        "warmup": 5,
+        "number": 10,
+        "repeat": 10,
+        "min_repeat_ms": 20,
+        "threads": threads,
+        "cpus": list(range(threads)),
+        "passes": passes,
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "devices.yaml").write_text(yaml.safe_dump(
-        {"devices": {"local": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"}, "protocol": protocol}}}))
+    (folder / "devices.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "devices": {
+                    "local": {"transport": "local", "target": {"kind": "llvm", "mcpu": "host"}, "protocol": protocol}
+                }
+            }
+        )
+    )
     return folder

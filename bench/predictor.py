@@ -120,8 +120,11 @@ def collect_space(work: Path, space: Space, again: bool) -> None:
         if configs:
             start = time.perf_counter()
             summary = collect(LOCAL, configs, parse_policy("default"), work / space.name / folder, work / "cache")
-            print(f"{space.name}{label}: {summary.measured} measured, {summary.skipped} already, "
-                  f"{summary.failed} failed ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"{space.name}{label}: {summary.measured} measured, {summary.skipped} already, "
+                f"{summary.failed} failed ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
 
 
 def build_space(work: Path, space: Space) -> None:
@@ -162,35 +165,52 @@ def repeats(rows: pd.DataFrame) -> list[list[float]]:
 def steady(rows: pd.DataFrame, within: float = 0.05) -> np.ndarray:
     """Configs whose repeated measurements (:func:`repeats`) all lie within ``within`` of the
     latency it keeps (as :func:`hwloop.trust.agreement` judges trials)."""
-    return np.array([len(r) > 1 and max(abs(v / latency - 1) for v in r) <= within
-                     for r, latency in zip(repeats(rows), rows.latency_ms)])
+    return np.array(
+        [
+            len(r) > 1 and max(abs(v / latency - 1) for v in r) <= within
+            for r, latency in zip(repeats(rows), rows.latency_ms)
+        ]
+    )
 
 
 def protocol(rows: pd.DataFrame) -> dict:
     """How a space's table was measured: the protocol's fields, how a row's latency was made from its
     trials (``estimator``; None for rows made before trials) and the passes over each config."""
     estimator = rows.estimator.dropna() if "estimator" in rows else pd.Series(dtype=object)
-    return {"protocol": json.loads(rows.protocol.iloc[0]), "estimator": estimator.iloc[0] if len(estimator) else None,
-            "passes": int(max(len(p) for p in rows.pass_latencies_ms)),
-            "measured": [str(rows.measured_at.min())[:10], str(rows.measured_at.max())[:10]]}
+    return {
+        "protocol": json.loads(rows.protocol.iloc[0]),
+        "estimator": estimator.iloc[0] if len(estimator) else None,
+        "passes": int(max(len(p) for p in rows.pass_latencies_ms)),
+        "measured": [str(rows.measured_at.min())[:10], str(rows.measured_at.max())[:10]],
+    }
 
 
 def agreement(rows: pd.DataFrame, again: pd.DataFrame) -> dict:
     """How a second collection of some configs agrees with the first (each config's fastest pass)."""
-    both = rows.set_index("config_id").latency_ms.to_frame("first").join(
-        again.set_index("config_id").latency_ms.to_frame("second"), how="inner")
+    both = (
+        rows.set_index("config_id")
+        .latency_ms.to_frame("first")
+        .join(again.set_index("config_id").latency_ms.to_frame("second"), how="inner")
+    )
     error = np.abs(both.second / both.first - 1)
-    return {"configs": int(len(both)), **{f"within_{b}": float(np.mean(error <= b / 100)) for b in (5, 10)},
-            "mape": float(error.mean())}
+    return {
+        "configs": int(len(both)),
+        **{f"within_{b}": float(np.mean(error <= b / 100)) for b in (5, 10)},
+        "mape": float(error.mean()),
+    }
 
 
 def learners() -> dict:
     """Each learner as ``fit(train_rows) -> predict(rows)``."""
     from hwloop.predictor.latency import LatencyModel
 
-    return {"hwloop": lambda train: LatencyModel.train(train).predict_frame, "work model": _work_only,
-            "xgboost, FLOPs margin": _flops_margin, "random forest (nn-Meter)": _random_forest,
-            "lightgbm": _lightgbm}
+    return {
+        "hwloop": lambda train: LatencyModel.train(train).predict_frame,
+        "work model": _work_only,
+        "xgboost, FLOPs margin": _flops_margin,
+        "random forest (nn-Meter)": _random_forest,
+        "lightgbm": _lightgbm,
+    }
 
 
 def _work_only(train: pd.DataFrame):
@@ -218,21 +238,35 @@ def _flops_margin(train: pd.DataFrame):
 
     unit = vector_unit(train.target.iloc[0])
     x, work = _matrix(train, *unit)
-    booster = xgb.train(PARAMS, xgb.DMatrix(x, label=np.log(train.latency_ms.to_numpy()),
-                                            base_margin=np.log(work["vector_fmas"])), ROUNDS)
+    booster = xgb.train(
+        PARAMS,
+        xgb.DMatrix(x, label=np.log(train.latency_ms.to_numpy()), base_margin=np.log(work["vector_fmas"])),
+        ROUNDS,
+    )
 
     def predict(rows):
         x, work = _matrix(rows, *unit)
         return np.exp(booster.inplace_predict(x, base_margin=np.log(work["vector_fmas"])))
+
     return predict
 
 
 def _nn_meter_features(rows: pd.DataFrame) -> np.ndarray:
     """nn-Meter's kernel features: input size, channels, kernel, stride, FLOPs, parameters (and the op)."""
-    params = rows.out_channels * rows.in_channels // rows.groups * rows.kernel ** 2
-    return np.column_stack([rows.input_h, rows.in_channels, rows.out_channels, rows.kernel, rows.stride,
-                            2e-6 * rows.macs, 1e-6 * params, rows.op == "depthwise_conv2d",
-                            rows.op == "linear"]).astype(np.float32)
+    params = rows.out_channels * rows.in_channels // rows.groups * rows.kernel**2
+    return np.column_stack(
+        [
+            rows.input_h,
+            rows.in_channels,
+            rows.out_channels,
+            rows.kernel,
+            rows.stride,
+            2e-6 * rows.macs,
+            1e-6 * params,
+            rows.op == "depthwise_conv2d",
+            rows.op == "linear",
+        ]
+    ).astype(np.float32)
 
 
 def _random_forest(train: pd.DataFrame):
@@ -240,8 +274,17 @@ def _random_forest(train: pd.DataFrame):
     per split; XGBoost's random-forest mode) on its kernel features, fitted to latency."""
     import xgboost as xgb
 
-    params = {"num_parallel_tree": 300, "subsample": 0.632, "colsample_bynode": 0.6, "eta": 1.0, "max_depth": 12,
-              "min_child_weight": 1.0, "lambda": 0.0, "tree_method": "hist", "seed": 0}
+    params = {
+        "num_parallel_tree": 300,
+        "subsample": 0.632,
+        "colsample_bynode": 0.6,
+        "eta": 1.0,
+        "max_depth": 12,
+        "min_child_weight": 1.0,
+        "lambda": 0.0,
+        "tree_method": "hist",
+        "seed": 0,
+    }
     forest = xgb.train(params, xgb.DMatrix(_nn_meter_features(train), label=train.latency_ms.to_numpy()), 1)
     return lambda rows: forest.inplace_predict(_nn_meter_features(rows).astype(np.float32))
 
@@ -256,13 +299,23 @@ def _lightgbm(train: pd.DataFrame):
     model = LatencyModel.train(train)
     x, _ = _matrix(train, model.lanes, model.registers)
     margin = np.log(model.work_ms(features.from_frame(train)))
-    booster = lightgbm.train({"objective": "regression", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 3,
-                              "verbose": -1, "seed": 0},
-                             lightgbm.Dataset(x, np.log(train.latency_ms.to_numpy()), init_score=margin), ROUNDS)
+    booster = lightgbm.train(
+        {
+            "objective": "regression",
+            "learning_rate": 0.1,
+            "num_leaves": 15,
+            "min_data_in_leaf": 3,
+            "verbose": -1,
+            "seed": 0,
+        },
+        lightgbm.Dataset(x, np.log(train.latency_ms.to_numpy()), init_score=margin),
+        ROUNDS,
+    )
 
     def predict(rows):
         x, _ = _matrix(rows, model.lanes, model.registers)
         return np.exp(booster.predict(x)) * model.work_ms(features.from_frame(rows))
+
     return predict
 
 
@@ -306,27 +359,43 @@ def score_space(folder: Path, name: str) -> dict:
     lanes = vector_unit(rows.target.iloc[0])[0]
     tests = {k: v for k, v in splits(rows).items() if k != "unseen_shapes"}
     repeated = int(sum(len(r) > 1 for r in repeats(rows)))
-    result = {"space": name, "configs": int(len(rows)), "ops": rows.op.value_counts().to_dict(),
-              "run": run(), "table": protocol(rows),
-              "repeats_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
-              "splits": {}, "curve": []}
+    result = {
+        "space": name,
+        "configs": int(len(rows)),
+        "ops": rows.op.value_counts().to_dict(),
+        "run": run(),
+        "table": protocol(rows),
+        "repeats_agree": {"configs": repeated, "within_5": float(steady(rows).sum() / max(repeated, 1))},
+        "splits": {},
+        "curve": [],
+    }
     if (folder / "repeat").exists():
         result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
     result["fit"] = fit_and_evaluate(folder)
     fits = learners()
     for split, test in tests.items():
         train, held = rows[~test], rows[test].reset_index(drop=True)
-        result["splits"][split] = {"train": int(len(train)), "train_per_op": train.op.value_counts().to_dict(),
-                                   "learners": {label: breakdown(held, fit(train)(held), lanes)
-                                                for label, fit in fits.items()}}
+        result["splits"][split] = {
+            "train": int(len(train)),
+            "train_per_op": train.op.value_counts().to_dict(),
+            "learners": {label: breakdown(held, fit(train)(held), lanes) for label, fit in fits.items()},
+        }
     if (folder / "test").exists():
         held = rows_of(folder / "test")
         result["splits"]["between"] = {
-            "train": int(len(rows)), "train_per_op": rows.op.value_counts().to_dict(),
-            "learners": {label: {f"{size}x{size}": breakdown(held[held.input_h == size].reset_index(drop=True),
-                                                             predict(held[held.input_h == size]), lanes)
-                                 for size in sorted(held.input_h.unique())}
-                         for label, fit in fits.items() for predict in [fit(rows)]}}
+            "train": int(len(rows)),
+            "train_per_op": rows.op.value_counts().to_dict(),
+            "learners": {
+                label: {
+                    f"{size}x{size}": breakdown(
+                        held[held.input_h == size].reset_index(drop=True), predict(held[held.input_h == size]), lanes
+                    )
+                    for size in sorted(held.input_h.unique())
+                }
+                for label, fit in fits.items()
+                for predict in [fit(rows)]
+            },
+        }
     test = tests["config"]
     pool, held = rows[~test], rows[test].reset_index(drop=True)
     sizes = [s for s in CURVE if s < len(pool)] + [len(pool)]
@@ -335,30 +404,57 @@ def score_space(folder: Path, name: str) -> dict:
             chosen = pool.sample(size, random_state=seed)
             for label in ("hwloop", "random forest (nn-Meter)"):
                 scored = breakdown(held, fits[label](chosen)(held), lanes)
-                result["curve"].append({"samples": size, "seed": seed, "learner": label,
-                                        "within_10": scored["all"]["within_10"],
-                                        "steady_within_10": scored.get("steady", {}).get("within_10")})
+                result["curve"].append(
+                    {
+                        "samples": size,
+                        "seed": seed,
+                        "learner": label,
+                        "within_10": scored["all"]["within_10"],
+                        "steady_within_10": scored.get("steady", {}).get("within_10"),
+                    }
+                )
     for point in learning_curve(rows, test, sizes, adaptive=True):
-        result["curve"].append({"samples": point["samples"], "seed": 0, "learner": "hwloop, adaptive",
-                                "within_10": point["within_10"], "steady_within_10": None})
+        result["curve"].append(
+            {
+                "samples": point["samples"],
+                "seed": 0,
+                "learner": "hwloop, adaptive",
+                "within_10": point["within_10"],
+                "steady_within_10": None,
+            }
+        )
     return result
 
 
 def run() -> dict:
     """The commit, the date and the command of this run."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"commit": commit, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["bench/predictor.py", *sys.argv[1:]])}
+    return {
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["bench/predictor.py", *sys.argv[1:]]),
+    }
 
 
 def machine() -> dict:
     from hwloop.predictor.latency import vector_unit
 
     target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "llvm_cpu": _llvm_cpu(), "lanes": vector_unit(json.dumps(target))[0], "cores": os.cpu_count(),
-            **run()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "llvm_cpu": _llvm_cpu(),
+        "lanes": vector_unit(json.dumps(target))[0],
+        "cores": os.cpu_count(),
+        **run(),
+    }
 
 
 def _llvm_cpu() -> str:
@@ -371,10 +467,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench-out/predictor"), help="tables and build cache (kept)")
     parser.add_argument("--results", type=Path, default=Path("docs/results/predictor/results"))
-    parser.add_argument("--stages", default="collect,repeat,score",
-                        help="comma-separated: build (every config into the cache, timing nothing: the shared lock "
-                             "suffices), collect (the tables), repeat (the second collections), score, "
-                             "agree (only update the scored results with how the second collections agree)")
+    parser.add_argument(
+        "--stages",
+        default="collect,repeat,score",
+        help="comma-separated: build (every config into the cache, timing nothing: the shared lock "
+        "suffices), collect (the tables), repeat (the second collections), score, "
+        "agree (only update the scored results with how the second collections agree)",
+    )
     parser.add_argument("--spaces", help="comma-separated space names (default: all)")
     parser.add_argument("--quick", action="store_true", help="a few dozen configs per space")
     args = parser.parse_args()

@@ -12,8 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-SPLITS = {"config": "random configs", "unseen_channels": "unseen channel counts",
-          "sizes_between": "input size between measured ones"}
+SPLITS = {
+    "config": "random configs",
+    "unseen_channels": "unseen channel counts",
+    "sizes_between": "input size between measured ones",
+}
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
@@ -41,11 +44,15 @@ def measured(space: dict) -> str:
     table = space["table"]
     p = table["protocol"]
     if table["estimator"] is None:
-        return (f"passes over every config (at most {table['passes']}), each pass one median of {p['repeat']} "
-                "repeats, the fastest pass counting (the protocol before trials)")
-    return (f"independent trials, each on a fresh load and fresh buffers, interleaved across batches of "
-            f"{p.get('batch', 8)} configs, until {p['trials']} agree within {p['agree']:.0%} (at most "
-            f"{p['max_trials']}); trials on a busy CPU dropped; the latency `{table['estimator']}`")
+        return (
+            f"passes over every config (at most {table['passes']}), each pass one median of {p['repeat']} "
+            "repeats, the fastest pass counting (the protocol before trials)"
+        )
+    return (
+        f"independent trials, each on a fresh load and fresh buffers, interleaved across batches of "
+        f"{p.get('batch', 8)} configs, until {p['trials']} agree within {p['agree']:.0%} (at most "
+        f"{p['max_trials']}); trials on a busy CPU dropped; the latency `{table['estimator']}`"
+    )
 
 
 def page(folder: Path) -> str:
@@ -82,13 +89,17 @@ def page(folder: Path) -> str:
     for s in spaces:
         run, dates = s["run"], s["table"]["measured"]
         when = dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
-        lines.append(f"| {s['space']} | {when} | {measured(s)} | `{run['commit']}` ({run['date']}) | "
-                     f"`{run['command']}` |")
+        lines.append(
+            f"| {s['space']} | {when} | {measured(s)} | `{run['commit']}` ({run['date']}) | `{run['command']}` |"
+        )
     older = [s["space"] for s in spaces if s["table"]["estimator"] is None]
     if older:
-        lines += ["", f"The figures of {', '.join(f'`{name}`' for name in older)} come from tables measured before "
-                      "trials, by the command in their row: they are not yet measured again with trials, and their "
-                      "tables repeat less well (below)."]
+        lines += [
+            "",
+            f"The figures of {', '.join(f'`{name}`' for name in older)} come from tables measured before "
+            "trials, by the command in their row: they are not yet measured again with trials, and their "
+            "tables repeat less well (below).",
+        ]
     lines += [
         "",
         "## How well the tables repeat",
@@ -101,62 +112,101 @@ def page(folder: Path) -> str:
     for s in spaces:
         again = s.get("collections_agree") or {}
         ops = ", ".join(f"{op} {n}" for op, n in s["ops"].items())
-        lines.append(f"| {s['space']} | {s['configs']} | {ops} | {pct(s['repeats_agree']['within_5'])} of "
-                     f"{s['repeats_agree']['configs']} | {again.get('configs', '-')} | {pct(again.get('within_5'))} | "
-                     f"{pct(again.get('within_10'))} |")
-    lines += ["", "## Held out: share within ±10 %", "",
-              "| space | split | trained on | " + " | ".join(LEARNERS) + " | hwloop, steady rows | target |",
-              "|---|---|---|" + "---|" * len(LEARNERS) + "---|---|"]
+        lines.append(
+            f"| {s['space']} | {s['configs']} | {ops} | {pct(s['repeats_agree']['within_5'])} of "
+            f"{s['repeats_agree']['configs']} | {again.get('configs', '-')} | {pct(again.get('within_5'))} | "
+            f"{pct(again.get('within_10'))} |"
+        )
+    lines += [
+        "",
+        "## Held out: share within ±10 %",
+        "",
+        "| space | split | trained on | " + " | ".join(LEARNERS) + " | hwloop, steady rows | target |",
+        "|---|---|---|" + "---|" * len(LEARNERS) + "---|---|",
+    ]
     for s in spaces:
         for split, result in s["splits"].items():
             if split == "between":
                 continue
             learners = result["learners"]
             target = TARGETS.get(split)
-            lines.append(f"| {s['space']} | {SPLITS.get(split, split)} | {result['train']} | "
-                         + " | ".join(cell(learners[name]) for name in LEARNERS)
-                         + f" | {cell(learners['hwloop'], 'steady')} | {pct(target)} |")
+            lines.append(
+                f"| {s['space']} | {SPLITS.get(split, split)} | {result['train']} | "
+                + " | ".join(cell(learners[name]) for name in LEARNERS)
+                + f" | {cell(learners['hwloop'], 'steady')} | {pct(target)} |"
+            )
     for s in spaces:
         between = s["splits"].get("between")
         if between:
-            lines += ["", f"`{s['space']}` fitted on all its {between['train']} configs, scored on `between`, "
-                          "measured apart:", "",
-                      "| input | " + " | ".join(LEARNERS) + " | hwloop, steady rows |",
-                      "|---|" + "---|" * (len(LEARNERS) + 1)]
+            lines += [
+                "",
+                f"`{s['space']}` fitted on all its {between['train']} configs, scored on `between`, measured apart:",
+                "",
+                "| input | " + " | ".join(LEARNERS) + " | hwloop, steady rows |",
+                "|---|" + "---|" * (len(LEARNERS) + 1),
+            ]
             sizes = between["learners"]["hwloop"]
             for size in sizes:
-                lines.append(f"| {size} | " + " | ".join(cell(between["learners"][name][size]) for name in LEARNERS)
-                             + f" | {cell(sizes[size], 'steady')} |")
-    lines += ["", "## As a user sees it", "",
-              "`hwloop fit` on each space's table (its held-out splits, as `predictor.json` keeps them; *unseen "
-              "shapes* are drawn at random, so a held-out size may lie outside the measured ones) and, for "
-              "`grid`, `hwloop evaluate --table` on `between`:", "",
-              "| space | fit: random configs | fit: unseen channels | fit: unseen shapes | fit: sizes between | "
-              "evaluate on a table measured apart |",
-              "|---|---|---|---|---|---|"]
+                lines.append(
+                    f"| {size} | "
+                    + " | ".join(cell(between["learners"][name][size]) for name in LEARNERS)
+                    + f" | {cell(sizes[size], 'steady')} |"
+                )
+    lines += [
+        "",
+        "## As a user sees it",
+        "",
+        "`hwloop fit` on each space's table (its held-out splits, as `predictor.json` keeps them; *unseen "
+        "shapes* are drawn at random, so a held-out size may lie outside the measured ones) and, for "
+        "`grid`, `hwloop evaluate --table` on `between`:",
+        "",
+        "| space | fit: random configs | fit: unseen channels | fit: unseen shapes | fit: sizes between | "
+        "evaluate on a table measured apart |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in spaces:
         fit = s.get("fit")
         if fit:
             metrics = fit["metrics"]
-            cells = [f"{pct(metrics[m]['within_10'])} ({metrics[m]['rows']})" if m in metrics else "-"
-                     for m in ("config", "unseen_channels", "unseen_shapes", "sizes_between")]
+            cells = [
+                f"{pct(metrics[m]['within_10'])} ({metrics[m]['rows']})" if m in metrics else "-"
+                for m in ("config", "unseen_channels", "unseen_shapes", "sizes_between")
+            ]
             scored = fit.get("evaluate")
-            lines.append(f"| {s['space']} | " + " | ".join(cells) + " | "
-                         + (f"{pct(scored['within_10'])} ({scored['rows']})" if scored else "-") + " |")
-    lines += ["", "## Where the error is (hwloop, random configs held out)", "",
-              "| space | group | rows | ±5 % | ±10 % | MAPE |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {s['space']} | "
+                + " | ".join(cells)
+                + " | "
+                + (f"{pct(scored['within_10'])} ({scored['rows']})" if scored else "-")
+                + " |"
+            )
+    lines += [
+        "",
+        "## Where the error is (hwloop, random configs held out)",
+        "",
+        "| space | group | rows | ±5 % | ±10 % | MAPE |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in spaces:
         for group, scores in s["splits"]["config"]["learners"]["hwloop"].items():
-            lines.append(f"| {s['space']} | {group} | {scores['rows']} | {pct(scores['within_5'])} | "
-                         f"{pct(scores['within_10'])} | {pct(scores['mape'])} |")
-    lines += ["", "## Learning curve", "",
-              "Random subsets of the training rows of the random-configs split (mean of three draws), scored on "
-              "its held-out rows. nn-Meter trains on 3,000-10,000 samples per kernel type and reaches 99.0 % "
-              "within ±10 % on a mobile CPU; LitePred adapts with 1,400-18,500 samples (99.3 %).", "",
-              "*Adaptive* replays `hwloop collect --adaptive` on the measured rows (a first design of half the "
-              "samples, then rounds where a bootstrap ensemble disagrees or errs), one draw.", "",
-              "| space | samples | hwloop | hwloop, steady rows | hwloop, adaptive | random forest (nn-Meter) |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {s['space']} | {group} | {scores['rows']} | {pct(scores['within_5'])} | "
+                f"{pct(scores['within_10'])} | {pct(scores['mape'])} |"
+            )
+    lines += [
+        "",
+        "## Learning curve",
+        "",
+        "Random subsets of the training rows of the random-configs split (mean of three draws), scored on "
+        "its held-out rows. nn-Meter trains on 3,000-10,000 samples per kernel type and reaches 99.0 % "
+        "within ±10 % on a mobile CPU; LitePred adapts with 1,400-18,500 samples (99.3 %).",
+        "",
+        "*Adaptive* replays `hwloop collect --adaptive` on the measured rows (a first design of half the "
+        "samples, then rounds where a bootstrap ensemble disagrees or errs), one draw.",
+        "",
+        "| space | samples | hwloop | hwloop, steady rows | hwloop, adaptive | random forest (nn-Meter) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in spaces:
         points: dict = {}
         for p in s["curve"]:
@@ -164,14 +214,20 @@ def page(folder: Path) -> str:
         for samples, by in sorted(points.items()):
             mean = {name: sum(p["within_10"] for p in ps) / len(ps) for name, ps in by.items()}
             steady = [p["steady_within_10"] for p in by["hwloop"] if p["steady_within_10"] is not None]
-            lines.append(f"| {s['space']} | {samples} | {pct(mean['hwloop'])} | "
-                         f"{pct(sum(steady) / len(steady) if steady else None)} | "
-                         f"{pct(mean.get('hwloop, adaptive'))} | {pct(mean['random forest (nn-Meter)'])} |")
-    lines += ["", "Learners: **hwloop** is `hwloop fit`'s model (a work model per path of the `default` rules, "
-              "corrected by XGBoost); **lightgbm** the same with LightGBM in place of XGBoost; **xgboost, FLOPs "
-              "margin** hwloop's features and booster starting from the vector FMAs instead of the work model; "
-              "**work model** the work model alone; **random forest (nn-Meter)** nn-Meter's learner on its "
-              "features (input size, channels, kernel, stride, FLOPs, parameters).", ""]
+            lines.append(
+                f"| {s['space']} | {samples} | {pct(mean['hwloop'])} | "
+                f"{pct(sum(steady) / len(steady) if steady else None)} | "
+                f"{pct(mean.get('hwloop, adaptive'))} | {pct(mean['random forest (nn-Meter)'])} |"
+            )
+    lines += [
+        "",
+        "Learners: **hwloop** is `hwloop fit`'s model (a work model per path of the `default` rules, "
+        "corrected by XGBoost); **lightgbm** the same with LightGBM in place of XGBoost; **xgboost, FLOPs "
+        "margin** hwloop's features and booster starting from the vector FMAs instead of the work model; "
+        "**work model** the work model alone; **random forest (nn-Meter)** nn-Meter's learner on its "
+        "features (input size, channels, kernel, stride, FLOPs, parameters).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -47,20 +47,25 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     folder = args.work / "tables"
-    predictor = Predictor.fit(tables.read(folder, "local"), "local", "default", evaluate=False,
-                              models=tables.read_models(folder, "local"))
+    predictor = Predictor.fit(
+        tables.read(folder, "local"), "local", "default", evaluate=False, models=tables.read_models(folder, "local")
+    )
     data = load_data("fashion-mnist", 128, args.train_samples)
     dense, _ = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, args.work / "cache")
     cost = PredictedLatency(ChannelGroups(copy.deepcopy(dense), data.input_shape), predictor)
     importance = scores(cost.groups, "l1")
     proposed = proposals.propose(cost, importance, cost.target(args.budget), args.proposals, 0, MIN_RATIO)
-    ranked = proposals.ranked(dense, data.input_shape, proposed, importance,
-                              first_batches(data.train, proposals.BATCHES), 0, args.lr)
+    ranked = proposals.ranked(
+        dense, data.input_shape, proposed, importance, first_batches(data.train, proposals.BATCHES), 0, args.lr
+    )
 
     names = [g.name for g in cost.groups.groups]
     print("groups: " + " ".join(names))
-    print("| proposal | predicted ms | held-out after its passes | passes | " + " | ".join(f"seed {s}" for s in seeds)
-          + " | mean | channels kept |")
+    print(
+        "| proposal | predicted ms | held-out after its passes | passes | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean | channels kept |"
+    )
     print("|---|---|---|---|" + "---|" * (len(seeds) + 2))
     means = []
     for index, proposal in enumerate(ranked):
@@ -68,15 +73,27 @@ def main() -> None:
         for seed in seeds:
             model = pruned_copy(dense, data.input_shape, importance, proposal.plan)
             torch.manual_seed(seed)
-            train(model, load_data("fashion-mnist", 128, args.train_samples, seed=seed).train, args.epochs,
-                  lr=args.lr, teacher=dense)
+            train(
+                model,
+                load_data("fashion-mnist", 128, args.train_samples, seed=seed).train,
+                args.epochs,
+                lr=args.lr,
+                teacher=dense,
+            )
             accuracy.append(evaluate(model, data.test))
         means.append(statistics.mean(accuracy))
-        print(f"| {index + 1} | {proposal.predicted_ms:.4f} | {proposal.accuracy:.2%} | {proposal.passes} | "
-              + " | ".join(f"{a:.2%}" for a in accuracy) + f" | {means[-1]:.2%} | "
-              + " ".join(str(proposal.plan[name]) for name in names) + " |", flush=True)
-    print(f"\nSpearman rank correlation, ranking against mean: "
-          f"{pd.Series(range(len(ranked), 0, -1)).corr(pd.Series(means).rank()):.2f}")
+        print(
+            f"| {index + 1} | {proposal.predicted_ms:.4f} | {proposal.accuracy:.2%} | {proposal.passes} | "
+            + " | ".join(f"{a:.2%}" for a in accuracy)
+            + f" | {means[-1]:.2%} | "
+            + " ".join(str(proposal.plan[name]) for name in names)
+            + " |",
+            flush=True,
+        )
+    print(
+        f"\nSpearman rank correlation, ranking against mean: "
+        f"{pd.Series(range(len(ranked), 0, -1)).corr(pd.Series(means).rank()):.2f}"
+    )
 
 
 if __name__ == "__main__":

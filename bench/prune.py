@@ -1,10 +1,12 @@
 """Pruning methods compared on the local device: a ResNet on Fashion-MNIST (or CIFAR-10), each method at a few
 latency budgets; accuracy, predicted and measured latency, measured speed-up.
 
-    .venv/bin/python -m bench.prune [--model resnet20|bench/models.py:resnet20_x075] [--dataset fashion-mnist|cifar10:PATH]
+    .venv/bin/python -m bench.prune [--model resnet20|bench/models.py:resnet20_x075]
+        [--dataset fashion-mnist|cifar10:PATH]
         [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
-        [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N] [--samples 300] [--passes 3]
+        [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N]
+        [--samples 300] [--passes 3]
         [--revalidate 0] [--work bench-prune] [--results docs/results/prune/results]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
@@ -41,12 +43,11 @@ from bench.machine import local_registry, provenance
 from hwloop import tables
 from hwloop.collect import collect
 from hwloop.endtoend import ModelCase, measure_models
-from hwloop.prune.groups import thinned_cases
 from hwloop.predictor import Predictor
 from hwloop.prune import MIN_RATIO, pipeline
 from hwloop.prune.board import Board
 from hwloop.prune.data import DATASET_HELP, load_data
-from hwloop.prune.groups import PruneError
+from hwloop.prune.groups import PruneError, thinned_cases
 from hwloop.prune.validate import judged, validate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
@@ -58,23 +59,34 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
     parser.add_argument("--budgets", default="0.4,0.6")
-    parser.add_argument("--flops-budgets", default=None,
-                        help="MACs fractions for the flops baseline (default: --budgets); its curve should span the others' accuracy")
+    parser.add_argument(
+        "--flops-budgets",
+        default=None,
+        help="MACs fractions for the flops baseline (default: --budgets); its curve should span the others' accuracy",
+    )
     parser.add_argument("--methods", default="latency,afcp,lws,flops,flops:1,uniform")
     parser.add_argument("--board-rounds", type=int, default=3, help="plans timed on the device per run (0: open loop)")
     parser.add_argument("--board-methods", default="latency,afcp,lws")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dense-epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=1)
-    parser.add_argument("--min-ratio", type=float, default=MIN_RATIO, help="smallest share of its channels a group keeps")
+    parser.add_argument(
+        "--min-ratio", type=float, default=MIN_RATIO, help="smallest share of its channels a group keeps"
+    )
     parser.add_argument("--proposals", type=int, default=1, help="latency: plans ranked by short fine-tunes")
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
-    parser.add_argument("--passes", type=int, default=3, help="sweeps measuring each layer and model (the fastest counts)")
-    parser.add_argument("--revalidate", type=int, default=0,
-                        help="validate every output under --work again this many times, in turns, after the runs; "
-                             "each model's fastest latency counts, against the dense model's fastest of them all")
+    parser.add_argument(
+        "--passes", type=int, default=3, help="sweeps measuring each layer and model (the fastest counts)"
+    )
+    parser.add_argument(
+        "--revalidate",
+        type=int,
+        default=0,
+        help="validate every output under --work again this many times, in turns, after the runs; "
+        "each model's fastest latency counts, against the dense model's fastest of them all",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench-prune"))
     parser.add_argument("--results", type=Path, default=Path("docs/results/prune/results"))
     args = parser.parse_args()
@@ -91,11 +103,15 @@ def main() -> None:
     measure_models(device, calibration_models, policy, tables_dir, cache)
     collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
     measure_models(device, calibration_models, policy, tables_dir, cache, force=True)
-    predictor = Predictor.fit(tables.read(tables_dir, "local"), "local", "default",
-                              models=tables.read_models(tables_dir, "local"))
+    predictor = Predictor.fit(
+        tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
+    )
     calibration = predictor.meta["calibration"] or {}
-    print(f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration scale {calibration.get('scale', 1):.3f}, "
-          f"offset {calibration.get('offset_ms', 0):.4f} ms, held-out error {calibration.get('held_out_mape', float('nan')):.1%}")
+    print(
+        f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration "
+        f"scale {calibration.get('scale', 1):.3f}, offset {calibration.get('offset_ms', 0):.4f} ms, "
+        f"held-out error {calibration.get('held_out_mape', float('nan')):.1%}"
+    )
 
     dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     name = args.model.rpartition(":")[2] or args.model
@@ -107,13 +123,23 @@ def main() -> None:
         board = Board(device, tables_dir, cache, rounds) if rounds else None
         budgets = args.flops_budgets if method == "flops" and args.flops_budgets else args.budgets
         for budget in [float(b) for b in budgets.split(",")]:
-            settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, round_to=int(round_to or 0),
-                                         dense_epochs=args.dense_epochs, search_epochs=args.search_epochs,
-                                         min_ratio=args.min_ratio,
-                                         proposals=args.proposals if method == "latency" else 1)
-            label = (method + (f"-r{round_to}" if round_to else "")
-                     + (f"-p{settings.proposals}" if settings.proposals > 1 else "") + ("-board" if board else "")
-                     + (f"-min{args.min_ratio:g}" if args.min_ratio != MIN_RATIO else ""))
+            settings = pipeline.Settings(
+                method=method,
+                budget=budget,
+                epochs=args.epochs,
+                round_to=int(round_to or 0),
+                dense_epochs=args.dense_epochs,
+                search_epochs=args.search_epochs,
+                min_ratio=args.min_ratio,
+                proposals=args.proposals if method == "latency" else 1,
+            )
+            label = (
+                method
+                + (f"-r{round_to}" if round_to else "")
+                + (f"-p{settings.proposals}" if settings.proposals > 1 else "")
+                + ("-board" if board else "")
+                + (f"-min{args.min_ratio:g}" if args.min_ratio != MIN_RATIO else "")
+            )
             out = work / "pruned" / f"{name}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():
                 try:
@@ -122,8 +148,12 @@ def main() -> None:
                     print(f"{label} at {budget:g}: {exc}")
                     continue
             record = json.loads((out / "plan.json").read_text())
-            about[out] = {"method": label, "macs": record["macs"], "dense_macs": record["dense_macs"],
-                          "board": record.get("board")}
+            about[out] = {
+                "method": label,
+                "macs": record["macs"],
+                "dense_macs": record["dense_macs"],
+                "board": record.get("board"),
+            }
             validations[out] = [validate(device, out, tables_dir, cache)]
             print(_line({**validations[out][0], **about[out]}), flush=True)
     if args.revalidate:
@@ -135,11 +165,17 @@ def main() -> None:
         print(f"validating every output again: turn {turn + 1} of {args.revalidate}", flush=True)
         for out, reports in validations.items():
             reports.append(validate(device, out, tables_dir, cache))
-    dense_ms = min((r["dense_ms"] for reports in validations.values() for r in reports if r["speedup"]),
-                   default=None) if args.revalidate else None
+    dense_ms = (
+        min((r["dense_ms"] for reports in validations.values() for r in reports if r["speedup"]), default=None)
+        if args.revalidate
+        else None
+    )
     path = args.results / f"{name}@{args.dataset.partition(':')[0]}.json"
-    results = _merged(path, [{**_fastest_of_run(reports, dense_ms), **about[out]} for out, reports in validations.items()],
-                      {"model": args.model, "dataset": args.dataset, **provenance()})
+    results = _merged(
+        path,
+        [{**_fastest_of_run(reports, dense_ms), **about[out]} for out, reports in validations.items()],
+        {"model": args.model, "dataset": args.dataset, **provenance()},
+    )
     _print_table(results)
     print(f"results → {path}")
 
@@ -168,10 +204,11 @@ def _line(r: dict) -> str:
     speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
     predicted = f"{r['predicted_speedup']:.2f}x" if r.get("predicted_speedup") else "-"
     error = f"{r['predicted_error']:+.1%}" if r["predicted_error"] is not None else "-"
-    return (f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
-            f"{r['measured_ms']:.3f} | {error} | {speedup} | {predicted} | {r['dense_macs'] / r['macs']:.2f}x "
-            f"| {_timed(r['board'])} |"
-            + ("" if r["ok"] else " failed: " + "; ".join(r["failures"])))
+    return (
+        f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
+        f"{r['measured_ms']:.3f} | {error} | {speedup} | {predicted} | {r['dense_macs'] / r['macs']:.2f}x "
+        f"| {_timed(r['board'])} |" + ("" if r["ok"] else " failed: " + "; ".join(r["failures"]))
+    )
 
 
 def _timed(board: dict | None) -> str:
@@ -180,8 +217,10 @@ def _timed(board: dict | None) -> str:
     if not board:
         return "-"
     r = board["rounds"][board["chosen"]]
-    return (f"{len(board['rounds'])}: {r['measured_ms'] / r['dense_ms']:.2f} of dense for "
-            f"{r['goal_ms'] / r['dense_ms']:.2f}" + ("" if board["met"] else " (missed)"))
+    return (
+        f"{len(board['rounds'])}: {r['measured_ms'] / r['dense_ms']:.2f} of dense for "
+        f"{r['goal_ms'] / r['dense_ms']:.2f}" + ("" if board["met"] else " (missed)")
+    )
 
 
 def _merged(path: Path, results: list[dict], about: dict) -> list[dict]:
@@ -204,10 +243,14 @@ def _print_table(results: list[dict]) -> None:
     if not results:
         return
     first = results[0]
-    print(f"\ndense: accuracy {first['dense_accuracy']:.2%}, measured {first['dense_ms']:.3f} ms, "
-          f"predicted {first['dense_predicted_ms']:.3f} ms\n")
-    print("| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
-          "| predicted speed-up | MACs reduction | plans timed before fine-tuning |")
+    print(
+        f"\ndense: accuracy {first['dense_accuracy']:.2%}, measured {first['dense_ms']:.3f} ms, "
+        f"predicted {first['dense_predicted_ms']:.3f} ms\n"
+    )
+    print(
+        "| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
+        "| predicted speed-up | MACs reduction | plans timed before fine-tuning |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(_line(r))

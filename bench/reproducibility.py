@@ -31,7 +31,8 @@ medians, their CV, the repeats' CV).
 ``collections``: the same space collected twice into separate tables with hwloop's own protocol
 (the built-in ``local`` device), the second beside ``--neighbour``; writes ``agreement.json``: the
 share of configs whose two latencies agree within ±5/±10 %, the collections' speed and how many
-trials were disturbed, and for each collection, each config of the first (quiet) collection predicted by a predictor fitted on the other three
+trials were disturbed, and for each collection, each config of the first (quiet) collection predicted by a
+predictor fitted on the other three
 quarters of a collection's configs (four folds), scored against the first collection.
 """
 
@@ -44,10 +45,10 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
-import shutil
 import time
 from pathlib import Path
 
@@ -128,15 +129,19 @@ class Timer:
         data, weight = random_inputs(config)
         # a buffer of random size first, and the old buffers kept alive, so the new ones sit elsewhere
         self.kept += [tvm.runtime.empty((random.randint(1, 4096),), "float32", device), *self.args.get(config, [])]
-        self.args[config] = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
-                             tvm.runtime.empty(config.output_shape, config.dtype, device)]
+        self.args[config] = [
+            tvm.runtime.tensor(data, device),
+            tvm.runtime.tensor(weight, device),
+            tvm.runtime.empty(config.output_shape, config.dtype, device),
+        ]
 
     def trial(self, config: LayerConfig) -> list[float]:
         p = self.protocol
         module, device = self.modules[config], self.session.cpu(0)
         module.time_evaluator("main", device, number=p.warmup, repeat=1)(*self.args[config])
-        evaluator = module.time_evaluator("main", device, number=p.number, repeat=p.repeat,
-                                          min_repeat_ms=p.min_repeat_ms)
+        evaluator = module.time_evaluator(
+            "main", device, number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms
+        )
         return [s * 1e3 for s in evaluator(*self.args[config]).results]
 
 
@@ -164,14 +169,24 @@ def run_condition(condition: str, artifacts: dict, protocol: Protocol, trials: i
                 latencies = timer.trial(config)
                 after = cpu_times(0)
                 total = max(after.get("total", 0) - before.get("total", 0), 1)
-                log({"condition": condition, "trial": trial, "config": config.id, "start": start,
-                     "seconds": time.time() - start, "median_ms": statistics.median(latencies),
-                     "min_ms": min(latencies), "cv": statistics.pstdev(latencies) / statistics.fmean(latencies),
-                     "latencies_ms": latencies,
-                     "cpu0_busy": (after["busy"] - before["busy"]) / total,
-                     "cpu0_steal": (after["steal"] - before["steal"]) / total,
-                     "cpu0_iowait": (after["iowait"] - before["iowait"]) / total,
-                     "load1": os.getloadavg()[0], "cpu0_mhz": cpu_mhz(0)})
+                log(
+                    {
+                        "condition": condition,
+                        "trial": trial,
+                        "config": config.id,
+                        "start": start,
+                        "seconds": time.time() - start,
+                        "median_ms": statistics.median(latencies),
+                        "min_ms": min(latencies),
+                        "cv": statistics.pstdev(latencies) / statistics.fmean(latencies),
+                        "latencies_ms": latencies,
+                        "cpu0_busy": (after["busy"] - before["busy"]) / total,
+                        "cpu0_steal": (after["steal"] - before["steal"]) / total,
+                        "cpu0_iowait": (after["iowait"] - before["iowait"]) / total,
+                        "load1": os.getloadavg()[0],
+                        "cpu0_mhz": cpu_mhz(0),
+                    }
+                )
     finally:
         transport.close()
 
@@ -186,10 +201,14 @@ def summarise(records: list[dict]) -> dict:
                 continue
             best = min(medians)
             summary.setdefault(condition, {})[config] = {
-                "trials": len(medians), "median_ms": statistics.median(medians), "min_ms": best,
+                "trials": len(medians),
+                "median_ms": statistics.median(medians),
+                "min_ms": best,
                 "max_over_min": max(medians) / best,
                 "trials_cv": statistics.pstdev(medians) / statistics.fmean(medians),
-                "within_10_of_median": float(np.mean([abs(m / statistics.median(medians) - 1) <= 0.10 for m in medians])),
+                "within_10_of_median": float(
+                    np.mean([abs(m / statistics.median(medians) - 1) <= 0.10 for m in medians])
+                ),
                 "repeats_cv_median": statistics.median(r["cv"] for r in mine if r["config"] == config),
                 "steal_max": max(r["cpu0_steal"] for r in mine if r["config"] == config),
             }
@@ -198,10 +217,22 @@ def summarise(records: list[dict]) -> dict:
 
 def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_model": model, "llvm_cpu": host_cpu(), "cores": os.cpu_count(), "commit": commit,
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu_model": model,
+        "llvm_cpu": host_cpu(),
+        "cores": os.cpu_count(),
+        "commit": commit,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 @contextlib.contextmanager
@@ -224,7 +255,7 @@ def builds_running(enabled: bool, cache: Path, target: dict):
         yield
         return
     pool = BuildPool(cache / "noise", avoid_cpus=[0])
-    stop = time.time() + 10 ** 6
+    stop = time.time() + 10**6
     futures = []
 
     def keep_busy():
@@ -232,8 +263,13 @@ def builds_running(enabled: bool, cache: Path, target: dict):
             futures[:] = [f for f in futures if not f.done()]
             while len(futures) < 2 * pool.workers:
                 c = random.randint(8, 256)
-                futures.append(pool.submit(BuildJob(LayerConfig("conv2d", c, c + 1, 28, 28, 3, padding=1), target,
-                                                    parse_policy("default").name)))
+                futures.append(
+                    pool.submit(
+                        BuildJob(
+                            LayerConfig("conv2d", c, c + 1, 28, 28, 3, padding=1), target, parse_policy("default").name
+                        )
+                    )
+                )
             time.sleep(0.2)
 
     import threading
@@ -258,6 +294,7 @@ def study_trials(args, out: Path) -> None:
         artifacts[config] = built.artifact
     records = []
     with open(out / "trials.jsonl", "w") as log_file:
+
         def log(record):
             records.append(record)
             log_file.write(json.dumps(record) + "\n")
@@ -266,18 +303,30 @@ def study_trials(args, out: Path) -> None:
         with neighbour(args.neighbour), builds_running(args.builds, cache, target):
             for condition in args.conditions.split(","):
                 run_condition(condition, artifacts, protocol, args.trials, log)
-    summary = {"machine": machine(), "target": canonical(target), "neighbour": args.neighbour,
-               "builds": args.builds, "protocol": protocol.model_dump(), "conditions": summarise(records)}
+    summary = {
+        "machine": machine(),
+        "target": canonical(target),
+        "neighbour": args.neighbour,
+        "builds": args.builds,
+        "protocol": protocol.model_dump(),
+        "conditions": summarise(records),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{summary['machine']['cpu_model']} ({summary['machine']['llvm_cpu']}, {summary['machine']['cores']} cores), "
-          f"neighbour {args.neighbour}, builds {'on' if args.builds else 'off'} → {out}")
-    print(f"{'condition':9} {'config':42} {'trials':>6} {'median ms':>10} {'max/min':>8} {'trials CV':>9} "
-          f"{'±10%':>5} {'rep CV':>7} {'steal':>6}")
+    print(
+        f"{summary['machine']['cpu_model']} ({summary['machine']['llvm_cpu']}, {summary['machine']['cores']} cores), "
+        f"neighbour {args.neighbour}, builds {'on' if args.builds else 'off'} → {out}"
+    )
+    print(
+        f"{'condition':9} {'config':42} {'trials':>6} {'median ms':>10} {'max/min':>8} {'trials CV':>9} "
+        f"{'±10%':>5} {'rep CV':>7} {'steal':>6}"
+    )
     for condition, configs in summary["conditions"].items():
         for config, s in configs.items():
-            print(f"{condition:9} {config:42} {s['trials']:6d} {s['median_ms']:10.4f} {s['max_over_min']:8.3f} "
-                  f"{s['trials_cv']:9.3%} {s['within_10_of_median']:5.0%} {s['repeats_cv_median']:7.2%} "
-                  f"{s['steal_max']:6.1%}")
+            print(
+                f"{condition:9} {config:42} {s['trials']:6d} {s['median_ms']:10.4f} {s['max_over_min']:8.3f} "
+                f"{s['trials_cv']:9.3%} {s['within_10_of_median']:5.0%} {s['repeats_cv_median']:7.2%} "
+                f"{s['steal_max']:6.1%}"
+            )
     shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -289,8 +338,13 @@ def space(name: str) -> list[LayerConfig]:
 
         model, shape = load_model("resnet20", (1, 1, 28, 28))
         return model_space(model, shape, 150)
-    return [LayerConfig("conv2d", cin, cout, hw, hw, kernel=k, padding=k // 2)
-            for hw in (14, 28) for k in (3, 1) for cin in (8, 24, 40, 56, 72, 88) for cout in (8, 28, 48, 68, 92)]
+    return [
+        LayerConfig("conv2d", cin, cout, hw, hw, kernel=k, padding=k // 2)
+        for hw in (14, 28)
+        for k in (3, 1)
+        for cin in (8, 24, 40, 56, 72, 88)
+        for cout in (8, 28, 48, 68, 92)
+    ]
 
 
 def study_collections(args, out: Path) -> None:
@@ -308,10 +362,16 @@ def study_collections(args, out: Path) -> None:
         with neighbour(beside):
             summary = collect(LOCAL, configs, policy, out / name, cache)
         rows = tables.read(out / name, "local", where={"status": "ok"})
-        runs[name] = {"neighbour": beside, "configs": int(rows.config_id.nunique()), "wall_s": summary.wall_s,
-                      "configs_per_min": 60 * len(summary.rows) / summary.wall_s, "retaken": summary.retaken,
-                      "disturbed_trials": int(rows.disturbed.sum()), "not_quiet": int((rows.quiet == False).sum()),  # noqa: E712
-                      "failed": summary.failed}
+        runs[name] = {
+            "neighbour": beside,
+            "configs": int(rows.config_id.nunique()),
+            "wall_s": summary.wall_s,
+            "configs_per_min": 60 * len(summary.rows) / summary.wall_s,
+            "retaken": summary.retaken,
+            "disturbed_trials": int(rows.disturbed.sum()),
+            "not_quiet": int((rows.quiet == False).sum()),  # noqa: E712
+            "failed": summary.failed,
+        }
     first, second = (tables.read(out / n, "local", where={"status": "ok"}) for n in ("first", "second"))
     first, second = (f[f.quiet.ne(False)].groupby("config_id").latency_ms.median() for f in (first, second))
     ratio = (second / first).dropna()
@@ -329,8 +389,14 @@ def study_collections(args, out: Path) -> None:
             fitted = Predictor.fit(table[~table.config_id.isin(held)], "local", evaluate=False)
             predicted[folds == fold] = fitted.predict_frame(test[folds == fold])
         predictors[name] = scores(test.latency_ms.to_numpy(), predicted)
-    result = {"machine": machine(), "space": args.space, "protocol": LOCAL.protocol.model_dump(), "runs": runs,
-              "agreement": agreement, "predictor_on_first": predictors}
+    result = {
+        "machine": machine(),
+        "space": args.space,
+        "protocol": LOCAL.protocol.model_dump(),
+        "runs": runs,
+        "agreement": agreement,
+        "predictor_on_first": predictors,
+    }
     (out / "agreement.json").write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(cache, ignore_errors=True)
     print(json.dumps(result, indent=1))
@@ -363,42 +429,65 @@ compiles on the other CPUs meanwhile.
 
 def page() -> None:
     """docs/results/reproducibility/README.md from the results folders under it."""
-    lines = [PAGE_INTRO, "## Two collections of one space", "",
-             "| results | space | second beside | configs compared | within ±5 % | within ±10 % | worst | configs/min: "
-             "first, second | predictor within ±10 %: from first, from second |", "|---|---|---|---|---|---|---|---|---|"]
-    collections = [(path, json.loads(path.read_text())) for path in sorted((RESULTS / "results").glob("*/agreement.json"))]
+    lines = [
+        PAGE_INTRO,
+        "## Two collections of one space",
+        "",
+        "| results | space | second beside | configs compared | within ±5 % | within ±10 % | worst | configs/min: "
+        "first, second | predictor within ±10 %: from first, from second |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    collections = [
+        (path, json.loads(path.read_text())) for path in sorted((RESULTS / "results").glob("*/agreement.json"))
+    ]
     for path, a in collections:
         agreement, runs, scored = a["agreement"], a["runs"], a["predictor_on_first"]
-        lines.append(f"| `{path.parent.name}` | {a['space']} | {runs['second']['neighbour']} | {agreement['configs']} | "
-                     f"{agreement['within_5']:.1%} | {agreement['within_10']:.1%} | {agreement['worst']:.1%} | "
-                     f"{runs['first']['configs_per_min']:.0f}, {runs['second']['configs_per_min']:.0f} | "
-                     f"{scored['first']['within_10']:.1%}, {scored['second']['within_10']:.1%} |")
+        lines.append(
+            f"| `{path.parent.name}` | {a['space']} | {runs['second']['neighbour']} | {agreement['configs']} | "
+            f"{agreement['within_5']:.1%} | {agreement['within_10']:.1%} | {agreement['worst']:.1%} | "
+            f"{runs['first']['configs_per_min']:.0f}, {runs['second']['configs_per_min']:.0f} | "
+            f"{scored['first']['within_10']:.1%}, {scored['second']['within_10']:.1%} |"
+        )
     lines.append("")
     for path, a in collections:
         m = a["machine"]
-        lines += [f"### `{path.parent.name}`", "",
-                  f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
-                  f"{m['date']}: `{m['command']}`; median second / first {a['agreement']['median_ratio']:.3f}.", "",
-                  "| collection | neighbour | configs | configs/min | disturbed trials dropped | rows not quiet "
-                  "| taken again |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### `{path.parent.name}`",
+            "",
+            f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
+            f"{m['date']}: `{m['command']}`; median second / first {a['agreement']['median_ratio']:.3f}.",
+            "",
+            "| collection | neighbour | configs | configs/min | disturbed trials dropped | rows not quiet "
+            "| taken again |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, run in a["runs"].items():
-            lines.append(f"| {name} | {run['neighbour']} | {run['configs']} | {run['configs_per_min']:.1f} | "
-                         f"{run['disturbed_trials']} | {run['not_quiet']} | {run['retaken']} |")
+            lines.append(
+                f"| {name} | {run['neighbour']} | {run['configs']} | {run['configs_per_min']:.1f} | "
+                f"{run['disturbed_trials']} | {run['not_quiet']} | {run['retaken']} |"
+            )
         lines.append("")
     for summary_path in sorted((RESULTS / "results").glob("*/summary.json")):
         s = json.loads(summary_path.read_text())
         m = s["machine"]
-        lines += [f"## Trials: neighbour {s['neighbour']}, builds {'on' if s['builds'] else 'off'} "
-                  f"(`{summary_path.parent.name}`)", "",
-                  f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
-                  f"{m['date']}: `{m['command']}`", "",
-                  "| condition | config | trials | median ms | slowest / fastest | CV of trials | within ±10 % "
-                  "| CV of repeats | steal (max) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Trials: neighbour {s['neighbour']}, builds {'on' if s['builds'] else 'off'} "
+            f"(`{summary_path.parent.name}`)",
+            "",
+            f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
+            f"{m['date']}: `{m['command']}`",
+            "",
+            "| condition | config | trials | median ms | slowest / fastest | CV of trials | within ±10 % "
+            "| CV of repeats | steal (max) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for condition, configs in s["conditions"].items():
             for config, c in sorted(configs.items(), key=lambda item: item[1]["median_ms"]):
-                lines.append(f"| {condition} | `{config}` | {c['trials']} | {c['median_ms']:.4f} | "
-                             f"{c['max_over_min']:.3f} | {c['trials_cv']:.2%} | {c['within_10_of_median']:.0%} | "
-                             f"{c['repeats_cv_median']:.2%} | {c['steal_max']:.1%} |")
+                lines.append(
+                    f"| {condition} | `{config}` | {c['trials']} | {c['median_ms']:.4f} | "
+                    f"{c['max_over_min']:.3f} | {c['trials_cv']:.2%} | {c['within_10_of_median']:.0%} | "
+                    f"{c['repeats_cv_median']:.2%} | {c['steal_max']:.1%} |"
+                )
         lines.append("")
     (RESULTS / "README.md").write_text("\n".join(lines))
     print(f"→ {RESULTS / 'README.md'}")

@@ -31,18 +31,19 @@ from hwloop.targets import resolve  # noqa: E402
 
 LAYERS = [
     LayerConfig("conv2d", 3, 32, 112, 112, kernel=3, stride=2, padding=1),  # MobileNetV2 stem
-    LayerConfig("conv2d", 16, 16, 32, 32, kernel=3, padding=1),             # ResNet-20 stage 1
-    LayerConfig("conv2d", 64, 64, 8, 8, kernel=3, padding=1),               # ResNet-20 stage 3
-    LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),           # ResNet-18 layer2
-    LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),                        # MobileNetV2 last projection, 1x1 map
-    LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),                        # the same, one channel fewer
+    LayerConfig("conv2d", 16, 16, 32, 32, kernel=3, padding=1),  # ResNet-20 stage 1
+    LayerConfig("conv2d", 64, 64, 8, 8, kernel=3, padding=1),  # ResNet-20 stage 3
+    LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),  # ResNet-18 layer2
+    LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),  # MobileNetV2 last projection, 1x1 map
+    LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),  # the same, one channel fewer
 ]
 
 
 def rules_of(commit: str):
     """The ``default`` rules module as it was at ``commit``."""
-    source = subprocess.run(["git", "show", f"{commit}:hwloop/schedules/default.py"], check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{commit}:hwloop/schedules/default.py"], check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "default_rules.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"default_rules_{commit}", path)
@@ -64,11 +65,17 @@ def main() -> None:
     print(f"| layer | {args.against} ms | today ms |\n|---|---|---|")
     for config in LAYERS:
         data, weight = random_inputs(config)
-        tensors = [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
-                   tvm.runtime.empty(config.output_shape, config.dtype, device)]
-        timers = {name: tvm.compile(module.schedule(prim_module(config), target), target=target)
-                  .mod.time_evaluator("main", device, number=20, repeat=10, min_repeat_ms=20)
-                  for name, module in rules.items()}
+        tensors = [
+            tvm.runtime.tensor(data, device),
+            tvm.runtime.tensor(weight, device),
+            tvm.runtime.empty(config.output_shape, config.dtype, device),
+        ]
+        timers = {
+            name: tvm.compile(module.schedule(prim_module(config), target), target=target).mod.time_evaluator(
+                "main", device, number=20, repeat=10, min_repeat_ms=20
+            )
+            for name, module in rules.items()
+        }
         fastest = dict.fromkeys(timers, float("inf"))
         for _ in range(args.rounds):  # in turns
             for name, timer in timers.items():

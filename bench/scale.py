@@ -6,12 +6,14 @@ Tables: synthetic rows of the real schema (conv, depthwise and linear configs, t
 written run by run as collections write them) fill a device's table; then the loop's reads are
 timed: `hwloop tables show`, a collection's planning (in process, and `hwloop collect --dry-run`
 of an 8,192-config space file: what a collection does before its first build), reading the rows a
-predictor learns from, `hwloop fit` (its time and peak memory), and the files the folder holds. Fleet: ``--boards`` real sshd boards
+predictor learns from, `hwloop fit` (its time and peak memory), and the files the folder holds. Fleet:
+``--boards`` real sshd boards
 on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol (one
 repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
 the host's own work per measurement shows; the CPU time of hwloop's processes is counted apart
 from the boards' (sshd sessions and everything under them), for the whole run and per measurement
-beyond those of a run of half the configs (what a longer run adds, its start paid once). Then the same fleet again with two
+beyond those of a run of half the configs (what a longer run adds, its start paid once). Then the same fleet
+again with two
 boards killed halfway, and a re-run: rows lost or duplicated are counted.
 
 Writes ``scale.json`` (with the machine, the commit and the command) into ``--out`` and prints it.
@@ -90,7 +92,9 @@ def fill(tables_dir: Path, device, rows: int, seed: int = 0) -> list[LayerConfig
             latency = config.macs / 2e7 * float(rng.lognormal(0, 0.05)) + 0.005
             m = Measurement(trials=[Trial(list(latency * rng.lognormal(0, 0.01, 10)), 0.0, 0.0) for _ in range(3)])
             batch.append(layer_row(context, config, Built(None, "x", None, 0.0, True), m, fp))
-        pq.write_table(pa.Table.from_pylist(batch, schema=tables.SCHEMA), directory / f"part-synthetic-{run:06d}.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(batch, schema=tables.SCHEMA), directory / f"part-synthetic-{run:06d}.parquet"
+        )
         tables.merge_tiers(directory, tables.SCHEMA)
     return configs
 
@@ -136,24 +140,63 @@ def table_figures(args, device, work: Path) -> dict:
     context = Context.of(device, POLICY)
     wanted = configs[: len(configs) // 2] + synthetic_configs(len(configs) // 2 + 50, np.random.default_rng(1))[-50:]
     plan_s, todo = timed(pending, wanted, context, tables_dir, False)
-    learn_s, learned = timed(tables.read, tables_dir, device.name,
-                             columns=["config_id", "op", "in_channels", "out_channels", "input_h", "input_w", "kernel",
-                                      "stride", "padding", "groups", "batch", "dtype", "latency_ms", "latency_cv",
-                                      "measured_at", "fp_id", "schedule", "protocol_id", "target", "status", "device"],
-                             where={"status": "ok"})
+    learn_s, learned = timed(
+        tables.read,
+        tables_dir,
+        device.name,
+        columns=[
+            "config_id",
+            "op",
+            "in_channels",
+            "out_channels",
+            "input_h",
+            "input_w",
+            "kernel",
+            "stride",
+            "padding",
+            "groups",
+            "batch",
+            "dtype",
+            "latency_ms",
+            "latency_cv",
+            "measured_at",
+            "fp_id",
+            "schedule",
+            "protocol_id",
+            "target",
+            "status",
+            "device",
+        ],
+        where={"status": "ok"},
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import hwloop.cli"], check=True)
     startup_s = time.perf_counter() - start
     show = hwloop(work, "tables", "show", device.name, "--tables", str(tables_dir), "--json")
     space = work / "space.yaml"  # 3x3 convs at 14² and 28², 8,192 configs, some of them in the table
-    space.write_text("layers:\n  - {op: conv2d, in_channels: {start: 1, stop: 513, step: 16}, "
-                     "out_channels: {start: 1, stop: 513, step: 4}, input_hw: [14, 28], kernel: 3, stride: 1}\n")
+    space.write_text(
+        "layers:\n  - {op: conv2d, in_channels: {start: 1, stop: 513, step: 16}, "
+        "out_channels: {start: 1, stop: 513, step: 4}, input_hw: [14, 28], kernel: 3, stride: 1}\n"
+    )
     plan = hwloop(work, "collect", "-d", device.name, "--space", str(space), "--tables", str(tables_dir), "--dry-run")
-    fit = hwloop(work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"),
-                 "--json")
-    return {"rows": len(frame), "fill_s": fill_s, "files": len(files), "read_all_s": read_all_s,
-            "plan_s": plan_s, "wanted": len(wanted), "planned": len(todo), "read_learning_rows_s": learn_s, "learning_rows": len(learned),
-            "cli_startup_s": startup_s, "tables_show": show, "collect_dry_run": plan, "fit": fit}
+    fit = hwloop(
+        work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"), "--json"
+    )
+    return {
+        "rows": len(frame),
+        "fill_s": fill_s,
+        "files": len(files),
+        "read_all_s": read_all_s,
+        "plan_s": plan_s,
+        "wanted": len(wanted),
+        "planned": len(todo),
+        "read_learning_rows_s": learn_s,
+        "learning_rows": len(learned),
+        "cli_startup_s": startup_s,
+        "tables_show": show,
+        "collect_dry_run": plan,
+        "fit": fit,
+    }
 
 
 def board_cpu(boards) -> float:
@@ -198,8 +241,17 @@ def fleet_figures(args, work: Path) -> dict:
     try:
         known = work / "known_hosts"
         known.write_text("".join(b.known_hosts_line() for b in boards))
-        minimal = {"protocol": {"warmup": 0, "number": 1, "repeat": 1, "min_repeat_ms": 0, "threads": 1,
-                                "max_wait": 1.0, "max_steal": 1.0}}
+        minimal = {
+            "protocol": {
+                "warmup": 0,
+                "number": 1,
+                "repeat": 1,
+                "min_repeat_ms": 0,
+                "threads": 1,
+                "max_wait": 1.0,
+                "max_steal": 1.0,
+            }
+        }
         devices = {f"b{i}": {**b.device(f"b{i}", key, known), **minimal} for i, b in enumerate(boards)}
         registry = load_registry(write_registry(work / "registry-boards", devices))
         fleet = registry.select(list(devices))
@@ -211,8 +263,11 @@ def fleet_figures(args, work: Path) -> dict:
         half = fleet_run(fleet, boards, configs[: len(configs) // 2], work / "fleet-half", cache)
         result = fleet_run(fleet, boards, configs, work / "fleet-tables", cache)
         extra = {key: result[key] - half[key] for key in ("measurements", "trials", "host_cpu_s")}
-        result.update(half=half, host_cpu_ms_per_extra_measurement=1e3 * extra["host_cpu_s"] / max(extra["measurements"], 1),
-                      host_cpu_ms_per_extra_trial=1e3 * extra["host_cpu_s"] / max(extra["trials"], 1))
+        result.update(
+            half=half,
+            host_cpu_ms_per_extra_measurement=1e3 * extra["host_cpu_s"] / max(extra["measurements"], 1),
+            host_cpu_ms_per_extra_trial=1e3 * extra["host_cpu_s"] / max(extra["trials"], 1),
+        )
         result["killed"] = killed_run(fleet, boards, configs, work, cache)
         return result
     finally:
@@ -228,10 +283,16 @@ def fleet_run(fleet, boards, configs, tables_dir: Path, cache: Path) -> dict:
     wall = time.perf_counter() - start
     measured = sum(len(r.summary.rows) for r in runs)
     host_cpu_s = own_cpu(boards) - cpu_before
-    return {"boards": len(boards), "measurements": measured,
-            "trials": sum(row["trials"] or 0 for r in runs for row in r.summary.rows), "wall_s": wall,
-            "host_cpu_s": host_cpu_s, "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
-            "board_cpu_s": board_cpu(boards) - boards_before, "errors": [r.error for r in runs if r.error]}
+    return {
+        "boards": len(boards),
+        "measurements": measured,
+        "trials": sum(row["trials"] or 0 for r in runs for row in r.summary.rows),
+        "wall_s": wall,
+        "host_cpu_s": host_cpu_s,
+        "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
+        "board_cpu_s": board_cpu(boards) - boards_before,
+        "errors": [r.error for r in runs if r.error],
+    }
 
 
 def killed_run(fleet, boards, configs, work: Path, cache: Path) -> dict:
@@ -251,18 +312,32 @@ def killed_run(fleet, boards, configs, work: Path, cache: Path) -> dict:
         board.start()
     second = collect_fleet(fleet, configs, POLICY, tables_dir, cache)
     counts = {d.name: tables.read(tables_dir, d.name, where={"status": "ok"}).config_id.value_counts() for d in fleet}
-    return {"given_up": [r.summary.device for r in first if r.error],
-            "second_run_errors": [r.error for r in second if r.error],
-            "missing": int(sum(len(configs) - len(c) for c in counts.values())),
-            "duplicated": int(sum((c > 1).sum() for c in counts.values()))}
+    return {
+        "given_up": [r.summary.device for r in first if r.error],
+        "second_run_errors": [r.error for r in second if r.error],
+        "missing": int(sum(len(configs) - len(c) for c in counts.values())),
+        "duplicated": int(sum((c > 1).sum() for c in counts.values())),
+    }
 
 
 def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_model": model, "llvm_cpu": host_cpu(), "cores": os.cpu_count(), "commit": commit,
-            "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu_model": model,
+        "llvm_cpu": host_cpu(),
+        "cores": os.cpu_count(),
+        "commit": commit,
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def main() -> None:

@@ -32,18 +32,18 @@ from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
 LAYERS = [
-    LayerConfig("conv2d", 3, 32, 112, 112, kernel=3, stride=2, padding=1),        # MobileNetV2 stem (as in the issue)
-    LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),                 # ResNet-18 layer2
-    LayerConfig("conv2d", 64, 64, 56, 56, kernel=3, padding=1),                   # ResNet-18 layer1
-    LayerConfig("conv2d", 64, 256, 56, 56, kernel=1),                             # 1x1 expansion
-    LayerConfig("conv2d", 16, 16, 32, 32, kernel=3, padding=1),                   # ResNet-20/56 stage 1
-    LayerConfig("conv2d", 64, 64, 8, 8, kernel=3, padding=1),                     # ResNet-20/56 stage 3
+    LayerConfig("conv2d", 3, 32, 112, 112, kernel=3, stride=2, padding=1),  # MobileNetV2 stem (as in the issue)
+    LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),  # ResNet-18 layer2
+    LayerConfig("conv2d", 64, 64, 56, 56, kernel=3, padding=1),  # ResNet-18 layer1
+    LayerConfig("conv2d", 64, 256, 56, 56, kernel=1),  # 1x1 expansion
+    LayerConfig("conv2d", 16, 16, 32, 32, kernel=3, padding=1),  # ResNet-20/56 stage 1
+    LayerConfig("conv2d", 64, 64, 8, 8, kernel=3, padding=1),  # ResNet-20/56 stage 3
     LayerConfig("depthwise_conv2d", 96, 96, 112, 112, kernel=3, stride=2, padding=1, groups=96),  # MobileNetV2
-    LayerConfig("depthwise_conv2d", 144, 144, 56, 56, kernel=3, padding=1, groups=144),           # MobileNetV2
-    LayerConfig("conv2d", 144, 24, 56, 56, kernel=1),                             # MobileNetV2 projection
-    LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),                              # MobileNetV2 last projection, 28x28 input
-    LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),                              # the same, one channel fewer
-    LayerConfig("linear", 512, 1000),                                             # ResNet-18 classifier
+    LayerConfig("depthwise_conv2d", 144, 144, 56, 56, kernel=3, padding=1, groups=144),  # MobileNetV2
+    LayerConfig("conv2d", 144, 24, 56, 56, kernel=1),  # MobileNetV2 projection
+    LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),  # MobileNetV2 last projection, 28x28 input
+    LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),  # the same, one channel fewer
+    LayerConfig("linear", 512, 1000),  # ResNet-18 classifier
 ]
 
 REGISTRY = """\
@@ -113,8 +113,10 @@ def main() -> None:
             x = torch.from_numpy(data)
             eager = median_ms(lambda model=case.model, x=x: model(x))
             latency = row["latency_ms"] if row["status"] == "ok" else float("nan")
-            print(f"| {case.name} {'x'.join(map(str, case.input_shape))} | {latency:.3f} | {row['build_s']:.1f} | "
-                  f"{eager:.3f} | {eager / latency:.2f}x |")
+            print(
+                f"| {case.name} {'x'.join(map(str, case.input_shape))} | {latency:.3f} | {row['build_s']:.1f} | "
+                f"{eager:.3f} | {eager / latency:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from bench.schedules import REGISTRY, torch_layer_ms  # noqa: E402
 from hwloop.collect import collect  # noqa: E402
 from hwloop.layers import LayerConfig  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
 from hwloop.schedules.default import vector_lanes  # noqa: E402
 from hwloop.targets import resolve  # noqa: E402
-
-from bench.schedules import REGISTRY, torch_layer_ms  # noqa: E402
 
 
 def main() -> None:
@@ -42,10 +41,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "devices.yaml").write_text(REGISTRY)
     device = load_registry(tmp).get("local")
-    configs = [LayerConfig("conv2d", args.in_channels, out, args.size, args.size, kernel=3, padding=1)
-               for out in range(1, args.max_out + 1)]
-    rows = {row["out_channels"]: row for row in collect(device, configs, parse_policy("default"),
-                                                          tmp / "tables", tmp / "cache").rows}
+    configs = [
+        LayerConfig("conv2d", args.in_channels, out, args.size, args.size, kernel=3, padding=1)
+        for out in range(1, args.max_out + 1)
+    ]
+    rows = {
+        row["out_channels"]: row
+        for row in collect(device, configs, parse_policy("default"), tmp / "tables", tmp / "cache").rows
+    }
     os.sched_setaffinity(0, {0})
     torch.set_num_threads(1)
     counts = [c.out_channels for c in configs]

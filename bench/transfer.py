@@ -19,9 +19,11 @@ from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
-LAYERS = [LayerConfig("conv2d", 128, c, 28, 28, 3, 1, 1) for c in (117, 100, 128)] + [
-    LayerConfig("conv2d", 64, c, 56, 56, 3, 1, 1) for c in (61, 45, 64)
-] + [LayerConfig("conv2d", 96, c, 14, 14, 1) for c in (150, 200)]
+LAYERS = (
+    [LayerConfig("conv2d", 128, c, 28, 28, 3, 1, 1) for c in (117, 100, 128)]
+    + [LayerConfig("conv2d", 64, c, 56, 56, 3, 1, 1) for c in (61, 45, 64)]
+    + [LayerConfig("conv2d", 96, c, 14, 14, 1) for c in (150, 200)]
+)
 
 
 def main() -> None:
@@ -47,8 +49,11 @@ def main() -> None:
             latency = f"{row['latency_ms']:.3f}" if row["status"] == "ok" else row["status"]
             cells += f"{latency:>16}{row['build_s']:>9.1f}"
         default, transfer = results[layer.id, policies[0]], results[layer.id, policies[1]]
-        gain = (f"{default['latency_ms'] / transfer['latency_ms']:.2f}x"
-                if default["status"] == transfer["status"] == "ok" else "-")
+        gain = (
+            f"{default['latency_ms'] / transfer['latency_ms']:.2f}x"
+            if default["status"] == transfer["status"] == "ok"
+            else "-"
+        )
         print(f"{layer.id:<42}{cells}{gain:>18}")
 
 

@@ -3,7 +3,8 @@ measured and predicted, where the dense model spends its time, and one latency b
 (measured and predicted speed-up, accuracy) beside FLOPs pruning at several MAC budgets, on
 Fashion-MNIST resized to the input shape and repeated to 3 channels (no download).
 
-    .venv/bin/python -m bench.zoo [--models resnet50,mobilenet_v3_large,efficientnet_b0,regnet_x_400mf,shufflenet_v2_x1_0]
+    .venv/bin/python -m bench.zoo
+        [--models resnet50,mobilenet_v3_large,efficientnet_b0,regnet_x_400mf,shufflenet_v2_x1_0]
         [--input-shape 1,3,64,64] [--budget 0.5] [--flops-budgets 0.4,0.5,0.6,0.7] [--samples 300] [--passes 3]
         [--train-samples 10000] [--test-samples 2000] [--epochs 3] [--dense-epochs 5] [--work bench-zoo]
         [--results docs/results/zoo/results]
@@ -30,12 +31,11 @@ from bench.machine import local_registry, provenance
 from hwloop import tables
 from hwloop.collect import collect
 from hwloop.endtoend import ModelCase, measure_models
-from hwloop.prune.groups import thinned_cases
 from hwloop.predictor import Predictor
 from hwloop.profile import profile
 from hwloop.prune import pipeline
 from hwloop.prune.data import load_data
-from hwloop.prune.groups import ChannelGroups, PruneError
+from hwloop.prune.groups import ChannelGroups, PruneError, thinned_cases
 from hwloop.prune.validate import validate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
@@ -82,26 +82,38 @@ def study(spec: str, data, device, args) -> dict:
     tables_dir, cache = work / "tables", args.work / "cache"
     model = pipeline.build(spec, data)
     groups = ChannelGroups(model, data.input_shape)
-    record = {"model": spec, "input_shape": list(data.input_shape), "dataset": "fashion-mnist (resized, 3 channels)",
-              "train_samples": len(data.train.dataset), "test_samples": len(data.test.dataset),
-              "groups": len(groups.groups), "skipped": [vars(s) for s in groups.skipped],
-              "grouped": sum(g.unit > 1 for g in groups.groups), "layers": len(groups.traced)}
-    print(f"{name}: {record['groups']} groups ({record['grouped']} feeding grouped convs), "
-          f"{len(groups.skipped)} kept dense", flush=True)
+    record = {
+        "model": spec,
+        "input_shape": list(data.input_shape),
+        "dataset": "fashion-mnist (resized, 3 channels)",
+        "train_samples": len(data.train.dataset),
+        "test_samples": len(data.test.dataset),
+        "groups": len(groups.groups),
+        "skipped": [vars(s) for s in groups.skipped],
+        "grouped": sum(g.unit > 1 for g in groups.groups),
+        "layers": len(groups.traced),
+    }
+    print(
+        f"{name}: {record['groups']} groups ({record['grouped']} feeding grouped convs), "
+        f"{len(groups.skipped)} kept dense",
+        flush=True,
+    )
 
     dense_case = ModelCase(spec, model, data.input_shape)
     calibration = [dense_case, *thinned_cases(dense_case, (0.75, 0.5, 0.25))]
     measure_models(device, calibration, policy, tables_dir, cache)
     collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
     measure_models(device, calibration, policy, tables_dir, cache, force=True)
-    predictor = Predictor.fit(tables.read(tables_dir, "local"), "local", "default",
-                              models=tables.read_models(tables_dir, "local"))
+    predictor = Predictor.fit(
+        tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
+    )
     layers = [t.config for t in trace_layers(model, data.input_shape)]
     record["predictor"] = {"rows": predictor.meta["rows"], "calibration": predictor.meta.get("calibration")}
     record["dense_predicted_ms"] = float(predictor.predict_model(layers))
     record["dense_layers_ms"] = float(predictor.predict(layers).sum())
-    record["profile"] = profile(model, data.input_shape, resolve(device.target, device.protocol.threads), policy,
-                                cache, runs=20).to_dict()
+    record["profile"] = profile(
+        model, data.input_shape, resolve(device.target, device.protocol.threads), policy, cache, runs=20
+    ).to_dict()
 
     dense = pipeline.dense_baseline(spec, data, args.dense_epochs, 0, cache)
     record["dense_accuracy"] = dense[1]
@@ -121,8 +133,11 @@ def study(spec: str, data, device, args) -> dict:
         report.update(macs=plan["macs"], dense_macs=plan["dense_macs"])
         record["pruned"].append(report)
         speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "failed"
-        print(f"{name} {method} {budget:g}: accuracy {report['accuracy']:.2%}, measured {speedup}, "
-              f"predicted {report['predicted_speedup']:.2f}x", flush=True)
+        print(
+            f"{name} {method} {budget:g}: accuracy {report['accuracy']:.2%}, measured {speedup}, "
+            f"predicted {report['predicted_speedup']:.2f}x",
+            flush=True,
+        )
     record["dense_ms"] = min((r["dense_ms"] for r in record["pruned"] if r["speedup"]), default=None)
     return record
 

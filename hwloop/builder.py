@@ -32,7 +32,6 @@ from .lifetime import die_with_parent
 from .schedules import parse_policy
 from .targets import canonical
 
-
 BUILD_TIMEOUT_S = 300.0
 TRIAL_TIMEOUT_S = 10.0
 
@@ -154,8 +153,10 @@ def _check_linker(target, cc: str | None) -> None:
     host = target.host or (target if target.kind.name == "llvm" else None)
     arch = str(host.attrs.get("mtriple", "") or "").split("-")[0] if host is not None else ""
     if arch and not cc and arch != str(codegen.llvm_get_system_triple()).split("-")[0]:
-        raise ValueError(f"the target builds code for {arch}, which this machine's compiler cannot link: "
-                         f"set the device's `cc` to a cross compiler (e.g. {arch}-linux-gnu-gcc)")
+        raise ValueError(
+            f"the target builds code for {arch}, which this machine's compiler cannot link: "
+            f"set the device's `cc` to a cross compiler (e.g. {arch}-linux-gnu-gcc)"
+        )
 
 
 def _cross_compiler(cc: str | None):
@@ -180,8 +181,9 @@ class BuildPool:
     """Long-lived build workers, pinned away from the CPUs that time kernels; ``with_torch``:
     workers that can compile whole models (:func:`build_lowered`, whose lowering code imports torch)."""
 
-    def __init__(self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None,
-                 with_torch: bool = False):
+    def __init__(
+        self, cache_dir: Path, avoid_cpus: list[int] | None = None, workers: int | None = None, with_torch: bool = False
+    ):
         allowed = sorted(os.sched_getaffinity(0))
         self.cpus = [c for c in allowed if c not in set(avoid_cpus or [])] or allowed
         self.cache_dir = Path(cache_dir)
@@ -190,8 +192,12 @@ class BuildPool:
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.cpus, self.with_torch))
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.cpus, self.with_torch),
+        )
 
     def submit(self, job: BuildJob) -> Future:
         return self.call(build, job, self.cache_dir)
@@ -240,8 +246,14 @@ class BuildQueue:
     :func:`build_timeout`) fails with that error, and the pool is restarted without it.
     """
 
-    def __init__(self, pool: BuildPool, jobs: list[BuildJob], depth: int | None = None, max_crashes: int = 2,
-                 timeout: float | None = None):
+    def __init__(
+        self,
+        pool: BuildPool,
+        jobs: list[BuildJob],
+        depth: int | None = None,
+        max_crashes: int = 2,
+        timeout: float | None = None,
+    ):
         self.pool = pool
         self.depth = depth or 2 * pool.workers + 1
         self.max_crashes = max_crashes

@@ -18,14 +18,26 @@ def smoke_check(device: Device, cache_dir: Path) -> dict:
     """Build, check and time :data:`SMOKE` on ``device``; every stage's outcome in one record."""
     target = resolve(device.target, device.protocol.threads)
     built = build(BuildJob(SMOKE, target, "untuned", device.cc), cache_dir)
-    report = {"device": device.name, "target": target, "config": SMOKE.id, "build_s": built.seconds,
-              "ok": False, "stage": "build", "error": built.error}
+    report = {
+        "device": device.name,
+        "target": target,
+        "config": SMOKE.id,
+        "build_s": built.seconds,
+        "ok": False,
+        "stage": "build",
+        "error": built.error,
+    }
     if built.artifact is None:
         return report
     with open_transport(device) as transport:
         report["fingerprint"] = transport.fingerprint()
         measurement = Runner(transport, device.protocol, target).measure(SMOKE, built.artifact)
-    report.update(ok=measurement.status == "ok", stage=measurement.stage, error=measurement.error,
-                  check_error=measurement.check_error, latency_ms=measurement.latency_ms,
-                  latency_cv=measurement.cv)
+    report.update(
+        ok=measurement.status == "ok",
+        stage=measurement.stage,
+        error=measurement.error,
+        check_error=measurement.check_error,
+        latency_ms=measurement.latency_ms,
+        latency_cv=measurement.cv,
+    )
     return report

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 from . import tables
 from .builder import BuildJob, BuildPool, BuildQueue
@@ -48,8 +48,9 @@ def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, forc
     """The measurements still to take, pass by pass: a config appears once for each of the
     protocol's passes it has no successful, quiet row for in this context (every pass with ``force``)."""
     unique = list(dict.fromkeys(configs))
-    done = tables.read(tables_dir, context.device.name, columns=["config_id", "quiet"],
-                       where={"status": "ok", **context.same()})
+    done = tables.read(
+        tables_dir, context.device.name, columns=["config_id", "quiet"], where={"status": "ok", **context.same()}
+    )
     counts = {} if force else done[done.quiet.ne(False)].config_id.value_counts().to_dict()
     return [c for sweep in range(context.device.protocol.passes) for c in unique if counts.get(c.id, 0) <= sweep]
 
@@ -61,10 +62,18 @@ def planned_summary(device: Device, policy: Policy, configs: list[LayerConfig], 
     return Summary(device.name, policy.name, planned=total, skipped=total - len(todo))
 
 
-def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_dir: Path, cache_dir: Path,
-            force: bool = False, on_start: Callable[[int], None] | None = None,
-            on_row: Callable[[dict], None] | None = None, session: Session | None = None,
-            on_wait: Callable[[str], None] | None = None) -> Summary:
+def collect(
+    device: Device,
+    configs: list[LayerConfig],
+    policy: Policy,
+    tables_dir: Path,
+    cache_dir: Path,
+    force: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    session: Session | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Summary:
     """Measure every config of ``configs`` not yet in ``device``'s table (once per pass of its
     protocol); rows are written as they come. ``session`` is an open session of this device and
     policy to measure in (else one is opened for this collection; ``on_wait`` hears when another
@@ -94,8 +103,14 @@ def collect(device: Device, configs: list[LayerConfig], policy: Policy, tables_d
     return summary
 
 
-def _sweep(session: Session, pool: BuildPool, configs: list[LayerConfig], summary: Summary,
-           on_row: Callable[[dict], None] | None, replacing: dict[str, int] | None = None) -> None:
+def _sweep(
+    session: Session,
+    pool: BuildPool,
+    configs: list[LayerConfig],
+    summary: Summary,
+    on_row: Callable[[dict], None] | None,
+    replacing: dict[str, int] | None = None,
+) -> None:
     """Build ``configs`` in ``pool`` and measure them in ``session`` batch by batch, rows into
     ``summary``; a config of ``replacing`` (config id → its row's index in ``summary.rows``) is
     taken again, and its new row replaces the old one there (the table keeps both)."""

@@ -64,8 +64,15 @@ def reference_io(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) 
     return data.numpy(), expected.numpy()
 
 
-def _build(pool: BuildPool, model: nn.Module, input_shape: tuple[int, ...], context: Context, policy: Policy,
-           artifact: Path, tasks: int) -> tuple[Measurement | None, float]:
+def _build(
+    pool: BuildPool,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    context: Context,
+    policy: Policy,
+    artifact: Path,
+    tasks: int,
+) -> tuple[Measurement | None, float]:
     """Build ``model`` into ``artifact``: lowered here (torch's export), compiled in ``pool``'s worker
     within its policy's :func:`~hwloop.builder.build_timeout` for ``tasks`` layers (a hung compiler
     is killed with the worker). (None, seconds), or (the failed measurement, seconds)."""
@@ -73,8 +80,9 @@ def _build(pool: BuildPool, model: nn.Module, input_shape: tuple[int, ...], cont
     limit = build_timeout(policy.name, tasks)
     try:
         mod = relax_module(model, input_shape)
-        error = pool.call(build_lowered, mod, context.target, policy.name, context.device.cc, pool.cache_dir,
-                          artifact).result(timeout=limit)
+        error = pool.call(
+            build_lowered, mod, context.target, policy.name, context.device.cc, pool.cache_dir, artifact
+        ).result(timeout=limit)
     except BuildTimeout:
         pool.restart()
         error = f"the build did not finish within {limit:g} s (a hung compiler?)"
@@ -86,9 +94,16 @@ def _build(pool: BuildPool, model: nn.Module, input_shape: tuple[int, ...], cont
     return (Measurement("failed", "build", error) if error else None), time.perf_counter() - start
 
 
-def measure_models(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
-                   force: bool = False, on_row: Callable[[dict], None] | None = None,
-                   on_wait: Callable[[str], None] | None = None) -> list[dict]:
+def measure_models(
+    device: Device,
+    cases: list[ModelCase],
+    policy: Policy,
+    tables_dir: Path,
+    cache_dir: Path,
+    force: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Measure each model of ``cases`` once per pass of the device's protocol (a sweep over the
     models per pass), skipping passes already in ``device``'s model table unless ``force``; rows
     are written as they come. A model that fails to build gets one failed row. A device given up
@@ -106,13 +121,16 @@ def measure_models(device: Device, cases: list[ModelCase], policy: Policy, table
             return rows
         session.open()
         avoid = device.protocol.cpus if device.transport == "local" else None
-        with tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch, \
-                BuildPool(cache_dir, avoid_cpus=avoid, workers=1, with_torch=True) as pool:
+        with (
+            tempfile.TemporaryDirectory(prefix="hwloop-model-") as scratch,
+            BuildPool(cache_dir, avoid_cpus=avoid, workers=1, with_torch=True) as pool,
+        ):
             built = []
             for index, (case, layers, key, passes) in enumerate(todo):
                 artifact = Path(scratch) / f"model-{os.getpid()}-{index}.so"
-                failed, build_s = _build(pool, case.model, tuple(case.input_shape), session.context, policy, artifact,
-                                         len(layers))
+                failed, build_s = _build(
+                    pool, case.model, tuple(case.input_shape), session.context, policy, artifact, len(layers)
+                )
                 io = None if failed else reference_io(case.model, tuple(case.input_shape))
                 model = ModelBuild(case.name, key, tuple(case.input_shape), layers, artifact, io, build_s, failed)
                 built.append((model, 1 if failed else passes))

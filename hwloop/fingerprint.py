@@ -78,16 +78,25 @@ def parse_nvidia_smi(output: str) -> dict:
     if len(fields) != 5 or not fields[0]:
         return {}
     name, driver, sm, mem, power = fields
-    return {"gpu_name": name, "gpu_driver": None if driver.startswith("[") else driver,
-            "gpu_sm_mhz": _number(sm), "gpu_mem_mhz": _number(mem), "gpu_power_limit_w": _number(power)}
+    return {
+        "gpu_name": name,
+        "gpu_driver": None if driver.startswith("[") else driver,
+        "gpu_sm_mhz": _number(sm),
+        "gpu_mem_mhz": _number(mem),
+        "gpu_power_limit_w": _number(power),
+    }
 
 
 def _nvidia_smi() -> dict:
     if shutil.which("nvidia-smi") is None:
         return {}
     try:
-        result = subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={NVIDIA_SMI_QUERY}",
-                                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["nvidia-smi", "-i", "0", f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     return parse_nvidia_smi(result.stdout) if result.returncode == 0 else {}
@@ -103,8 +112,11 @@ def jetson_gpu(devfreq: str = "/sys/class/devfreq") -> dict:
         hz = {key: _read(f"{path}/{key}") for key in ("cur_freq", "min_freq", "max_freq")}
         if not all(value and value.isdigit() for value in hz.values()):
             continue
-        return {"gpu_name": name.rsplit(".", 1)[-1], "gpu_sm_mhz": round(int(hz["cur_freq"]) / 1e6, 1),
-                "gpu_clocks_pinned": hz["min_freq"] == hz["max_freq"]}
+        return {
+            "gpu_name": name.rsplit(".", 1)[-1],
+            "gpu_sm_mhz": round(int(hz["cur_freq"]) / 1e6, 1),
+            "gpu_clocks_pinned": hz["min_freq"] == hz["max_freq"],
+        }
     return {}
 
 

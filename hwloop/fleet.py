@@ -130,20 +130,29 @@ class SharedBuilds:
             if generation == self._generation:
                 self.pool.restart()
                 self._generation += 1
-                self._futures = {k: (f, g) for k, (f, g) in self._futures.items()
-                                 if f.done() and not f.cancelled() and not f.exception()}
+                self._futures = {
+                    k: (f, g)
+                    for k, (f, g) in self._futures.items()
+                    if f.done() and not f.cancelled() and not f.exception()
+                }
             if job is not None:
                 done: Future = Future()
                 done.set_result(failed)
                 self._futures[self._key(job)] = done, self._generation
 
 
-def collect_fleet(devices: list[Device], configs: list[LayerConfig], policy: Policy, tables_dir: Path,
-                  cache_dir: Path, force: bool = False,
-                  on_start: Callable[[str, int], None] | None = None,
-                  on_row: Callable[[str, dict], None] | None = None,
-                  on_lost: Callable[[str, str], None] | None = None,
-                  on_wait: Callable[[str], None] | None = None) -> list[BoardRun]:
+def collect_fleet(
+    devices: list[Device],
+    configs: list[LayerConfig],
+    policy: Policy,
+    tables_dir: Path,
+    cache_dir: Path,
+    force: bool = False,
+    on_start: Callable[[str, int], None] | None = None,
+    on_row: Callable[[str, dict], None] | None = None,
+    on_lost: Callable[[str, str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> list[BoardRun]:
     """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per
     device. Each device's table is held from planning to the end (``on_wait`` hears of a run
     that holds one already)."""
@@ -186,8 +195,9 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
     jobs = {d.name: spawn.Queue(maxsize=d.protocol.batch + 1) for d in devices}
     slots = {d.name: _slots(d) for d in devices}
     stopped: set[str] = set()
-    order = [(d, c) for i in range(max(len(t) for t in todo.values())) for d in devices
-             for c in todo[d.name][i:i + 1]]
+    order = [
+        (d, c) for i in range(max(len(t) for t in todo.values())) for d in devices for c in todo[d.name][i : i + 1]
+    ]
     for d, c in order:
         builds.submit(BuildJob(c, contexts[d.name].target, policy.name, d.cc))
 
@@ -207,9 +217,16 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
         for _ in range(slots[device.name]):
             put(device.name, None)
 
-    workers = {(d.name, i): spawn.Process(target=_board, args=(d, policy, tables_dir, jobs[d.name], results),
-                                          name=f"hwloop-board-{d.name}-{i}", daemon=True)
-               for d in devices for i in range(slots[d.name])}
+    workers = {
+        (d.name, i): spawn.Process(
+            target=_board,
+            args=(d, policy, tables_dir, jobs[d.name], results),
+            name=f"hwloop-board-{d.name}-{i}",
+            daemon=True,
+        )
+        for d in devices
+        for i in range(slots[d.name])
+    }
     for process in workers.values():
         process.start()
     for d in devices:
@@ -224,8 +241,14 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
             except queue.Empty:
                 for (name, _), process in workers.items():
                     if active[name] and not process.is_alive() and process.exitcode not in (0, None):
-                        _lose(name, f"the worker measuring {name} exited ({process.exitcode})", runs, stopped,
-                              active, on_lost)
+                        _lose(
+                            name,
+                            f"the worker measuring {name} exited ({process.exitcode})",
+                            runs,
+                            stopped,
+                            active,
+                            on_lost,
+                        )
                 continue
             if kind == "row":
                 runs[name].summary.rows.append(payload)

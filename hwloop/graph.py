@@ -15,8 +15,15 @@ import warnings
 import torch
 from torch import nn
 
-LOWERING = ("DecomposeOpsForInference", "CanonicalizeBindings", "LegalizeOps", "AnnotateTIROpPattern",
-            "FoldConstant", "FuseOps", "FuseTIR")
+LOWERING = (
+    "DecomposeOpsForInference",
+    "CanonicalizeBindings",
+    "LegalizeOps",
+    "AnnotateTIROpPattern",
+    "FoldConstant",
+    "FuseOps",
+    "FuseTIR",
+)
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
@@ -27,8 +34,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     try:
         return fuse(model)
     except Exception as exc:  # noqa: BLE001 - untraceable models keep their batch norms
-        warnings.warn(f"batch norms left unfolded: torch.fx cannot trace {type(model).__name__} ({exc})",
-                      stacklevel=2)
+        warnings.warn(f"batch norms left unfolded: torch.fx cannot trace {type(model).__name__} ({exc})", stacklevel=2)
         return model
 
 

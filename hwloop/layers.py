@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass, fields
 OPS = ("conv2d", "depthwise_conv2d", "linear")
 DTYPES = ("float32", "float16")
 INT32_MAX = 2**31 - 1  # the largest shape field: tables store them as int32
-ID = re.compile(r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
-                r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?")
+ID = re.compile(
+    r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
+    r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -49,13 +51,18 @@ class LayerConfig:
             if (self.input_h, self.input_w, self.kernel, self.stride, self.padding, self.groups) != (1, 1, 1, 1, 0, 1):
                 raise ValueError("linear: input_h, input_w, kernel, stride, groups must be 1 and padding 0")
         if self.op == "depthwise_conv2d" and self.groups != self.in_channels:
-            raise ValueError(f"groups: a depthwise conv needs groups == in_channels ({self.in_channels}), got {self.groups}")
+            raise ValueError(
+                f"groups: a depthwise conv needs groups == in_channels ({self.in_channels}), got {self.groups}"
+            )
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"groups: {self.groups} must divide in_channels ({self.in_channels}) and out_channels ({self.out_channels})"
+                f"groups: {self.groups} must divide in_channels ({self.in_channels}) "
+                f"and out_channels ({self.out_channels})"
             )
         if self.output_h < 1 or self.output_w < 1:
-            raise ValueError(f"kernel: {self.kernel} with padding {self.padding} does not fit a {self.input_h}x{self.input_w} input")
+            raise ValueError(
+                f"kernel: {self.kernel} with padding {self.padding} does not fit a {self.input_h}x{self.input_w} input"
+            )
 
     @property
     def id(self) -> str:
@@ -64,7 +71,8 @@ class LayerConfig:
             shape = f"{self.batch}x{self.in_channels}"
         else:
             shape = f"{self.batch}x{self.in_channels}x{self.input_h}x{self.input_w}"
-        return f"{self.op}:{shape}:o{self.out_channels}:k{self.kernel}s{self.stride}p{self.padding}g{self.groups}:{self.dtype}"
+        layer = f"k{self.kernel}s{self.stride}p{self.padding}g{self.groups}"
+        return f"{self.op}:{shape}:o{self.out_channels}:{layer}:{self.dtype}"
 
     @property
     def output_h(self) -> int:
@@ -112,8 +120,10 @@ class LayerConfig:
         its dtype (float32). Raises ValueError saying what is wrong."""
         match = ID.fullmatch(text)
         if not match:
-            raise ValueError("expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
-                             "or linear:1x512:o10 (the config_id column of a table)")
+            raise ValueError(
+                "expected a config id such as conv2d:1x64x56x56:o64:k3s1p1g1:float32 "
+                "or linear:1x512:o10 (the config_id column of a table)"
+            )
         dims = [int(d) for d in match["shape"].split("x")]
         out, dtype = int(match["out"]), match["dtype"] or "float32"
         if match["op"] == "linear":
@@ -122,5 +132,16 @@ class LayerConfig:
             return cls("linear", dims[1], out, batch=dims[0], dtype=dtype)
         if len(dims) != 4 or match["k"] is None:
             raise ValueError("a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
-        return cls(match["op"], dims[1], out, dims[2], dims[3], int(match["k"]), int(match["s"]), int(match["p"]),
-                   int(match["g"]), dims[0], dtype)
+        return cls(
+            match["op"],
+            dims[1],
+            out,
+            dims[2],
+            dims[3],
+            int(match["k"]),
+            int(match["s"]),
+            int(match["p"]),
+            int(match["g"]),
+            dims[0],
+            dtype,
+        )

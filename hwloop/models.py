@@ -46,15 +46,23 @@ class ResNet(nn.Sequential):
     """A ResNet of BasicBlocks: stem, stages (the first at stride 1, the others starting at stride 2),
     global average pooling and a linear classifier. Module names follow torchvision."""
 
-    def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], num_classes: int, in_channels: int,
-                 imagenet_stem: bool) -> None:
+    def __init__(
+        self, widths: tuple[int, ...], depths: tuple[int, ...], num_classes: int, in_channels: int, imagenet_stem: bool
+    ) -> None:
         stem = widths[0]
         if imagenet_stem:
-            layers = OrderedDict(conv1=nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False), bn1=nn.BatchNorm2d(stem),
-                                 relu=nn.ReLU(inplace=True), maxpool=nn.MaxPool2d(3, 2, 1))
+            layers = OrderedDict(
+                conv1=nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False),
+                bn1=nn.BatchNorm2d(stem),
+                relu=nn.ReLU(inplace=True),
+                maxpool=nn.MaxPool2d(3, 2, 1),
+            )
         else:
-            layers = OrderedDict(conv1=nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), bn1=nn.BatchNorm2d(stem),
-                                 relu=nn.ReLU(inplace=True))
+            layers = OrderedDict(
+                conv1=nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False),
+                bn1=nn.BatchNorm2d(stem),
+                relu=nn.ReLU(inplace=True),
+            )
         channels = stem
         for stage, (width, depth) in enumerate(zip(widths, depths)):
             blocks = []
@@ -66,10 +74,13 @@ class ResNet(nn.Sequential):
         super().__init__(layers)
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
-             activation: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(out_channels)]
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1, activation: bool = True
+) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
     if activation:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -82,8 +93,10 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = in_channels * expand_ratio
         layers = [] if expand_ratio == 1 else [_conv_bn(in_channels, hidden, 1)]
-        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden),
-                   _conv_bn(hidden, out_channels, 1, activation=False)]
+        layers += [
+            _conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            _conv_bn(hidden, out_channels, 1, activation=False),
+        ]
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and in_channels == out_channels
 
@@ -143,23 +156,32 @@ class BuiltinModel:
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "resnet20": BuiltinModel(resnet20, (1, 3, 32, 32), "CIFAR ResNet-20 (3x3 BasicBlocks, 16/32/64 channels), 10 classes"),
-    "resnet56": BuiltinModel(resnet56, (1, 3, 32, 32), "CIFAR ResNet-56 (9 blocks per stage, 16/32/64 channels), 10 classes"),
+    "resnet20": BuiltinModel(
+        resnet20, (1, 3, 32, 32), "CIFAR ResNet-20 (3x3 BasicBlocks, 16/32/64 channels), 10 classes"
+    ),
+    "resnet56": BuiltinModel(
+        resnet56, (1, 3, 32, 32), "CIFAR ResNet-56 (9 blocks per stage, 16/32/64 channels), 10 classes"
+    ),
     "resnet18": BuiltinModel(resnet18, (1, 3, 224, 224), "ImageNet ResNet-18 (64-512 channels), 1000 classes"),
-    "mobilenetv2": BuiltinModel(mobilenetv2, (1, 3, 224, 224), "ImageNet MobileNetV2 width 1.0 (depthwise), 1000 classes"),
+    "mobilenetv2": BuiltinModel(
+        mobilenetv2, (1, 3, 224, 224), "ImageNet MobileNetV2 width 1.0 (depthwise), 1000 classes"
+    ),
 }
 
 
 TORCHVISION = "torchvision:"
 # Builder arguments a torchvision classifier needs to train like the others: one output, not the
 # auxiliary heads' tuple in training mode.
-TORCHVISION_ARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
-                    "inception_v3": {"aux_logits": False, "init_weights": True}}
+TORCHVISION_ARGS = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 TORCHVISION_INPUT = (1, 3, 224, 224)
 
 
-def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
-               num_classes: int | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+def load_model(
+    spec: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, tuple[int, ...]]:
     """Build a built-in model by name, a torchvision classifier as ``torchvision:NAME`` (random
     weights), or call ``callable`` of ``path/to/file.py:callable``.
 
@@ -171,7 +193,9 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
         input_shape = tuple(input_shape)
         if not input_shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in input_shape):
             raise ModelError(f"{spec}: input shape {input_shape} must be positive integers")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ModelError(f"{spec}: num_classes must be a positive integer, got {num_classes!r}")
     if spec in BUILTIN_MODELS:
         model, shape = _builtin(spec, input_shape, num_classes)
@@ -180,9 +204,11 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
     elif ":" in spec:
         model, shape = _from_file(spec, input_shape, num_classes)
     else:
-        raise ModelError(f"unknown model {spec!r}: built-in models are {', '.join(BUILTIN_MODELS)}; torchvision's "
-                         "classifiers are torchvision:NAME (such as torchvision:resnet50); a model of your own is "
-                         "given as path/to/file.py:callable")
+        raise ModelError(
+            f"unknown model {spec!r}: built-in models are {', '.join(BUILTIN_MODELS)}; torchvision's "
+            "classifiers are torchvision:NAME (such as torchvision:resnet50); a model of your own is "
+            "given as path/to/file.py:callable"
+        )
     return model.eval(), shape
 
 
@@ -215,8 +241,9 @@ def torchvision_models():
     except ModuleNotFoundError as exc:
         if exc.name != "torchvision":
             raise ModelError(f"torchvision cannot be imported: {exc}") from exc
-        raise ModelError("torchvision is not installed: pip install 'hwloop[vision]' "
-                         "(or torchvision matching your torch)") from exc
+        raise ModelError(
+            "torchvision is not installed: pip install 'hwloop[vision]' (or torchvision matching your torch)"
+        ) from exc
     except (RuntimeError, ImportError, OSError):
         pass
     for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
@@ -237,7 +264,9 @@ def torchvision_classifiers() -> list[str]:
     return sorted(models.list_models(module=models))
 
 
-def _builtin(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
+def _builtin(
+    spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None
+) -> tuple[nn.Module, tuple[int, ...]]:
     builtin = BUILTIN_MODELS[spec]
     shape = input_shape or builtin.input_shape
     if len(shape) != 4:
@@ -248,12 +277,16 @@ def _builtin(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | 
     return builtin.build(**kwargs), shape
 
 
-def _torchvision(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
+def _torchvision(
+    spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None
+) -> tuple[nn.Module, tuple[int, ...]]:
     name = spec.removeprefix(TORCHVISION)
     shape = input_shape or TORCHVISION_INPUT
     if len(shape) != 4 or shape[1] != 3:
-        raise ModelError(f"{spec}: input shape {shape}: torchvision's classifiers take 3-channel images (N, 3, H, W); "
-                         "grey images are repeated to 3 channels with --input-shape 1,3,H,W")
+        raise ModelError(
+            f"{spec}: input shape {shape}: torchvision's classifiers take 3-channel images (N, 3, H, W); "
+            "grey images are repeated to 3 channels with --input-shape 1,3,H,W"
+        )
     classifiers = torchvision_classifiers()
     if name not in classifiers:
         raise ModelError(f"{spec}: not one of torchvision's classifiers: {', '.join(classifiers)}")
@@ -267,7 +300,9 @@ def _torchvision(spec: str, input_shape: tuple[int, ...] | None, num_classes: in
     return model, shape
 
 
-def _from_file(spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None) -> tuple[nn.Module, tuple[int, ...]]:
+def _from_file(
+    spec: str, input_shape: tuple[int, ...] | None, num_classes: int | None
+) -> tuple[nn.Module, tuple[int, ...]]:
     file, _, name = spec.rpartition(":")
     if not file or not name:
         raise ModelError(f"{spec}: expected path/to/file.py:callable")

@@ -26,15 +26,37 @@ from torch import nn
 
 # operator names as they open a fused PrimFunc's name (longest first), with the kind they count for
 KINDS = {
-    "conv2d": "conv2d", "matmul": "linear", "dense": "linear",
-    "adaptive_avg_pool2d": "pooling", "avg_pool2d": "pooling", "max_pool2d": "pooling", "mean": "pooling",
-    "layer_norm": "layer_norm", "batch_norm": "batch_norm", "group_norm": "group_norm",
-    "concatenate": "concatenate", "split": "split", "strided_slice": "slice",
-    "reshape": "reshape/transpose", "transpose": "reshape/transpose", "permute_dims": "reshape/transpose",
-    "squeeze": "reshape/transpose", "expand_dims": "reshape/transpose", "flatten": "reshape/transpose",
-    "add": "elementwise", "multiply": "elementwise", "divide": "elementwise", "subtract": "elementwise",
-    "relu": "elementwise", "sigmoid": "elementwise", "tir_clip": "elementwise", "clip": "elementwise",
-    "gelu": "elementwise", "erf": "elementwise", "tanh": "elementwise", "silu": "elementwise",
+    "conv2d": "conv2d",
+    "matmul": "linear",
+    "dense": "linear",
+    "adaptive_avg_pool2d": "pooling",
+    "avg_pool2d": "pooling",
+    "max_pool2d": "pooling",
+    "mean": "pooling",
+    "layer_norm": "layer_norm",
+    "batch_norm": "batch_norm",
+    "group_norm": "group_norm",
+    "concatenate": "concatenate",
+    "split": "split",
+    "strided_slice": "slice",
+    "reshape": "reshape/transpose",
+    "transpose": "reshape/transpose",
+    "permute_dims": "reshape/transpose",
+    "squeeze": "reshape/transpose",
+    "expand_dims": "reshape/transpose",
+    "flatten": "reshape/transpose",
+    "add": "elementwise",
+    "multiply": "elementwise",
+    "divide": "elementwise",
+    "subtract": "elementwise",
+    "relu": "elementwise",
+    "sigmoid": "elementwise",
+    "tir_clip": "elementwise",
+    "clip": "elementwise",
+    "gelu": "elementwise",
+    "erf": "elementwise",
+    "tanh": "elementwise",
+    "silu": "elementwise",
     "softmax": "softmax",
 }
 PRICED = ("conv2d", "linear")  # the kinds the layer tables and the predictor price
@@ -71,12 +93,19 @@ class Profile:
         return sum(ms for kind, ms in self.kinds.items() if kind not in PRICED)
 
     def to_dict(self) -> dict:
-        return {"model_ms": self.model_ms, "priced_ms": self.priced_ms, "rest_ms": self.rest_ms,
-                "kinds": self.kinds, "calls": self.calls, "functions": self.functions}
+        return {
+            "model_ms": self.model_ms,
+            "priced_ms": self.priced_ms,
+            "rest_ms": self.rest_ms,
+            "kinds": self.kinds,
+            "calls": self.calls,
+            "functions": self.functions,
+        }
 
 
-def profile(model: nn.Module, input_shape: tuple[int, ...], target: dict, policy, cache_dir, runs: int = 20,
-            seed: int = 0) -> Profile:
+def profile(
+    model: nn.Module, input_shape: tuple[int, ...], target: dict, policy, cache_dir, runs: int = 20, seed: int = 0
+) -> Profile:
     """Compile ``model`` for ``target`` (a target this machine runs) with ``policy`` and time each
     VM call over ``runs`` runs after a warm-up."""
     import tvm

@@ -48,24 +48,45 @@ class Protocol(BaseModel):
     cooldown_ms: int = Field(0, ge=0, description="pause between repeats")
     threads: int = Field(1, ge=1, description="runtime threads (TVM_NUM_THREADS)")
     cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
-    trials: int = Field(3, ge=1, description="independent trials (fresh buffers, interleaved with the other "
-                                             "configs of a batch) that must agree before a measurement settles")
-    max_trials: int = Field(9, ge=1, description="trials taken at most when they do not agree; the latency is "
-                                                 "the mean of the trials' medians (from 5 trials on, the fastest "
-                                                 "and the slowest left out)")
-    agree: float = Field(0.02, gt=0, description="trials agree when each one's median lies within this share of "
-                                                 "the median of them all")
-    max_wait: float = Field(0.02, ge=0, description="a trial in which the timing process waited for its CPU "
-                                                    "longer than this share of the time (another process ran "
-                                                    "there) is disturbed, dropped and taken again")
+    trials: int = Field(
+        3,
+        ge=1,
+        description="independent trials (fresh buffers, interleaved with the other "
+        "configs of a batch) that must agree before a measurement settles",
+    )
+    max_trials: int = Field(
+        9,
+        ge=1,
+        description="trials taken at most when they do not agree; the latency is "
+        "the mean of the trials' medians (from 5 trials on, the fastest "
+        "and the slowest left out)",
+    )
+    agree: float = Field(
+        0.02, gt=0, description="trials agree when each one's median lies within this share of the median of them all"
+    )
+    max_wait: float = Field(
+        0.02,
+        ge=0,
+        description="a trial in which the timing process waited for its CPU "
+        "longer than this share of the time (another process ran "
+        "there) is disturbed, dropped and taken again",
+    )
     max_steal: float = Field(0.02, ge=0, description="likewise for time the hypervisor stole from the timing CPUs")
-    max_disturbed: int = Field(6, ge=0, description="disturbed trials dropped at most per measurement (the pause "
-                                                    "before a retake doubles each time); later ones are kept and "
-                                                    "the row is not quiet")
+    max_disturbed: int = Field(
+        6,
+        ge=0,
+        description="disturbed trials dropped at most per measurement (the pause "
+        "before a retake doubles each time); later ones are kept and "
+        "the row is not quiet",
+    )
     batch: int = Field(8, ge=1, description="configs (or models) measured together, their trials interleaved")
-    passes: int = Field(1, ge=1, description="sweeps of a layer collection, one after another, each measuring every "
-                                             "config; the predictor keeps each config's fastest (not part of the "
-                                             "protocol's identity: every pass's rows count alike)")
+    passes: int = Field(
+        1,
+        ge=1,
+        description="sweeps of a layer collection, one after another, each measuring every "
+        "config; the predictor keeps each config's fastest (not part of the "
+        "protocol's identity: every pass's rows count alike)",
+    )
 
     @field_validator("cpus")
     @classmethod
@@ -96,27 +117,40 @@ class Link(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connect_timeout: float = Field(10.0, gt=0, description="seconds for the TCP connect, the SSH banner and auth")
-    keepalive: float = Field(5.0, gt=0, description="seconds between keepalives; unacknowledged data for 3x this "
-                                                     "drops the link (TCP_USER_TIMEOUT)")
+    keepalive: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between keepalives; unacknowledged data for 3x this drops the link (TCP_USER_TIMEOUT)",
+    )
     start_timeout: float = Field(120.0, gt=0, description="seconds for the board's RPC server to start (import tvm)")
-    stall_timeout: float = Field(300.0, gt=0, description="seconds the board may leave a request unanswered "
-                                                           "before it is declared hung")
+    stall_timeout: float = Field(
+        300.0, gt=0, description="seconds the board may leave a request unanswered before it is declared hung"
+    )
     retries: int = Field(3, ge=0, description="reconnects tried after a fault before the board is given up")
     backoff: float = Field(1.0, ge=0, description="seconds before the first reconnect, doubled each time")
-    session_timeout: float = Field(3600.0, gt=0, description="tracker devices: seconds a session may last; the board "
-                                                              "then ends it (a board held by a hung or vanished client "
-                                                              "returns to the pool) and the next one is requested")
-    workdir: str = Field(".cache/hwloop-board", min_length=1,
-                         description="the boards' work folders, relative to the SSH user's home: one sub-folder "
-                                     "per device, removed when hwloop is done, and the board's lock")
+    session_timeout: float = Field(
+        3600.0,
+        gt=0,
+        description="tracker devices: seconds a session may last; the board "
+        "then ends it (a board held by a hung or vanished client "
+        "returns to the pool) and the next one is requested",
+    )
+    workdir: str = Field(
+        ".cache/hwloop-board",
+        min_length=1,
+        description="the boards' work folders, relative to the SSH user's home: one sub-folder "
+        "per device, removed when hwloop is done, and the board's lock",
+    )
 
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, workdir: str) -> str:
         parts = PurePosixPath(workdir).parts
         if workdir.startswith(("/", "~")):
-            raise ValueError(f"{workdir!r} must be relative to the SSH user's home (hwloop deletes the work folders "
-                             "it makes there), e.g. '.cache/hwloop-board'")
+            raise ValueError(
+                f"{workdir!r} must be relative to the SSH user's home (hwloop deletes the work folders "
+                "it makes there), e.g. '.cache/hwloop-board'"
+            )
         if ".." in parts:
             raise ValueError(f"{workdir!r} must stay inside the SSH user's home: no '..'")
         return workdir
@@ -194,8 +228,13 @@ class Device(BaseModel):
         return target
 
 
-LOCAL = Device(name="local", transport="local", target={"kind": "llvm", "mcpu": "host"},
-               protocol=Protocol(threads=1, cpus=[0]), description="this machine")
+LOCAL = Device(
+    name="local",
+    transport="local",
+    target={"kind": "llvm", "mcpu": "host"},
+    protocol=Protocol(threads=1, cpus=[0]),
+    description="this machine",
+)
 LOCAL_GPU = "local-gpu"
 
 
@@ -214,14 +253,23 @@ def local_gpu() -> Device | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        listed = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=10)
+        listed = subprocess.run(
+            ["nvidia-smi", "-i", "0", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         name, capability = listed.stdout.splitlines()[0].rsplit(",", 1)
         target = nvidia_target(capability)
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return None  # no nvidia-smi, no GPU, or an answer it could not give
-    return Device(name=LOCAL_GPU, transport="local", target=target, protocol=Protocol(threads=1, cpus=[0]),
-                  description=f"this machine's GPU 0: {name.strip()} ({target['mcpu']})")
+    return Device(
+        name=LOCAL_GPU,
+        transport="local",
+        target=target,
+        protocol=Protocol(threads=1, cpus=[0]),
+        description=f"this machine's GPU 0: {name.strip()} ({target['mcpu']})",
+    )
 
 
 NESTED: dict[str, type[BaseModel]] = {"protocol": Protocol, "link": Link}
@@ -248,8 +296,10 @@ class Registry:
             elif name in self.devices:
                 chosen[name] = self.devices[name]
             else:
-                raise RegistryError(f"unknown device or group {name!r}; known devices: {', '.join(self.devices)}; "
-                                    f"groups: {', '.join(self.groups) or 'none'}")
+                raise RegistryError(
+                    f"unknown device or group {name!r}; known devices: {', '.join(self.devices)}; "
+                    f"groups: {', '.join(self.groups) or 'none'}"
+                )
         return list(chosen.values())
 
 
@@ -281,8 +331,9 @@ def load_registry(directory: str | Path | None = None) -> Registry:
                 members[device.group].append(name)
     for name in groups:
         if name in devices:
-            raise RegistryError(f"{groups[name][0]}: group {name!r}: a device has the same name; "
-                                "group and device names must differ")
+            raise RegistryError(
+                f"{groups[name][0]}: group {name!r}: a device has the same name; group and device names must differ"
+            )
     return Registry(devices, members)
 
 
@@ -302,12 +353,16 @@ def _read(path: Path) -> dict[str, dict]:
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise RegistryError(f"{path}: the top level must be a mapping with `devices:` (and optional `groups:`), "
-                            f"not a {type(doc).__name__}")
+        raise RegistryError(
+            f"{path}: the top level must be a mapping with `devices:` (and optional `groups:`), "
+            f"not a {type(doc).__name__}"
+        )
     unknown = sorted(map(str, set(doc) - {"devices", "groups"}))
     if unknown:
-        raise RegistryError(f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                            "expected `devices:` and optional `groups:`")
+        raise RegistryError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+            "expected `devices:` and optional `groups:`"
+        )
     for section in ("devices", "groups"):
         doc[section] = doc.get(section) or {}
         if not isinstance(doc[section], dict):
@@ -345,8 +400,10 @@ def _device(path: Path, name: str, fields: Any, groups: dict[str, tuple[Path, di
     merged, defaults, origin, group = dict(fields), {}, "", fields.get("group")
     if group is not None:
         if not isinstance(group, str) or group not in groups:
-            raise RegistryError(f"{where}: field 'group': no group {group!r} in the registry "
-                                f"(groups: {', '.join(map(str, groups)) or 'none'})")
+            raise RegistryError(
+                f"{where}: field 'group': no group {group!r} in the registry "
+                f"(groups: {', '.join(map(str, groups)) or 'none'})"
+            )
         group_path, defaults = groups[group]
         origin = f" (inherited from group {group!r} in {group_path})"
         for section in NESTED:
@@ -356,9 +413,13 @@ def _device(path: Path, name: str, fields: Any, groups: dict[str, tuple[Path, di
     try:
         return Device.model_validate({**merged, "name": name, "source": str(path)})
     except ValidationError as exc:
-        raise RegistryError("\n".join(
-            f"{where}: field {'.'.join(map(str, e['loc']))!r}: {_message(e)}"
-            f"{origin if _inherited(e['loc'], fields, defaults) else ''}" for e in exc.errors())) from None
+        raise RegistryError(
+            "\n".join(
+                f"{where}: field {'.'.join(map(str, e['loc']))!r}: {_message(e)}"
+                f"{origin if _inherited(e['loc'], fields, defaults) else ''}"
+                for e in exc.errors()
+            )
+        ) from None
 
 
 def _refuse(where: str, fields: dict, reserved: tuple[str, ...]) -> None:
@@ -376,8 +437,13 @@ def _inherited(loc: tuple, own: dict, defaults: dict) -> bool:
     if loc[0] not in own:
         return True
     nested = own[loc[0]], defaults[loc[0]]
-    return (loc[0] in NESTED and len(loc) > 1 and all(isinstance(n, dict) for n in nested)
-            and loc[1] not in nested[0] and loc[1] in nested[1])
+    return (
+        loc[0] in NESTED
+        and len(loc) > 1
+        and all(isinstance(n, dict) for n in nested)
+        and loc[1] not in nested[0]
+        and loc[1] in nested[1]
+    )
 
 
 def _message(error: dict) -> str:

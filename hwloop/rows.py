@@ -29,9 +29,16 @@ class Context:
 
     @classmethod
     def of(cls, device: Device, policy: Policy) -> "Context":
-        protocol = device.protocol.model_dump_json(exclude={"passes", "batch"})  # a row's meaning does not depend on them
-        return cls(device, policy, resolve(device.target, device.protocol.threads), protocol,
-                   hashlib.sha256(protocol.encode()).hexdigest()[:12])
+        protocol = device.protocol.model_dump_json(
+            exclude={"passes", "batch"}
+        )  # a row's meaning does not depend on them
+        return cls(
+            device,
+            policy,
+            resolve(device.target, device.protocol.threads),
+            protocol,
+            hashlib.sha256(protocol.encode()).hexdigest()[:12],
+        )
 
     @property
     def target_json(self) -> str:
@@ -54,8 +61,16 @@ def layer_row(context: Context, config: LayerConfig, built: Built, m: Measuremen
     }
 
 
-def model_row(context: Context, name: str, model_id: str, input_shape: tuple[int, ...], layers: list[dict],
-              m: Measurement, build_s: float, fp: dict) -> dict:
+def model_row(
+    context: Context,
+    name: str,
+    model_id: str,
+    input_shape: tuple[int, ...],
+    layers: list[dict],
+    m: Measurement,
+    build_s: float,
+    fp: dict,
+) -> dict:
     """One model-table row: the model's name, key, input shape and layers, and the measurement."""
     return {
         "model_id": model_id,

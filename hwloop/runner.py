@@ -122,8 +122,9 @@ class Measurement:
         """Coefficient of variation of the repeats within the trials (each around its trial's median)."""
         if not self.trials:
             return None
-        return statistics.fmean(statistics.pstdev(t.latencies_ms) / statistics.fmean(t.latencies_ms)
-                                for t in self.trials)
+        return statistics.fmean(
+            statistics.pstdev(t.latencies_ms) / statistics.fmean(t.latencies_ms) for t in self.trials
+        )
 
     def settled(self, protocol: Protocol) -> bool:
         """Whether no more trials are needed: at least ``trials``, each within ``agree`` of their
@@ -174,8 +175,12 @@ class Runner:
     def measure_models(self, batch: list[tuple[str, np.ndarray, np.ndarray]]) -> list[Measurement]:
         """Check each whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
         (torch's output), then time them end to end, their trials interleaved."""
-        return self._batch([(artifact, lambda load, d=data, e=expected: self._open_model(load, d, e))
-                            for artifact, data, expected in batch])
+        return self._batch(
+            [
+                (artifact, lambda load, d=data, e=expected: self._open_model(load, d, e))
+                for artifact, data, expected in batch
+            ]
+        )
 
     def _batch(self, batch) -> list[Measurement]:
         start = time.perf_counter()
@@ -227,15 +232,19 @@ class Runner:
         data, weight = random_inputs(config)
 
         def make_args():
-            return [tvm.runtime.tensor(data, device), tvm.runtime.tensor(weight, device),
-                    tvm.runtime.empty(config.output_shape, config.dtype, device)]
+            return [
+                tvm.runtime.tensor(data, device),
+                tvm.runtime.tensor(weight, device),
+                tvm.runtime.empty(config.output_shape, config.dtype, device),
+            ]
 
         args = make_args()
         module["main"](*args)
         error = relative_error(args[2].numpy(), reference(config, data, weight))
         if not error <= tolerance(config):
-            return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
-                               check_error=error)
+            return Measurement(
+                "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
+            )
         return _Open(load, device, make_args, Measurement(check_error=error))
 
     def _open_model(self, load, data: np.ndarray, expected: np.ndarray):
@@ -254,8 +263,9 @@ class Runner:
         self._stage = "check"
         error = relative_error(vm["main"](*make_args()).numpy(), expected)
         if not error <= MODEL_TOLERANCE:
-            return Measurement("mismatch", "check", f"output differs from torch: relative error {error:.3g}",
-                               check_error=error)
+            return Measurement(
+                "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
+            )
         return _Open(load_vm, device, make_args, Measurement(check_error=error))
 
     def _rounds(self, opened: list[_Open]) -> None:
@@ -288,8 +298,14 @@ class Runner:
         args = item.make_args()
         if p.warmup:
             module.time_evaluator("main", item.device, number=p.warmup, repeat=1)(*args)
-        evaluator = module.time_evaluator("main", item.device, number=p.number, repeat=p.repeat,
-                                          min_repeat_ms=p.min_repeat_ms, cooldown_interval_ms=p.cooldown_ms)
+        evaluator = module.time_evaluator(
+            "main",
+            item.device,
+            number=p.number,
+            repeat=p.repeat,
+            min_repeat_ms=p.min_repeat_ms,
+            cooldown_interval_ms=p.cooldown_ms,
+        )
         before = self._read_usage()
         results = evaluator(*args).results
         after = self._read_usage()
@@ -318,5 +334,3 @@ def _shares(before: dict | None, after: dict | None) -> tuple[float | None, floa
     total, stolen = after["total_ns"] - before["total_ns"], after["steal_ns"] - before["steal_ns"]
     steal = stolen / total if before["total_ns"] >= 0 and total > 0 else None
     return wait, steal
-
-

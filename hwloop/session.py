@@ -62,14 +62,24 @@ class Session:
     table). ``journal_only``: the caller already holds the table (a fleet runs several sessions
     of one table in its workers)."""
 
-    def __init__(self, device: Device, policy: Policy, tables_dir: Path, models: bool = False,
-                 on_wait: Callable[[str], None] | None = None, journal_only: bool = False):
+    def __init__(
+        self,
+        device: Device,
+        policy: Policy,
+        tables_dir: Path,
+        models: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+        journal_only: bool = False,
+    ):
         self.device = device
         self.context = Context.of(device, policy)
         self.tables_dir = Path(tables_dir)
         self.model_table = models
-        self.writer = (tables.Journal(tables_dir, device.name, models) if journal_only
-                       else tables.Writer(tables_dir, device.name, models, on_wait))
+        self.writer = (
+            tables.Journal(tables_dir, device.name, models)
+            if journal_only
+            else tables.Writer(tables_dir, device.name, models, on_wait)
+        )
         self.transport = None
         self.runner: Runner | None = None
         self.lost: str | None = None
@@ -80,8 +90,9 @@ class Session:
         """How many successful rows of this context, timed on a quiet device, each ``key``
         (``config_id`` or ``model_id``) has."""
         read = tables.read_models if self.model_table else tables.read
-        rows = read(self.tables_dir, self.device.name, columns=[key, "quiet"],
-                    where={"status": "ok", **self.context.same()})
+        rows = read(
+            self.tables_dir, self.device.name, columns=[key, "quiet"], where={"status": "ok", **self.context.same()}
+        )
         return rows[rows.quiet.ne(False)][key].value_counts().to_dict()
 
     def open(self) -> None:
@@ -94,9 +105,12 @@ class Session:
             from .transports.sshlink import HostKeyError
 
             started = []
-            failure = start_with_retries(lambda: started.append(open_transport(self.device)), self.device.link,
-                                         f"cannot start a session on device {self.device.name!r}",
-                                         fatal=(DeviceBusy, BoardError, HostKeyError))
+            failure = start_with_retries(
+                lambda: started.append(open_transport(self.device)),
+                self.device.link,
+                f"cannot start a session on device {self.device.name!r}",
+                fatal=(DeviceBusy, BoardError, HostKeyError),
+            )
             if failure:
                 raise TransportError(failure)
             self.transport = started[0]
@@ -111,9 +125,18 @@ class Session:
             return None
         results = iter(measured)
         fp = self.fingerprint()
-        return [self._write(layer_row(self.context, b.job.config, b,
-                                      next(results) if b.artifact else Measurement("failed", "build", b.error), fp))
-                for b in builds]
+        return [
+            self._write(
+                layer_row(
+                    self.context,
+                    b.job.config,
+                    b,
+                    next(results) if b.artifact else Measurement("failed", "build", b.error),
+                    fp,
+                )
+            )
+            for b in builds
+        ]
 
     def models(self, models: list[ModelBuild]) -> list[dict] | None:
         """Measure a batch of built whole models (a failed build is its row) and write their rows,
@@ -124,9 +147,14 @@ class Session:
             return None
         results = iter(measured)
         fp = self.fingerprint()
-        return [self._write(model_row(self.context, m.name, m.model_id, m.input_shape, m.layers,
-                                      m.failure or next(results), m.build_s, fp))
-                for m in models]
+        return [
+            self._write(
+                model_row(
+                    self.context, m.name, m.model_id, m.input_shape, m.layers, m.failure or next(results), m.build_s, fp
+                )
+            )
+            for m in models
+        ]
 
     def fingerprint(self) -> dict:
         """The device's fingerprint, read again when the last reading is older than :data:`FINGERPRINT_S`."""

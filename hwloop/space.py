@@ -26,7 +26,18 @@ class SpaceError(ValueError):
     """A space hwloop cannot use; the message names the file, entry and field, or the model's module."""
 
 
-NUMBERS = ("in_channels", "out_channels", "input_hw", "input_h", "input_w", "kernel", "stride", "padding", "groups", "batch")
+NUMBERS = (
+    "in_channels",
+    "out_channels",
+    "input_hw",
+    "input_h",
+    "input_w",
+    "kernel",
+    "stride",
+    "padding",
+    "groups",
+    "batch",
+)
 CONV_ONLY = ("input_hw", "input_h", "input_w", "kernel", "stride", "padding", "groups")
 FIELDS = ("op", *NUMBERS, "dtype")
 MAX_CONFIGS = 100_000  # a space file's entries may multiply out to this many configs at most
@@ -40,10 +51,13 @@ def load_space(path: str | Path, limit: int = MAX_CONFIGS) -> list[LayerConfig]:
     if sum(sizes) > limit:
         where, _, axes = entries[sizes.index(max(sizes))]
         factors = " x ".join(f"{len(values):,} {name}" for name, values in axes.items() if len(values) > 1)
-        raise SpaceTooLarge(f"{path}: the space multiplies out to {sum(sizes):,} configs, above the limit of "
-                            f"{limit:,} ({where.removeprefix(f'{path}: ')} alone: {factors or '1'}); narrow it with "
-                            "a larger `step` in its ranges or fewer values in its lists, or split it into files",
-                            sum(sizes), limit)
+        raise SpaceTooLarge(
+            f"{path}: the space multiplies out to {sum(sizes):,} configs, above the limit of "
+            f"{limit:,} ({where.removeprefix(f'{path}: ')} alone: {factors or '1'}); narrow it with "
+            "a larger `step` in its ranges or fewer values in its lists, or split it into files",
+            sum(sizes),
+            limit,
+        )
     configs: dict[LayerConfig, None] = {}
     for where, op, axes in entries:
         configs.update(dict.fromkeys(_expand(op, axes, where)))
@@ -71,8 +85,10 @@ def _entries(path: str | Path) -> list[tuple[str, str, dict[str, Sequence]]]:
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise SpaceError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
-                         "save the space file as UTF-8") from None
+        raise SpaceError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "save the space file as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -80,12 +96,16 @@ def _entries(path: str | Path) -> list[tuple[str, str, dict[str, Sequence]]]:
     if not isinstance(data, dict) or "layers" not in data:
         raise SpaceError(f"{path}: expected a mapping with a `layers:` list")
     if set(data) != {"layers"}:
-        raise SpaceError(f"{path}: {sorted(set(data) - {'layers'}, key=str)[0]}: unknown field; a space has only `layers:`")
+        raise SpaceError(
+            f"{path}: {sorted(set(data) - {'layers'}, key=str)[0]}: unknown field; a space has only `layers:`"
+        )
     entries = data["layers"]
     if not isinstance(entries, list) or not entries:
         raise SpaceError(f"{path}: layers: expected a non-empty list of layers")
-    return [(where, *_axes(entry, where)) for where, entry in
-            ((f"{path}: layers[{index}]", entry) for index, entry in enumerate(entries))]
+    return [
+        (where, *_axes(entry, where))
+        for where, entry in ((f"{path}: layers[{index}]", entry) for index, entry in enumerate(entries))
+    ]
 
 
 def _axes(entry: Any, where: str) -> tuple[str, dict[str, Sequence]]:
@@ -115,8 +135,11 @@ def _axes(entry: Any, where: str) -> tuple[str, dict[str, Sequence]]:
         if name not in entry:
             raise SpaceError(f"{where}.{name}: missing" + (" (or give input_hw)" if name.startswith("input_") else ""))
 
-    axes: dict[str, Sequence] = {name: _numbers(entry[name], f"{where}.{name}", 0 if name == "padding" else 1)
-                                 for name in NUMBERS if name in entry}
+    axes: dict[str, Sequence] = {
+        name: _numbers(entry[name], f"{where}.{name}", 0 if name == "padding" else 1)
+        for name in NUMBERS
+        if name in entry
+    }
     axes["dtype"] = _dtypes(entry.get("dtype", "float32"), f"{where}.dtype")
     return op, axes
 
@@ -150,7 +173,9 @@ def _numbers(value: Any, where: str, minimum: int) -> Sequence[int]:
             raise SpaceError(f"{where}: a range is {{start, stop, step}} (step optional), got {value!r}")
         start, stop, step = (value.get(key, 1) for key in ("start", "stop", "step"))
         if not all(_is_int(v) for v in (start, stop, step)) or step < 1:
-            raise SpaceError(f"{where}: range start and stop must be integers and step a positive integer, got {value!r}")
+            raise SpaceError(
+                f"{where}: range start and stop must be integers and step a positive integer, got {value!r}"
+            )
         values = range(start, stop, step)
         if not values:
             raise SpaceError(f"{where}: range {value!r} is empty (stop is exclusive)")
@@ -204,37 +229,58 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[TracedL
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             calls.append((name, module, inputs[0], output))
+
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear))]
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
     try:
         with torch.no_grad():
             x = torch.zeros(tuple(input_shape))
             output = model(x)
     except Exception as exc:
-        raise SpaceError(f"running the model on zeros of shape {tuple(input_shape)} raised "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise SpaceError(
+            f"running the model on zeros of shape {tuple(input_shape)} raised {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         for handle in handles:
             handle.remove()
     outputs = list(_tensors(output))
-    return [TracedLayer(name, _config(name, module, inp), not _shares(inp, [x]), not _shares(out, outputs))
-            for name, module, inp, out in calls]
+    return [
+        TracedLayer(name, _config(name, module, inp), not _shares(inp, [x]), not _shares(out, outputs))
+        for name, module, inp, out in calls
+    ]
 
 
 def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
     dtype = str(inp.dtype).removeprefix("torch.")
     if isinstance(module, nn.Linear):
-        fields = dict(op="linear", in_channels=module.in_features, out_channels=module.out_features,
-                      batch=math.prod(inp.shape[:-1]), dtype=dtype)
+        fields = dict(
+            op="linear",
+            in_channels=module.in_features,
+            out_channels=module.out_features,
+            batch=math.prod(inp.shape[:-1]),
+            dtype=dtype,
+        )
     else:
         kernel, stride, padding = _square(name, module)
         depthwise = module.groups > 1 and module.groups == module.in_channels
-        fields = dict(op="depthwise_conv2d" if depthwise else "conv2d", in_channels=module.in_channels,
-                      out_channels=module.out_channels, input_h=inp.shape[-2], input_w=inp.shape[-1],
-                      kernel=kernel, stride=stride, padding=padding, groups=module.groups,
-                      batch=inp.shape[0] if inp.dim() == 4 else 1, dtype=dtype)
+        fields = dict(
+            op="depthwise_conv2d" if depthwise else "conv2d",
+            in_channels=module.in_channels,
+            out_channels=module.out_channels,
+            input_h=inp.shape[-2],
+            input_w=inp.shape[-1],
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            groups=module.groups,
+            batch=inp.shape[0] if inp.dim() == 4 else 1,
+            dtype=dtype,
+        )
     try:
         return LayerConfig(**fields)
     except ValueError as exc:
@@ -293,7 +339,9 @@ def model_space(model: nn.Module, input_shape: tuple[int, ...], samples: int, se
         was_in, was_out = layers.get(traced.config, (False, False))
         layers[traced.config] = (was_in or traced.prunable_in, was_out or traced.prunable_out)
     if not layers:
-        raise SpaceError(f"the model has no nn.Conv2d or nn.Linear layer to build a space from (input {tuple(input_shape)})")
+        raise SpaceError(
+            f"the model has no nn.Conv2d or nn.Linear layer to build a space from (input {tuple(input_shape)})"
+        )
     rng = random.Random(seed)
     chosen = {dense: index for index, dense in enumerate(layers)}
     streams = [(index, _draws(rng, dense, *flags)) for index, (dense, flags) in enumerate(layers.items())]
@@ -329,6 +377,7 @@ def _draws(rng: random.Random, dense: LayerConfig, prunable_in: bool, prunable_o
 
         def pruned(pick: int) -> LayerConfig:
             return replace(dense, in_channels=ins[pick // len(outs)], out_channels=outs[pick % len(outs)])
+
     seen: set[int] = set()
     while len(seen) < size:
         pick = rng.randrange(size)

@@ -37,88 +37,118 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([
-    ("measurement_id", pa.string()),
-    ("config_id", pa.string()),
-    ("device", pa.string()),
-    ("op", pa.string()),
-    ("batch", pa.int32()),
-    ("in_channels", pa.int32()),
-    ("out_channels", pa.int32()),
-    ("input_h", pa.int32()),
-    ("input_w", pa.int32()),
-    ("kernel", pa.int32()),
-    ("stride", pa.int32()),
-    ("padding", pa.int32()),
-    ("groups", pa.int32()),
-    ("dtype", pa.string()),
-    ("macs", pa.int64()),
-    ("status", pa.string()),
-    ("stage", pa.string()),
-    ("error", pa.string()),
-    ("latency_ms", pa.float64()),
-    ("latency_mean_ms", pa.float64()),
-    ("latency_std_ms", pa.float64()),
-    ("latency_min_ms", pa.float64()),
-    ("latency_cv", pa.float64()),
-    ("latencies_ms", pa.list_(pa.float64())),
-    ("repeats", pa.int32()),
-    ("trials", pa.int32()),
-    ("trial_latencies_ms", pa.list_(pa.float64())),
-    ("trial_spread", pa.float64()),
-    ("disturbed", pa.int32()),
-    ("quiet", pa.bool_()),
-    ("estimator", pa.string()),
-    ("check_error", pa.float64()),
-    ("schedule", pa.string()),
-    ("target", pa.string()),
-    ("cc", pa.string()),
-    ("protocol", pa.string()),
-    ("protocol_id", pa.string()),
-    ("tvm_version", pa.string()),
-    ("hwloop_version", pa.string()),
-    ("build_s", pa.float64()),
-    ("build_cached", pa.bool_()),
-    ("measure_s", pa.float64()),
-    ("timing_s", pa.float64()),
-    ("measured_at", pa.timestamp("us", tz="UTC")),
-    ("fp_id", pa.string()),
-    ("fp_cpu_model", pa.string()),
-    ("fp_arch", pa.string()),
-    ("fp_cores", pa.int32()),
-    ("fp_kernel", pa.string()),
-    ("fp_hostname", pa.string()),
-    ("fp_governor", pa.string()),
-    ("fp_freq_mhz", pa.float64()),
-    ("fp_max_freq_mhz", pa.float64()),
-    ("fp_temp_c", pa.float64()),
-    ("fp_load1", pa.float64()),
-    ("fp_power_mode", pa.string()),
-    ("fp_gpu_name", pa.string()),
-    ("fp_gpu_driver", pa.string()),
-    ("fp_gpu_sm_mhz", pa.float64()),
-    ("fp_gpu_mem_mhz", pa.float64()),
-    ("fp_gpu_power_limit_w", pa.float64()),
-    ("fp_gpu_clocks_pinned", pa.bool_()),
-])
+SCHEMA = pa.schema(
+    [
+        ("measurement_id", pa.string()),
+        ("config_id", pa.string()),
+        ("device", pa.string()),
+        ("op", pa.string()),
+        ("batch", pa.int32()),
+        ("in_channels", pa.int32()),
+        ("out_channels", pa.int32()),
+        ("input_h", pa.int32()),
+        ("input_w", pa.int32()),
+        ("kernel", pa.int32()),
+        ("stride", pa.int32()),
+        ("padding", pa.int32()),
+        ("groups", pa.int32()),
+        ("dtype", pa.string()),
+        ("macs", pa.int64()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("latency_mean_ms", pa.float64()),
+        ("latency_std_ms", pa.float64()),
+        ("latency_min_ms", pa.float64()),
+        ("latency_cv", pa.float64()),
+        ("latencies_ms", pa.list_(pa.float64())),
+        ("repeats", pa.int32()),
+        ("trials", pa.int32()),
+        ("trial_latencies_ms", pa.list_(pa.float64())),
+        ("trial_spread", pa.float64()),
+        ("disturbed", pa.int32()),
+        ("quiet", pa.bool_()),
+        ("estimator", pa.string()),
+        ("check_error", pa.float64()),
+        ("schedule", pa.string()),
+        ("target", pa.string()),
+        ("cc", pa.string()),
+        ("protocol", pa.string()),
+        ("protocol_id", pa.string()),
+        ("tvm_version", pa.string()),
+        ("hwloop_version", pa.string()),
+        ("build_s", pa.float64()),
+        ("build_cached", pa.bool_()),
+        ("measure_s", pa.float64()),
+        ("timing_s", pa.float64()),
+        ("measured_at", pa.timestamp("us", tz="UTC")),
+        ("fp_id", pa.string()),
+        ("fp_cpu_model", pa.string()),
+        ("fp_arch", pa.string()),
+        ("fp_cores", pa.int32()),
+        ("fp_kernel", pa.string()),
+        ("fp_hostname", pa.string()),
+        ("fp_governor", pa.string()),
+        ("fp_freq_mhz", pa.float64()),
+        ("fp_max_freq_mhz", pa.float64()),
+        ("fp_temp_c", pa.float64()),
+        ("fp_load1", pa.float64()),
+        ("fp_power_mode", pa.string()),
+        ("fp_gpu_name", pa.string()),
+        ("fp_gpu_driver", pa.string()),
+        ("fp_gpu_sm_mhz", pa.float64()),
+        ("fp_gpu_mem_mhz", pa.float64()),
+        ("fp_gpu_power_limit_w", pa.float64()),
+        ("fp_gpu_clocks_pinned", pa.bool_()),
+    ]
+)
 COLUMNS = SCHEMA.names
 
-_CONTEXT = ["status", "stage", "error", "latency_ms", "latency_mean_ms", "latency_std_ms", "latency_min_ms",
-            "latency_cv", "latencies_ms", "repeats", "trials", "trial_latencies_ms", "trial_spread", "disturbed",
-            "quiet", "estimator", "check_error", "schedule", "target", "cc",
-            "protocol", "protocol_id", "tvm_version", "hwloop_version", "build_s", "build_cached", "measure_s",
-            "timing_s", "measured_at"]
-MODEL_SCHEMA = pa.schema([
-    ("measurement_id", pa.string()),
-    ("model_id", pa.string()),
-    ("model", pa.string()),
-    ("device", pa.string()),
-    ("input_shape", pa.string()),
-    ("layers", pa.string()),
-    ("macs", pa.int64()),
-    *(SCHEMA.field(name) for name in _CONTEXT),
-    *(field for field in SCHEMA if field.name.startswith("fp_")),
-])
+_CONTEXT = [
+    "status",
+    "stage",
+    "error",
+    "latency_ms",
+    "latency_mean_ms",
+    "latency_std_ms",
+    "latency_min_ms",
+    "latency_cv",
+    "latencies_ms",
+    "repeats",
+    "trials",
+    "trial_latencies_ms",
+    "trial_spread",
+    "disturbed",
+    "quiet",
+    "estimator",
+    "check_error",
+    "schedule",
+    "target",
+    "cc",
+    "protocol",
+    "protocol_id",
+    "tvm_version",
+    "hwloop_version",
+    "build_s",
+    "build_cached",
+    "measure_s",
+    "timing_s",
+    "measured_at",
+]
+MODEL_SCHEMA = pa.schema(
+    [
+        ("measurement_id", pa.string()),
+        ("model_id", pa.string()),
+        ("model", pa.string()),
+        ("device", pa.string()),
+        ("input_shape", pa.string()),
+        ("layers", pa.string()),
+        ("macs", pa.int64()),
+        *(SCHEMA.field(name) for name in _CONTEXT),
+        *(field for field in SCHEMA if field.name.startswith("fp_")),
+    ]
+)
 MODELS = "_models"
 JOURNAL = "_journal"
 LOCK = ".lock"
@@ -166,8 +196,10 @@ class Journal:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise TableError(f"{self.path}: cannot write a row ({exc.strerror or exc}); the {self.rows} rows this "
-                             f"run wrote before are kept there and are read with the table") from None
+            raise TableError(
+                f"{self.path}: cannot write a row ({exc.strerror or exc}); the {self.rows} rows this "
+                f"run wrote before are kept there and are read with the table"
+            ) from None
         self.rows += 1
 
     def close(self) -> None:
@@ -185,8 +217,7 @@ class Writer(Journal):
     the workers it ran) into parts, merges small parts and releases the table.
     """
 
-    def __init__(self, tables: Path, device: str, models: bool = False,
-                 on_wait: Callable[[str], None] | None = None):
+    def __init__(self, tables: Path, device: str, models: bool = False, on_wait: Callable[[str], None] | None = None):
         super().__init__(tables, device, models)
         self._lock = _lock(self.directory, on_wait)
         try:
@@ -203,8 +234,10 @@ class Writer(Journal):
             self._seal_all()
             merge_tiers(self.directory, self.schema)
         except OSError as exc:
-            raise TableError(f"{self.directory}: cannot seal this run's rows ({exc.strerror or exc}); they are kept "
-                             f"in {JOURNAL}/ and are read with the table") from None
+            raise TableError(
+                f"{self.directory}: cannot seal this run's rows ({exc.strerror or exc}); they are kept "
+                f"in {JOURNAL}/ and are read with the table"
+            ) from None
         finally:
             self._lock.close()
 
@@ -213,8 +246,10 @@ class Writer(Journal):
             try:
                 _seal(self.directory, journal, self.schema)
             except OSError as exc:
-                raise TableError(f"{journal}: cannot seal its rows ({exc.strerror or exc}); they stay there and "
-                                 "are read with the table") from None
+                raise TableError(
+                    f"{journal}: cannot seal its rows ({exc.strerror or exc}); they stay there and "
+                    "are read with the table"
+                ) from None
 
     def __enter__(self) -> "Writer":
         return self
@@ -258,9 +293,13 @@ def devices(tables: Path) -> list[str]:
     root = Path(tables)
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir()
-                  if d.is_dir() and not d.name.startswith((".", "_"))
-                  and (any(d.glob("part-*.parquet")) or any((d / JOURNAL).glob("*.arrows"))))
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith((".", "_"))
+        and (any(d.glob("part-*.parquet")) or any((d / JOURNAL).glob("*.arrows")))
+    )
 
 
 def compact(tables: Path, device: str, on_wait: Callable[[str], None] | None = None) -> Path | None:
@@ -333,8 +372,9 @@ def _read_journal(path: Path, schema: pa.Schema) -> pa.Table:
 def _conform(data, schema: pa.Schema):
     """``data`` (a record batch or table) with ``schema``'s columns, cast to its types; columns it
     lacks (written by an older hwloop) are null."""
-    columns = [data.column(f.name).cast(f.type) if f.name in data.schema.names else pa.nulls(len(data), f.type)
-               for f in schema]
+    columns = [
+        data.column(f.name).cast(f.type) if f.name in data.schema.names else pa.nulls(len(data), f.type) for f in schema
+    ]
     return type(data).from_arrays(columns, schema=schema)
 
 
@@ -407,8 +447,10 @@ def _read_part(path: Path, schema: pa.Schema, columns: list[str], where: dict | 
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
-        raise TableError(f"{path}: not a readable Parquet file ({exc}); move it out of the table folder "
-                         f"to go on, nothing else is affected") from exc
+        raise TableError(
+            f"{path}: not a readable Parquet file ({exc}); move it out of the table folder "
+            f"to go on, nothing else is affected"
+        ) from exc
     missing = [c for c in REQUIRED if c not in present]
     if missing:
         raise TableError(f"{path}: not an hwloop table part (missing columns: {', '.join(missing)})")
@@ -441,8 +483,15 @@ def _lock(directory: Path, on_wait: Callable[[str], None] | None):
         fcntl.flock(handle, fcntl.LOCK_EX)
     handle.seek(0)
     handle.truncate()
-    handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
-                             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    handle.write(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    )
     handle.flush()
     return handle
 

@@ -27,17 +27,21 @@ def agreement(rows: pd.DataFrame) -> dict:
         return {"measured": 0}
     spread = (trials / ok.latency_ms.to_numpy()[trials.index] - 1).abs().groupby(level=0).max().to_numpy()
     ok = ok.loc[trials.index.unique()]
-    return {"measured": int(len(ok)),
-            **{f"within_{b}": float(np.mean(spread <= b / 100)) for b in BANDS},
-            "quiet": float(ok.quiet.fillna(True).astype(bool).mean()),
-            "disturbed": int(ok.disturbed.fillna(0).sum())}
+    return {
+        "measured": int(len(ok)),
+        **{f"within_{b}": float(np.mean(spread <= b / 100)) for b in BANDS},
+        "quiet": float(ok.quiet.fillna(True).astype(bool).mean()),
+        "disturbed": int(ok.disturbed.fillna(0).sum()),
+    }
 
 
 def warning(record: dict) -> str | None:
     """Why a table with :func:`agreement` ``record`` should not be learnt from, or None."""
     if not record.get("measured") or record["within_10"] >= TRUSTED:
         return None
-    return (f"the trials of only {record['within_10']:.0%} of its measurements agree within ±10 % (a table to learn "
-            f"from needs {TRUSTED:.0%}; {1 - record['quiet']:.0%} were timed while another process used the timing "
-            "CPU): the device was too noisy. Measure again when it is quieter (`hwloop collect --force`), "
-            "or pin the device's protocol to a CPU nothing else uses (`cpus:`)")
+    return (
+        f"the trials of only {record['within_10']:.0%} of its measurements agree within ±10 % (a table to learn "
+        f"from needs {TRUSTED:.0%}; {1 - record['quiet']:.0%} were timed while another process used the timing "
+        "CPU): the device was too noisy. Measure again when it is quieter (`hwloop collect --force`), "
+        "or pin the device's protocol to a CPU nothing else uses (`cpus:`)"
+    )

@@ -84,8 +84,11 @@ class Board:
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stderr=open(self.root / "sshd.log", "ab"))
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stderr=open(self.root / "sshd.log", "ab"),
+        )
         wait_listening(self.address, self.port)
 
     def sessions(self) -> list[psutil.Process]:
@@ -130,13 +133,33 @@ class Board:
     def device(self, name: str, user_key: Path, known_hosts: Path, **fields) -> dict:
         """The registry fields of a device on this board (a fast protocol, short timeouts)."""
         return {
-            "host": self.address, "port": self.port, "user": getpass.getuser(), "key": str(user_key),
-            "known_hosts": str(known_hosts), "python": PYTHON,
+            "host": self.address,
+            "port": self.port,
+            "user": getpass.getuser(),
+            "key": str(user_key),
+            "known_hosts": str(known_hosts),
+            "python": PYTHON,
             "target": {"kind": "llvm", "mcpu": "host"},
-            "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "threads": 1, "trials": 2,
-                         "max_trials": 3, "max_wait": 1.0, "max_steal": 1.0, "batch": 2},
-            "link": {"connect_timeout": 3, "keepalive": 1, "stall_timeout": 4, "retries": 3, "backoff": 0.5,
-                     "workdir": "work"},
+            "protocol": {
+                "warmup": 1,
+                "number": 2,
+                "repeat": 3,
+                "min_repeat_ms": 1,
+                "threads": 1,
+                "trials": 2,
+                "max_trials": 3,
+                "max_wait": 1.0,
+                "max_steal": 1.0,
+                "batch": 2,
+            },
+            "link": {
+                "connect_timeout": 3,
+                "keepalive": 1,
+                "stall_timeout": 4,
+                "retries": 3,
+                "backoff": 0.5,
+                "workdir": "work",
+            },
             **fields,
         }
 
@@ -149,8 +172,12 @@ class Proxy:
     answer, so a relay thread beside an RPC client would stall every request it carries."""
 
     def __init__(self, address: str, port: int, listen: tuple[str, int] = ("127.0.0.1", 0)):
-        self._process = subprocess.Popen([PYTHON, __file__, "proxy", address, str(port), *map(str, listen)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._process = subprocess.Popen(
+            [PYTHON, __file__, "proxy", address, str(port), *map(str, listen)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.address, port = self._process.stdout.readline().split()
         self.port = int(port)
 

@@ -20,12 +20,14 @@ devices:
   local:
     transport: local
     target: {kind: llvm, mcpu: host}
-    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3, max_wait: 1.0, max_steal: 1.0, batch: 4}
+    protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3,
+               max_wait: 1.0, max_steal: 1.0, batch: 4}
   broken-cc:
     transport: local
     target: {kind: llvm, mcpu: host}
     cc: /nonexistent/cross-gcc
-    protocol: {warmup: 1, number: 1, repeat: 2, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 1, max_wait: 1.0, max_steal: 1.0}
+    protocol: {warmup: 1, number: 1, repeat: 2, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 1,
+               max_wait: 1.0, max_steal: 1.0}
 """
 
 
@@ -41,12 +43,19 @@ def registry_dir(tmp_path_factory):
 def _local_space():
     from hwloop.layers import LayerConfig
 
-    return ([LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
-            + [LayerConfig("conv2d", 8, c, 8, 8, kernel=3, stride=2, padding=1) for c in (8, 12, 13, 16, 20, 24, 30, 32, 40)]
-            + [LayerConfig("conv2d", 32, c, 8, 8) for c in (8, 15, 16, 23, 24, 32, 40, 48, 64)]
-            + [LayerConfig("depthwise_conv2d", c, c, 16, 16, kernel=3, padding=1, groups=c)
-               for c in (8, 12, 16, 20, 21, 24, 32, 48)]
-            + [LayerConfig("linear", 64, c) for c in (10, 16, 24, 33, 48, 64, 100)])
+    return (
+        [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
+        + [
+            LayerConfig("conv2d", 8, c, 8, 8, kernel=3, stride=2, padding=1)
+            for c in (8, 12, 13, 16, 20, 24, 30, 32, 40)
+        ]
+        + [LayerConfig("conv2d", 32, c, 8, 8) for c in (8, 15, 16, 23, 24, 32, 40, 48, 64)]
+        + [
+            LayerConfig("depthwise_conv2d", c, c, 16, 16, kernel=3, padding=1, groups=c)
+            for c in (8, 12, 16, 20, 21, 24, 32, 48)
+        ]
+        + [LayerConfig("linear", 64, c) for c in (10, 16, 24, 33, 48, 64, 100)]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +68,9 @@ def local_table(registry_dir, cache_dir, tmp_path_factory):
     from hwloop.schedules import parse_policy
 
     tables_dir = tmp_path_factory.mktemp("local-tables")
-    summary = collect(load_registry(registry_dir).get("local"), _local_space(), parse_policy("default"), tables_dir,
-                      cache_dir)
+    summary = collect(
+        load_registry(registry_dir).get("local"), _local_space(), parse_policy("default"), tables_dir, cache_dir
+    )
     assert summary.measured >= len(summary.rows) - 2, [r["error"] for r in summary.rows if r["status"] != "ok"]
     return tables_dir
 

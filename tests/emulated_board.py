@@ -18,8 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 def board_python() -> Path:
     """The board's Python wrapper, making the board first if it is missing or out of date."""
     root = os.environ.get("HWLOOP_ARM64_ROOT") or REPO / ".cache" / "arm64-board"
-    made = subprocess.run(["bash", str(REPO / "scripts" / "arm64-board"), str(root)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=1200)
+    made = subprocess.run(
+        ["bash", str(REPO / "scripts" / "arm64-board"), str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=1200,
+    )
     if made.returncode != 0:
         raise RuntimeError(f"scripts/arm64-board failed ({made.returncode}): {made.stderr[-3000:]}")
     return Path(made.stdout.split()[-1])
@@ -39,9 +44,22 @@ class BoardRpcServer:
         self.port = free_port()
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [str(python), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--port-end", str(self.port + 1)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(python),
+                "-m",
+                "tvm.exec.rpc_server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--port-end",
+                str(self.port + 1),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + start_timeout
         while True:
             if self._process.poll() is not None or time.monotonic() > deadline:

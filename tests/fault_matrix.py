@@ -25,7 +25,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,13 +34,12 @@ from pathlib import Path
 import pandas as pd
 import paramiko
 import psutil
+from boards import PYTHON, Board, Proxy, write_registry
 
 from hwloop import builder, tables
 from hwloop.layers import LayerConfig
 from hwloop.registry import Link, load_registry
 from hwloop.schedules import parse_policy
-
-from boards import PYTHON, Board, Proxy, write_registry
 
 POLICY = parse_policy("untuned")
 CONFIGS = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
@@ -58,12 +56,12 @@ RUN_TIMEOUT_S = 300.0
 
 FAULTS = {
     "sshd-killed": "SIGKILL of the board's sshd and of every process under it (its SSH sessions, the agent, "
-                   "the RPC server); sshd started again at once, as a service manager does",
+    "the RPC server); sshd started again at once, as a service manager does",
     "board-hung": "SIGSTOP of every process of the board's SSH sessions (sshd's, the agent, the RPC server)",
     "link-stalled": f"the link (a TCP proxy on loopback) stops moving bytes for {STALL_S:g} s",
     "board-rebooted": f"the board's sshd and every process under it killed; sshd started again {REBOOT_S:g} s later",
     "compiler-hung": f"the device's cross compiler never returns, from its {LINKS_BEFORE_HANG + 1}rd link on (its "
-                     f"2nd for `validate`); builds time out after {BUILD_TIMEOUT_S:g} s here",
+    f"2nd for `validate`); builds time out after {BUILD_TIMEOUT_S:g} s here",
     "disk-full": "the filesystem of the tables folder (a small tmpfs) filled up",
 }
 PATHS = {
@@ -72,16 +70,18 @@ PATHS = {
     "measure": f"`hwloop measure -d b0` (measure_models): {len(SHARES)} small CNNs",
     "validate": "`hwloop validate -d b0 -m OUT` (validate): a small CNN, dense and pruned",
     "board-rounds": f"what `prune --board-rounds {ROUNDS}` runs between planning and fine-tuning: correct() "
-                    "with Board.time_plan, a dense and a thinned CNN per round",
+    "with Board.time_plan, a dense and a thinned CNN per round",
     "fleet": f"`hwloop collect -d b0 -d b1`: two SSH boards, {len(CONFIGS)} convs each, the fault on b0",
     "tracker": f"a tracker pool of two boards (TVM RPC servers started through each board's sshd), "
-               f"{len(CONFIGS)} convs, the fault on the first board",
+    f"{len(CONFIGS)} convs, the fault on the first board",
 }
 ROOT_ONLY = {"disk-full"}
 
 # TVM's RPC server without the torch that tvm_ffi imports eagerly (seconds saved)
-RPC_SERVER = ("import runpy, sys; sys.modules['torch'] = None; runpy.run_module('tvm.exec.rpc_server', "
-              "run_name='__main__', alter_sys=True)")
+RPC_SERVER = (
+    "import runpy, sys; sys.modules['torch'] = None; runpy.run_module('tvm.exec.rpc_server', "
+    "run_name='__main__', alter_sys=True)"
+)
 COMPILER = """#!/bin/sh
 # g++, except that once `hang` (holding a count N) exists beside it, every link after the first N never returns
 dir=$(dirname "$0")
@@ -175,8 +175,9 @@ class Lab:
 
     def mount_tables(self) -> None:
         """The tables folder on its own small tmpfs (root only)."""
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.tables)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.tables)], check=True, capture_output=True
+        )
         self.mounted = True
 
     def fill_disk(self, fill: bool) -> None:
@@ -196,9 +197,25 @@ class Lab:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         log = open(self.work / "tracker.log", "ab")
-        self.processes.append(subprocess.Popen(
-            [PYTHON, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
-             str(port + 1), "--silent"], stdout=log, stderr=log, start_new_session=True))
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    PYTHON,
+                    "-m",
+                    "tvm.exec.rpc_tracker",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--port-end",
+                    str(port + 1),
+                    "--silent",
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         return port
 
     def serve(self, index: int, tracker: int, port: int, report_as: str) -> None:
@@ -208,10 +225,19 @@ class Lab:
         self.servers[index] = (tracker, port, report_as)
         client = paramiko.SSHClient()
         client.load_host_keys(str(self.known))
-        client.connect(board.address, board.port, username=getpass.getuser(), key_filename=str(self.user_key),
-                       look_for_keys=False, allow_agent=False, timeout=5)
-        command = (f"exec {shlex.quote(PYTHON)} -c {shlex.quote(RPC_SERVER)} --host {board.address} --port {port} "
-                   f"--port-end {port + 1} --tracker 127.0.0.1:{tracker} --key pool --custom-addr {report_as} --silent")
+        client.connect(
+            board.address,
+            board.port,
+            username=getpass.getuser(),
+            key_filename=str(self.user_key),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=5,
+        )
+        command = (
+            f"exec {shlex.quote(PYTHON)} -c {shlex.quote(RPC_SERVER)} --host {board.address} --port {port} "
+            f"--port-end {port + 1} --tracker 127.0.0.1:{tracker} --key pool --custom-addr {report_as} --silent"
+        )
         client.exec_command(command)
         self.clients[index] = client
 
@@ -336,8 +362,9 @@ def measure_path(lab: Lab, fault: str) -> Setup:
 
     (device,) = _boards(lab, fault, 1)
     _, dense = _tiny(lab)
-    cases = [ModelCase(f"tiny@{share:g}", dense if share == 1 else thinned(dense, SHAPE, share), SHAPE)
-             for share in SHARES]
+    cases = [
+        ModelCase(f"tiny@{share:g}", dense if share == 1 else thinned(dense, SHAPE, share), SHAPE) for share in SHARES
+    ]
 
     def go(run: Run) -> None:
         measure_models(device, cases, POLICY, lab.tables, lab.cache, on_row=run.row)
@@ -355,12 +382,24 @@ def validate_path(lab: Lab, fault: str) -> Setup:
     (device,) = _boards(lab, fault, 1)
     spec, dense = _tiny(lab)
     pruned = thinned(dense, SHAPE, 0.25)
-    groups = {g.name: {"dense": g.size, "kept": max(1, round(0.25 * g.size))}
-              for g in ChannelGroups(dense, SHAPE).groups}
+    groups = {
+        g.name: {"dense": g.size, "kept": max(1, round(0.25 * g.size))} for g in ChannelGroups(dense, SHAPE).groups
+    }
     out = lab.work / "pruned"
-    export.save(out, pruned, dense, {"model": spec, "model_sha256": file_sha256(model_file(spec)),
-                                     "input_shape": list(SHAPE), "num_classes": 4, "groups": groups,
-                                     "schedule": POLICY.name, "method": "uniform"})
+    export.save(
+        out,
+        pruned,
+        dense,
+        {
+            "model": spec,
+            "model_sha256": file_sha256(model_file(spec)),
+            "input_shape": list(SHAPE),
+            "num_classes": 4,
+            "groups": groups,
+            "schedule": POLICY.name,
+            "method": "uniform",
+        },
+    )
 
     def go(run: Run) -> None:
         validate(device, out, lab.tables, lab.cache, on_row=run.row)
@@ -386,8 +425,15 @@ def board_rounds_path(lab: Lab, fault: str) -> Setup:
             finally:
                 run.calls.append((start, now()))
 
-        correct(lambda share: (share, thinned(dense, SHAPE, min(max(share, 0.1), 1.0))), lambda planned: planned[0],
-                timed, 0.5, lambda dense_ms: 0.5 * dense_ms, board.rounds, board.tolerance)
+        correct(
+            lambda share: (share, thinned(dense, SHAPE, min(max(share, 0.1), 1.0))),
+            lambda planned: planned[0],
+            timed,
+            0.5,
+            lambda dense_ms: 0.5 * dense_ms,
+            board.rounds,
+            board.tolerance,
+        )
 
     return Setup([device], "b0", True, 2, False, go, [])
 
@@ -407,10 +453,15 @@ def tracker_path(lab: Lab, fault: str) -> Setup:
             report_as = f"127.0.0.{251 if board.address != '127.0.0.251' else 252}"
             lab.proxy(board.address, port, (report_as, port))
         lab.serve(index, tracker, port, report_as)
-    fields = {"transport": "tracker", "host": "127.0.0.1", "port": tracker, "pool": "pool",
-              "target": {"kind": "llvm", "mcpu": "host"},
-              "protocol": {**lab.boards[0].device("x", lab.user_key, lab.known)["protocol"], "batch": 1},
-              "link": {"connect_timeout": 3, "stall_timeout": 4, "start_timeout": 20}}
+    fields = {
+        "transport": "tracker",
+        "host": "127.0.0.1",
+        "port": tracker,
+        "pool": "pool",
+        "target": {"kind": "llvm", "mcpu": "host"},
+        "protocol": {**lab.boards[0].device("x", lab.user_key, lab.known)["protocol"], "batch": 1},
+        "link": {"connect_timeout": 3, "stall_timeout": 4, "start_timeout": 20},
+    }
     if fault == "compiler-hung":
         fields["cc"] = str(lab.compiler())
     device = lab.registry({"pool": fields}).get("pool")
@@ -437,8 +488,12 @@ def tracker_path(lab: Lab, fault: str) -> Setup:
 
 
 SETUPS = {
-    "collect": collect_path, "adaptive": adaptive_path, "measure": measure_path, "validate": validate_path,
-    "board-rounds": board_rounds_path, "fleet": lambda lab, fault: collect_path(lab, fault, 2),
+    "collect": collect_path,
+    "adaptive": adaptive_path,
+    "measure": measure_path,
+    "validate": validate_path,
+    "board-rounds": board_rounds_path,
+    "fleet": lambda lab, fault: collect_path(lab, fault, 2),
     "tracker": tracker_path,
 }
 
@@ -455,8 +510,14 @@ class Watch:
     def rows(self, name: str | None = None) -> pd.DataFrame:
         """The rows of the path's devices (or of ``name``'s), their config or model id as ``key``."""
         read, key = (tables.read_models, "model_id") if self.path.models else (tables.read, "config_id")
-        frame = pd.concat([read(self.tables_dir, d.name, columns=[key, *self.COLUMNS]).assign(device=d.name)
-                           for d in self.path.devices if name in (None, d.name)], ignore_index=True)
+        frame = pd.concat(
+            [
+                read(self.tables_dir, d.name, columns=[key, *self.COLUMNS]).assign(device=d.name)
+                for d in self.path.devices
+                if name in (None, d.name)
+            ],
+            ignore_index=True,
+        )
         self.seen.update(frame.measurement_id)
         return frame.rename(columns={key: "key"})
 
@@ -521,8 +582,15 @@ def mend(lab: Lab, fault: str) -> None:
         lab.fill_disk(False)
 
 
-def run_cell(fault: str, path_name: str, work: Path, cache: Path, user_key: Path,
-             timeout: float = RUN_TIMEOUT_S, reboot_s: float = REBOOT_S) -> dict:
+def run_cell(
+    fault: str,
+    path_name: str,
+    work: Path,
+    cache: Path,
+    user_key: Path,
+    timeout: float = RUN_TIMEOUT_S,
+    reboot_s: float = REBOOT_S,
+) -> dict:
     """One cell of the matrix, run in ``work``: its counts and outcome (see the module docstring).
 
     The fault comes 0.1 s after the path reported the victim's ``trigger``-th row (in the middle
@@ -576,10 +644,14 @@ def run_cell(fault: str, path_name: str, work: Path, cache: Path, user_key: Path
         rows = watch.rows()
         reported = set().union(*(run.reported for run in runs))
         fault_at = injected[0] if injected else now()
-        cell = {"fault": fault, "path": path_name, "injected": bool(injected),
-                "lost": len((watch.seen | reported) - set(rows.measurement_id)),
-                "duplicated": _duplicated(rows, path, runs),
-                "runs": [_describe(run, done, rows, path, fault_at, timeout) for run, done in zip(runs, ended)]}
+        cell = {
+            "fault": fault,
+            "path": path_name,
+            "injected": bool(injected),
+            "lost": len((watch.seen | reported) - set(rows.measurement_id)),
+            "duplicated": _duplicated(rows, path, runs),
+            "runs": [_describe(run, done, rows, path, fault_at, timeout) for run, done in zip(runs, ended)],
+        }
         cell["outcome"], cell["summary"] = outcome(cell), outcome(cell, brief=True)
     finally:
         builder.BUILD_TIMEOUT_S = saved
@@ -613,10 +685,16 @@ def _describe(run: Run, ended: bool, rows: pd.DataFrame, path: Setup, fault_at: 
     missing = {d.name: sorted(set(path.keys) - set(ok[ok.device == d.name].key)) for d in path.devices}
     reconnects = re.search(r"(\d+) reconnects failed", run.error or "")
     kind = ("given up" if reconnects else "stopped") if run.error else "failed rows" if len(failed) else "completed"
-    return {"kind": kind, "error": run.error, "reconnects": int(reconnects.group(1)) if reconnects else None,
-            "rows": len(mine), "after_fault": int((mine.measured_at > fault_at).sum()),
-            "failed": failed.stage.value_counts().to_dict(), "failure": failed.error.iloc[0] if len(failed) else None,
-            "missing": {name: len(keys) for name, keys in missing.items() if keys}}
+    return {
+        "kind": kind,
+        "error": run.error,
+        "reconnects": int(reconnects.group(1)) if reconnects else None,
+        "rows": len(mine),
+        "after_fault": int((mine.measured_at > fault_at).sum()),
+        "failed": failed.stage.value_counts().to_dict(),
+        "failure": failed.error.iloc[0] if len(failed) else None,
+        "missing": {name: len(keys) for name, keys in missing.items() if keys},
+    }
 
 
 def outcome(cell: dict, brief: bool = False) -> str:

@@ -26,8 +26,9 @@ def test_collect_on_the_emulated_board_over_ssh(boards, user_key, arm64_python, 
     board = boards()
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(board.known_hosts_line())
-    fields = board.device("pi-emulated", user_key, known_hosts, python=str(arm64_python),
-                          cc="aarch64-linux-gnu-gcc", target=PI4)
+    fields = board.device(
+        "pi-emulated", user_key, known_hosts, python=str(arm64_python), cc="aarch64-linux-gnu-gcc", target=PI4
+    )
     fields["link"] |= {"start_timeout": 300, "stall_timeout": 300}  # emulation is slow, not hung
     registry = tmp_path / "registry"
     registry.mkdir()

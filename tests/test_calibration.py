@@ -15,8 +15,15 @@ from hwloop.schedules import parse_policy
 
 
 def small_cnn(channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(16, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 16, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(16, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +77,9 @@ def test_without_model_rows_the_layers_are_summed(local_table, local_predictor):
 
 def test_a_model_timed_on_a_busy_device_is_left_out(model_table):
     models = tables.read_models(model_table, "local")
-    busy = models.assign(latency_ms=models.latency_ms * 0.5, quiet=False,
-                         measurement_id=models.measurement_id + "-busy")
+    busy = models.assign(
+        latency_ms=models.latency_ms * 0.5, quiet=False, measurement_id=models.measurement_id + "-busy"
+    )
     predictor = Predictor.fit(tables.read(model_table, "local"), "local", evaluate=False)
     once, beside = (calibrate(predictor, frame) for frame in (models, pd.concat([models, busy], ignore_index=True)))
     assert (beside["scale"], beside["offset_ms"]) == pytest.approx((once["scale"], once["offset_ms"]))

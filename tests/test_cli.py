@@ -43,7 +43,10 @@ def test_help_rewraps_docstring_paragraphs_and_keeps_examples_apart():
     result = runner.invoke(app, ["prune", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert result.exit_code == 0
     lines = [line.strip() for line in result.output.splitlines()]
-    assert "Fine-tuning distils from the dense model; the output folder holds weights, plan and an ExportedProgram." in lines
+    assert (
+        "Fine-tuning distils from the dense model; the output folder holds weights, plan and an ExportedProgram."
+        in lines
+    )
     assert "hwloop prune --device local --model resnet20 --budget 0.5" in lines
 
 
@@ -75,8 +78,19 @@ def test_collect_space_then_tables(registry_dir, cache_dir, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     tables = tmp_path / "tables"
-    args = ("collect", "-d", "local", "--space", space, "--registry", registry_dir, "--tables", tables,
-            "--cache", cache_dir)
+    args = (
+        "collect",
+        "-d",
+        "local",
+        "--space",
+        space,
+        "--registry",
+        registry_dir,
+        "--tables",
+        tables,
+        "--cache",
+        cache_dir,
+    )
     result = invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -7,9 +7,10 @@ from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
-SPACE = [
-    LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in (4, 7)
-] + [LayerConfig("depthwise_conv2d", 6, 6, 8, 8, kernel=3, padding=1, groups=6), LayerConfig("linear", 32, 5)]
+SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in (4, 7)] + [
+    LayerConfig("depthwise_conv2d", 6, 6, 8, 8, kernel=3, padding=1, groups=6),
+    LayerConfig("linear", 32, 5),
+]
 
 
 def test_collect_measures_each_config_once_and_resumes(registry_dir, cache_dir, tmp_path):

@@ -46,8 +46,11 @@ MODELS = {
 
 def _scheduled(mod) -> tuple[int, int]:
     """(conv and dense PrimFuncs, how many of them the policy scheduled)."""
-    funcs = [func for gvar, func in mod.functions_items()
-             if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))]
+    funcs = [
+        func
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))
+    ]
     return len(funcs), sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in funcs)
 
 
@@ -70,8 +73,9 @@ def test_default_policy_compiles_whole_models_that_match_torch(name, host_target
 
 def test_epilogues_are_fused_into_the_convolutions():
     model, shape = load_model("resnet20")
-    names = [gvar.name_hint for gvar, func in relax_module(model, shape).functions_items()
-             if isinstance(func, tirx.PrimFunc)]
+    names = [
+        gvar.name_hint for gvar, func in relax_module(model, shape).functions_items() if isinstance(func, tirx.PrimFunc)
+    ]
     convs = [name.split("_")[2:] for name in names if name.startswith("fused_conv2d")]
     assert len(convs) >= 8
     assert all(ops[0].startswith("add") for ops in convs)  # batch norm folded into a bias
@@ -86,13 +90,17 @@ def local_device(registry_dir):
 
 def test_models_are_measured_once_into_the_model_table(local_device, tmp_path):
     model, shape = load_model("resnet20")
-    cases = [ModelCase("resnet20", calibrated(model, shape), shape),
-             ModelCase("ragged-resnet20", calibrated(ragged_resnet(), shape), shape)]
+    cases = [
+        ModelCase("resnet20", calibrated(model, shape), shape),
+        ModelCase("ragged-resnet20", calibrated(ragged_resnet(), shape), shape),
+    ]
     rows = measure_models(local_device, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
     assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
     assert all(r["check_error"] <= MODEL_TOLERANCE and r["latency_ms"] > 0 for r in rows)
     frame = tables.read_models(tmp_path / "tables", "local")
-    assert list(frame.model) == ["resnet20", "ragged-resnet20"] and set(frame.schedule) == {parse_policy("default").name}
+    assert list(frame.model) == ["resnet20", "ragged-resnet20"] and set(frame.schedule) == {
+        parse_policy("default").name
+    }
     layers = [json.loads(text) for text in frame.layers]
     assert [layer["out_channels"] for layer in layers[1][:2]] == [13, 13]
     assert layers[0] == model_layers(model, shape)
@@ -105,8 +113,14 @@ def test_models_are_measured_once_into_the_model_table(local_device, tmp_path):
     second = measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
     assert [r["model"] for r in second] == ["resnet20", "ragged-resnet20"] and {r["status"] for r in second} == {"ok"}
     assert measure_models(twice, cases, parse_policy("default"), tmp_path / "tables", tmp_path / "cache") == []
-    layer = {"measurement_id": tables.new_measurement_id(), "config_id": "c", "device": "local", "status": "ok",
-             "latency_ms": 1.0, "measured_at": pd.Timestamp.now(tz="UTC")}
+    layer = {
+        "measurement_id": tables.new_measurement_id(),
+        "config_id": "c",
+        "device": "local",
+        "status": "ok",
+        "latency_ms": 1.0,
+        "measured_at": pd.Timestamp.now(tz="UTC"),
+    }
     tables.append(tmp_path / "tables", "local", [layer])  # a layer part beside the model table
     assert list(pd.read_parquet(tmp_path / "tables" / "local").config_id) == ["c"]  # no model row among them
 
@@ -115,10 +129,14 @@ def test_a_model_whose_output_differs_is_a_mismatch_not_a_timing(local_device, t
     model, shape = load_model("resnet20")
     import hwloop.endtoend as endtoend
 
-    monkeypatch.setattr(endtoend, "reference_io",
-                        lambda m, s: (lambda d, e: (d, e + 1.0))(*reference_io(m, s)))
-    [row] = measure_models(local_device, [ModelCase("resnet20", calibrated(model, shape), shape)],
-                           parse_policy("default"), tmp_path / "tables", tmp_path / "cache")
+    monkeypatch.setattr(endtoend, "reference_io", lambda m, s: (lambda d, e: (d, e + 1.0))(*reference_io(m, s)))
+    [row] = measure_models(
+        local_device,
+        [ModelCase("resnet20", calibrated(model, shape), shape)],
+        parse_policy("default"),
+        tmp_path / "tables",
+        tmp_path / "cache",
+    )
     assert row["status"] == "mismatch" and row["stage"] == "check" and not row["latencies_ms"]
 
 
@@ -135,8 +153,9 @@ def test_untuned_whole_model_matches_torch(host_target, tmp_path):
 
 class TinyNet(torch.nn.Sequential):
     def __init__(self):
-        super().__init__(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                         torch.nn.Linear(4 * 6 * 6, 4))
+        super().__init__(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 4)
+        )
 
 
 @pytest.mark.slow
@@ -157,8 +176,21 @@ def test_measure_command_measures_once_and_refuses_transfer(registry_dir, tmp_pa
     from hwloop.cli import app
 
     def invoke(*args):
-        return CliRunner().invoke(app, ["measure", "--registry", str(registry_dir), "-d", "local",
-                                        "--tables", str(tmp_path), "--cache", str(tmp_path / "cache"), *args])
+        return CliRunner().invoke(
+            app,
+            [
+                "measure",
+                "--registry",
+                str(registry_dir),
+                "-d",
+                "local",
+                "--tables",
+                str(tmp_path),
+                "--cache",
+                str(tmp_path / "cache"),
+                *args,
+            ],
+        )
 
     first = invoke("-m", "resnet20", "--json")
     assert first.exit_code == 0, first.output

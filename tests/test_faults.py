@@ -7,7 +7,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from fault_matrix import run_cell
 
 

@@ -28,9 +28,11 @@ layers:
   - {op: conv2d, in_channels: 32, out_channels: {start: 8, stop: 65, step: 1}, input_h: 8, input_w: 8, kernel: 1}
   - {op: linear, in_channels: 64, out_channels: {start: 10, stop: 101, step: 1}}
 """
-SPACE_CONFIGS = ([LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
-                 + [LayerConfig("conv2d", 32, c, 8, 8, kernel=1) for c in range(8, 65)]
-                 + [LayerConfig("linear", 64, c) for c in range(10, 101)])
+SPACE_CONFIGS = (
+    [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49)]
+    + [LayerConfig("conv2d", 32, c, 8, 8, kernel=1) for c in range(8, 65)]
+    + [LayerConfig("linear", 64, c) for c in range(10, 101)]
+)
 
 
 def invoke(*args):
@@ -45,8 +47,11 @@ def said(result) -> str:
 def registry(tmp_path_factory):
     """The fast registry, plus its ``local`` device with AVX switched off (SSE4.2 code: 4 float32 lanes)."""
     directory = tmp_path_factory.mktemp("fewshot-registry")
-    sse = FAST_REGISTRY.split("\n  broken-cc:")[0].split("  local:\n", 1)[1].replace(
-        "target: {kind: llvm, mcpu: host}", "target: {kind: llvm, mcpu: host, mattr: [-avx, -avx2, -avx512f]}")
+    sse = (
+        FAST_REGISTRY.split("\n  broken-cc:")[0]
+        .split("  local:\n", 1)[1]
+        .replace("target: {kind: llvm, mcpu: host}", "target: {kind: llvm, mcpu: host, mattr: [-avx, -avx2, -avx512f]}")
+    )
     (directory / "devices.yaml").write_text(FAST_REGISTRY + f"  {TARGET}:\n" + sse)
     return directory
 
@@ -63,9 +68,27 @@ def chosen(registry, source_predictors, cache_dir, tmp_path_factory):
     """``collect --adaptive --budget 14 --from local`` on the SSE4.2 device: its tables folder and the CLI's record."""
     folder = tmp_path_factory.mktemp("fewshot")
     (folder / "space.yaml").write_text(SPACE)
-    result = invoke("collect", "-d", TARGET, "--space", folder / "space.yaml", "--adaptive", "--budget", 14,
-                    "--from", "local", "--predictors", source_predictors, "--registry", registry,
-                    "--tables", folder / "tables", "--cache", cache_dir, "--json")
+    result = invoke(
+        "collect",
+        "-d",
+        TARGET,
+        "--space",
+        folder / "space.yaml",
+        "--adaptive",
+        "--budget",
+        14,
+        "--from",
+        "local",
+        "--predictors",
+        source_predictors,
+        "--registry",
+        registry,
+        "--tables",
+        folder / "tables",
+        "--cache",
+        cache_dir,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     return folder / "tables", json.loads(result.stdout)
 
@@ -74,7 +97,8 @@ def ends(pool: pd.DataFrame, model) -> set[str]:
     """The config ids of each shape's slowest and fastest config of ``pool``, as ``model`` predicts them."""
     predicted = pool.assign(_p=model.predict_frame(pool), _s=shape_key(pool))
     return set(predicted.loc[predicted.groupby("_s")._p.idxmax()].config_id) | set(
-        predicted.loc[predicted.groupby("_s")._p.idxmin()].config_id)
+        predicted.loc[predicted.groupby("_s")._p.idxmin()].config_id
+    )
 
 
 def test_collect_from_a_source_measures_both_ends_of_each_shape(chosen, local_predictor):
@@ -85,15 +109,27 @@ def test_collect_from_a_source_measures_both_ends_of_each_shape(chosen, local_pr
     assert ends(frame_of(SPACE_CONFIGS), retarget(local_predictor.model, 4, 16)) <= set(table.config_id)
 
 
-def test_fit_from_a_source_records_it_and_loads_as_any_predictor(chosen, registry, source_predictors, local_predictor,
-                                                                  tmp_path):
+def test_fit_from_a_source_records_it_and_loads_as_any_predictor(
+    chosen, registry, source_predictors, local_predictor, tmp_path
+):
     tables_dir, _ = chosen
     predictors = tmp_path / "predictors"
     predictors.mkdir()
     (predictors / "local").symlink_to(source_predictors / "local", target_is_directory=True)
     # a table of 14 rows timed beside other work: its trust is not the point here
-    fitted = invoke("fit", "-d", TARGET, "--from", "local", "--tables", tables_dir, "--predictors", predictors,
-                    "--json", "--accept-noisy")
+    fitted = invoke(
+        "fit",
+        "-d",
+        TARGET,
+        "--from",
+        "local",
+        "--tables",
+        tables_dir,
+        "--predictors",
+        predictors,
+        "--json",
+        "--accept-noisy",
+    )
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     assert record["transfer"]["source"] == "local" and record["metrics"]["config"]["rows"] >= 1
@@ -136,7 +172,7 @@ def test_trees_correct_the_source_from_enough_rows(local_predictor):
     configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + TREE_ROWS)]
     rows = target_rows(source, configs, 4, 16, scale=1.0)
     rows = rows.assign(latency_ms=rows.latency_ms * np.where(rows.out_channels % 2 == 0, 1.3, 1.0))
-    few, enough = transfer(source, rows.iloc[:TREE_ROWS - 1]), transfer(source, rows)
+    few, enough = transfer(source, rows.iloc[: TREE_ROWS - 1]), transfer(source, rows)
     assert few.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
     assert enough.booster.num_boosted_rounds() > source.booster.num_boosted_rounds()
     error = [np.mean(np.abs(np.log(m.predict_frame(rows) / rows.latency_ms))) for m in (few, enough)]
@@ -160,12 +196,20 @@ def test_whole_model_calibration_scales_the_source_with_a_handful_of_timings():
 
 
 def small_cnn(channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(16, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 16, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(16, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
 
 
-def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(chosen, registry, source_predictors,
-                                                                           cache_dir, local_predictor, tmp_path):
+def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(
+    chosen, registry, source_predictors, cache_dir, local_predictor, tmp_path
+):
     tables_dir = tmp_path / "tables"
     shutil.copytree(chosen[0], tables_dir)
     cases = [ModelCase(f"cnn{c}", small_cnn(c), (1, 16, 16, 16)) for c in (8, 16)]
@@ -182,6 +226,6 @@ def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(chosen
     layers = np.array([case["layers_ms"] for case in calibration["cases"]])
     as_is = np.abs(3.0 * layers / measured - 1)
     fitted = np.abs((calibration["scale"] * layers + calibration["offset_ms"]) / measured - 1)
-    assert np.sum(fitted ** 2) < np.sum(as_is ** 2)
+    assert np.sum(fitted**2) < np.sum(as_is**2)
     assert transferred(predictor, models.iloc[:0], source.meta["calibration"])["method"] == "source"
     assert transferred(predictor, models, None)["method"] == "own"

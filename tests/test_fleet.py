@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+from boards import PYTHON, Proxy, write_registry
 from typer.testing import CliRunner
 
 from hwloop import tables
@@ -16,8 +17,6 @@ from hwloop.fleet import collect_fleet
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
-
-from boards import PYTHON, Proxy, write_registry
 
 SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
 POLICY = parse_policy("untuned")
@@ -31,7 +30,9 @@ def fleet(tmp_path, user_key, *boards, **overrides):
     """A registry with one device per board (``b0``, ``b1``, ...) and their known_hosts."""
     known = tmp_path / "known_hosts"
     known.write_text("".join(b.known_hosts_line() for b in boards))
-    devices = {f"b{i}": {**b.device(f"b{i}", user_key, known), **overrides.get(f"b{i}", {})} for i, b in enumerate(boards)}
+    devices = {
+        f"b{i}": {**b.device(f"b{i}", user_key, known), **overrides.get(f"b{i}", {})} for i, b in enumerate(boards)
+    }
     return load_registry(write_registry(tmp_path / "registry", devices)), known
 
 
@@ -60,8 +61,14 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
     registry, _ = fleet(tmp_path, user_key, boards(), boards())
     devices = registry.select(["b0", "b1"])
     started = {}
-    runs = collect_fleet(devices, SPACE, POLICY, tmp_path / "tables", cache_dir,
-                         on_start=lambda name, total: started.setdefault(name, total))
+    runs = collect_fleet(
+        devices,
+        SPACE,
+        POLICY,
+        tmp_path / "tables",
+        cache_dir,
+        on_start=lambda name, total: started.setdefault(name, total),
+    )
     assert started == {"b0": len(SPACE), "b1": len(SPACE)}
     assert [(r.summary.measured, r.summary.failed, r.error) for r in runs] == [(len(SPACE), 0, None)] * 2
     assert_each_measured_once(tmp_path / "tables", ["b0", "b1"])
@@ -71,18 +78,38 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the boards did not measure at the same time"
     space = tmp_path / "space.yaml"
     space.write_text(SPACE_YAML)
-    args = ["collect", "-d", "b0", "-d", "b1", "--space", space, "--schedule", "untuned", "--registry",
-            tmp_path / "registry", "--tables", tmp_path / "tables", "--cache", cache_dir, "--json"]
+    args = [
+        "collect",
+        "-d",
+        "b0",
+        "-d",
+        "b1",
+        "--space",
+        space,
+        "--schedule",
+        "untuned",
+        "--registry",
+        tmp_path / "registry",
+        "--tables",
+        tmp_path / "tables",
+        "--cache",
+        cache_dir,
+        "--json",
+    ]
     again = CliRunner().invoke(app, [str(a) for a in args])
     assert again.exit_code == 0, again.output
     records = json.loads(again.stdout)
-    assert [(r["device"], r["skipped"], r["measured"], r["error"]) for r in records] == \
-        [("b0", len(SPACE), 0, None), ("b1", len(SPACE), 0, None)]
+    assert [(r["device"], r["skipped"], r["measured"], r["error"]) for r in records] == [
+        ("b0", len(SPACE), 0, None),
+        ("b1", len(SPACE), 0, None),
+    ]
 
 
 FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut", "missing-module", "garbled-output"]
-BROKEN_PYTHON = {"missing-module": "#!/bin/sh\nexec /usr/bin/python3 -I -S \"$@\"\n",
-                 "garbled-output": "#!/bin/sh\necho 'Welcome! \\x00\\xff'\necho '{\"port\": 90'\n"}
+BROKEN_PYTHON = {
+    "missing-module": '#!/bin/sh\nexec /usr/bin/python3 -I -S "$@"\n',
+    "garbled-output": "#!/bin/sh\necho 'Welcome! \\x00\\xff'\necho '{\"port\": 90'\n",
+}
 
 
 @pytest.mark.slow
@@ -91,15 +118,17 @@ def test_fault_mid_collection_then_rerun_measures_each_config_once(fault, boards
     victim, other = boards(), boards()
     proxy = Proxy(victim.address, victim.port) if fault in ("stall", "cut") else None
     overrides = {"b0": {"host": proxy.address, "port": proxy.port}} if proxy else {}
-    python, healthy = tmp_path / "board-python", f"#!/bin/sh\nexec {PYTHON} \"$@\"\n"
+    python, healthy = tmp_path / "board-python", f'#!/bin/sh\nexec {PYTHON} "$@"\n'
     if fault in BROKEN_PYTHON:  # the board's python is a wrapper that breaks mid-collection
         python.write_text(healthy)
         python.chmod(0o755)
         overrides = {"b0": {"python": str(python)}}
     registry, known = fleet(tmp_path, user_key, victim, other, **overrides)
     if proxy:
-        known.write_text(victim.known_hosts_line().replace(f"[{victim.address}]:{victim.port}",
-                                                           f"[{proxy.address}]:{proxy.port}") + other.known_hosts_line())
+        known.write_text(
+            victim.known_hosts_line().replace(f"[{victim.address}]:{victim.port}", f"[{proxy.address}]:{proxy.port}")
+            + other.known_hosts_line()
+        )
     devices, tables_dir = registry.select(["b0", "b1"]), tmp_path / "tables"
     try:
         thread, box = in_background(devices, SPACE, POLICY, tables_dir, cache_dir)

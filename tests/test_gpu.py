@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_cross_compile import AARCH64_CC, EM_AARCH64, JETSON_GPU, PTXAS, elf_machine, embedded_ptx
 from torch import nn
 from tvm import tirx
 
@@ -20,8 +21,6 @@ from hwloop.models import InvertedResidual, load_model
 from hwloop.registry import load_registry, local_gpu, nvidia_target
 from hwloop.schedules import parse_policy
 from hwloop.targets import runtime_device_type
-
-from test_cross_compile import AARCH64_CC, EM_AARCH64, JETSON_GPU, PTXAS, elf_machine, embedded_ptx
 
 SERVER_GPU = {"kind": "nvptx", "mcpu": "sm_90", "mtriple": "nvptx64-nvidia-cuda", "host": {"kind": "llvm"}}
 EM_X86_64 = 62
@@ -44,8 +43,11 @@ CASES = {
 def kernels_assembled(ptx: str, arch: str, tmp_path: Path) -> list[str]:
     """The entry functions ptxas compiled from ``ptx`` for ``arch``."""
     (tmp_path / "model.ptx").write_text(ptx)
-    assembled = subprocess.run([PTXAS, f"-arch={arch}", "-v", tmp_path / "model.ptx", "-o", tmp_path / "model.cubin"],
-                               capture_output=True, text=True)
+    assembled = subprocess.run(
+        [PTXAS, f"-arch={arch}", "-v", tmp_path / "model.ptx", "-o", tmp_path / "model.cubin"],
+        capture_output=True,
+        text=True,
+    )
     assert assembled.returncode == 0, assembled.stderr
     return re.findall(rf"Compiling entry function '(\w+)' for '{arch}'", assembled.stdout + assembled.stderr)
 
@@ -61,8 +63,11 @@ def test_whole_models_compile_for_nvidia_gpus_and_their_ptx_assembles(case, cach
     arch = target["mcpu"]
     assert f".target {arch}" in ptx and ".extern" not in ptx and ".visible .func" not in ptx
     entries = re.findall(r"\.visible \.entry (\w+)\(", ptx)
-    layers = [gvar.name_hint for gvar, func in relax_module(model, shape).functions_items()
-              if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))]
+    layers = [
+        gvar.name_hint
+        for gvar, func in relax_module(model, shape).functions_items()
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))
+    ]
     assert len(layers) >= 3 and all(any(e.startswith(f"{name}_kernel") for e in entries) for name in layers)
     assert sorted(kernels_assembled(ptx, arch, tmp_path)) == sorted(entries)
     assert ".shared" in ptx and "bar.sync" in ptx  # dlight's tiled schedules, not one thread per element only
@@ -71,6 +76,7 @@ def test_whole_models_compile_for_nvidia_gpus_and_their_ptx_assembles(case, cach
 @pytest.fixture
 def nvidia_smi(tmp_path, monkeypatch):
     """Put an ``nvidia-smi`` answering ``answer`` (and exiting ``status``) first on PATH."""
+
     def install(answer: str, status: int = 0) -> None:
         folder = tmp_path / "bin"
         folder.mkdir(exist_ok=True)
@@ -88,13 +94,24 @@ def test_the_local_gpu_is_a_built_in_device_when_nvidia_smi_lists_one(nvidia_smi
     nvidia_smi("NVIDIA H200, 9.0")
     device = load_registry(tmp_path).get("local-gpu")
     assert device.transport == "local" and device.source is None
-    assert device.target == {"kind": "nvptx", "mcpu": "sm_90", "mtriple": "nvptx64-nvidia-cuda", "host": {"kind": "llvm"}}
+    assert device.target == {
+        "kind": "nvptx",
+        "mcpu": "sm_90",
+        "mtriple": "nvptx64-nvidia-cuda",
+        "host": {"kind": "llvm"},
+    }
     assert "NVIDIA H200" in device.description
     assert runtime_device_type(device.target) == 2  # kDLCUDA: kernels run on the GPU
 
 
-@pytest.mark.parametrize("answer, status", [("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
-                                             "driver.", 9), ("Orin (nvgpu), [N/A]", 0), ("", 0)])
+@pytest.mark.parametrize(
+    "answer, status",
+    [
+        ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", 9),
+        ("Orin (nvgpu), [N/A]", 0),
+        ("", 0),
+    ],
+)
 def test_no_local_gpu_without_a_gpu_and_its_compute_capability(nvidia_smi, tmp_path, answer, status):
     nvidia_smi(answer, status)
     assert list(load_registry(tmp_path).devices) == ["local"]
@@ -108,8 +125,12 @@ def test_compute_capabilities_name_their_sm():
 
 def test_nvidia_smi_answers_become_gpu_facts():
     assert parse_nvidia_smi("NVIDIA H200, 580.65.06, 1980, 3201, 700.00\n") == {
-        "gpu_name": "NVIDIA H200", "gpu_driver": "580.65.06", "gpu_sm_mhz": 1980.0, "gpu_mem_mhz": 3201.0,
-        "gpu_power_limit_w": 700.0}
+        "gpu_name": "NVIDIA H200",
+        "gpu_driver": "580.65.06",
+        "gpu_sm_mhz": 1980.0,
+        "gpu_mem_mhz": 3201.0,
+        "gpu_power_limit_w": 700.0,
+    }
     partial = parse_nvidia_smi("Orin (nvgpu), [N/A], [N/A], [N/A], [Not Supported]")
     assert partial["gpu_name"] == "Orin (nvgpu)" and not any(v for k, v in partial.items() if k != "gpu_name")
     assert parse_nvidia_smi("") == {} and parse_nvidia_smi("No devices were found") == {}
@@ -117,8 +138,10 @@ def test_nvidia_smi_answers_become_gpu_facts():
 
 @pytest.mark.parametrize("pinned", [True, False])
 def test_a_jetson_gpu_is_read_from_devfreq(tmp_path, pinned):
-    for node, hz in {"17000000.ga10b": (1020000000, 1020000000 if pinned else 306000000, 1020000000),
-                     "3d00000.host1x": (1, 1, 1)}.items():
+    for node, hz in {
+        "17000000.ga10b": (1020000000, 1020000000 if pinned else 306000000, 1020000000),
+        "3d00000.host1x": (1, 1, 1),
+    }.items():
         (tmp_path / node).mkdir()
         for name, value in zip(("cur_freq", "min_freq", "max_freq"), hz):
             (tmp_path / node / name).write_text(f"{value}\n")

@@ -18,15 +18,18 @@ def test_shapes_and_macs():
     assert LayerConfig("linear", 64, 10, batch=4).macs == 4 * 64 * 10
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(op="pool", in_channels=1, out_channels=1), "op"),
-    (dict(op="conv2d", in_channels=0, out_channels=1), "in_channels"),
-    (dict(op="conv2d", in_channels=6, out_channels=4, groups=4), "groups"),
-    (dict(op="depthwise_conv2d", in_channels=8, out_channels=8, groups=1), "groups"),
-    (dict(op="linear", in_channels=8, out_channels=8, kernel=3), "linear"),
-    (dict(op="conv2d", in_channels=3, out_channels=8, input_h=4, input_w=4, kernel=7), "kernel"),
-    (dict(op="conv2d", in_channels=3, out_channels=8, dtype="int8"), "dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(op="pool", in_channels=1, out_channels=1), "op"),
+        (dict(op="conv2d", in_channels=0, out_channels=1), "in_channels"),
+        (dict(op="conv2d", in_channels=6, out_channels=4, groups=4), "groups"),
+        (dict(op="depthwise_conv2d", in_channels=8, out_channels=8, groups=1), "groups"),
+        (dict(op="linear", in_channels=8, out_channels=8, kernel=3), "linear"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, input_h=4, input_w=4, kernel=7), "kernel"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, dtype="int8"), "dtype"),
+    ],
+)
 def test_invalid_configs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}"):
         LayerConfig(**kwargs)

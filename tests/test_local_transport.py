@@ -8,14 +8,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from boards import gone
 from tvm import rpc
 
 from hwloop.registry import Link, Protocol
 from hwloop.transports import Transport, TransportError
 from hwloop.transports.local import LocalTransport
 from hwloop.transports.lock import LocalLock
-
-from boards import gone
 
 FAST = Protocol(warmup=1, number=2, repeat=3, min_repeat_ms=1, threads=1, cpus=[0])
 
@@ -61,9 +60,15 @@ def test_one_session_per_local_device(tmp_path):
         with pytest.raises(TransportError, match="already open in this process"):
             LocalTransport(FAST, "local-once")
     other = subprocess.Popen(
-        [sys.executable, "-c", "from hwloop.transports.lock import LocalLock; LocalLock('local-once'); "
-                               "print('held', flush=True); input()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from hwloop.transports.lock import LocalLock; LocalLock('local-once'); print('held', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert other.stdout.readline() == "held\n"
         said = []

@@ -75,14 +75,17 @@ def _user_file(tmp_path, body: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("body, spec_suffix, message", [
-    ("", ":missing", "defines no callable 'missing'"),
-    ("build = 3\n", ":build", "defines no callable 'build'"),
-    ("def build():\n    return 'a string'\n", ":build", "returned str, not a torch.nn.Module"),
-    ("def build():\n    raise RuntimeError('no weights')\n", ":build", "build() raised RuntimeError: no weights"),
-    ("def build(:\n", ":build", "raised SyntaxError"),
-    ("import not_a_module_anywhere\n", ":build", "raised ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "body, spec_suffix, message",
+    [
+        ("", ":missing", "defines no callable 'missing'"),
+        ("build = 3\n", ":build", "defines no callable 'build'"),
+        ("def build():\n    return 'a string'\n", ":build", "returned str, not a torch.nn.Module"),
+        ("def build():\n    raise RuntimeError('no weights')\n", ":build", "build() raised RuntimeError: no weights"),
+        ("def build(:\n", ":build", "raised SyntaxError"),
+        ("import not_a_module_anywhere\n", ":build", "raised ModuleNotFoundError"),
+    ],
+)
 def test_user_file_errors(tmp_path, body, spec_suffix, message):
     spec = _user_file(tmp_path, body) + spec_suffix
     with pytest.raises(ModelError) as info:
@@ -113,10 +116,13 @@ def test_file_needs_input_shape_and_no_num_classes(tmp_path):
         load_model(spec, (1, 2), num_classes=4)
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((1, 3, 32), "must have 4 dimensions"),
-    ((1, 0, 32, 32), "must be positive integers"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 3, 32), "must have 4 dimensions"),
+        ((1, 0, 32, 32), "must be positive integers"),
+    ],
+)
 def test_builtin_input_shape_errors(shape, message):
     with pytest.raises(ModelError, match=message) as info:
         load_model("resnet20", shape)

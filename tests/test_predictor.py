@@ -64,8 +64,9 @@ def test_latency_grid_matches_predict_and_is_cached(local_predictor):
     config = LayerConfig("depthwise_conv2d", 16, 16, 16, 16, kernel=3, padding=1, groups=16)
     grid = local_predictor.latency_grid(config, [8, 12, 16], [8, 12, 16])
     assert grid.shape == (3, 3) and not grid.flags.writeable
-    diagonal = local_predictor.predict([LayerConfig("depthwise_conv2d", c, c, 16, 16, kernel=3, padding=1, groups=c)
-                                        for c in (8, 12, 16)])
+    diagonal = local_predictor.predict(
+        [LayerConfig("depthwise_conv2d", c, c, 16, 16, kernel=3, padding=1, groups=c) for c in (8, 12, 16)]
+    )
     assert np.allclose(np.diag(grid), diagonal)
     assert local_predictor.latency_grid(config, [8, 12, 16], [8, 12, 16]) is grid
 
@@ -110,7 +111,9 @@ def untuned_table(untuned_dir):
 
 
 def test_rows_of_another_schedule_policy_are_not_mixed(local_predictor, local_table, untuned_table):
-    with pytest.raises(PredictorError, match="no rows of schedule policy 'default@.*'untuned': 2 rows.*one schedule policy only"):
+    with pytest.raises(
+        PredictorError, match="no rows of schedule policy 'default@.*'untuned': 2 rows.*one schedule policy only"
+    ):
         evaluate(local_predictor, untuned_table, "untuned table")
     with pytest.raises(PredictorError, match="no rows of schedule policy 'default@"):
         Predictor.fit(untuned_table, "local")
@@ -118,12 +121,16 @@ def test_rows_of_another_schedule_policy_are_not_mixed(local_predictor, local_ta
 
     both = pd.concat([mixed, untuned_table], ignore_index=True)
     scored = evaluate(local_predictor, both, "mixed table")
-    assert scored["rows"] == int((mixed.status == "ok").sum()) and scored["rows_ignored"] == 2 + int((mixed.status != "ok").sum())
+    assert scored["rows"] == int((mixed.status == "ok").sum()) and scored["rows_ignored"] == 2 + int(
+        (mixed.status != "ok").sum()
+    )
 
 
 def test_rows_and_predictors_of_earlier_default_rules_are_refused(local_table, saved, tmp_path):
     earlier = tables.read(local_table, "local").assign(schedule="default")
-    with pytest.raises(PredictorError, match=r"no rows of schedule policy 'default@.*'default': .*earlier rules: collect them again"):
+    with pytest.raises(
+        PredictorError, match=r"no rows of schedule policy 'default@.*'default': .*earlier rules: collect them again"
+    ):
         Predictor.fit(earlier, "local")
     for name in ("default", "default@1"):
         with pytest.raises(PolicyError, match=rf"'{name}': timed under an earlier revision of the default rules"):
@@ -162,9 +169,12 @@ def test_rules_count_the_work_of_the_default_schedules(lanes, registers, fmas, s
     """A 3x3 conv 16 -> 20 at 16x16 runs output channels in whole vectors: with 16 lanes and 24
     accumulators the rules take a tile of 2 vectors (32 channels) by 8 positions, with 8 lanes and 8
     accumulators 1 vector (3 tiles of 8 channels) by 8 positions."""
-    configs = [LayerConfig("conv2d", 16, 20, 16, 16, kernel=3, padding=1), LayerConfig("conv2d", 32, 40, 8, 8),
-               LayerConfig("depthwise_conv2d", 24, 24, 14, 14, kernel=3, padding=1, groups=24),
-               LayerConfig("linear", 100, 10)]
+    configs = [
+        LayerConfig("conv2d", 16, 20, 16, 16, kernel=3, padding=1),
+        LayerConfig("conv2d", 32, 40, 8, 8),
+        LayerConfig("depthwise_conv2d", 24, 24, 14, 14, kernel=3, padding=1, groups=24),
+        LayerConfig("linear", 100, 10),
+    ]
     work = rules.quantities(features.arrays(configs), lanes, registers)
     assert [rules.PATHS[p] for p in work["path"]] == ["channel", "spatial", "width", "reduction"]
     assert (work["vector_fmas"][0], work["steps"][0]) == (fmas, steps)
@@ -193,8 +203,12 @@ def test_a_predictor_of_an_earlier_format_is_refused(saved, tmp_path):
 
 
 def test_sizes_between_hold_out_the_sizes_inside_the_measured_range():
-    rows = pd.DataFrame([{**LayerConfig("conv2d", c, c, size, size, kernel=3, padding=1).to_dict(), "config_id": i}
-                         for i, (c, size) in enumerate((c, s) for c in (8, 16, 24) for s in (7, 14, 21, 28))])
+    rows = pd.DataFrame(
+        [
+            {**LayerConfig("conv2d", c, c, size, size, kernel=3, padding=1).to_dict(), "config_id": i}
+            for i, (c, size) in enumerate((c, s) for c in (8, 16, 24) for s in (7, 14, 21, 28))
+        ]
+    )
     rows = pd.concat([rows, pd.DataFrame([{**LayerConfig("conv2d", 8, 8, 14, 14).to_dict(), "config_id": 99}])])
     held = rows[splits(rows)["sizes_between"]]
     assert set(held.input_h) == {14, 21} and set(held.kernel) == {3}  # the lone 1x1 conv has no size around it

@@ -27,22 +27,26 @@ def test_fit_refuses_a_table_whose_trials_disagree(local_table, tmp_path):
     predictors = tmp_path / "predictors"
     refused = invoke("fit", "--device", "local", "--tables", tmp_path / "noisy", "--predictors", predictors)
     assert refused.exit_code != 0 and "too noisy" in said(refused) and not (predictors / "local").exists()
-    accepted = invoke("fit", "--device", "local", "--tables", tmp_path / "noisy", "--predictors", predictors,
-                      "--accept-noisy")
+    accepted = invoke(
+        "fit", "--device", "local", "--tables", tmp_path / "noisy", "--predictors", predictors, "--accept-noisy"
+    )
     assert accepted.exit_code == 0 and (predictors / "local" / "predictor.json").is_file()
 
 
 def test_fit_evaluate_predict(local_table, tmp_path):
     predictors = tmp_path / "predictors"
     # the test protocol's two trials are not checked for a busy machine: whether they agree is not the point here
-    fitted = invoke("fit", "--device", "local", "--tables", local_table, "--predictors", predictors, "--json",
-                    "--accept-noisy")
+    fitted = invoke(
+        "fit", "--device", "local", "--tables", local_table, "--predictors", predictors, "--json", "--accept-noisy"
+    )
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     assert record["rows"] > 50 and set(record["metrics"]) >= {"config", "unseen_channels"}
     assert (predictors / "local" / "predictor.json").is_file()
 
-    scored = invoke("evaluate", "--device", "local", "--predictors", predictors, "--table", local_table / "local", "--json")
+    scored = invoke(
+        "evaluate", "--device", "local", "--predictors", predictors, "--table", local_table / "local", "--json"
+    )
     assert scored.exit_code == 0, scored.output
     report = json.loads(scored.stdout)
     for key in ("within_5", "within_10", "within_15", "mape", "spearman"):
@@ -76,8 +80,17 @@ def test_report_writes_a_page_and_its_plots(local_predictor, local_table, tmp_pa
     local_predictor.save(tmp_path / "predictors")
     tables_dir = tmp_path / "tables"
     shutil.copytree(local_table, tables_dir)
-    result = invoke("report", "--device", "local", "--tables", tables_dir, "--predictors", tmp_path / "predictors",
-                    "--out", tmp_path / "report")
+    result = invoke(
+        "report",
+        "--device",
+        "local",
+        "--tables",
+        tables_dir,
+        "--predictors",
+        tmp_path / "predictors",
+        "--out",
+        tmp_path / "report",
+    )
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
     for name in ("scatter.png", "staircase.png", "learning_curve.png", "trials.png"):
@@ -95,9 +108,11 @@ def test_predict_a_whole_model(local_predictor, tmp_path):
 
 
 def test_config_ids_parse_back_to_their_configs():
-    configs = [LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, padding=1), LayerConfig("linear", 64, 10),
-               LayerConfig("depthwise_conv2d", 8, 8, 9, 9, kernel=3, stride=2, padding=1, groups=8, batch=2,
-                           dtype="float16")]
+    configs = [
+        LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, padding=1),
+        LayerConfig("linear", 64, 10),
+        LayerConfig("depthwise_conv2d", 8, 8, 9, 9, kernel=3, stride=2, padding=1, groups=8, batch=2, dtype="float16"),
+    ]
     assert [LayerConfig.from_id(c.id) for c in configs] == configs
     assert LayerConfig.from_id("linear:1x512:o10") == LayerConfig("linear", 512, 10)
     with pytest.raises(ValueError, match="groups: 3 must divide"):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from hwloop.models import mobilenetv2, resnet20
+from hwloop.prune import MIN_RATIO
 from hwloop.prune.allocator import _lost, allocate
 from hwloop.prune.baselines import global_ranking, uniform
 from hwloop.prune.cost import Macs, PredictedLatency, SoftCost
-from hwloop.prune import MIN_RATIO
 from hwloop.prune.groups import ChannelGroups, PruneError
 from hwloop.prune.importance import CRITERIA, scores
 
@@ -40,8 +40,10 @@ def test_allocator_meets_the_predicted_budget(resnet, resnet20_predictor, share)
     assert all(plan[g.name] >= math.ceil(MIN_RATIO * g.size) for g in groups.groups)
     keep = groups.top(importance, plan)
     assert all(len(keep[name]) == count for name, count in plan.items())
-    assert all(float(importance[name][keep[name]].min()) >= float(importance[name].sort().values[-count])
-               for name, count in plan.items())
+    assert all(
+        float(importance[name][keep[name]].min()) >= float(importance[name].sort().values[-count])
+        for name, count in plan.items()
+    )
 
 
 def test_allocator_with_round_to_keeps_whole_steps(resnet, resnet20_predictor):
@@ -61,7 +63,9 @@ def test_budget_in_ms_and_unreachable_budget(resnet, resnet20_predictor):
     assert cost.total(plan) <= ms
     assert cost.target(f"{ms}ms") == pytest.approx(ms)
     assert cost.target("50%") == cost.target(0.5) == pytest.approx(0.5 * cost.total(groups.dense))
-    assert cost.target("50%", dense=2.0) == pytest.approx(1.0) and cost.target(f"{ms}ms", dense=2.0) == pytest.approx(ms)
+    assert cost.target("50%", dense=2.0) == pytest.approx(1.0) and cost.target(f"{ms}ms", dense=2.0) == pytest.approx(
+        ms
+    )
     for bad in ("2", "fast", "-1ms"):
         with pytest.raises(PruneError, match="budget: "):
             cost.target(bad)
@@ -82,7 +86,9 @@ def test_baselines_meet_their_own_budgets(resnet, resnet20_predictor):
     assert all(count % latency.step == 0 for count in plan.values())
     ragged = global_ranking(groups, macs, importance, macs.target(0.5))
     assert macs.total(ragged) <= macs.target(0.5) and any(count % latency.step for count in ragged.values())
-    with pytest.raises(PruneError, match=f"out of reach; the smallest plan .10% of each group, in steps of {latency.step}."):
+    with pytest.raises(
+        PruneError, match=f"out of reach; the smallest plan .10% of each group, in steps of {latency.step}."
+    ):
         global_ranking(groups, macs, importance, 1e-6, min_ratio=0.1, step=latency.step)
     with pytest.raises(PruneError, match=f"out of reach with one ratio for every group, in steps of {latency.step} "):
         uniform(groups, latency, 1e-6, step=latency.step)

@@ -10,8 +10,7 @@ from hwloop.prune.groups import PruneError
 
 def _loop(board, target=0.5, rounds=3):
     """``correct`` with plans that are their own predicted latency and a dense model of 1 ms."""
-    return correct(lambda t: t, lambda t: t, lambda t: (1.0, board(t)), target, lambda dense_ms: 0.5 * dense_ms,
-                   rounds)
+    return correct(lambda t: t, lambda t: t, lambda t: (1.0, board(t)), target, lambda dense_ms: 0.5 * dense_ms, rounds)
 
 
 def test_a_board_slower_than_predicted_tightens_the_target():
@@ -71,7 +70,9 @@ def test_each_plan_is_judged_against_the_dense_model_timed_beside_it():
 def test_a_round_whose_dense_model_timed_in_a_slow_spell_is_timed_again():
     dense = iter([1.5, 1.0, 1.0, 1.0])  # only the first timing of the dense model is slow
 
-    checked = correct(lambda t: t, lambda t: t, lambda t: (next(dense), 1.2 * t), 0.5, lambda dense_ms: 0.5 * dense_ms, 3)
+    checked = correct(
+        lambda t: t, lambda t: t, lambda t: (next(dense), 1.2 * t), 0.5, lambda dense_ms: 0.5 * dense_ms, 3
+    )
     first = checked.rounds[0]
     assert first.timings == 2 and first.dense_ms == 1.0 and not first.met  # 0.6 of dense, not the 0.4 it first seemed
     assert checked.rounds[-1].met and checked.chosen == len(checked.rounds) - 1

@@ -25,9 +25,15 @@ def saved(tmp_path_factory):
     keep = {g.name: rng.sample(range(g.size), rng.randint(1, g.size)) for g in groups.groups}
     groups.apply(keep)
     out = tmp_path_factory.mktemp("pruned")
-    record = {"model": "resnet20", "input_shape": list(SHAPE), "num_classes": 10,
-              "groups": {g.name: {"dense": g.size, "kept": len(keep[g.name]), "channels": sorted(keep[g.name])}
-                         for g in groups.groups}}
+    record = {
+        "model": "resnet20",
+        "input_shape": list(SHAPE),
+        "num_classes": 10,
+        "groups": {
+            g.name: {"dense": g.size, "kept": len(keep[g.name]), "channels": sorted(keep[g.name])}
+            for g in groups.groups
+        },
+    }
     files = export.save(out, pruned, dense, record)
     return out, pruned, dense, files
 

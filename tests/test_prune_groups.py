@@ -25,8 +25,12 @@ class Branches(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-CASES = [(lambda: resnet20(10, 1), (1, 1, 28, 28)), (lambda: mobilenetv2(10, 3), (1, 3, 32, 32)),
-         (lambda: resnet18(10, 3), (1, 3, 32, 32)), (Branches, (1, 3, 16, 16))]
+CASES = [
+    (lambda: resnet20(10, 1), (1, 1, 28, 28)),
+    (lambda: mobilenetv2(10, 3), (1, 3, 32, 32)),
+    (lambda: resnet18(10, 3), (1, 3, 32, 32)),
+    (Branches, (1, 3, 16, 16)),
+]
 
 
 @pytest.mark.parametrize("build, shape", CASES, ids=["resnet20", "mobilenetv2", "resnet18", "branches"])
@@ -36,7 +40,9 @@ def test_arbitrary_plans_keep_shapes_and_predicted_layers(build, shape, seed):
     groups = ChannelGroups(model, shape)
     rng = random.Random(seed)
     plan = {g.name: g.unit * rng.randint(1, g.size // g.unit) for g in groups.groups}
-    keep = groups.top({g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(seed)) for g in groups.groups}, plan)
+    keep = groups.top(
+        {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(seed)) for g in groups.groups}, plan
+    )
     expected = groups.layers(plan)
     groups.apply(keep)
     out = model(torch.randn(2, *shape[1:]))

@@ -40,17 +40,44 @@ def predictors(resnet20_predictor, tmp_path_factory):
 def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predictor, registry_dir, cache_dir, tmp_path):
     budget = _budget(resnet20_predictor)
     out, tables_dir = tmp_path / "out", tmp_path / "tables"
-    result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--budget", str(budget),
-                                 *SMALL, "--out", str(out), "--cache", str(tmp_path / "cache"),
-                                 "--predictors", str(predictors), "--board-rounds", "2", "--registry", str(registry_dir),
-                                 "--tables", str(tables_dir), "--min-ratio", "0.4", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "--device",
+            "local",
+            "--model",
+            "resnet20",
+            "--budget",
+            str(budget),
+            *SMALL,
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--predictors",
+            str(predictors),
+            "--board-rounds",
+            "2",
+            "--registry",
+            str(registry_dir),
+            "--tables",
+            str(tables_dir),
+            "--min-ratio",
+            "0.4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["target_ms"] == pytest.approx(budget * record["dense_predicted_ms"])
     board = record["board"]
     assert board["device"] == "local" and 1 <= len(board["rounds"]) <= 2
     chosen = board["rounds"][board["chosen"]]
-    assert record["predicted_ms"] == pytest.approx(chosen["predicted_ms"]) and chosen["predicted_ms"] <= chosen["target_ms"]
+    assert (
+        record["predicted_ms"] == pytest.approx(chosen["predicted_ms"])
+        and chosen["predicted_ms"] <= chosen["target_ms"]
+    )
     for r in board["rounds"]:
         assert 0 < r["measured_ms"] and r["goal_ms"] == pytest.approx(budget * r["dense_ms"])
     timed = tables.read_models(tables_dir, "local")
@@ -64,8 +91,23 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert resnet20_predictor.predict_model(layers) == pytest.approx(record["predicted_ms"], rel=1e-5)
     assert sum(c.macs for c in layers) < sum(t.config.macs for t in trace_layers(dense, (1, 1, 28, 28)))
 
-    checked = runner.invoke(app, ["validate", "--device", "local", "--model", str(out), "--registry", str(registry_dir),
-                                  "--tables", str(tables_dir), "--cache", str(cache_dir), "--json"])
+    checked = runner.invoke(
+        app,
+        [
+            "validate",
+            "--device",
+            "local",
+            "--model",
+            str(out),
+            "--registry",
+            str(registry_dir),
+            "--tables",
+            str(tables_dir),
+            "--cache",
+            str(cache_dir),
+            "--json",
+        ],
+    )
     report = json.loads(checked.stdout)
     assert {"dense_ms", "measured_ms", "predicted_ms", "accuracy", "dense_accuracy"} <= set(report)
     assert report["dense_ms"] > 0 and report["measured_ms"] > 0
@@ -74,28 +116,77 @@ def test_prune_on_the_board_then_validate_end_to_end(predictors, resnet20_predic
     assert report["ok"] == (report["measured_ms"] < report["dense_ms"]) == (checked.exit_code == 0)
     rows = tables.read_models(tables_dir, "local")
     assert set(rows.model) - set(timed.model) == {"resnet20@fashion-mnist:latency"}
-    where = runner.invoke(app, ["collect", "--device", "local", "--model", str(out), "--samples", "1", "--registry",
-                                str(registry_dir), "--tables", str(tables_dir), "--cache", str(cache_dir), "--json"])
+    where = runner.invoke(
+        app,
+        [
+            "collect",
+            "--device",
+            "local",
+            "--model",
+            str(out),
+            "--samples",
+            "1",
+            "--registry",
+            str(registry_dir),
+            "--tables",
+            str(tables_dir),
+            "--cache",
+            str(cache_dir),
+            "--json",
+        ],
+    )
     assert where.exit_code == 0, where.output
     assert {c.id for c in layers} == set(tables.read(tables_dir, "local").config_id)
 
     earlier = tmp_path / "earlier"
     shutil.copytree(out, earlier)
-    (earlier / "plan.json").write_text(json.dumps({**json.loads((out / "plan.json").read_text()), "schedule": "default"}))
-    refused = runner.invoke(app, ["validate", "--device", "local", "--model", str(earlier), "--registry", str(registry_dir),
-                                  "--tables", str(tables_dir), "--cache", str(cache_dir)])
+    (earlier / "plan.json").write_text(
+        json.dumps({**json.loads((out / "plan.json").read_text()), "schedule": "default"})
+    )
+    refused = runner.invoke(
+        app,
+        [
+            "validate",
+            "--device",
+            "local",
+            "--model",
+            str(earlier),
+            "--registry",
+            str(registry_dir),
+            "--tables",
+            str(tables_dir),
+            "--cache",
+            str(cache_dir),
+        ],
+    )
     assert refused.exit_code == 2 and "earlier revision of the default rules" in " ".join(refused.output.split())
     stale = tmp_path / "stale"
     shutil.copytree(predictors, stale)
     meta = stale / "local" / "predictor.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "schedule": "default"}))
-    old_rules = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", *SMALL, "--predictors", str(stale),
-                                    "--out", str(tmp_path / "never"), "--cache", str(tmp_path / "cache")])
+    old_rules = runner.invoke(
+        app,
+        [
+            "prune",
+            "--device",
+            "local",
+            "--model",
+            "resnet20",
+            *SMALL,
+            "--predictors",
+            str(stale),
+            "--out",
+            str(tmp_path / "never"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert old_rules.exit_code == 2 and "collect and fit again" in " ".join(old_rules.output.split())
     assert not (tmp_path / "never").exists()
 
-    again = runner.invoke(app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL,
-                                "--predictors", str(predictors)])
+    again = runner.invoke(
+        app, ["prune", "--device", "nowhere", "--model", "resnet20", *SMALL, "--predictors", str(predictors)]
+    )
     assert again.exit_code == 2 and "no predictor for device 'nowhere'" in " ".join(again.output.split())
     narrow = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--min-ratio", "0", *SMALL])
     assert narrow.exit_code == 2 and "--min-ratio 0.0: expected a share" in " ".join(narrow.output.split())
@@ -105,9 +196,18 @@ def test_validation_tells_a_device_running_at_another_pace_from_a_wrong_predicti
     from hwloop.cli.prune import _validation_table
     from hwloop.prune.validate import judged
 
-    faster = {"model": "out", "device": "local", "predicted_for": "local", "schedule": "default",
-              "dense_ms": 0.40, "measured_ms": 0.20, "dense_predicted_ms": 0.48, "predicted_ms": 0.24,
-              "accuracy": 0.9, "dense_accuracy": 0.91}
+    faster = {
+        "model": "out",
+        "device": "local",
+        "predicted_for": "local",
+        "schedule": "default",
+        "dense_ms": 0.40,
+        "measured_ms": 0.20,
+        "dense_predicted_ms": 0.48,
+        "predicted_ms": 0.24,
+        "accuracy": 0.9,
+        "dense_accuracy": 0.91,
+    }
     report = judged(dict(faster), [])
     assert report["predicted_error"] == pytest.approx(0.2) and report["dense_predicted_error"] == pytest.approx(0.2)
     assert report["speedup"] == pytest.approx(report["predicted_speedup"]) and report["ok"]
@@ -118,8 +218,22 @@ def test_validation_tells_a_device_running_at_another_pace_from_a_wrong_predicti
 
 
 def test_dry_run_checks_shapes_without_a_predictor():
-    result = runner.invoke(app, ["prune", "--device", "local", "--model", "mobilenetv2", "--dry-run",
-                                 "--train-samples", "8", "--test-samples", "8"], env={"COLUMNS": "250"})
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "--device",
+            "local",
+            "--model",
+            "mobilenetv2",
+            "--dry-run",
+            "--train-samples",
+            "8",
+            "--test-samples",
+            "8",
+        ],
+        env={"COLUMNS": "250"},
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "output (1, 10) like the dense model's" in text and "features.2.conv.1.0" in text
@@ -151,8 +265,21 @@ def build():
 
 def test_dry_run_of_a_user_model(tmp_path):
     (tmp_path / "mine.py").write_text(USER_MODEL)
-    result = runner.invoke(app, ["prune", "--device", "local", "--model", f"{tmp_path / 'mine.py'}:build", "--dry-run",
-                                 "--train-samples", "8", "--test-samples", "8"])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "--device",
+            "local",
+            "--model",
+            f"{tmp_path / 'mine.py'}:build",
+            "--dry-run",
+            "--train-samples",
+            "8",
+            "--test-samples",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "3 channel groups" in text and "output (1, 10) like the dense model's" in text
@@ -172,8 +299,9 @@ def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):
     torch.testing.assert_close(export.load(tmp_path / method)[0](x), result.model(x))
     assert all(len(g["channels"]) == g["kept"] for g in record["groups"].values())
     if method == "afcp":
-        assert record["replaced_channels"] + record["zeroed_channels"] == \
-            sum(g["dense"] - g["kept"] for g in record["groups"].values())
+        assert record["replaced_channels"] + record["zeroed_channels"] == sum(
+            g["dense"] - g["kept"] for g in record["groups"].values()
+        )
     else:
         assert set(record["rules"].values()) <= {"l1", "bn_scale", "taylor", "geometric_median"}
 
@@ -192,15 +320,18 @@ def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
     assert len(list((tmp_path / "dense").glob("*.pt"))) == 1
 
 
-def test_proposals_are_distinct_plans_under_the_target_and_the_best_ranked_is_the_run_s_plan(resnet20_predictor, tmp_path):
+def test_proposals_are_distinct_plans_under_the_target_and_the_best_ranked_is_the_run_s_plan(
+    resnet20_predictor, tmp_path
+):
     def fresh_data():
         return load_data("fashion-mnist", 32, train_samples=192, test_samples=64)
 
     torch.manual_seed(0)
     dense = pipeline.dense_baseline("resnet20", fresh_data(), 1, 0, tmp_path)
     # taylor scores on sampled batches: the winner is planned again from the importance it was ranked with
-    settings = pipeline.Settings(method="latency", budget=_budget(resnet20_predictor), epochs=1, proposals=4,
-                                 criterion="taylor")
+    settings = pipeline.Settings(
+        method="latency", budget=_budget(resnet20_predictor), epochs=1, proposals=4, criterion="taylor"
+    )
     result = pipeline.run("resnet20", fresh_data(), resnet20_predictor, settings, None, tmp_path, dense=dense)
     record, ranked = result.record, result.record["proposals"]
     # how many distinct plans the scaled importances give depends on the predictor (fitted on this
@@ -211,8 +342,15 @@ def test_proposals_are_distinct_plans_under_the_target_and_the_best_ranked_is_th
     order = [(p["passes"], p["accuracy"]) for p in ranked]
     assert order == sorted(order, reverse=True) and ranked[0]["passes"] == len(proposals.rounds(len(ranked)))
     assert ranked[0]["plan"] == {name: g["kept"] for name, g in record["groups"].items()}
-    unscaled = pipeline.run("resnet20", fresh_data(), resnet20_predictor,
-                            pipeline.Settings(**{**vars(settings), "proposals": 1}), None, tmp_path, dense=dense).record
+    unscaled = pipeline.run(
+        "resnet20",
+        fresh_data(),
+        resnet20_predictor,
+        pipeline.Settings(**{**vars(settings), "proposals": 1}),
+        None,
+        tmp_path,
+        dense=dense,
+    ).record
     assert {name: g["kept"] for name, g in unscaled["groups"].items()} in [p["plan"] for p in ranked]
 
 
@@ -224,8 +362,15 @@ def test_successive_halving_ranks_the_survivors_first_by_accuracy(tmp_path):
     importance = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(1)) for g in groups.groups}
     names = [g.name for g in groups.groups]
     plans = [{**groups.dense, name: groups.by_name[name].size // 2} for name in names[:5]]
-    ranked = proposals.ranked(dense, data.input_shape, [proposals.Proposal({}, plan, 1.0) for plan in plans],
-                              importance, first_batches(data.train, 5), 0, 0.01)
+    ranked = proposals.ranked(
+        dense,
+        data.input_shape,
+        [proposals.Proposal({}, plan, 1.0) for plan in plans],
+        importance,
+        first_batches(data.train, 5),
+        0,
+        0.01,
+    )
     assert sorted(map(str, (p.plan for p in ranked))) == sorted(map(str, plans))
     assert [p.passes for p in ranked] == [2, 2, 1, 1, 1]  # five, then the better two
     assert ranked[0].accuracy >= ranked[1].accuracy and ranked[2].accuracy >= ranked[3].accuracy >= ranked[4].accuracy
@@ -236,6 +381,7 @@ def test_successive_halving_goes_on_with_the_better_half_until_two_or_three_rema
 
 
 def test_only_the_allocator_takes_proposals():
-    result = runner.invoke(app, ["prune", "--device", "local", "--model", "resnet20", "--method", "flops",
-                                 "--proposals", "3", *SMALL])
+    result = runner.invoke(
+        app, ["prune", "--device", "local", "--model", "resnet20", "--method", "flops", "--proposals", "3", *SMALL]
+    )
     assert result.exit_code == 2 and "more than 1 only with --method latency" in " ".join(result.output.split())

@@ -26,8 +26,9 @@ def tv(name: str, shape=SHAPE, classes: int = 10):
 
 
 def test_torchvision_classifiers_load_with_random_weights():
-    assert {"resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x1_0"} <= \
-        set(torchvision_classifiers())
+    assert {"resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x1_0"} <= set(
+        torchvision_classifiers()
+    )
     model, shape = tv("mobilenet_v3_small")
     assert shape == SHAPE and not model.training
     with torch.no_grad():
@@ -77,7 +78,11 @@ def test_grouped_convs_prune_alike_in_every_group_and_stay_grouped():
     plan = {**groups.dense, feeding.name: feeding.size // 2}
     layers = groups.layers(plan)
     index = [t.name for t in groups.traced].index("trunk_output.block1.block1-0.f.b.0")
-    assert (layers[index].op, layers[index].in_channels, layers[index].groups) == ("conv2d", feeding.size // 2, conv.groups)
+    assert (layers[index].op, layers[index].in_channels, layers[index].groups) == (
+        "conv2d",
+        feeding.size // 2,
+        conv.groups,
+    )
     groups.apply(groups.top({g.name: torch.rand(g.size) for g in groups.groups}, plan))
     assert conv.groups == feeding.unit and conv.in_channels == feeding.size // 2
     assert [t.config for t in trace_layers(model, shape)] == layers
@@ -109,12 +114,19 @@ def test_a_pruning_run_of_a_grouped_model_exports_and_reloads(resnet20_predictor
 
 def test_a_changed_model_file_is_refused_before_it_runs(tmp_path):
     file = tmp_path / "net.py"
-    file.write_text("from torch import nn\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),"
-                    " nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+    file.write_text(
+        "from torch import nn\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),"
+        " nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+    )
     spec = f"{file}:build"
     model, shape = load_model(spec, (1, 3, 8, 8))
-    record = {"model": spec, "model_sha256": file_sha256(file), "input_shape": [1, 3, 8, 8], "num_classes": 2,
-              "groups": {"0": {"dense": 8, "kept": 8}, "2": {"dense": 4, "kept": 4}}}
+    record = {
+        "model": spec,
+        "model_sha256": file_sha256(file),
+        "input_shape": [1, 3, 8, 8],
+        "num_classes": 2,
+        "groups": {"0": {"dense": 8, "kept": 8}, "2": {"dense": 4, "kept": 4}},
+    }
     export.save(tmp_path / "out", model, model, record)
     export.load(tmp_path / "out")
     file.write_text(file.read_text() + "raise SystemExit('ran')\n")
@@ -131,12 +143,18 @@ def test_datasets_from_folders_and_arrays_resized_to_the_input_shape(tmp_path):
             (tmp_path / "images" / split / label).mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(
-                    tmp_path / "images" / split / label / f"{i}.png")
+                    tmp_path / "images" / split / label / f"{i}.png"
+                )
     data = load_data(f"folder:{tmp_path / 'images'}", 4, input_shape=(1, 3, 16, 16))
     assert data.input_shape == (1, 3, 16, 16) and data.num_classes == 2
     assert len(data.train.dataset) == 12 and len(data.test.dataset) == 4
-    np.savez(tmp_path / "arrays.npz", x_train=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
-             y_train=np.arange(8) % 3, x_test=rng.integers(0, 255, (4, 28, 28), dtype=np.uint8), y_test=np.arange(4) % 3)
+    np.savez(
+        tmp_path / "arrays.npz",
+        x_train=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
+        y_train=np.arange(8) % 3,
+        x_test=rng.integers(0, 255, (4, 28, 28), dtype=np.uint8),
+        y_test=np.arange(4) % 3,
+    )
     data = load_data(f"npz:{tmp_path / 'arrays.npz'}", 4, input_shape=(1, 3, 20, 20))
     assert data.input_shape == (1, 3, 20, 20) and data.num_classes == 3
     images = data.train.dataset.tensors[0]
@@ -149,18 +167,32 @@ def test_datasets_from_folders_and_arrays_resized_to_the_input_shape(tmp_path):
 
 
 def test_coverage_names_the_shapes_no_row_has():
-    layers = [LayerConfig("conv2d", 3, 8, 32, 32, kernel=3, padding=1), LayerConfig("conv2d", 8, 8, 32, 32, kernel=3, padding=1),
-              LayerConfig("conv2d", 8, 8, 16, 16, kernel=3, padding=1, groups=4), LayerConfig("linear", 8, 10)]
-    rows = pd.DataFrame([{**LayerConfig("conv2d", 5, 7, 32, 32, kernel=3, padding=1).to_dict(), "status": "ok",
-                          "schedule": "default@2"},
-                         {**LayerConfig("linear", 16, 10).to_dict(), "status": "failed", "schedule": "default@2"}])
+    layers = [
+        LayerConfig("conv2d", 3, 8, 32, 32, kernel=3, padding=1),
+        LayerConfig("conv2d", 8, 8, 32, 32, kernel=3, padding=1),
+        LayerConfig("conv2d", 8, 8, 16, 16, kernel=3, padding=1, groups=4),
+        LayerConfig("linear", 8, 10),
+    ]
+    rows = pd.DataFrame(
+        [
+            {
+                **LayerConfig("conv2d", 5, 7, 32, 32, kernel=3, padding=1).to_dict(),
+                "status": "ok",
+                "schedule": "default@2",
+            },
+            {**LayerConfig("linear", 16, 10).to_dict(), "status": "failed", "schedule": "default@2"},
+        ]
+    )
     missing, shapes = uncovered(layers, rows, "default@2")
     assert shapes == 3 and [c.op for c in missing] == ["conv2d", "linear"] and missing[0].groups == 4
 
 
 def test_dry_run_from_the_command_line_needs_no_data(tmp_path):
-    result = runner.invoke(app, ["prune", "-d", "local", "-m", "torchvision:squeezenet1_1", "--input-shape", "1,3,32,32",
-                                 "--dry-run"], env={"COLUMNS": "200", "HWLOOP_FASHION_MNIST": str(tmp_path)})
+    result = runner.invoke(
+        app,
+        ["prune", "-d", "local", "-m", "torchvision:squeezenet1_1", "--input-shape", "1,3,32,32", "--dry-run"],
+        env={"COLUMNS": "200", "HWLOOP_FASHION_MNIST": str(tmp_path)},
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "kept dense: classifier.1 (1000 channels): its channels are the model's output" in text
@@ -170,9 +202,27 @@ def test_dry_run_from_the_command_line_needs_no_data(tmp_path):
 def test_prune_refuses_a_model_whose_layer_shapes_the_table_lacks(local_predictor, local_table, tmp_path):
     predictors = tmp_path / "predictors"
     local_predictor.save(predictors)
-    result = runner.invoke(app, ["prune", "-d", "local", "-m", "torchvision:squeezenet1_1", "--input-shape", "1,3,32,32",
-                                 "--predictors", str(predictors), "--tables", str(local_table),
-                                 "--train-samples", "32", "--test-samples", "16"], env={"COLUMNS": "300"})
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "-d",
+            "local",
+            "-m",
+            "torchvision:squeezenet1_1",
+            "--input-shape",
+            "1,3,32,32",
+            "--predictors",
+            str(predictors),
+            "--tables",
+            str(local_table),
+            "--train-samples",
+            "32",
+            "--test-samples",
+            "16",
+        ],
+        env={"COLUMNS": "300"},
+    )
     text = " ".join(result.output.split())
     assert result.exit_code == 2, text
     assert "holds none of the layer shapes of torchvision:squeezenet1_1" in text

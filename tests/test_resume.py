@@ -23,8 +23,23 @@ layers:
 
 
 def _collect(registry_dir, space, tables_dir, cache):
-    command = [sys.executable, "-m", "hwloop", "collect", "--device", "local", "--space", str(space),
-               "--registry", str(registry_dir), "--tables", str(tables_dir), "--cache", str(cache), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "hwloop",
+        "collect",
+        "--device",
+        "local",
+        "--space",
+        str(space),
+        "--registry",
+        str(registry_dir),
+        "--tables",
+        str(tables_dir),
+        "--cache",
+        str(cache),
+        "--json",
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

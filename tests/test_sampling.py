@@ -12,7 +12,8 @@ from hwloop.predictor.latency import vector_unit
 from hwloop.predictor.sampling import at_step, choose, frame_of, initial_design, learning_curve
 
 POOL = [LayerConfig("conv2d", 8, c, 8, 8, kernel=3, padding=1) for c in range(4, 41)] + [
-    LayerConfig("linear", 32, c) for c in range(8, 41)]
+    LayerConfig("linear", 32, c) for c in range(8, 41)
+]
 
 
 UNITS = [(4, 32), (8, 16), (16, 32)]  # float32 lanes and vector registers: NEON, AVX2, AVX-512
@@ -25,8 +26,9 @@ def test_steps_are_where_another_vector_opens(lanes, registers):
     counts make no steps."""
     convs = frame_of([LayerConfig("conv2d", 8, c, 8, 8, kernel=3, padding=1) for c in (lanes, lanes + 1, lanes + 2)])
     assert at_step(convs, lanes, registers).tolist() == [True, True, False]
-    depthwise = frame_of([LayerConfig("depthwise_conv2d", c, c, 14, 14, kernel=3, padding=1, groups=c)
-                          for c in (lanes, lanes + 1)])
+    depthwise = frame_of(
+        [LayerConfig("depthwise_conv2d", c, c, 14, 14, kernel=3, padding=1, groups=c) for c in (lanes, lanes + 1)]
+    )
     assert not at_step(depthwise, lanes, registers).any()
 
 
@@ -64,9 +66,29 @@ def test_learning_curve_grows_and_scores_the_held_out_rows(local_table):
 def test_collect_adaptive_spends_its_budget_in_rounds(registry_dir, cache_dir, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("layers:\n  - {op: linear, in_channels: 40, out_channels: {start: 4, stop: 41, step: 1}}\n")
-    result = CliRunner().invoke(app, [str(a) for a in (
-        "collect", "-d", "local", "--space", space, "--adaptive", "--budget", 12, "--registry", registry_dir,
-        "--tables", tmp_path / "tables", "--cache", cache_dir, "--json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            str(a)
+            for a in (
+                "collect",
+                "-d",
+                "local",
+                "--space",
+                space,
+                "--adaptive",
+                "--budget",
+                12,
+                "--registry",
+                registry_dir,
+                "--tables",
+                tmp_path / "tables",
+                "--cache",
+                cache_dir,
+                "--json",
+            )
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     table = tables.read(tmp_path / "tables", "local")
@@ -74,6 +96,7 @@ def test_collect_adaptive_spends_its_budget_in_rounds(registry_dir, cache_dir, t
     assert set(table.in_channels) == {40} and table.config_id.is_unique
     unit = vector_unit(table.target.iloc[0])  # of the target the table was built for, not of this machine
     assert at_step(table, *unit).sum() >= 6
-    again = CliRunner().invoke(app, [str(a) for a in (
-        "collect", "-d", "local", "--space", space, "--adaptive", "--registry", registry_dir)])
+    again = CliRunner().invoke(
+        app, [str(a) for a in ("collect", "-d", "local", "--space", space, "--adaptive", "--registry", registry_dir)]
+    )
     assert again.exit_code == 2 and "--budget" in again.stderr

@@ -6,8 +6,16 @@ from torch import nn
 
 from hwloop.layers import LayerConfig
 from hwloop.models import BUILTIN_MODELS, load_model
-from hwloop.space import (MAX_CONFIGS, SpaceError, SpaceTooLarge, TracedLayer, load_space, model_space,
-                          space_size, trace_layers)
+from hwloop.space import (
+    MAX_CONFIGS,
+    SpaceError,
+    SpaceTooLarge,
+    TracedLayer,
+    load_space,
+    model_space,
+    space_size,
+    trace_layers,
+)
 
 
 def _space(tmp_path, text: str):
@@ -18,8 +26,11 @@ def _space(tmp_path, text: str):
 
 # --- YAML spaces -------------------------------------------------------------------------------
 
+
 def test_int_list_and_range_fields_expand_to_the_product(tmp_path):
-    configs = _space(tmp_path, """
+    configs = _space(
+        tmp_path,
+        """
 layers:
   - op: conv2d
     in_channels: [8, 16]
@@ -28,7 +39,8 @@ layers:
     kernel: [1, 3]
     stride: 1
     groups: 1
-""")
+""",
+    )
     assert len(configs) == 2 * 3 * 2
     assert {c.in_channels for c in configs} == {8, 16}
     assert {c.out_channels for c in configs} == {4, 8, 12}
@@ -38,7 +50,9 @@ layers:
 
 
 def test_range_step_defaults_to_one_and_explicit_padding_batch_dtype(tmp_path):
-    configs = _space(tmp_path, """
+    configs = _space(
+        tmp_path,
+        """
 layers:
   - op: conv2d
     in_channels: 3
@@ -51,13 +65,16 @@ layers:
     padding: 0
     batch: [1, 8]
     dtype: float16
-""")
+""",
+    )
     assert [(c.out_channels, c.batch) for c in configs] == [(1, 1), (1, 8), (2, 1), (2, 8), (3, 1), (3, 8)]
     assert all((c.input_h, c.input_w, c.padding, c.stride, c.dtype) == (10, 6, 0, 2, "float16") for c in configs)
 
 
 def test_depthwise_defaults_and_linear(tmp_path):
-    configs = _space(tmp_path, """
+    configs = _space(
+        tmp_path,
+        """
 layers:
   - op: depthwise_conv2d
     in_channels: [16, 32]
@@ -73,18 +90,23 @@ layers:
     in_channels: 64
     out_channels: [10, 100]
     batch: 4
-""")
+""",
+    )
     depthwise = [c for c in configs if c.op == "depthwise_conv2d" and c.input_h == 28]
     assert len(depthwise) == 4
     assert all(c.groups == c.in_channels == c.out_channels and c.padding == 1 for c in depthwise)
     multiplied = [c for c in configs if c.input_h == 7]
     assert [(c.out_channels, c.groups, c.padding) for c in multiplied] == [(8, 8, 2), (16, 8, 2)]
-    assert [c for c in configs if c.op == "linear"] == [LayerConfig("linear", 64, 10, batch=4),
-                                                        LayerConfig("linear", 64, 100, batch=4)]
+    assert [c for c in configs if c.op == "linear"] == [
+        LayerConfig("linear", 64, 10, batch=4),
+        LayerConfig("linear", 64, 100, batch=4),
+    ]
 
 
 def test_invalid_combinations_are_skipped_and_duplicates_removed(tmp_path):
-    configs = _space(tmp_path, """
+    configs = _space(
+        tmp_path,
+        """
 layers:
   - op: conv2d
     in_channels: [4, 6]
@@ -100,52 +122,96 @@ layers:
     kernel: 3
     stride: 1
     groups: 1
-""")
+""",
+    )
     assert [(c.in_channels, c.groups) for c in configs] == [(4, 1), (4, 4), (6, 1)]
 
 
-@pytest.mark.parametrize("text, where", [
-    ("nothing: here\n", "`layers:`"),
-    ("layers: []\n", "layers: expected a non-empty list"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\nextra: 1\n", "extra: unknown field"),
-    ("layers: [: bad\n", "not valid YAML"),
-    ("layers:\n  - 3\n", "layers[0]: expected a mapping"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\n  - {op: pool, in_channels: 4}\n",
-     "layers[1].op: expected one of"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2, colour: red}\n", "layers[0].colour: unknown field"),
-    ("layers:\n  - {op: linear, in_channels: x, out_channels: 2}\n", "layers[0].in_channels: expected an integer"),
-    ("layers:\n  - {op: linear, in_channels: 4.0, out_channels: 2}\n", "layers[0].in_channels: expected an integer"),
-    ("layers:\n  - {op: linear, in_channels: [4, true], out_channels: 2}\n", "layers[0].in_channels: expected an integer"),
-    ("layers:\n  - {op: linear, in_channels: 0, out_channels: 2}\n", "layers[0].in_channels: 0 is below the minimum"),
-    ("layers:\n  - {op: linear, in_channels: [], out_channels: 2}\n", "layers[0].in_channels: empty list"),
-    ("layers:\n  - {op: linear, in_channels: {start: 4}, out_channels: 2}\n", "layers[0].in_channels: a range is"),
-    ("layers:\n  - {op: linear, in_channels: {start: 4, stop: 4}, out_channels: 2}\n",
-     "layers[0].in_channels: range {'start': 4, 'stop': 4} is empty"),
-    ("layers:\n  - {op: linear, in_channels: {start: 1, stop: 4, step: 0}, out_channels: 2}\n",
-     "layers[0].in_channels: range start and stop must be integers and step a positive integer"),
-    ("layers:\n  - {op: linear, in_channels: 4}\n", "layers[0].out_channels: missing"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2, kernel: 1}\n",
-     "layers[0].kernel: not a field of a linear layer"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2, dtype: int8}\n", "layers[0].dtype: expected one of"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, kernel: 3}\n",
-     "layers[0].input_h: missing (or give input_hw)"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8}\n", "layers[0].kernel: missing"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, input_h: 8, kernel: 3}\n",
-     "layers[0].input_h: give either input_hw or input_h and input_w"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, kernel: 3, padding: -1}\n",
-     "layers[0].padding: -1 is below the minimum of 0"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\n"
-     "  - {op: conv2d, in_channels: 6, out_channels: 6, input_hw: 8, kernel: 3, groups: [4, 5]}\n",
-     "layers[1]: no valid layer in this entry, e.g. groups: 4 must divide"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 2, kernel: 5, padding: 0}\n",
-     "layers[0]: no valid layer in this entry, e.g. kernel: 5"),
-    ("layers:\n  - {op: linear, in_channels: 4, out_channels: [2, 3000000000]}\n",
-     "layers[0].out_channels: 3000000000 is above the largest supported value, 2147483647"),
-    ("layers:\n  - {op: linear, in_channels: {start: 2147483640, stop: 2147483650}, out_channels: 2}\n",
-     "layers[0].in_channels: range {'start': 2147483640, 'stop': 2147483650} reaches 2147483649, above the largest"),
-    ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, kernel: 3, padding: 4294967296}\n",
-     "layers[0].padding: 4294967296 is above the largest supported value"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("nothing: here\n", "`layers:`"),
+        ("layers: []\n", "layers: expected a non-empty list"),
+        ("layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\nextra: 1\n", "extra: unknown field"),
+        ("layers: [: bad\n", "not valid YAML"),
+        ("layers:\n  - 3\n", "layers[0]: expected a mapping"),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\n  - {op: pool, in_channels: 4}\n",
+            "layers[1].op: expected one of",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: 2, colour: red}\n",
+            "layers[0].colour: unknown field",
+        ),
+        ("layers:\n  - {op: linear, in_channels: x, out_channels: 2}\n", "layers[0].in_channels: expected an integer"),
+        (
+            "layers:\n  - {op: linear, in_channels: 4.0, out_channels: 2}\n",
+            "layers[0].in_channels: expected an integer",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: [4, true], out_channels: 2}\n",
+            "layers[0].in_channels: expected an integer",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: 0, out_channels: 2}\n",
+            "layers[0].in_channels: 0 is below the minimum",
+        ),
+        ("layers:\n  - {op: linear, in_channels: [], out_channels: 2}\n", "layers[0].in_channels: empty list"),
+        ("layers:\n  - {op: linear, in_channels: {start: 4}, out_channels: 2}\n", "layers[0].in_channels: a range is"),
+        (
+            "layers:\n  - {op: linear, in_channels: {start: 4, stop: 4}, out_channels: 2}\n",
+            "layers[0].in_channels: range {'start': 4, 'stop': 4} is empty",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: {start: 1, stop: 4, step: 0}, out_channels: 2}\n",
+            "layers[0].in_channels: range start and stop must be integers and step a positive integer",
+        ),
+        ("layers:\n  - {op: linear, in_channels: 4}\n", "layers[0].out_channels: missing"),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: 2, kernel: 1}\n",
+            "layers[0].kernel: not a field of a linear layer",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: 2, dtype: int8}\n",
+            "layers[0].dtype: expected one of",
+        ),
+        (
+            "layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, kernel: 3}\n",
+            "layers[0].input_h: missing (or give input_hw)",
+        ),
+        ("layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8}\n", "layers[0].kernel: missing"),
+        (
+            "layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, input_h: 8, kernel: 3}\n",
+            "layers[0].input_h: give either input_hw or input_h and input_w",
+        ),
+        (
+            "layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, kernel: 3, padding: -1}\n",
+            "layers[0].padding: -1 is below the minimum of 0",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: 2}\n"
+            "  - {op: conv2d, in_channels: 6, out_channels: 6, input_hw: 8, kernel: 3, groups: [4, 5]}\n",
+            "layers[1]: no valid layer in this entry, e.g. groups: 4 must divide",
+        ),
+        (
+            "layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 2, kernel: 5, padding: 0}\n",
+            "layers[0]: no valid layer in this entry, e.g. kernel: 5",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: 4, out_channels: [2, 3000000000]}\n",
+            "layers[0].out_channels: 3000000000 is above the largest supported value, 2147483647",
+        ),
+        (
+            "layers:\n  - {op: linear, in_channels: {start: 2147483640, stop: 2147483650}, out_channels: 2}\n",
+            "layers[0].in_channels: range {'start': 2147483640, 'stop': 2147483650} reaches 2147483649, "
+            "above the largest",
+        ),
+        (
+            "layers:\n  - {op: conv2d, in_channels: 4, out_channels: 2, input_hw: 8, kernel: 3, padding: 4294967296}\n",
+            "layers[0].padding: 4294967296 is above the largest supported value",
+        ),
+    ],
+)
 def test_malformed_spaces_name_file_entry_and_field(tmp_path, text, where):
     path = tmp_path / "bad-space.yaml"
     path.write_text(text)
@@ -171,18 +237,22 @@ def test_a_space_file_not_in_utf8(tmp_path):
 
 def test_a_space_of_millions_is_counted_and_refused_before_it_is_made(tmp_path):
     path = tmp_path / "huge.yaml"
-    path.write_text("layers:\n"
-                    "  - {op: linear, in_channels: [8, 16], out_channels: 4}\n"
-                    "  - {op: conv2d, in_channels: {start: 1, stop: 2001}, out_channels: {start: 1, stop: 3001}, "
-                    "input_hw: 8, kernel: 3}\n"
-                    "  - {op: linear, in_channels: {start: 1, stop: 2147483647, step: 1000}, out_channels: 2}\n")
+    path.write_text(
+        "layers:\n"
+        "  - {op: linear, in_channels: [8, 16], out_channels: 4}\n"
+        "  - {op: conv2d, in_channels: {start: 1, stop: 2001}, out_channels: {start: 1, stop: 3001}, "
+        "input_hw: 8, kernel: 3}\n"
+        "  - {op: linear, in_channels: {start: 1, stop: 2147483647, step: 1000}, out_channels: 2}\n"
+    )
     count = 2 + 2000 * 3000 + 2147484
     assert space_size(path) == count
     with pytest.raises(SpaceTooLarge) as refused:
         load_space(path)
     assert (refused.value.count, refused.value.limit) == (count, MAX_CONFIGS)
-    assert str(refused.value).startswith(f"{path}: the space multiplies out to {count:,} configs, above the limit of "
-                                         f"{MAX_CONFIGS:,} (layers[1] alone: 2,000 in_channels x 3,000 out_channels)")
+    assert str(refused.value).startswith(
+        f"{path}: the space multiplies out to {count:,} configs, above the limit of "
+        f"{MAX_CONFIGS:,} (layers[1] alone: 2,000 in_channels x 3,000 out_channels)"
+    )
     small = tmp_path / "small.yaml"
     small.write_text("layers:\n  - {op: linear, in_channels: [8, 16], out_channels: [2, 4]}\n")
     assert len(load_space(small, limit=4)) == 4
@@ -246,8 +316,9 @@ def test_trace_resnet20_details(traces):
 def test_trace_mobilenetv2_spatial_sizes(traces):
     _, _, traced = traces["mobilenetv2"]
     by_name = {t.name: t.config for t in traced}
-    assert by_name["features.1.conv.0.0"] == LayerConfig("depthwise_conv2d", 32, 32, 112, 112, kernel=3,
-                                                         padding=1, groups=32)
+    assert by_name["features.1.conv.0.0"] == LayerConfig(
+        "depthwise_conv2d", 32, 32, 112, 112, kernel=3, padding=1, groups=32
+    )
     assert by_name["features.18.0"] == LayerConfig("conv2d", 320, 1280, 7, 7)
 
 
@@ -260,21 +331,27 @@ def test_trace_views_of_input_linear_batch_and_multiple_outputs():
             self.aux = nn.Linear(8, 2)
 
         def forward(self, x):
-            h = self.embed(x.flatten(2))        # (2, 5, 12) -> batch 10
+            h = self.embed(x.flatten(2))  # (2, 5, 12) -> batch 10
             return self.head(h), self.aux(h).relu()
 
     traced = trace_layers(Net(), (2, 5, 3, 4))
     assert [(t.name, t.config.batch, t.prunable_in, t.prunable_out) for t in traced] == [
-        ("embed", 10, False, True), ("head", 10, True, False), ("aux", 10, True, True)]
+        ("embed", 10, False, True),
+        ("head", 10, True, False),
+        ("aux", 10, True, True),
+    ]
 
 
-@pytest.mark.parametrize("conv, problem", [
-    (nn.Conv2d(3, 4, (3, 1)), "kernel 3x1 is not square"),
-    (nn.Conv2d(3, 4, 3, stride=(1, 2)), "stride 1x2 is not square"),
-    (nn.Conv2d(3, 4, 3, padding=(1, 0)), "padding (1, 0) is not square"),
-    (nn.Conv2d(3, 4, 3, dilation=2), "dilation (2, 2) is not 1"),
-    (nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "padding_mode 'reflect'"),
-])
+@pytest.mark.parametrize(
+    "conv, problem",
+    [
+        (nn.Conv2d(3, 4, (3, 1)), "kernel 3x1 is not square"),
+        (nn.Conv2d(3, 4, 3, stride=(1, 2)), "stride 1x2 is not square"),
+        (nn.Conv2d(3, 4, 3, padding=(1, 0)), "padding (1, 0) is not square"),
+        (nn.Conv2d(3, 4, 3, dilation=2), "dilation (2, 2) is not 1"),
+        (nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "padding_mode 'reflect'"),
+    ],
+)
 def test_unsupported_convs_name_the_module(conv, problem):
     model = nn.Sequential(nn.Identity(), conv)
     with pytest.raises(SpaceError, match="^1: unsupported Conv2d: ") as info:
@@ -294,13 +371,16 @@ def test_model_that_fails_to_run():
 
 # --- model spaces ------------------------------------------------------------------------------
 
+
 def _matches_dense(config: LayerConfig, dense: list[LayerConfig]) -> bool:
     """A dense config with the same fixed fields and at least as many channels."""
     fixed = {"in_channels", "out_channels", "groups"}
     return any(
         all(getattr(config, f.name) == getattr(d, f.name) for f in dataclasses.fields(d) if f.name not in fixed)
-        and config.in_channels <= d.in_channels and config.out_channels <= d.out_channels
-        for d in dense)
+        and config.in_channels <= d.in_channels
+        and config.out_channels <= d.out_channels
+        for d in dense
+    )
 
 
 def test_resnet20_space(traces):
@@ -357,8 +437,8 @@ def test_small_space_is_returned_whole_without_duplicates():
 def test_depthwise_and_grouped_candidates():
     model = nn.Sequential(
         nn.Conv2d(2, 4, 1),
-        nn.Conv2d(4, 8, 3, padding=1, groups=4),    # depthwise with multiplier 2
-        nn.Conv2d(8, 6, 1, groups=2),                # grouped: counts stay multiples of 2
+        nn.Conv2d(4, 8, 3, padding=1, groups=4),  # depthwise with multiplier 2
+        nn.Conv2d(8, 6, 1, groups=2),  # grouped: counts stay multiples of 2
         nn.Conv2d(6, 2, 1),
     ).eval()
     configs = model_space(model, (1, 2, 6, 6), 10_000)

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from boards import PYTHON, gone, keygen, write_registry
 from tvm import rpc
 from typer.testing import CliRunner
 
@@ -18,8 +19,6 @@ from hwloop.runner import Runner
 from hwloop.transports import DeviceBusy, Transport, open_transport
 from hwloop.transports.ssh import MARKER, BoardError
 from hwloop.transports.sshlink import Connection, HostKeyError, device_endpoint
-
-from boards import PYTHON, gone, keygen, write_registry
 
 CONV = LayerConfig("conv2d", 4, 4, 8, 8, kernel=3, padding=1)
 cli = CliRunner()
@@ -57,8 +56,9 @@ def test_unknown_key_is_refused_until_trusted_on_request(boards, user_key, tmp_p
 def test_changed_key_is_refused(boards, user_key, tmp_path):
     board, other = boards(), boards()
     known = tmp_path / "known_hosts"
-    known.write_text(other.known_hosts_line().replace(f"[{other.address}]:{other.port}",
-                                                      f"[{board.address}]:{board.port}"))
+    known.write_text(
+        other.known_hosts_line().replace(f"[{other.address}]:{other.port}", f"[{board.address}]:{board.port}")
+    )
     directory, reg = registry(tmp_path, {"b1": board.device("b1", user_key, known)})
     with pytest.raises(HostKeyError, match="CHANGED"):
         open_transport(reg.get("b1"))
@@ -103,13 +103,16 @@ def test_board_python_without_tvm_gets_a_clear_message(boards, user_key, tmp_pat
     known = tmp_path / "known_hosts"
     known.write_text(board.known_hosts_line())
     bare = tmp_path / "bare-python"
-    bare.write_text("#!/bin/sh\nexec /usr/bin/python3 -I -S \"$@\"\n")
+    bare.write_text('#!/bin/sh\nexec /usr/bin/python3 -I -S "$@"\n')
     bare.chmod(0o755)
     _, reg = registry(tmp_path, {"b1": board.device("b1", user_key, known, python=str(bare))})
-    with pytest.raises(BoardError, match=r"cannot import (numpy, )?tvm(, cloudpickle)?; install on the board: .*pip install apache-tvm"):
+    with pytest.raises(
+        BoardError, match=r"cannot import (numpy, )?tvm(, cloudpickle)?; install on the board: .*pip install apache-tvm"
+    ):
         smoke_check(reg.get("b1"), cache_dir)
-    result = cli.invoke(app, ["devices", "check", "b1", "--registry", str(tmp_path / "registry"),
-                              "--cache", str(cache_dir)])
+    result = cli.invoke(
+        app, ["devices", "check", "b1", "--registry", str(tmp_path / "registry"), "--cache", str(cache_dir)]
+    )
     assert result.exit_code != 0 and "cannot import" in result.output
 
 
@@ -129,7 +132,7 @@ def test_shell_metacharacters_run_nothing_on_the_board(boards, user_key, tmp_pat
     known = tmp_path / "known_hosts"
     known.write_text(board.known_hosts_line())
     pwned = tmp_path / "pwned"
-    evil = f"x'; touch {pwned}; echo \"$(touch {pwned})\" `touch {pwned}` && touch {pwned} #"
+    evil = f'x\'; touch {pwned}; echo "$(touch {pwned})" `touch {pwned}` && touch {pwned} #'
     fields = board.device("b1", user_key, known)
     if field == "python":
         fields["python"] = evil
@@ -154,7 +157,8 @@ def test_ssh_config_alias_through_a_proxyjump(boards, user_key, tmp_path):
         f"Host gateway\n  HostName {jump.address}\n  Port {jump.port}\n  User {user}\n  IdentityFile {user_key}\n"
         f"  UserKnownHostsFile {known}\n\n"
         f"Host lab-board\n  HostName {board.address}\n  Port {board.port}\n  IdentityFile {user_key}\n"
-        f"  ProxyJump gateway\n  UserKnownHostsFile {known}\n")
+        f"  ProxyJump gateway\n  UserKnownHostsFile {known}\n"
+    )
     fields = board.device("b1", user_key, known)
     for name in ("port", "key", "known_hosts"):
         fields.pop(name)
@@ -195,8 +199,9 @@ def test_one_session_per_board_until_the_first_ends_or_dies(boards, user_key, tm
     known = tmp_path / "known_hosts"
     known.write_text(board.known_hosts_line())
     directory, reg = registry(tmp_path, {"b1": board.device("b1", user_key, known)})
-    first = subprocess.Popen([PYTHON, "-c", HOLD, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        [PYTHON, "-c", HOLD, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         workdir = first.stdout.readline().strip()
         assert os.path.isfile(f"{workdir}/agent.py")
@@ -225,14 +230,20 @@ def test_known_hosts_with_markers_broken_lines_and_several_key_types(boards, use
     known = tmp_path / "known_hosts"
     directory, reg = registry(tmp_path, {"b1": board.device("b1", user_key, known)})
     ep, link = device_endpoint(reg.get("b1")), reg.get("b1").link
-    known.write_bytes(f"# boards\n@cert-authority *.lab {ecdsa}\nnot a key line\n{name} ssh-ed25519 AAAA%%\n"
-                      f"{name} {ecdsa}\n{board.known_hosts_line()}".encode() + b"\xff\xfe\n")
+    known.write_bytes(
+        f"# boards\n@cert-authority *.lab {ecdsa}\nnot a key line\n{name} ssh-ed25519 AAAA%%\n"
+        f"{name} {ecdsa}\n{board.known_hosts_line()}".encode()
+        + b"\xff\xfe\n"
+    )
     Connection(ep, link).close()  # the board's own Ed25519 line counts; the ECDSA line before it does not conflict
     assert "already trusted" in trust(directory, "b1").stdout
 
     known.write_text(f"{name} {ecdsa}\n{name} ssh-ed25519 AAAA%%\n")
-    with pytest.raises(HostKeyError, match=r"unknown host key ssh-ed25519 .*files only ecdsa-sha2-nistp256 .*\(line 1\)"
-                                           r".*skipped .*line 2 \(ssh-ed25519 key unreadable") as refused:
+    with pytest.raises(
+        HostKeyError,
+        match=r"unknown host key ssh-ed25519 .*files only ecdsa-sha2-nistp256 .*\(line 1\)"
+        r".*skipped .*line 2 \(ssh-ed25519 key unreadable",
+    ) as refused:
         Connection(ep, link)
     assert "CHANGED" not in str(refused.value)
 

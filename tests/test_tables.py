@@ -13,9 +13,18 @@ from hwloop import tables
 
 
 def _row(config_id: str, latency: float | None = 1.0, status: str = "ok", schedule: str = "untuned") -> dict:
-    return {"measurement_id": tables.new_measurement_id(), "config_id": config_id, "device": "dev",
-            "op": "conv2d", "in_channels": 8, "status": status, "latency_ms": latency, "latencies_ms": [latency or 0.0],
-            "schedule": schedule, "measured_at": pd.Timestamp.now(tz="UTC")}
+    return {
+        "measurement_id": tables.new_measurement_id(),
+        "config_id": config_id,
+        "device": "dev",
+        "op": "conv2d",
+        "in_channels": 8,
+        "status": status,
+        "latency_ms": latency,
+        "latencies_ms": [latency or 0.0],
+        "schedule": schedule,
+        "measured_at": pd.Timestamp.now(tz="UTC"),
+    }
 
 
 def test_append_is_readable_by_pandas_directly(tmp_path):
@@ -65,8 +74,9 @@ sys.stdin.read()
 
 
 def test_a_killed_run_loses_nothing_written_and_its_journal_is_sealed_once(tmp_path):
-    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path)], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     journal = run.stdout.readline().strip()
     run.kill()
     run.wait()
@@ -109,8 +119,10 @@ def test_compaction_killed_before_removing_sources_leaves_no_duplicate(tmp_path)
     for name in "ab":
         tables.append(tmp_path, "dev", [_row(name)])
     merged = tables.read(tmp_path, "dev")
-    pq.write_table(pa.Table.from_pandas(merged, schema=tables.SCHEMA, preserve_index=False),
-                   tmp_path / "dev" / "part-99999999T000000000000-compact.parquet")
+    pq.write_table(
+        pa.Table.from_pandas(merged, schema=tables.SCHEMA, preserve_index=False),
+        tmp_path / "dev" / "part-99999999T000000000000-compact.parquet",
+    )
     assert len(tables.read(tmp_path, "dev")) == 2
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from boards import write_registry
 
 from hwloop import tables
 from hwloop.fleet import collect_fleet
@@ -19,12 +20,12 @@ from hwloop.schedules import parse_policy
 from hwloop.transports import TransportError, open_transport
 from hwloop.transports.tracker import pool_size
 
-from boards import write_registry
-
 SPACE = [LayerConfig("conv2d", 4, c, 8, 8, kernel=3, padding=1) for c in range(2, 8)]
 # TVM's RPC server, without the torch that tvm_ffi imports eagerly (seconds saved)
-RPC_SERVER = "import runpy, sys; sys.modules['torch'] = None; runpy.run_module('tvm.exec.rpc_server', " \
-             "run_name='__main__', alter_sys=True)"
+RPC_SERVER = (
+    "import runpy, sys; sys.modules['torch'] = None; runpy.run_module('tvm.exec.rpc_server', "
+    "run_name='__main__', alter_sys=True)"
+)
 
 
 def free_port() -> int:
@@ -38,16 +39,51 @@ def tracker(tmp_path):
     """A tracker with two RPC servers under the key ``pool``; every process killed by its group afterwards."""
     port = free_port()
     log = open(tmp_path / "tracker.log", "ab")
-    started = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                                 str(port), "--port-end", str(port + 1), "--silent"],
-                                stdout=log, stderr=log, start_new_session=True)]
+    started = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tvm.exec.rpc_tracker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--port-end",
+                str(port + 1),
+                "--silent",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    ]
     try:
         for _ in range(2):
             server = free_port()
-            started.append(subprocess.Popen(
-                [sys.executable, "-c", RPC_SERVER, "--host", "127.0.0.1", "--port", str(server),
-                 "--port-end", str(server + 1), "--tracker", f"127.0.0.1:{port}", "--key", "pool", "--silent"],
-                stdout=log, stderr=log, start_new_session=True))
+            started.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        RPC_SERVER,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(server),
+                        "--port-end",
+                        str(server + 1),
+                        "--tracker",
+                        f"127.0.0.1:{port}",
+                        "--key",
+                        "pool",
+                        "--silent",
+                    ],
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
         yield port
     finally:
         for process in started:
@@ -66,12 +102,25 @@ def wait_pool(device, size: int) -> None:
 
 
 def test_two_boards_under_one_key_share_one_sweep_and_bound_their_waits(tracker, tmp_path, cache_dir):
-    fields = {"transport": "tracker", "host": "127.0.0.1", "port": tracker, "pool": "pool",
-              "target": {"kind": "llvm", "mcpu": "host"},
-              "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "trials": 2, "max_trials": 3}}
-    registry = load_registry(write_registry(tmp_path / "registry", {
-        "pool": fields, "empty": {**fields, "pool": "none"},
-        "impatient": {**fields, "link": {"start_timeout": 1}}, "brief": {**fields, "link": {"session_timeout": 2}}}))
+    fields = {
+        "transport": "tracker",
+        "host": "127.0.0.1",
+        "port": tracker,
+        "pool": "pool",
+        "target": {"kind": "llvm", "mcpu": "host"},
+        "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "trials": 2, "max_trials": 3},
+    }
+    registry = load_registry(
+        write_registry(
+            tmp_path / "registry",
+            {
+                "pool": fields,
+                "empty": {**fields, "pool": "none"},
+                "impatient": {**fields, "link": {"start_timeout": 1}},
+                "brief": {**fields, "link": {"session_timeout": 2}},
+            },
+        )
+    )
     device = registry.get("pool")
     wait_pool(device, 2)
     with pytest.raises(TransportError, match="no RPC server under key 'none'.*--key none"):
@@ -83,8 +132,11 @@ def test_two_boards_under_one_key_share_one_sweep_and_bound_their_waits(tracker,
     counts = table[table.status == "ok"].config_id.value_counts()
     assert sorted(counts.index) == sorted(c.id for c in SPACE) and set(counts) == {1}
 
-    with open_transport(device) as first, open_transport(device) as second, \
-            open_transport(registry.get("impatient")) as third:
+    with (
+        open_transport(device) as first,
+        open_transport(device) as second,
+        open_transport(registry.get("impatient")) as third,
+    ):
         held = [first.connect(), second.connect()]  # every board of the pool
         with pytest.raises(TransportError, match="no board of pool 'pool' became free within 1 s"):
             third.connect()

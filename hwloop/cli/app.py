@@ -9,22 +9,34 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
-                  help="Hardware-in-the-loop, latency-aware channel pruning: measure layers on your boards, "
-                       "learn their latency, prune for it.")
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+    help="Hardware-in-the-loop, latency-aware channel pruning: measure layers on your boards, "
+    "learn their latency, prune for it.",
+)
 
 out = Console()
 err = Console(stderr=True)
 
-RegistryOpt = Annotated[Optional[Path], typer.Option(
-    "--registry", help="Folder of device YAML files (default: $HWLOOP_REGISTRY, else ./devices).",
-    show_default=False)]
+RegistryOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--registry",
+        help="Folder of device YAML files (default: $HWLOOP_REGISTRY, else ./devices).",
+        show_default=False,
+    ),
+]
 TablesOpt = Annotated[Path, typer.Option("--tables", help="Folder of measurement tables, one sub-folder per device.")]
-CacheOpt = Annotated[Optional[Path], typer.Option(
-    "--cache", help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).", show_default=False)]
+CacheOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache", help="Build cache (default: $HWLOOP_CACHE, else ~/.cache/hwloop).", show_default=False),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-PredictorsOpt = Annotated[Path, typer.Option(
-    "--predictors", help="Folder of trained predictors (`hwloop fit`), one sub-folder per device.")]
+PredictorsOpt = Annotated[
+    Path, typer.Option("--predictors", help="Folder of trained predictors (`hwloop fit`), one sub-folder per device.")
+]
 
 
 def reflow_help(typer_app: typer.Typer) -> None:
@@ -51,7 +63,8 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def load_registry(directory: Path | None):
-    from ..registry import RegistryError, load_registry as load
+    from ..registry import RegistryError
+    from ..registry import load_registry as load
 
     try:
         return load(directory)
@@ -71,10 +84,26 @@ def get_device(name: str, directory: Path | None):
 
 def progress_bar(*columns, disable: bool = False):
     """A rich progress bar on stderr: description, bar, count, ``columns``, elapsed time and ETA."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=disable)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *columns,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=disable,
+    )
 
 
 def read_table(tables: Path, device: str, columns: list[str] | None = None, where: dict | None = None):

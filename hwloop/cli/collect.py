@@ -57,36 +57,69 @@ def _configs(model: str | None, space: Path | None, input_shape: str | None, sam
 
 @app.command()
 def collect(
-    device: Annotated[list[str], typer.Option(
-        "--device", "-d", help="Registered device or group name (see `hwloop devices list`); repeat it to measure "
-                               "on several boards at once.")],
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2), path/to/file.py:callable, "
-                              "or the output folder of `hwloop prune`; its conv/linear layers give the space of "
-                              "channel counts a pruner could choose (a pruned model's: its layers and narrower).")] = None,
-    space: Annotated[Optional[Path], typer.Option("--space", "-s", help="YAML space file with a `layers:` list.")] = None,
-    input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32 (required for a file).")] = None,
-    samples: Annotated[int, typer.Option(help="Configs to sample from a model's space (each layer's dense config always).")] = 200,
+    device: Annotated[
+        list[str],
+        typer.Option(
+            "--device",
+            "-d",
+            help="Registered device or group name (see `hwloop devices list`); repeat it to measure "
+            "on several boards at once.",
+        ),
+    ],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Built-in model (resnet20, resnet56, resnet18, mobilenetv2), path/to/file.py:callable, "
+            "or the output folder of `hwloop prune`; its conv/linear layers give the space of "
+            "channel counts a pruner could choose (a pruned model's: its layers and narrower).",
+        ),
+    ] = None,
+    space: Annotated[
+        Optional[Path], typer.Option("--space", "-s", help="YAML space file with a `layers:` list.")
+    ] = None,
+    input_shape: Annotated[
+        Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32 (required for a file).")
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="Configs to sample from a model's space (each layer's dense config always).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
     schedule: Annotated[str, typer.Option(help=f"Schedule policy: {POLICY_HELP}.")] = "default",
     tables: TablesOpt = Path("tables"),
     registry: RegistryOpt = None,
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option(help="Measure again configs already in the table.")] = False,
-    adaptive: Annotated[bool, typer.Option(
-        help="Spend --budget measurements where a predictor fitted on what is measured so far is uncertain or "
-             "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
-             "budget) is the pool.")] = False,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            help="Spend --budget measurements where a predictor fitted on what is measured so far is uncertain or "
+            "wrong: a first design, then rounds of fit-and-choose; the space (a model's sampled at 10x the "
+            "budget) is the pool."
+        ),
+    ] = False,
     budget: Annotated[Optional[int], typer.Option(min=1, help="Measurements --adaptive may spend.")] = None,
-    sources: Annotated[Optional[list[str]], typer.Option(
-        "--from", help="With --adaptive on a new device: a device already measured whose saved predictor (under "
-                       "--predictors) says where few measurements teach the most (both ends of each layer's range, "
-                       "steps of the new device's vector width, where sources disagree); `hwloop fit --from` then "
-                       "fits the few-shot predictor. Repeatable.", show_default=False)] = None,
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--from",
+            help="With --adaptive on a new device: a device already measured whose saved predictor (under "
+            "--predictors) says where few measurements teach the most (both ends of each layer's range, "
+            "steps of the new device's vector width, where sources disagree); `hwloop fit --from` then "
+            "fits the few-shot predictor. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     predictors: PredictorsOpt = Path("predictors"),
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print what the space holds and what would be measured on each device, then stop: "
-                          "nothing is built, no device is reached.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what the space holds and what would be measured on each device, then stop: "
+            "nothing is built, no device is reached.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build, check and time a space of layer configurations on a device; every result is kept.
@@ -149,29 +182,54 @@ def collect(
             state["failed"] += row["status"] != "ok"
             progress.advance(task)
             elapsed = progress.tasks[task].elapsed or 1e-9
-            progress.update(task, failed=state["failed"],
-                            rate=f"{progress.tasks[task].completed * 60 / elapsed:.1f}")
+            progress.update(task, failed=state["failed"], rate=f"{progress.tasks[task].completed * 60 / elapsed:.1f}")
 
         try:
             if adaptive:
                 from ..predictor.sampling import adaptive_collect
 
                 on_start(budget)
-                summary = adaptive_collect(dev, configs, policy, tables, cache or default_cache_dir(), budget, seed=seed,
-                                           force=force, on_row=on_row, on_wait=say_waiting, sources=known)
+                summary = adaptive_collect(
+                    dev,
+                    configs,
+                    policy,
+                    tables,
+                    cache or default_cache_dir(),
+                    budget,
+                    seed=seed,
+                    force=force,
+                    on_row=on_row,
+                    on_wait=say_waiting,
+                    sources=known,
+                )
             else:
-                summary = run_collect(dev, configs, policy, tables, cache or default_cache_dir(), force, on_start, on_row,
-                                      on_wait=say_waiting)
+                summary = run_collect(
+                    dev,
+                    configs,
+                    policy,
+                    tables,
+                    cache or default_cache_dir(),
+                    force,
+                    on_start,
+                    on_row,
+                    on_wait=say_waiting,
+                )
         except (TransportError, tables_mod.TableError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            err.print(f"interrupted: every measurement written so far is kept in {tables_mod.device_dir(tables, dev.name)}; "
-                      "run the same command again to measure the rest")
+            err.print(
+                f"interrupted: every measurement written so far is kept in {tables_mod.device_dir(tables, dev.name)}; "
+                "run the same command again to measure the rest"
+            )
             raise typer.Exit(130) from None
     _print_summary(summary, tables, as_json)
     if summary.error:
-        err.print(f"[red]{escape(dev.name)} given up:[/] {escape(summary.error)}; run the same command again to "
-                  "measure the rest", highlight=False, emoji=False)
+        err.print(
+            f"[red]{escape(dev.name)} given up:[/] {escape(summary.error)}; run the same command again to "
+            "measure the rest",
+            highlight=False,
+            emoji=False,
+        )
     if summary.failed or summary.error:
         raise typer.Exit(1)
 
@@ -200,16 +258,27 @@ def _print_plan(devices, configs, policy, tables: Path, force: bool, as_json: bo
     for device in devices:
         read_table(tables, device.name, ["config_id"])
         todo = pending(configs, Context.of(device, policy), tables, force)
-        records.append({"device": device.name, "schedule": policy.name, "configs": len(set(configs)),
-                        "passes": device.protocol.passes, "to_measure": len(todo),
-                        "ops": dict(ops), "to_measure_ops": dict(Counter(c.op for c in todo))})
+        records.append(
+            {
+                "device": device.name,
+                "schedule": policy.name,
+                "configs": len(set(configs)),
+                "passes": device.protocol.passes,
+                "to_measure": len(todo),
+                "ops": dict(ops),
+                "to_measure_ops": dict(Counter(c.op for c in todo)),
+            }
+        )
     if as_json:
         out.print_json(json.dumps(records))
         return
     for r in records:
         per_op = ", ".join(f"{op} {count}" for op, count in sorted(r["ops"].items()))
-        out.print(f"{r['device']} · {r['schedule']}: the space holds {r['configs']} configs ({per_op}); "
-                  f"{r['passes']} pass(es) → {r['to_measure']} measurements to take", highlight=False)
+        out.print(
+            f"{r['device']} · {r['schedule']}: the space holds {r['configs']} configs ({per_op}); "
+            f"{r['passes']} pass(es) → {r['to_measure']} measurements to take",
+            highlight=False,
+        )
 
 
 def say_waiting(message: str) -> None:
@@ -220,23 +289,32 @@ def say_waiting(message: str) -> None:
 def summary_record(summary, tables: Path) -> dict:
     """What a collection on one device did, as printed with --json."""
     return {
-        "device": summary.device, "schedule": summary.schedule, "planned": summary.planned,
-        "skipped": summary.skipped, "measured": summary.measured, "failed": summary.failed,
+        "device": summary.device,
+        "schedule": summary.schedule,
+        "planned": summary.planned,
+        "skipped": summary.skipped,
+        "measured": summary.measured,
+        "failed": summary.failed,
         "retaken": summary.retaken,
-        "wall_s": round(summary.wall_s, 2), "error": summary.error,
+        "wall_s": round(summary.wall_s, 2),
+        "error": summary.error,
         "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
         "table": str(tables_mod.device_dir(tables, summary.device)),
-        "failures": [{"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
-                     for r in summary.rows if r["status"] != "ok"],
+        "failures": [
+            {"config_id": r["config_id"], "stage": r["stage"], "error": r["error"]}
+            for r in summary.rows
+            if r["status"] != "ok"
+        ],
     }
 
 
 def measured_text(record: dict) -> str:
     """``planned …, already measured …, measured now …`` of a :func:`summary_record`."""
-    retaken = (f" ({record['retaken']} taken again: the device was busy the first time)"
-               if record["retaken"] else "")
-    return (f"planned {record['planned']}, already measured {record['skipped']}, measured now "
-            f"{record['measured']}{retaken}, failed {record['failed']}")
+    retaken = f" ({record['retaken']} taken again: the device was busy the first time)" if record["retaken"] else ""
+    return (
+        f"planned {record['planned']}, already measured {record['skipped']}, measured now "
+        f"{record['measured']}{retaken}, failed {record['failed']}"
+    )
 
 
 def _print_summary(summary, tables: Path, as_json: bool) -> None:
@@ -248,15 +326,25 @@ def _print_summary(summary, tables: Path, as_json: bool) -> None:
     table = Table("op", "measured", "min ms", "median ms", "max ms", title=f"{summary.device} · {summary.schedule}")
     for op in sorted({row["op"] for row in ok}):
         latencies = [row["latency_ms"] for row in ok if row["op"] == op]
-        table.add_row(op, str(len(latencies)), f"{min(latencies):.4f}", f"{statistics.median(latencies):.4f}",
-                      f"{max(latencies):.4f}")
+        table.add_row(
+            op,
+            str(len(latencies)),
+            f"{min(latencies):.4f}",
+            f"{statistics.median(latencies):.4f}",
+            f"{max(latencies):.4f}",
+        )
     if ok:
         out.print(table)
-    out.print(f"{measured_text(record)} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
-              f"→ {record['table']}")
+    out.print(
+        f"{measured_text(record)} in {record['wall_s']:.1f} s ({record['configs_per_min']} configs/min) "
+        f"→ {record['table']}"
+    )
     for failure in record["failures"][:10]:
-        out.print(f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
-                  highlight=False, emoji=False)
+        out.print(
+            f"[red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+            highlight=False,
+            emoji=False,
+        )
 
 
 BAR_PER_BOARD = 8  # more boards than this share one progress bar
@@ -277,8 +365,9 @@ def _collect_on_boards(devices, configs, policy, tables: Path, cache: Path, forc
             one = progress.add_task(f"{len(devices)} boards · {policy.name}", total=0, failed=0, status="")
             tasks = dict.fromkeys((d.name for d in devices), one)
         else:
-            tasks = {d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="")
-                     for d in devices}
+            tasks = {
+                d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="") for d in devices
+            }
 
         def on_start(name: str, total: int) -> None:
             task = tasks[name]
@@ -297,29 +386,41 @@ def _collect_on_boards(devices, configs, policy, tables: Path, cache: Path, forc
             progress.update(tasks[name], status=f"[red]{len(lost)} given up" if shared else "[red]given up")
 
         try:
-            runs = collect_fleet(devices, configs, policy, tables, cache, force, on_start, on_row, on_lost,
-                                 on_wait=say_waiting)
+            runs = collect_fleet(
+                devices, configs, policy, tables, cache, force, on_start, on_row, on_lost, on_wait=say_waiting
+            )
         except tables_mod.TableError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            err.print(f"interrupted: every measurement written so far is kept under {tables}; "
-                      "run the same command again to measure the rest")
+            err.print(
+                f"interrupted: every measurement written so far is kept under {tables}; "
+                "run the same command again to measure the rest"
+            )
             raise typer.Exit(130) from None
     records = [summary_record(r.summary, tables) for r in runs]
     if as_json:
         out.print_json(json.dumps(records))
     else:
         if shared:
-            out.print(f"{len(records)} boards: measured now {sum(r['measured'] for r in records)}, failed "
-                      f"{sum(r['failed'] for r in records)}, {len(lost)} given up → {tables}", highlight=False)
+            out.print(
+                f"{len(records)} boards: measured now {sum(r['measured'] for r in records)}, failed "
+                f"{sum(r['failed'] for r in records)}, {len(lost)} given up → {tables}",
+                highlight=False,
+            )
         for r in records:
             if shared and not (r["error"] or r["failed"]):
                 continue
             state = f"[red]given up: {escape(r['error'])}[/]" if r["error"] else "done"
-            out.print(f"{r['device']}: {measured_text(r)} in {r['wall_s']:.1f} s → {r['table']} · {state}",
-                      highlight=False, emoji=False)
+            out.print(
+                f"{r['device']}: {measured_text(r)} in {r['wall_s']:.1f} s → {r['table']} · {state}",
+                highlight=False,
+                emoji=False,
+            )
             for failure in r["failures"][:5]:
-                out.print(f"  [red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
-                          highlight=False, emoji=False)
+                out.print(
+                    f"  [red]failed[/] {failure['config_id']} at {failure['stage']}: {escape(failure['error'])}",
+                    highlight=False,
+                    emoji=False,
+                )
     if any(r["error"] or r["failed"] for r in records):
         raise typer.Exit(1)

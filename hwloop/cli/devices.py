@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import Annotated
 
 import typer
@@ -28,8 +27,9 @@ def list_devices(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None
     table = Table("name", "transport", "host", "target", "group", "file")
     for d in devices:
         target = " ".join(str(d.target[k]) for k in ("kind", "mtriple", "mcpu") if k in d.target)
-        table.add_row(d.name, d.transport, d.host or "", target, d.group or "",
-                      Path(d.source).name if d.source else "built-in")
+        table.add_row(
+            d.name, d.transport, d.host or "", target, d.group or "", Path(d.source).name if d.source else "built-in"
+        )
     out.print(table)
 
 
@@ -45,9 +45,7 @@ def show(name: str, registry: RegistryOpt = None) -> None:
 
 
 @devices_app.command("check")
-def check(name: str, registry: RegistryOpt = None,
-                  cache: CacheOpt = None,
-                  as_json: JsonOpt = False) -> None:
+def check(name: str, registry: RegistryOpt = None, cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
     """Build a small conv for the device, run it there, check it against torch and time it."""
     from ..check import smoke_check
     from ..transports import TransportError
@@ -64,18 +62,24 @@ def check(name: str, registry: RegistryOpt = None,
         fp = report["fingerprint"]
         gpu = device.target["kind"] != "llvm" and fp.get("gpu_name")
         where = f"{fp['gpu_name']} (driver {fp.get('gpu_driver') or 'unknown'}), host " if gpu else ""
-        out.print(f"[green]ok[/] {name}: {report['config']} ran correctly in {report['latency_ms']:.4f} ms "
-                  f"(cv {report['latency_cv']:.3f}) on {where}{fp['cpu_model']} ({fp['arch']}, {fp['cores']} cores)")
+        out.print(
+            f"[green]ok[/] {name}: {report['config']} ran correctly in {report['latency_ms']:.4f} ms "
+            f"(cv {report['latency_cv']:.3f}) on {where}{fp['cpu_model']} ({fp['arch']}, {fp['cores']} cores)"
+        )
     else:
-        out.print(f"[red]failed[/] {name} at {report['stage']}: {escape(report['error'])}", highlight=False,
-                  emoji=False)
+        out.print(
+            f"[red]failed[/] {name} at {report['stage']}: {escape(report['error'])}", highlight=False, emoji=False
+        )
     if not report["ok"]:
         raise typer.Exit(1)
 
 
 @devices_app.command("trust")
-def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Record the key without asking.")] = False,
-          registry: RegistryOpt = None) -> None:
+def trust(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Record the key without asking.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
     """Show an SSH board's host key fingerprint and record it in known_hosts when you confirm.
 
     hwloop refuses boards whose host key is unknown or changed; compare the fingerprint with the
@@ -96,20 +100,29 @@ def trust(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Reco
         fail(str(exc))
     revoked = known.revoked_line(key)
     if revoked is not None:
-        fail(f"{name}: the host key {describe(key)} of {ep.known_name} is REVOKED ({ep.known_hosts} line {revoked}); "
-             "it is not trusted again")
+        fail(
+            f"{name}: the host key {describe(key)} of {ep.known_name} is REVOKED ({ep.known_hosts} line {revoked}); "
+            "it is not trusted again"
+        )
     if known.known(key):
         out.print(f"{name}: {ep.known_name} is already trusted ({describe(key)}) in {ep.known_hosts}")
         return
     same_type = known.keys.get(key.get_name())
     if same_type is not None:
-        fail(f"{name}: the host key of {ep.known_name} CHANGED: it offers {describe(key)}, {ep.known_hosts} has "
-             f"{describe(same_type[0])} (line {same_type[1]}). If the board was reinstalled, remove the old key "
-             f"(ssh-keygen -R '{ep.known_name}' -f {ep.known_hosts}) and run this again")
+        fail(
+            f"{name}: the host key of {ep.known_name} CHANGED: it offers {describe(key)}, {ep.known_hosts} has "
+            f"{describe(same_type[0])} (line {same_type[1]}). If the board was reinstalled, remove the old key "
+            f"(ssh-keygen -R '{ep.known_name}' -f {ep.known_hosts}) and run this again"
+        )
     out.print(f"{name}: {ep.known_name} offers host key {describe(key)}", highlight=False)
     if known.keys:
-        out.print(escape(f"note: {ep.known_hosts} files {known.listed()} for it, a type the board no longer "
-                         "offers (reinstalled?)"), highlight=False)
+        out.print(
+            escape(
+                f"note: {ep.known_hosts} files {known.listed()} for it, a type the board no longer "
+                "offers (reinstalled?)"
+            ),
+            highlight=False,
+        )
     for note in known.notes():
         out.print(f"note: {escape(note)}", highlight=False)
     try:

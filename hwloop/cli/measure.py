@@ -18,17 +18,30 @@ from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_
 @app.command()
 def measure(
     device: Annotated[str, typer.Option("--device", "-d", help="Registered device name (see `hwloop devices list`).")],
-    models: Annotated[list[str], typer.Option(
-        "--model", "-m", help="Built-in model (see `hwloop models`) or path/to/file.py:callable; repeat for several.")],
-    input_shape: Annotated[Optional[str], typer.Option(help="Input shape, e.g. 1,3,32,32 (required for a file).")] = None,
+    models: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Built-in model (see `hwloop models`) or path/to/file.py:callable; repeat for several.",
+        ),
+    ],
+    input_shape: Annotated[
+        Optional[str], typer.Option(help="Input shape, e.g. 1,3,32,32 (required for a file).")
+    ] = None,
     schedule: Annotated[str, typer.Option(help=f"Schedule policy: {POLICY_HELP}.")] = "default",
     tables: TablesOpt = Path("tables"),
     registry: RegistryOpt = None,
     cache: CacheOpt = None,
-    thinned: Annotated[Optional[str], typer.Option(
-        help="Also time copies of each model with every channel group cut to these shares of its channels, "
-             "e.g. 0.75,0.5,0.25 (named MODEL@thinned:SHARE): whole models across the range pruned ones fall in, "
-             "for the calibration `hwloop fit` draws from the model table.", show_default=False)] = None,
+    thinned: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also time copies of each model with every channel group cut to these shares of its channels, "
+            "e.g. 0.75,0.5,0.25 (named MODEL@thinned:SHARE): whole models across the range pruned ones fall in, "
+            "for the calibration `hwloop fit` draws from the model table.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Measure again models already in the model table.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -60,25 +73,41 @@ def measure(
         fail(str(exc))
 
     def on_row(row: dict) -> None:
-        err.print(f"{row['model']}: {row['status']}" + (f" {row['latency_ms']:.3f} ms" if row["status"] == "ok" else ""))
+        err.print(
+            f"{row['model']}: {row['status']}" + (f" {row['latency_ms']:.3f} ms" if row["status"] == "ok" else "")
+        )
 
     try:
         with err.status(f"{dev.name} · {policy.name}: lowering, scheduling, building and timing"):
             rows = measure_models(dev, cases, policy, tables, cache or default_cache_dir(), force, on_row)
     except (TransportError, SpaceError) as exc:
         fail(str(exc))
-    records = [{"model": r["model"], "status": r["status"], "latency_ms": r["latency_ms"], "cv": r["latency_cv"],
-                "build_s": round(r["build_s"], 2), "check_error": r["check_error"], "stage": r["stage"],
-                "error": r["error"]} for r in rows]
+    records = [
+        {
+            "model": r["model"],
+            "status": r["status"],
+            "latency_ms": r["latency_ms"],
+            "cv": r["latency_cv"],
+            "build_s": round(r["build_s"], 2),
+            "check_error": r["check_error"],
+            "stage": r["stage"],
+            "error": r["error"],
+        }
+        for r in rows
+    ]
     if as_json:
         out.print_json(json.dumps(records))
     else:
         table = Table("model", "status", "latency ms", "cv", "build s", title=f"{dev.name} · {policy.name}")
         for r in records:
             ok = r["status"] == "ok"
-            table.add_row(r["model"], r["status"] if ok else f"[red]{r['status']}[/] at {r['stage']}",
-                          f"{r['latency_ms']:.3f}" if ok else escape(r["error"] or ""),
-                          f"{r['cv']:.3f}" if ok else "", f"{r['build_s']:.1f}")
+            table.add_row(
+                r["model"],
+                r["status"] if ok else f"[red]{r['status']}[/] at {r['stage']}",
+                f"{r['latency_ms']:.3f}" if ok else escape(r["error"] or ""),
+                f"{r['cv']:.3f}" if ok else "",
+                f"{r['build_s']:.1f}",
+            )
         out.print(table)
         skipped = len({case.name for case in cases} - {r["model"] for r in rows})
         if skipped:

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from .app import JsonOpt, PredictorsOpt, TablesOpt, app, err, fail, out, parse_shape, read_table
 
-DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", "-d", help="Device name (its table and predictor are keyed by it).")
+]
 
 
 def _load(device: str, predictors: Path, schedule: str | None = None):
@@ -50,8 +52,14 @@ def _scores_table(title: str, rows: dict[str, dict]) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for name, s in rows.items():
         rho = f"{s['spearman']:.3f}" if s.get("spearman") is not None else "-"
-        table.add_row(name, str(s.get("rows", "")), *(f"{100 * s[f'within_{b}']:.1f}%" for b in (5, 10, 15)),
-                      f"{s['rmse_ms']:.3g}" if "rmse_ms" in s else "-", f"{100 * s['mape']:.1f}%", rho)
+        table.add_row(
+            name,
+            str(s.get("rows", "")),
+            *(f"{100 * s[f'within_{b}']:.1f}%" for b in (5, 10, 15)),
+            f"{s['rmse_ms']:.3g}" if "rmse_ms" in s else "-",
+            f"{100 * s['mape']:.1f}%",
+            rho,
+        )
     return table
 
 
@@ -71,14 +79,25 @@ def fit(
     tables: TablesOpt = Path("tables"),
     predictors: PredictorsOpt = Path("predictors"),
     schedule: Annotated[str, typer.Option(help="Schedule policy whose rows train the predictor.")] = "default",
-    protocol: Annotated[Optional[str], typer.Option(
-        help="protocol_id to train on, when the table holds rows of several protocols.")] = None,
-    accept_noisy: Annotated[bool, typer.Option(
-        "--accept-noisy", help="Fit even on a table whose trials disagree too often (see `hwloop tables show`).")] = False,
-    sources: Annotated[Optional[list[str]], typer.Option(
-        "--from", help="A device already measured whose saved predictor (under --predictors) the new device's few "
-                       "rows correct: a few-shot predictor. Repeat it for several; the one that predicts the rows "
-                       "best is used.", show_default=False)] = None,
+    protocol: Annotated[
+        Optional[str], typer.Option(help="protocol_id to train on, when the table holds rows of several protocols.")
+    ] = None,
+    accept_noisy: Annotated[
+        bool,
+        typer.Option(
+            "--accept-noisy", help="Fit even on a table whose trials disagree too often (see `hwloop tables show`)."
+        ),
+    ] = False,
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--from",
+            help="A device already measured whose saved predictor (under --predictors) the new device's few "
+            "rows correct: a few-shot predictor. Repeat it for several; the one that predicts the rows "
+            "best is used.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
@@ -110,14 +129,17 @@ def fit(
     if device in (sources or []):
         fail(f"--from {device}: a device cannot be its own source")
     known = [_load(name, predictors, schedule) for name in dict.fromkeys(sources or [])]
-    with err.status(f"fitting {device}'s predictor on its {schedule!r} rows" + (
-            f", from {', '.join(s.device for s in known)}'s" if known else "")):
+    with err.status(
+        f"fitting {device}'s predictor on its {schedule!r} rows"
+        + (f", from {', '.join(s.device for s in known)}'s" if known else "")
+    ):
         try:
             if known:
                 from ..predictor.fewshot import fit as fit_fewshot
 
-                predictor = fit_fewshot(frame, device, known, schedule, protocol, source=str(tables / device),
-                                        models=models)
+                predictor = fit_fewshot(
+                    frame, device, known, schedule, protocol, source=str(tables / device), models=models
+                )
             else:
                 predictor = Predictor.fit(frame, device, schedule, protocol, source=str(tables / device), models=models)
         except PredictorError as exc:
@@ -126,21 +148,40 @@ def fit(
         fail(f"{tables / device}: {why}; nothing saved (--accept-noisy fits all the same)")
     directory = predictor.save(predictors)
     calibration = predictor.meta["calibration"]
-    record = {"device": device, "schedule": schedule, "protocol_id": predictor.protocol_id,
-              "rows": predictor.meta["rows"], "predictor": str(directory), "metrics": predictor.meta["metrics"],
-              "trust": predictor.meta["trust"], "calibration": calibration, "transfer": predictor.meta.get("transfer")}
+    record = {
+        "device": device,
+        "schedule": schedule,
+        "protocol_id": predictor.protocol_id,
+        "rows": predictor.meta["rows"],
+        "predictor": str(directory),
+        "metrics": predictor.meta["metrics"],
+        "trust": predictor.meta["trust"],
+        "calibration": calibration,
+        "transfer": predictor.meta.get("transfer"),
+    }
     if as_json:
         out.print_json(json.dumps(record))
         return
     if record["metrics"]:
         out.print(_scores_table(f"{device} · {schedule} · held-out rows", record["metrics"]))
     if calibration:
-        models_table = Table("model", "measured ms", "layers ms", "predicted ms", "error",
-                             title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
-                                   "ms; each predicted by a calibration without it)")
+        models_table = Table(
+            "model",
+            "measured ms",
+            "layers ms",
+            "predicted ms",
+            "error",
+            title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
+            "ms; each predicted by a calibration without it)",
+        )
         for case in calibration["cases"]:
-            models_table.add_row(case["model"], f"{case['measured_ms']:.3f}", f"{case['layers_ms']:.3f}",
-                                 f"{case['predicted_ms']:.3f}", f"{100 * case['error']:+.1f} %")
+            models_table.add_row(
+                case["model"],
+                f"{case['measured_ms']:.3f}",
+                f"{case['layers_ms']:.3f}",
+                f"{case['predicted_ms']:.3f}",
+                f"{100 * case['error']:+.1f} %",
+            )
         out.print(models_table)
         if calibration["held_out_mape"] is not None:
             out.print(f"held out: {calibration['held_out_mape']:.1%} off on average")
@@ -150,8 +191,10 @@ def fit(
         out.print("no whole-model measurements to calibrate on (`hwloop measure` makes them)")
     trust = record["trust"]
     if trust["measured"]:
-        out.print(f"the table's trials agree within ±5 % for {trust['within_5']:.1%} of its measurements, within "
-                  f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device")
+        out.print(
+            f"the table's trials agree within ±5 % for {trust['within_5']:.1%} of its measurements, within "
+            f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device"
+        )
     if record["transfer"]:
         out.print(f"few-shot: from {record['transfer']['source']}'s predictor, corrected on {device}'s rows")
     out.print(f"trained on {record['rows']} rows → {directory}")
@@ -161,9 +204,15 @@ def fit(
 def evaluate(
     device: DeviceOpt,
     predictors: PredictorsOpt = Path("predictors"),
-    table: Annotated[Optional[Path], typer.Option(
-        "--table", help="Table to score on: a table folder (tables/<device>) or a Parquet file; "
-                        "default: the device's own table under --tables.", show_default=False)] = None,
+    table: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--table",
+            help="Table to score on: a table folder (tables/<device>) or a Parquet file; "
+            "default: the device's own table under --tables.",
+            show_default=False,
+        ),
+    ] = None,
     tables: TablesOpt = Path("tables"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -191,8 +240,10 @@ def evaluate(
         out.print_json(json.dumps(report))
         return
     _print_report(f"{device} · {predictor.schedule} predictor on {path}", report)
-    out.print("noise: single repeats against their row's median and, for configs measured in several passes, "
-              "the slower passes against the fastest; a predictor cannot do better")
+    out.print(
+        "noise: single repeats against their row's median and, for configs measured in several passes, "
+        "the slower passes against the fastest; a predictor cannot do better"
+    )
     if report["rows_ignored"]:
         out.print(f"{report['rows_ignored']} rows of other schedules, protocols or failed measurements not scored")
 
@@ -209,12 +260,22 @@ def _parse_config(text: str):
 @app.command()
 def predict(
     device: DeviceOpt,
-    layers: Annotated[Optional[list[str]], typer.Argument(
-        help="Layer config ids, e.g. conv2d:1x64x56x56:o48:k3s1p1g1:float32 or linear:1x512:o10.",
-        show_default=False)] = None,
-    space: Annotated[Optional[Path], typer.Option("--space", "-s", help="YAML space file: predict each of its layers.")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Built-in model or path/to/file.py:callable: predict its layers and the whole model.")] = None,
+    layers: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Layer config ids, e.g. conv2d:1x64x56x56:o48:k3s1p1g1:float32 or linear:1x512:o10.",
+            show_default=False,
+        ),
+    ] = None,
+    space: Annotated[
+        Optional[Path], typer.Option("--space", "-s", help="YAML space file: predict each of its layers.")
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", help="Built-in model or path/to/file.py:callable: predict its layers and the whole model."
+        ),
+    ] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Model input shape, e.g. 1,3,32,32.")] = None,
     predictors: PredictorsOpt = Path("predictors"),
     as_json: JsonOpt = False,
@@ -251,11 +312,18 @@ def predict(
             fail(str(exc))
         whole = predictor.predict_model(configs)
     latencies = predictor.predict(configs)
-    record = {"device": device, "schedule": predictor.schedule,
-              "layers": [{"config_id": c.id, "latency_ms": float(ms)} for c, ms in zip(configs, latencies)]}
+    record = {
+        "device": device,
+        "schedule": predictor.schedule,
+        "layers": [{"config_id": c.id, "latency_ms": float(ms)} for c, ms in zip(configs, latencies)],
+    }
     if whole is not None:
-        record.update(model=model, layers_ms=float(latencies.sum()), model_ms=whole,
-                      calibrated=bool(predictor.meta.get("calibration")))
+        record.update(
+            model=model,
+            layers_ms=float(latencies.sum()),
+            model_ms=whole,
+            calibrated=bool(predictor.meta.get("calibration")),
+        )
     if as_json:
         out.print_json(json.dumps(record))
         return
@@ -273,8 +341,10 @@ def report(
     device: DeviceOpt,
     tables: TablesOpt = Path("tables"),
     predictors: PredictorsOpt = Path("predictors"),
-    out_dir: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False)] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Folder for the page and plots (default: reports/<device>).", show_default=False),
+    ] = None,
 ) -> None:
     """Plot a device's predictor against its table as an HTML page.
 
@@ -289,8 +359,9 @@ def report(
 
     predictor = _load(device, predictors)
     try:
-        chosen = select(read_table(tables, device), str(tables / device), predictor.schedule, predictor.protocol_id,
-                        device)
+        chosen = select(
+            read_table(tables, device), str(tables / device), predictor.schedule, predictor.protocol_id, device
+        )
     except PredictorError as exc:
         fail(str(exc))
     with err.status(f"plotting {device}'s predictor on {len(chosen.rows)} rows"):

@@ -19,8 +19,11 @@ app.add_typer(tables_app, name="tables")
 
 
 @tables_app.command("show")
-def show(device: Annotated[Optional[str], typer.Argument(help="Device; all devices when omitted.")] = None,
-         tables: TablesOpt = Path("tables"), as_json: JsonOpt = False) -> None:
+def show(
+    device: Annotated[Optional[str], typer.Argument(help="Device; all devices when omitted.")] = None,
+    tables: TablesOpt = Path("tables"),
+    as_json: JsonOpt = False,
+) -> None:
     """Summarise the tables per device, schedule policy and op, and how far they can be trusted.
 
     Rows, failures, latencies; the share of measurements whose independent trials agree within
@@ -35,36 +38,71 @@ def show(device: Annotated[Optional[str], typer.Argument(help="Device; all devic
         frame = read_table(tables, name, list(dict.fromkeys(["schedule", "op", "config_id", "measured_at", *COLUMNS])))
         for (schedule, op), group in frame.groupby(["schedule", "op"]):
             ok = group[group.status == "ok"]
-            records.append({"device": name, "schedule": schedule, "op": op, "rows": len(group),
-                            "ok": len(ok), "failed": int((group.status != "ok").sum()),
-                            "configs": int(ok.config_id.nunique()),
-                            "median_ms": float(ok.latency_ms.median()) if len(ok) else None,
-                            "last": str(group.measured_at.max()), "trials": agreement(group)})
+            records.append(
+                {
+                    "device": name,
+                    "schedule": schedule,
+                    "op": op,
+                    "rows": len(group),
+                    "ok": len(ok),
+                    "failed": int((group.status != "ok").sum()),
+                    "configs": int(ok.config_id.nunique()),
+                    "median_ms": float(ok.latency_ms.median()) if len(ok) else None,
+                    "last": str(group.measured_at.max()),
+                    "trials": agreement(group),
+                }
+            )
     if as_json:
         out.print_json(json.dumps(records))
         return
     if not records:
         out.print(f"no measurements under {tables}")
         return
-    table = Table("device", "schedule", "op", "rows", "ok", "failed", "configs", "median ms", "trials ±5 %",
-                  "±10 %", "quiet", "last measured")
+    table = Table(
+        "device",
+        "schedule",
+        "op",
+        "rows",
+        "ok",
+        "failed",
+        "configs",
+        "median ms",
+        "trials ±5 %",
+        "±10 %",
+        "quiet",
+        "last measured",
+    )
     for r in records:
         trials = r["trials"]
-        shares = ([f"{trials[k]:.1%}" for k in ("within_5", "within_10", "quiet")] if trials["measured"]
-                  else ["-"] * 3)
-        table.add_row(r["device"], r["schedule"], r["op"], str(r["rows"]), str(r["ok"]), str(r["failed"]),
-                      str(r["configs"]), f"{r['median_ms']:.4f}" if r["median_ms"] is not None else "-", *shares,
-                      r["last"])
+        shares = [f"{trials[k]:.1%}" for k in ("within_5", "within_10", "quiet")] if trials["measured"] else ["-"] * 3
+        table.add_row(
+            r["device"],
+            r["schedule"],
+            r["op"],
+            str(r["rows"]),
+            str(r["ok"]),
+            str(r["failed"]),
+            str(r["configs"]),
+            f"{r['median_ms']:.4f}" if r["median_ms"] is not None else "-",
+            *shares,
+            r["last"],
+        )
     out.print(table)
     for r in records:
         if why := warning(r["trials"]):
-            err.print(f"[yellow]{escape(r['device'])} · {escape(r['schedule'])} · {r['op']}:[/] {escape(why)}",
-                      highlight=False, emoji=False)
+            err.print(
+                f"[yellow]{escape(r['device'])} · {escape(r['schedule'])} · {r['op']}:[/] {escape(why)}",
+                highlight=False,
+                emoji=False,
+            )
 
 
 @tables_app.command("export")
-def export(device: str, csv: Annotated[Path, typer.Option("--csv", help="CSV file to write ('-' for stdout).")],
-                  tables: TablesOpt = Path("tables")) -> None:
+def export(
+    device: str,
+    csv: Annotated[Path, typer.Option("--csv", help="CSV file to write ('-' for stdout).")],
+    tables: TablesOpt = Path("tables"),
+) -> None:
     """Export a device's table as CSV."""
     frame = read_table(tables, device)
     if str(csv) == "-":

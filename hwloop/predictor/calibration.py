@@ -22,10 +22,17 @@ from .selection import fastest_pass
 def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
     """Successful, quiet model-table rows of the predictor's device, schedule policy and protocol,
     every pass, with ``layers_ms``, the predicted sum of their layers."""
-    rows = models[(models.status == "ok") & models.quiet.ne(False) & (models.device == predictor.device)
-                  & (models.schedule == predictor.schedule) & (models.protocol_id == predictor.protocol_id)]
-    sums = {text: float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum())
-            for text in rows.layers.unique()}
+    rows = models[
+        (models.status == "ok")
+        & models.quiet.ne(False)
+        & (models.device == predictor.device)
+        & (models.schedule == predictor.schedule)
+        & (models.protocol_id == predictor.protocol_id)
+    ]
+    sums = {
+        text: float(predictor.predict([LayerConfig.from_dict(d) for d in json.loads(text)]).sum())
+        for text in rows.layers.unique()
+    }
     return rows.assign(layers_ms=rows.layers.map(sums).astype(float)).reset_index(drop=True)
 
 
@@ -64,11 +71,22 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
         held_out[mine] = s * layers[mine] + o
     error = held_out / measured - 1
     return {
-        "scale": scale, "offset_ms": offset, "rows": int(len(fastest)), "models": sorted(fastest.model.unique()),
+        "scale": scale,
+        "offset_ms": offset,
+        "rows": int(len(fastest)),
+        "models": sorted(fastest.model.unique()),
         "held_out_mape": float(np.mean(np.abs(error))),
-        "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(s),
-                   "predicted_ms": float(p), "error": float(e)}
-                  for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)],
+        "cases": [
+            {
+                "model": m,
+                "model_id": i,
+                "measured_ms": float(v),
+                "layers_ms": float(s),
+                "predicted_ms": float(p),
+                "error": float(e),
+            }
+            for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)
+        ],
     }
 
 
@@ -96,18 +114,45 @@ def transferred(predictor, models: pd.DataFrame, source: dict | None) -> dict | 
         own = calibrate(predictor, models)
         return own and {**own, "method": "own"}
     if not timed:
-        return {"scale": source["scale"], "offset_ms": source["offset_ms"], "rows": 0, "models": [],
-                "held_out_mape": None, "cases": [], "method": "source"}
+        return {
+            "scale": source["scale"],
+            "offset_ms": source["offset_ms"],
+            "rows": 0,
+            "models": [],
+            "held_out_mape": None,
+            "cases": [],
+            "method": "source",
+        }
     fastest = fastest_pass(rows, "model_id")
     scale, offset = scaled(source, fastest)
-    held_out = np.array([np.dot(scaled(source, fastest[fastest.model != name]) if (fastest.model != name).any()
-                                else (np.nan, np.nan), (layers, 1.0))
-                         for name, layers in zip(fastest.model, fastest.layers_ms)])
+    held_out = np.array(
+        [
+            np.dot(
+                scaled(source, fastest[fastest.model != name]) if (fastest.model != name).any() else (np.nan, np.nan),
+                (layers, 1.0),
+            )
+            for name, layers in zip(fastest.model, fastest.layers_ms)
+        ]
+    )
     error = held_out / fastest.latency_ms.to_numpy() - 1
-    return {"scale": scale, "offset_ms": offset, "rows": int(len(fastest)), "models": sorted(fastest.model.unique()),
-            "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
-            "cases": [{"model": m, "model_id": i, "measured_ms": float(v), "layers_ms": float(s),
-                       "predicted_ms": float(p), "error": float(e)}
-                      for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, fastest.latency_ms,
-                                                  fastest.layers_ms, held_out, error)],
-            "method": "source's shape, target's scale"}
+    return {
+        "scale": scale,
+        "offset_ms": offset,
+        "rows": int(len(fastest)),
+        "models": sorted(fastest.model.unique()),
+        "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
+        "cases": [
+            {
+                "model": m,
+                "model_id": i,
+                "measured_ms": float(v),
+                "layers_ms": float(s),
+                "predicted_ms": float(p),
+                "error": float(e),
+            }
+            for m, i, v, s, p, e in zip(
+                fastest.model, fastest.model_id, fastest.latency_ms, fastest.layers_ms, held_out, error
+            )
+        ],
+        "method": "source's shape, target's scale",
+    }

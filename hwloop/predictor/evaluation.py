@@ -29,8 +29,12 @@ def scores(measured: np.ndarray, predicted: np.ndarray) -> dict:
     measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
     error = np.abs(predicted / measured - 1.0)
     result = {f"within_{b}": float(np.mean(error <= b / 100)) for b in BANDS}
-    result.update(rmse_ms=float(np.sqrt(np.mean((predicted - measured) ** 2))), mape=float(np.mean(error)),
-                  spearman=spearman(measured, predicted), rows=int(len(measured)))
+    result.update(
+        rmse_ms=float(np.sqrt(np.mean((predicted - measured) ** 2))),
+        mape=float(np.mean(error)),
+        spearman=spearman(measured, predicted),
+        rows=int(len(measured)),
+    )
     return result
 
 
@@ -48,8 +52,11 @@ def report(rows: pd.DataFrame, predicted: np.ndarray) -> dict:
     """Overall scores, scores per op family and the noise floor of ``rows``."""
     measured = rows.latency_ms.to_numpy()
     result = scores(measured, predicted)
-    result["ops"] = {op: scores(measured[mask], predicted[mask])
-                     for op in sorted(rows.op.unique()) for mask in [rows.op.to_numpy() == op]}
+    result["ops"] = {
+        op: scores(measured[mask], predicted[mask])
+        for op in sorted(rows.op.unique())
+        for mask in [rows.op.to_numpy() == op]
+    }
     result["noise"] = noise_floor(rows)
     return result
 
@@ -67,12 +74,16 @@ def noise_floor(rows: pd.DataFrame) -> dict:
 
 def _agreement(pairs) -> dict:
     """Share within each band and MAPE of values against their reference, from (values, reference) pairs."""
-    errors = np.concatenate([np.abs(np.asarray(v, dtype=float) / ref - 1.0)
-                             for v, ref in pairs if v is not None and len(v)] or [[]])
+    errors = np.concatenate(
+        [np.abs(np.asarray(v, dtype=float) / ref - 1.0) for v, ref in pairs if v is not None and len(v)] or [[]]
+    )
     if not len(errors):
         return {}
-    return {**{f"within_{b}": float(np.mean(errors <= b / 100)) for b in BANDS}, "mape": float(np.mean(errors)),
-            "samples": int(len(errors))}
+    return {
+        **{f"within_{b}": float(np.mean(errors <= b / 100)) for b in BANDS},
+        "mape": float(np.mean(errors)),
+        "samples": int(len(errors)),
+    }
 
 
 def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
@@ -109,8 +120,9 @@ def sizes_between(rows: pd.DataFrame) -> np.ndarray:
     return test
 
 
-def holdout_scores(rows: pd.DataFrame, seed: int = 0,
-                   train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> dict:
+def holdout_scores(
+    rows: pd.DataFrame, seed: int = 0, train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train
+) -> dict:
     """:func:`report` of each split, from a latency model trained (by ``train``) on the rest of ``rows``."""
     result = {}
     for name, test in splits(rows, seed).items():
@@ -124,6 +136,10 @@ def evaluate(predictor, table: pd.DataFrame, source: str) -> dict:
     """:func:`report` of ``predictor`` on the rows of ``table`` that match what it was trained on
     (device, schedule policy, protocol); a table without such rows is refused."""
     chosen = select(table, source, predictor.schedule, predictor.protocol_id, predictor.device)
-    return {"device": predictor.device, "schedule": predictor.schedule, "protocol_id": predictor.protocol_id,
-            **report(chosen.rows, predictor.predict_frame(chosen.rows)),
-            "rows_ignored": int(len(table) - chosen.measurements)}
+    return {
+        "device": predictor.device,
+        "schedule": predictor.schedule,
+        "protocol_id": predictor.protocol_id,
+        **report(chosen.rows, predictor.predict_frame(chosen.rows)),
+        "rows_ignored": int(len(table) - chosen.measurements),
+    }

@@ -18,21 +18,60 @@ import pandas as pd
 from ..layers import OPS, LayerConfig
 from . import rules
 
-COLUMNS = ("op", "in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "padding", "groups",
-           "batch", "dtype")
+COLUMNS = (
+    "op",
+    "in_channels",
+    "out_channels",
+    "input_h",
+    "input_w",
+    "kernel",
+    "stride",
+    "padding",
+    "groups",
+    "batch",
+    "dtype",
+)
 ALIGNMENTS = (4, 8, 16, 32)
 CHUNK = 1 << 14
 
 
 def names(lanes: int) -> list[str]:
     """Feature names, in the order of :func:`matrix`'s columns."""
-    channel = [f"{side}_{what}" for side in ("cin", "cout", "cout_per_group") for what in (
-        *(f"aligned_{a}" for a in ALIGNMENTS), "aligned_lanes", "mod_lanes", "vectors", "vector_fill")]
-    return [*(f"op_{op}" for op in OPS), "in_channels", "out_channels", "input_h", "input_w", "output_h",
-            "output_w", "kernel", "stride", "padding", "groups", "batch", "dtype_bytes",
-            "log_flops", "log_bytes", "log_intensity", "positions_mod_lanes", *channel, "ow_mod_lanes", "ow_vectors",
-            "log_positions", "log_weight_bytes", *(f"path_{path}" for path in rules.PATHS), "tile_vectors",
-            "tile_accumulators", *(f"log_{q}" for q in rules.QUANTITIES[2:]), "fmas_per_step", "useful_share"]
+    channel = [
+        f"{side}_{what}"
+        for side in ("cin", "cout", "cout_per_group")
+        for what in (*(f"aligned_{a}" for a in ALIGNMENTS), "aligned_lanes", "mod_lanes", "vectors", "vector_fill")
+    ]
+    return [
+        *(f"op_{op}" for op in OPS),
+        "in_channels",
+        "out_channels",
+        "input_h",
+        "input_w",
+        "output_h",
+        "output_w",
+        "kernel",
+        "stride",
+        "padding",
+        "groups",
+        "batch",
+        "dtype_bytes",
+        "log_flops",
+        "log_bytes",
+        "log_intensity",
+        "positions_mod_lanes",
+        *channel,
+        "ow_mod_lanes",
+        "ow_vectors",
+        "log_positions",
+        "log_weight_bytes",
+        *(f"path_{path}" for path in rules.PATHS),
+        "tile_vectors",
+        "tile_accumulators",
+        *(f"log_{q}" for q in rules.QUANTITIES[2:]),
+        "fmas_per_step",
+        "useful_share",
+    ]
 
 
 def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
@@ -47,7 +86,9 @@ def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def shape_key(frame: pd.DataFrame) -> pd.Series:
     """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
-    return frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
+    return (
+        frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
+    )
 
 
 def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -104,15 +145,37 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray])
     moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
     positions = oh * ow
 
-    features = [*((op == name).astype(np.float64) for name in OPS), cin, cout, h, w, oh, ow, k, s, p, g, n,
-                dtype_bytes, np.log2(2.0 * macs), np.log2(moved), np.log2(2.0 * macs / moved), positions % dlanes]
+    features = [
+        *((op == name).astype(np.float64) for name in OPS),
+        cin,
+        cout,
+        h,
+        w,
+        oh,
+        ow,
+        k,
+        s,
+        p,
+        g,
+        n,
+        dtype_bytes,
+        np.log2(2.0 * macs),
+        np.log2(moved),
+        np.log2(2.0 * macs / moved),
+        positions % dlanes,
+    ]
     wide = (dlanes != lanes).astype(np.intp)
     for c in (cin, cout, cout_g):
         features.append(_channel_table(lanes, _capacity(int(c.max(initial=0))))[wide, c])
     features += [ow % dlanes, _ceil(ow, dlanes), np.log2(n * positions), np.log2(weight_bytes)]
-    features += [*(work["path"] == index for index in range(len(rules.PATHS))), work["vectors"], work["tile"],
-                 *(np.log2(work[q]) for q in rules.QUANTITIES[2:]), work["vector_fmas"] / work["steps"],
-                 macs / (work["vector_fmas"] * dlanes)]
+    features += [
+        *(work["path"] == index for index in range(len(rules.PATHS))),
+        work["vectors"],
+        work["tile"],
+        *(np.log2(work[q]) for q in rules.QUANTITIES[2:]),
+        work["vector_fmas"] / work["steps"],
+        macs / (work["vector_fmas"] * dlanes),
+    ]
     return np.column_stack(features)
 
 

@@ -35,8 +35,15 @@ def retarget(source: LatencyModel, lanes: int, registers: int) -> LatencyModel:
     return LatencyModel(source.booster, lanes, registers, dict(source.work))
 
 
-def transfer(source: LatencyModel, rows: pd.DataFrame, seed: int = 0, path_rows: int = PATH_ROWS,
-             tree_rows: int = TREE_ROWS, tree_rounds: int = TREE_ROUNDS, overhead: bool = True) -> LatencyModel:
+def transfer(
+    source: LatencyModel,
+    rows: pd.DataFrame,
+    seed: int = 0,
+    path_rows: int = PATH_ROWS,
+    tree_rows: int = TREE_ROWS,
+    tree_rounds: int = TREE_ROUNDS,
+    overhead: bool = True,
+) -> LatencyModel:
     """A latency model of the device of ``rows`` (table rows of one target, as
     :meth:`LatencyModel.train` takes them) that starts from ``source``."""
     if rows.target.nunique() != 1:
@@ -55,8 +62,9 @@ def transfer(source: LatencyModel, rows: pd.DataFrame, seed: int = 0, path_rows:
     for index in np.unique(paths):
         mine = paths == index
         if mine.sum() >= path_rows:
-            fits[rules.PATHS[index]] = _scale(work[mine] * residual[mine], residual[mine], latency[mine], weight[mine],
-                                              overhead)
+            fits[rules.PATHS[index]] = _scale(
+                work[mine] * residual[mine], residual[mine], latency[mine], weight[mine], overhead
+            )
     corrected = {}
     for path in ("any", *rules.PATHS):
         base = np.asarray(source.work.get(path, source.work["any"]))
@@ -67,13 +75,15 @@ def transfer(source: LatencyModel, rows: pd.DataFrame, seed: int = 0, path_rows:
     model = LatencyModel(source.booster, lanes, registers, corrected)
     if len(rows) >= tree_rows and tree_rounds:
         data = xgb.DMatrix(x, label=np.log(latency), base_margin=np.log(model.work_ms(cols)), weight=weight)
-        model.booster = xgb.train({**TREE_PARAMS, "seed": seed}, data, num_boost_round=tree_rounds,
-                                  xgb_model=source.booster)
+        model.booster = xgb.train(
+            {**TREE_PARAMS, "seed": seed}, data, num_boost_round=tree_rounds, xgb_model=source.booster
+        )
     return model
 
 
-def _scale(work: np.ndarray, residual: np.ndarray, latency: np.ndarray, weight: np.ndarray,
-           overhead: bool) -> tuple[float, float]:
+def _scale(
+    work: np.ndarray, residual: np.ndarray, latency: np.ndarray, weight: np.ndarray, overhead: bool
+) -> tuple[float, float]:
     """``(α, β)`` ≥ 0 of ``latency ≈ α × work + β × residual``, least weighted squared relative error."""
     root = np.sqrt(weight) / latency
     terms = np.column_stack([work, residual] if overhead else [work]) * root[:, None]
@@ -111,8 +121,17 @@ def best_source(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) 
     return int(np.argmin(errors))
 
 
-def fit(table: pd.DataFrame, device: str, sources: list, schedule: str = "default", protocol_id: str | None = None,
-        source: str = "table", evaluate: bool = True, seed: int = 0, models: pd.DataFrame | None = None):
+def fit(
+    table: pd.DataFrame,
+    device: str,
+    sources: list,
+    schedule: str = "default",
+    protocol_id: str | None = None,
+    source: str = "table",
+    evaluate: bool = True,
+    seed: int = 0,
+    models: pd.DataFrame | None = None,
+):
     """A :class:`~hwloop.predictor.Predictor` of ``device`` from its rows of ``table`` and the
     saved predictors ``sources`` of devices already measured (:func:`transfer_from`); like
     :meth:`Predictor.fit` otherwise. ``meta["transfer"]`` names the sources (device, booster and
@@ -127,17 +146,34 @@ def fit(table: pd.DataFrame, device: str, sources: list, schedule: str = "defaul
         if other.device == device:
             raise PredictorError(f"{device!r}: a device cannot be its own source")
         if other.schedule != schedule:
-            raise PredictorError(f"predictor of {other.device!r}: field 'schedule': trained on {other.schedule!r} "
-                                 f"rows, not {schedule!r}; a transfer keeps the schedule policy")
+            raise PredictorError(
+                f"predictor of {other.device!r}: field 'schedule': trained on {other.schedule!r} "
+                f"rows, not {schedule!r}; a transfer keeps the schedule policy"
+            )
     models_of = [other.model for other in sources]
-    predictor = Predictor.fit(table, device, schedule, protocol_id, source, evaluate, seed,
-                              train=lambda rows, fit_seed: transfer_from(models_of, rows, fit_seed))
+    predictor = Predictor.fit(
+        table,
+        device,
+        schedule,
+        protocol_id,
+        source,
+        evaluate,
+        seed,
+        train=lambda rows, fit_seed: transfer_from(models_of, rows, fit_seed),
+    )
     rows = select(table, source, schedule, predictor.protocol_id, device).rows
     used = sources[best_source(models_of, rows, seed)]
     predictor.meta["transfer"] = {
-        "method": "few-shot", "source": used.device,
-        "sources": [{key: other.meta.get(key) for key in ("device", "booster_sha256", "table_sha256", "rows", "target",
-                                                          "protocol_id")} for other in sources]}
+        "method": "few-shot",
+        "source": used.device,
+        "sources": [
+            {
+                key: other.meta.get(key)
+                for key in ("device", "booster_sha256", "table_sha256", "rows", "target", "protocol_id")
+            }
+            for other in sources
+        ],
+    }
     if models is not None:
         predictor.meta["calibration"] = transferred(predictor, models, used.meta.get("calibration"))
     return predictor

@@ -6,7 +6,8 @@ Two stages. A **work model** per path of the ``default`` rules (:mod:`hwloop.pre
 latency as a non-negative sum of the loops' vector multiply-adds, inner steps, vector loads,
 outputs written, repacked weight bytes, input bytes, outer tiles and a constant, fitted by least
 relative squares. It is smooth in every dimension, so a 21² input lands between 14² and 28² and an
-unseen channel count between its neighbours. An **XGBoost booster** then learns the log of what the work model misses (cache fit,
+unseen channel count between its neighbours. An **XGBoost booster** then learns the log of what the work
+model misses (cache fit,
 vector fill, loop overheads) from the features (:mod:`hwloop.predictor.features`), starting from
 the work model's log latency as its base margin.
 """
@@ -22,8 +23,17 @@ from scipy.optimize import nnls
 
 from . import features, rules
 
-PARAMS = {"objective": "reg:squarederror", "eta": 0.1, "max_depth": 4, "min_child_weight": 1.0,
-          "subsample": 0.9, "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "max_bin": 512}
+PARAMS = {
+    "objective": "reg:squarederror",
+    "eta": 0.1,
+    "max_depth": 4,
+    "min_child_weight": 1.0,
+    "subsample": 0.9,
+    "colsample_bytree": 0.8,
+    "lambda": 1.0,
+    "tree_method": "hist",
+    "max_bin": 512,
+}
 ROUNDS = 200
 STEADY_CV = 0.05
 TERMS = ("vector_fmas", "steps", "loads", "outputs", "weight_bytes", "input_bytes", "tiles")  # and a constant

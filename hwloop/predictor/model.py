@@ -33,8 +33,19 @@ from .selection import select
 FORMAT_VERSION = 2
 BOOSTER_FILE = "booster.ubj"
 META_FILE = "predictor.json"
-REQUIRED = ("format_version", "device", "schedule", "protocol_id", "lanes", "registers", "work", "features",
-            "table_sha256", "booster_sha256", "xgboost_version")
+REQUIRED = (
+    "format_version",
+    "device",
+    "schedule",
+    "protocol_id",
+    "lanes",
+    "registers",
+    "work",
+    "features",
+    "table_sha256",
+    "booster_sha256",
+    "xgboost_version",
+)
 
 
 class Predictor:
@@ -52,15 +63,24 @@ class Predictor:
     lanes = property(lambda self: self.meta["lanes"])
 
     @classmethod
-    def fit(cls, table: pd.DataFrame, device: str, schedule: str = "default", protocol_id: str | None = None,
-            source: str = "table", evaluate: bool = True, seed: int = 0,
-            models: pd.DataFrame | None = None,
-            train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> "Predictor":
+    def fit(
+        cls,
+        table: pd.DataFrame,
+        device: str,
+        schedule: str = "default",
+        protocol_id: str | None = None,
+        source: str = "table",
+        evaluate: bool = True,
+        seed: int = 0,
+        models: pd.DataFrame | None = None,
+        train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train,
+    ) -> "Predictor":
         """Train on ``device``'s successful ``schedule`` rows of ``table`` (one protocol and target),
         with ``train`` (rows, seed → latency model; :meth:`LatencyModel.train` by default).
 
         ``meta["trust"]`` says how far the rows can be trusted (:func:`hwloop.trust.agreement`).
-        With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel counts, unseen shapes) from models
+        With ``evaluate``, the metadata also holds held-out scores (by config, unseen channel counts, unseen
+        shapes) from models
         trained without those rows. ``models`` (the device's model table) calibrates whole-model
         predictions.
         """
@@ -68,12 +88,22 @@ class Predictor:
         chosen = select(table, source, schedule, protocol_id, device)
         lanes, registers = vector_unit(chosen.target)
         meta = {
-            "format_version": FORMAT_VERSION, "device": device, "schedule": schedule,
-            "protocol_id": chosen.protocol_id, "protocol": chosen.protocol, "target": chosen.target,
-            "lanes": lanes, "registers": registers, "features": features.names(lanes), "rows": len(chosen.rows),
-            "table_sha256": table_hash(chosen.rows), "xgboost_version": xgb.__version__,
+            "format_version": FORMAT_VERSION,
+            "device": device,
+            "schedule": schedule,
+            "protocol_id": chosen.protocol_id,
+            "protocol": chosen.protocol,
+            "target": chosen.target,
+            "lanes": lanes,
+            "registers": registers,
+            "features": features.names(lanes),
+            "rows": len(chosen.rows),
+            "table_sha256": table_hash(chosen.rows),
+            "xgboost_version": xgb.__version__,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "trust": agreement(chosen.passes), "metrics": {}, "calibration": None,
+            "trust": agreement(chosen.passes),
+            "metrics": {},
+            "calibration": None,
         }
         if evaluate:
             meta["metrics"] = holdout_scores(chosen.rows, seed, train)
@@ -103,8 +133,9 @@ class Predictor:
         """
         key = (config, tuple(int(c) for c in in_counts), tuple(int(c) for c in out_counts))
         if key not in self._grids:
-            cin, cout = np.meshgrid(np.asarray(key[1], dtype=np.int64), np.asarray(key[2], dtype=np.int64),
-                                    indexing="ij")
+            cin, cout = np.meshgrid(
+                np.asarray(key[1], dtype=np.int64), np.asarray(key[2], dtype=np.int64), indexing="ij"
+            )
             n = cin.size
             cols = {c: np.full(n, getattr(config, c)) for c in features.COLUMNS}
             cols["in_channels"], cols["out_channels"] = cin.ravel(), cout.ravel()
@@ -140,33 +171,42 @@ class Predictor:
         directory = Path(predictors_dir) / device
         meta_path, booster_path = directory / META_FILE, directory / BOOSTER_FILE
         if not meta_path.is_file():
-            raise PredictorError(f"{meta_path}: no predictor for device {device!r}; "
-                                 f"train one with `hwloop fit --device {device}`")
+            raise PredictorError(
+                f"{meta_path}: no predictor for device {device!r}; train one with `hwloop fit --device {device}`"
+            )
         meta = _read_meta(meta_path)
         if meta["device"] != device:
-            raise PredictorError(f"{meta_path}: field 'device': the predictor is for {meta['device']!r}, "
-                                 f"not {device!r}")
+            raise PredictorError(
+                f"{meta_path}: field 'device': the predictor is for {meta['device']!r}, not {device!r}"
+            )
         if schedule is not None and meta["schedule"] != (wanted := rows_name(schedule)):
-            raise PredictorError(f"{meta_path}: field 'schedule': trained on {meta['schedule']!r} rows, "
-                                 f"not {wanted!r}; fit one with --schedule {schedule}")
+            raise PredictorError(
+                f"{meta_path}: field 'schedule': trained on {meta['schedule']!r} rows, "
+                f"not {wanted!r}; fit one with --schedule {schedule}"
+            )
         if meta["features"] != features.names(meta["lanes"]):
-            raise PredictorError(f"{meta_path}: field 'features': made by an hwloop with other features; "
-                                 f"fit it again with `hwloop fit --device {device}`")
+            raise PredictorError(
+                f"{meta_path}: field 'features': made by an hwloop with other features; "
+                f"fit it again with `hwloop fit --device {device}`"
+            )
         try:
             raw = booster_path.read_bytes()
         except OSError as exc:
             raise PredictorError(f"{booster_path}: cannot read the booster: {exc.strerror or exc}") from None
         if hashlib.sha256(raw).hexdigest() != meta["booster_sha256"]:
-            raise PredictorError(f"{booster_path}: corrupt (its checksum differs from predictor.json's "
-                                 f"'booster_sha256'); fit it again with `hwloop fit --device {device}`")
+            raise PredictorError(
+                f"{booster_path}: corrupt (its checksum differs from predictor.json's "
+                f"'booster_sha256'); fit it again with `hwloop fit --device {device}`"
+            )
         booster = xgb.Booster()
         try:
             booster.load_model(bytearray(raw))
         except xgb.core.XGBoostError as exc:
             raise PredictorError(f"{booster_path}: not a readable XGBoost model ({str(exc).splitlines()[0]})") from None
         if booster.num_features() != len(meta["features"]):
-            raise PredictorError(f"{booster_path}: {booster.num_features()} features, predictor.json lists "
-                                 f"{len(meta['features'])}")
+            raise PredictorError(
+                f"{booster_path}: {booster.num_features()} features, predictor.json lists {len(meta['features'])}"
+            )
         return cls(LatencyModel(booster, meta["lanes"], meta["registers"], meta["work"]), meta)
 
 
@@ -196,11 +236,15 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(version, int):
         raise PredictorError(f"{path}: field 'format_version': missing or not an integer")
     if version > FORMAT_VERSION:
-        raise PredictorError(f"{path}: field 'format_version': {version} was written by a newer hwloop "
-                             f"(this one reads up to {FORMAT_VERSION}); upgrade hwloop or fit it again")
+        raise PredictorError(
+            f"{path}: field 'format_version': {version} was written by a newer hwloop "
+            f"(this one reads up to {FORMAT_VERSION}); upgrade hwloop or fit it again"
+        )
     if version < FORMAT_VERSION:
-        raise PredictorError(f"{path}: field 'format_version': {version} was written by an earlier hwloop, whose "
-                             f"predictors this one does not read; fit it again with `hwloop fit`")
+        raise PredictorError(
+            f"{path}: field 'format_version': {version} was written by an earlier hwloop, whose "
+            f"predictors this one does not read; fit it again with `hwloop fit`"
+        )
     missing = [key for key in REQUIRED if key not in meta]
     if missing:
         raise PredictorError(f"{path}: field {missing[0]!r}: missing")

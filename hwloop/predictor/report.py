@@ -60,8 +60,9 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     line = np.geomspace(measured.min() * 0.8, measured.max() * 1.25, 50)
     ax.plot(line, line, "k-", lw=0.8)
     ax.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.25, label="±10 %")
-    ax.set(xscale="log", yscale="log", xlabel="measured ms", ylabel=f"predicted ms ({FOLDS}-fold held out)",
-           title=title)
+    ax.set(
+        xscale="log", yscale="log", xlabel="measured ms", ylabel=f"predicted ms ({FOLDS}-fold held out)", title=title
+    )
     ax.legend(fontsize=8)
     _save(fig, out_dir / "scatter.png")
 
@@ -70,9 +71,11 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
         counts = np.arange(1, int(layer.out_channels.max() * 1.25) + 1)
         config = layer.iloc[0]
         dense = predictor.latency_grid(_config(config), [int(config.in_channels)], counts)[0]
-        line, = ax.plot(counts, dense, lw=1, label=name)
+        (line,) = ax.plot(counts, dense, lw=1, label=name)
         ax.scatter(layer.out_channels, layer.latency_ms, s=14, color=line.get_color())
-    ax.set(yscale="log", xlabel="out channels", ylabel="latency ms", title=f"{title}: measured (dots), predicted (line)")
+    ax.set(
+        yscale="log", xlabel="out channels", ylabel="latency ms", title=f"{title}: measured (dots), predicted (line)"
+    )
     ax.legend(fontsize=7)
     _save(fig, out_dir / "staircase.png")
 
@@ -82,8 +85,12 @@ def write_report(predictor: Predictor, chosen: Selection, out_dir: Path, seed: i
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for adaptive in (False, True):
         curve = learning_curve(rows, test, sizes, adaptive, seed)
-        ax.plot([p["samples"] for p in curve], [100 * p["within_10"] for p in curve], "o-",
-                label="adaptive" if adaptive else "random")
+        ax.plot(
+            [p["samples"] for p in curve],
+            [100 * p["within_10"] for p in curve],
+            "o-",
+            label="adaptive" if adaptive else "random",
+        )
     ax.set(xlabel="measured samples", ylabel="held-out rows within ±10 % (%)", ylim=(0, 100), title=title)
     ax.legend()
     _save(fig, out_dir / "learning_curve.png")
@@ -117,8 +124,11 @@ def _staircases(rows: pd.DataFrame):
     """The layer shapes (with their most common in-channels) measured at the most out-channel counts."""
     keyed = rows.assign(_shape=shape_key(rows) + ":in" + rows.in_channels.astype(str))
     sizes = keyed.groupby("_shape").out_channels.nunique().sort_values(ascending=False)
-    return [(name, keyed[keyed._shape == name].sort_values("out_channels"))
-            for name in sizes.index[:STAIRCASES] if sizes[name] >= 3]
+    return [
+        (name, keyed[keyed._shape == name].sort_values("out_channels"))
+        for name in sizes.index[:STAIRCASES]
+        if sizes[name] >= 3
+    ]
 
 
 def _config(row):
@@ -139,22 +149,24 @@ def _page(predictor: Predictor, rows: pd.DataFrame, measured, predicted, trials:
     held_out = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{s['rows']}</td>"
         + "".join(f"<td>{100 * s[f'within_{b}']:.1f} %</td>" for b in BANDS)
-        + f"<td>{100 * s['mape']:.1f} %</td></tr>" for name, s in predictor.meta.get("metrics", {}).items())
+        + f"<td>{100 * s['mape']:.1f} %</td></tr>"
+        for name, s in predictor.meta.get("metrics", {}).items()
+    )
     meta = predictor.meta
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>hwloop predictor · {html.escape(predictor.device)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}</style>
 </head><body>
 <h1>Latency predictor · {html.escape(predictor.device)}</h1>
-<p>schedule <b>{html.escape(meta['schedule'])}</b>, protocol {html.escape(meta['protocol_id'])},
-{meta.get('rows', '?')} training rows, xgboost {html.escape(meta['xgboost_version'])},
+<p>schedule <b>{html.escape(meta["schedule"])}</b>, protocol {html.escape(meta["protocol_id"])},
+{meta.get("rows", "?")} training rows, xgboost {html.escape(meta["xgboost_version"])},
 {len(rows)} configs plotted.</p>
-<table><tr><th>held out</th><th>rows</th>{''.join(f'<th>±{b} %</th>' for b in BANDS)}<th>MAPE</th></tr>
+<table><tr><th>held out</th><th>rows</th>{"".join(f"<th>±{b} %</th>" for b in BANDS)}<th>MAPE</th></tr>
 {held_out}
 <tr><td>{FOLDS}-fold (plotted)</td><td>{len(rows)}</td>{cells}<td>{100 * np.mean(error):.1f} %</td></tr></table>
 <h2>Predicted vs measured</h2><img src="scatter.png" alt="predicted vs measured">
 <h2>Latency vs out-channels</h2><img src="staircase.png" alt="staircase">
 <h2>Learning curve</h2><img src="learning_curve.png" alt="learning curve">
-{'<h2>How far the measurements repeat</h2><img src="trials.png" alt="trials">' if trials else ''}
+{'<h2>How far the measurements repeat</h2><img src="trials.png" alt="trials">' if trials else ""}
 </body></html>
 """

@@ -20,8 +20,18 @@ import functools
 import numpy as np
 
 PATHS = ("channel", "spatial", "width", "reduction")
-QUANTITIES = ("vectors", "tile", "vector_fmas", "steps", "loads", "outputs", "weight_bytes", "input_bytes",
-              "slab_bytes", "tiles")
+QUANTITIES = (
+    "vectors",
+    "tile",
+    "vector_fmas",
+    "steps",
+    "loads",
+    "outputs",
+    "weight_bytes",
+    "input_bytes",
+    "slab_bytes",
+    "tiles",
+)
 
 
 def accumulators(registers: int) -> int:
@@ -61,39 +71,66 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
         weight = tiles * tile_width * cpg * k * k * size
         halo = ((rows - 1) * s + k) * (oh // rows)
         walked_once = weight > _weight_cache_bytes()
-        put(channel, vectors=vectors, tile=vectors * rows * columns,
+        put(
+            channel,
+            vectors=vectors,
+            tile=vectors * rows * columns,
             vector_fmas=n * tiles * vectors * positions * cpg * k * k,
-            steps=n * tiles * (positions // (rows * columns)) * cpg * k * k, weight_bytes=weight,
+            steps=n * tiles * (positions // (rows * columns)) * cpg * k * k,
+            weight_bytes=weight,
             loads=n * tiles * (positions // (rows * columns)) * cpg * k * k * (vectors + rows * columns),
             input_bytes=n * cin * np.where(walked_once, h + 2 * p, halo) * (w + 2 * p) * size,
-            slab_bytes=tile_width * cpg * k * k * size, tiles=n * tiles * (oh // rows))
+            slab_bytes=tile_width * cpg * k * k * size,
+            tiles=n * tiles * (oh // rows),
+        )
     if spatial.any():
         vectors = _lookup(_divisor_tile, positions // vl, 4, mask=spatial)[0]
         rows = _lookup(_balanced_tile, cout, np.maximum(registers // 2 // vectors, 1), mask=spatial)[0]
         row_tiles, position_tiles = -(-cout // rows), positions // (vectors * vl)
-        put(spatial, vectors=vectors, tile=rows * vectors,
+        put(
+            spatial,
+            vectors=vectors,
+            tile=rows * vectors,
             vector_fmas=n * row_tiles * rows * position_tiles * vectors * cin,
-            steps=n * row_tiles * position_tiles * cin, loads=n * row_tiles * position_tiles * cin * (vectors + rows),
+            steps=n * row_tiles * position_tiles * cin,
+            loads=n * row_tiles * position_tiles * cin * (vectors + rows),
             weight_bytes=cout * cin * size,
-            input_bytes=n * cin * positions * size, slab_bytes=rows * cin * size, tiles=n * row_tiles * position_tiles)
+            input_bytes=n * cin * positions * size,
+            slab_bytes=rows * cin * size,
+            tiles=n * row_tiles * position_tiles,
+        )
     if width.any():
         span = _lookup(_vector_tile, ow, vl, mask=width)[0]
         per_row = -(-span // vl)
         rows = _lookup(_divisor_tile, oh, np.maximum(acc // per_row, 1), mask=width)[0]
-        put(width, vectors=per_row, tile=per_row * rows,
+        put(
+            width,
+            vectors=per_row,
+            tile=per_row * rows,
             vector_fmas=n * cout * oh * (ow // span) * per_row * cpg * k * k,
             steps=n * cout * (oh // rows) * (ow // span) * cpg * k * k,
             loads=n * cout * (oh // rows) * (ow // span) * cpg * k * k * (rows * per_row + 1),
             weight_bytes=cout * cpg * k * k * size,
-            input_bytes=n * cin * (h + 2 * p) * (w + 2 * p) * size, slab_bytes=cpg * k * k * size, tiles=n * cout)
+            input_bytes=n * cin * (h + 2 * p) * (w + 2 * p) * size,
+            slab_bytes=cpg * k * k * size,
+            tiles=n * cout,
+        )
     if linear.any():
         rows = _lookup(_divisor_tile, n, 4, mask=linear)[0]
         columns = _lookup(_balanced_tile, cout, np.maximum(np.minimum(acc // rows, 8), 1), mask=linear)[0]
         tiles = -(-n // rows) * -(-cout // columns)
-        put(linear, vectors=1, tile=rows * columns, vector_fmas=tiles * rows * columns * -(-cin // vl),
-            steps=tiles * np.maximum(cin // vl, 1), loads=tiles * -(-cin // vl) * (rows + columns),
-            weight_bytes=cout * cin * size, input_bytes=n * cin * size,
-            slab_bytes=columns * cin * size, tiles=tiles)
+        put(
+            linear,
+            vectors=1,
+            tile=rows * columns,
+            vector_fmas=tiles * rows * columns * -(-cin // vl),
+            steps=tiles * np.maximum(cin // vl, 1),
+            loads=tiles * -(-cin // vl) * (rows + columns),
+            weight_bytes=cout * cin * size,
+            input_bytes=n * cin * size,
+            slab_bytes=columns * cin * size,
+            tiles=tiles,
+        )
     return {"path": path, **out}
 
 

@@ -50,10 +50,16 @@ def at_step(frame: pd.DataFrame, lanes: int, registers: int) -> np.ndarray:
 
     def fmas(d_in: int, d_out: int) -> np.ndarray:
         both = np.maximum(cols["in_channels"] + d_in + d_out, 1)  # a depthwise conv's channels and groups move together
-        return rules.quantities(dict(
-            cols, in_channels=np.where(depthwise, both, np.maximum(cols["in_channels"] + d_in, 1)),
-            out_channels=np.where(depthwise, both, np.maximum(cols["out_channels"] + d_out, 1)),
-            groups=np.where(depthwise, both, cols["groups"])), lanes, registers)["vector_fmas"]
+        return rules.quantities(
+            dict(
+                cols,
+                in_channels=np.where(depthwise, both, np.maximum(cols["in_channels"] + d_in, 1)),
+                out_channels=np.where(depthwise, both, np.maximum(cols["out_channels"] + d_out, 1)),
+                groups=np.where(depthwise, both, cols["groups"]),
+            ),
+            lanes,
+            registers,
+        )["vector_fmas"]
 
     here, step = fmas(0, 0), np.zeros(len(frame), dtype=bool)
     for column, shift in (("in_channels", (1, 0)), ("out_channels", (0, 1))):
@@ -67,15 +73,17 @@ def at_step(frame: pd.DataFrame, lanes: int, registers: int) -> np.ndarray:
 def initial_design(candidates: pd.DataFrame, k: int, lanes: int, registers: int, seed: int = 0) -> pd.DataFrame:
     """``k`` candidates, round-robin over layer shapes, configs at a step of the rules first in each."""
     rng = np.random.default_rng(seed)
-    order = candidates.assign(_p=rng.random(len(candidates)) - at_step(candidates, lanes, registers),
-                              _s=shape_key(candidates))
+    order = candidates.assign(
+        _p=rng.random(len(candidates)) - at_step(candidates, lanes, registers), _s=shape_key(candidates)
+    )
     order = order.sort_values("_p")
     order["_rank"] = order.groupby("_s").cumcount()
     return order.sort_values(["_rank", "_p"]).head(k).drop(columns=["_p", "_s", "_rank"])
 
 
-def transfer_design(candidates: pd.DataFrame, k: int, priors: list[LatencyModel], lanes: int,
-                    registers: int) -> pd.DataFrame:
+def transfer_design(
+    candidates: pd.DataFrame, k: int, priors: list[LatencyModel], lanes: int, registers: int
+) -> pd.DataFrame:
     """``k`` candidates to measure first on a device that ``priors`` (source models retargeted to
     it, :func:`hwloop.predictor.fewshot.retarget`) predict: each shape's slowest config (slowest
     shapes first), then each shape's fastest, then one by one the candidate farthest in predicted
@@ -102,8 +110,13 @@ def transfer_design(candidates: pd.DataFrame, k: int, priors: list[LatencyModel]
     return candidates.iloc[chosen]
 
 
-def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int = 0,
-           train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train) -> pd.DataFrame:
+def choose(
+    candidates: pd.DataFrame,
+    measured: pd.DataFrame,
+    k: int,
+    seed: int = 0,
+    train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train,
+) -> pd.DataFrame:
     """The ``k`` unmeasured candidates the next round should measure (see the module's docstring);
     ``measured`` are table rows (of one target), ``train`` fits the ensemble's members."""
     rng = np.random.default_rng(seed)
@@ -128,15 +141,29 @@ def choose(candidates: pd.DataFrame, measured: pd.DataFrame, k: int, seed: int =
     if len(wrong):
         pool_shape, wrong_shape = shape_key(pool).to_numpy(), shape_key(wrong).to_numpy()
         for shape, cin, cout in zip(wrong_shape, wrong.in_channels, wrong.out_channels):
-            score += ((pool_shape == shape) & (np.abs(pool.in_channels - cin) <= lanes)
-                      & (np.abs(pool.out_channels - cout) <= lanes)).to_numpy()
+            score += (
+                (pool_shape == shape)
+                & (np.abs(pool.in_channels - cin) <= lanes)
+                & (np.abs(pool.out_channels - cout) <= lanes)
+            ).to_numpy()
     return pool.iloc[np.argsort(-score, kind="stable")[:k]]
 
 
-def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Path, cache_dir: Path, budget: int,
-                     rounds: int = 4, seed: int = 0, on_round: Callable[[int, int], None] | None = None,
-                     force: bool = False, on_row: Callable[[dict], None] | None = None,
-                     on_wait: Callable[[str], None] | None = None, sources: list[LatencyModel] | None = None):
+def adaptive_collect(
+    device,
+    configs: list[LayerConfig],
+    policy,
+    tables_dir: Path,
+    cache_dir: Path,
+    budget: int,
+    rounds: int = 4,
+    seed: int = 0,
+    on_round: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    sources: list[LatencyModel] | None = None,
+):
     """Measure at most ``budget`` new configs of ``configs`` on ``device`` (each in every pass of its
     protocol) in ``rounds`` rounds, all in one measuring session: a first design (half the budget),
     then where the predictor is uncertain or wrong. Rows already in the table count as measured.
@@ -156,8 +183,11 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
     with Session(device, policy, tables_dir, on_wait=on_wait) as session:
         lanes, registers = vector_unit(session.context.target_json)
         design_size = max(budget // 2, 1)
-        design = (transfer_design(candidates, design_size, [retarget(s, lanes, registers) for s in sources], lanes,
-                                  registers) if sources else None)
+        design = (
+            transfer_design(candidates, design_size, [retarget(s, lanes, registers) for s in sources], lanes, registers)
+            if sources
+            else None
+        )
         for round_index in range(rounds):
             table = tables.read(tables_dir, device.name, where={"status": "ok", **session.context.same()})
             measured = table[table.config_id.isin(candidates.config_id)].drop_duplicates("config_id")
@@ -172,8 +202,13 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
                 fresh = candidates[~candidates.config_id.isin(measured.config_id)]
                 chosen = initial_design(fresh, min(left, design_size), lanes, registers, seed)
             else:
-                chosen = choose(candidates, measured.reset_index(drop=True), -(-left // (rounds - round_index)),
-                                seed + round_index, train)
+                chosen = choose(
+                    candidates,
+                    measured.reset_index(drop=True),
+                    -(-left // (rounds - round_index)),
+                    seed + round_index,
+                    train,
+                )
             if chosen.empty:
                 continue
             if on_round:
@@ -188,8 +223,7 @@ def adaptive_collect(device, configs: list[LayerConfig], policy, tables_dir: Pat
     return total
 
 
-def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], adaptive: bool,
-                   seed: int = 0) -> list[dict]:
+def learning_curve(rows: pd.DataFrame, test: np.ndarray, sizes: list[int], adaptive: bool, seed: int = 0) -> list[dict]:
     """Scores on ``rows[test]`` of predictors trained on growing subsets of the other rows, chosen
     at random or by the adaptive sampler (replayed: a chosen row's measured latency is revealed)."""
     pool, held = rows[~test].reset_index(drop=True), rows[test].reset_index(drop=True)

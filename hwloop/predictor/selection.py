@@ -31,8 +31,9 @@ class Selection:
         return len(self.passes)
 
 
-def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | None = None,
-           device: str | None = None) -> Selection:
+def select(
+    table: pd.DataFrame, source: str, schedule: str, protocol_id: str | None = None, device: str | None = None
+) -> Selection:
     """The successful rows of ``table`` measured with ``schedule`` (and ``protocol_id`` if given).
 
     ``source`` names the table in errors. Refused: no such rows (successful and quiet), rows of
@@ -42,29 +43,40 @@ def select(table: pd.DataFrame, source: str, schedule: str, protocol_id: str | N
     if ok.empty:
         raise PredictorError(f"{source}: no successful measurements")
     if device is not None and set(ok.device) != {device}:
-        raise PredictorError(f"{source}: rows of device(s) {_counts(ok.device)}, not {device!r}: "
-                             "a predictor learns and is scored on its own device's rows")
+        raise PredictorError(
+            f"{source}: rows of device(s) {_counts(ok.device)}, not {device!r}: "
+            "a predictor learns and is scored on its own device's rows"
+        )
     if ok.device.nunique() > 1:
         raise PredictorError(f"{source}: rows of several devices ({_counts(ok.device)}); one predictor per device")
     rows = ok[ok.schedule == schedule]
     if rows.empty:
         policy = unrevised(schedule)
-        hint = (f"its {policy!r} rows were timed under earlier rules: collect them again"
-                if ok.schedule.map(unrevised).eq(policy).any()
-                else "a predictor learns and is scored on rows of one schedule policy only")
-        raise PredictorError(f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); {hint}")
+        hint = (
+            f"its {policy!r} rows were timed under earlier rules: collect them again"
+            if ok.schedule.map(unrevised).eq(policy).any()
+            else "a predictor learns and is scored on rows of one schedule policy only"
+        )
+        raise PredictorError(
+            f"{source}: no rows of schedule policy {schedule!r} (it holds {_counts(ok.schedule)}); {hint}"
+        )
     if protocol_id is not None:
         others = rows[rows.protocol_id != protocol_id]
         rows = rows[rows.protocol_id == protocol_id]
         if rows.empty:
-            raise PredictorError(f"{source}: no {schedule!r} rows with protocol {protocol_id} (they have protocol "
-                                 f"{_counts(others.protocol_id)}); latencies of another protocol are not comparable")
+            raise PredictorError(
+                f"{source}: no {schedule!r} rows with protocol {protocol_id} (they have protocol "
+                f"{_counts(others.protocol_id)}); latencies of another protocol are not comparable"
+            )
     if rows.protocol_id.nunique() > 1:
-        raise PredictorError(f"{source}: {schedule!r} rows of several protocols ({_counts(rows.protocol_id)}); "
-                             "choose one with --protocol")
+        raise PredictorError(
+            f"{source}: {schedule!r} rows of several protocols ({_counts(rows.protocol_id)}); "
+            "choose one with --protocol"
+        )
     if rows.target.nunique() > 1:
-        raise PredictorError(f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); "
-                             "keep one target per device table")
+        raise PredictorError(
+            f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); keep one target per device table"
+        )
     first = rows.iloc[0]
     return Selection(fastest_pass(rows), rows, first.device, schedule, first.protocol_id, first.protocol, first.target)
 

@@ -37,22 +37,31 @@ def foldable(groups: ChannelGroups) -> list[str]:
     """Groups whose channels feed only plain (ungrouped) convs and linears, one input position per
     channel, where replacing a channel folds exactly."""
     modules = dict(groups.model.named_modules())
-    return [g.name for g in groups.groups if g.consumers and not g.depthwise
-            and all(getattr(modules[name], "groups", 1) == 1 and len(positions) == g.size
-                    for name, positions in g.consumers.items())]
+    return [
+        g.name
+        for g in groups.groups
+        if g.consumers
+        and not g.depthwise
+        and all(
+            getattr(modules[name], "groups", 1) == 1 and len(positions) == g.size
+            for name, positions in g.consumers.items()
+        )
+    ]
 
 
 @torch.no_grad()
 def similarity(groups: ChannelGroups, batches: Iterable, names: list[str]) -> dict[str, torch.Tensor]:
     """Per group, the Gram matrix of its channels over the inputs of all its consumers."""
-    grams = {name: torch.zeros(groups.by_name[name].size, groups.by_name[name].size, dtype=torch.float64)
-             for name in names}
+    grams = {
+        name: torch.zeros(groups.by_name[name].size, groups.by_name[name].size, dtype=torch.float64) for name in names
+    }
 
     def record(group: str, positions: torch.Tensor, axis: int):
         def take(x: torch.Tensor) -> torch.Tensor:
             flat = x.index_select(axis, positions).movedim(axis, 0).reshape(len(positions), -1)
             grams[group].add_(flat.double() @ flat.double().T)
             return x
+
         return take
 
     transforms = {}
@@ -73,8 +82,8 @@ def nearest(gram: torch.Tensor, candidates: list[int] | None = None) -> tuple[to
     """For each channel j, the channel k (among ``candidates``, never j itself) that best
     reconstructs it as ``alpha * x_k``, and that ``alpha``."""
     diagonal = gram.diagonal().clamp_min(1e-12)
-    alpha = gram / diagonal.unsqueeze(0)                      # alpha[j, k] = <x_j, x_k> / <x_k, x_k>
-    error = gram.diagonal().unsqueeze(1) - gram ** 2 / diagonal.unsqueeze(0)
+    alpha = gram / diagonal.unsqueeze(0)  # alpha[j, k] = <x_j, x_k> / <x_k, x_k>
+    error = gram.diagonal().unsqueeze(1) - gram**2 / diagonal.unsqueeze(0)
     error.fill_diagonal_(float("inf"))
     if candidates is not None:
         allowed = torch.full_like(error, float("inf"))
@@ -85,8 +94,13 @@ def nearest(gram: torch.Tensor, candidates: list[int] | None = None) -> tuple[to
 
 
 @torch.no_grad()
-def fold(groups: ChannelGroups, keep: dict[str, list[int]], replaced: dict[str, list[int]],
-         grams: dict[str, torch.Tensor], scale: dict[str, torch.Tensor] | None = None) -> int:
+def fold(
+    groups: ChannelGroups,
+    keep: dict[str, list[int]],
+    replaced: dict[str, list[int]],
+    grams: dict[str, torch.Tensor],
+    scale: dict[str, torch.Tensor] | None = None,
+) -> int:
     """Fold into the consumers' weights each kept channel's ``scale`` (its gate value), then each
     replaced channel j as ``alpha * x_k`` of its most similar kept channel k. Call before pruning;
     returns how many channels were replaced."""
@@ -122,8 +136,16 @@ def _scale_inputs(layer: nn.Module, channels: torch.Tensor, values: torch.Tensor
     blocks[channels // per_in, :, channels % per_in] *= values.view(-1, 1, *[1] * (weight.dim() - 2))
 
 
-def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
-           min_ratio: float = MIN_RATIO, on_batch: Callable[[float], None] | None = None):
+def search(
+    groups: ChannelGroups,
+    cost: Cost,
+    target: float,
+    loader,
+    teacher: nn.Module,
+    epochs: int,
+    min_ratio: float = MIN_RATIO,
+    on_batch: Callable[[float], None] | None = None,
+):
     """Train the gates, choose the plan, fold; returns the plan, kept channels and a record entry."""
     model = groups.model
     replaceable = foldable(groups)
@@ -145,10 +167,10 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
                 r = channel_view(x, torch.sigmoid(rho[group]) * alpha.float(), axis)
                 mixed = mixed + (1 - m) * r * channels.index_select(axis, k)
             return x.index_copy(axis % x.dim(), feed.positions, mixed)
+
         return apply
 
-    transforms = {consumer: compose([gate(feed) for feed in fed])
-                  for consumer, fed in feeds(groups).items()}
+    transforms = {consumer: compose([gate(feed) for feed in fed]) for consumer, fed in feeds(groups).items()}
 
     def penalty() -> torch.Tensor:
         latency = soft({name: torch.sigmoid(t).sum() for name, t in theta.items()})
@@ -156,14 +178,30 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
 
     gates = [*theta.values(), *rho.values()]
     with ConsumerHooks(model, transforms):
-        train(model, loader, epochs, lr=0.01, teacher=teacher, penalty=penalty,
-              extra_params=[{"params": gates, "lr": 0.1, "weight_decay": 0}], on_batch=on_batch)
+        train(
+            model,
+            loader,
+            epochs,
+            lr=0.01,
+            teacher=teacher,
+            penalty=penalty,
+            extra_params=[{"params": gates, "lr": 0.1, "weight_decay": 0}],
+            on_batch=on_batch,
+        )
     keep_values = {name: torch.sigmoid(t.detach()) for name, t in theta.items()}
     plan = allocate(groups, cost, keep_values, target, min_ratio)
     keep = groups.top(keep_values, plan)
-    replaced = {name: [j for j in range(groups.by_name[name].size)
-                       if j not in set(keep[name]) and torch.sigmoid(rho[name][j]) > 0.5]
-                for name in replaceable}
+    replaced = {
+        name: [
+            j
+            for j in range(groups.by_name[name].size)
+            if j not in set(keep[name]) and torch.sigmoid(rho[name][j]) > 0.5
+        ]
+        for name in replaceable
+    }
     folded = fold(groups, keep, replaced, grams, keep_values)
-    return plan, keep, {"replaced_channels": folded,
-                        "zeroed_channels": sum(g.size - plan[g.name] for g in groups.groups) - folded}
+    return (
+        plan,
+        keep,
+        {"replaced_channels": folded, "zeroed_channels": sum(g.size - plan[g.name] for g in groups.groups) - folded},
+    )

@@ -31,9 +31,15 @@ from .cost import Cost
 from .groups import ChannelGroups, Group, PruneError, in_steps
 
 
-def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tensor], target: float,
-             min_ratio: float = MIN_RATIO, on_step: Callable[[float], None] | None = None,
-             round_to: int = 1) -> dict[str, int]:
+def allocate(
+    groups: ChannelGroups,
+    cost: Cost,
+    importance: dict[str, torch.Tensor],
+    target: float,
+    min_ratio: float = MIN_RATIO,
+    on_step: Callable[[float], None] | None = None,
+    round_to: int = 1,
+) -> dict[str, int]:
     """The plan (channel count per group) that meets ``cost.total(plan) <= target`` greedily."""
     plan = groups.dense
     units, floors = groups.steps(round_to, min_ratio)
@@ -42,11 +48,16 @@ def allocate(groups: ChannelGroups, cost: Cost, importance: dict[str, torch.Tens
     while (total := cost.total(plan)) > target:
         if on_step:
             on_step(total)
-        moves = [(g, c) for g in groups.groups
-                 for c in _candidates(g, plan[g.name], floors[g.name], cost.step, units[g.name])]
+        moves = [
+            (g, c)
+            for g in groups.groups
+            for c in _candidates(g, plan[g.name], floors[g.name], cost.step, units[g.name])
+        ]
         if not moves:
-            raise PruneError(f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
-                             f"({min_ratio:.0%} of each group{in_steps(round_to)}) costs {total:.4g} {cost.unit}")
+            raise PruneError(
+                f"budget: {target:.4g} {cost.unit} is out of reach; the smallest plan "
+                f"({min_ratio:.0%} of each group{in_steps(round_to)}) costs {total:.4g} {cost.unit}"
+            )
         saved = _savings(groups, cost, plan, moves, touched)
 
         def loss(move: tuple[Group, int]) -> float:
@@ -83,7 +94,9 @@ def _candidates(group: Group, count: int, floor: int, aligned: int, unit: int) -
     if group.size <= 64:
         return list(range(floor, count))
     step = max(1, group.size // 64)
-    return sorted({c for c in range(floor, count) if c % aligned == 0} | ({count - step} if count - step >= floor else set()))
+    return sorted(
+        {c for c in range(floor, count) if c % aligned == 0} | ({count - step} if count - step >= floor else set())
+    )
 
 
 def _touched(groups: ChannelGroups) -> dict[str, list[int]]:
@@ -91,12 +104,19 @@ def _touched(groups: ChannelGroups) -> dict[str, list[int]]:
     index = {}
     for position, traced in enumerate(groups.traced):
         index.setdefault(traced.name, []).append(position)
-    return {g.name: sorted(i for name in (*g.producers, *g.consumers, *g.depthwise) for i in index.get(name, []))
-            for g in groups.groups}
+    return {
+        g.name: sorted(i for name in (*g.producers, *g.consumers, *g.depthwise) for i in index.get(name, []))
+        for g in groups.groups
+    }
 
 
-def _savings(groups: ChannelGroups, cost: Cost, plan: dict[str, int], moves: list[tuple[Group, int]],
-             touched: dict[str, list[int]]) -> np.ndarray:
+def _savings(
+    groups: ChannelGroups,
+    cost: Cost,
+    plan: dict[str, int],
+    moves: list[tuple[Group, int]],
+    touched: dict[str, list[int]],
+) -> np.ndarray:
     """Per-layer cost saved by each move, all moves priced in one batched call."""
     current = groups.layers(plan)
     configs, spans = [], []
@@ -107,11 +127,17 @@ def _savings(groups: ChannelGroups, cost: Cost, plan: dict[str, int], moves: lis
             configs += [current[i], layers[i]]
         spans.append((start, len(configs)))
     values = cost.layers(configs) if configs else np.zeros(0)
-    return np.array([values[a:b:2].sum() - values[a + 1:b:2].sum() for a, b in spans])
+    return np.array([values[a:b:2].sum() - values[a + 1 : b : 2].sum() for a, b in spans])
 
 
-def _give_back(groups: ChannelGroups, cost: Cost, plan: dict[str, int], target: float,
-               touched: dict[str, list[int]], units: dict[str, int]) -> dict[str, int]:
+def _give_back(
+    groups: ChannelGroups,
+    cost: Cost,
+    plan: dict[str, int],
+    target: float,
+    touched: dict[str, list[int]],
+    units: dict[str, int],
+) -> dict[str, int]:
     """Raise each group to the largest count up to a window above it that costs no more per layer."""
     for group in groups.groups:
         count, unit = plan[group.name], units[group.name]

@@ -55,13 +55,23 @@ class Checked(Generic[Planned]):
     chosen: int
 
     def record(self, device: str) -> dict:
-        return {"device": device, "chosen": self.chosen, "met": self.rounds[self.chosen].met,
-                "rounds": [asdict(r) for r in self.rounds]}
+        return {
+            "device": device,
+            "chosen": self.chosen,
+            "met": self.rounds[self.chosen].met,
+            "rounds": [asdict(r) for r in self.rounds],
+        }
 
 
-def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned], float],
-            measure: Callable[[Planned], tuple[float, float]], target: float, goal: Callable[[float], float],
-            rounds: int, tolerance: float = 0.05) -> Checked[Planned]:
+def correct(
+    plan_at: Callable[[float], Planned],
+    predicted_ms: Callable[[Planned], float],
+    measure: Callable[[Planned], tuple[float, float]],
+    target: float,
+    goal: Callable[[float], float],
+    rounds: int,
+    tolerance: float = 0.05,
+) -> Checked[Planned]:
     """Plan at ``target`` (predicted ms), measure (dense ms, planned ms) and re-plan until a plan
     lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms), ``rounds``
     plans were timed, or a corrected target is out of the method's reach. Each round proposes
@@ -100,8 +110,11 @@ def correct(plan_at: Callable[[float], Planned], predicted_ms: Callable[[Planned
     return Checked(tried[chosen][0], [r for _, r in tried], chosen)
 
 
-def _steadied(tried: list[tuple[Planned, Round]], measure: Callable[[Planned], tuple[float, float]],
-              goal: Callable[[float], float]) -> list[tuple[Planned, Round]]:
+def _steadied(
+    tried: list[tuple[Planned, Round]],
+    measure: Callable[[Planned], tuple[float, float]],
+    goal: Callable[[float], float],
+) -> list[tuple[Planned, Round]]:
     """``tried`` with each round timed once only whose dense timing is above ``STEADY`` times the
     fastest of all rounds timed again, keeping the fastest of each model's timings."""
     fastest = min(r.dense_ms for _, r in tried)
@@ -125,12 +138,15 @@ class Board:
     rounds: int = 3
     tolerance: float = 0.05
 
-    def time_plan(self, dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], name: str,
-                  method: str, schedule: str) -> tuple[float, float]:
+    def time_plan(
+        self, dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], name: str, method: str, schedule: str
+    ) -> tuple[float, float]:
         """The measured latency (ms) of ``dense`` and of a plan's ``pruned`` copy of it, timed side by
         side (each the fastest of the device's passes), as models ``NAME:dense`` and ``NAME:METHOD-plan``."""
-        cases = [ModelCase(f"{name}:dense", dense, input_shape),
-                 ModelCase(f"{name}:{method}-plan", pruned.eval(), input_shape)]
+        cases = [
+            ModelCase(f"{name}:dense", dense, input_shape),
+            ModelCase(f"{name}:{method}-plan", pruned.eval(), input_shape),
+        ]
         timed = side_by_side(self.device, cases, policy_of_rows(schedule), self.tables_dir, self.cache_dir)
         for row in timed:
             if row["status"] != "ok":

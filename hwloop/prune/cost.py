@@ -56,11 +56,15 @@ class Cost:
         try:
             value = float(number) / (100 if text.endswith("%") else 1)
         except ValueError:
-            raise PruneError(f"budget: {budget!r} is neither a fraction of the dense {self.name} (0.5, 50%) "
-                             f"nor a value in {self.unit} (such as 3.2{self.unit})") from None
+            raise PruneError(
+                f"budget: {budget!r} is neither a fraction of the dense {self.name} (0.5, 50%) "
+                f"nor a value in {self.unit} (such as 3.2{self.unit})"
+            ) from None
         if value <= 0 or (not absolute and value > 1):
-            raise PruneError(f"budget: {budget!r} must be a fraction in (0, 1] of the dense {self.name}, "
-                             f"or a positive value in {self.unit}")
+            raise PruneError(
+                f"budget: {budget!r} must be a fraction in (0, 1] of the dense {self.name}, "
+                f"or a positive value in {self.unit}"
+            )
         return value if absolute else value * (self.total(self.groups.dense) if dense is None else dense)
 
 
@@ -100,7 +104,6 @@ class Macs(Cost):
         return float(self.layers(configs).sum())
 
 
-
 class SoftCost:
     """A differentiable stand-in for ``cost.total``: each layer's cost interpolated (bilinearly) on a
     grid of its channel counts (aligned ones, which a plan can reach without ragged-count penalties),
@@ -128,8 +131,16 @@ class SoftCost:
             in_points = _points(c.in_channels, cost.step, points, unit) if ins else [c.in_channels]
             out_points = _points(c.out_channels, cost.step, points, unit) if outs else [c.out_channels]
             table = torch.tensor(cost.grid(c, in_points, out_points), dtype=torch.float32)
-            self.layers.append((c, ins, outs, torch.tensor(in_points, dtype=torch.float32),
-                                torch.tensor(out_points, dtype=torch.float32), table))
+            self.layers.append(
+                (
+                    c,
+                    ins,
+                    outs,
+                    torch.tensor(in_points, dtype=torch.float32),
+                    torch.tensor(out_points, dtype=torch.float32),
+                    table,
+                )
+            )
             dense_layers.append(c)
         self.offset = cost.total(groups.dense) - float(cost.layers(dense_layers).sum())
 

@@ -13,8 +13,17 @@ def shape_of(config: LayerConfig) -> tuple:
     """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding, batch,
     dtype, and whether a conv is grouped (with how many groups)."""
     groups = config.groups if config.op == "conv2d" else 0
-    return (config.op, config.batch, config.input_h, config.input_w, config.kernel, config.stride, config.padding,
-            groups, config.dtype)
+    return (
+        config.op,
+        config.batch,
+        config.input_h,
+        config.input_w,
+        config.kernel,
+        config.stride,
+        config.padding,
+        groups,
+        config.dtype,
+    )
 
 
 def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> tuple[list[LayerConfig], int]:
@@ -24,8 +33,19 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
     if len(rows):
         ok = rows[(rows.status == "ok") & (rows.schedule == schedule)]
         for row in ok[list(_FIELDS)].drop_duplicates().itertuples(index=False):
-            measured.add((row.op, int(row.batch), int(row.input_h), int(row.input_w), int(row.kernel), int(row.stride),
-                          int(row.padding), int(row.groups) if row.op == "conv2d" else 0, row.dtype))
+            measured.add(
+                (
+                    row.op,
+                    int(row.batch),
+                    int(row.input_h),
+                    int(row.input_w),
+                    int(row.kernel),
+                    int(row.stride),
+                    int(row.padding),
+                    int(row.groups) if row.op == "conv2d" else 0,
+                    row.dtype,
+                )
+            )
     shapes: dict[tuple, LayerConfig] = {}
     for config in layers:
         shapes.setdefault(shape_of(config), config)

@@ -18,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 FASHION_MNIST = Path(os.environ.get("HWLOOP_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-DATASET_HELP = ("fashion-mnist (Debian's dataset-fashion-mnist IDX files), cifar10:PATH (CIFAR-10 binary version), "
-                "folder:PATH (PATH/train/CLASS/*.png and PATH/val/CLASS/*.png, or test/; needs Pillow) or npz:PATH "
-                "(arrays x_train, y_train, x_test, y_test)")
+DATASET_HELP = (
+    "fashion-mnist (Debian's dataset-fashion-mnist IDX files), cifar10:PATH (CIFAR-10 binary version), "
+    "folder:PATH (PATH/train/CLASS/*.png and PATH/val/CLASS/*.png, or test/; needs Pillow) or npz:PATH "
+    "(arrays x_train, y_train, x_test, y_test)"
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -39,8 +41,14 @@ class Data:
     num_classes: int
 
 
-def load_data(spec: str, batch_size: int = 128, train_samples: int | None = None,
-              test_samples: int | None = None, seed: int = 0, input_shape: tuple[int, ...] | None = None) -> Data:
+def load_data(
+    spec: str,
+    batch_size: int = 128,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
+) -> Data:
     """``fashion-mnist``, ``cifar10:PATH``, ``folder:PATH`` or ``npz:PATH``; ``*_samples`` keep the
     first N images of each split; ``input_shape`` (N, C, H, W; N is ignored) resizes the images
     and converts their channels (1 to 3 by repeating, 3 to 1 by averaging)."""
@@ -52,8 +60,13 @@ def load_data(spec: str, batch_size: int = 128, train_samples: int | None = None
     elif spec.startswith("cifar10:"):
         (xtr, ytr), (xte, yte) = _cifar10(Path(spec.removeprefix("cifar10:")).expanduser())
     elif spec.startswith("folder:"):
-        (xtr, ytr), (xte, yte) = _folder(Path(spec.removeprefix("folder:")).expanduser(), size, train_samples,
-                                         test_samples, 1 if input_shape is not None and input_shape[1] == 1 else 3)
+        (xtr, ytr), (xte, yte) = _folder(
+            Path(spec.removeprefix("folder:")).expanduser(),
+            size,
+            train_samples,
+            test_samples,
+            1 if input_shape is not None and input_shape[1] == 1 else 3,
+        )
     elif spec.startswith("npz:"):
         (xtr, ytr), (xte, yte) = _npz(Path(spec.removeprefix("npz:")).expanduser())
     else:
@@ -67,8 +80,13 @@ def load_data(spec: str, batch_size: int = 128, train_samples: int | None = None
     train = TensorDataset((xtr - mean) / std, ytr)
     test = TensorDataset((xte - mean) / std, yte)
     generator = torch.Generator().manual_seed(seed)
-    return Data(spec, DataLoader(train, batch_size, shuffle=True, generator=generator),
-                DataLoader(test, 256), (1, *xtr.shape[1:]), int(ytr.max()) + 1)
+    return Data(
+        spec,
+        DataLoader(train, batch_size, shuffle=True, generator=generator),
+        DataLoader(test, 256),
+        (1, *xtr.shape[1:]),
+        int(ytr.max()) + 1,
+    )
 
 
 def _shaped(images: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -80,7 +98,9 @@ def _shaped(images: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
     chunks = []
     for chunk in images.split(1024):
         if tuple(chunk.shape[2:]) != size:
-            chunk = torch.nn.functional.interpolate(chunk, size=size, mode="bilinear", antialias=True, align_corners=False)
+            chunk = torch.nn.functional.interpolate(
+                chunk, size=size, mode="bilinear", antialias=True, align_corners=False
+            )
         if chunk.shape[1] != channels:
             chunk = chunk.expand(-1, channels, -1, -1) if channels == 3 else chunk.mean(1, keepdim=True)
         chunks.append(chunk.contiguous())
@@ -100,7 +120,7 @@ def _idx(path: Path, dims: int) -> np.ndarray:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if len(raw) < 4 + 4 * dims or raw[:3] != b"\0\0\x08" or raw[3] != dims:
         raise DataError(f"{path}: not an IDX file of unsigned bytes with {dims} dimensions")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path}: header says {shape} but holds {body.size} bytes")
@@ -112,8 +132,10 @@ def _fashion_mnist(root: Path):
         for name in (f"{stem}.gz", stem):
             if (root / name).is_file():
                 return root / name
-        raise DataError(f"{root / stem}.gz: missing; install Debian's dataset-fashion-mnist "
-                        "or set HWLOOP_FASHION_MNIST to a folder of the IDX files")
+        raise DataError(
+            f"{root / stem}.gz: missing; install Debian's dataset-fashion-mnist "
+            "or set HWLOOP_FASHION_MNIST to a folder of the IDX files"
+        )
 
     def split(prefix: str):
         images = _idx(find(f"{prefix}-images-idx3-ubyte"), 3)
@@ -135,8 +157,10 @@ def _cifar10(path: Path):
         for name in names:
             file = folder / name
             if not file.is_file():
-                raise DataError(f"{file}: missing; cifar10:PATH needs the binary version "
-                                "(data_batch_1.bin .. data_batch_5.bin, test_batch.bin)")
+                raise DataError(
+                    f"{file}: missing; cifar10:PATH needs the binary version "
+                    "(data_batch_1.bin .. data_batch_5.bin, test_batch.bin)"
+                )
             records = np.fromfile(file, np.uint8)
             if records.size % 3073:
                 raise DataError(f"{file}: {records.size} bytes is not a whole number of 3073-byte records")
@@ -160,8 +184,10 @@ def _npz(path: Path):
         test = "val" if {"x_val", "y_val"} <= names and "x_test" not in names else "test"
         missing = [n for n in ("x_train", "y_train", f"x_{test}", f"y_{test}") if n not in names]
         if missing:
-            raise DataError(f"{path}: {missing[0]}: missing; expected arrays x_train, y_train, x_test, y_test "
-                            f"(or x_val, y_val); found {', '.join(sorted(names)) or 'none'}")
+            raise DataError(
+                f"{path}: {missing[0]}: missing; expected arrays x_train, y_train, x_test, y_test "
+                f"(or x_val, y_val); found {', '.join(sorted(names)) or 'none'}"
+            )
         return tuple(_npz_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split) for split in ("train", test))
 
 
@@ -171,20 +197,29 @@ def _npz_split(path: Path, images: np.ndarray, labels: np.ndarray, split: str):
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise DataError(f"{path}: x_{split}: shape {images.shape}: expected N x H x W, N x H x W x C or N x C x H x W "
-                        "with C of 1 or 3")
+        raise DataError(
+            f"{path}: x_{split}: shape {images.shape}: expected N x H x W, N x H x W x C or N x C x H x W "
+            "with C of 1 or 3"
+        )
     if not np.issubdtype(images.dtype, np.number):
         raise DataError(f"{path}: x_{split}: dtype {images.dtype} is not numeric")
-    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer) or \
-            (len(labels) and labels.min() < 0):
-        raise DataError(f"{path}: y_{split}: expected {len(images)} non-negative integer labels, got shape "
-                        f"{labels.shape} of {labels.dtype}")
+    if (
+        labels.ndim != 1
+        or len(labels) != len(images)
+        or not np.issubdtype(labels.dtype, np.integer)
+        or (len(labels) and labels.min() < 0)
+    ):
+        raise DataError(
+            f"{path}: y_{split}: expected {len(images)} non-negative integer labels, got shape "
+            f"{labels.shape} of {labels.dtype}"
+        )
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     return torch.from_numpy(images.astype(np.float32) / scale), torch.from_numpy(labels.astype(np.int64))
 
 
-def _folder(root: Path, size: tuple[int, int] | None, train_samples: int | None, test_samples: int | None,
-            channels: int):
+def _folder(
+    root: Path, size: tuple[int, int] | None, train_samples: int | None, test_samples: int | None, channels: int
+):
     """An image folder per class under ``root/train`` and ``root/val`` (or ``root/test``); classes
     are the folder names, sorted, shared by both splits. Images are resized to ``size`` (default:
     the first training image's)."""
@@ -193,7 +228,9 @@ def _folder(root: Path, size: tuple[int, int] | None, train_samples: int | None,
     except ImportError as exc:
         raise DataError("folder:PATH datasets need Pillow: pip install 'hwloop[vision]'") from exc
     if not (root / "train").is_dir():
-        raise DataError(f"folder:{root}: {root / 'train'}: no such folder (expected train/CLASS/IMAGE and val/CLASS/IMAGE)")
+        raise DataError(
+            f"folder:{root}: {root / 'train'}: no such folder (expected train/CLASS/IMAGE and val/CLASS/IMAGE)"
+        )
     test_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
     if test_dir is None:
         raise DataError(f"folder:{root}: {root / 'val'}: no such folder (or test/)")
@@ -206,8 +243,13 @@ def _folder(root: Path, size: tuple[int, int] | None, train_samples: int | None,
     mode = "L" if channels == 1 else "RGB"
 
     def split(folder: Path, limit: int | None):
-        files = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
-                 for path in sorted((folder / name).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+        files = [
+            (path, label)
+            for label, name in enumerate(classes)
+            if (folder / name).is_dir()
+            for path in sorted((folder / name).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
         if limit is not None:  # a sample spread over the classes, not the first classes only
             files = [files[i] for i in np.random.default_rng(0).permutation(len(files))[:limit]]
         images = []

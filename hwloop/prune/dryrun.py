@@ -42,10 +42,14 @@ def dry_run(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> Dr
     rng = random.Random(seed)
     plan = {g.name: g.unit * max(1, g.size // g.unit // 2) for g in groups.groups}
     keep = groups.top({g.name: torch.tensor([rng.random() for _ in range(g.size)]) for g in groups.groups}, plan)
-    dropped = {name: torch.tensor([i not in set(kept) for i in range(groups.by_name[name].size)])
-               for name, kept in keep.items()}
-    masks = {consumer: compose([_zeroing(feed.positions[feed.spread(dropped[feed.group])], feed.axis) for feed in fed])
-             for consumer, fed in feeds(groups).items()}
+    dropped = {
+        name: torch.tensor([i not in set(kept) for i in range(groups.by_name[name].size)])
+        for name, kept in keep.items()
+    }
+    masks = {
+        consumer: compose([_zeroing(feed.positions[feed.spread(dropped[feed.group])], feed.axis) for feed in fed])
+        for consumer, fed in feeds(groups).items()
+    }
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         dense = _output(model(x))

@@ -59,7 +59,9 @@ def read_plan(out: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except OSError as exc:
-        raise PruneError(f"{path}: cannot read: {exc.strerror or exc} (is {out} an output folder of `hwloop prune`?)") from exc
+        raise PruneError(
+            f"{path}: cannot read: {exc.strerror or exc} (is {out} an output folder of `hwloop prune`?)"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise PruneError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -72,16 +74,23 @@ def read_plan(out: Path) -> dict:
             raise PruneError(f"{path}: groups.{name}.kept: missing or not an integer")
         channels = counts.get("channels")
         if channels is not None and not _indices(channels, counts["kept"], counts.get("dense")):
-            raise PruneError(f"{path}: groups.{name}.channels: expected {counts['kept']} distinct ascending "
-                             f"indices of the dense model's {counts.get('dense')} channels")
+            raise PruneError(
+                f"{path}: groups.{name}.channels: expected {counts['kept']} distinct ascending "
+                f"indices of the dense model's {counts.get('dense')} channels"
+            )
     return record
 
 
 def _indices(channels, kept: int, dense) -> bool:
     """Whether ``channels`` lists ``kept`` ascending channel indices below ``dense``."""
-    return (isinstance(channels, list) and len(channels) == kept and isinstance(dense, int)
-            and all(isinstance(i, int) for i in channels) and channels == sorted(set(channels))
-            and (not channels or 0 <= channels[0] and channels[-1] < dense))
+    return (
+        isinstance(channels, list)
+        and len(channels) == kept
+        and isinstance(dense, int)
+        and all(isinstance(i, int) for i in channels)
+        and channels == sorted(set(channels))
+        and (not channels or 0 <= channels[0] and channels[-1] < dense)
+    )
 
 
 def load(out: Path) -> tuple[nn.Module, nn.Module, dict]:
@@ -107,12 +116,15 @@ def _build(record: dict, out: Path) -> nn.Module:
         if file is not None:
             recorded, actual = record.get("model_sha256"), file_sha256(file)
             if recorded != actual:
-                raise PruneError(f"{out / 'plan.json'}: model_sha256: {file} has changed since the plan was made "
-                                 f"(SHA-256 {actual[:12]}…, the plan recorded "
-                                 f"{recorded[:12] + '…' if isinstance(recorded, str) else 'none'}); "
-                                 "a changed file may be another model, and importing it runs its code")
-        model, _ = load_model(record["model"], tuple(record["input_shape"]),
-                              record["num_classes"] if file is None else None)
+                raise PruneError(
+                    f"{out / 'plan.json'}: model_sha256: {file} has changed since the plan was made "
+                    f"(SHA-256 {actual[:12]}…, the plan recorded "
+                    f"{recorded[:12] + '…' if isinstance(recorded, str) else 'none'}); "
+                    "a changed file may be another model, and importing it runs its code"
+                )
+        model, _ = load_model(
+            record["model"], tuple(record["input_shape"]), record["num_classes"] if file is None else None
+        )
     except ModelError as exc:
         raise PruneError(f"{out / 'plan.json'}: model: {exc}") from exc
     return model

@@ -39,8 +39,14 @@ def feeds(groups: ChannelGroups) -> dict[str, list[Feed]]:
     for group in groups.groups:
         for name, positions in (*group.consumers.items(), *group.depthwise.items()):
             axis = -1 if isinstance(modules[name], nn.Linear) else 1
-            result.setdefault(name, []).append(Feed(group.name, torch.tensor(positions, dtype=torch.long),
-                                                    torch.tensor(group.roots[name], dtype=torch.long), axis))
+            result.setdefault(name, []).append(
+                Feed(
+                    group.name,
+                    torch.tensor(positions, dtype=torch.long),
+                    torch.tensor(group.roots[name], dtype=torch.long),
+                    axis,
+                )
+            )
     return result
 
 
@@ -59,10 +65,12 @@ def scale_channels(x: torch.Tensor, positions: torch.Tensor, values: torch.Tenso
 
 def compose(transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
     """One input transform applying ``transforms`` in turn (a layer fed by several groups)."""
+
     def composed(x: torch.Tensor) -> torch.Tensor:
         for transform in transforms:
             x = transform(x)
         return x
+
     return composed
 
 

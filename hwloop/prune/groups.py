@@ -67,8 +67,10 @@ class Group:
         width = self.size // self.unit
         positions = sorted({i % width for i in kept})
         if sorted(kept) != [b * width + j for b in range(self.unit) for j in positions]:
-            raise PruneError(f"plan: {self.name}: a grouped conv's {self.unit} groups must keep the same channels "
-                             f"each (positions within each block of {width})")
+            raise PruneError(
+                f"plan: {self.name}: a grouped conv's {self.unit} groups must keep the same channels "
+                f"each (positions within each block of {width})"
+            )
         return positions
 
 
@@ -112,16 +114,19 @@ def mixes_channels(node) -> bool:
     if len(before) == 2 and after[0] == before[0] and math.prod(after[1:]) == before[1]:
         return False  # and back
     # a channels-last tensor's leading axes merged into rows, or split back (a linear on N-D input)
-    return not (before[-1] == after[-1] and 2 in (len(before), len(after))
-                and math.prod(before[:-1]) == math.prod(after[:-1]))
+    return not (
+        before[-1] == after[-1] and 2 in (len(before), len(after)) and math.prod(before[:-1]) == math.prod(after[:-1])
+    )
 
 
 def _guarded(update):
     """Torch-Pruning's reshape index mapping, skipping reshapes that mix channels (which it cannot
     map, and fails on): the groups through them are left dense (see :class:`ChannelGroups`)."""
+
     def update_reshape_index_mapping(graph, node):
         if not mixes_channels(node):
             update(graph, node)
+
     update_reshape_index_mapping.guarded = True
     return update_reshape_index_mapping
 
@@ -154,8 +159,10 @@ class ChannelGroups:
             self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(self.input_shape))
             found = list(self._found(outputs, names))
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many kinds on untraceable models
-            raise PruneError(f"Torch-Pruning cannot build the dependency graph of {type(model).__name__}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise PruneError(
+                f"Torch-Pruning cannot build the dependency graph of {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             model.train(was_training)
         self.groups: list[Group] = []
@@ -182,7 +189,9 @@ class ChannelGroups:
             except (IndexError, ValueError, ZeroDivisionError, KeyError) as exc:
                 yield Skipped(names[module], size, f"Torch-Pruning cannot map its channels ({type(exc).__name__})")
                 continue
-            reached = [item.dep.target.module for item in found if self.graph.is_out_channel_pruning_fn(item.dep.handler)]
+            reached = [
+                item.dep.target.module for item in found if self.graph.is_out_channel_pruning_fn(item.dep.handler)
+            ]
             visited.update(reached)
             if any(m in outputs for m in reached):
                 yield Skipped(names[module], size, "its channels are the model's output")
@@ -203,8 +212,12 @@ class ChannelGroups:
             if parts > 1:
                 channels = list(range(len(item.idxs)))
                 if list(map(int, item.idxs)) != list(range(group.size)) or list(map(int, item.root_idxs)) != channels:
-                    return Skipped(group.name, group.size, f"{names.get(module, node.name)} splits its channels into "
-                                   f"{parts} groups that this group does not cover alike")
+                    return Skipped(
+                        group.name,
+                        group.size,
+                        f"{names.get(module, node.name)} splits its channels into "
+                        f"{parts} groups that this group does not cover alike",
+                    )
                 group.unit = math.lcm(group.unit, parts)
             if not isinstance(module, (nn.Conv2d, nn.Linear)):
                 continue
@@ -225,10 +238,14 @@ class ChannelGroups:
         """Per group, the channels a count moves by (its ``unit`` times ``round_to`` when the group's
         size is a multiple of that, else its unit) and the smallest count (``min_ratio`` of the size,
         up to a whole step)."""
-        units = {g.name: math.lcm(g.unit, round_to) if round_to > 1 and g.size % math.lcm(g.unit, round_to) == 0
-                 else g.unit for g in self.groups}
-        floors = {g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
-                  for g in self.groups}
+        units = {
+            g.name: math.lcm(g.unit, round_to) if round_to > 1 and g.size % math.lcm(g.unit, round_to) == 0 else g.unit
+            for g in self.groups
+        }
+        floors = {
+            g.name: max(units[g.name], math.ceil(min_ratio * g.size / units[g.name]) * units[g.name])
+            for g in self.groups
+        }
         return units, floors
 
     def check(self, plan: dict[str, int]) -> None:
@@ -238,8 +255,9 @@ class ChannelGroups:
                 raise PruneError(f"plan: unknown group {name!r}; groups are {', '.join(self.by_name)}")
             size, unit = self.by_name[name].size, self.by_name[name].unit
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= size or count % unit:
-                raise PruneError(f"plan: {name}: channel count must be an integer in 1..{size}{in_steps(unit)}, "
-                                 f"got {count!r}")
+                raise PruneError(
+                    f"plan: {name}: channel count must be an integer in 1..{size}{in_steps(unit)}, got {count!r}"
+                )
 
     def top(self, importance: dict[str, torch.Tensor], plan: dict[str, int]) -> dict[str, list[int]]:
         """The dense indices of each group's ``plan[name]`` most important channels, ascending; in a
@@ -249,7 +267,7 @@ class ChannelGroups:
         for name, count in plan.items():
             unit = self.by_name[name].unit
             score = importance[name].reshape(unit, -1).mean(0)
-            positions = torch.argsort(score, descending=True, stable=True)[:count // unit].tolist()
+            positions = torch.argsort(score, descending=True, stable=True)[: count // unit].tolist()
             width = len(score)
             keep[name] = sorted(b * width + j for b in range(unit) for j in positions)
         return keep
@@ -267,8 +285,14 @@ class ChannelGroups:
                 removed_in[name] = removed_in.get(name, 0) + cut
             for name in g.depthwise:
                 removed_in[name] = removed_in.get(name, 0) + cut
-        return [resized(t.config, t.config.in_channels - removed_in.get(t.name, 0),
-                        t.config.out_channels - removed_out.get(t.name, 0)) for t in self.traced]
+        return [
+            resized(
+                t.config,
+                t.config.in_channels - removed_in.get(t.name, 0),
+                t.config.out_channels - removed_out.get(t.name, 0),
+            )
+            for t in self.traced
+        ]
 
     def apply(self, keep: dict[str, list[int]]) -> None:
         """Prune the model in place: group ``name`` keeps the channels ``keep[name]`` (dense indices).
@@ -294,8 +318,9 @@ class ChannelGroups:
         self.apply(self.top({name: -torch.arange(self.by_name[name].size, dtype=torch.float) for name in plan}, plan))
 
 
-def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], importance: dict[str, torch.Tensor],
-                plan: dict[str, int]) -> nn.Module:
+def pruned_copy(
+    model: nn.Module, input_shape: tuple[int, ...], importance: dict[str, torch.Tensor], plan: dict[str, int]
+) -> nn.Module:
     """A copy of ``model`` (in eval mode) in which group ``name`` keeps its ``plan[name]`` most
     important channels (:meth:`ChannelGroups.top`)."""
     model = copy.deepcopy(model).eval()
@@ -313,12 +338,13 @@ def thinned(model: nn.Module, input_shape: tuple[int, ...], share: float) -> nn.
     return model
 
 
-
 def thinned_cases(case: ModelCase, shares) -> list[ModelCase]:
     """Copies of ``case`` with every channel group cut to each of ``shares`` (named
     ``NAME@thinned:SHARE``), for the whole-model calibration."""
-    return [ModelCase(f"{case.name}@thinned:{share:g}", thinned(case.model, case.input_shape, share), case.input_shape)
-            for share in shares]
+    return [
+        ModelCase(f"{case.name}@thinned:{share:g}", thinned(case.model, case.input_shape, share), case.input_shape)
+        for share in shares
+    ]
 
 
 def in_steps(step: int) -> str:

@@ -24,8 +24,9 @@ CRITERIA = {
 }
 
 
-def scores(groups: ChannelGroups, criterion: str, batches: Iterable | None = None,
-           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def scores(
+    groups: ChannelGroups, criterion: str, batches: Iterable | None = None, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Per-channel importance of each group under ``criterion`` (one of :data:`CRITERIA`).
 
     ``batches`` (``(inputs, labels)`` pairs) are needed for ``taylor``; a criterion with nothing to

@@ -35,8 +35,16 @@ def ranks(score: torch.Tensor) -> torch.Tensor:
     return order / max(1, len(score) - 1)
 
 
-def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn.Module, epochs: int,
-           min_ratio: float = MIN_RATIO, on_batch: Callable[[float], None] | None = None):
+def search(
+    groups: ChannelGroups,
+    cost: Cost,
+    target: float,
+    loader,
+    teacher: nn.Module,
+    epochs: int,
+    min_ratio: float = MIN_RATIO,
+    on_batch: Callable[[float], None] | None = None,
+):
     """Search each group's rule; returns the plan, the kept channels and the rule of every group."""
     batches = first_batches(loader, 4)
     by_rule = {rule: scores(groups, rule, batches) for rule in RULES}
@@ -57,11 +65,17 @@ def search(groups: ChannelGroups, cost: Cost, target: float, loader, teacher: nn
     def gate(feed: Feed):
         return lambda x: scale_channels(x, feed.positions, feed.spread(mask(feed.group)), feed.axis)
 
-    transforms = {consumer: compose([gate(feed) for feed in fed])
-                  for consumer, fed in feeds(groups).items()}
+    transforms = {consumer: compose([gate(feed) for feed in fed]) for consumer, fed in feeds(groups).items()}
     with ConsumerHooks(groups.model, transforms):
-        train(groups.model, loader, epochs, lr=0.01, teacher=teacher,
-              extra_params=[{"params": list(beta.values()), "lr": 0.5, "weight_decay": 0}], on_batch=on_batch)
+        train(
+            groups.model,
+            loader,
+            epochs,
+            lr=0.01,
+            teacher=teacher,
+            extra_params=[{"params": list(beta.values()), "lr": 0.5, "weight_decay": 0}],
+            on_batch=on_batch,
+        )
     rules = {name: RULES[int(b.argmax())] for name, b in beta.items()}
     keep = groups.top({name: by_rule[rules[name]][name] for name in plan}, plan)
     with torch.no_grad():

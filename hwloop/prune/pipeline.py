@@ -64,11 +64,20 @@ def model_spec(spec: str) -> str:
     return f"{file.resolve()}:{spec.rpartition(':')[2]}"
 
 
-def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None) -> tuple[nn.Module, float]:
+def dense_baseline(
+    spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None
+) -> tuple[nn.Module, float]:
     """The dense model trained on ``data`` for ``epochs``, from the cache when trained before, and its accuracy."""
     model = build(spec, data)
-    key = {"model": model_spec(spec), "dataset": data.name, "train": len(data.train.dataset),
-           "input_shape": list(data.input_shape), "classes": data.num_classes, "epochs": epochs, "seed": seed}
+    key = {
+        "model": model_spec(spec),
+        "dataset": data.name,
+        "train": len(data.train.dataset),
+        "input_shape": list(data.input_shape),
+        "classes": data.num_classes,
+        "epochs": epochs,
+        "seed": seed,
+    }
     if model_file(spec) is not None:
         key["source"] = file_sha256(model_file(spec))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -86,8 +95,17 @@ def dense_baseline(spec: str, data: Data, epochs: int, seed: int, cache_dir: Pat
     return model.eval(), accuracy
 
 
-def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, cache_dir: Path,
-        progress=None, dense: tuple[nn.Module, float] | None = None, board: Board | None = None) -> Result:
+def run(
+    spec: str,
+    data: Data,
+    predictor,
+    settings: Settings,
+    out: Path | None,
+    cache_dir: Path,
+    progress=None,
+    dense: tuple[nn.Module, float] | None = None,
+    board: Board | None = None,
+) -> Result:
     """Prune ``spec`` for ``predictor``'s device to ``settings.budget`` (a fraction of the dense
     predicted latency, or ``"3.2ms"``) and fine-tune; write ``out`` when given. With ``board``,
     plans are timed on its device before fine-tuning and corrected until they meet the budget as
@@ -97,13 +115,18 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     if settings.proposals > 1 and settings.method != "latency":
         raise PruneError(f"proposals: only the latency method proposes plans, not {settings.method}")
     policy_of_rows(predictor.schedule)  # a predictor of earlier rules is refused before any training
-    dense_model, dense_accuracy = dense or dense_baseline(spec, data, settings.dense_epochs, settings.seed, cache_dir, progress)
+    dense_model, dense_accuracy = dense or dense_baseline(
+        spec, data, settings.dense_epochs, settings.seed, cache_dir, progress
+    )
 
     probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
     target = probe.target(settings.budget)
     torch.manual_seed(settings.seed)
-    importance = None if settings.method in ("afcp", "lws") else \
-        scores(probe.groups, settings.criterion, first_batches(data.train, 4))
+    importance = (
+        None
+        if settings.method in ("afcp", "lws")
+        else scores(probe.groups, settings.criterion, first_batches(data.train, 4))
+    )
     ranked = _ranked(settings, dense_model, probe, importance, target, data, progress) if settings.proposals > 1 else []
     factors = ranked[0].factors if ranked else None
 
@@ -112,8 +135,13 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
         model = copy.deepcopy(dense_model).eval()
         groups = ChannelGroups(model, data.input_shape)
         latency, macs = PredictedLatency(groups, predictor), Macs(groups)
-        planned = _Planned(model, groups, latency, macs,
-                           *_plan(settings, groups, latency, macs, target, data, dense_model, importance, progress, factors))
+        planned = _Planned(
+            model,
+            groups,
+            latency,
+            macs,
+            *_plan(settings, groups, latency, macs, target, data, dense_model, importance, progress, factors),
+        )
         groups.apply(planned.keep)
         return planned
 
@@ -123,30 +151,56 @@ def run(spec: str, data: Data, predictor, settings: Settings, out: Path | None, 
     else:
         with _task(progress, f"checking plans on {board.device.name}", None):
             checked = correct(
-                plan_at, lambda p: p.latency.total(p.plan),
-                lambda p: board.time_plan(dense_model, p.model, data.input_shape, f"{Path(spec).name}@{data.name}",
-                                          settings.method, predictor.schedule),
-                target, lambda dense_ms: probe.target(settings.budget, dense=dense_ms),
-                board.rounds, board.tolerance)
+                plan_at,
+                lambda p: p.latency.total(p.plan),
+                lambda p: board.time_plan(
+                    dense_model,
+                    p.model,
+                    data.input_shape,
+                    f"{Path(spec).name}@{data.name}",
+                    settings.method,
+                    predictor.schedule,
+                ),
+                target,
+                lambda dense_ms: probe.target(settings.budget, dense=dense_ms),
+                board.rounds,
+                board.tolerance,
+            )
         chosen = checked.planned
     model, groups, latency, macs, plan = chosen.model, chosen.groups, chosen.latency, chosen.macs, chosen.plan
-    with _task(progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)) as advance:
+    with _task(
+        progress, f"fine-tune ({settings.epochs} epochs, distilled)", settings.epochs * len(data.train)
+    ) as advance:
         train(model, data.train, settings.epochs, lr=settings.lr, teacher=dense_model, on_batch=advance)
     record = {
-        "model": model_spec(spec), **({"model_sha256": file_sha256(model_file(spec))} if model_file(spec) else {}),
-        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "dataset": data.name, "device": predictor.device, "schedule": predictor.schedule,
-        "method": settings.method, "budget": settings.budget, "target_ms": target,
-        "epochs": settings.epochs, "dense_epochs": settings.dense_epochs,
-        "dense_predicted_ms": latency.total(groups.dense), "predicted_ms": latency.total(plan),
-        "dense_macs": macs.total(groups.dense) * 1e6, "macs": macs.total(plan) * 1e6,
-        "dense_accuracy": dense_accuracy, "accuracy": evaluate(model, data.test),
-        "groups": {g.name: {"dense": g.size, "kept": plan[g.name], "channels": sorted(map(int, chosen.keep[g.name]))}
-                   for g in groups.groups}, **chosen.extra,
+        "model": model_spec(spec),
+        **({"model_sha256": file_sha256(model_file(spec))} if model_file(spec) else {}),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "dataset": data.name,
+        "device": predictor.device,
+        "schedule": predictor.schedule,
+        "method": settings.method,
+        "budget": settings.budget,
+        "target_ms": target,
+        "epochs": settings.epochs,
+        "dense_epochs": settings.dense_epochs,
+        "dense_predicted_ms": latency.total(groups.dense),
+        "predicted_ms": latency.total(plan),
+        "dense_macs": macs.total(groups.dense) * 1e6,
+        "macs": macs.total(plan) * 1e6,
+        "dense_accuracy": dense_accuracy,
+        "accuracy": evaluate(model, data.test),
+        "groups": {
+            g.name: {"dense": g.size, "kept": plan[g.name], "channels": sorted(map(int, chosen.keep[g.name]))}
+            for g in groups.groups
+        },
+        **chosen.extra,
     }
     if ranked:
-        record["proposals"] = [{"accuracy": p.accuracy, "passes": p.passes, "predicted_ms": p.predicted_ms, "plan": p.plan}
-                               for p in ranked]
+        record["proposals"] = [
+            {"accuracy": p.accuracy, "passes": p.passes, "predicted_ms": p.predicted_ms, "plan": p.plan} for p in ranked
+        ]
     if checked is not None:
         record["board"] = checked.record(board.device.name)
     files = export.save(out, model, dense_model, record) if out is not None else []
@@ -168,32 +222,60 @@ class _Planned:
     extra: dict
 
 
-def _ranked(settings: Settings, dense: nn.Module, cost: PredictedLatency, importance: dict[str, torch.Tensor],
-            target: float, data: Data, progress) -> list[proposals.Proposal]:
+def _ranked(
+    settings: Settings,
+    dense: nn.Module,
+    cost: PredictedLatency,
+    importance: dict[str, torch.Tensor],
+    target: float,
+    data: Data,
+    progress,
+) -> list[proposals.Proposal]:
     """``settings.proposals`` plans at ``target``, ranked by successive halving of short fine-tunes (best first)."""
     with _task(progress, f"proposing {settings.proposals} plans", None):
-        proposed = proposals.propose(cost, importance, target, settings.proposals, settings.seed,
-                                     settings.min_ratio, settings.round_to or 1)
+        proposed = proposals.propose(
+            cost, importance, target, settings.proposals, settings.seed, settings.min_ratio, settings.round_to or 1
+        )
     batches = first_batches(data.train, proposals.BATCHES)
-    with _task(progress, f"ranking {len(proposed)} proposals (successive halving)",
-               proposals.passes(len(proposed), batches)) as advance:
-        return proposals.ranked(dense, data.input_shape, proposed, importance, batches, settings.seed, settings.lr,
-                                on_batch=advance)
+    with _task(
+        progress, f"ranking {len(proposed)} proposals (successive halving)", proposals.passes(len(proposed), batches)
+    ) as advance:
+        return proposals.ranked(
+            dense, data.input_shape, proposed, importance, batches, settings.seed, settings.lr, on_batch=advance
+        )
 
 
-def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, macs: Macs, target: float,
-          data: Data, teacher: nn.Module, importance: dict[str, torch.Tensor] | None, progress,
-          factors: dict[str, float] | None = None):
+def _plan(
+    settings: Settings,
+    groups: ChannelGroups,
+    latency: PredictedLatency,
+    macs: Macs,
+    target: float,
+    data: Data,
+    teacher: nn.Module,
+    importance: dict[str, torch.Tensor] | None,
+    progress,
+    factors: dict[str, float] | None = None,
+):
     """The method's plan, the kept channels of each group, and what the method adds to the record;
     ``importance``: the dense model's (unused by afcp and lws, which search their own); ``factors``
     scale each group's importance in the allocator (the proposal ranked first)."""
     method = settings.method
     if method in ("afcp", "lws"):
         search = afcp.search if method == "afcp" else lws.search
-        with _task(progress, f"{method} search ({settings.search_epochs} epochs)",
-                   settings.search_epochs * len(data.train)) as advance:
-            return search(groups, latency, target, data.train, teacher, settings.search_epochs,
-                          settings.min_ratio, on_batch=advance)
+        with _task(
+            progress, f"{method} search ({settings.search_epochs} epochs)", settings.search_epochs * len(data.train)
+        ) as advance:
+            return search(
+                groups,
+                latency,
+                target,
+                data.train,
+                teacher,
+                settings.search_epochs,
+                settings.min_ratio,
+                on_batch=advance,
+            )
     step = settings.round_to or latency.step
     if method == "uniform":
         plan = baselines.uniform(groups, latency, target, settings.min_ratio, step)
@@ -203,8 +285,15 @@ def _plan(settings: Settings, groups: ChannelGroups, latency: PredictedLatency, 
     else:
         weighted = proposals.scaled(importance, factors) if factors else importance
         with _task(progress, "allocating channels", None) as advance:
-            plan = allocate(groups, latency, weighted, target, settings.min_ratio, on_step=lambda _: advance(),
-                            round_to=settings.round_to or 1)
+            plan = allocate(
+                groups,
+                latency,
+                weighted,
+                target,
+                settings.min_ratio,
+                on_step=lambda _: advance(),
+                round_to=settings.round_to or 1,
+            )
     return plan, groups.top(importance, plan), {"criterion": settings.criterion}
 
 

@@ -42,8 +42,15 @@ class Proposal:
     passes: int = 0
 
 
-def propose(cost: Cost, importance: dict[str, torch.Tensor], target: float, count: int, seed: int,
-            min_ratio: float, round_to: int = 1) -> list[Proposal]:
+def propose(
+    cost: Cost,
+    importance: dict[str, torch.Tensor],
+    target: float,
+    count: int,
+    seed: int,
+    min_ratio: float,
+    round_to: int = 1,
+) -> list[Proposal]:
     """Up to ``count`` distinct plans meeting ``target`` under ``cost``, the first with importance as
     it is, the others with each group's importance scaled by a random factor; draws stop after
     ``4 * count`` tries."""
@@ -60,9 +67,16 @@ def propose(cost: Cost, importance: dict[str, torch.Tensor], target: float, coun
     return list(proposals.values())
 
 
-def ranked(dense: nn.Module, input_shape: tuple[int, ...], proposals: list[Proposal],
-           importance: dict[str, torch.Tensor], batches: list, seed: int, lr: float,
-           on_batch: Callable[[float], None] | None = None) -> list[Proposal]:
+def ranked(
+    dense: nn.Module,
+    input_shape: tuple[int, ...],
+    proposals: list[Proposal],
+    importance: dict[str, torch.Tensor],
+    batches: list,
+    seed: int,
+    lr: float,
+    on_batch: Callable[[float], None] | None = None,
+) -> list[Proposal]:
     """``proposals`` (plans of ``dense``, each keeping its groups' most important channels) ranked
     by successive halving: the last one standing first, then the others by the round they fell in
     and their accuracy then. ``batches``: ``(inputs, labels)`` pairs of training data, the last
@@ -105,4 +119,3 @@ def split(batches: list) -> tuple[list, list]:
 def scaled(importance: dict[str, torch.Tensor], factors: dict[str, float]) -> dict[str, torch.Tensor]:
     """Each group's importance times its factor."""
     return {name: score * factors[name] for name, score in importance.items()}
-

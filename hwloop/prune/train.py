@@ -9,20 +9,36 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
-                      temperature: float = 4.0, weight: float = 0.7) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    temperature: float = 4.0,
+    weight: float = 0.7,
+) -> torch.Tensor:
     """Cross-entropy, mixed with ``weight`` of the KL divergence to the teacher's softened outputs."""
     loss = F.cross_entropy(logits, labels)
     if teacher_logits is None:
         return loss
-    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
-                  reduction="batchmean") * temperature ** 2
+    kd = (
+        F.kl_div(
+            F.log_softmax(logits / temperature, 1), F.softmax(teacher_logits / temperature, 1), reduction="batchmean"
+        )
+        * temperature**2
+    )
     return (1 - weight) * loss + weight * kd
 
 
-def train(model: nn.Module, loader: Iterable, epochs: int, lr: float = 0.05, teacher: nn.Module | None = None,
-          penalty: Callable[[], torch.Tensor] | None = None, extra_params: list[dict] | None = None,
-          on_batch: Callable[[float], None] | None = None) -> None:
+def train(
+    model: nn.Module,
+    loader: Iterable,
+    epochs: int,
+    lr: float = 0.05,
+    teacher: nn.Module | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    extra_params: list[dict] | None = None,
+    on_batch: Callable[[float], None] | None = None,
+) -> None:
     """SGD with momentum and a cosine schedule; distils from ``teacher`` when given and adds
     ``penalty()`` to every batch's loss; ``extra_params`` are more optimiser parameter groups."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 5e-4}]

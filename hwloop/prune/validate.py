@@ -21,18 +21,30 @@ def validate(device: Device, out: Path, tables_dir: Path, cache_dir: Path, on_ro
     pruned, dense, record = export.load(out)
     shape = tuple(record["input_shape"])
     name = f"{Path(record['model']).name}@{record.get('dataset', 'data')}"
-    cases = [ModelCase(f"{name}:dense", dense, shape), ModelCase(f"{name}:{record.get('method', 'pruned')}", pruned, shape)]
+    cases = [
+        ModelCase(f"{name}:dense", dense, shape),
+        ModelCase(f"{name}:{record.get('method', 'pruned')}", pruned, shape),
+    ]
     policy = policy_of_rows(record.get("schedule", "default"))
     dense_row, pruned_row = side_by_side(device, cases, policy, tables_dir, cache_dir, on_row)
     report = {
-        "device": device.name, "model": str(out), "schedule": policy.name, "predicted_for": record.get("device"),
-        "method": record.get("method"), "budget": record.get("budget"),
-        "dense_ms": dense_row["latency_ms"], "measured_ms": pruned_row["latency_ms"],
-        "dense_predicted_ms": record.get("dense_predicted_ms"), "predicted_ms": record.get("predicted_ms"),
-        "accuracy": record.get("accuracy"), "dense_accuracy": record.get("dense_accuracy"),
+        "device": device.name,
+        "model": str(out),
+        "schedule": policy.name,
+        "predicted_for": record.get("device"),
+        "method": record.get("method"),
+        "budget": record.get("budget"),
+        "dense_ms": dense_row["latency_ms"],
+        "measured_ms": pruned_row["latency_ms"],
+        "dense_predicted_ms": record.get("dense_predicted_ms"),
+        "predicted_ms": record.get("predicted_ms"),
+        "accuracy": record.get("accuracy"),
+        "dense_accuracy": record.get("dense_accuracy"),
     }
-    return judged(report, [f"{row['model']}: {row['stage']}: {row['error']}" for row in (dense_row, pruned_row)
-                           if row["status"] != "ok"])
+    return judged(
+        report,
+        [f"{row['model']}: {row['stage']}: {row['error']}" for row in (dense_row, pruned_row) if row["status"] != "ok"],
+    )
 
 
 def judged(report: dict, failures: list[str]) -> dict:
@@ -43,21 +55,29 @@ def judged(report: dict, failures: list[str]) -> dict:
     report["failures"] = list(failures)
     measured = not failures
     report["speedup"] = report["dense_ms"] / report["measured_ms"] if measured else None
-    report["predicted_speedup"] = (report["dense_predicted_ms"] / report["predicted_ms"]
-                                   if report["dense_predicted_ms"] and report["predicted_ms"] else None)
-    report["predicted_error"] = (report["predicted_ms"] / report["measured_ms"] - 1
-                                 if measured and report["predicted_ms"] else None)
-    report["dense_predicted_error"] = (report["dense_predicted_ms"] / report["dense_ms"] - 1
-                                       if measured and report["dense_predicted_ms"] else None)
+    report["predicted_speedup"] = (
+        report["dense_predicted_ms"] / report["predicted_ms"]
+        if report["dense_predicted_ms"] and report["predicted_ms"]
+        else None
+    )
+    report["predicted_error"] = (
+        report["predicted_ms"] / report["measured_ms"] - 1 if measured and report["predicted_ms"] else None
+    )
+    report["dense_predicted_error"] = (
+        report["dense_predicted_ms"] / report["dense_ms"] - 1 if measured and report["dense_predicted_ms"] else None
+    )
     if measured and report["measured_ms"] >= report["dense_ms"]:
-        report["failures"].append(f"the pruned model measured {report['measured_ms']:.4f} ms, not faster than "
-                                  f"the dense model's {report['dense_ms']:.4f} ms")
+        report["failures"].append(
+            f"the pruned model measured {report['measured_ms']:.4f} ms, not faster than "
+            f"the dense model's {report['dense_ms']:.4f} ms"
+        )
     report["ok"] = not report["failures"]
     return report
 
 
-def side_by_side(device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path,
-                 on_row=None) -> list[dict]:
+def side_by_side(
+    device: Device, cases: list[ModelCase], policy: Policy, tables_dir: Path, cache_dir: Path, on_row=None
+) -> list[dict]:
     """Each of ``cases`` measured again on ``device``, their passes interleaved: each one's fastest row."""
     rows = measure_models(device, cases, policy, tables_dir, cache_dir, force=True, on_row=on_row)
     return [fastest([r for r in rows if r["model"] == case.name]) for case in cases]

@@ -19,9 +19,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-POLICY_HELP = ("default (rule-based schedules, no search), untuned (TVM's plain lowering), "
-               "tuned:N (MetaSchedule, N trials, database reused) or transfer:N (tuned:N traces of "
-               "anchor channel counts replayed on the counts between them)")
+POLICY_HELP = (
+    "default (rule-based schedules, no search), untuned (TVM's plain lowering), "
+    "tuned:N (MetaSchedule, N trials, database reused) or transfer:N (tuned:N traces of "
+    "anchor channel counts replayed on the counts between them)"
+)
 SEARCHED = ("tuned", "transfer")
 REVISED = ("default", "transfer")  # built on the default rules: their names carry the rules' revision
 DEFAULT_REVISION = 2
@@ -54,8 +56,10 @@ class Policy:
 
             return schedule(mod, target)
         if self.kind in SEARCHED and _on_gpu(target):
-            raise PolicyError(f"{self.name}: hwloop's MetaSchedule search times candidates on this machine's CPU; "
-                              "schedule GPU targets with default or untuned")
+            raise PolicyError(
+                f"{self.name}: hwloop's MetaSchedule search times candidates on this machine's CPU; "
+                "schedule GPU targets with default or untuned"
+            )
         if self.kind == "tuned":
             from .tuned import tune, tune_functions
 
@@ -65,7 +69,9 @@ class Policy:
             return tune(mod, target, self.trials, records)
         if self.kind == "transfer":
             if config is None:
-                raise PolicyError("transfer:N schedules single layers; use default, untuned or tuned:N for a whole model")
+                raise PolicyError(
+                    "transfer:N schedules single layers; use default, untuned or tuned:N for a whole model"
+                )
             from .transfer import transfer
 
             return transfer(config, mod, target, self.trials, work_dir / "metaschedule" / str(self.trials))
@@ -129,5 +135,7 @@ def unrevised(name: str) -> str:
 
 
 def _earlier(name: str, policy: Policy) -> PolicyError:
-    return PolicyError(f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
-                       f"builds {policy.name!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)")
+    return PolicyError(
+        f"schedule {name!r}: timed under an earlier revision of the default rules; this hwloop "
+        f"builds {policy.name!r}, so collect and fit again (`hwloop collect`, `hwloop fit`)"
+    )

@@ -99,8 +99,11 @@ def schedule_func(func: tirx.PrimFunc, cpu: CpuModel) -> tirx.PrimFunc | None:
         for contraction in found:
             _schedule_contraction(sch, contraction, cpu)
     except ScheduleError as exc:
-        warnings.warn(f"default schedule: left {func.attrs.get('global_symbol', 'a PrimFunc')} "
-                      f"unscheduled: {str(exc).splitlines()[-1]}", stacklevel=2)
+        warnings.warn(
+            f"default schedule: left {func.attrs.get('global_symbol', 'a PrimFunc')} "
+            f"unscheduled: {str(exc).splitlines()[-1]}",
+            stacklevel=2,
+        )
         return None
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
@@ -112,8 +115,9 @@ def _as_target(target: Target | dict) -> Target:
 def _schedule_gpu(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     from tvm.s_tir import dlight as dl
 
-    rules = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+    rules = dl.ApplyDefaultSchedule(
+        dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+    )
     with target:
         return rules(mod.clone())
 
@@ -291,20 +295,23 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     """
     block, lanes = c.block, cpu.lanes(c.dtype)
     positions = [v for v in c.out if not v.same_as(f)]
-    rows = positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 and inner.same_as(positions[-1]) else None
-    vectors, row_tile, col_tile = _register_tile(c.extents[f], c.extents[rows] if rows is not None else 1,
-                                                 c.extents[inner], lanes, cpu.accumulators)
+    rows = (
+        positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 and inner.same_as(positions[-1]) else None
+    )
+    vectors, row_tile, col_tile = _register_tile(
+        c.extents[f], c.extents[rows] if rows is not None else 1, c.extents[inner], lanes, cpu.accumulators
+    )
     width = lanes * vectors
     f_dim = [d for d, v in enumerate(weight.indices) if v.same_as(f)][0]
     f_out = [d for d, v in enumerate(c.out) if v.same_as(f)][0]
 
     def pack(*idx):
-        return (idx[f_dim] // width, *idx[:f_dim], *idx[f_dim + 1:], idx[f_dim] % width)
+        return (idx[f_dim] // width, *idx[:f_dim], *idx[f_dim + 1 :], idx[f_dim] % width)
 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
     _walk_in_layout(sch, packed, f_dim, width)
-    _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1:], idx[f_out]))
+    _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1 :], idx[f_out]))
     if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
         sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
 
@@ -350,14 +357,19 @@ def _walk_in_layout(sch, packed, f_dim: int, width: int) -> None:
     if len(loops) != len(sch.get(packed).writes[0].source.shape) - 1:
         return
     fo, fi = sch.split(loops[f_dim], [None, width])
-    sch.reorder(fo, *loops[:f_dim], *loops[f_dim + 1:], fi)
+    sch.reorder(fo, *loops[:f_dim], *loops[f_dim + 1 :], fi)
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
     """A 1x1, stride-1, unpadded, ungrouped conv: a matrix product over contiguous output positions."""
     taps = [r for r in c.reduce if not r.same_as(conv.rc)]
-    return (conv.stride == 1 and conv.out_per_group == c.extents[conv.f] and all(c.extents[r] == 1 for r in taps)
-            and c.vars_of(conv.data, 2) == {conv.y} and int(conv.data.source.shape[3]) == c.extents[conv.x])
+    return (
+        conv.stride == 1
+        and conv.out_per_group == c.extents[conv.f]
+        and all(c.extents[r] == 1 for r in taps)
+        and c.vars_of(conv.data, 2) == {conv.y}
+        and int(conv.data.source.shape[3]) == c.extents[conv.x]
+    )
 
 
 def _spatial_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
@@ -371,7 +383,9 @@ def _spatial_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None
     _accumulate_locally(sch, c, None)
     positions = c.extents[conv.y] * c.extents[conv.x]
     vectors = _divisor_tile(positions // lanes, 4)
-    rows = _balanced_tile(c.extents[conv.f], max(cpu.registers // 2 // vectors, 1))  # data vectors stay in registers too
+    rows = _balanced_tile(
+        c.extents[conv.f], max(cpu.registers // 2 // vectors, 1)
+    )  # data vectors stay in registers too
     p = sch.fuse(c.loops[conv.y], c.loops[conv.x])
     po, pv, pl = sch.split(p, [None, vectors, lanes])
     fo, fi = sch.split(c.loops[conv.f], [None, rows])
@@ -493,7 +507,7 @@ def _compute_producer_at(sch, producer, loop, stride: int = 1) -> None:
         sch.compute_at(producer, loop)
         loops = sch.get_loops(producer)
         anchor = sch.get_sref(loop)
-        below = loops[1 + next(i for i, each in enumerate(loops) if sch.get_sref(each).same_as(anchor)):]
+        below = loops[1 + next(i for i, each in enumerate(loops) if sch.get_sref(each).same_as(anchor)) :]
     else:
         below = sch.get_loops(producer)
     blocks = [producer]

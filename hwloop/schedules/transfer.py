@@ -34,7 +34,7 @@ def grid_bracket(count: int, multiple: int = 1) -> list[int]:
 
     The grid holds 2**k and 3 * 2**k, each rounded up to a multiple of ``multiple``.
     """
-    points = sorted({-(-p // multiple) * multiple for k in range(16) for p in (2 ** k, 3 * 2 ** k)})
+    points = sorted({-(-p // multiple) * multiple for k in range(16) for p in (2**k, 3 * 2**k)})
     below = max((p for p in points if p <= count), default=None)
     above = min(p for p in points if p >= count)
     return sorted({p for p in (below, above) if p is not None})
@@ -44,22 +44,28 @@ def anchors(config: LayerConfig) -> list[LayerConfig]:
     """The configs whose tuned traces are replayed on ``config``, nearest first."""
     if config.op == "depthwise_conv2d":
         multiplier = config.out_channels // config.in_channels
-        candidates = [dataclasses.replace(config, in_channels=c, out_channels=c * multiplier, groups=c)
-                      for c in grid_bracket(config.in_channels)]
+        candidates = [
+            dataclasses.replace(config, in_channels=c, out_channels=c * multiplier, groups=c)
+            for c in grid_bracket(config.in_channels)
+        ]
     else:
-        candidates = [dataclasses.replace(config, in_channels=i, out_channels=o)
-                      for i in grid_bracket(config.in_channels, config.groups)
-                      for o in grid_bracket(config.out_channels, config.groups)]
+        candidates = [
+            dataclasses.replace(config, in_channels=i, out_channels=o)
+            for i in grid_bracket(config.in_channels, config.groups)
+            for o in grid_bracket(config.out_channels, config.groups)
+        ]
 
     def distance(anchor: LayerConfig) -> float:
-        return (abs(math.log(anchor.in_channels / config.in_channels))
-                + abs(math.log(anchor.out_channels / config.out_channels)))
+        return abs(math.log(anchor.in_channels / config.in_channels)) + abs(
+            math.log(anchor.out_channels / config.out_channels)
+        )
 
     return sorted(candidates, key=distance)[:ANCHORS]
 
 
-def transfer(config: LayerConfig, mod: tvm.IRModule, target: tvm.target.Target, trials: int,
-             work_dir: Path) -> tvm.IRModule:
+def transfer(
+    config: LayerConfig, mod: tvm.IRModule, target: tvm.target.Target, trials: int, work_dir: Path
+) -> tvm.IRModule:
     """``mod`` (the layer ``config``) scheduled by the fastest of its anchors' replayed traces and ``default``."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -74,8 +80,12 @@ def transfer(config: LayerConfig, mod: tvm.IRModule, target: tvm.target.Target, 
         database = ms.database.JSONDatabase(work_dir=str(database_dir(anchor_mod, target, work_dir)))
         traces += [record.trace for record in database.get_top_k(database.commit_workload(anchor_mod), TOP_K)]
     postprocs = _postprocs(mod, target)
-    replayed = [m for trace in traces for resample in (False, True)
-                if (m := replay(mod, trace, postprocs, resample)) is not None]
+    replayed = [
+        m
+        for trace in traces
+        for resample in (False, True)
+        if (m := replay(mod, trace, postprocs, resample)) is not None
+    ]
     if not _runs_here(target):
         if not replayed:
             raise RuntimeError(f"no tuned trace of the anchors {[a.id for a in anchors(config)]} fits {config.id}")
@@ -133,8 +143,11 @@ def _runs_here(target) -> bool:
     from ..targets import host_cpu
 
     triple = target.attrs.get("mtriple")
-    return (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) == host_cpu()
-            and (triple is None or str(triple) == str(codegen.llvm_get_system_triple())))
+    return (
+        target.kind.name == "llvm"
+        and str(target.attrs.get("mcpu", "")) == host_cpu()
+        and (triple is None or str(triple) == str(codegen.llvm_get_system_triple()))
+    )
 
 
 class _Bench:
@@ -168,8 +181,9 @@ class _Bench:
                 self.expected = result
             elif not relative_error(result, self.expected) <= tolerance(self.config):
                 return self._keep(mod, math.inf)
-            timer = executable.mod.time_evaluator("main", self.device, number=NUMBER, repeat=REPEAT,
-                                                  min_repeat_ms=MIN_REPEAT_MS)
+            timer = executable.mod.time_evaluator(
+                "main", self.device, number=NUMBER, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS
+            )
             return self._keep(mod, timer(*self.inputs, output).median)
         except Exception:  # noqa: BLE001 - a candidate that does not build or run loses
             return self._keep(mod, math.inf)

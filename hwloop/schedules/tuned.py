@@ -86,8 +86,11 @@ def _reduces(func) -> bool:
     from tvm import s_tir, tirx
 
     sch = s_tir.Schedule(func)
-    return any(iv.iter_type == tirx.IterVar.CommReduce
-               for block in sch.get_child_blocks(sch.get_sblock("root")) for iv in sch.get(block).iter_vars)
+    return any(
+        iv.iter_type == tirx.IterVar.CommReduce
+        for block in sch.get_child_blocks(sch.get_sblock("root"))
+        for iv in sch.get(block).iter_vars
+    )
 
 
 def database_dir(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path) -> Path:
@@ -132,9 +135,7 @@ def _search(mod, target, trials: int, database, directory: Path) -> None:
             builder=builder,
             runner=runner,
             database=database,
-            cost_model=ms.cost_model.XGBModel(
-                num_warmup_samples=COST_MODEL_WARMUP, num_tuning_cores=BUILD_WORKERS
-            ),
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=COST_MODEL_WARMUP, num_tuning_cores=BUILD_WORKERS),
             measure_callbacks="default",
             task_scheduler="round-robin",
         )

@@ -70,8 +70,13 @@ def with_wheel_cuda_runtime():
     which torch would have loaded, and torch is kept out of them (:func:`without_torch`)."""
     spec = importlib.util.find_spec("nvidia")
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    folders = sorted({os.path.dirname(path) for root in roots
-                      for path in glob.glob(os.path.join(root, "*", "lib", "libcudart.so.*"))})
+    folders = sorted(
+        {
+            os.path.dirname(path)
+            for root in roots
+            for path in glob.glob(os.path.join(root, "*", "lib", "libcudart.so.*"))
+        }
+    )
     if folders:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*folders, os.environ.get("LD_LIBRARY_PATH")]))
 
@@ -79,8 +84,11 @@ def with_wheel_cuda_runtime():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=9090, help="the first port tried; the next 1000 follow")
-    parser.add_argument("--executable", help="the interpreter command the server's workers are started with "
-                                             "(a wrapper such as an emulator launcher stays in the loop)")
+    parser.add_argument(
+        "--executable",
+        help="the interpreter command the server's workers are started with "
+        "(a wrapper such as an emulator launcher stays in the loop)",
+    )
     args = parser.parse_args()
     try:
         os.setpgid(0, 0)  # its own process group, unless it already leads a session (sshd's setsid)
@@ -110,8 +118,14 @@ def main():
     import usage
 
     cloudpickle.register_pickle_by_value(usage)  # the server's worker process gets the code, not a module name
-    server = rpc.Server(host="127.0.0.1", port=args.port, port_end=min(args.port + 1000, 65536), key=key,
-                        silent=True, server_init_callback=usage.register)
+    server = rpc.Server(
+        host="127.0.0.1",
+        port=args.port,
+        port_end=min(args.port + 1000, 65536),
+        key=key,
+        silent=True,
+        server_init_callback=usage.register,
+    )
     report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
     server.proc.join()
     return 0

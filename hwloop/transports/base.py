@@ -71,8 +71,9 @@ def new_key() -> str:
     return secrets.token_hex(16)
 
 
-def start_with_retries(start: Callable[[], None], link: Link, reason: str,
-                       fatal: tuple[type[BaseException], ...] = ()) -> str | None:
+def start_with_retries(
+    start: Callable[[], None], link: Link, reason: str, fatal: tuple[type[BaseException], ...] = ()
+) -> str | None:
     """Call ``start`` until it succeeds, ``link.retries + 1`` times at most, ``link.backoff`` seconds
     apart and doubling; ``None`` once it succeeded, else why the device is lost. A ``fatal`` error
     (one that retrying cannot mend) is raised at once."""

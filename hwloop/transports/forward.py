@@ -37,8 +37,13 @@ class Forward:
     """``127.0.0.1:port`` here → what ``open_upstream(peer)`` connects to (a socket, or an SSH channel),
     one upstream connection per client connection."""
 
-    def __init__(self, open_upstream: Callable[[tuple], object], stall_timeout: float,
-                 on_stall: Callable[[str], None] | None = None, errors: tuple[type[BaseException], ...] = RELAY_ERRORS):
+    def __init__(
+        self,
+        open_upstream: Callable[[tuple], object],
+        stall_timeout: float,
+        on_stall: Callable[[str], None] | None = None,
+        errors: tuple[type[BaseException], ...] = RELAY_ERRORS,
+    ):
         self.open_upstream, self.stall_timeout, self.on_stall = open_upstream, stall_timeout, on_stall
         self.errors = errors
         self.stalled: str | None = None
@@ -96,8 +101,10 @@ class Forward:
             time.sleep(min(1.0, self.stall_timeout / 4))
             now = time.monotonic()
             if any(now - since > self.stall_timeout for since in list(self._waiting.values())):
-                self.stalled = (f"the device left a request unanswered for {self.stall_timeout:g} s "
-                                "(link.stall_timeout: hung device or stalled link)")
+                self.stalled = (
+                    f"the device left a request unanswered for {self.stall_timeout:g} s "
+                    "(link.stall_timeout: hung device or stalled link)"
+                )
                 if self.on_stall:
                     self.on_stall(self.stalled)
                 self.drop_all()
@@ -139,8 +146,13 @@ class Tunnel:
 
     def __init__(self, request: dict):
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+        )
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
         first = self._process.stdout.readline()
@@ -204,9 +216,14 @@ def _serve_ssh(request: dict) -> None:
         _say(error=str(exc))
         return
     transport: paramiko.Transport = conn.client.get_transport()
-    forward = Forward(lambda peer: transport.open_channel("direct-tcpip", ("127.0.0.1", request["port"]), peer,
-                                                          timeout=device.link.connect_timeout),
-                      device.link.stall_timeout, on_stall=lambda message: _say(fault=message), errors=SSH_ERRORS)
+    forward = Forward(
+        lambda peer: transport.open_channel(
+            "direct-tcpip", ("127.0.0.1", request["port"]), peer, timeout=device.link.connect_timeout
+        ),
+        device.link.stall_timeout,
+        on_stall=lambda message: _say(fault=message),
+        errors=SSH_ERRORS,
+    )
     _say(port=forward.port)
     while conn.active and not forward.stalled:
         time.sleep(0.2)

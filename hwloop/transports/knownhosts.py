@@ -50,8 +50,10 @@ class KnownHosts:
         if self.skipped:
             notes.append(f"{self.path}: skipped what hwloop cannot read: {', '.join(self.skipped)}")
         if self.authorities:
-            notes.append(f"{self.path} has @cert-authority lines for {self.name}: hwloop does not check host "
-                         "certificates, trust the board's own key")
+            notes.append(
+                f"{self.path} has @cert-authority lines for {self.name}: hwloop does not check host "
+                "certificates, trust the board's own key"
+            )
         return notes
 
 
@@ -111,8 +113,14 @@ def _matches(names: str, host: str) -> bool:
             except Exception:  # noqa: BLE001 - a malformed hash matches nothing
                 matched = False
         else:
-            matched = re.fullmatch("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
-                                   host, re.IGNORECASE) is not None
+            matched = (
+                re.fullmatch(
+                    "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
+                    host,
+                    re.IGNORECASE,
+                )
+                is not None
+            )
         if matched and negated:
             return False
         hit = hit or matched

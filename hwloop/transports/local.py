@@ -70,8 +70,14 @@ class LocalTransport(Transport):
                 command = ["taskset", "-c", ",".join(map(str, self.protocol.cpus)), *command]
             env = dict(os.environ, TMPDIR=self._scratch, TVM_NUM_THREADS=str(self.protocol.threads))
             try:
-                self._process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                 stderr=self._log, start_new_session=True)
+                self._process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=self._log,
+                    start_new_session=True,
+                )
                 self._process.stdin.write(f"{self._key}\n".encode())
                 self._process.stdin.flush()
             except OSError as exc:
@@ -88,8 +94,10 @@ class LocalTransport(Transport):
         deadline, stdout = time.monotonic() + timeout, self._process.stdout
         while not select.select([stdout], [], [], max(0.0, min(1.0, deadline - time.monotonic())))[0]:
             if time.monotonic() >= deadline:
-                raise TransportError(f"{self.where}: the local RPC server did not start within {timeout:g} s "
-                                     f"(link.start_timeout): {self._tail() or 'no output'}")
+                raise TransportError(
+                    f"{self.where}: the local RPC server did not start within {timeout:g} s "
+                    f"(link.start_timeout): {self._tail() or 'no output'}"
+                )
         line = stdout.readline().decode(errors="replace")
         try:
             ready = json.loads(line)
@@ -97,8 +105,9 @@ class LocalTransport(Transport):
             ready = None
         if not isinstance(ready, dict) or not isinstance(ready.get("port"), int):
             detail = ready.get("detail") or ready.get("missing") if isinstance(ready, dict) else line.strip()
-            raise TransportError(f"{self.where}: the local RPC server did not start: {detail or ''} "
-                                 f"{self._tail()}".strip())
+            raise TransportError(
+                f"{self.where}: the local RPC server did not start: {detail or ''} {self._tail()}".strip()
+            )
         return ready["port"]
 
     def _tail(self) -> str:

@@ -57,8 +57,10 @@ def describe(holder: str | dict) -> str:
     if not isinstance(holder, dict) or "pid" not in holder:
         return "another hwloop session"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
-    return (f"hwloop pid {holder['pid']} on {holder.get('host', '?')} (`{holder.get('command', '?')}`, "
-            f"device {holder.get('device', '?')!r}) since {since}")
+    return (
+        f"hwloop pid {holder['pid']} on {holder.get('host', '?')} (`{holder.get('command', '?')}`, "
+        f"device {holder.get('device', '?')!r}) since {since}"
+    )
 
 
 def locks_dir() -> Path:

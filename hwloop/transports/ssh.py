@@ -80,16 +80,19 @@ class SSHTransport(Transport):
         try:
             self._conn = Connection(self.endpoint, self.link)
         except HostKeyError as exc:
-            raise HostKeyError(f"{self.where}: {exc}; compare the fingerprint with the board's and trust it with "
-                               f"`hwloop devices trust {self.device.name}`") from None
+            raise HostKeyError(
+                f"{self.where}: {exc}; compare the fingerprint with the board's and trust it with "
+                f"`hwloop devices trust {self.device.name}`"
+            ) from None
         try:
             self._lock()
             self._prepare()
             self._launch()
         except SSH_ERRORS as exc:
             self._stop()
-            raise TransportError(f"{self.where}: the SSH link failed while starting the board's RPC server: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise TransportError(
+                f"{self.where}: the SSH link failed while starting the board's RPC server: {type(exc).__name__}: {exc}"
+            ) from None
         except BaseException:
             self._stop()
             raise
@@ -102,8 +105,10 @@ class SSHTransport(Transport):
         self.root = posixpath.join(home if status == 0 else "", self.link.workdir)
         self.workdir = posixpath.join(self.root, self.device.name)
         lockfile = posixpath.join(self.root, BOARD_LOCK)
-        command = (f"mkdir -p -- {q(self.root)} && exec {q(self.device.python)} -c {q(HOLDER)} {q(lockfile)} "
-                   f"{q(json.dumps(owner(self.device.name, self._token)))}")
+        command = (
+            f"mkdir -p -- {q(self.root)} && exec {q(self.device.python)} -c {q(HOLDER)} {q(lockfile)} "
+            f"{q(json.dumps(owner(self.device.name, self._token)))}"
+        )
         for attempt in range(2):
             channel, output = self._exec(command)
             answer = self._answer(channel, output, "taking the board's lock")
@@ -121,8 +126,10 @@ class SSHTransport(Transport):
                 self._left_pgid = None
                 time.sleep(0.2)
                 continue
-            raise DeviceBusy(f"{self.where}: the board is in use by {describe(holder)} (lock {lockfile} on the "
-                             "board); one hwloop session per board at a time: wait for it to finish")
+            raise DeviceBusy(
+                f"{self.where}: the board is in use by {describe(holder)} (lock {lockfile} on the "
+                "board); one hwloop session per board at a time: wait for it to finish"
+            )
 
     def _prepare(self) -> None:
         """A fresh work folder on the board, with hwloop's marker and the files that run there."""
@@ -130,26 +137,34 @@ class SSHTransport(Transport):
         status, output = self._run(
             f"if [ -e {workdir} ] || [ -L {workdir} ]; then [ -f {marker} ] || exit {NOT_OURS}; "
             f"rm -rf -- {workdir}; fi; "
-            f"mkdir -m 700 -- {workdir} && : > {marker} && mkdir -- {q(self.workdir + '/tmp')}")
+            f"mkdir -m 700 -- {workdir} && : > {marker} && mkdir -- {q(self.workdir + '/tmp')}"
+        )
         if status == NOT_OURS:
-            raise BoardError(f"{self.where}: field 'link.workdir': {self.workdir!r} exists on the board and was not "
-                             f"made by hwloop (no {MARKER} in it); hwloop deletes only folders it made: move it "
-                             "away or choose another link.workdir")
+            raise BoardError(
+                f"{self.where}: field 'link.workdir': {self.workdir!r} exists on the board and was not "
+                f"made by hwloop (no {MARKER} in it); hwloop deletes only folders it made: move it "
+                "away or choose another link.workdir"
+            )
         if status != 0:
-            raise BoardError(f"{self.where}: field 'link.workdir': cannot create {self.workdir!r} on the board: "
-                             f"{output.strip()[-500:]}")
+            raise BoardError(
+                f"{self.where}: field 'link.workdir': cannot create {self.workdir!r} on the board: "
+                f"{output.strip()[-500:]}"
+            )
         for name, text in SHIPPED.items():
             status, output = self._run(f"cat > {q(posixpath.join(self.workdir, name))}", text.encode())
             if status != 0:
-                raise BoardError(f"{self.where}: cannot write {name} into {self.workdir!r} on the board: "
-                                 f"{output.strip()[-500:]}")
+                raise BoardError(
+                    f"{self.where}: cannot write {name} into {self.workdir!r} on the board: {output.strip()[-500:]}"
+                )
 
     def _launch(self) -> None:
         p = self.device.protocol
         pin = f"taskset -c {q(','.join(map(str, p.cpus)))} " if p.cpus else ""
         self._key = new_key()
-        command = (f"cd {q(self.workdir)} && exec env TMPDIR={q(self.workdir + '/tmp')} TVM_NUM_THREADS={p.threads} "
-                   f"{pin}{q(self.device.python)} agent.py --executable {q(self.device.python)}")
+        command = (
+            f"cd {q(self.workdir)} && exec env TMPDIR={q(self.workdir + '/tmp')} TVM_NUM_THREADS={p.threads} "
+            f"{pin}{q(self.device.python)} agent.py --executable {q(self.device.python)}"
+        )
         self._agent, self._output = self._exec(command, f"{self._key}\n".encode())
         self.board = self._parse_ready(self._answer(self._agent, self._output, "starting the board's RPC server"))
         threading.Thread(target=self._drain, args=(self._agent,), daemon=True).start()
@@ -177,35 +192,46 @@ class SSHTransport(Transport):
                     except ValueError:
                         answer = None
                     if not isinstance(answer, dict):
-                        raise TransportError(f"{self.where}: garbled answer from the board's python while {doing}: "
-                                             f"{line[:200].decode(errors='replace')!r}")
+                        raise TransportError(
+                            f"{self.where}: garbled answer from the board's python while {doing}: "
+                            f"{line[:200].decode(errors='replace')!r}"
+                        )
                     return answer
             try:
                 data = channel.recv(4096)
             except TimeoutError:
                 continue
             except SSH_ERRORS as exc:
-                raise TransportError(f"{self.where}: the SSH link dropped while {doing}: "
-                                     f"{type(exc).__name__}: {exc}") from None
+                raise TransportError(
+                    f"{self.where}: the SSH link dropped while {doing}: {type(exc).__name__}: {exc}"
+                ) from None
             if not data:
                 raise self._start_failure(_exit_status(channel), _tail(output), doing)
             output += data
-        raise TransportError(f"{self.where}: no answer from the board's python within {self.link.start_timeout:g} s "
-                             f"(link.start_timeout) while {doing}; it printed: {_tail(output) or 'nothing'}")
+        raise TransportError(
+            f"{self.where}: no answer from the board's python within {self.link.start_timeout:g} s "
+            f"(link.start_timeout) while {doing}; it printed: {_tail(output) or 'nothing'}"
+        )
 
     def _start_failure(self, status: int | None, printed: str, doing: str) -> TransportError:
         python = self.device.python
         if status == 127:
-            return BoardError(f"{self.where}: field 'python': {python!r} cannot be run on {self.device.host} "
-                              f"(exit 127: {printed}); set `python` to the board's interpreter that has tvm and numpy")
-        return BoardError(f"{self.where}: the board's python exited with status {status} while {doing}; it printed: "
-                          f"{printed or 'nothing'}")
+            return BoardError(
+                f"{self.where}: field 'python': {python!r} cannot be run on {self.device.host} "
+                f"(exit 127: {printed}); set `python` to the board's interpreter that has tvm and numpy"
+            )
+        return BoardError(
+            f"{self.where}: the board's python exited with status {status} while {doing}; it printed: "
+            f"{printed or 'nothing'}"
+        )
 
     def _parse_ready(self, ready: dict) -> dict:
         if ready.get("error") == "missing":
-            raise BoardError(f"{self.where}: the board's python {self.device.python!r} (Python "
-                             f"{ready.get('python_version')}) cannot import {', '.join(ready['missing'])}; "
-                             f"install on the board: {INSTALL.format(python=shlex.quote(self.device.python))}")
+            raise BoardError(
+                f"{self.where}: the board's python {self.device.python!r} (Python "
+                f"{ready.get('python_version')}) cannot import {', '.join(ready['missing'])}; "
+                f"install on the board: {INSTALL.format(python=shlex.quote(self.device.python))}"
+            )
         if ready.get("error") == "import":
             raise BoardError(f"{self.where}: importing tvm on the board failed: {ready.get('detail')}")
         if ready.get("error"):

@@ -18,8 +18,8 @@ from pathlib import Path
 import paramiko
 
 from ..registry import Device, Link
-from .knownhosts import KnownHosts, read_known_hosts
 from .errors import TransportError
+from .knownhosts import KnownHosts, read_known_hosts
 
 SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
 RSA_SIGNATURES = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}  # how an RSA host key is asked for
@@ -52,18 +52,23 @@ def _ssh_config() -> paramiko.SSHConfig:
     return paramiko.SSHConfig.from_path(str(path)) if path.is_file() else paramiko.SSHConfig()
 
 
-def endpoint(host: str, port: int | None = None, user: str | None = None, key: str | None = None,
-             known_hosts: str | None = None) -> Endpoint:
+def endpoint(
+    host: str, port: int | None = None, user: str | None = None, key: str | None = None, known_hosts: str | None = None
+) -> Endpoint:
     """``host`` resolved through ``~/.ssh/config``; explicit arguments win over the config."""
     config = _ssh_config().lookup(host)
     files = [key] if key else config.get("identityfile", [])
     known = known_hosts or (config.get("userknownhostsfile", "").split() or ["~/.ssh/known_hosts"])[0]
     jump = config.get("proxyjump")
     return Endpoint(
-        alias=host, hostname=config.get("hostname", host),
+        alias=host,
+        hostname=config.get("hostname", host),
         port=port if port not in (None, 22) else int(config.get("port", 22)),
-        user=user or config.get("user"), keys=tuple(os.path.expanduser(f) for f in files),
-        known_hosts=Path(os.path.expanduser(known)), jump=None if jump in (None, "none") else jump)
+        user=user or config.get("user"),
+        keys=tuple(os.path.expanduser(f) for f in files),
+        known_hosts=Path(os.path.expanduser(known)),
+        jump=None if jump in (None, "none") else jump,
+    )
 
 
 def device_endpoint(device: Device) -> Endpoint:
@@ -75,8 +80,11 @@ def _jump_endpoint(spec: str, known_hosts: Path) -> Endpoint:
     user, _, hostport = spec.rpartition("@")
     host, _, port = hostport.partition(":")
     found = endpoint(host, int(port) if port else None, user or None)
-    return found if _ssh_config().lookup(host).get("userknownhostsfile") else \
-        Endpoint(found.alias, found.hostname, found.port, found.user, found.keys, known_hosts, found.jump)
+    return (
+        found
+        if _ssh_config().lookup(host).get("userknownhostsfile")
+        else Endpoint(found.alias, found.hostname, found.port, found.user, found.keys, known_hosts, found.jump)
+    )
 
 
 def _tcp(hostname: str, port: int, link: Link) -> socket.socket:
@@ -93,8 +101,11 @@ def _socket_to(ep: Endpoint, link: Link, hops: list[paramiko.SSHClient]):
     sock = _tcp(chain[0].hostname, chain[0].port, link)
     for hop, after in zip(chain, chain[1:]):
         hops.append(_login(hop, link, sock))
-        sock = hops[-1].get_transport().open_channel("direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0),
-                                                     timeout=link.connect_timeout)
+        sock = (
+            hops[-1]
+            .get_transport()
+            .open_channel("direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0), timeout=link.connect_timeout)
+        )
     return sock
 
 
@@ -113,8 +124,10 @@ class _Refuse(paramiko.MissingHostKeyPolicy):
 def _refuse_revoked(ep: Endpoint, known: KnownHosts, key: paramiko.PKey) -> None:
     line = known.revoked_line(key)
     if line is not None:
-        raise HostKeyError(f"{ep.alias}: the host key {describe(key)} of {ep.known_name} is REVOKED "
-                           f"({ep.known_hosts} line {line}); connection refused")
+        raise HostKeyError(
+            f"{ep.alias}: the host key {describe(key)} of {ep.known_name} is REVOKED "
+            f"({ep.known_hosts} line {line}); connection refused"
+        )
 
 
 def _notes(known: KnownHosts) -> str:
@@ -129,10 +142,19 @@ def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
     policy = _Refuse(ep, known)
     client.set_missing_host_key_policy(policy)
     try:
-        client.connect(ep.hostname, ep.port, username=ep.user, key_filename=list(ep.keys) or None,
-                       look_for_keys=not ep.keys, allow_agent=True, sock=sock, timeout=link.connect_timeout,
-                       banner_timeout=link.connect_timeout, auth_timeout=link.connect_timeout,
-                       channel_timeout=link.connect_timeout)
+        client.connect(
+            ep.hostname,
+            ep.port,
+            username=ep.user,
+            key_filename=list(ep.keys) or None,
+            look_for_keys=not ep.keys,
+            allow_agent=True,
+            sock=sock,
+            timeout=link.connect_timeout,
+            banner_timeout=link.connect_timeout,
+            auth_timeout=link.connect_timeout,
+            channel_timeout=link.connect_timeout,
+        )
     except HostKeyError:
         client.close()
         raise
@@ -143,25 +165,32 @@ def _login(ep: Endpoint, link: Link, sock) -> paramiko.SSHClient:
             raise HostKeyError(
                 f"{ep.alias}: unknown host key {describe(exc.key)} for {ep.known_name}: {ep.known_hosts} files only "
                 f"{known.listed()} for it, a type the board no longer offers (reinstalled?); connection "
-                f"refused{_notes(known)}") from None
+                f"refused{_notes(known)}"
+            ) from None
         raise HostKeyError(
             f"{ep.alias}: the host key CHANGED: it offers {describe(exc.key)}, {ep.known_hosts} has "
             f"{describe(exc.expected_key)} (line {known.keys[exc.key.get_name()][1]}) for {ep.known_name}. Someone "
             f"may be intercepting the connection; if the board was reinstalled, remove the old key (ssh-keygen -R "
-            f"'{ep.known_name}' -f {ep.known_hosts}) and trust the new one") from None
+            f"'{ep.known_name}' -f {ep.known_hosts}) and trust the new one"
+        ) from None
     except paramiko.PasswordRequiredException:
         client.close()
-        raise TransportError(f"{ep.alias}: key {', '.join(ep.keys)} is encrypted: load it into your SSH agent "
-                             f"(ssh-add {' '.join(ep.keys)}); passwords are never read from the registry") from None
+        raise TransportError(
+            f"{ep.alias}: key {', '.join(ep.keys)} is encrypted: load it into your SSH agent "
+            f"(ssh-add {' '.join(ep.keys)}); passwords are never read from the registry"
+        ) from None
     except paramiko.AuthenticationException as exc:
         client.close()
-        raise TransportError(f"{ep.alias}: SSH login as {ep.user!r} refused ({exc}); check `user` and `key` "
-                             "(or your SSH agent)") from None
+        raise TransportError(
+            f"{ep.alias}: SSH login as {ep.user!r} refused ({exc}); check `user` and `key` (or your SSH agent)"
+        ) from None
     except paramiko.SSHException:
         client.close()
         if policy.key is not None:
-            raise HostKeyError(f"{ep.alias}: unknown host key {describe(policy.key)} for {ep.known_name} "
-                               f"(not in {ep.known_hosts}); connection refused{_notes(known)}") from None
+            raise HostKeyError(
+                f"{ep.alias}: unknown host key {describe(policy.key)} for {ep.known_name} "
+                f"(not in {ep.known_hosts}); connection refused{_notes(known)}"
+            ) from None
         raise
     client.get_transport().set_keepalive(max(1, int(link.keepalive)))
     return client
@@ -176,19 +205,24 @@ class Connection:
             self.client = _login(ep, link, _socket_to(ep, link, self._hops))
         except (ConnectionRefusedError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
             self.close()
-            raise TransportError(f"{ep.alias}: cannot connect to {ep.hostname}:{ep.port} ({exc.strerror or exc}); "
-                                 "is the board up and its sshd running?") from None
+            raise TransportError(
+                f"{ep.alias}: cannot connect to {ep.hostname}:{ep.port} ({exc.strerror or exc}); "
+                "is the board up and its sshd running?"
+            ) from None
         except TimeoutError as exc:
             self.close()
-            raise TransportError(f"{ep.alias}: no answer from {ep.hostname}:{ep.port} within "
-                                 f"{link.connect_timeout:g} s ({type(exc).__name__})") from None
+            raise TransportError(
+                f"{ep.alias}: no answer from {ep.hostname}:{ep.port} within "
+                f"{link.connect_timeout:g} s ({type(exc).__name__})"
+            ) from None
         except TransportError:
             self.close()
             raise
         except SSH_ERRORS as exc:
             self.close()
-            raise TransportError(f"{ep.alias}: SSH connection to {ep.hostname}:{ep.port} failed: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise TransportError(
+                f"{ep.alias}: SSH connection to {ep.hostname}:{ep.port} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
     @property
     def active(self) -> bool:
@@ -224,8 +258,9 @@ def scan(ep: Endpoint, link: Link, prefer: list[str] | tuple[str, ...] = ()) -> 
     except TransportError:
         raise
     except SSH_ERRORS as exc:
-        raise TransportError(f"{ep.alias}: cannot read the host key of {ep.hostname}:{ep.port}: "
-                             f"{type(exc).__name__}: {exc}") from None
+        raise TransportError(
+            f"{ep.alias}: cannot read the host key of {ep.hostname}:{ep.port}: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         for hop in hops:
             hop.close()

@@ -42,8 +42,10 @@ def _ask(device: Device, message: list, wait: float | None = None):
             answer = base.recvjson(sock)
     except TimeoutError:
         if wait:
-            raise TransportError(f"device {device.name!r}: no board of pool {device.pool!r} became free within "
-                                 f"{wait:g} s (link.start_timeout)") from None
+            raise TransportError(
+                f"device {device.name!r}: no board of pool {device.pool!r} became free within "
+                f"{wait:g} s (link.start_timeout)"
+            ) from None
         raise TransportError(f"{where} did not answer within {device.link.connect_timeout:g} s") from None
     except (OSError, RuntimeError, ValueError, struct.error) as exc:
         raise TransportError(f"{where} cannot be used: {type(exc).__name__}: {exc}") from None
@@ -81,9 +83,11 @@ class TrackerTransport(Transport):
     def _require_pool(self) -> None:
         device = self.device
         if pool_size(device) == 0:
-            raise TransportError(f"{self.where}: the tracker at {device.host}:{device.port} has no RPC server under "
-                                 f"key {device.pool!r} (field 'pool'); start them with `python -m tvm.exec.rpc_server "
-                                 f"--tracker {device.host}:{device.port} --key {device.pool}`")
+            raise TransportError(
+                f"{self.where}: the tracker at {device.host}:{device.port} has no RPC server under "
+                f"key {device.pool!r} (field 'pool'); start them with `python -m tvm.exec.rpc_server "
+                f"--tracker {device.host}:{device.port} --key {device.pool}`"
+            )
 
     def connect(self):
         """A session on a free board of the pool (waiting ``link.start_timeout`` at most for one)."""
@@ -94,8 +98,9 @@ class TrackerTransport(Transport):
             self.reconnect()
         self._close_relay()
         try:
-            host, port, key = _ask(self.device, [TrackerCode.REQUEST, self.device.pool, "", PRIORITY],
-                                   wait=self.link.start_timeout)
+            host, port, key = _ask(
+                self.device, [TrackerCode.REQUEST, self.device.pool, "", PRIORITY], wait=self.link.start_timeout
+            )
             self._board = (host, port)
             self._relay = Tunnel.tcp(host, port, self.link.stall_timeout, self.link.connect_timeout)
             session = rpc.connect("127.0.0.1", self._relay.port, key=key, session_timeout=self.link.session_timeout)

@@ -44,7 +44,7 @@ def usage(cpus: str) -> str:
                     total += sum(jiffies[:8])
     except (OSError, ValueError):
         steal = total = -1
-    scale = 10 ** 9 // USER_HZ
+    scale = 10**9 // USER_HZ
     return f"{cpu} {wait} {steal * scale if steal >= 0 else -1} {total * scale if total >= 0 else -1}"
 
 

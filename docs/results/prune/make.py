@@ -63,17 +63,21 @@ def main() -> None:
         machine = run["machine"]
         first = results[0]
         date = f", {run['date']}" if run.get("date") else ""
-        sections += [f"\n## {run['model']} on {run['dataset']}\n",
-                     f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores){date}, "
-                     f"commit `{run['commit'][:12]}`, `{run['command']}`. Dense: accuracy {first['dense_accuracy']:.2%}, "
-                     f"measured {first['dense_ms']:.3f} ms, predicted {first['dense_predicted_ms']:.3f} ms.\n",
-                     "| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
-                     "| predicted speed-up | MACs reduction |",
-                     "|---|---|---|---|---|---|---|---|---|"]
+        sections += [
+            f"\n## {run['model']} on {run['dataset']}\n",
+            f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores){date}, "
+            f"commit `{run['commit'][:12]}`, `{run['command']}`. Dense: accuracy {first['dense_accuracy']:.2%}, "
+            f"measured {first['dense_ms']:.3f} ms, predicted {first['dense_predicted_ms']:.3f} ms.\n",
+            "| method | budget | accuracy | predicted ms | measured ms | predicted vs measured | measured speed-up "
+            "| predicted speed-up | MACs reduction |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results:
-            sections.append(f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
-                            f"{_ms(r['measured_ms'])} | {_pct(r['predicted_error'])} | {_x(r['speedup'])} | "
-                            f"{_x(r.get('predicted_speedup'))} | {r['dense_macs'] / r['macs']:.2f}x |")
+            sections.append(
+                f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.2%} | {r['predicted_ms']:.3f} | "
+                f"{_ms(r['measured_ms'])} | {_pct(r['predicted_error'])} | {_x(r['speedup'])} | "
+                f"{_x(r.get('predicted_speedup'))} | {r['dense_macs'] / r['macs']:.2f}x |"
+            )
         sections.append(f"\n![{run['model']}]({plot.name})\n")
     if len(sections) == 1:
         sections.append("No run is recorded in `results/` yet: the commands above write it.\n")

@@ -1,6 +1,6 @@
 """Turns docs/results/scale/results/*/scale.json (written by ``bench/scale.py``) into this folder's README.md.
 
-    .venv/bin/python docs/results/scale/make.py
+.venv/bin/python docs/results/scale/make.py
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ What this benchmark measures:
   cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
   everything under it), for the whole run and per measurement beyond a run of half the configs
-  (what each further measurement costs once the run has started). Then the same fleet with half its boards killed a third of the way in,
-  and a re-run: rows missing or duplicated at the end.
+  (what each further measurement costs once the run has started). Then the same fleet with half
+  its boards killed a third of the way in, and a re-run: rows missing or duplicated at the end.
 
 The targets: with 100,000 rows, `collect` plans within 2 s, `tables show` answers within 1 s, `fit`
 finishes within 2 minutes on 2 cores and the folder holds a few dozen files; a fleet's host spends
@@ -47,40 +47,55 @@ def _command(record: dict) -> str:
     return f"{_s(record['s'])}{'' if record['ok'] else ' (failed)'}, peak {record['peak_mib'] or 0:.0f} MiB"
 
 
+def _load(run: dict) -> str:
+    """The machine's one-minute load average before each part: what else ran beside the benchmark."""
+    parts = [
+        f"{label}: {run[key]:.2f}"
+        for key, label in (("load_before", "before the tables"), ("load_before_fleet", "before the fleet"))
+        if key in run
+    ]
+    return "one-minute load average " + ", ".join(parts) if parts else "load average not recorded"
+
+
 def section(path: Path) -> list[str]:
     run = json.loads(path.read_text())
     machine, table = run["machine"], run["tables"]
-    lines = [f"\n## {path.parent.name}\n",
-             f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores), "
-             f"{machine['date']}, commit `{machine['commit']}`, `{machine['command']}`; one-minute load average "
-             f"before the tables: {run['load_before']:.2f}" + (f", before the fleet: {run['load_before_fleet']:.2f}"
-                                                                 if "load_before_fleet" in run else "") + ".\n",
-             "| table of one device | figure |", "|---|---|",
-             f"| rows | {table['rows']:,} |",
-             f"| files in the folder | {table['files']} |",
-             f"| `hwloop tables show` | {_command(table['tables_show'])} |",
-             f"| `hwloop collect --space FILE --dry-run` (8,192 configs) | {_command(table['collect_dry_run'])} |",
-             f"| `hwloop fit` ({table['learning_rows']:,} rows) | {_command(table['fit'])} |",
-             f"| start of the CLI (`import hwloop.cli`) | {_s(table['cli_startup_s'])} |",
-             f"| in process: read the whole table | {_s(table['read_all_s'])} |",
-             f"| in process: read what a predictor learns from | {_s(table['read_learning_rows_s'])} |",
-             f"| in process: plan a space of {table['wanted']:,} configs ({table['planned']:,} to measure) "
-             f"| {_s(table['plan_s'])} |"]
+    lines = [
+        f"\n## {path.parent.name}\n",
+        f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores), "
+        f"{machine['date']}, commit `{machine['commit']}`, `{machine['command']}`; {_load(run)}.\n",
+        "| table of one device | figure |",
+        "|---|---|",
+        f"| rows | {table['rows']:,} |",
+        f"| files in the folder | {table['files']} |",
+        f"| `hwloop tables show` | {_command(table['tables_show'])} |",
+        f"| `hwloop collect --space FILE --dry-run` (8,192 configs) | {_command(table['collect_dry_run'])} |",
+        f"| `hwloop fit` ({table['learning_rows']:,} rows) | {_command(table['fit'])} |",
+        f"| start of the CLI (`import hwloop.cli`) | {_s(table['cli_startup_s'])} |",
+        f"| in process: read the whole table | {_s(table['read_all_s'])} |",
+        f"| in process: read what a predictor learns from | {_s(table['read_learning_rows_s'])} |",
+        f"| in process: plan a space of {table['wanted']:,} configs ({table['planned']:,} to measure) "
+        f"| {_s(table['plan_s'])} |",
+    ]
     fleet = run.get("fleet")
     if fleet:
         killed = fleet["killed"]
-        lines += ["", "| fleet | figure |", "|---|---|",
-                  f"| boards | {fleet['boards']} |",
-                  f"| measurements (trials) | {fleet['measurements']} ({fleet['trials']}) |",
-                  f"| wall time | {_s(fleet['wall_s'])} |",
-                  f"| host CPU per measurement, whole run | {fleet['host_cpu_ms_per_measurement']:.1f} ms |",
-                  f"| host CPU per measurement beyond a run of half the configs | "
-                  f"{fleet['host_cpu_ms_per_extra_measurement']:.1f} ms ({fleet['host_cpu_ms_per_extra_trial']:.1f} ms "
-                  "per trial) |",
-                  f"| the boards' own CPU | {_s(fleet['board_cpu_s'])} |",
-                  f"| errors | {len(fleet['errors'])} |",
-                  f"| half the boards killed: boards given up | {', '.join(killed['given_up']) or 'none'} |",
-                  f"| after a re-run: rows missing / duplicated | {killed['missing']} / {killed['duplicated']} |"]
+        lines += [
+            "",
+            "| fleet | figure |",
+            "|---|---|",
+            f"| boards | {fleet['boards']} |",
+            f"| measurements (trials) | {fleet['measurements']} ({fleet['trials']}) |",
+            f"| wall time | {_s(fleet['wall_s'])} |",
+            f"| host CPU per measurement, whole run | {fleet['host_cpu_ms_per_measurement']:.1f} ms |",
+            f"| host CPU per measurement beyond a run of half the configs | "
+            f"{fleet['host_cpu_ms_per_extra_measurement']:.1f} ms ({fleet['host_cpu_ms_per_extra_trial']:.1f} ms "
+            "per trial) |",
+            f"| the boards' own CPU | {_s(fleet['board_cpu_s'])} |",
+            f"| errors | {len(fleet['errors'])} |",
+            f"| half the boards killed: boards given up | {', '.join(killed['given_up']) or 'none'} |",
+            f"| after a re-run: rows missing / duplicated | {killed['missing']} / {killed['duplicated']} |",
+        ]
     return lines
 
 
