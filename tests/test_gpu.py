@@ -14,7 +14,7 @@ from torch import nn
 from tvm import tirx
 
 from hwloop import fingerprint, tables
-from hwloop.endtoend import build_model
+from hwloop.builder import build_lowered
 from hwloop.fingerprint import GPU_FIELDS, jetson_gpu, parse_nvidia_smi
 from hwloop.graph import relax_module
 from hwloop.models import InvertedResidual, load_model
@@ -57,7 +57,8 @@ def test_whole_models_compile_for_nvidia_gpus_and_their_ptx_assembles(case, cach
     make, target, cc, machine = CASES[case]
     model, shape = make()
     library = tmp_path / "model.so"
-    build_model(model.eval(), shape, target, parse_policy("default"), cc, cache_dir, library)
+    error = build_lowered(relax_module(model.eval(), shape), target, "default", cc, cache_dir, library)
+    assert error is None, error
     assert elf_machine(str(library)) == machine
     ptx = embedded_ptx(library.read_bytes())
     arch = target["mcpu"]
