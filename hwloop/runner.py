@@ -34,10 +34,10 @@ from .layers import LayerConfig
 from .registry import Protocol
 from .targets import runtime_device_type
 from .transports.usage import parse as parse_usage
+from .trust import TRIM_FROM
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
 ESTIMATOR = "trimmed-mean-of-trials"
-TRIM_FROM = 5  # trials from which the fastest and the slowest one are left out of the mean
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 

@@ -1,8 +1,10 @@
 """How far a table's latencies can be trusted: whether each measurement's independent trials
 agreed, and whether the device was quiet while they were taken.
 
-A row measured with trials (:mod:`hwloop.runner`) *agrees within ±b %* when every one of its
-trials' medians lies within b % of the row's latency. A table whose measurements do not agree
+A row measured with trials (:mod:`hwloop.runner`) *agrees within ±b %* when every trial its
+latency is made from lies within b % of it: all of them, or all but the fastest and the slowest
+from :data:`TRIM_FROM` trials on (one trial that landed in another state of the device does not
+move the latency, and does not count against it). A table whose measurements do not agree
 comes from a host too noisy to learn from: a predictor fitted on it learns the noise.
 """
 
@@ -14,6 +16,7 @@ import pandas as pd
 BANDS = (5, 10)
 COLUMNS = ["status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed"]
 TRUSTED = 0.95  # share of measurements whose trials agree within ±10 % that a table needs to be learnt from
+TRIM_FROM = 5  # trials from which a latency leaves out the fastest and the slowest one
 
 
 def agreement(rows: pd.DataFrame) -> dict:
@@ -25,8 +28,11 @@ def agreement(rows: pd.DataFrame) -> dict:
     trials = ok.trial_latencies_ms.explode().dropna().astype(float)
     if trials.empty:
         return {"measured": 0}
-    spread = (trials / ok.latency_ms.to_numpy()[trials.index] - 1).abs().groupby(level=0).max().to_numpy()
-    ok = ok.loc[trials.index.unique()]
+    by_row = trials.groupby(level=0)
+    count, rank = by_row.transform("size"), by_row.rank(method="first")
+    kept = trials[(count < TRIM_FROM) | ((rank > 1) & (rank < count))]
+    spread = (kept / ok.latency_ms.to_numpy()[kept.index] - 1).abs().groupby(level=0).max().to_numpy()
+    ok = ok.loc[kept.index.unique()]
     return {
         "measured": int(len(ok)),
         **{f"within_{b}": float(np.mean(spread <= b / 100)) for b in BANDS},
