@@ -4,9 +4,12 @@ LLVM's name for the CPU, cores), the commit and the command. Imported by the ben
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -53,3 +56,25 @@ def local_registry(folder: Path, passes: int = 1, threads: int = 1) -> Path:
         )
     )
     return folder
+
+
+@contextmanager
+def cpu_lock(lock: Path | None, exclusive: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``lock`` (nothing when None) for a phase of a benchmark: exclusive while it
+    times, shared while it trains or builds, so that other jobs on a shared host that take the same lock
+    shared wait for the timing, and run beside the rest. An exclusive waiter first holds ``LOCK.gate``,
+    which shared takers pass through first, so a stream of shared jobs cannot starve it."""
+    if lock is None:
+        yield
+        return
+    gate = lock.with_suffix(".gate")
+    with open(gate, "a") as gate_file, open(lock, "a") as lock_file:
+        fcntl.flock(gate_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate_file, fcntl.LOCK_UN)
+        fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(gate_file, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)

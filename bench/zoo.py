@@ -7,7 +7,7 @@ Fashion-MNIST resized to the input shape and repeated to 3 channels (no download
         [--models resnet50,mobilenet_v3_large,efficientnet_b0,regnet_x_400mf,shufflenet_v2_x1_0]
         [--input-shape 1,3,64,64] [--budget 0.5] [--flops-budgets 0.4,0.5,0.6,0.7] [--samples 300] [--passes 3]
         [--train-samples 10000] [--test-samples 2000] [--epochs 3] [--dense-epochs 5] [--work bench-zoo]
-        [--results docs/results/zoo/results]
+        [--results docs/results/zoo/results] [--cpu-lock FILE]
 
 Per model: measure its layer space (``--samples`` configs, ``default`` schedule, 1 thread on CPU 0)
 and the dense model with copies thinned to 3/4, 1/2 and 1/4 (the whole-model calibration), fit the
@@ -16,7 +16,8 @@ predictor, profile the dense model per operator kind, train the dense baseline o
 the dense MACs), and validate every pruned model on the device beside the dense one. Results go to
 ``--results/MODEL.json`` with the machine, the commit and the command, as each model finishes;
 work files (tables, predictors, pruned models) stay under ``--work``, so a re-run reuses them.
-``docs/results/zoo/make.py`` turns the folder into the page's tables.
+``docs/results/zoo/make.py`` turns the folder into the page's tables. On a shared host, ``--cpu-lock``
+names a lock file held exclusively while the device times and shared while models train.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import argparse
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
-from bench.machine import local_registry, provenance
+from bench.machine import cpu_lock, local_registry, provenance
 from hwloop import tables
 from hwloop.collect import collect
 from hwloop.endtoend import ModelCase, measure_models
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--dense-epochs", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path("bench-zoo"))
     parser.add_argument("--results", type=Path, default=Path("docs/results/zoo/results"))
+    parser.add_argument("--cpu-lock", type=Path, help="lock file: exclusive while timing, shared while training")
     args = parser.parse_args()
 
     shape = tuple(int(d) for d in args.input_shape.split(","))
@@ -80,6 +83,8 @@ def study(spec: str, data, device, args) -> dict:
     name = spec.removeprefix("torchvision:")
     work, policy = args.work / name, parse_policy("default")
     tables_dir, cache = work / "tables", args.work / "cache"
+    timing = partial(cpu_lock, args.cpu_lock, exclusive=True)
+    training = partial(cpu_lock, args.cpu_lock, exclusive=False)
     model = pipeline.build(spec, data)
     groups = ChannelGroups(model, data.input_shape)
     record = {
@@ -101,9 +106,10 @@ def study(spec: str, data, device, args) -> dict:
 
     dense_case = ModelCase(spec, model, data.input_shape)
     calibration = [dense_case, *thinned_cases(dense_case, (0.75, 0.5, 0.25))]
-    measure_models(device, calibration, policy, tables_dir, cache)
-    collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
-    measure_models(device, calibration, policy, tables_dir, cache, force=True)
+    with timing():
+        measure_models(device, calibration, policy, tables_dir, cache)
+        collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
+        measure_models(device, calibration, policy, tables_dir, cache, force=True)
     predictor = Predictor.fit(
         tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
     )
@@ -111,11 +117,13 @@ def study(spec: str, data, device, args) -> dict:
     record["predictor"] = {"rows": predictor.meta["rows"], "calibration": predictor.meta.get("calibration")}
     record["dense_predicted_ms"] = float(predictor.predict_model(layers))
     record["dense_layers_ms"] = float(predictor.predict(layers).sum())
-    record["profile"] = profile(
-        model, data.input_shape, resolve(device.target, device.protocol.threads), policy, cache, runs=20
-    ).to_dict()
+    with timing():
+        record["profile"] = profile(
+            model, data.input_shape, resolve(device.target, device.protocol.threads), policy, cache, runs=20
+        ).to_dict()
 
-    dense = pipeline.dense_baseline(spec, data, args.dense_epochs, 0, cache)
+    with training():
+        dense = pipeline.dense_baseline(spec, data, args.dense_epochs, 0, cache)
     record["dense_accuracy"] = dense[1]
     runs = [("latency", args.budget)] + [("flops", float(b)) for b in args.flops_budgets.split(",")]
     record["pruned"] = []
@@ -124,11 +132,13 @@ def study(spec: str, data, device, args) -> dict:
         settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, dense_epochs=args.dense_epochs)
         if not (out / "plan.json").is_file():
             try:
-                pipeline.run(spec, data, predictor, settings, out, cache, dense=dense)
+                with training():
+                    pipeline.run(spec, data, predictor, settings, out, cache, dense=dense)
             except PruneError as exc:
                 print(f"{name} {method} at {budget:g}: {exc}", flush=True)
                 continue
-        report = validate(device, out, tables_dir, cache)
+        with timing():
+            report = validate(device, out, tables_dir, cache)
         plan = json.loads((out / "plan.json").read_text())
         report.update(macs=plan["macs"], dense_macs=plan["dense_macs"])
         record["pruned"].append(report)
