@@ -181,16 +181,18 @@ def rows_of(work: Path, device: str) -> pd.DataFrame:
 
 
 def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
-    """Each learner as ``fit(train_rows) -> model`` with ``predict_frame``: the few-shot transfer,
-    the transfer's parts on their own, a model over both devices with device descriptors, and a
+    """Each learner as ``fit(train_rows) -> model`` with ``predict_frame``: what ``hwloop fit --from``
+    does (the transfer or the rows alone, whichever predicts the rows better by five folds), the
+    transfer and its parts on their own, a model over both devices with device descriptors, and a
     predictor fitted from scratch."""
 
     def parts(**options):
         return lambda train: fewshot.transfer(source, train, **options)
 
     return {
-        "few-shot": lambda train: fewshot.transfer(source, train),
+        "few-shot": lambda train: fewshot.transfer_from([source], train),
         "from scratch": LatencyModel.train,
+        "transfer alone": lambda train: fewshot.transfer(source, train),
         "source, retargeted": lambda train: fewshot.retarget(source, *vector_unit(train.target.iloc[0])),
         "one scale": parts(path_rows=1 << 30, tree_rows=1 << 30, overhead=False),
         "scale and overhead": parts(path_rows=1 << 30, tree_rows=1 << 30),
@@ -252,7 +254,7 @@ def designed(pool: pd.DataFrame, size: int, source: LatencyModel, adaptive: bool
             chosen.reset_index(drop=True),
             -(-left // (rounds - round_index)),
             round_index,
-            lambda rows, seed: fewshot.transfer(source, rows, seed),
+            lambda rows, seed: fewshot.transfer_from([source], rows, seed),
         )
         chosen = pd.concat([chosen, pool[pool.config_id.isin(picks.config_id)]])
     return chosen

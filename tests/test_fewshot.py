@@ -15,7 +15,7 @@ from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
 from hwloop.predictor.calibration import scaled, transferred
 from hwloop.predictor.features import shape_key
-from hwloop.predictor.fewshot import TREE_ROWS, fit, retarget, transfer
+from hwloop.predictor.fewshot import SCRATCH_ROWS, TREE_ROWS, choose, fit, retarget, transfer, transfer_from
 from hwloop.predictor.latency import vector_unit
 from hwloop.predictor.sampling import at_step, frame_of, transfer_design
 from hwloop.registry import load_registry
@@ -132,7 +132,11 @@ def test_fit_from_a_source_records_it_and_loads_as_any_predictor(
     )
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
-    assert record["transfer"]["source"] == "local" and record["metrics"]["config"]["rows"] >= 1
+    transfer_record = record["transfer"]
+    assert set(transfer_record["fold_errors"]) == {"local", "from scratch"} and record["metrics"]["config"]["rows"] >= 1
+    best = min(transfer_record["fold_errors"], key=transfer_record["fold_errors"].get)
+    assert transfer_record["source"] == (None if best == "from scratch" else "local")
+    assert transfer_record["method"] == ("from scratch" if best == "from scratch" else "few-shot")
     meta = json.loads((predictors / TARGET / "predictor.json").read_text())
     (source,) = meta["transfer"]["sources"]
     assert source["booster_sha256"] == local_predictor.meta["booster_sha256"]
@@ -165,6 +169,18 @@ def test_a_device_slower_by_a_factor_is_predicted_slower_by_it(local_predictor):
     model = transfer(source, rows.iloc[::2])
     assert model.lanes == 4 and model.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
     assert model.predict_frame(rows.iloc[1::2]) == pytest.approx(rows.latency_ms.iloc[1::2], rel=1e-4)
+
+
+def test_the_rows_alone_are_chosen_when_they_predict_themselves_better_than_a_transfer(local_predictor):
+    source = local_predictor.model
+    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + 2 * SCRATCH_ROWS, 2)]
+    scaled_rows = target_rows(source, configs, 4, 16, scale=2.5)
+    assert choose([source], scaled_rows)[0] == 0
+    flat = scaled_rows.assign(latency_ms=1.0)  # a device the source knows nothing of: every layer alike
+    index, errors = choose([source], flat)
+    assert index == 1 and errors[1] < errors[0]
+    assert transfer_from([source], flat).predict_frame(flat) == pytest.approx(1.0, rel=0.01)
+    assert choose([source], flat.iloc[: SCRATCH_ROWS - 1]) == (0, [])  # too few rows to learn alone
 
 
 def test_trees_correct_the_source_from_enough_rows(local_predictor):

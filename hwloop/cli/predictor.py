@@ -195,8 +195,11 @@ def fit(
             f"the table's trials agree within ±5 % for {trust['within_5']:.1%} of its measurements, within "
             f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device"
         )
-    if record["transfer"]:
-        out.print(f"few-shot: from {record['transfer']['source']}'s predictor, corrected on {device}'s rows")
+    transfer = record["transfer"]
+    if transfer and transfer["source"]:
+        out.print(f"few-shot: from {transfer['source']}'s predictor, corrected on {device}'s rows")
+    elif transfer:
+        out.print(f"from scratch: {device}'s rows alone predict them better than a transfer (by five folds)")
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 

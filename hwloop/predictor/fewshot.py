@@ -10,7 +10,9 @@ fewer than :data:`PATH_ROWS` rows takes the fit of all rows. From :data:`TREE_RO
 trees on top of the source's booster learn what the scale misses.
 
 The result is an ordinary :class:`~hwloop.predictor.latency.LatencyModel` (the source's trees and
-the new ones in one booster), saved and used like any.
+the new ones in one booster), saved and used like any. Which source to transfer from, or whether
+the new rows are better learnt alone, is chosen by how well each fit predicts rows it was not fitted
+on (:func:`choose`).
 """
 
 from __future__ import annotations
@@ -96,29 +98,38 @@ def _scale(
 
 
 FOLDS = 5
+SCRATCH_ROWS = 10
 
 
 def transfer_from(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> LatencyModel:
-    """:func:`transfer` from the source of ``sources`` that predicts ``rows`` best (:func:`best_source`)."""
-    return transfer(sources[best_source(sources, rows, seed)], rows, seed)
+    """The fit of ``rows`` that :func:`choose` finds best: a :func:`transfer` from one of ``sources``,
+    or a model of ``rows`` alone."""
+    index = choose(sources, rows, seed)[0]
+    return transfer(sources[index], rows, seed) if index < len(sources) else LatencyModel.train(rows, seed)
 
 
-def best_source(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> int:
-    """The index of the source whose transfer predicts ``rows`` best, each row predicted by a
-    transfer fitted without it (``FOLDS``-fold; the mean absolute log error); the first when
-    there are fewer than two rows."""
-    if len(sources) == 1 or len(rows) < 2:
-        return 0
+def choose(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> tuple[int, list[float]]:
+    """Which fit predicts ``rows`` best, each row predicted by a fit without it (``FOLDS``-fold): the
+    index of the best candidate and each candidate's mean absolute log error. The candidates are the
+    transfer from each of ``sources`` and, from :data:`SCRATCH_ROWS` rows on, a model of ``rows``
+    alone (index ``len(sources)``). The first source, with no errors, below two rows or when it is
+    the only candidate."""
+    candidates = [lambda train, source=source: transfer(source, train, seed) for source in sources]
+    if len(rows) >= SCRATCH_ROWS:
+        candidates.append(lambda train: LatencyModel.train(train, seed))
+    if len(candidates) == 1 or len(rows) < 2:
+        return 0, []
     fold = np.random.default_rng(seed).permutation(len(rows)) % min(FOLDS, len(rows))
+    measured = rows.latency_ms.to_numpy()
     errors = []
-    for source in sources:
+    for fit_without in candidates:
         error = 0.0
         for k in np.unique(fold):
             test = fold == k
-            model = transfer(source, rows[~test], seed)
-            error += float(np.abs(np.log(model.predict_frame(rows[test]) / rows.latency_ms[test].to_numpy())).sum())
-        errors.append(error)
-    return int(np.argmin(errors))
+            predicted = fit_without(rows[~test]).predict_frame(rows[test])
+            error += float(np.abs(np.log(predicted / measured[test])).sum())
+        errors.append(error / len(rows))
+    return int(np.argmin(errors)), errors
 
 
 def fit(
@@ -135,8 +146,9 @@ def fit(
     """A :class:`~hwloop.predictor.Predictor` of ``device`` from its rows of ``table`` and the
     saved predictors ``sources`` of devices already measured (:func:`transfer_from`); like
     :meth:`Predictor.fit` otherwise. ``meta["transfer"]`` names the sources (device, booster and
-    training-table hashes) and the one used; the whole-model calibration comes from ``models``
-    (:func:`hwloop.predictor.calibration.transferred`)."""
+    training-table hashes), each candidate's cross-validated error and the one used (``source``;
+    None when the rows alone predict better); the whole-model calibration comes from ``models`` and
+    the source whose transfer predicts best (:func:`hwloop.predictor.calibration.transferred`)."""
     from .calibration import transferred
     from .model import Predictor, rows_name
     from .selection import select
@@ -162,10 +174,12 @@ def fit(
         train=lambda rows, fit_seed: transfer_from(models_of, rows, fit_seed),
     )
     rows = select(table, source, schedule, predictor.protocol_id, device).rows
-    used = sources[best_source(models_of, rows, seed)]
+    index, errors = choose(models_of, rows, seed)
+    few_shot = index < len(sources)
+    nearest = sources[index if few_shot else int(np.argmin(errors[: len(sources)]))]
     predictor.meta["transfer"] = {
-        "method": "few-shot",
-        "source": used.device,
+        "method": "few-shot" if few_shot else "from scratch",
+        "source": nearest.device if few_shot else None,
         "sources": [
             {
                 key: other.meta.get(key)
@@ -173,7 +187,8 @@ def fit(
             }
             for other in sources
         ],
+        "fold_errors": dict(zip([other.device for other in sources] + ["from scratch"], errors)),
     }
     if models is not None:
-        predictor.meta["calibration"] = transferred(predictor, models, used.meta.get("calibration"))
+        predictor.meta["calibration"] = transferred(predictor, models, nearest.meta.get("calibration"))
     return predictor

@@ -132,8 +132,9 @@ def main() -> None:
         "## The method's choice: each part on its own\n",
         "Held-out share within ±10 % (mean over 5 random samples) of the transfer's parts and of a model over "
         "both devices with device descriptors (lanes, threads, which device) beside the features. "
-        "`hwloop fit --from` is *few-shot*: a scale and an overhead per path of the rules, and trees on top "
-        "from 30 rows on.\n",
+        "`hwloop fit --from` is *few-shot*: *transfer alone* (a scale and an overhead per path of the rules, "
+        "and trees on top from 30 rows on) or, from 10 rows on, *from scratch*, whichever predicts the rows "
+        "better by five folds.\n",
     ]
     learners = list(dict.fromkeys(p["learner"] for p in pairs[0]["curve"]))
     for pair in pairs:
