@@ -152,3 +152,18 @@ def boards(tmp_path, user_key, monkeypatch):
     yield start
     for board in started:
         board.stop()
+
+
+def small_cnn(channels: int):
+    """Two 3×3 convs around ``channels`` channels at 16 input channels, pooled into 10 classes."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(16, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()

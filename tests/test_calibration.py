@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from torch import nn
+from conftest import small_cnn
 
 from hwloop import tables
 from hwloop.endtoend import ModelCase, measure_models
@@ -12,18 +12,6 @@ from hwloop.predictor import Predictor
 from hwloop.predictor.calibration import calibrate, fit_line
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
-
-
-def small_cnn(channels: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(16, channels, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(channels, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.fixture(scope="module")

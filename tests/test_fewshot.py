@@ -4,8 +4,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST_REGISTRY
-from torch import nn
+from conftest import FAST_REGISTRY, small_cnn
 from typer.testing import CliRunner
 
 from hwloop import tables
@@ -209,18 +208,6 @@ def test_whole_model_calibration_scales_the_source_with_a_handful_of_timings():
     source = {"scale": 1.2, "offset_ms": 0.05}
     rows = pd.DataFrame({"layers_ms": [0.5, 2.0], "latency_ms": [1.5 * (1.2 * 0.5 + 0.05), 1.5 * (1.2 * 2.0 + 0.05)]})
     assert scaled(source, rows) == pytest.approx((1.8, 0.075))
-
-
-def small_cnn(channels: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(16, channels, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(channels, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
 
 
 def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(

@@ -69,13 +69,19 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
         s, o = fit(others) if not others.empty else (1.0, 0.0)
         mine = (fastest.model == name).to_numpy()
         held_out[mine] = s * layers[mine] + o
-    error = held_out / measured - 1
+    return _record(scale, offset, fastest, held_out)
+
+
+def _record(scale: float, offset: float, fastest: pd.DataFrame, held_out: np.ndarray) -> dict:
+    """A calibration as ``predictor.json`` keeps it: the line, and each model of ``fastest`` (one
+    row per model) with its prediction by a line fitted without it (``held_out``)."""
+    error = held_out / fastest.latency_ms.to_numpy() - 1
     return {
         "scale": scale,
         "offset_ms": offset,
         "rows": int(len(fastest)),
         "models": sorted(fastest.model.unique()),
-        "held_out_mape": float(np.mean(np.abs(error))),
+        "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
         "cases": [
             {
                 "model": m,
@@ -85,7 +91,9 @@ def calibrate(predictor, models: pd.DataFrame) -> dict | None:
                 "predicted_ms": float(p),
                 "error": float(e),
             }
-            for m, i, v, s, p, e in zip(fastest.model, fastest.model_id, measured, layers, held_out, error)
+            for m, i, v, s, p, e in zip(
+                fastest.model, fastest.model_id, fastest.latency_ms, fastest.layers_ms, held_out, error
+            )
         ],
     }
 
@@ -134,25 +142,4 @@ def transferred(predictor, models: pd.DataFrame, source: dict | None) -> dict | 
             for name, layers in zip(fastest.model, fastest.layers_ms)
         ]
     )
-    error = held_out / fastest.latency_ms.to_numpy() - 1
-    return {
-        "scale": scale,
-        "offset_ms": offset,
-        "rows": int(len(fastest)),
-        "models": sorted(fastest.model.unique()),
-        "held_out_mape": float(np.mean(np.abs(error))) if np.isfinite(error).all() else None,
-        "cases": [
-            {
-                "model": m,
-                "model_id": i,
-                "measured_ms": float(v),
-                "layers_ms": float(s),
-                "predicted_ms": float(p),
-                "error": float(e),
-            }
-            for m, i, v, s, p, e in zip(
-                fastest.model, fastest.model_id, fastest.latency_ms, fastest.layers_ms, held_out, error
-            )
-        ],
-        "method": "source's shape, target's scale",
-    }
+    return {**_record(scale, offset, fastest, held_out), "method": "source's shape, target's scale"}
