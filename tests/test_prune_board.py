@@ -28,6 +28,19 @@ def test_a_board_faster_than_predicted_loosens_it_and_keeps_the_slowest_plan_tha
     assert checked.chosen == 1 and checked.rounds[1].measured_ms == pytest.approx(0.5)
 
 
+def test_a_plan_under_its_target_is_corrected_from_its_own_prediction():
+    steps = (0.3, 0.42, 0.47)  # the plans there are: a target between steps gets the step under it
+
+    def plan_at(t):
+        return max(step for step in steps if step <= t)
+
+    checked = correct(plan_at, lambda p: p, lambda p: (1.0, 1.1 * p), 0.5, lambda dense_ms: 0.5 * dense_ms, 3)
+    first, second = checked.rounds[:2]
+    assert first.predicted_ms == 0.47 and not first.met  # 0.517 ms measured
+    assert second.target_ms == pytest.approx(0.47 * 0.5 / 0.517) and second.predicted_ms == 0.42 and second.met
+    assert checked.planned == 0.42 and checked.chosen == 1
+
+
 def test_one_noisy_round_moves_the_target_less_than_the_last_round_alone_would():
     timings = iter([0.51, 0.64, 0.5])  # the second plan, predicted cheaper, measured in a slow spell
 

@@ -1,9 +1,9 @@
 """Plans checked on the board before fine-tuning, as NetAdapt measures its proposals: the planned
 structure is compiled whole and timed beside the dense model (its latency does not depend on the
-weights), and while it misses the budget as measured (or lands far under it), the predicted
-target is scaled by goal / measured (pooled over the rounds) and the method plans again. The dense
-model is the same in every round, so a round whose dense timing is far above the fastest one is
-timed again. Every model timed goes to the device's model table."""
+weights), and while it misses the budget as measured (or lands far under it), the plan's predicted
+latency scaled by goal / measured (pooled over the rounds) is the next target and the method plans
+again. The dense model is the same in every round, so a round whose dense timing is far above the
+fastest one is timed again. Every model timed goes to the device's model table."""
 
 from __future__ import annotations
 
@@ -75,8 +75,10 @@ def correct(
     """Plan at ``target`` (predicted ms), measure (dense ms, planned ms) and re-plan until a plan
     lands within ``tolerance`` under the goal (``goal(dense_ms)``, in measured ms), ``rounds``
     plans were timed, or a corrected target is out of the method's reach. Each round proposes
-    ``target * goal / measured``; the next target is the geometric mean of every round's proposal
-    (one noisy timing moves it less than when the last round alone decides), or, once a target
+    ``predicted * goal / measured`` (its plan's own prediction, which sits under the target where
+    latency steps, scaled by how far the board ran from it); the next target is the geometric
+    mean of every round's proposal (one noisy timing moves it less than when the last round alone
+    decides), or, once a target
     that met and one that missed bracket the goal and that figure falls outside them, their
     midpoint (latency is a staircase in the channel counts). The chosen plan is the one that met
     its goal closest (it keeps the most channels), else the one that missed it least; each plan is
@@ -99,7 +101,7 @@ def correct(
         check = tried[-1][1]
         if (1 - tolerance) * check.goal_ms <= check.measured_ms <= check.goal_ms:
             break
-        target = math.exp(statistics.fmean(math.log(r.target_ms * r.goal_ms / r.measured_ms) for _, r in tried))
+        target = math.exp(statistics.fmean(math.log(r.predicted_ms * r.goal_ms / r.measured_ms) for _, r in tried))
         met_at = max((r.target_ms for _, r in tried if r.met), default=0.0)
         missed_at = min((r.target_ms for _, r in tried if not r.met), default=float("inf"))
         if met_at and missed_at < float("inf") and not met_at < target < missed_at:
