@@ -201,6 +201,7 @@ def main() -> None:
             run = json.loads(path.read_text())
             for step in run["steps"]:
                 lines.append(f"| `{run['target']}` | `{step['command']}` | {step['exit']} | {step['seconds']:.0f} |")
+        lines += _workflow_outcomes([json.loads(path.read_text()) for path in workflows])
     else:
         lines.append(
             "\nNot measured here: a pruning run on a target with the few-shot predictor and "
@@ -208,6 +209,38 @@ def main() -> None:
             "(`python -m bench.fewshot workflow` runs it and writes `results/workflow-TARGET.json`)."
         )
     _write(lines)
+
+
+def _workflow_outcomes(runs: list[dict]) -> list[str]:
+    """What each workflow's predictor chose, and whether its pruned model met the budget as measured
+    (its latency at most the budget's fraction of the dense model's, timed beside it)."""
+    lines = [
+        "\nThe outcome: the predictor `fit --from` kept (five-fold error of each candidate), the board rounds, "
+        "and the pruned model validated beside the dense one.\n",
+        "| target | predictor kept | five-fold error | board rounds | budget | dense ms | pruned ms | pruned / dense "
+        "| met | predicted speed-up | measured speed-up | accuracy (dense) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        # each command's output; of the two fits, the target's (the source's comes first)
+        outputs = {step["command"].split()[1]: step["output"] for step in run["steps"] if step["exit"] == 0}
+        transfer = (outputs.get("fit") or {}).get("transfer") or {}
+        pruned, checked = outputs.get("prune") or {}, outputs.get("validate") or {}
+        if not transfer or not checked:
+            lines.append(f"| `{run['target']}` | the workflow stopped before validation | | | | | | | | | | |")
+            continue
+        kept = f"transfer from `{transfer['source']}`" if transfer["source"] else "the target's rows alone"
+        errors = ", ".join(f"{name} {error:.3f}" for name, error in transfer.get("fold_errors", {}).items())
+        board = pruned.get("board") or {}
+        share = checked["measured_ms"] / checked["dense_ms"]
+        budget = float(checked["budget"])
+        lines.append(
+            f"| `{run['target']}` | {kept} | {errors} | {len(board.get('rounds', []))} | {budget:g} | "
+            f"{checked['dense_ms']:.3f} | {checked['measured_ms']:.3f} | {share:.3f} | "
+            f"{'yes' if share <= budget else 'no'} | {checked['predicted_speedup']:.2f}x | {checked['speedup']:.2f}x | "
+            f"{checked['accuracy']:.2%} ({checked['dense_accuracy']:.2%}) |"
+        )
+    return lines
 
 
 def _read(name: str) -> dict | None:
