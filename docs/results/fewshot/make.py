@@ -19,6 +19,7 @@ RESULTS = HERE / "results"
 COMMANDS = """\
 flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot collect --work /work/data/fewshot
 flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot score --work /work/data/fewshot
+flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot workflow --work /work/data/fewshot
 .venv/bin/python docs/results/fewshot/make.py"""
 TARGETS = {20: (0.90, 0.95), 50: (0.95, 0.95)}  # samples: (share within ±10 %, Spearman)
 CURVE_LEARNERS = ("few-shot", "from scratch", "source, retargeted")
@@ -48,12 +49,14 @@ def main() -> None:
         lines.append("No run is recorded in `results/` yet: the commands above write it.")
         _write(lines)
         return
-    for run in (collected, scored):
+    workflow_runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("workflow-*.json"))]
+    for run in (collected, scored, *workflow_runs):
         if run:
             m = run["machine"]
             lines.append(
-                f"- {m['cpu_model']} (LLVM CPU `{m['llvm_cpu']}`, {m['cores']} cores), {run.get('date', '')}, "
-                f"commit `{run['commit'][:12]}`: `{run['command']}`"
+                f"- {m['cpu_model']} (LLVM CPU `{m['llvm_cpu']}`, {m['cores']} cores), "
+                + (f"{run['date']}, " if run.get("date") else "")
+                + f"commit `{run['commit'][:12]}`: `{run['command']}`"
             )
     if collected:
         lines += [
