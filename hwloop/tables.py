@@ -451,7 +451,8 @@ def _expression(where: dict):
 
 def _read_part(path: Path, schema: pa.Schema, columns: list[str], where: dict | None) -> pa.Table:
     try:
-        present = pq.read_schema(path).names
+        part = pq.ParquetFile(path)
+        present = part.schema_arrow.names
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
@@ -464,7 +465,8 @@ def _read_part(path: Path, schema: pa.Schema, columns: list[str], where: dict | 
         raise TableError(f"{path}: not an hwloop table part (missing columns: {', '.join(missing)})")
     own = [c for c in dict.fromkeys([*columns, *(where or {})]) if c in present]
     try:
-        table = pq.read_table(path, columns=own, filters=_expression(where) if where else None)
+        # a whole part is read without pyarrow.dataset, whose import alone costs a short command much
+        table = pq.read_table(path, columns=own, filters=_expression(where)) if where else part.read(columns=own)
         return _conform(table, pa.schema([schema.field(c) for c in columns]))
     except FileNotFoundError:
         raise
