@@ -99,6 +99,9 @@ def section(path: Path) -> list[str]:
     return lines
 
 
+VERDICT = {True: "yes", False: "no", None: "not measured"}
+
+
 def targets(path: Path) -> list[str]:
     """The newest run against the issue's targets."""
     run = json.loads(path.read_text())
@@ -117,8 +120,14 @@ def targets(path: Path) -> list[str]:
     if fleet:
         per = fleet["host_cpu_ms_per_extra_measurement"]
         lost = fleet["killed"]["missing"] + fleet["killed"]["duplicated"]
+        measured = per > 0  # else the start of the two runs varied more than their difference in measurements cost
         checks += [
-            ("fleet host CPU per further measurement", "at most 20 ms", f"{per:.1f} ms", per <= 20),
+            (
+                "fleet host CPU per further measurement",
+                "at most 20 ms",
+                f"{per:.1f} ms" if measured else f"{per:.1f} ms: below the variation of the runs' start",
+                per <= 20 if measured else None,
+            ),
             (
                 "two of four boards killed, then a re-run",
                 "nothing lost or duplicated",
@@ -132,9 +141,7 @@ def targets(path: Path) -> list[str]:
         "| check | target | result | met |",
         "|---|---|---|---|",
     ]
-    return lines + [
-        f"| {check} | {target} | {result} | {'yes' if met else 'no'} |" for check, target, result, met in checks
-    ]
+    return lines + [f"| {check} | {target} | {result} | {VERDICT[met]} |" for check, target, result, met in checks]
 
 
 def main() -> None:
