@@ -16,7 +16,7 @@ from hwloop.collect import collect
 from hwloop.models import load_model
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
-from hwloop.space import model_space
+from hwloop.tracing import model_space
 
 
 def report(label: str, summary) -> None:

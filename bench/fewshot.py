@@ -64,7 +64,7 @@ from hwloop.prune.groups import thinned_cases
 from hwloop.registry import load_registry
 from hwloop.rows import Context
 from hwloop.schedules import parse_policy
-from hwloop.space import model_space
+from hwloop.tracing import model_space
 
 INPUT = (1, 1, 28, 28)
 SOURCE = "local"

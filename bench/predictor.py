@@ -59,8 +59,8 @@ from hwloop.layers import LayerConfig
 from hwloop.models import load_model
 from hwloop.registry import LOCAL
 from hwloop.schedules import parse_policy
-from hwloop.space import model_space
 from hwloop.targets import resolve
+from hwloop.tracing import model_space
 
 POLICY = parse_policy("default").name
 

@@ -51,7 +51,7 @@ from hwloop.prune.groups import PruneError, thinned_cases
 from hwloop.prune.validate import judged, validate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
-from hwloop.space import model_space
+from hwloop.tracing import model_space
 
 
 def main() -> None:

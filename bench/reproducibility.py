@@ -334,7 +334,7 @@ def space(name: str) -> list[LayerConfig]:
     """``resnet20``: 150 configs of ResNet-20's space at 28x28; ``grid``: 3x3 and 1x1 convs at 14² and 28²."""
     if name == "resnet20":
         from hwloop.models import load_model
-        from hwloop.space import model_space
+        from hwloop.tracing import model_space
 
         model, shape = load_model("resnet20", (1, 1, 28, 28))
         return model_space(model, shape, 150)

@@ -41,8 +41,8 @@ from hwloop.prune.groups import ChannelGroups, PruneError, thinned_cases
 from hwloop.prune.validate import validate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
-from hwloop.space import model_space, trace_layers
 from hwloop.targets import resolve
+from hwloop.tracing import model_space, trace_layers
 
 MODELS = "resnet50,mobilenet_v3_large,efficientnet_b0,regnet_x_400mf,shufflenet_v2_x1_0"
 

@@ -81,7 +81,7 @@ def collect(
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if session is None:
-            session = stack.enter_context(Session(device, policy, tables_dir, on_wait=on_wait))
+            session = stack.enter_context(Session(device, policy, tables_dir, on_wait=on_wait, cache_dir=cache_dir))
         todo = pending(configs, session.context, tables_dir, force)
         summary = planned_summary(device, policy, configs, todo)
         if on_start:

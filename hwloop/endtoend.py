@@ -31,7 +31,7 @@ from .rows import Context
 from .runner import Measurement
 from .schedules import Policy
 from .session import ModelBuild, Session, batched
-from .space import trace_layers
+from .tracing import trace_layers
 from .transports import TransportError
 
 

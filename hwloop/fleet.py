@@ -47,7 +47,7 @@ class BoardRun:
         return self.summary.error
 
 
-def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> None:
+def _board(device: Device, policy: Policy, tables_dir: Path, cache_dir: Path, jobs, results) -> None:
     """Worker process: measure what arrives on ``jobs`` on ``device``, report on ``results``."""
     from .lifetime import die_with_parent
     from .session import Session
@@ -56,7 +56,7 @@ def _board(device: Device, policy: Policy, tables_dir: Path, jobs, results) -> N
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with Session(device, policy, tables_dir, journal_only=True) as session:
+        with Session(device, policy, tables_dir, journal_only=True, cache_dir=cache_dir) as session:
             session.open()
             while batch := _next_batch(jobs, device.protocol.batch):
                 rows = session.layers(batch)
@@ -171,7 +171,7 @@ def collect_fleet(
         if busy:
             avoid = sorted({c for d in busy if d.transport == "local" for c in (d.protocol.cpus or [])})
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
-                _run(busy, todo, contexts, policy, tables_dir, SharedBuilds(pool), runs, on_row, on_lost)
+                _run(busy, todo, contexts, policy, tables_dir, cache_dir, SharedBuilds(pool), runs, on_row, on_lost)
     for run in runs.values():
         run.summary.wall_s = time.perf_counter() - start
     return list(runs.values())
@@ -189,7 +189,7 @@ def _slots(device: Device) -> int:
         return 1
 
 
-def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_lost) -> None:
+def _run(devices, todo, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost) -> None:
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     jobs = {d.name: spawn.Queue(maxsize=d.protocol.batch + 1) for d in devices}
@@ -220,7 +220,7 @@ def _run(devices, todo, contexts, policy, tables_dir, builds, runs, on_row, on_l
     workers = {
         (d.name, i): spawn.Process(
             target=_board,
-            args=(d, policy, tables_dir, jobs[d.name], results),
+            args=(d, policy, tables_dir, cache_dir, jobs[d.name], results),
             name=f"hwloop-board-{d.name}-{i}",
             daemon=True,
         )

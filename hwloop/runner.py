@@ -4,7 +4,10 @@ A measurement is a few independent *trials*, interleaved across the artifacts of
 artifact is uploaded, loaded and checked once against torch, then every round gives each artifact
 not yet settled one trial, in a new random order; a trial loads a fresh copy of the artifact (the
 device maps it anew) and runs it on fresh buffers, since where code and data land can move a small
-kernel's latency by tens of per cent. A trial is TVM's
+kernel's latency by tens of per cent. Where the device's RPC server has ``hwloop.trial``
+(:mod:`hwloop.transports.trial`), a layer's trial is one call that copies the uploaded artifact
+there; elsewhere (a tracker's plain server, whole models) this machine uploads a new copy and
+drives the trial call by call. A trial is TVM's
 ``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
 least ``min_repeat_ms``), and around it the device says what its timing process shared the CPU
 with (:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
@@ -29,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import random_inputs, reference, relative_error, tolerance
+from .kernels import relative_error, tolerance
 from .layers import LayerConfig
+from .references import check_io
 from .registry import Protocol
 from .targets import runtime_device_type
+from .transports.trial import parse as parse_trial
 from .transports.usage import parse as parse_usage
 from .trust import TRIM_FROM
 
@@ -139,12 +144,9 @@ class Measurement:
 
 @dataclass
 class _Open:
-    """An artifact checked in the session, ready for trials: how to load a fresh copy of it (a
-    module, or a VM over one), its device and fresh arguments."""
+    """An artifact checked in the session, ready for trials: how to take one, and its measurement."""
 
-    load: Callable[[], object]
-    device: object
-    make_args: Callable[[], list]
+    trial: Callable[[], Trial]
     measurement: Measurement
 
 
@@ -152,15 +154,18 @@ class Runner:
     """Measures artifacts on one device over an RPC session, reconnecting after a failure.
 
     Kernels run on the session's device of ``target``'s kind (its CPU for ``llvm``, its GPU for
-    ``nvptx``/``cuda``).
+    ``nvptx``/``cuda``). ``references``: the folder where torch's outputs that layers are checked
+    against are kept (:func:`hwloop.references.check_io`); without it each check computes its own.
     """
 
-    def __init__(self, transport, protocol: Protocol, target: dict | None = None):
+    def __init__(self, transport, protocol: Protocol, target: dict | None = None, references: Path | None = None):
         self.transport = transport
         self.protocol = protocol
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
+        self.references = references
         self._session = None
-        self._usage = None
+        self._usage = self._board_trial = None
+        self._uploaded: list[str] = []
         self._stage = "connect"
         self._cpus = ",".join(map(str, protocol.cpus or []))
 
@@ -170,29 +175,27 @@ class Runner:
 
     def measure_layers(self, batch: list[tuple[LayerConfig, str]]) -> list[Measurement]:
         """Check and time a batch of built layers, their trials interleaved; one measurement each."""
-        return self._batch([(artifact, lambda load, c=config: self._open_layer(load, c)) for config, artifact in batch])
+        return self._batch([lambda a=artifact, c=config: self._open_layer(a, c) for config, artifact in batch])
 
     def measure_models(self, batch: list[tuple[str, np.ndarray, np.ndarray]]) -> list[Measurement]:
         """Check each whole-model ``artifact`` (a Relax executable) on ``data`` against ``expected``
         (torch's output), then time them end to end, their trials interleaved."""
         return self._batch(
-            [
-                (artifact, lambda load, d=data, e=expected: self._open_model(load, d, e))
-                for artifact, data, expected in batch
-            ]
+            [lambda a=artifact, d=data, e=expected: self._open_model(a, d, e) for artifact, data, expected in batch]
         )
 
-    def _batch(self, batch) -> list[Measurement]:
+    def _batch(self, batch: list[Callable[[], Measurement | _Open]]) -> list[Measurement]:
         start = time.perf_counter()
         results: list[Measurement | None] = [None] * len(batch)
         self._stage = "connect"
         try:
             if self._session is None:
                 self._session = self.transport.connect()
-                self._usage = _usage_function(self._session)
+                self._usage = _remote_function(self._session, "hwloop.usage")
+                self._board_trial = _remote_function(self._session, "hwloop.trial")
             opened: dict[int, _Open] = {}
-            for index, (artifact, opener) in enumerate(batch):
-                done = opener(lambda a=artifact: self._load(a))
+            for index, opener in enumerate(batch):
+                done = opener()
                 if isinstance(done, Measurement):
                     results[index] = done
                 else:
@@ -200,8 +203,10 @@ class Runner:
             self._rounds(list(opened.values()))
             for index, item in opened.items():
                 results[index] = item.measurement
+            self._remove_uploaded()
         except Exception as exc:  # noqa: BLE001 - the session may be gone; the rows record why
-            self._session = self._usage = None
+            self._session = self._usage = self._board_trial = None
+            self._uploaded = []
             error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
             results = [r if r is not None else Measurement("failed", self._stage, error) for r in results]
         elapsed = time.perf_counter() - start
@@ -209,27 +214,44 @@ class Runner:
             result.seconds = elapsed / len(batch)
         return results
 
-    def _load(self, artifact: str):
-        """A fresh copy of the library ``artifact`` loaded in the session (uploaded under a new name,
-        so that the device maps it anew; the file is removed once loaded)."""
-        session = self._session
+    def _upload(self, artifact: str) -> str:
+        """The library ``artifact`` uploaded into the session's folder under a new name (the device
+        maps each file anew); the name."""
         name = f"{Path(artifact).stem}-{random.getrandbits(32):08x}{Path(artifact).suffix}"
         self._stage = "upload"
-        session.upload(artifact, target=name)
+        self._session.upload(artifact, target=name)
+        return name
+
+    def _load(self, artifact: str):
+        """A fresh copy of the library ``artifact`` loaded in the session (uploaded under a new name;
+        the file is removed once loaded)."""
+        name = self._upload(artifact)
         try:
             self._stage = "load"
-            return session.load_module(name)
+            return self._session.load_module(name)
         finally:
             with contextlib.suppress(Exception):  # best effort: a dead session has nothing left to clean
-                session.remove(name)
+                self._session.remove(name)
 
-    def _open_layer(self, load, config: LayerConfig):
+    def _remove_uploaded(self) -> None:
+        """Remove the libraries left in the session's folder for trials on the device."""
+        while self._uploaded:
+            with contextlib.suppress(Exception):  # best effort, as in _load
+                self._session.remove(self._uploaded.pop())
+
+    def _open_layer(self, artifact: str, config: LayerConfig):
         import tvm
 
-        module = load()
+        if self._board_trial is not None:
+            name = self._upload(artifact)
+            self._uploaded.append(name)
+            self._stage = "load"
+            module = self._session.load_module(name)
+        else:
+            module = self._load(artifact)
         self._stage = "check"
         device = self._session.device(self.device_type, 0)
-        data, weight = random_inputs(config)
+        data, weight, expected = check_io(config, self.references)
 
         def make_args():
             return [
@@ -240,21 +262,24 @@ class Runner:
 
         args = make_args()
         module["main"](*args)
-        error = relative_error(args[2].numpy(), reference(config, data, weight))
+        error = relative_error(args[2].numpy(), expected)
         if not error <= tolerance(config):
             return Measurement(
                 "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
             )
-        return _Open(load, device, make_args, Measurement(check_error=error))
+        measurement = Measurement(check_error=error)
+        if self._board_trial is not None:  # the check's buffers, copied afresh on the device for each trial
+            return _Open(lambda: self._trial_on_board(name, args, measurement), measurement)
+        return _Open(lambda: self._trial(lambda: self._load(artifact), device, make_args, measurement), measurement)
 
-    def _open_model(self, load, data: np.ndarray, expected: np.ndarray):
+    def _open_model(self, artifact: str, data: np.ndarray, expected: np.ndarray):
         import tvm
         from tvm import relax
 
         device = self._session.device(self.device_type, 0)
 
         def load_vm():
-            return relax.VirtualMachine(load(), device)
+            return relax.VirtualMachine(self._load(artifact), device)
 
         def make_args():
             return [tvm.runtime.tensor(data, device)]
@@ -266,7 +291,8 @@ class Runner:
             return Measurement(
                 "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
             )
-        return _Open(load_vm, device, make_args, Measurement(check_error=error))
+        measurement = Measurement(check_error=error)
+        return _Open(lambda: self._trial(load_vm, device, make_args, measurement), measurement)
 
     def _rounds(self, opened: list[_Open]) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
@@ -277,7 +303,7 @@ class Runner:
             random.shuffle(pending)
             disturbed = False
             for item in pending:
-                trial, m = self._trial(item), item.measurement
+                trial, m = item.trial(), item.measurement
                 if trial.disturbed(p):
                     disturbed = True
                     if m.disturbed < p.max_disturbed:
@@ -288,19 +314,19 @@ class Runner:
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
             time.sleep(pause)
 
-    def _trial(self, item: _Open) -> Trial:
-        """One trial of ``item``: a fresh copy of it loaded, on fresh buffers, with what the device
-        says of its CPU meanwhile."""
+    def _trial(self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement) -> Trial:
+        """One trial driven from here: a fresh copy loaded (``load``: a module, or a VM over one), on
+        fresh buffers, with what the device says of its CPU meanwhile."""
         p = self.protocol
         start = time.perf_counter()
-        module = item.load()
+        module = load()
         self._stage = "run"
-        args = item.make_args()
+        args = make_args()
         if p.warmup:
-            module.time_evaluator("main", item.device, number=p.warmup, repeat=1)(*args)
+            module.time_evaluator("main", device, number=p.warmup, repeat=1)(*args)
         evaluator = module.time_evaluator(
             "main",
-            item.device,
+            device,
             number=p.number,
             repeat=p.repeat,
             min_repeat_ms=p.min_repeat_ms,
@@ -309,17 +335,30 @@ class Runner:
         before = self._read_usage()
         results = evaluator(*args).results
         after = self._read_usage()
-        item.measurement.timing_s += time.perf_counter() - start
+        m.timing_s += time.perf_counter() - start
         return Trial([seconds * 1e3 for seconds in results], *_shares(before, after))
+
+    def _trial_on_board(self, name: str, args: list, m: Measurement) -> Trial:
+        """One trial in one call of the device's ``hwloop.trial``: a fresh copy of the uploaded
+        library ``name`` loaded there, on fresh copies of ``args`` (the last one, the output, empty)."""
+        p = self.protocol
+        start = time.perf_counter()
+        self._stage = "run"
+        timing = (p.warmup, p.number, p.repeat, p.min_repeat_ms, p.cooldown_ms)
+        answer = self._board_trial(name, self.device_type, 0, *timing, self._cpus, 1, *args)
+        before, after, seconds = parse_trial(answer)
+        m.timing_s += time.perf_counter() - start
+        return Trial([s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)))
 
     def _read_usage(self) -> dict | None:
         return parse_usage(self._usage(self._cpus)) if self._usage is not None else None
 
 
-def _usage_function(session):
-    """The device's ``hwloop.usage``, or None where its RPC server does not have it."""
+def _remote_function(session, name: str):
+    """The device's function ``name`` (``hwloop.usage``, ``hwloop.trial``), or None where its RPC
+    server does not have it."""
     try:
-        return session.get_function("hwloop.usage")
+        return session.get_function(name)
     except Exception:  # noqa: BLE001 - a plain TVM RPC server (a tracker's board) has none
         return None
 

@@ -60,7 +60,8 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 class Session:
     """Measurements of ``device`` under ``policy`` into its layer table (``models``: its model
     table). ``journal_only``: the caller already holds the table (a fleet runs several sessions
-    of one table in its workers)."""
+    of one table in its workers). ``cache_dir``: where torch's outputs that layers are checked
+    against are kept (``references/``), shared by every session and pass."""
 
     def __init__(
         self,
@@ -70,8 +71,10 @@ class Session:
         models: bool = False,
         on_wait: Callable[[str], None] | None = None,
         journal_only: bool = False,
+        cache_dir: Path | None = None,
     ):
         self.device = device
+        self.references = Path(cache_dir) / "references" if cache_dir is not None else None
         self.context = Context.of(device, policy)
         self.tables_dir = Path(tables_dir)
         self.model_table = models
@@ -114,7 +117,7 @@ class Session:
             if failure:
                 raise TransportError(failure)
             self.transport = started[0]
-            self.runner = Runner(self.transport, self.device.protocol, self.context.target)
+            self.runner = Runner(self.transport, self.device.protocol, self.context.target, self.references)
 
     def layers(self, builds: list[Built]) -> list[dict] | None:
         """Measure a batch of builds (a failed build is its row) and write their rows, in order;

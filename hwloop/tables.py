@@ -30,12 +30,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = pa.schema(
     [
@@ -274,12 +277,17 @@ def read(tables: Path, device: str, columns: list[str] | None = None, where: dic
 
     ``columns`` keeps only those columns; ``where`` keeps rows whose column equals the value (or
     is in the list) given for it."""
+    return read_arrow(tables, device, columns, where).to_pandas()
+
+
+def read_arrow(tables: Path, device: str, columns: list[str] | None = None, where: dict | None = None) -> pa.Table:
+    """:func:`read` as an Arrow table (without pandas)."""
     return _read(device_dir(tables, device), SCHEMA, columns, where)
 
 
 def read_models(tables: Path, device: str, columns: list[str] | None = None, where: dict | None = None) -> pd.DataFrame:
     """``device``'s whole-model rows, as :func:`read` reads layer rows."""
-    return _read(models_dir(tables, device), MODEL_SCHEMA, columns, where)
+    return _read(models_dir(tables, device), MODEL_SCHEMA, columns, where).to_pandas()
 
 
 def parts(tables: Path, device: str, models: bool = False) -> list[Path]:
@@ -395,7 +403,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         os.close(fd)
 
 
-def _read(directory: Path, schema: pa.Schema, columns: list[str] | None, where: dict | None) -> pd.DataFrame:
+def _read(directory: Path, schema: pa.Schema, columns: list[str] | None, where: dict | None) -> pa.Table:
     wanted = list(dict.fromkeys(["measurement_id", *(columns or schema.names)]))
     unknown = [c for c in wanted if c not in schema.names]
     if unknown:
@@ -412,7 +420,7 @@ def _read(directory: Path, schema: pa.Schema, columns: list[str] | None, where: 
     else:
         raise TableError(f"{directory}: the table kept changing while being read; try again")
     table = _dedup(pa.concat_tables(pieces)) if pieces else schema.empty_table().select(wanted)
-    return table.select(list(columns or schema.names)).to_pandas()
+    return table.select(list(columns or schema.names))
 
 
 def _dedup(table: pa.Table) -> pa.Table:
@@ -443,7 +451,8 @@ def _expression(where: dict):
 
 def _read_part(path: Path, schema: pa.Schema, columns: list[str], where: dict | None) -> pa.Table:
     try:
-        present = pq.read_schema(path).names
+        part = pq.ParquetFile(path)
+        present = part.schema_arrow.names
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
@@ -456,7 +465,8 @@ def _read_part(path: Path, schema: pa.Schema, columns: list[str], where: dict | 
         raise TableError(f"{path}: not an hwloop table part (missing columns: {', '.join(missing)})")
     own = [c for c in dict.fromkeys([*columns, *(where or {})]) if c in present]
     try:
-        table = pq.read_table(path, columns=own, filters=_expression(where) if where else None)
+        # a whole part is read without pyarrow.dataset, whose import alone costs a short command much
+        table = pq.read_table(path, columns=own, filters=_expression(where)) if where else part.read(columns=own)
         return _conform(table, pa.schema([schema.field(c) for c in columns]))
     except FileNotFoundError:
         raise

@@ -10,8 +10,12 @@ comes from a host too noisy to learn from: a predictor fitted on it learns the n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BANDS = (5, 10)
 COLUMNS = ["status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed"]
@@ -24,20 +28,40 @@ def agreement(rows: pd.DataFrame) -> dict:
     whose trials agree within each of :data:`BANDS` (``within_5``, ``within_10``), the share timed
     on a quiet device (``quiet``) and the trials dropped as disturbed (``disturbed``). ``measured``
     is 0 for a table of rows without trials."""
-    ok = rows[rows.status == "ok"].reset_index(drop=True)
-    trials = ok.trial_latencies_ms.explode().dropna().astype(float)
-    if trials.empty:
+    lists = rows.trial_latencies_ms.to_numpy()
+    counts = np.fromiter((0 if t is None else len(t) for t in lists), dtype=np.int64, count=len(lists))
+    return agreement_of(
+        rows.status.eq("ok").to_numpy(),
+        rows.latency_ms.to_numpy(dtype=float, na_value=np.nan),
+        counts,
+        np.concatenate([np.asarray(t, dtype=float) for t in lists[counts > 0]] or [np.empty(0)]),
+        rows.quiet.fillna(True).astype(bool).to_numpy(),
+        rows.disturbed.fillna(0).to_numpy(dtype=float),
+    )
+
+
+def agreement_of(ok, latency_ms, trial_counts, trials, quiet, disturbed) -> dict:
+    """:func:`agreement` of rows given as arrays: whether each succeeded, its latency, how many
+    trials it has, every row's trials one after another, whether it was quiet (unknown: quiet)
+    and its trials dropped as disturbed (unknown: 0)."""
+    row = np.repeat(np.arange(len(ok)), trial_counts)
+    use = ok[row] & ~np.isnan(trials)
+    row, trials = row[use], trials[use]
+    if not len(trials):
         return {"measured": 0}
-    by_row = trials.groupby(level=0)
-    count, rank = by_row.transform("size"), by_row.rank(method="first")
-    kept = trials[(count < TRIM_FROM) | ((rank > 1) & (rank < count))]
-    spread = (kept / ok.latency_ms.to_numpy()[kept.index] - 1).abs().groupby(level=0).max().to_numpy()
-    ok = ok.loc[kept.index.unique()]
+    order = np.lexsort((trials, row))  # each row's trials, fastest first
+    row, trials = row[order], trials[order]
+    count = np.bincount(row, minlength=len(ok))
+    rank = np.arange(len(row)) - (np.cumsum(count) - count)[row]
+    kept = (count[row] < TRIM_FROM) | ((rank > 0) & (rank < count[row] - 1))
+    spread = np.zeros(len(ok))
+    np.maximum.at(spread, row[kept], np.abs(trials[kept] / latency_ms[row[kept]] - 1))
+    measured = count > 0
     return {
-        "measured": int(len(ok)),
-        **{f"within_{b}": float(np.mean(spread <= b / 100)) for b in BANDS},
-        "quiet": float(ok.quiet.fillna(True).astype(bool).mean()),
-        "disturbed": int(ok.disturbed.fillna(0).sum()),
+        "measured": int(measured.sum()),
+        **{f"within_{b}": float(np.mean(spread[measured] <= b / 100)) for b in BANDS},
+        "quiet": float(np.mean(quiet[measured])),
+        "disturbed": int(disturbed[measured].sum()),
     }
 
 

@@ -108,7 +108,7 @@ def resnet20_predictor(registry_dir, cache_dir, tmp_path_factory):
     from hwloop.predictor import Predictor
     from hwloop.registry import load_registry
     from hwloop.schedules import parse_policy
-    from hwloop.space import model_space
+    from hwloop.tracing import model_space
 
     tables_dir = tmp_path_factory.mktemp("resnet20-tables")
     configs = model_space(resnet20(10, 1), (1, 1, 28, 28), samples=64)

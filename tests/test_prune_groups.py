@@ -6,7 +6,7 @@ from torch import nn
 
 from hwloop.models import mobilenetv2, resnet18, resnet20
 from hwloop.prune.groups import ChannelGroups, PruneError
-from hwloop.space import trace_layers
+from hwloop.tracing import trace_layers
 
 
 class Branches(nn.Module):

@@ -14,7 +14,7 @@ from hwloop.prune import export, pipeline, proposals
 from hwloop.prune.cost import PredictedLatency
 from hwloop.prune.data import Data, first_batches, load_data
 from hwloop.prune.groups import ChannelGroups
-from hwloop.space import trace_layers
+from hwloop.tracing import trace_layers
 
 runner = CliRunner()
 SMALL = ("--train-samples", "128", "--test-samples", "64", "--batch-size", "32", "--epochs", "1", "--dense-epochs", "1")

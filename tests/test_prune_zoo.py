@@ -15,7 +15,7 @@ from hwloop.prune.coverage import uncovered
 from hwloop.prune.data import DataError, load_data
 from hwloop.prune.dryrun import dry_run
 from hwloop.prune.groups import ChannelGroups, PruneError
-from hwloop.space import trace_layers
+from hwloop.tracing import trace_layers
 
 runner = CliRunner()
 SHAPE = (1, 3, 32, 32)

@@ -1,11 +1,16 @@
+from pathlib import Path
+
 import pytest
 import tvm
 from tvm import te
 
 from hwloop.builder import BuildJob, build
+from hwloop.kernels import random_inputs
 from hwloop.layers import LayerConfig
 from hwloop.registry import Protocol
 from hwloop.runner import Measurement, Runner, Trial
+from hwloop.targets import runtime_device_type
+from hwloop.transports import trial, usage
 from hwloop.transports.local import LocalTransport
 
 CONV = LayerConfig("conv2d", 8, 8, 12, 12, kernel=3, padding=1)
@@ -37,6 +42,30 @@ def test_a_batch_gets_one_measurement_per_artifact_in_order(transport, host_targ
     measured = Runner(transport, FAST).measure_layers(batch)
     assert [m.status for m in measured] == ["ok"] * 3
     assert measured[0].latency_ms < measured[2].latency_ms  # untuned code is linear in the output channels
+
+
+def test_a_trial_on_the_device_is_one_call_on_a_fresh_copy(host_target, cache_dir):
+    """``hwloop.trial`` loads a copy of the uploaded library (removed once loaded) and times it on
+    fresh buffers between two readings of the session process's CPU."""
+    built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
+    with LocalTransport(FAST, name="trial-test") as own:  # its own server: a failure here leaves no session behind
+        session = own.connect()
+        session.upload(built.artifact, target="kernel.so")
+        folder = Path(session.get_function("tvm.rpc.server.workpath")("kernel.so")).parent
+        device_type = runtime_device_type(host_target)
+        device = session.device(device_type, 0)
+        data, weight = random_inputs(CONV)
+        args = [
+            tvm.runtime.tensor(data, device),
+            tvm.runtime.tensor(weight, device),
+            tvm.runtime.empty(CONV.output_shape, "float32", device),
+        ]
+        call = session.get_function("hwloop.trial")
+        for _ in range(2):
+            before, after, seconds = trial.parse(call("kernel.so", device_type, 0, 1, 2, 3, 0, 0, "0", 1, *args))
+            assert len(seconds) == 3 and min(seconds) > 0
+            assert all(0 <= b <= a for b, a in zip(usage.parse(before).values(), usage.parse(after).values()))
+            assert [p.name for p in folder.iterdir()] == ["kernel.so"]
 
 
 def test_trials_settle_when_they_agree_and_the_estimate_is_their_trimmed_mean():

@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.progress import TextColumn
 from rich.table import Table
 
-from .. import tables as tables_mod
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
 from .app import (
@@ -32,14 +31,20 @@ from .app import (
 
 
 def _configs(model: str | None, space: Path | None, input_shape: str | None, samples: int, seed: int):
-    from ..models import ModelError, load_model
-    from ..space import SpaceError, load_space, model_space
+    """The configs of ``--space`` (read without torch) or of ``--model``'s space."""
+    from ..space import SpaceError, load_space
 
     if (model is None) == (space is None):
         fail("give exactly one of --model and --space")
-    try:
-        if space is not None:
+    if space is not None:
+        try:
             return load_space(space)
+        except SpaceError as exc:
+            fail(str(exc))
+    from ..models import ModelError, load_model
+    from ..tracing import model_space
+
+    try:
         if Path(model).is_dir():
             from ..prune.export import load
             from ..prune.groups import PruneError
@@ -140,6 +145,7 @@ def collect(
 
       hwloop collect --device pi4 --device pi5 --model resnet20   (or a group: --device raspberry-pi)
     """
+    from .. import tables as tables_mod
     from ..collect import collect as run_collect
     from ..registry import RegistryError
     from ..schedules import PolicyError, parse_policy
@@ -288,6 +294,8 @@ def say_waiting(message: str) -> None:
 
 def summary_record(summary, tables: Path) -> dict:
     """What a collection on one device did, as printed with --json."""
+    from .. import tables as tables_mod
+
     return {
         "device": summary.device,
         "schedule": summary.schedule,
@@ -353,6 +361,7 @@ BAR_PER_BOARD = 8  # more boards than this share one progress bar
 def _collect_on_boards(devices, configs, policy, tables: Path, cache: Path, force: bool, as_json: bool) -> None:
     """Measure ``configs`` on ``devices`` in parallel; exit 1 if a row failed or a board was given up.
     Up to :data:`BAR_PER_BOARD` boards get a progress bar each, more share one that counts them."""
+    from .. import tables as tables_mod
     from ..fleet import collect_fleet
 
     for device in devices:

@@ -307,7 +307,8 @@ def predict(
             fail(str(exc))
     else:
         from ..models import ModelError, load_model
-        from ..space import SpaceError, trace_layers
+        from ..space import SpaceError
+        from ..tracing import trace_layers
 
         try:
             module, shape = load_model(model, parse_shape(input_shape))

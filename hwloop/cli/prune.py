@@ -384,8 +384,9 @@ def _check_coverage(spec: str, data, predictor, tables: Path, as_json: bool) -> 
     from ..prune.coverage import uncovered
     from ..prune.groups import PruneError
     from ..prune.pipeline import build
-    from ..space import SpaceError, trace_layers
+    from ..space import SpaceError
     from ..tables import TableError, read
+    from ..tracing import trace_layers
 
     try:
         layers = [t.config for t in trace_layers(build(spec, data), data.input_shape)]

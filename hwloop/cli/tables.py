@@ -11,8 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import tables as tables_mod
-from .app import JsonOpt, TablesOpt, app, err, out, read_table
+from .app import JsonOpt, TablesOpt, app, err, fail, out, read_table
 
 tables_app = typer.Typer(no_args_is_help=True, help="Measurement tables: show, export, compact.")
 app.add_typer(tables_app, name="tables")
@@ -30,26 +29,54 @@ def show(
     ±5 % and ±10 %, and the share timed while nothing else used the timing CPU (quiet). A table
     whose trials agree within ±10 % for fewer than 95 % of its measurements is flagged: the device
     was too noisy to learn from."""
-    from ..trust import COLUMNS, agreement, warning
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from .. import tables as tables_mod
+    from ..trust import COLUMNS, agreement_of, warning
 
     names = [device] if device else tables_mod.devices(tables)
     records = []
     for name in names:
-        frame = read_table(tables, name, list(dict.fromkeys(["schedule", "op", "config_id", "measured_at", *COLUMNS])))
-        for (schedule, op), group in frame.groupby(["schedule", "op"]):
-            ok = group[group.status == "ok"]
+        try:
+            table = tables_mod.read_arrow(
+                tables, name, list(dict.fromkeys(["schedule", "op", "config_id", "measured_at", *COLUMNS]))
+            )
+        except tables_mod.TableError as exc:
+            fail(str(exc))
+        column = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ["schedule", "op", "status"]}
+        latency = table.column("latency_ms").to_numpy(zero_copy_only=False).astype(float)
+        trials = table.column("trial_latencies_ms")
+        counts = pc.fill_null(pc.list_value_length(trials), 0).to_numpy(zero_copy_only=False)
+        values = pc.list_flatten(trials).to_numpy(zero_copy_only=False)
+        quiet = pc.fill_null(table.column("quiet"), True).to_numpy(zero_copy_only=False)
+        disturbed = pc.fill_null(table.column("disturbed"), 0).to_numpy(zero_copy_only=False)
+        for schedule, op in sorted({k for k in zip(column["schedule"], column["op"]) if None not in k}):
+            where = (column["schedule"] == schedule) & (column["op"] == op)
+            ok = where & (column["status"] == "ok")
+            latencies = latency[ok]
+            latencies = latencies[~np.isnan(latencies)]
+            last = pc.max(table.column("measured_at").filter(where)).as_py()
+            trust = agreement_of(
+                ok[where],
+                latency[where],
+                counts[where],
+                values[np.repeat(where, counts)],
+                quiet[where],
+                disturbed[where],
+            )
             records.append(
                 {
                     "device": name,
                     "schedule": schedule,
                     "op": op,
-                    "rows": len(group),
-                    "ok": len(ok),
-                    "failed": int((group.status != "ok").sum()),
-                    "configs": int(ok.config_id.nunique()),
-                    "median_ms": float(ok.latency_ms.median()) if len(ok) else None,
-                    "last": str(group.measured_at.max()),
-                    "trials": agreement(group),
+                    "rows": int(where.sum()),
+                    "ok": int(ok.sum()),
+                    "failed": int((where & (column["status"] != "ok")).sum()),
+                    "configs": pc.count_distinct(table.column("config_id").filter(ok)).as_py(),
+                    "median_ms": float(np.median(latencies)) if len(latencies) else None,
+                    "last": str(last) if last is not None else "-",
+                    "trials": trust,
                 }
             )
     if as_json:
@@ -117,6 +144,8 @@ def compact(device: str, tables: TablesOpt = Path("tables")) -> None:
     """Merge all of a device's part files into one, keeping every row.
 
     Every run merges small parts on its own when it ends; this merges them all."""
+    from .. import tables as tables_mod
+
     read_table(tables, device, ["config_id"])
     merged = tables_mod.compact(tables, device, on_wait=lambda message: err.print(message))
     err.print(f"merged into {merged}" if merged else "nothing to merge")

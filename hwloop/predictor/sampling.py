@@ -180,7 +180,7 @@ def adaptive_collect(
     candidates = frame_of(list(dict.fromkeys(configs)))
     total = Summary(device.name, policy.name, planned=min(budget, len(candidates)) * device.protocol.passes, skipped=0)
     train = (lambda rows, member: transfer_from(sources, rows, member)) if sources else LatencyModel.train
-    with Session(device, policy, tables_dir, on_wait=on_wait) as session:
+    with Session(device, policy, tables_dir, on_wait=on_wait, cache_dir=cache_dir) as session:
         lanes, registers = vector_unit(session.context.target_json)
         design_size = max(budget // 2, 1)
         design = (

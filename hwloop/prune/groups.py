@@ -31,7 +31,8 @@ from torch_pruning.dependency import index_mapping
 
 from ..endtoend import ModelCase
 from ..layers import LayerConfig
-from ..space import SpaceError, trace_layers
+from ..space import SpaceError
+from ..tracing import trace_layers
 
 
 class PruneError(ValueError):

@@ -1,16 +1,18 @@
 """TVM's RPC server on the loopback of a board or of this machine, serving only the holder of its key.
 
 Run with the device's Python; standard library only until TVM is imported, so it runs on boards
-without hwloop: ``python agent.py [--port N] [--executable PYTHON]``, with :mod:`usage` beside it
-(registered in the server: what the timing process shared its CPU with). The first line of its
-standard input is its key, a fresh random string (never on its command line, which every user of
-the machine can read): the server refuses a client whose handshake does not carry it. It prints one
-JSON line, ``{"port": N, "pgid": G, ...}`` once the server listens, or ``{"error": ..., ...}`` when
-it cannot start. Its process group dies when its standard input closes: hwloop closing it, hwloop
-dying, or the SSH channel that started it going away.
+without hwloop: ``python agent.py [--port N] [--executable PYTHON]``, with :mod:`usage` and
+:mod:`trial` beside it (registered in the server: what the timing process shared its CPU with, and a
+whole trial in one call). The first line of its standard input is its key, a fresh random string
+(never on its command line, which every user of the machine can read): the server refuses a client
+whose handshake does not carry it. It prints one JSON line, ``{"port": N, "pgid": G, ...}`` once the
+server listens, or ``{"error": ..., ...}`` when it cannot start. Its process group dies when its
+standard input closes: hwloop closing it, hwloop dying, or the SSH channel that started it going
+away.
 """
 
 import argparse
+import functools
 import glob
 import importlib.util
 import json
@@ -81,6 +83,12 @@ def with_wheel_cuda_runtime():
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*folders, os.environ.get("LD_LIBRARY_PATH")]))
 
 
+def register(*modules):
+    """Each of ``modules``' functions registered in the server (run in each of its session processes)."""
+    for module in modules:
+        module.register()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=9090, help="the first port tried; the next 1000 follow")
@@ -115,16 +123,18 @@ def main():
         report(error="import", detail=f"{type(exc).__name__}: {exc}", **python)
         return 3
     import cloudpickle
+    import trial
     import usage
 
-    cloudpickle.register_pickle_by_value(usage)  # the server's worker process gets the code, not a module name
+    for module in (usage, trial):  # the server's worker process gets the code, not a module name
+        cloudpickle.register_pickle_by_value(module)
     server = rpc.Server(
         host="127.0.0.1",
         port=args.port,
         port_end=min(args.port + 1000, 65536),
         key=key,
         silent=True,
-        server_init_callback=usage.register,
+        server_init_callback=functools.partial(register, usage, trial),
     )
     report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
     server.proc.join()

@@ -9,8 +9,9 @@ The board needs only a Python with ``tvm`` and ``numpy``. Starting a session:
 2. make the device's work folder ``~/link.workdir/NAME`` afresh, with hwloop's marker file in it:
    a folder is deleted only when it carries the marker, so a folder hwloop did not make is never
    deleted;
-3. ship :mod:`agent` and :mod:`hwloop.fingerprint` there and start the agent (TVM's RPC server, in
-   its own process group) with a fresh key on its standard input, which the server then requires;
+3. ship :mod:`agent` (with :mod:`usage` and :mod:`trial`) and :mod:`hwloop.fingerprint` there and
+   start the agent (TVM's RPC server, in its own process group) with a fresh key on its standard
+   input, which the server then requires;
 4. forward a port of this machine's loopback to the server (:mod:`forward`), watching for stalls.
 
 Closing kills the board's process group, removes the work folder, then releases the lock; the
@@ -41,6 +42,7 @@ HERE = Path(__file__).parent
 SHIPPED = {
     "agent.py": (HERE / "agent.py").read_text(),
     "usage.py": (HERE / "usage.py").read_text(),
+    "trial.py": (HERE / "trial.py").read_text(),
     "fingerprint.py": Path(fingerprint_module.__file__).read_text(),
 }
 MARKER = ".hwloop-workdir"  # in every work folder hwloop made, and only there

@@ -16,11 +16,11 @@ What this benchmark measures:
 
 - **Tables**: a device table filled with synthetic rows of the real schema (conv, pointwise,
   depthwise and linear configs, three rows each, sealed run by run as collections seal them), then
-  at that size: `hwloop tables show`, `hwloop collect --space FILE --dry-run` on a space of
-  8,192 3×3 convs (what a collection does before its first build: start, read the space and the
-  table, plan), `hwloop fit` (time and peak
-  memory), and how many files the folder holds. Each command runs as a user runs it, in a fresh
-  process.
+  at that size: `hwloop tables show`, `hwloop collect --space FILE --dry-run` on a space of 8,192
+  3×3 convs (what a collection does before its first build: start, read the space and the table,
+  plan; the host CPU's LLVM name is read from the cache, where the first use of hwloop on a machine
+  keeps it), `hwloop fit` (time and peak memory), and how many files the folder holds. Each command
+  runs as a user runs it, in a fresh process.
 - **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
   cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
@@ -99,11 +99,60 @@ def section(path: Path) -> list[str]:
     return lines
 
 
+VERDICT = {True: "yes", False: "no", None: "not measured"}
+
+
+def targets(path: Path) -> list[str]:
+    """The newest run against the issue's targets."""
+    run = json.loads(path.read_text())
+    table, fleet = run["tables"], run.get("fleet")
+    checks = [
+        (
+            "`hwloop collect --dry-run` (what a collection does before its first build)",
+            "within 2 s",
+            _s(table["collect_dry_run"]["s"]),
+            table["collect_dry_run"]["s"] < 2,
+        ),
+        ("`hwloop tables show`", "under 1 s", _s(table["tables_show"]["s"]), table["tables_show"]["s"] < 1),
+        ("`hwloop fit`", "under 2 minutes", _s(table["fit"]["s"]), table["fit"]["s"] < 120),
+        ("files in the folder", "a few dozen", str(table["files"]), table["files"] <= 36),
+    ]
+    if fleet:
+        per = fleet["host_cpu_ms_per_extra_measurement"]
+        lost = fleet["killed"]["missing"] + fleet["killed"]["duplicated"]
+        measured = per > 0  # else the start of the two runs varied more than their difference in measurements cost
+        checks += [
+            (
+                "fleet host CPU per further measurement",
+                "at most 20 ms",
+                f"{per:.1f} ms" if measured else f"{per:.1f} ms: below the variation of the runs' start",
+                per <= 20 if measured else None,
+            ),
+            (
+                "two of four boards killed, then a re-run",
+                "nothing lost or duplicated",
+                f"{fleet['killed']['missing']} missing, {fleet['killed']['duplicated']} duplicated",
+                lost == 0,
+            ),
+        ]
+    lines = [
+        f"\n## The newest run ({path.parent.name}) against the targets\n",
+        f"With {table['rows']:,} rows in the table:\n",
+        "| check | target | result | met |",
+        "|---|---|---|---|",
+    ]
+    return lines + [f"| {check} | {target} | {result} | {VERDICT[met]} |" for check, target, result, met in checks]
+
+
 def main() -> None:
+    runs = sorted((HERE / "results").glob("*/scale.json"), reverse=True)  # the newest first
     lines = [INTRO]
-    for path in sorted((HERE / "results").glob("*/scale.json")):
+    if runs:
+        lines += targets(runs[0])
+        lines.append("\nEvery run, the newest first:")
+    for path in runs:
         lines += section(path)
-    if len(lines) == 1:
+    if not runs:
         lines.append("\nNo run is recorded in `results/` yet.")
     (HERE / "README.md").write_text("\n".join(lines) + "\n")
 

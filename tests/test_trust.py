@@ -1,0 +1,27 @@
+import pandas as pd
+
+from hwloop.trust import agreement, warning
+
+
+def _rows(*rows):
+    return pd.DataFrame(rows, columns=["status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed"])
+
+
+def test_agreement_counts_the_trials_a_latency_is_made_from():
+    rows = _rows(
+        ("ok", 1.0, [1.0, 1.01, 0.99], True, 0),  # within ±5 %
+        ("ok", 1.0, [1.0, 1.07, 0.97], True, 1),  # within ±10 % only
+        ("ok", 1.0, [1.5, 1.0, 1.01, 0.99, 0.5], False, 2),  # five trials: the fastest and slowest left out
+        ("ok", 1.0, [1.0, 1.2, 1.0, 1.0], True, 0),  # four: every trial counts
+        ("ok", 1.0, None, None, None),  # no trials (an older row): not counted
+        ("failed", None, [9.0], True, 5),  # failed: not counted
+    )
+    record = agreement(rows)
+    assert record == {"measured": 4, "within_5": 0.5, "within_10": 0.75, "quiet": 0.75, "disturbed": 3}
+    assert warning(record) and warning({**record, "within_10": 0.95}) is None
+
+
+def test_rows_without_trials_measure_nothing():
+    assert agreement(_rows(("ok", 1.0, None, None, None))) == {"measured": 0}
+    assert agreement(_rows()) == {"measured": 0}
+    assert warning({"measured": 0}) is None
