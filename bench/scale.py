@@ -12,9 +12,9 @@ on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal 
 repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
 the host's own work per measurement shows; the CPU time of hwloop's processes is counted apart
 from the boards' (sshd sessions and everything under them), for the whole run and per measurement
-beyond those of a run of half the configs (what a longer run adds, its start paid once). Then the same fleet
-again with two
-boards killed halfway, and a re-run: rows lost or duplicated are counted.
+between the run's rows at a quarter and at three quarters (what a longer run adds, its start paid
+once). Then the same fleet again with two boards killed halfway, and a re-run: rows lost or
+duplicated are counted.
 
 Writes ``scale.json`` (with the machine, the commit and the command) into ``--out`` and prints it.
 """
@@ -260,14 +260,7 @@ def fleet_figures(args, work: Path) -> dict:
         target = resolve(fleet[0].target, 1)
         with BuildPool(cache) as pool:  # builds cached before the timed run
             list(BuildQueue(pool, [BuildJob(c, target, POLICY.name) for c in configs]))
-        half = fleet_run(fleet, boards, configs[: len(configs) // 2], work / "fleet-half", cache)
         result = fleet_run(fleet, boards, configs, work / "fleet-tables", cache)
-        extra = {key: result[key] - half[key] for key in ("measurements", "trials", "host_cpu_s")}
-        result.update(
-            half=half,
-            host_cpu_ms_per_extra_measurement=1e3 * extra["host_cpu_s"] / max(extra["measurements"], 1),
-            host_cpu_ms_per_extra_trial=1e3 * extra["host_cpu_s"] / max(extra["trials"], 1),
-        )
         result["killed"] = killed_run(fleet, boards, configs, work, cache)
         return result
     finally:
@@ -275,11 +268,26 @@ def fleet_figures(args, work: Path) -> dict:
             board.stop()
 
 
+STEADY = (0.25, 0.75)
+"""The share of a fleet run's rows between which its host CPU per measurement is counted."""
+
+
 def fleet_run(fleet, boards, configs, tables_dir: Path, cache: Path) -> dict:
     """One fleet collection of ``configs``: its measurements and trials, its wall time, and the CPU
-    time of the host's side and of the boards'."""
+    time of the host's side and of the boards'; the host's CPU per measurement and per trial also
+    between the rows at the :data:`STEADY` shares of the run (once every worker has started and
+    before the first ends: what each further measurement costs)."""
+    expected, seen, marks, lock = len(configs) * len(fleet), [0, 0], [], threading.Lock()
+
+    def on_row(device: str, row: dict) -> None:
+        with lock:
+            seen[0] += 1
+            seen[1] += row.get("trials") or 0
+            if len(marks) < len(STEADY) and seen[0] >= STEADY[len(marks)] * expected:
+                marks.append((seen[0], seen[1], own_cpu(boards)))
+
     cpu_before, boards_before, start = own_cpu(boards), board_cpu(boards), time.perf_counter()
-    runs = collect_fleet(fleet, configs, POLICY, tables_dir, cache)
+    runs = collect_fleet(fleet, configs, POLICY, tables_dir, cache, on_row=on_row)
     wall = time.perf_counter() - start
     measured = sum(len(r.summary.rows) for r in runs)
     host_cpu_s = own_cpu(boards) - cpu_before
@@ -290,6 +298,15 @@ def fleet_run(fleet, boards, configs, tables_dir: Path, cache: Path) -> dict:
         "wall_s": wall,
         "host_cpu_s": host_cpu_s,
         "host_cpu_ms_per_measurement": 1e3 * host_cpu_s / max(measured, 1),
+        **(
+            {
+                "steady_measurements": marks[1][0] - marks[0][0],
+                "host_cpu_ms_per_steady_measurement": 1e3 * (marks[1][2] - marks[0][2]) / (marks[1][0] - marks[0][0]),
+                "host_cpu_ms_per_steady_trial": 1e3 * (marks[1][2] - marks[0][2]) / max(marks[1][1] - marks[0][1], 1),
+            }
+            if len(marks) == len(STEADY) and marks[1][0] > marks[0][0]
+            else {}
+        ),
         "board_cpu_s": board_cpu(boards) - boards_before,
         "errors": [r.error for r in runs if r.error],
     }
