@@ -26,7 +26,7 @@ What this benchmark measures:
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
   everything under it), for the whole run and per measurement between the run's rows at a quarter
   and at three quarters (every worker started, none finished: what each further measurement costs;
-  runs before 20261205-050101 took it as the difference to a run of half the configs, which the
+  runs before 20261205-050512 took it as the difference to a run of half the configs, which the
   variation of the workers' start outweighs once a measurement costs a few ms). Then the same fleet with half
   its boards killed a third of the way in, and a re-run: rows missing or duplicated at the end.
 
@@ -132,7 +132,7 @@ def targets(path: Path) -> list[str]:
     if fleet:
         per = fleet.get("host_cpu_ms_per_steady_measurement", fleet.get("host_cpu_ms_per_extra_measurement"))
         lost = fleet["killed"]["missing"] + fleet["killed"]["duplicated"]
-        # a run before 20261205-050101: negative where the start of its two runs varied more than the measurements
+        # a run before 20261205-050512: negative where the start of its two runs varied more than the measurements
         measured = per is not None and per > 0
         checks += [
             (
