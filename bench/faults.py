@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,34 +31,15 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))
 
 import fault_matrix  # noqa: E402
 from fault_matrix import FAULTS, PATHS, ROOT_ONLY  # noqa: E402
 
+from bench.machine import script_record  # noqa: E402
+
 RESULTS = Path("docs/results/faults")
 CELL_TIMEOUT_S = 900.0
-
-
-def machine() -> dict:
-    from hwloop.targets import host_cpu
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu_model": model,
-        "llvm_cpu": host_cpu(),
-        "cores": os.cpu_count(),
-        "commit": commit,
-        "command": " ".join(["python", *sys.argv]),
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def settings() -> dict:
@@ -161,7 +141,7 @@ def run_all(args) -> None:
             f"unknown fault or path: {', '.join(unknown)} (faults: {', '.join(FAULTS)}; paths: {', '.join(PATHS)})"
         )
     out = args.out or RESULTS / "results" / time.strftime("%Y%m%d-%H%M%S")
-    result = {"machine": machine(), "settings": settings(), "faults": FAULTS, "paths": PATHS, "cells": []}
+    result = {"machine": script_record(), "settings": settings(), "faults": FAULTS, "paths": PATHS, "cells": []}
     saved = out / "matrix.json"
     if saved.exists():  # resume: keep the cells a run of the same commit finished
         before = json.loads(saved.read_text())

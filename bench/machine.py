@@ -8,6 +8,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,22 @@ def provenance() -> dict:
         "machine": {"cpu_model": collect()["cpu_model"], "llvm_cpu": host_cpu(), "cores": os.cpu_count()},
         "commit": commit,
         "command": " ".join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
+    }
+
+
+def script_record() -> dict:
+    """A benchmark run as a script (``python bench/NAME.py``): the machine (CPU model, LLVM's name
+    for the CPU, cores), the short commit, the command line and the date, in one flat record."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu_model": collect()["cpu_model"],
+        "llvm_cpu": host_cpu(),
+        "cores": os.cpu_count(),
+        "commit": commit,
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 

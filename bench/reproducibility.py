@@ -43,7 +43,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -54,12 +53,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hwloop.builder import BuildJob, BuildPool, build
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import script_record  # noqa: E402
+from hwloop.builder import BuildJob, BuildPool, build  # noqa: E402
 from hwloop.kernels import random_inputs
 from hwloop.layers import LayerConfig
 from hwloop.registry import Protocol
 from hwloop.schedules import parse_policy
-from hwloop.targets import canonical, host_cpu, resolve
+from hwloop.targets import canonical, resolve
 from hwloop.transports.local import LocalTransport
 
 CONFIGS = [
@@ -215,26 +217,6 @@ def summarise(records: list[dict]) -> dict:
     return summary
 
 
-def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu_model": model,
-        "llvm_cpu": host_cpu(),
-        "cores": os.cpu_count(),
-        "commit": commit,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 @contextlib.contextmanager
 def neighbour(kind: str):
     if kind == "none":
@@ -304,7 +286,7 @@ def study_trials(args, out: Path) -> None:
             for condition in args.conditions.split(","):
                 run_condition(condition, artifacts, protocol, args.trials, log)
     summary = {
-        "machine": machine(),
+        "machine": script_record(),
         "target": canonical(target),
         "neighbour": args.neighbour,
         "builds": args.builds,
@@ -390,7 +372,7 @@ def study_collections(args, out: Path) -> None:
             predicted[folds == fold] = fitted.predict_frame(test[folds == fold])
         predictors[name] = scores(test.latency_ms.to_numpy(), predicted)
     result = {
-        "machine": machine(),
+        "machine": script_record(),
         "space": args.space,
         "protocol": LOCAL.protocol.model_dump(),
         "runs": runs,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,9 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import script_record  # noqa: E402
 from hwloop import tables  # noqa: E402
 from hwloop.builder import BuildJob, BuildPool, BuildQueue  # noqa: E402
 from hwloop.collect import pending  # noqa: E402
@@ -45,7 +46,7 @@ from hwloop.layers import LayerConfig  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.rows import Context  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
-from hwloop.targets import host_cpu, resolve  # noqa: E402
+from hwloop.targets import resolve  # noqa: E402
 
 POLICY = parse_policy("default")
 RUN_ROWS = 600  # rows per synthetic collection run
@@ -337,26 +338,6 @@ def killed_run(fleet, boards, configs, work: Path, cache: Path) -> dict:
     }
 
 
-def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu_model": model,
-        "llvm_cpu": host_cpu(),
-        "cores": os.cpu_count(),
-        "commit": commit,
-        "command": " ".join(["python", *sys.argv]),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
@@ -367,7 +348,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hwloop-scale-") as tmp:
         work = Path(tmp)
         device = load_registry(work).get("local")
-        result = {"machine": machine(), "load_before": os.getloadavg()[0], "tables": table_figures(args, device, work)}
+        result = {
+            "machine": script_record(),
+            "load_before": os.getloadavg()[0],
+            "tables": table_figures(args, device, work),
+        }
         print(json.dumps(result["tables"], indent=1), flush=True)
         if args.boards:
             result["load_before_fleet"] = os.getloadavg()[0]
