@@ -259,6 +259,18 @@ class _Relay:
             print("ok", flush=True)
 
 
+def start_tracker(port: int, log) -> subprocess.Popen:
+    """TVM's RPC tracker on 127.0.0.1:``port``, writing to the open file ``log``, in a session of its
+    own (so that killing its group ends it)."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "tvm.exec.rpc_tracker", "--silent", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--port-end", str(port + 1)],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
 def write_registry(directory: Path, devices: dict[str, dict], groups: dict | None = None) -> Path:
     import yaml
 

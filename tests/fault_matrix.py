@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 import paramiko
 import psutil
-from boards import PYTHON, Board, Proxy, write_registry
+from boards import PYTHON, Board, Proxy, start_tracker, write_registry
 
 from hwloop import builder, tables
 from hwloop.layers import LayerConfig
@@ -196,26 +196,7 @@ class Lab:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        log = open(self.work / "tracker.log", "ab")
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "tvm.exec.rpc_tracker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--port-end",
-                    str(port + 1),
-                    "--silent",
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
+        self.processes.append(start_tracker(port, open(self.work / "tracker.log", "ab")))
         return port
 
     def serve(self, index: int, tracker: int, port: int, report_as: str) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from boards import write_registry
+from boards import start_tracker, write_registry
 
 from hwloop import tables
 from hwloop.fleet import collect_fleet
@@ -39,25 +39,7 @@ def tracker(tmp_path):
     """A tracker with two RPC servers under the key ``pool``; every process killed by its group afterwards."""
     port = free_port()
     log = open(tmp_path / "tracker.log", "ab")
-    started = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tvm.exec.rpc_tracker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--port-end",
-                str(port + 1),
-                "--silent",
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    ]
+    started = [start_tracker(port, log)]
     try:
         for _ in range(2):
             server = free_port()
