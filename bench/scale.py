@@ -43,6 +43,7 @@ from hwloop.builder import BuildJob, BuildPool, BuildQueue  # noqa: E402
 from hwloop.collect import pending  # noqa: E402
 from hwloop.fleet import collect_fleet  # noqa: E402
 from hwloop.layers import LayerConfig  # noqa: E402
+from hwloop.predictor import features  # noqa: E402
 from hwloop.registry import load_registry  # noqa: E402
 from hwloop.rows import Context  # noqa: E402
 from hwloop.schedules import parse_policy  # noqa: E402
@@ -147,17 +148,7 @@ def table_figures(args, device, work: Path) -> dict:
         device.name,
         columns=[
             "config_id",
-            "op",
-            "in_channels",
-            "out_channels",
-            "input_h",
-            "input_w",
-            "kernel",
-            "stride",
-            "padding",
-            "groups",
-            "batch",
-            "dtype",
+            *features.COLUMNS,
             "latency_ms",
             "latency_cv",
             "measured_at",
