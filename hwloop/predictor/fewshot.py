@@ -24,7 +24,7 @@ from scipy.optimize import nnls
 
 from . import features, rules
 from .errors import PredictorError
-from .latency import PARAMS, STEADY_CV, LatencyModel, vector_unit
+from .latency import NNLS_ITERATIONS, PARAMS, STEADY_CV, LatencyModel, vector_unit
 
 PATH_ROWS = 4
 TREE_ROWS = 30
@@ -90,7 +90,7 @@ def _scale(
     root = np.sqrt(weight) / latency
     terms = np.column_stack([work, residual] if overhead else [work]) * root[:, None]
     norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
-    coefficients, _ = nnls(terms / norm, np.sqrt(weight))
+    coefficients, _ = nnls(terms / norm, np.sqrt(weight), maxiter=NNLS_ITERATIONS * terms.shape[1])
     coefficients = coefficients / norm
     if coefficients[0] <= 0:
         coefficients = np.array([float(np.sum(terms[:, 0] * np.sqrt(weight)) / np.sum(terms[:, 0] ** 2)), 0.0])

@@ -107,6 +107,11 @@ class LatencyModel:
         return np.log(np.maximum(latency, 1e-9))
 
 
+NNLS_ITERATIONS = 100
+"""Iterations per coefficient the non-negative least squares may take (scipy's default, 3, gives up on
+near-degenerate tables, such as one timed beside other work)."""
+
+
 def _terms(quantities: dict[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([*(quantities[t] for t in TERMS), np.ones(len(quantities["path"]))])
 
@@ -115,7 +120,7 @@ def _fit_work(terms: np.ndarray, latency: np.ndarray, weight: np.ndarray) -> lis
     """Non-negative coefficients of ``terms`` (rows) for ``latency``, least weighted relative squares."""
     root = np.sqrt(weight)
     norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
-    coefficients, _ = nnls(terms / norm * (root / latency)[:, None], root)
+    coefficients, _ = nnls(terms / norm * (root / latency)[:, None], root, maxiter=NNLS_ITERATIONS * terms.shape[1])
     return [float(c) for c in coefficients / norm]
 
 
