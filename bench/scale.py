@@ -51,6 +51,7 @@ from hwloop.targets import resolve  # noqa: E402
 
 POLICY = parse_policy("default")
 RUN_ROWS = 600  # rows per synthetic collection run
+SHORT_CALLS = 3  # calls of a short command; its figure is their median, the first call's kept beside it
 
 
 def synthetic_configs(count: int, rng: np.random.Generator) -> list[LayerConfig]:
@@ -107,16 +108,21 @@ def timed(function, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
-def hwloop(work: Path, *args: str) -> dict:
-    """``hwloop ARGS`` in a fresh process: its wall time, its peak memory and whether it succeeded."""
+def hwloop(work: Path, *args: str, calls: int = 1) -> dict:
+    """``hwloop ARGS`` in a fresh process, ``calls`` times: the median wall time (``s``), each call's
+    (``calls_s``), the peak memory and whether every call succeeded."""
     env = dict(os.environ, HWLOOP_REGISTRY=str(work / "registry"))
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", SINGLE_RUN, *args], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    peak_mib = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-    if done.returncode:
-        print(f"hwloop {' '.join(args)} failed: {done.stderr[-2000:]}", file=sys.stderr)
-    return {"s": seconds, "ok": done.returncode == 0, "peak_mib": peak_mib}
+    seconds, peaks, ok = [], [], True
+    for _ in range(calls):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", SINGLE_RUN, *args], capture_output=True, text=True, env=env)
+        seconds.append(time.perf_counter() - start)
+        if done.returncode:
+            ok = False
+            print(f"hwloop {' '.join(args)} failed: {done.stderr[-2000:]}", file=sys.stderr)
+        else:
+            peaks.append(float(done.stdout.strip().splitlines()[-1]))
+    return {"s": float(np.median(seconds)), "calls_s": seconds, "ok": ok, "peak_mib": max(peaks, default=None)}
 
 
 SINGLE_RUN = """import sys
@@ -164,13 +170,24 @@ def table_figures(args, device, work: Path) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import hwloop.cli"], check=True)
     startup_s = time.perf_counter() - start
-    show = hwloop(work, "tables", "show", device.name, "--tables", str(tables_dir), "--json")
+    show = hwloop(work, "tables", "show", device.name, "--tables", str(tables_dir), "--json", calls=SHORT_CALLS)
     space = work / "space.yaml"  # 3x3 convs at 14² and 28², 8,192 configs, some of them in the table
     space.write_text(
         "layers:\n  - {op: conv2d, in_channels: {start: 1, stop: 513, step: 16}, "
         "out_channels: {start: 1, stop: 513, step: 4}, input_hw: [14, 28], kernel: 3, stride: 1}\n"
     )
-    plan = hwloop(work, "collect", "-d", device.name, "--space", str(space), "--tables", str(tables_dir), "--dry-run")
+    plan = hwloop(
+        work,
+        "collect",
+        "-d",
+        device.name,
+        "--space",
+        str(space),
+        "--tables",
+        str(tables_dir),
+        "--dry-run",
+        calls=SHORT_CALLS,
+    )
     fit = hwloop(
         work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"), "--json"
     )

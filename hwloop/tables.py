@@ -285,6 +285,50 @@ def read_arrow(tables: Path, device: str, columns: list[str] | None = None, wher
     return _read(device_dir(tables, device), SCHEMA, columns, where)
 
 
+def values(column: pa.ChunkedArray | pa.Array, fill=0) -> np.ndarray:
+    """A fixed-width column of a table read here (numbers, booleans, timestamps as their integer)
+    as numpy, nulls as ``fill``; read from its buffers, since pyarrow's own conversion imports
+    pandas, which alone takes most of a short command's time."""
+    array = _array(column)
+    kind, length, offset = array.type, len(array), array.offset
+    if pa.types.is_boolean(kind):
+        dtype = np.dtype(bool)
+    elif pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_timestamp(kind):
+        letter = "f" if pa.types.is_floating(kind) else "u" if pa.types.is_unsigned_integer(kind) else "i"
+        dtype = np.dtype(f"{letter}{kind.bit_width // 8}")
+    else:
+        raise TypeError(f"not a fixed-width column: {kind}")
+    if not length:
+        return np.empty(0, dtype)
+    validity, data = array.buffers()[:2]
+    if pa.types.is_boolean(kind):
+        result = _bits(data, offset, length)
+    else:
+        result = np.frombuffer(data, dtype, length, offset * dtype.itemsize).copy()
+    if array.null_count:
+        result[~_bits(validity, offset, length)] = fill
+    return result
+
+
+def codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
+    """A column as the index of each row's value in a list of its distinct values (null: -1), and
+    that list; :func:`values` for strings."""
+    encoded = _array(pc.dictionary_encode(column))
+    return values(encoded.indices, -1).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``column`` as one array (``combine_chunks`` builds a column of no chunks from Python, which
+    imports pandas)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.nulls(0, column.type)
+
+
+def _bits(buffer: pa.Buffer, offset: int, length: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(buffer, np.uint8), bitorder="little")[offset : offset + length].astype(bool)
+
+
 def read_models(tables: Path, device: str, columns: list[str] | None = None, where: dict | None = None) -> pd.DataFrame:
     """``device``'s whole-model rows, as :func:`read` reads layer rows."""
     return _read(models_dir(tables, device), MODEL_SCHEMA, columns, where).to_pandas()

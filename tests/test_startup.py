@@ -6,6 +6,12 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
+import pytest
+
+from hwloop import tables
+from hwloop.trust import agreement
+
 SPACE = "layers:\n  - {op: conv2d, in_channels: [4, 8], out_channels: 8, input_hw: 8, kernel: 3}\n"
 HOST_CPU = "import sys; from hwloop.targets import host_cpu; print(host_cpu(), 'tvm' in sys.modules)"
 PLAN = """import sys
@@ -40,3 +46,37 @@ def test_planning_a_space_file_imports_neither_torch_nor_tvm(tmp_path):
     (cache / "host-cpu.json").write_text("{not json")  # unreadable: named again, and kept again
     assert _python(HOST_CPU, env=env).split() == [cpu, "True"]
     assert list(json.loads((cache / "host-cpu.json").read_text()).values()) == [cpu]
+
+
+def test_tables_show_summarises_without_pandas(tmp_path):
+    rows = [
+        ("conv2d", "c1", "ok", 1.0, [1.0, 1.01, 0.99], True, 0),
+        ("conv2d", "c1", "ok", 2.0, [2.0, 2.14, 1.94], True, 1),
+        ("conv2d", "c2", "ok", 4.0, [6.0, 4.0, 4.04, 3.96, 2.0], False, 2),
+        ("conv2d", "c3", "failed", None, [9.0], True, 5),
+        ("linear", "l1", "ok", 0.5, None, None, None),
+    ]
+    columns = ["op", "config_id", "status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed"]
+    frame = pd.DataFrame(rows, columns=columns)
+    tables.append(
+        tmp_path,
+        "dev",
+        [
+            {**dict(zip(columns, row)), "measurement_id": tables.new_measurement_id(), "device": "dev", "schedule": "x"}
+            for row in rows
+        ],
+    )
+    code = PLAN.replace('("torch", "tvm", "tvm_ffi")', '("pandas",)')
+    printed, loaded = (
+        _python(code, "tables", "show", "--tables", str(tmp_path), "--json", env=dict(os.environ))
+        .strip()
+        .rsplit("\n", 1)
+    )
+    assert loaded.strip() == "[]"
+    shown = {record["op"]: record for record in json.loads(printed)}
+    for op, rows in frame.groupby("op"):
+        ok = rows[rows.status == "ok"]
+        assert shown[op]["rows"] == len(rows) and shown[op]["failed"] == len(rows) - len(ok)
+        assert shown[op]["configs"] == ok.config_id.nunique()
+        assert shown[op]["median_ms"] == pytest.approx(ok.latency_ms.median())
+        assert shown[op]["trials"] == pytest.approx(agreement(rows))

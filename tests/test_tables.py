@@ -190,3 +190,17 @@ def test_a_full_disk_stops_the_run_with_the_file_named_and_keeps_its_rows(tmp_pa
         assert len(tables.read(disk, "dev")) == written
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_columns_read_as_numpy_keep_values_nulls_and_offsets():
+    numbers = pa.chunked_array([pa.array([1.5, None, 3.0]), pa.array([4.0])]).slice(1)
+    assert tables.values(numbers, fill=-1.0).tolist() == [-1.0, 3.0, 4.0]
+    flags = pa.array([True, None, False, True, True, False, False, True, True]).slice(2)
+    assert tables.values(flags, fill=True).tolist() == [False, True, True, False, False, True, True]
+    when = pa.array([pd.Timestamp("2026-01-01", tz="UTC")], pa.timestamp("us", tz="UTC"))
+    assert tables.values(when).tolist() == [int(pd.Timestamp("2026-01-01").value // 1000)]
+    index, names = tables.codes(pa.chunked_array([pa.array(["ok", None]), pa.array(["failed", "ok"])]))
+    assert [names[i] if i >= 0 else None for i in index] == ["ok", None, "failed", "ok"]
+    assert tables.values(pa.chunked_array([], pa.int32())).dtype == "int32"
+    with pytest.raises(TypeError, match="string"):
+        tables.values(pa.array(["x"]))

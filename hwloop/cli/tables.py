@@ -29,6 +29,8 @@ def show(
     ±5 % and ±10 %, and the share timed while nothing else used the timing CPU (quiet). A table
     whose trials agree within ±10 % for fewer than 95 % of its measurements is flagged: the device
     was too noisy to learn from."""
+    from datetime import datetime, timedelta, timezone
+
     import numpy as np
     import pyarrow.compute as pc
 
@@ -44,19 +46,24 @@ def show(
             )
         except tables_mod.TableError as exc:
             fail(str(exc))
-        column = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ["schedule", "op", "status"]}
-        latency = table.column("latency_ms").to_numpy(zero_copy_only=False).astype(float)
+        (schedule, schedules), (op, ops), (status, statuses), (config, _) = (
+            tables_mod.codes(table.column(c)) for c in ("schedule", "op", "status", "config_id")
+        )
+        succeeded = status == (statuses.index("ok") if "ok" in statuses else -2)
+        latency = tables_mod.values(table.column("latency_ms"), np.nan)
         trials = table.column("trial_latencies_ms")
-        counts = pc.fill_null(pc.list_value_length(trials), 0).to_numpy(zero_copy_only=False)
-        values = pc.list_flatten(trials).to_numpy(zero_copy_only=False)
-        quiet = pc.fill_null(table.column("quiet"), True).to_numpy(zero_copy_only=False)
-        disturbed = pc.fill_null(table.column("disturbed"), 0).to_numpy(zero_copy_only=False)
-        for schedule, op in sorted({k for k in zip(column["schedule"], column["op"]) if None not in k}):
-            where = (column["schedule"] == schedule) & (column["op"] == op)
-            ok = where & (column["status"] == "ok")
+        counts = tables_mod.values(pc.list_value_length(trials), 0)
+        values = tables_mod.values(pc.list_flatten(trials), np.nan)
+        quiet = tables_mod.values(table.column("quiet"), True)
+        disturbed = tables_mod.values(table.column("disturbed"), 0)
+        measured_at = tables_mod.values(table.column("measured_at"), np.iinfo(np.int64).min)
+        groups = {(schedules[s], ops[o]): (s, o) for s, o in set(zip(schedule, op)) if s >= 0 and o >= 0}
+        for key in sorted(groups):
+            where = (schedule == groups[key][0]) & (op == groups[key][1])
+            ok = where & succeeded
             latencies = latency[ok]
             latencies = latencies[~np.isnan(latencies)]
-            last = pc.max(table.column("measured_at").filter(where)).as_py()
+            last = measured_at[where].max()
             trust = agreement_of(
                 ok[where],
                 latency[where],
@@ -68,14 +75,16 @@ def show(
             records.append(
                 {
                     "device": name,
-                    "schedule": schedule,
-                    "op": op,
+                    "schedule": key[0],
+                    "op": key[1],
                     "rows": int(where.sum()),
                     "ok": int(ok.sum()),
-                    "failed": int((where & (column["status"] != "ok")).sum()),
-                    "configs": pc.count_distinct(table.column("config_id").filter(ok)).as_py(),
+                    "failed": int((where & ~succeeded).sum()),
+                    "configs": len(np.unique(config[ok & (config >= 0)])),
                     "median_ms": float(np.median(latencies)) if len(latencies) else None,
-                    "last": str(last) if last is not None else "-",
+                    "last": "-"
+                    if last == np.iinfo(np.int64).min
+                    else str(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(last))),
                     "trials": trust,
                 }
             )

@@ -20,7 +20,10 @@ What this benchmark measures:
   3×3 convs (what a collection does before its first build: start, read the space and the table,
   plan; the host CPU's LLVM name is read from the cache, where the first use of hwloop on a machine
   keeps it), `hwloop fit` (time and peak memory), and how many files the folder holds. Each command
-  runs as a user runs it, in a fresh process.
+  runs as a user runs it, in a fresh process; where a figure names a median, the short command ran
+  three times and the first call is given beside it (a first call after the
+  benchmark's own reads of the whole table may find part of Python's and pyarrow's files evicted
+  from the page cache).
 - **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
   cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
@@ -46,7 +49,9 @@ def _s(value: float | None) -> str:
 
 
 def _command(record: dict) -> str:
-    return f"{_s(record['s'])}{'' if record['ok'] else ' (failed)'}, peak {record['peak_mib'] or 0:.0f} MiB"
+    calls = record.get("calls_s", [record["s"]])
+    timing = _s(record["s"]) if len(calls) == 1 else f"{_s(record['s'])} (median of {len(calls)}; first {_s(calls[0])})"
+    return f"{timing}{'' if record['ok'] else ' (failed)'}, peak {record['peak_mib'] or 0:.0f} MiB"
 
 
 def _load(run: dict) -> str:
