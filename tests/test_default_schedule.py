@@ -98,3 +98,18 @@ def test_weights_are_repacked_in_the_packed_layout_order_whether_or_not_channels
     ]
     assert int(innermost.extent) == int(block.writes[0].source.shape[-1])
     assert any(v.same_as(innermost.loop_var) for v in lane_loops), "the innermost loop walks the channels of one tile"
+
+
+@pytest.mark.parametrize("cout", [5, 9, 18])
+def test_a_conv_writes_back_along_output_positions_without_scatters(cout):
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
+    mod = schedule(prim_module(conv(2, cout, 28, kernel=1, stride=2)), target)
+    sch = tvm.s_tir.Schedule(mod["main"])
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    (writeback,) = [b for b in blocks if sch.get(b).writes[0].source.name == "conv2d_nchw"]  # the output
+    innermost = sch.get(sch.get_loops(writeback)[-1])
+    assert innermost.kind == tvm.tirx.ForKind.VECTORIZED
+    built = tvm.compile(mod, target).mod
+    assembly = "".join(m.inspect_source("asm") for m in [built, *built.imports] if m.kind == "llvm")
+    assert "vpaddq" in assembly or "vmovups" in assembly  # AVX-512 code was generated
+    assert "vscatter" not in assembly

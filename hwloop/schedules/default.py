@@ -337,7 +337,11 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     for loop in [*register_tile, fv]:
         sch.unroll(loop)
     sch.vectorize(fl)
-    _writeback_at(sch, block, xo)
+    # the accumulator keeps channels innermost, the output keeps positions innermost: vectorised
+    # along positions, the write-back's stores are contiguous whatever the channel count (left to
+    # LLVM, a tile's write-back became scatters or scalar stores by its number of channels)
+    writeback = _writeback_at(sch, block, xo)
+    sch.vectorize(sch.get_loops(writeback)[-1])
     sch.decompose_reduction(block, reductions[0])
     sch.parallel(sch.get_loops(packed)[0])
     if data is not None:
