@@ -212,3 +212,15 @@ def test_sizes_between_hold_out_the_sizes_inside_the_measured_range():
     rows = pd.concat([rows, pd.DataFrame([{**LayerConfig("conv2d", 8, 8, 14, 14).to_dict(), "config_id": 99}])])
     held = rows[splits(rows)["sizes_between"]]
     assert set(held.input_h) == {14, 21} and set(held.kernel) == {3}  # the lone 1x1 conv has no size around it
+
+
+def test_unseen_channels_never_hold_out_a_count_an_op_never_varies_from():
+    convs = [LayerConfig("conv2d", c, c + 4, 8, 8, kernel=3, padding=1) for c in range(2, 20)]
+    classifier = [LayerConfig("linear", c, 10) for c in range(2, 20)]
+    rows = pd.DataFrame([{**c.to_dict(), "config_id": i} for i, c in enumerate(convs + classifier)])
+    for seed in range(20):
+        test = splits(rows, seed)["unseen_channels"]
+        assert (rows[~test].op == "linear").any()  # the classifier keeps rows to learn from
+        counts = set(rows.in_channels) | set(rows.out_channels)
+        held = {c for c in counts if test[(rows.in_channels == c) | (rows.out_channels == c)].all()}
+        assert 10 not in held and all(test == (rows.in_channels.isin(held) | rows.out_channels.isin(held)))

@@ -88,11 +88,20 @@ def _agreement(pairs) -> dict:
 
 def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
     """Boolean test masks: ``config`` (random rows), ``unseen_channels``, ``unseen_shapes``,
-    ``sizes_between``; a split that would hold out nothing or everything is left out."""
+    ``sizes_between``; a split that would hold out nothing or everything is left out.
+
+    ``unseen_channels`` never holds out a count that an op never varies from (a classifier's
+    outputs): that would hold out every row of the op, which is not a count between others."""
     rng = np.random.default_rng(seed)
     n = len(rows)
     result = {"config": rng.permutation(n) < max(int(round(HOLDOUT * n)), 1)}
-    counts = np.union1d(rows.in_channels.unique(), rows.out_channels.unique())
+    fixed = [
+        values[0]
+        for _, op in rows.groupby("op")
+        for values in (op.in_channels.unique(), op.out_channels.unique())
+        if len(values) == 1
+    ]
+    counts = np.setdiff1d(np.union1d(rows.in_channels.unique(), rows.out_channels.unique()), fixed)
     held = rng.choice(counts, size=max(int(round(HOLDOUT * len(counts))), 1), replace=False)
     result["unseen_channels"] = (rows.in_channels.isin(held) | rows.out_channels.isin(held)).to_numpy()
     shape = shape_key(rows)
