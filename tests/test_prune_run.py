@@ -306,7 +306,7 @@ def test_trained_methods_meet_the_budget(method, resnet20_predictor, tmp_path):
         assert set(record["rules"].values()) <= {"l1", "bn_scale", "taylor", "geometric_median"}
 
 
-def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
+def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path, capsys):
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
@@ -318,6 +318,16 @@ def test_python_api_with_the_users_loaders(resnet20_predictor, tmp_path):
     assert result.record["dataset"] == "mine" and result.files == []
     assert result.record["predicted_ms"] <= result.record["target_ms"]
     assert len(list((tmp_path / "dense").glob("*.pt"))) == 1
+    guess = float(torch.bincount(labels).max()) / len(labels)
+    assert result.record["guess_accuracy"] == pytest.approx(guess)
+    assert (result.record["lr"], result.record["dense_lr"]) == (settings.lr, settings.dense_lr)
+
+    from hwloop.cli.prune import _summary
+
+    _summary({**result.record, "dense_accuracy": guess})  # as good as guessing: told, with the fix
+    assert "no better than always guessing" in capsys.readouterr().err
+    _summary({**result.record, "dense_accuracy": guess + 0.1 * (1 - guess)})
+    assert "guessing" not in capsys.readouterr().err
 
 
 def test_proposals_are_distinct_plans_under_the_target_and_the_best_ranked_is_the_run_s_plan(
@@ -385,3 +395,25 @@ def test_only_the_allocator_takes_proposals():
         app, ["prune", "--device", "local", "--model", "resnet20", "--method", "flops", "--proposals", "3", *SMALL]
     )
     assert result.exit_code == 2 and "more than 1 only with --method latency" in " ".join(result.output.split())
+
+
+def test_batch_norm_statistics_are_estimated_again_after_training():
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hwloop.prune.train import recalibrate_norms, train
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 1, 8, 8) * 3 + 2, torch.randint(0, 2, (64,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01), nn.Flatten(), nn.LazyLinear(2))
+    model.eval()(images[:1])  # sizes the linear layer, statistics untouched
+    train(model, loader, 0)
+    assert torch.equal(model[1].running_mean, torch.zeros(4))  # no training: the statistics it came with
+    train(model, loader, 1)
+    with torch.no_grad():
+        features = model[0](images)
+    torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)))
+    assert model[1].momentum == 0.01 and not model.training
+    recalibrate_norms(model, loader, batches=1)
+    torch.testing.assert_close(model[1].running_mean, features[:16].mean((0, 2, 3)))

@@ -85,6 +85,14 @@ def prune(
     ] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (distilled from the dense model).")] = 2,
     dense_epochs: Annotated[int, typer.Option(help="Epochs of the dense baseline (trained once, then cached).")] = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning (SGD, cosine schedule).")] = 0.01,
+    dense_lr: Annotated[
+        float,
+        typer.Option(
+            help="Learning rate of the dense baseline. Lower it (0.01) for a network that does not learn at the "
+            "default: prune warns when the dense model does no better than guessing the commonest class."
+        ),
+    ] = 0.05,
     search_epochs: Annotated[int, typer.Option(help="Epochs of gate or rule training (afcp, lws).")] = 1,
     criterion: Annotated[
         str,
@@ -210,6 +218,8 @@ def prune(
         budget=budget,
         epochs=epochs,
         dense_epochs=dense_epochs,
+        lr=lr,
+        dense_lr=dense_lr,
         search_epochs=search_epochs,
         criterion=criterion,
         seed=seed,
@@ -237,6 +247,8 @@ def prune(
 
 
 def _summary(record: dict) -> None:
+    from ..prune.train import learnt
+
     plan = Table("group", "channels", title="channels kept per group")
     for name, counts in record["groups"].items():
         if counts["kept"] != counts["dense"]:
@@ -268,6 +280,14 @@ def _summary(record: dict) -> None:
         f"{record['dense_macs'] / record['macs']:.2f}x fewer",
     )
     out.print(table)
+    if not learnt(record["dense_accuracy"], record["guess_accuracy"]):
+        err.print(
+            f"[yellow]the dense model reached {record['dense_accuracy']:.2%}, no better than always guessing the "
+            f"commonest class ({record['guess_accuracy']:.2%}):[/] it did not learn in {record['dense_epochs']} "
+            f"epochs at --dense-lr {record['dense_lr']:g}, so the accuracies above say nothing. Lower --dense-lr "
+            "(e.g. 0.01) or raise --dense-epochs.",
+            highlight=False,
+        )
 
 
 def _proposals_table(record: dict) -> None:

@@ -23,7 +23,7 @@ from .cost import Macs, PredictedLatency
 from .data import Data, first_batches
 from .groups import ChannelGroups, PruneError
 from .importance import scores
-from .train import evaluate, train
+from .train import DENSE_LR, evaluate, majority_share, train
 
 METHODS = ("latency", "afcp", "lws", "flops", "uniform")
 
@@ -36,6 +36,7 @@ class Settings:
     budget: float | str = 0.5
     epochs: int = 2
     dense_epochs: int = 5
+    dense_lr: float = DENSE_LR
     search_epochs: int = 1
     criterion: str = "l1"
     lr: float = 0.01
@@ -65,9 +66,10 @@ def model_spec(spec: str) -> str:
 
 
 def dense_baseline(
-    spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None
+    spec: str, data: Data, epochs: int, seed: int, cache_dir: Path, progress=None, lr: float = DENSE_LR
 ) -> tuple[nn.Module, float]:
-    """The dense model trained on ``data`` for ``epochs``, from the cache when trained before, and its accuracy."""
+    """The dense model trained on ``data`` for ``epochs`` at learning rate ``lr``, from the cache
+    when trained before, and its accuracy."""
     model = build(spec, data)
     key = {
         "model": model_spec(spec),
@@ -76,6 +78,7 @@ def dense_baseline(
         "input_shape": list(data.input_shape),
         "classes": data.num_classes,
         "epochs": epochs,
+        "lr": lr,
         "seed": seed,
     }
     if model_file(spec) is not None:
@@ -87,7 +90,7 @@ def dense_baseline(
         return model.eval(), json.loads(meta.read_text())["accuracy"]
     torch.manual_seed(seed)
     with _task(progress, f"dense baseline ({epochs} epochs)", epochs * len(data.train)) as advance:
-        train(model, data.train, epochs, lr=0.05, on_batch=advance)
+        train(model, data.train, epochs, lr=lr, on_batch=advance)
     accuracy = evaluate(model, data.test)
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)
@@ -116,7 +119,7 @@ def run(
         raise PruneError(f"proposals: only the latency method proposes plans, not {settings.method}")
     policy_of_rows(predictor.schedule)  # a predictor of earlier rules is refused before any training
     dense_model, dense_accuracy = dense or dense_baseline(
-        spec, data, settings.dense_epochs, settings.seed, cache_dir, progress
+        spec, data, settings.dense_epochs, settings.seed, cache_dir, progress, settings.dense_lr
     )
 
     probe = PredictedLatency(ChannelGroups(copy.deepcopy(dense_model), data.input_shape), predictor)
@@ -184,12 +187,15 @@ def run(
         "budget": settings.budget,
         "target_ms": target,
         "epochs": settings.epochs,
+        "lr": settings.lr,
         "dense_epochs": settings.dense_epochs,
+        "dense_lr": settings.dense_lr,
         "dense_predicted_ms": latency.total(groups.dense),
         "predicted_ms": latency.total(plan),
         "dense_macs": macs.total(groups.dense) * 1e6,
         "macs": macs.total(plan) * 1e6,
         "dense_accuracy": dense_accuracy,
+        "guess_accuracy": majority_share(data.test),
         "accuracy": evaluate(model, data.test),
         "groups": {
             g.name: {"dense": g.size, "kept": plan[g.name], "channels": sorted(map(int, chosen.keep[g.name]))}
