@@ -21,9 +21,9 @@ What this benchmark measures:
   plan; the host CPU's LLVM name is read from the cache, where the first use of hwloop on a machine
   keeps it), `hwloop fit` (time and peak memory), and how many files the folder holds. Each command
   runs as a user runs it, in a fresh process; where a figure names a median, the short command ran
-  three times and the first call is given beside it (a first call after the
-  benchmark's own reads of the whole table may find part of Python's and pyarrow's files evicted
-  from the page cache).
+  three times and the first call is given beside it. Runs from 20261205-0700 on call the commands
+  before the benchmark reads the table in its own process: in the runs before, the first call,
+  made while the benchmark held the whole table in memory, took about twice as long as the next.
 - **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
   cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
