@@ -174,10 +174,12 @@ def steady(rows: pd.DataFrame, within: float = 0.05) -> np.ndarray:
 
 
 def protocol(rows: pd.DataFrame) -> dict:
-    """How a space's table was measured: the protocol's fields, how a row's latency was made from its
-    trials (``estimator``; None for rows made before trials) and the passes over each config."""
+    """How a space's table was measured: the schedule policy (the rules' revision), the protocol's
+    fields, how a row's latency was made from its trials (``estimator``; None for rows made before
+    trials) and the passes over each config."""
     estimator = rows.estimator.dropna() if "estimator" in rows else pd.Series(dtype=object)
     return {
+        "schedule": rows.schedule.iloc[0],
         "protocol": json.loads(rows.protocol.iloc[0]),
         "estimator": estimator.iloc[0] if len(estimator) else None,
         "passes": int(max(len(p) for p in rows.pass_latencies_ms)),

@@ -83,14 +83,16 @@ def page(folder: Path) -> str:
         "",
         "## The tables",
         "",
-        "| space | measured | protocol | scored at commit | command |",
-        "|---|---|---|---|---|",
+        "| space | measured | rules | protocol | scored at commit | command |",
+        "|---|---|---|---|---|---|",
     ]
     for s in spaces:
         run, dates = s["run"], s["table"]["measured"]
         when = dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
+        rules = s["table"].get("schedule", "default@2")  # results before the field: revision 2
         lines.append(
-            f"| {s['space']} | {when} | {measured(s)} | `{run['commit']}` ({run['date']}) | `{run['command']}` |"
+            f"| {s['space']} | {when} | `{rules}` | {measured(s)} | `{run['commit']}` ({run['date']}) "
+            f"| `{run['command']}` |"
         )
     older = [s["space"] for s in spaces if s["table"]["estimator"] is None]
     if older:
