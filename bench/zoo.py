@@ -110,9 +110,10 @@ def study(spec: str, data, device, args) -> dict:
         measure_models(device, calibration, policy, tables_dir, cache)
         collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
         measure_models(device, calibration, policy, tables_dir, cache, force=True)
-    predictor = Predictor.fit(
-        tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
-    )
+    with training():  # CPU work too: whatever times meanwhile waits for it
+        predictor = Predictor.fit(
+            tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
+        )
     layers = [t.config for t in trace_layers(model, data.input_shape)]
     record["predictor"] = {"rows": predictor.meta["rows"], "calibration": predictor.meta.get("calibration")}
     record["dense_predicted_ms"] = float(predictor.predict_model(layers))
