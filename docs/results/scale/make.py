@@ -21,9 +21,8 @@ What this benchmark measures:
   plan; the host CPU's LLVM name is read from the cache, where the first use of hwloop on a machine
   keeps it), `hwloop fit` (time and peak memory), and how many files the folder holds. Each command
   runs as a user runs it, in a fresh process; where a figure names a median, the short command ran
-  three times and the first call is given beside it. Runs from 20261205-0700 on call the commands
-  before the benchmark reads the table in its own process: in the runs before, the first call,
-  made while the benchmark held the whole table in memory, took about twice as long as the next.
+  three times, and a target counts as met only where every call met it{first_calls}; from
+  20261205-075050 on, the commands run before the benchmark reads the table in its own process.
 - **Fleets**: real SSH boards on loopback (sshd on 127.0.0.x, on this same host), each timing
   cached builds of tiny convs with a minimal protocol, so that the host's own work per measurement
   shows: the CPU time of hwloop's processes, counted apart from the boards' (their sshd and
@@ -119,6 +118,28 @@ def section(path: Path) -> list[str]:
 VERDICT = {True: "yes", False: "no", None: "not measured"}
 
 
+def _first_calls(runs: list[Path]) -> str:
+    """How `tables show`'s first call compares with the next ones, over the runs that timed several."""
+    calls = [json.loads(p.read_text())["tables"]["tables_show"].get("calls_s", []) for p in runs]
+    calls = [c for c in calls if len(c) > 1]
+    if not calls:
+        return ""
+    first, rest = [c[0] for c in calls], [t for c in calls for t in c[1:]]
+    return (
+        f". The first call after the table is written is the slowest: in the {len(calls)} runs that time "
+        f"`tables show` {len(calls[0])} times, {min(first):.2f}–{max(first):.2f} s against "
+        f"{min(rest):.2f}–{max(rest):.2f} s for the calls after it"
+    )
+
+
+def _every_call(record: dict, limit: float) -> tuple[str, bool]:
+    """A short command's figure, and whether every call of it kept within ``limit`` seconds."""
+    calls = record.get("calls_s", [record["s"]])
+    if len(calls) == 1:
+        return _s(record["s"]), record["s"] < limit
+    return f"{_s(record['s'])} (median of {len(calls)}; slowest {_s(max(calls))})", max(calls) < limit
+
+
 def targets(path: Path) -> list[str]:
     """The newest run against the issue's targets."""
     run = json.loads(path.read_text())
@@ -127,10 +148,9 @@ def targets(path: Path) -> list[str]:
         (
             "`hwloop collect --dry-run` (what a collection does before its first build)",
             "within 2 s",
-            _s(table["collect_dry_run"]["s"]),
-            table["collect_dry_run"]["s"] < 2,
+            *_every_call(table["collect_dry_run"], 2),
         ),
-        ("`hwloop tables show`", "under 1 s", _s(table["tables_show"]["s"]), table["tables_show"]["s"] < 1),
+        ("`hwloop tables show`", "under 1 s", *_every_call(table["tables_show"], 1)),
         ("`hwloop fit`", "under 2 minutes", _s(table["fit"]["s"]), table["fit"]["s"] < 120),
         ("files in the folder", "a few dozen", str(table["files"]), table["files"] <= 36),
     ]
@@ -164,7 +184,7 @@ def targets(path: Path) -> list[str]:
 
 def main() -> None:
     runs = sorted((HERE / "results").glob("*/scale.json"), reverse=True)  # the newest first
-    lines = [INTRO]
+    lines = [INTRO.format(first_calls=_first_calls(runs))]
     if runs:
         lines += targets(runs[0])
         lines.append("\nEvery run, the newest first:")
