@@ -58,7 +58,10 @@ def wait_rows(tables_dir, name, count, timeout=120):
 
 
 def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, tmp_path, cache_dir):
-    registry, _ = fleet(tmp_path, user_key, boards(), boards())
+    pair = boards(), boards()
+    # repeats of 50 ms: each board measures for seconds, longer than the workers' start may differ on a busy host
+    slower = {"protocol": {**pair[0].device("b0", user_key, tmp_path)["protocol"], "min_repeat_ms": 50}}
+    registry, _ = fleet(tmp_path, user_key, *pair, b0=slower, b1=slower)
     devices = registry.select(["b0", "b1"])
     started = {}
     runs = collect_fleet(
