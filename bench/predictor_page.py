@@ -20,7 +20,7 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-W=/work/data/predictor2
+W=/work/data/predictor4
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build
 flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces grid,resnet20
 flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat \\
