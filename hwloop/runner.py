@@ -38,6 +38,7 @@ from .references import check_io
 from .registry import Protocol
 from .targets import runtime_device_type
 from .transports.trial import parse as parse_trial
+from .transports.trial import time_main
 from .transports.usage import parse as parse_usage
 from .trust import TRIM_FROM
 
@@ -317,38 +318,27 @@ class Runner:
     def _trial(self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement) -> Trial:
         """One trial driven from here: a fresh copy loaded (``load``: a module, or a VM over one), on
         fresh buffers, with what the device says of its CPU meanwhile."""
-        p = self.protocol
         start = time.perf_counter()
         module = load()
         self._stage = "run"
-        args = make_args()
-        if p.warmup:
-            module.time_evaluator("main", device, number=p.warmup, repeat=1)(*args)
-        evaluator = module.time_evaluator(
-            "main",
-            device,
-            number=p.number,
-            repeat=p.repeat,
-            min_repeat_ms=p.min_repeat_ms,
-            cooldown_interval_ms=p.cooldown_ms,
-        )
-        before = self._read_usage()
-        results = evaluator(*args).results
-        after = self._read_usage()
+        before, after, seconds = time_main(module, device, make_args(), *self._timing(), self._read_usage)
         m.timing_s += time.perf_counter() - start
-        return Trial([seconds * 1e3 for seconds in results], *_shares(before, after))
+        return Trial([s * 1e3 for s in seconds], *_shares(before, after))
 
     def _trial_on_board(self, name: str, args: list, m: Measurement) -> Trial:
         """One trial in one call of the device's ``hwloop.trial``: a fresh copy of the uploaded
         library ``name`` loaded there, on fresh copies of ``args`` (the last one, the output, empty)."""
-        p = self.protocol
         start = time.perf_counter()
         self._stage = "run"
-        timing = (p.warmup, p.number, p.repeat, p.min_repeat_ms, p.cooldown_ms)
-        answer = self._board_trial(name, self.device_type, 0, *timing, self._cpus, 1, *args)
+        answer = self._board_trial(name, self.device_type, 0, *self._timing(), self._cpus, 1, *args)
         before, after, seconds = parse_trial(answer)
         m.timing_s += time.perf_counter() - start
         return Trial([s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)))
+
+    def _timing(self) -> tuple:
+        """The protocol's fields a trial times with: warm-up, number, repeat, min_repeat_ms, cooldown_ms."""
+        p = self.protocol
+        return p.warmup, p.number, p.repeat, p.min_repeat_ms, p.cooldown_ms
 
     def _read_usage(self) -> dict | None:
         return parse_usage(self._usage(self._cpus)) if self._usage is not None else None

@@ -35,6 +35,16 @@ def trial(name, device_type, device_id, warmup, number, repeat, min_repeat_ms, c
     split = len(tensors) - outputs
     args = [t.copyto(device) for t in tensors[:split]]
     args += [tvm.runtime.empty(t.shape, t.dtype, device) for t in tensors[split:]]
+    usage = tvm.get_global_func("hwloop.usage")
+    timing = (warmup, number, repeat, min_repeat_ms, cooldown_ms)
+    before, after, results = time_main(module, device, args, *timing, lambda: usage(cpus))
+    return f"{before}|{after}|{' '.join(map(repr, results))}"
+
+
+def time_main(module, device, args, warmup, number, repeat, min_repeat_ms, cooldown_ms, usage):
+    """``module``'s ``main`` (a library, or a Relax VM) run ``warmup`` times untimed, then timed by
+    TVM's ``time_evaluator`` between two ``usage()`` readings: (before, after, each repeat's seconds).
+    """
     if warmup:
         module.time_evaluator("main", device, number=warmup, repeat=1)(*args)
     evaluator = module.time_evaluator(
@@ -45,11 +55,10 @@ def trial(name, device_type, device_id, warmup, number, repeat, min_repeat_ms, c
         min_repeat_ms=min_repeat_ms,
         cooldown_interval_ms=cooldown_ms,
     )
-    usage = tvm.get_global_func("hwloop.usage")
-    before = usage(cpus)
+    before = usage()
     results = evaluator(*args).results
-    after = usage(cpus)
-    return f"{before}|{after}|{' '.join(repr(float(s)) for s in results)}"
+    after = usage()
+    return before, after, [float(s) for s in results]
 
 
 def register() -> None:
