@@ -80,3 +80,14 @@ def test_tables_show_summarises_without_pandas(tmp_path):
         assert shown[op]["configs"] == ok.config_id.nunique()
         assert shown[op]["median_ms"] == pytest.approx(ok.latency_ms.median())
         assert shown[op]["trials"] == pytest.approx(agreement(rows))
+
+
+@pytest.mark.parametrize("chosen", [None, "jemalloc"])
+def test_commands_allocate_arrow_memory_from_the_system_allocator_unless_told_otherwise(chosen):
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    code = "import sys\nfrom hwloop.cli import main\nsys.argv = ['hwloop', '--help']\n"
+    code += "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    code += "import pyarrow\nprint(pyarrow.default_memory_pool().backend_name)"
+    assert _python(code, env=env).split()[-1] == (chosen or "system")
