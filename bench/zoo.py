@@ -6,7 +6,8 @@ Fashion-MNIST resized to the input shape and repeated to 3 channels (no download
     .venv/bin/python -m bench.zoo
         [--models resnet50,mobilenet_v3_large,efficientnet_b0,regnet_x_400mf,shufflenet_v2_x1_0]
         [--input-shape 1,3,64,64] [--budget 0.5] [--flops-budgets 0.4,0.5,0.6,0.7] [--samples 300] [--passes 3]
-        [--train-samples 10000] [--test-samples 2000] [--epochs 3] [--dense-epochs 5] [--work bench-zoo]
+        [--train-samples 10000] [--test-samples 2000] [--epochs 3] [--dense-epochs 5] [--dense-lr 0.05]
+        [--lr 0.01] [--work bench-zoo]
         [--results docs/results/zoo/results] [--cpu-lock FILE]
 
 Per model: measure its layer space (``--samples`` configs, ``default`` schedule, 1 thread on CPU 0)
@@ -38,6 +39,7 @@ from hwloop.profile import profile
 from hwloop.prune import pipeline
 from hwloop.prune.data import load_data
 from hwloop.prune.groups import ChannelGroups, PruneError, thinned_cases
+from hwloop.prune.train import DENSE_LR
 from hwloop.prune.validate import validate
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dense-epochs", type=int, default=5)
+    parser.add_argument("--dense-lr", type=float, default=DENSE_LR, help="the dense baseline's learning rate")
+    parser.add_argument("--lr", type=float, default=pipeline.Settings.lr, help="fine-tuning's learning rate")
     parser.add_argument("--work", type=Path, default=Path("bench-zoo"))
     parser.add_argument("--results", type=Path, default=Path("docs/results/zoo/results"))
     parser.add_argument("--cpu-lock", type=Path, help="lock file: exclusive while timing, shared while training")
@@ -124,13 +128,20 @@ def study(spec: str, data, device, args) -> dict:
         ).to_dict()
 
     with training():
-        dense = pipeline.dense_baseline(spec, data, args.dense_epochs, 0, cache)
-    record["dense_accuracy"] = dense[1]
+        dense = pipeline.dense_baseline(spec, data, args.dense_epochs, 0, cache, lr=args.dense_lr)
+    record["dense_accuracy"], record["dense_lr"] = dense[1], args.dense_lr
     runs = [("latency", args.budget)] + [("flops", float(b)) for b in args.flops_budgets.split(",")]
     record["pruned"] = []
     for method, budget in runs:
         out = work / "pruned" / f"{method}-{budget:g}"
-        settings = pipeline.Settings(method=method, budget=budget, epochs=args.epochs, dense_epochs=args.dense_epochs)
+        settings = pipeline.Settings(
+            method=method,
+            budget=budget,
+            epochs=args.epochs,
+            dense_epochs=args.dense_epochs,
+            dense_lr=args.dense_lr,
+            lr=args.lr,
+        )
         if not (out / "plan.json").is_file():
             try:
                 with training():
