@@ -34,7 +34,6 @@ from tvm.target import Target, codegen
 GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
 VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into registers)
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
-CACHE_LINE_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -311,7 +310,7 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
-    _walk_in_layout(sch, packed, f_dim, width, CACHE_LINE_BYTES * 8 // tvm.runtime.DataType(c.dtype).bits)
+    _walk_in_layout(sch, packed, f_dim, width)
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1 :], idx[f_out]))
     if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
         sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
@@ -351,27 +350,18 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
             _compute_producer_at(sch, producer, None if packed_bytes > WEIGHT_CACHE_BYTES else parallel)
 
 
-def _walk_in_layout(sch, packed, f_dim: int, width: int, line: int) -> None:
-    """Loop the repack in its packed layout's order (channel tile outermost), a source cache line
-    at a time: for each ``line`` consecutive elements along the other axes, every channel of the
-    tile. Each line read is used whole and the writes stay within ``line`` rows of the tile.
+def _walk_in_layout(sch, packed, f_dim: int, width: int) -> None:
+    """Loop the repack in its packed layout's order (channel tile outermost, channel within the
+    tile innermost), so its writes are contiguous.
 
-    Walking the channels innermost read ``width`` lines a weight row apart at once; where a row is a
-    multiple of 1 KiB (256 input channels of a 1x1 conv, say) they fell in a few cache sets, were
-    evicted before their next element was read, and the repack ran twice as long.
-    ``transform_layout`` rebuilds the loops in the packed order only when it pads; an unpadded
-    repack keeps the source's order.
+    ``transform_layout`` rebuilds the loops in that order only when it pads; an unpadded repack
+    keeps the source's order, a scatter whose consecutive writes lie a whole tile apart.
     """
     loops = sch.get_loops(packed)
-    if len(loops) == len(sch.get(packed).writes[0].source.shape) - 1:
-        fo, fi = sch.split(loops[f_dim], [None, width])
-        rest = [loop for d, loop in enumerate(loops) if d != f_dim]
-        sch.reorder(fo, *rest, fi)
-    else:
-        fo, *rest, fi = loops
-    along = sch.fuse(*rest)
-    outer, inner = sch.split(along, [None, min(line, int(sch.get(along).extent))])
-    sch.reorder(outer, fi, inner)
+    if len(loops) != len(sch.get(packed).writes[0].source.shape) - 1:
+        return
+    fo, fi = sch.split(loops[f_dim], [None, width])
+    sch.reorder(fo, *loops[:f_dim], *loops[f_dim + 1 :], fi)
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
