@@ -36,6 +36,8 @@ LAYERS = [
     LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),  # ResNet-18 layer2
     LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),  # MobileNetV2 last projection, 1x1 map
     LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),  # the same, one channel fewer
+    *(LayerConfig("conv2d", cin, 256, 2, 2, kernel=3, padding=1) for cin in (252, 256, 260)),  # 1 KiB weight rows
+    *(LayerConfig("conv2d", cin, 512, 4, 4, kernel=1, stride=2) for cin in (248, 256, 264)),  # ResNet-18 downsample
 ]
 
 
