@@ -119,16 +119,22 @@ VERDICT = {True: "yes", False: "no", None: "not measured"}
 
 
 def _first_calls(runs: list[Path]) -> str:
-    """How `tables show`'s first call compares with the next ones, over the runs that timed several."""
-    calls = [json.loads(p.read_text())["tables"]["tables_show"].get("calls_s", []) for p in runs]
-    calls = [c for c in calls if len(c) > 1]
-    if not calls:
+    """`tables show`'s first call against the next ones, in each run that timed several."""
+    timed = []
+    for path in reversed(runs):
+        run = json.loads(path.read_text())
+        calls = run["tables"]["tables_show"].get("calls_s", [])
+        if len(calls) > 1:
+            low, high = min(calls[1:]), max(calls[1:])
+            later = f"{low:.2f} s" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f} s"
+            timed.append(f"{path.parent.name} (`{run['machine']['commit']}`): {calls[0]:.2f} s, then {later}")
+    if not timed:
         return ""
-    first, rest = [c[0] for c in calls], [t for c in calls for t in c[1:]]
     return (
-        f". The first call after the table is written is the slowest: in the {len(calls)} runs that time "
-        f"`tables show` {len(calls[0])} times, {min(first):.2f}–{max(first):.2f} s against "
-        f"{min(rest):.2f}–{max(rest):.2f} s for the calls after it"
+        ". `tables show`'s first call after the table is written, then the calls after it: "
+        + "; ".join(timed)
+        + ". Until the commands took Arrow's memory from the system allocator (f0c1605), mimalloc's"
+        " transparent huge pages made a call's kernel time depend on how much memory was free"
     )
 
 
