@@ -3,7 +3,7 @@
 Importing hwloop before pyarrow makes Arrow allocate from the system allocator unless
 ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise. Arrow's default, mimalloc, takes transparent huge
 pages where the kernel allows them, and reading a large table then spent a varying share of its
-time zeroing 2 MiB pages it barely touched (`tables show` of 100,000 rows: up to half its time).
+time zeroing 2 MiB pages it barely touched.
 """
 
 import os
