@@ -6,7 +6,8 @@ Tables: synthetic rows of the real schema (conv, depthwise and linear configs, t
 written run by run as collections write them) fill a device's table; then the loop's reads are
 timed: `hwloop tables show`, a collection's planning (in process, and `hwloop collect --dry-run`
 of an 8,192-config space file: what a collection does before its first build), reading the rows a
-predictor learns from, `hwloop fit` (its time and peak memory), and the files the folder holds. Fleet:
+predictor learns from, `hwloop fit`, `hwloop evaluate` and `hwloop report` (their time and peak memory),
+and the files the folder holds. Fleet:
 ``--boards`` real sshd boards
 on 127.0.0.x each time ``--configs`` cached builds of tiny convs with a minimal protocol (one
 repeat per trial; the boards share this host's CPUs, so the busy-device check is off), so that
@@ -170,6 +171,9 @@ def table_figures(args, device, work: Path) -> dict:
     fit = hwloop(
         work, "fit", "-d", device.name, "--tables", str(tables_dir), "--predictors", str(work / "predictors"), "--json"
     )
+    predictors = ("--tables", str(tables_dir), "--predictors", str(work / "predictors"))
+    evaluate = hwloop(work, "evaluate", "-d", device.name, *predictors, "--json")
+    report = hwloop(work, "report", "-d", device.name, *predictors, "--out", str(work / "report"))
     read_all_s, frame = timed(tables.read, tables_dir, device.name)
     context = Context.of(device, POLICY)
     wanted = configs[: len(configs) // 2] + synthetic_configs(len(configs) // 2 + 50, np.random.default_rng(1))[-50:]
@@ -207,6 +211,8 @@ def table_figures(args, device, work: Path) -> dict:
         "tables_show": show,
         "collect_dry_run": plan,
         "fit": fit,
+        "evaluate": evaluate,
+        "report": report,
     }
 
 

@@ -19,7 +19,8 @@ What this benchmark measures:
   at that size: `hwloop tables show`, `hwloop collect --space FILE --dry-run` on a space of 8,192
   3×3 convs (what a collection does before its first build: start, read the space and the table,
   plan; the host CPU's LLVM name is read from the cache, where the first use of hwloop on a machine
-  keeps it), `hwloop fit` (time and peak memory), and how many files the folder holds. Each command
+  keeps it), `hwloop fit`, `hwloop evaluate` and `hwloop report` (time and peak memory; the last two
+  in the runs that time them), and how many files the folder holds. Each command
   runs as a user runs it, in a fresh process; where a figure names a median, the short command ran
   three times, and a target counts as met only where every call met it{first_calls}; from
   20261205-075050 on, the commands run before the benchmark reads the table in its own process.
@@ -77,6 +78,7 @@ def section(path: Path) -> list[str]:
         f"| `hwloop tables show` | {_command(table['tables_show'])} |",
         f"| `hwloop collect --space FILE --dry-run` (8,192 configs) | {_command(table['collect_dry_run'])} |",
         f"| `hwloop fit` ({table['learning_rows']:,} rows) | {_command(table['fit'])} |",
+        *(f"| `hwloop {name}` | {_command(table[name])} |" for name in ("evaluate", "report") if name in table),
         f"| start of the CLI (`import hwloop.cli`) | {_s(table['cli_startup_s'])} |",
         f"| in process: read the whole table | {_s(table['read_all_s'])} |",
         f"| in process: read what a predictor learns from | {_s(table['read_learning_rows_s'])} |",
