@@ -110,7 +110,7 @@ def test_a_failure_does_not_stop_the_next_measurement(transport, host_target, ca
     assert runner.measure(CONV, built.artifact).status == "ok"
 
 
-HOG = "import os, time\nos.sched_setaffinity(0, {0})\nwhile True: pass\n"
+HOG = "import os\nos.sched_setaffinity(0, {0})\nprint('spinning', flush=True)\nwhile True: pass\n"
 
 
 def test_trials_beside_a_process_on_the_timing_cpu_are_dropped_and_taken_again(transport, host_target, cache_dir):
@@ -119,10 +119,13 @@ def test_trials_beside_a_process_on_the_timing_cpu_are_dropped_and_taken_again(t
     import threading
 
     built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
-    hog = subprocess.Popen([sys.executable, "-c", HOG])
+    hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE, text=True)
     threading.Timer(2.0, hog.kill).start()
     try:
-        m = Runner(transport, FAST.model_copy(update={"max_disturbed": 50})).measure(CONV, built.artifact)
+        assert hog.stdout.readline().strip() == "spinning"  # on the timing CPU before the first trial
+        # repeats long enough that the scheduler shares the CPU within each of them
+        protocol = FAST.model_copy(update={"max_disturbed": 50, "min_repeat_ms": 25})
+        m = Runner(transport, protocol).measure(CONV, built.artifact)
     finally:
         hog.kill()
         hog.wait()
