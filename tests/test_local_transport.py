@@ -2,6 +2,8 @@
 instead of blocking it, one session per device name runs at a time, and CUDA is first touched in
 the session's process."""
 
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,8 @@ from tvm import rpc
 
 from hwloop.registry import Link, Protocol
 from hwloop.transports import Transport, TransportError
-from hwloop.transports.local import LocalTransport
+from hwloop.transports.base import new_key
+from hwloop.transports.local import AGENT, LocalTransport
 from hwloop.transports.lock import LocalLock
 
 FAST = Protocol(warmup=1, number=2, repeat=3, min_repeat_ms=1, threads=1, cpus=[0])
@@ -99,3 +102,26 @@ def test_the_server_leaves_cuda_to_the_session_processes(tmp_path):
             assert "libtvm_runtime.so" in libraries
             assert not {"libtorch.so", "libtorch_cpu.so", "libc10.so"} & libraries, process.cmdline()
         assert all(p.environ().get("TVM_FFI_DISABLE_TORCH_C_DLPACK") == "1" for p in started)
+
+
+def test_the_agent_skips_a_port_another_server_has_bound(tmp_path):
+    """Two boards on one host start their servers at once from the same first port: one has bound
+    a port and not yet listens on it; the other moves on to the next port instead of sharing it
+    (and failing when it listens)."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TVM's servers bind
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        agent = subprocess.Popen(
+            [sys.executable, str(AGENT), "--port", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            agent.stdin.write(f"{new_key()}\n")
+            agent.stdin.flush()
+            ready = json.loads(agent.stdout.readline())
+            assert isinstance(ready.get("port"), int), ready
+            assert ready["port"] != port
+            taken.listen(1)  # the first server's port stays its own
+        finally:
+            agent.stdin.close()
+            agent.wait(timeout=60)

@@ -134,6 +134,7 @@ def main():
         port_end=min(args.port + 1000, 65536),
         key=key,
         silent=True,
+        reuse_addr=False,  # a port another server on this host has bound but not yet listens on is skipped
         server_init_callback=functools.partial(register, usage, trial),
     )
     report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
