@@ -79,6 +79,12 @@ class Protocol(BaseModel):
         "before a retake doubles each time); later ones are kept and "
         "the row is not quiet",
     )
+    flush: bool = Field(
+        False,
+        description="CPU devices: before every timed run, flush from the caches every argument but the "
+        "input (a layer's weights and output start cold, as in a whole model whose other layers ran "
+        "in between); needs number 1 and min_repeat_ms 0",
+    )
     batch: int = Field(8, ge=1, description="configs (or models) measured together, their trials interleaved")
     passes: int = Field(
         1,
@@ -109,6 +115,15 @@ class Protocol(BaseModel):
         if trials and max_trials < trials:
             raise ValueError(f"max_trials ({max_trials}) is below trials ({trials})")
         return max_trials
+
+    @model_validator(mode="after")
+    def _flush_each_run(self) -> "Protocol":
+        if self.flush and (self.number != 1 or self.min_repeat_ms != 0):
+            raise ValueError(
+                f"flush empties the caches once per repeat: it needs number 1 and min_repeat_ms 0 "
+                f"(not {self.number} and {self.min_repeat_ms}), so that every timed run starts cold"
+            )
+        return self
 
 
 class Link(BaseModel):
@@ -226,6 +241,14 @@ class Device(BaseModel):
         except (TypeError, ValueError):
             raise ValueError("a TVM target holds only strings, numbers, booleans, lists and mappings") from None
         return target
+
+    @field_validator("protocol")
+    @classmethod
+    def _flush_on_cpus(cls, protocol: Protocol, info: ValidationInfo) -> Protocol:
+        kind = info.data.get("target", {}).get("kind")
+        if protocol.flush and kind != "llvm":
+            raise ValueError(f"`flush` empties CPU caches: a {kind!r} target cannot use it")
+        return protocol
 
 
 LOCAL = Device(

@@ -9,7 +9,8 @@ kernel's latency by tens of per cent. Where the device's RPC server has ``hwloop
 there; elsewhere (a tracker's plain server, whole models) this machine uploads a new copy and
 drives the trial call by call. A trial is TVM's
 ``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
-least ``min_repeat_ms``), and around it the device says what its timing process shared the CPU
+least ``min_repeat_ms``; with ``flush``, a layer's weights and output are flushed from the CPU
+caches before each repeat of one run, while whole models always run warm), and around it the device says what its timing process shared the CPU
 with (:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
 ``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
 it is dropped and taken again in a later round, after a pause that grows while the device stays
@@ -23,6 +24,7 @@ the device gets the mean of both, as the loads of a deployed model meet them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import statistics
 import time
@@ -271,7 +273,8 @@ class Runner:
         measurement = Measurement(check_error=error)
         if self._board_trial is not None:  # the check's buffers, copied afresh on the device for each trial
             return _Open(lambda: self._trial_on_board(name, args, measurement), measurement)
-        return _Open(lambda: self._trial(lambda: self._load(artifact), device, make_args, measurement), measurement)
+        load = functools.partial(self._load, artifact)
+        return _Open(lambda: self._trial(load, device, make_args, measurement, self.protocol.flush), measurement)
 
     def _open_model(self, artifact: str, data: np.ndarray, expected: np.ndarray):
         import tvm
@@ -293,7 +296,7 @@ class Runner:
                 "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
             )
         measurement = Measurement(check_error=error)
-        return _Open(lambda: self._trial(load_vm, device, make_args, measurement), measurement)
+        return _Open(lambda: self._trial(load_vm, device, make_args, measurement, flush=False), measurement)
 
     def _rounds(self, opened: list[_Open]) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
@@ -315,13 +318,16 @@ class Runner:
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
             time.sleep(pause)
 
-    def _trial(self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement) -> Trial:
+    def _trial(
+        self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement, flush: bool
+    ) -> Trial:
         """One trial driven from here: a fresh copy loaded (``load``: a module, or a VM over one), on
-        fresh buffers, with what the device says of its CPU meanwhile."""
+        fresh buffers, with what the device says of its CPU meanwhile. A whole model is never
+        flushed: it runs in its steady state, its layers evicting each other's weights."""
         start = time.perf_counter()
         module = load()
         self._stage = "run"
-        before, after, seconds = time_main(module, device, make_args(), *self._timing(), self._read_usage)
+        before, after, seconds = time_main(module, device, make_args(), *self._timing(), flush, self._read_usage)
         m.timing_s += time.perf_counter() - start
         return Trial([s * 1e3 for s in seconds], *_shares(before, after))
 
@@ -330,7 +336,9 @@ class Runner:
         library ``name`` loaded there, on fresh copies of ``args`` (the last one, the output, empty)."""
         start = time.perf_counter()
         self._stage = "run"
-        answer = self._board_trial(name, self.device_type, 0, *self._timing(), self._cpus, 1, *args)
+        answer = self._board_trial(
+            name, self.device_type, 0, *self._timing(), self.protocol.flush, self._cpus, 1, *args
+        )
         before, after, seconds = parse_trial(answer)
         m.timing_s += time.perf_counter() - start
         return Trial([s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)))

@@ -97,3 +97,19 @@ def test_a_row_timed_on_a_busy_device_is_measured_again(registry_dir, cache_dir,
     tables.append(only_busy, "local", [busy])
     retaken = collect(device, SPACE[:2], policy, only_busy, cache_dir)
     assert (retaken.skipped, [r["config_id"] for r in retaken.rows]) == (0, [SPACE[0].id, SPACE[1].id])
+
+
+def test_a_flushing_protocol_times_layers_with_cold_weights(registry_dir, cache_dir, tmp_path):
+    warm = load_registry(registry_dir).get("local")
+    cold = warm.model_copy(
+        update={"protocol": warm.protocol.model_copy(update={"flush": True, "number": 1, "min_repeat_ms": 0})}
+    )
+    layer = [LayerConfig("linear", 512, 512)]  # 1 MiB of weights: read from memory when flushed, from cache when not
+    policy = parse_policy("default")
+    collect(warm, layer, policy, tmp_path, cache_dir)
+    assert collect(cold, layer, policy, tmp_path, cache_dir).measured == 1  # another protocol, another measurement
+    rows = tables.read(tmp_path, "local").set_index("protocol_id")
+    assert len(rows) == 2
+    warm_row, cold_row = sorted((r for _, r in rows.iterrows()), key=lambda r: '"flush":true' in r.protocol)
+    assert '"flush"' not in warm_row.protocol and '"flush":true' in cold_row.protocol
+    assert cold_row.latency_ms > 1.3 * warm_row.latency_ms

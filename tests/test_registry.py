@@ -185,6 +185,12 @@ GOOD = f"host: pi.local\nuser: pi\ntarget: {PI_TARGET}"
         (GOOD + "\nprotocol: {cpus: [0, -1]}", "protocol.cpus", "non-negative"),
         (GOOD + "\nprotocol: {cpus: [1, 1]}", "protocol.cpus", "each CPU is listed once"),
         (GOOD + "\nprotocol: {threads: 3, cpus: [0, 1]}", "protocol.cpus", "threads (3) exceeds"),
+        (GOOD + "\nprotocol: {flush: true}", "protocol", "it needs number 1 and min_repeat_ms 0 (not 10 and 10)"),
+        (
+            "host: g.local\nuser: u\ntarget: {kind: cuda}\nprotocol: {flush: true, number: 1, min_repeat_ms: 0}",
+            "protocol",
+            "`flush` empties CPU caches: a 'cuda' target cannot use it",
+        ),
         (GOOD + "\nprotocol: {repaet: 5}", "protocol.repaet", "unknown field (known fields: warmup, number, repeat"),
         (GOOD + "\nhots: x", "hots", "unknown field (known fields: transport, host"),
         (GOOD + "\nport: 70000", "port", "less than or equal to 65535"),

@@ -61,8 +61,8 @@ def test_a_trial_on_the_device_is_one_call_on_a_fresh_copy(host_target, cache_di
             tvm.runtime.empty(CONV.output_shape, "float32", device),
         ]
         call = session.get_function("hwloop.trial")
-        for _ in range(2):
-            before, after, seconds = trial.parse(call("kernel.so", device_type, 0, 1, 2, 3, 0, 0, "0", 1, *args))
+        for flush in (False, True):
+            before, after, seconds = trial.parse(call("kernel.so", device_type, 0, 1, 2, 3, 0, 0, flush, "0", 1, *args))
             assert len(seconds) == 3 and min(seconds) > 0
             assert all(0 <= b <= a for b, a in zip(usage.parse(before).values(), usage.parse(after).values()))
             assert [p.name for p in folder.iterdir()] == ["kernel.so"]

@@ -3,7 +3,7 @@ the device's RPC server (registered by :mod:`agent`, like ``hwloop.usage``; the 
 inherit it).
 
 ``hwloop.trial(name, device_type, device_id, warmup, number, repeat, min_repeat_ms, cooldown_ms,
-cpus, outputs, *tensors)`` copies the library ``name`` (uploaded once into the server's folder) to
+flush, cpus, outputs, *tensors)`` copies the library ``name`` (uploaded once into the server's folder) to
 a new file and loads that copy (the device maps it anew), gives each of ``tensors`` a fresh buffer
 on the device (a copy of it; the last ``outputs`` of them left empty), runs ``main`` ``warmup``
 times untimed, then times it with TVM's ``time_evaluator`` between two readings of
@@ -20,7 +20,9 @@ import secrets
 import shutil
 
 
-def trial(name, device_type, device_id, warmup, number, repeat, min_repeat_ms, cooldown_ms, cpus, outputs, *tensors):
+def trial(
+    name, device_type, device_id, warmup, number, repeat, min_repeat_ms, cooldown_ms, flush, cpus, outputs, *tensors
+):
     import tvm
 
     source = tvm.get_global_func("tvm.rpc.server.workpath")(name)
@@ -36,14 +38,15 @@ def trial(name, device_type, device_id, warmup, number, repeat, min_repeat_ms, c
     args = [t.copyto(device) for t in tensors[:split]]
     args += [tvm.runtime.empty(t.shape, t.dtype, device) for t in tensors[split:]]
     usage = tvm.get_global_func("hwloop.usage")
-    timing = (warmup, number, repeat, min_repeat_ms, cooldown_ms)
+    timing = (warmup, number, repeat, min_repeat_ms, cooldown_ms, flush)
     before, after, results = time_main(module, device, args, *timing, lambda: usage(cpus))
     return f"{before}|{after}|{' '.join(map(repr, results))}"
 
 
-def time_main(module, device, args, warmup, number, repeat, min_repeat_ms, cooldown_ms, usage):
+def time_main(module, device, args, warmup, number, repeat, min_repeat_ms, cooldown_ms, flush, usage):
     """``module``'s ``main`` (a library, or a Relax VM) run ``warmup`` times untimed, then timed by
     TVM's ``time_evaluator`` between two ``usage()`` readings: (before, after, each repeat's seconds).
+    With ``flush``, every argument but the first is flushed from the CPU caches before each repeat.
     """
     if warmup:
         module.time_evaluator("main", device, number=warmup, repeat=1)(*args)
@@ -54,6 +57,7 @@ def time_main(module, device, args, warmup, number, repeat, min_repeat_ms, coold
         repeat=repeat,
         min_repeat_ms=min_repeat_ms,
         cooldown_interval_ms=cooldown_ms,
+        f_preproc="cache_flush_cpu_non_first_arg" if flush else "",
     )
     before = usage()
     results = evaluator(*args).results
