@@ -45,18 +45,21 @@ def main() -> None:
         "| model | input | weights MiB (dense) | Σ warm | Σ flushed | warm, calibrated | flushed, calibrated |",
         "|---|---|---|---|---|---|---|",
     ]
+    columns = [f"{p}{kind}_ms" for kind in ("", "_calibrated") for p in PROTOCOLS]
     for run in runs:
         copies = run["copies"]
         dense = next(c for c in copies if c["copy"] == "dense")
-        errors = [
-            _mean([abs(_error(c, f"{p}{kind}_ms")) for c in copies]) for kind in ("", "_calibrated") for p in PROTOCOLS
-        ]
         shape = "x".join(map(str, run["input_shape"][1:]))
+        errors = [_mean([abs(_error(c, field)) for c in copies]) for field in columns]
         lines.append(
             f"| {run['model']} | {shape} | {dense['weights_mib']:.1f} | "
             + " | ".join(f"{e:.1%}" for e in errors)
             + " |"
         )
+    every = [c for run in runs for c in run["copies"]]
+    if every:
+        errors = [_mean([abs(_error(c, field)) for c in every]) for field in columns]
+        lines.append(f"| all {len(every)} copies | | | " + " | ".join(f"{e:.1%}" for e in errors) + " |")
     lines += [
         "\n## Every copy\n",
         "| model | copy | weights MiB | measured ms | Σ warm ms | error | Σ flushed ms | error | "
