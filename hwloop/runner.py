@@ -6,19 +6,19 @@ not yet settled one trial, in a new random order; a trial loads a fresh copy of 
 device maps it anew) and runs it on fresh buffers, since where code and data land can move a small
 kernel's latency by tens of per cent. Where the device's RPC server has ``hwloop.trial``
 (:mod:`hwloop.transports.trial`), a layer's trial is one call that copies the uploaded artifact
-there; elsewhere (a tracker's plain server, whole models) this machine uploads a new copy and
-drives the trial call by call. A trial is TVM's
-``time_evaluator`` (``warmup`` untimed runs, then ``repeat`` repeats of ``number`` runs lasting at
-least ``min_repeat_ms``; with ``flush``, a layer's weights and output are flushed from the CPU
-caches before each repeat of one run, while whole models always run warm), and around it the device says what its timing process shared the CPU
-with (:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
-``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*;
-it is dropped and taken again in a later round, after a pause that grows while the device stays
-busy (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement
-is not *quiet*). An artifact settles once it has ``trials`` trials and each lies within ``agree``
-of their median, or after ``max_trials``; its latency is the mean of its trials' medians, the
-fastest and slowest left out from five trials on: a small kernel whose loads land in two states of
-the device gets the mean of both, as the loads of a deployed model meet them.
+there; elsewhere (a tracker's plain server, whole models) this machine uploads a new copy and drives
+the trial call by call. A trial is TVM's ``time_evaluator`` (``warmup`` untimed runs, then
+``repeat`` repeats of ``number`` runs lasting at least ``min_repeat_ms``; with ``flush``, a layer's
+weights and output are flushed from the CPU caches before each repeat of one run, while whole models
+always run warm), and around it the device says what its timing process shared the CPU with
+(:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
+``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*; it
+is dropped and taken again in a later round, after a pause that grows while the device stays busy
+(after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement is not
+*quiet*). An artifact settles once it has ``trials`` trials and each lies within ``agree`` of their
+median, or after ``max_trials``; its latency is the mean of its trials' medians, the fastest and
+slowest left out from five trials on: a small kernel whose loads land in two states of the device
+gets the mean of both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
