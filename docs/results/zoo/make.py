@@ -71,7 +71,9 @@ def main() -> None:
     lines += [
         "\n## Where the dense model spends its time\n",
         "Per operator kind (`hwloop profile`): conv2d and linear are what the layer tables price; the rest is "
-        "what the whole-model calibration adds.\n",
+        "what the whole-model calibration adds. A conv's time includes the element-wise work fused into it "
+        "(bias, activation, residual add), which the layer tables time without: cheap for ReLU, not for "
+        "activations that call `exp` per element (EfficientNet's SiLU).\n",
         "| model | conv2d + linear | rest | rest by kind |",
         "|---|---|---|---|",
     ]
