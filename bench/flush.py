@@ -82,20 +82,20 @@ def study(name: str, shape: tuple[int, ...], warm: Device, cold: Device, args) -
         for device in (warm, cold):
             collect(device, configs, policy, tables_dir, cache)
     layers, models = tables.read(tables_dir, "local"), tables.read_models(tables_dir, "local")
-    latency = {
-        protocol: _fastest(layers, Context.of(device, policy).protocol_id)
-        for protocol, device in (("warm", warm), ("flushed", cold))
+    protocol_ids = {
+        protocol: Context.of(device, policy).protocol_id for protocol, device in (("warm", warm), ("flushed", cold))
     }
-    mine = models[(models.status == "ok") & (models.protocol_id == Context.of(warm, policy).protocol_id)]
+    latency = {protocol: _fastest(layers, protocol_id) for protocol, protocol_id in protocol_ids.items()}
+    mine = models[(models.status == "ok") & (models.protocol_id == protocol_ids["warm"])]
     copies = []
     for case_name, rows in mine.groupby("model", sort=False):
-        configs = [LayerConfig.from_dict(d) for d in json.loads(rows.layers.iloc[0])]
+        runs = [LayerConfig.from_dict(d) for d in json.loads(rows.layers.iloc[0])]
         copies.append(
             {
                 "copy": case_name.removeprefix(dense.name).removeprefix("@thinned:") or "dense",
                 "measured_ms": float(rows.latency_ms.min()),
-                "weights_mib": sum(math.prod(c.weight_shape) * 4 for c in configs) / 2**20,
-                **{f"{p}_ms": sum(latency[p][c.id] for c in configs) for p in latency},
+                "weights_mib": sum(math.prod(c.weight_shape) * np.dtype(c.dtype).itemsize for c in runs) / 2**20,
+                **{f"{p}_ms": sum(latency[p][c.id] for c in runs) for p in latency},
             }
         )
     for protocol in latency:
