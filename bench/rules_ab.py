@@ -1,18 +1,22 @@
-"""The ``default`` rules of another commit against today's, on the same layers, built in one process
-and timed in turns, so a slow spell of the machine falls on both.
+"""The ``default`` rules of another commit against today's, on the same layers and whole models,
+built in one process and timed in turns, so a slow spell of the machine falls on both.
 
-    .venv/bin/python bench/rules_ab.py --against f6fcf20 [--rounds 5]
+    .venv/bin/python -m bench.rules_ab --against f6fcf20 [--rounds 5] [--no-models]
+        [--results docs/results/schedules/results]
 
 The other commit's ``hwloop/schedules/default.py`` is read with ``git show`` and imported beside
-today's. Each layer is built by both, then timed ``--rounds`` times in turns with TVM's
-``time_evaluator`` (number 20, repeat 10, min_repeat_ms 20), 1 thread pinned to CPU 0; the
-fastest repeat of all rounds counts.
+today's. Each layer (and each whole model, lowered as ``hwloop measure`` lowers it) is built by
+both, then timed ``--rounds`` times in turns with TVM's ``time_evaluator``, 1 thread pinned to
+CPU 0; the fastest repeat of all rounds counts. The table is printed and written to
+``--results/rules-COMMIT.json`` with the machine, the commit and the command;
+``docs/results/schedules/make.py`` turns it into the page's tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -22,10 +26,15 @@ from pathlib import Path
 os.environ["TVM_NUM_THREADS"] = "1"
 os.sched_setaffinity(0, {0})
 
+import numpy as np  # noqa: E402
 import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
 
+from bench.machine import provenance  # noqa: E402
+from hwloop.graph import compile_module, relax_module  # noqa: E402
 from hwloop.kernels import prim_module, random_inputs  # noqa: E402
 from hwloop.layers import LayerConfig  # noqa: E402
+from hwloop.models import load_model  # noqa: E402
 from hwloop.schedules import default as today  # noqa: E402
 from hwloop.targets import resolve  # noqa: E402
 
@@ -36,8 +45,19 @@ LAYERS = [
     LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),  # ResNet-18 layer2
     LayerConfig("conv2d", 960, 320, 1, 1, kernel=1),  # MobileNetV2 last projection, 1x1 map
     LayerConfig("conv2d", 960, 319, 1, 1, kernel=1),  # the same, one channel fewer
-    *(LayerConfig("conv2d", cin, 256, 2, 2, kernel=3, padding=1) for cin in (252, 256, 260)),  # 1 KiB weight rows
+    *(LayerConfig("conv2d", 672, cout, 1, 1, kernel=1) for cout in (160, 168)),  # MobileNetV3's squeeze-excitation
+    # weight rows a multiple of 1, 2, 4 and 8 KiB, and counts beside them (ResNet-50's layer 4 at 64x64)
+    *(LayerConfig("conv2d", cin, 512, 2, 2, kernel=1) for cin in (248, 256, 264, 504, 512, 520)),
+    *(LayerConfig("conv2d", cin, 512, 2, 2, kernel=1) for cin in (1016, 1024, 1032, 2040, 2048, 2056)),
+    *(LayerConfig("conv2d", cin, 512, 4, 4, kernel=3, padding=1) for cin in (252, 256, 260, 508, 512, 516)),
     *(LayerConfig("conv2d", cin, 512, 4, 4, kernel=1, stride=2) for cin in (248, 256, 264)),  # ResNet-18 downsample
+]
+MODELS = [  # (hwloop model spec, input shape)
+    ("resnet20", (1, 3, 32, 32)),
+    ("mobilenetv2", (1, 3, 64, 64)),
+    ("resnet18", (1, 3, 64, 64)),
+    ("torchvision:resnet50", (1, 3, 64, 64)),
+    ("torchvision:mobilenet_v3_large", (1, 3, 64, 64)),
 ]
 
 
@@ -55,34 +75,69 @@ def rules_of(commit: str):
     return module
 
 
+def fastest_ms(timers: dict, args: list, rounds: int) -> dict[str, float]:
+    """Each timer's fastest repeat over ``rounds`` rounds taken in turns, in milliseconds."""
+    fastest = dict.fromkeys(timers, float("inf"))
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            fastest[name] = min(fastest[name], *timer(*args).results)
+    return {name: seconds * 1e3 for name, seconds in fastest.items()}
+
+
+def time_layer(config: LayerConfig, rules: dict, target, rounds: int) -> dict[str, float]:
+    device = tvm.cpu(0)
+    data, weight = random_inputs(config)
+    tensors = [
+        tvm.runtime.tensor(data, device),
+        tvm.runtime.tensor(weight, device),
+        tvm.runtime.empty(config.output_shape, config.dtype, device),
+    ]
+    timers = {
+        name: tvm.compile(module.schedule(prim_module(config), target), target=target).mod.time_evaluator(
+            "main", device, number=20, repeat=10, min_repeat_ms=20
+        )
+        for name, module in rules.items()
+    }
+    return fastest_ms(timers, tensors, rounds)
+
+
+def time_model(spec: str, shape: tuple[int, ...], rules: dict, target, rounds: int) -> dict[str, float]:
+    device = tvm.cpu(0)
+    model, shape = load_model(spec, shape, num_classes=10)
+    lowered = relax_module(model, shape)
+    data = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"), device)
+    timers = {
+        name: relax.VirtualMachine(compile_module(module.schedule(lowered, target), target), device).time_evaluator(
+            "main", device, number=5, repeat=5, min_repeat_ms=50
+        )
+        for name, module in rules.items()
+    }
+    return fastest_ms(timers, [data], rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", required=True, help="commit whose default rules are compared with today's")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-models", action="store_true", help="time the layers only")
+    parser.add_argument("--results", type=Path, default=Path("docs/results/schedules/results"))
     args = parser.parse_args()
 
-    target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
+    record = {**provenance(), "against": args.against, "layers": [], "models": []}
+    target = tvm.target.Target(resolve({"kind": "llvm", "mcpu": "host"}, 1))
     rules = {args.against: rules_of(args.against), "today": today}
-    device = tvm.cpu(0)
-    print(f"| layer | {args.against} ms | today ms |\n|---|---|---|")
+    print(f"| layer or model | {args.against} ms | today ms |\n|---|---|---|")
     for config in LAYERS:
-        data, weight = random_inputs(config)
-        tensors = [
-            tvm.runtime.tensor(data, device),
-            tvm.runtime.tensor(weight, device),
-            tvm.runtime.empty(config.output_shape, config.dtype, device),
-        ]
-        timers = {
-            name: tvm.compile(module.schedule(prim_module(config), target), target=target).mod.time_evaluator(
-                "main", device, number=20, repeat=10, min_repeat_ms=20
-            )
-            for name, module in rules.items()
-        }
-        fastest = dict.fromkeys(timers, float("inf"))
-        for _ in range(args.rounds):  # in turns
-            for name, timer in timers.items():
-                fastest[name] = min(fastest[name], *timer(*tensors).results)
-        print(f"| `{config.id}` | {fastest[args.against] * 1e3:.4f} | {fastest['today'] * 1e3:.4f} |", flush=True)
+        ms = time_layer(config, rules, target, args.rounds)
+        record["layers"].append({"layer": config.id, "against_ms": ms[args.against], "today_ms": ms["today"]})
+        print(f"| `{config.id}` | {ms[args.against]:.4f} | {ms['today']:.4f} |", flush=True)
+    for spec, shape in [] if args.no_models else MODELS:
+        ms = time_model(spec, shape, rules, target, args.rounds)
+        name = f"{spec} {'x'.join(map(str, shape[1:]))}"
+        record["models"].append({"model": name, "against_ms": ms[args.against], "today_ms": ms["today"]})
+        print(f"| {name} | {ms[args.against]:.3f} | {ms['today']:.3f} |", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"rules-{args.against}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

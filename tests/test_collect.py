@@ -113,3 +113,13 @@ def test_a_flushing_protocol_times_layers_with_cold_weights(registry_dir, cache_
     warm_row, cold_row = sorted((r for _, r in rows.iterrows()), key=lambda r: '"flush":true' in r.protocol)
     assert '"flush"' not in warm_row.protocol and '"flush":true' in cold_row.protocol
     assert cold_row.latency_ms > 1.3 * warm_row.latency_ms
+
+
+def test_the_default_rules_padded_repacks_run_on_the_device(registry_dir, cache_dir, tmp_path):
+    padded = [
+        LayerConfig("conv2d", 40, 8, 14, 14, kernel=3, padding=1),  # one tile, half of it padding
+        LayerConfig("conv2d", 24, 200, 4, 4, kernel=3, padding=1),  # full tiles, then a padded one
+    ]
+    summary = collect(load_registry(registry_dir).get("local"), padded, parse_policy("default"), tmp_path, cache_dir)
+    assert summary.failed == 0, [row.get("error") for row in summary.rows]
+    assert (tables.read(tmp_path, "local").check_error <= 1e-4).all()

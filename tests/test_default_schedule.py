@@ -1,11 +1,12 @@
 import warnings
 
+import numpy as np
 import pytest
 import tvm
 
 from hwloop.kernels import prim_module, random_inputs, reference, relative_error, tolerance
 from hwloop.layers import LayerConfig
-from hwloop.schedules.default import cpu_model, schedule, vector_lanes
+from hwloop.schedules.default import REPACK_ROWS, cpu_model, schedule, vector_lanes
 
 
 def conv(cin, cout, size, kernel=3, stride=1, groups=1, op="conv2d"):
@@ -21,6 +22,8 @@ CONFIGS = [
     conv(4, 12, 13, kernel=7),
     conv(8, 20, 8, kernel=1),
     conv(24, 17, 4, kernel=1),
+    conv(256, 20, 3, kernel=1),  # weight rows of 1 KiB
+    conv(512, 24, 2),
     conv(13, 40, 16, kernel=1),
     conv(3, 5, 12, kernel=1),
     conv(3, 17, 15, stride=2),
@@ -82,22 +85,67 @@ def test_other_targets_are_left_to_tvm():
     assert schedule(mod, {"kind": "c"}).same_as(mod)
 
 
-@pytest.mark.parametrize("cout", [64, 63])
-def test_weights_are_repacked_in_the_packed_layout_order_whether_or_not_channels_fill_the_tile(cout, target):
-    sch = tvm.s_tir.Schedule(schedule(prim_module(conv(32, cout, 8)), target)["main"])
-    (repack,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if len(sch.get(b).writes[0].source.shape) == 5]
-    block, loops = sch.get(repack), sch.get_loops(repack)
-    innermost = sch.get(loops[-1])
-    bindings = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, repack).iter_values
-    lane = tvm.tirx.analysis.undefined_vars(block.writes[0].region[-1].min)  # the block var of the in-tile channel
-    lane_loops = [
-        v
-        for iv, b in zip(block.iter_vars, bindings)
-        if any(iv.var.same_as(u) for u in lane)
-        for v in tvm.tirx.analysis.undefined_vars(b)
-    ]
-    assert int(innermost.extent) == int(block.writes[0].source.shape[-1])
-    assert any(v.same_as(innermost.loop_var) for v in lane_loops), "the innermost loop walks the channels of one tile"
+def _blocks(sch, parent):
+    for block in sch.get_child_blocks(parent):
+        yield block
+        yield from _blocks(sch, block)
+
+
+def _repacks(sch, packed_dims):
+    """Per repack block (a padded repack's last tile is looped apart): its innermost loop, the
+    loop around it, and the loop variables that pick the channel within a tile."""
+    found = []
+    for repack in _blocks(sch, sch.get_sblock("root")):
+        block, loops = sch.get(repack), sch.get_loops(repack)
+        if not block.writes or len(block.writes[0].source.shape) != packed_dims:
+            continue
+        bindings = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, repack).iter_values
+        lane = tvm.tirx.analysis.undefined_vars(block.body.indices[-1])  # the block var of the in-tile channel
+        lane_loops = [
+            v
+            for iv, b in zip(block.iter_vars, bindings)
+            if any(iv.var.same_as(u) for u in lane)
+            for v in tvm.tirx.analysis.undefined_vars(b)
+        ]
+        found.append((sch.get(loops[-1]), sch.get(loops[-2]), lane_loops))
+    return found
+
+
+@pytest.mark.parametrize("cin, cout", [(32, 64), (32, 63), (256, 64), (24, 200)])
+def test_weights_are_repacked_a_few_channels_at_a_time_along_their_rows(cin, cout, target):
+    sch = tvm.s_tir.Schedule(schedule(prim_module(conv(cin, cout, 4)), target)["main"])
+    repacks = _repacks(sch, 5)
+    assert repacks
+    for innermost, around, lane_loops in repacks:
+        assert innermost.kind == tvm.tirx.ForKind.VECTORIZED
+        assert int(innermost.extent) == min(cpu_model(target).lanes("float32"), REPACK_ROWS)
+        assert any(v.same_as(innermost.loop_var) for v in lane_loops), "the innermost loop gathers a few channels"
+        assert not any(v.same_as(around.loop_var) for v in lane_loops), "around it, the rows' other axes"
+
+
+def test_a_padded_repack_loops_its_last_tile_apart_and_only_there_checks_bounds(target):
+    text = schedule(prim_module(conv(24, 200, 4)), target)["main"].script()  # several tiles, the last one padded
+    stores = [line for line in text.splitlines() if line.strip().startswith("weight_global[")]
+    assert len(stores) == 2
+    assert sum("T.min" in line for line in stores) == 1 and "if_then_else" not in text and "T.Select" not in text
+
+
+def test_weights_stored_channels_innermost_are_repacked_a_whole_tile_at_a_time(target):
+    from tvm import te
+
+    a, b = te.placeholder((3, 96), name="a"), te.placeholder((96, 40), name="b")  # b: [reduction, channels]
+    k = te.reduce_axis((0, 96), name="k")
+    c = te.compute((3, 40), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
+    mod = schedule(tvm.IRModule({"main": te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")}), target)
+    ((innermost, _, lane_loops),) = _repacks(tvm.s_tir.Schedule(mod["main"]), 3)
+    assert any(v.same_as(innermost.loop_var) for v in lane_loops), "the innermost loop walks the tile's channels"
+    assert int(innermost.extent) % cpu_model(target).lanes("float32") == 0
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(shape).astype("float32") for shape in ((3, 96), (96, 40))]
+    device = tvm.cpu()
+    out = tvm.runtime.empty((3, 40), "float32", device)
+    tvm.compile(mod, target)(*(tvm.runtime.tensor(x, device) for x in inputs), out)
+    np.testing.assert_allclose(out.numpy(), inputs[0] @ inputs[1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cout", [5, 9, 18])

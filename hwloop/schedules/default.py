@@ -5,7 +5,7 @@ scheduled by a fixed rule sized to the target's vector width and register file:
 
 * conv2d NCHW (any kernel, stride, padding; groups whose per-group output channels fill whole
   vectors) and dense/matmul: output channels vectorised, weights repacked to
-  ``[O // T, ..., O % T]`` in the packed layout's order (zero-padded, so ragged channel counts
+  ``[O // T, ..., O % T]`` in the packed layout's order (padded, so ragged channel counts
   run whole vectors, the accumulator's rows aligned to the tile), a register tile of output
   positions, reduction innermost-but-two;
 * pointwise conv2d (1x1, stride 1, unpadded, ungrouped, positions a multiple of the vector width):
@@ -34,6 +34,7 @@ from tvm.target import Target, codegen
 GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
 VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into registers)
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
+REPACK_ROWS = 8  # weight rows a repack gathers from at once (common L1 caches have 8 ways or more)
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
 
 
 def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) -> None:
-    """Vectorise output channel ``f`` over a zero-padded repacked weight, with a register tile of
+    """Vectorise output channel ``f`` over a padded repacked weight, with a register tile of
     output positions (the output's other axes; ``inner`` is their innermost, tiled by divisors).
 
     Small weights stay in cache while rows of output stream past them (the data's producer is
@@ -310,7 +311,8 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
 
     packed = sch.cache_read(block, c.read_index(weight, sch), "global")
     sch.transform_layout(packed, ("write", 0), pack, pad_value=0.0)
-    _walk_in_layout(sch, packed, f_dim, width)
+    packed_bytes = _bytes(sch.get(packed).writes[0].source)
+    _walk_in_layout(sch, packed, f_dim, width, lanes)
     _accumulate_locally(sch, c, lambda *idx: (*idx[:f_out], *idx[f_out + 1 :], idx[f_out]))
     if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
         sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
@@ -325,7 +327,6 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     outer += [o for o, _ in tiled]
     reductions = [c.loops[r] for r in c.reduce]
     register_tile = [i for _, i in tiled] + [xi]
-    packed_bytes = _bytes(sch.get(packed).writes[0].source)
     if packed_bytes > WEIGHT_CACHE_BYTES or not outer:
         sch.reorder(fo, *outer, xo, *reductions, *register_tile, fi)
         parallel = sch.fuse(fo, *outer)
@@ -343,25 +344,73 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     writeback = _writeback_at(sch, block, xo)
     sch.vectorize(sch.get_loops(writeback)[-1])
     sch.decompose_reduction(block, reductions[0])
-    sch.parallel(sch.get_loops(packed)[0])
     if data is not None:
         producer = _producer(sch, block, data)
         if producer is not None:
             _compute_producer_at(sch, producer, None if packed_bytes > WEIGHT_CACHE_BYTES else parallel)
 
 
-def _walk_in_layout(sch, packed, f_dim: int, width: int) -> None:
-    """Loop the repack in its packed layout's order (channel tile outermost, channel within the
-    tile innermost), so its writes are contiguous.
+def _walk_in_layout(sch, packed, f_dim: int, width: int, lanes: int) -> None:
+    """Loop the repack in its packed layout's order, channel tile outermost and parallel, writes
+    contiguous.
 
-    ``transform_layout`` rebuilds the loops in that order only when it pads; an unpadded repack
-    keeps the source's order, a scatter whose consecutive writes lie a whole tile apart.
+    Where the channels are the source's innermost axis, a tile is copied row by row. Otherwise the
+    tile is walked a few channels at a time (one vector of writes, gathered from that many weight
+    rows), along all the other axes: each cache line read serves a line's worth of steps, and at
+    most :data:`REPACK_ROWS` lines are live, within the ways of one L1 set even where the rows lie
+    a multiple of 4 KiB apart. A whole tile of rows at once fell in a few sets where rows are a
+    multiple of 1 KiB (256 input channels): those layers ran two to six times as long. A padded
+    last tile is looped apart, so the full tiles gather without a bounds check.
+    ``transform_layout`` rebuilds the loops in the packed order only when it pads; an unpadded
+    repack keeps the source's order.
     """
-    loops = sch.get_loops(packed)
-    if len(loops) != len(sch.get(packed).writes[0].source.shape) - 1:
-        return
-    fo, fi = sch.split(loops[f_dim], [None, width])
-    sch.reorder(fo, *loops[:f_dim], *loops[f_dim + 1 :], fi)
+    loops, dims = sch.get_loops(packed), len(sch.get(packed).writes[0].source.shape) - 1
+    gather = f_dim < dims - 1
+    if len(loops) == dims:
+        fo, fi = sch.split(loops[f_dim], [None, width])
+        sch.reorder(fo, *[loop for d, loop in enumerate(loops) if d != f_dim], fi)
+        parts = [packed]
+    elif gather and int(sch.get(loops[0]).extent) > 1:
+        full, last = sch.loop_partition(loops[0], [int(sch.get(loops[0]).extent) - 1, None])
+        parts = [*sch.get_child_blocks(full), *sch.get_child_blocks(last)]
+    else:
+        parts = [packed]
+    for part in parts:
+        fo, *rest, fi = sch.get_loops(part)
+        if gather:
+            _unguard(sch, part, f_dim, padded=part.same_as(parts[-1]))
+            group, rows = sch.split(fi, [None, min(lanes, REPACK_ROWS)])
+            sch.reorder(fo, group, *rest, rows)
+            sch.vectorize(rows)
+        sch.parallel(fo)
+
+
+def _unguard(sch, part, f_dim: int, padded: bool) -> None:
+    """Replace a padded repack's guarded load, which TVM's vectoriser runs one lane at a time, by a
+    plain load: in a tile that holds padding, of the last channel for the padded ones (its index
+    clamped; those lanes are never written back). With a select of zero over that load, the built
+    kernel read past the weight (its sessions crashed on a 40 -> 8 conv)."""
+    block = sch.get(part)
+    store = block.body
+    value = store.value
+    if not (isinstance(value, tvm.ir.Call) and value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))):
+        return  # unpadded: a plain copy
+    load = value.args[2]
+    indices = list(load.indices)
+    if padded:
+        indices[f_dim] = tirx.Min(indices[f_dim], load.source.shape[f_dim] - 1)
+    replaced = s_tir.SBlock(
+        block.iter_vars,
+        block.reads,
+        block.writes,
+        block.name_hint,
+        tirx.BufferStore(store.buffer, tirx.BufferLoad(load.source, indices), store.indices),
+        block.init,
+        block.alloc_buffers,
+        block.match_buffers,
+        block.annotations,
+    )
+    sch.state.replace(sch.get_sref(part), replaced, {block: replaced})
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
