@@ -4,7 +4,9 @@ A model in eval mode has its batch norms folded into the preceding convolutions 
 deployment runtime does; skipped for a model that ``torch.fx`` cannot trace), is exported with
 ``torch.export``, imported with ``from_exported_program`` (weights bound as constants), legalised
 to TIR and fused: each convolution or dense PrimFunc then carries its epilogue (bias, ReLU/ReLU6,
-residual add), and a schedule policy schedules those PrimFuncs like single layers.
+residual add), and a schedule policy schedules those PrimFuncs like single layers. A linear layer
+reads its weight as stored (output channels by input channels), as the layer tables time it,
+rather than through a transpose folded into the constant.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 LOWERING = (
     "DecomposeOpsForInference",
     "CanonicalizeBindings",
+    "FuseTransposeMatmul",
     "LegalizeOps",
     "AnnotateTIROpPattern",
     "FoldConstant",

@@ -28,6 +28,7 @@ from torch import nn
 KINDS = {
     "conv2d": "conv2d",
     "matmul": "linear",
+    "NT_matmul": "linear",  # a linear layer reading its weight as stored
     "dense": "linear",
     "adaptive_avg_pool2d": "pooling",
     "avg_pool2d": "pooling",

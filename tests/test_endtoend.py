@@ -16,6 +16,8 @@ from hwloop.registry import load_registry
 from hwloop.runner import MODEL_TOLERANCE
 from hwloop.schedules import parse_policy
 
+CONTRACTIONS = ("fused_conv2d", "fused_matmul", "fused_NT_matmul")  # whole models' conv and linear PrimFuncs
+
 
 def calibrated(model: torch.nn.Module, input_shape) -> torch.nn.Module:
     """``model`` with batch-norm statistics taken from random inputs, so activations stay O(1) to the end."""
@@ -49,7 +51,7 @@ def _scheduled(mod) -> tuple[int, int]:
     funcs = [
         func
         for gvar, func in mod.functions_items()
-        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(CONTRACTIONS)
     ]
     return len(funcs), sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in funcs)
 
@@ -69,6 +71,19 @@ def test_default_policy_compiles_whole_models_that_match_torch(name, host_target
     vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())
     output = vm["main"](tvm.runtime.tensor(data, tvm.cpu())).numpy()
     assert relative_error(output, expected) <= MODEL_TOLERANCE
+
+
+def test_a_linear_layer_reads_its_weight_as_stored_as_the_layer_tables_time_it():
+    model, shape = load_model("resnet20")  # its classifier: 64 -> 10
+    (linear,) = [
+        func
+        for gvar, func in relax_module(model, shape).functions_items()
+        if isinstance(func, tirx.PrimFunc) and "matmul" in gvar.name_hint
+    ]
+    sch = tvm.s_tir.Schedule(linear)
+    (product,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "matmul" in sch.get(b).name_hint]
+    shapes = [tuple(int(d) for d in region.source.shape) for region in sch.get(product).reads]
+    assert (10, 64) in shapes and (64, 10) not in shapes
 
 
 def test_epilogues_are_fused_into_the_convolutions():

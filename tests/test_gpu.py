@@ -25,6 +25,8 @@ from hwloop.targets import runtime_device_type
 SERVER_GPU = {"kind": "nvptx", "mcpu": "sm_90", "mtriple": "nvptx64-nvidia-cuda", "host": {"kind": "llvm"}}
 EM_X86_64 = 62
 
+CONTRACTIONS = ("fused_conv2d", "fused_matmul", "fused_NT_matmul")  # whole models' conv and linear PrimFuncs
+
 
 def small_mobilenet() -> nn.Module:
     """A MobileNetV2 cut short: its stem, a block without expansion, an expanding strided block with
@@ -67,7 +69,7 @@ def test_whole_models_compile_for_nvidia_gpus_and_their_ptx_assembles(case, cach
     layers = [
         gvar.name_hint
         for gvar, func in relax_module(model, shape).functions_items()
-        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "fused_matmul"))
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(CONTRACTIONS)
     ]
     assert len(layers) >= 3 and all(any(e.startswith(f"{name}_kernel") for e in entries) for name in layers)
     assert sorted(kernels_assembled(ptx, arch, tmp_path)) == sorted(entries)
