@@ -3,9 +3,11 @@ instead of blocking it, one session per device name runs at a time, and CUDA is 
 the session's process."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -56,6 +58,22 @@ def test_a_hung_session_fails_and_the_server_is_restarted(tmp_path):
         transport.reconnect()
         assert answers(transport.connect()) and transport.fault(grace=0) is None
         assert all(gone(p.pid) for p in hung)
+
+
+def test_a_session_that_crashes_fails_and_the_server_serves_the_next(tmp_path):
+    with LocalTransport(FAST, "local-crash") as transport:
+        session = transport.connect()
+        assert answers(session)
+        (listener,) = psutil.Process(transport._process.pid).children()
+        (crashed,) = listener.children()  # the session's process, as a kernel that read out of bounds leaves it
+        crashed.send_signal(signal.SIGSEGV)
+        with pytest.raises(Exception):  # noqa: B017 - TVM raises its own error types when a session dies
+            answers(session)
+        answered = []  # from a daemon thread: before the fix, the connection waited forever
+        probe = threading.Thread(target=lambda: answered.append(answers(transport.connect())), daemon=True)
+        probe.start()
+        probe.join(timeout=60)
+        assert answered == [True]
 
 
 def test_one_session_per_local_device(tmp_path):

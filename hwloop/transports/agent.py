@@ -83,10 +83,29 @@ def with_wheel_cuda_runtime():
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*folders, os.environ.get("LD_LIBRARY_PATH")]))
 
 
-def register(*modules):
-    """Each of ``modules``' functions registered in the server (run in each of its session processes)."""
+def start_server(*modules):
+    """Run in the server's process before it listens: each of ``modules``' functions registered
+    (its session processes inherit them), and the listener kept serving after a session dies.
+
+    TVM's listener raises when a session's process exits abnormally (a kernel that crashed), which
+    ends its thread: the port stays open and every later connection waits unanswered. A session
+    that dies is reported on standard error instead, and the next one served."""
+    from tvm.rpc import server
+
     for module in modules:
         module.register()
+    serving = server._serving
+
+    def serve_on(sock, addr, opts, load_library):
+        cwd = os.getcwd()
+        try:
+            serving(sock, addr, opts, load_library)
+        except RuntimeError as exc:
+            print(f"hwloop agent: a session ended abnormally: {exc}", file=sys.stderr, flush=True)
+            os.chdir(cwd)
+            sock.close()
+
+    server._serving = serve_on
 
 
 def main():
@@ -135,7 +154,7 @@ def main():
         key=key,
         silent=True,
         reuse_addr=False,  # a port another server on this host has bound but not yet listens on is skipped
-        server_init_callback=functools.partial(register, usage, trial),
+        server_init_callback=functools.partial(start_server, usage, trial),
     )
     report(port=server.port, pgid=os.getpgid(0), tvm=str(tvm.__version__), **python)
     server.proc.join()
