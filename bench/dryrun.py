@@ -10,8 +10,8 @@ embeddings or windows need; Inception v3 takes 96x96, its smallest valid input; 
 ``--input-shape``. Each model runs in its own process (one torch thread, at most ``--memory`` GiB
 of address space), so one that runs out of memory or time is a row, not the end of the sweep;
 models above ``--max-parameters`` million are listed, not run. Results go to
-``--results/dryrun.json`` with the machine, the commit and the command, after each model;
-``docs/results/dryrun/make.py`` turns it into the page's table.
+``--results/dryrun.json`` with the machine, the commit and the command, after each model; a run
+of the same commit resumes it. ``docs/results/dryrun/make.py`` turns it into the page's table.
 """
 
 from __future__ import annotations
@@ -83,28 +83,34 @@ def main() -> None:
     from hwloop.models import torchvision_classifiers
 
     names = args.models.split(",") if args.models else torchvision_classifiers()
+    results = args.results / "dryrun.json"
+    record = {**provenance(), "rows": []}
+    if results.is_file():  # a run of the same code resumes: the models it has are not run again
+        earlier = json.loads(results.read_text())
+        if earlier["commit"] == record["commit"]:
+            record["rows"] = [row for row in earlier["rows"] if row["model"] in names]
+    done = {row["model"] for row in record["rows"]}
     limit = int(args.memory * 2**30)
 
     def cap_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    record = {**provenance(), "rows": []}
     args.results.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name in [name for name in names if name not in done]:
         command = [sys.executable, "-m", "bench.dryrun", "--one", name, "--input-shape", args.input_shape]
         command += ["--max-parameters", str(args.max_parameters)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap_memory)
-            lines = done.stdout.strip().splitlines()
-            row = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+            child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap_memory)
+            lines = child.stdout.strip().splitlines()
+            row = json.loads(lines[-1]) if child.returncode == 0 and lines else None
             if row is None:
-                last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
                 row = {"model": name, "outcome": "failed", "detail": last[:300]}
         except subprocess.TimeoutExpired:
             row = {"model": name, "outcome": "failed", "detail": f"no result within {args.timeout:g} s"}
         record["rows"].append(row)
         print(json.dumps(row), flush=True)
-        (args.results / "dryrun.json").write_text(json.dumps(record, indent=1) + "\n")
+        results.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
