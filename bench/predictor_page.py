@@ -20,13 +20,12 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-W=/work/data/predictor4
-flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build
-flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces grid,resnet20
-flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat \\
-    --spaces mobilenetv2,resnet18
-flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score \\
-    --results docs/results/predictor/results
+W=/work/data/predictor8 S=resnet18,mobilenetv2,resnet20,grid
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
+flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S \\
+    --results $W/results
+cp $W/results/*.json docs/results/predictor/results/
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
