@@ -359,58 +359,78 @@ def _walk_in_layout(sch, packed, f_dim: int, width: int, lanes: int) -> None:
     rows), along all the other axes: each cache line read serves a line's worth of steps, and at
     most :data:`REPACK_ROWS` lines are live, within the ways of one L1 set even where the rows lie
     a multiple of 4 KiB apart. A whole tile of rows at once fell in a few sets where rows are a
-    multiple of 1 KiB (256 input channels): those layers ran two to six times as long. A padded
-    last tile is looped apart, so the full tiles gather without a bounds check.
-    ``transform_layout`` rebuilds the loops in the packed order only when it pads; an unpadded
-    repack keeps the source's order.
+    multiple of 1 KiB (256 input channels): those layers ran two to six times as long. Where the
+    last tile is padded, the groups of channels are looped apart by what they hold
+    (:func:`_unguard`): clamping every lane of that tile ran a 672 -> 168 1x1 conv in twice the
+    time of 672 -> 160. ``transform_layout`` rebuilds the loops in the packed order only when it
+    pads; an unpadded repack keeps the source's order.
     """
     loops, dims = sch.get_loops(packed), len(sch.get(packed).writes[0].source.shape) - 1
-    gather = f_dim < dims - 1
-    if len(loops) == dims:
-        fo, fi = sch.split(loops[f_dim], [None, width])
-        sch.reorder(fo, *[loop for d, loop in enumerate(loops) if d != f_dim], fi)
-        parts = [packed]
-    elif gather and int(sch.get(loops[0]).extent) > 1:
-        full, last = sch.loop_partition(loops[0], [int(sch.get(loops[0]).extent) - 1, None])
-        parts = [*sch.get_child_blocks(full), *sch.get_child_blocks(last)]
-    else:
-        parts = [packed]
-    for part in parts:
-        fo, *rest, fi = sch.get_loops(part)
-        if gather:
-            _unguard(sch, part, f_dim, padded=part.same_as(parts[-1]))
-            group, rows = sch.split(fi, [None, min(lanes, REPACK_ROWS)])
-            sch.reorder(fo, group, *rest, rows)
-            sch.vectorize(rows)
-        sch.parallel(fo)
+    if f_dim == dims - 1:
+        if len(loops) == dims:
+            fo, fi = sch.split(loops[f_dim], [None, width])
+            sch.reorder(fo, *[loop for d, loop in enumerate(loops) if d != f_dim], fi)
+        sch.parallel(sch.get_loops(packed)[0])
+        return
+    per_group = min(lanes, REPACK_ROWS)
+    if len(loops) == dims:  # iterated in the source's order
+
+        def regroup(*v):
+            return (v[f_dim] // per_group, *v[:f_dim], *v[f_dim + 1 :], v[f_dim] % per_group)
+    else:  # in the packed order: tile, the other axes, channel within the tile
+
+        def regroup(*v):
+            return (v[0] * (width // per_group) + v[-1] // per_group, *v[1:-1], v[-1] % per_group)
+
+    iters = sch.get(packed).iter_vars
+    sch.transform_block_layout(
+        packed, tirx.IndexMap.from_func(regroup, ndim=len(iters), index_dtype=str(iters[0].var.ty))
+    )
+    group = sch.get_loops(packed)[0]
+    channels = int(sch.get(packed).reads[0].source.shape[f_dim])
+    filled, touched, total = channels // per_group, -(-channels // per_group), int(sch.get(group).extent)
+    kinds = ((filled, "plain"), (touched - filled, "clamped"), (total - touched, "zero"))
+    spans = [(n, kind) for n, kind in kinds if n]
+    pieces = sch.loop_partition(group, [n for n, _ in spans[:-1]] + [None]) if len(spans) > 1 else [group]
+    for piece, (_, kind) in zip(pieces, spans):
+        for block in sch.get_child_blocks(piece) if len(spans) > 1 else [packed]:
+            _unguard(sch, block, f_dim, kind)
+            sch.vectorize(sch.get_loops(block)[-1])
+        sch.parallel(piece)
 
 
-def _unguard(sch, part, f_dim: int, padded: bool) -> None:
-    """Replace a padded repack's guarded load, which TVM's vectoriser runs one lane at a time, by a
-    plain load: in a tile that holds padding, of the last channel for the padded ones (its index
-    clamped; those lanes are never written back). With a select of zero over that load, the built
-    kernel read past the weight (its sessions crashed on a 40 -> 8 conv)."""
+def _unguard(sch, part, f_dim: int, kind: str) -> None:
+    """Replace a padded repack's guarded load, which TVM's vectoriser runs one lane at a time: by a
+    plain load (``plain``), by a load of the last channel for the padded lanes (``clamped``: its
+    index clamped; those lanes are never written back) or by zeros (``zero``). With a select of
+    zero over a clamped load, the built kernel read past the weight (its sessions crashed on a
+    40 -> 8 conv)."""
     block = sch.get(part)
     store = block.body
-    value = store.value
-    if not (isinstance(value, tvm.ir.Call) and value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))):
+    if not _guarded(block):
         return  # unpadded: a plain copy
-    load = value.args[2]
+    pad, load = store.value.args[1], store.value.args[2]
     indices = list(load.indices)
-    if padded:
+    if kind == "clamped":
         indices[f_dim] = tirx.Min(indices[f_dim], load.source.shape[f_dim] - 1)
+    value = pad if kind == "zero" else tirx.BufferLoad(load.source, indices)
     replaced = s_tir.SBlock(
         block.iter_vars,
         block.reads,
         block.writes,
         block.name_hint,
-        tirx.BufferStore(store.buffer, tirx.BufferLoad(load.source, indices), store.indices),
+        tirx.BufferStore(store.buffer, value, store.indices),
         block.init,
         block.alloc_buffers,
         block.match_buffers,
         block.annotations,
     )
     sch.state.replace(sch.get_sref(part), replaced, {block: replaced})
+
+
+def _guarded(block) -> bool:
+    value = block.body.value
+    return isinstance(value, tvm.ir.Call) and value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
