@@ -359,11 +359,13 @@ def _walk_in_layout(sch, packed, f_dim: int, width: int, lanes: int) -> None:
     rows), along all the other axes: each cache line read serves a line's worth of steps, and at
     most :data:`REPACK_ROWS` lines are live, within the ways of one L1 set even where the rows lie
     a multiple of 4 KiB apart. A whole tile of rows at once fell in a few sets where rows are a
-    multiple of 1 KiB (256 input channels): those layers ran two to six times as long. Where the
-    last tile is padded, the groups of channels are looped apart by what they hold
-    (:func:`_unguard`): clamping every lane of that tile ran a 672 -> 168 1x1 conv in twice the
-    time of 672 -> 160. ``transform_layout`` rebuilds the loops in the packed order only when it
-    pads; an unpadded repack keeps the source's order.
+    multiple of 1 KiB (256 input channels): those layers ran two to six times as long. The groups
+    of channels, parallel, are looped apart by what they hold (:func:`_unguard`): clamping every
+    lane of a padded tile ran a 672 -> 168 1x1 conv in twice the time of 672 -> 160.
+    ``transform_layout`` rebuilds the loops in the packed order only when it pads; an unpadded
+    repack keeps the source's order. Either way the block is regrouped so that its first variable
+    is the group: ``loop_partition`` gives each piece its own block variables only where a block
+    variable is bound to the partitioned loop itself.
     """
     loops, dims = sch.get_loops(packed), len(sch.get(packed).writes[0].source.shape) - 1
     if f_dim == dims - 1:
