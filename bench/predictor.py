@@ -19,7 +19,8 @@
    with seeded random channel counts. Tables are kept, so a re-run measures only what is missing.
 2. **score**: for each space, each learner is trained and scored on the same splits: a random
    quarter of the configs held out, every row with a held-out channel count held out, every row of
-   an input size between two measured ones held out (per op, kernel and stride), and for ``grid``
+   an input size between two measured ones held out (per op, kernel and stride), each such size
+   held out alone (trained on the others), and for ``grid``
    the separately measured ``between`` table; the learning curve (random subsets of the training
    rows against the held-out random configs); per op family, latency range and channel alignment.
    *Steady* rows are those whose trials (or, in a table measured in several passes, passes) all
@@ -382,6 +383,17 @@ def score_space(folder: Path, name: str) -> dict:
             "train_per_op": train.op.value_counts().to_dict(),
             "learners": {label: breakdown(held, fit(train)(held), lanes) for label, fit in fits.items()},
         }
+    folds = size_folds(rows)
+    if folds:
+        held = pd.concat([rows[test] for test in folds], ignore_index=True)
+        result["splits"]["each_size_between"] = {
+            "train": int(min(len(rows) - test.sum() for test in folds)),
+            "train_per_op": rows[~folds[0]].op.value_counts().to_dict(),
+            "learners": {
+                label: breakdown(held, np.concatenate([fit(rows[~test])(rows[test]) for test in folds]), lanes)
+                for label, fit in fits.items()
+            },
+        }
     if (folder / "test").exists():
         held = rows_of(folder / "test")
         result["splits"]["between"] = {
@@ -426,6 +438,15 @@ def score_space(folder: Path, name: str) -> dict:
             }
         )
     return result
+
+
+def size_folds(rows: pd.DataFrame) -> list[np.ndarray]:
+    """One test mask per input size that lies between two others of some op, kernel and stride: that
+    size's rows of those ops, the rest (other sizes between included) trained on."""
+    from hwloop.predictor.evaluation import sizes_between
+
+    between = sizes_between(rows)
+    return [between & (rows.input_h == size).to_numpy() for size in sorted(rows.input_h[between].unique())]
 
 
 def run() -> dict:
