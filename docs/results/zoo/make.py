@@ -38,17 +38,20 @@ def main() -> None:
     if not runs:
         _write(lines)
         return
-    for run in {
-        (
-            r["machine"]["cpu_model"],
-            r["machine"]["llvm_cpu"],
-            r["machine"]["cores"],
-            r.get("date"),
-            r["commit"],
-            r["command"],
-        )
-        for r in runs
-    }:
+    for run in sorted(
+        {
+            (
+                r["machine"]["cpu_model"],
+                r["machine"]["llvm_cpu"],
+                r["machine"]["cores"],
+                r.get("date") or "",
+                r["commit"],
+                r["command"],
+            )
+            for r in runs
+        },
+        key=lambda run: run[3:],
+    ):
         date = f", {run[3]}" if run[3] else ""
         lines.append(f"- {run[0]} (LLVM CPU {run[1]}, {run[2]} cores){date}, commit `{run[4][:12]}`: `{run[5]}`")
     lines += [
@@ -57,16 +60,16 @@ def main() -> None:
         "this model's own timings (the dense model, copies thinned to 3/4, 1/2 and 1/4, and the pruned models "
         "once validated); *calibration held out*: the calibration's mean error on each of those models "
         "predicted by a calibration fitted without it.\n",
-        "| model | input | conv/linear layers | channel groups | of them feeding grouped convs | kept dense "
+        "| model | input | rules | conv/linear layers | channel groups | of them feeding grouped convs | kept dense "
         "| dense ms measured | predicted | error | calibration held out | dense accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         error = r["dense_predicted_ms"] / r["dense_ms"] - 1 if r["dense_ms"] else None
         lines.append(
-            f"| {_name(r)} | {'x'.join(map(str, r['input_shape'][1:]))} | {r['layers']} | {r['groups']} | "
-            f"{r['grouped']} | {len(r['skipped'])} | {_ms(r['dense_ms'])} | {_ms(r['dense_predicted_ms'])} | "
-            f"{_pct(error)} | {_held_out(r)} | {r['dense_accuracy']:.2%} |"
+            f"| {_name(r)} | {'x'.join(map(str, r['input_shape'][1:]))} | {_rules(r)} | {r['layers']} | "
+            f"{r['groups']} | {r['grouped']} | {len(r['skipped'])} | {_ms(r['dense_ms'])} | "
+            f"{_ms(r['dense_predicted_ms'])} | {_pct(error)} | {_held_out(r)} | {r['dense_accuracy']:.2%} |"
         )
     lines += [
         "\n## Where the dense model spends its time\n",
@@ -117,6 +120,11 @@ def main() -> None:
                 f"{p['dense_macs'] / p['macs']:.2f}x |"
             )
     _write(lines)
+
+
+def _rules(r: dict) -> str:
+    """The schedule rules (with their revision) the model's pruned models were timed under."""
+    return ", ".join(f"`{name}`" for name in sorted({p["schedule"] for p in r["pruned"] if p.get("schedule")})) or "-"
 
 
 def _write(lines: list[str]) -> None:
