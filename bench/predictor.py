@@ -323,7 +323,8 @@ def _lightgbm(train: pd.DataFrame):
 
 
 def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int) -> dict:
-    """Scores overall, on steady configs, per op family, latency range and output-channel alignment."""
+    """Scores overall, on steady configs, per op family, latency range, input size and output-channel
+    alignment."""
     from hwloop.predictor.evaluation import scores
 
     measured = rows.latency_ms.to_numpy()
@@ -332,6 +333,8 @@ def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int) -> dict:
     edges = (0.0, *LATENCY_BANDS, np.inf)
     for low, high in zip(edges, edges[1:]):
         groups[f"{low:g}-{high:g} ms"] = (measured >= low) & (measured < high)
+    for h, w in sorted(set(zip(rows.input_h, rows.input_w))):
+        groups[f"input {h}x{w}"] = ((rows.input_h == h) & (rows.input_w == w)).to_numpy()
     aligned = (rows.out_channels % lanes == 0).to_numpy()
     groups.update({f"out channels multiple of {lanes}": aligned, f"out channels not multiple of {lanes}": ~aligned})
     return {name: scores(measured[mask], predicted[mask]) for name, mask in groups.items() if mask.any()}

@@ -34,6 +34,13 @@ def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def error_row(space: str, group: str, scores: dict) -> str:
+    return (
+        f"| {space} | {group} | {scores['rows']} | {pct(scores['within_5'])} | "
+        f"{pct(scores['within_10'])} | {pct(scores['mape'])} |"
+    )
+
+
 def cell(scores: dict, group: str = "all") -> str:
     s = scores.get(group)
     return "-" if s is None else f"{pct(s['within_10'])} ({s['rows']})"
@@ -192,10 +199,19 @@ def page(folder: Path) -> str:
     ]
     for s in spaces:
         for group, scores in s["splits"]["config"]["learners"]["hwloop"].items():
-            lines.append(
-                f"| {s['space']} | {group} | {scores['rows']} | {pct(scores['within_5'])} | "
-                f"{pct(scores['within_10'])} | {pct(scores['mape'])} |"
-            )
+            lines.append(error_row(s["space"], group, scores))
+    lines += [
+        "",
+        "Each input size between measured ones held out alone (hwloop), per op family and input size:",
+        "",
+        "| space | group | rows | ±5 % | ±10 % | MAPE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in spaces:
+        alone = s["splits"].get("each_size_between", {}).get("learners", {}).get("hwloop", {})
+        for group, scores in alone.items():
+            if group.startswith(("op ", "input ")):
+                lines.append(error_row(s["space"], group, scores))
     lines += [
         "",
         "## Learning curve",
