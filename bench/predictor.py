@@ -386,12 +386,13 @@ def score_space(folder: Path, name: str) -> dict:
             "train_per_op": train.op.value_counts().to_dict(),
             "learners": {label: breakdown(held, fit(train)(held), lanes) for label, fit in fits.items()},
         }
-    folds = size_folds(rows)
+    folds = size_folds(rows, tests["sizes_between"]) if "sizes_between" in tests else []
     if folds:
         held = pd.concat([rows[test] for test in folds], ignore_index=True)
+        fewest = max(folds, key=np.sum)  # the fold trained on the fewest rows
         result["splits"]["each_size_between"] = {
-            "train": int(min(len(rows) - test.sum() for test in folds)),
-            "train_per_op": rows[~folds[0]].op.value_counts().to_dict(),
+            "train": int(len(rows) - fewest.sum()),
+            "train_per_op": rows[~fewest].op.value_counts().to_dict(),
             "learners": {
                 label: breakdown(held, np.concatenate([fit(rows[~test])(rows[test]) for test in folds]), lanes)
                 for label, fit in fits.items()
@@ -443,12 +444,10 @@ def score_space(folder: Path, name: str) -> dict:
     return result
 
 
-def size_folds(rows: pd.DataFrame) -> list[np.ndarray]:
-    """One test mask per input size that lies between two others of some op, kernel and stride: that
-    size's rows of those ops, the rest (other sizes between included) trained on."""
-    from hwloop.predictor.evaluation import sizes_between
-
-    between = sizes_between(rows)
+def size_folds(rows: pd.DataFrame, between: np.ndarray) -> list[np.ndarray]:
+    """One test mask per input size of the rows ``between`` (those of a size lying between two others
+    of their op, kernel and stride): that size's rows of those ops, the rest (other sizes between
+    included) trained on."""
     return [between & (rows.input_h == size).to_numpy() for size in sorted(rows.input_h[between].unique())]
 
 

@@ -395,7 +395,7 @@ def _walk_in_layout(sch, packed, f_dim: int, width: int, lanes: int) -> None:
     spans = [(n, kind) for n, kind in kinds if n]
     pieces = sch.loop_partition(group, [n for n, _ in spans[:-1]] + [None]) if len(spans) > 1 else [group]
     for piece, (_, kind) in zip(pieces, spans):
-        for block in sch.get_child_blocks(piece) if len(spans) > 1 else [packed]:
+        for block in sch.get_child_blocks(piece):
             _unguard(sch, block, f_dim, kind)
             sch.vectorize(sch.get_loops(block)[-1])
         sch.parallel(piece)
@@ -409,7 +409,7 @@ def _unguard(sch, part, f_dim: int, kind: str) -> None:
     40 -> 8 conv)."""
     block = sch.get(part)
     store = block.body
-    if not _guarded(block):
+    if not (isinstance(store.value, tvm.ir.Call) and store.value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))):
         return  # unpadded: a plain copy
     pad, load = store.value.args[1], store.value.args[2]
     indices = list(load.indices)
@@ -428,11 +428,6 @@ def _unguard(sch, part, f_dim: int, kind: str) -> None:
         block.annotations,
     )
     sch.state.replace(sch.get_sref(part), replaced, {block: replaced})
-
-
-def _guarded(block) -> bool:
-    value = block.body.value
-    return isinstance(value, tvm.ir.Call) and value.op.same_as(tvm.ir.Op.get("prim.if_then_else"))
 
 
 def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
