@@ -17,17 +17,21 @@ def prim_module(config: LayerConfig):
     if config.op == "linear":
         out = topi.nn.dense(data, weight)
     elif config.groups == 1:
-        out = topi.nn.conv2d_nchw(data, weight, config.stride, config.padding, 1)
+        out = topi.nn.conv2d_nchw(data, weight, config.stride, _padding(config), 1)
     else:
-        out = topi.nn.group_conv2d_nchw(data, weight, config.stride, config.padding, 1, config.groups)
+        out = topi.nn.group_conv2d_nchw(data, weight, config.stride, _padding(config), 1, config.groups)
     func = te.create_prim_func([data, weight, out]).with_attr("global_symbol", "main")
     return tvm.IRModule({"main": func})
+
+
+def _padding(config: LayerConfig) -> tuple[int, int]:
+    return (config.padding, config.padding_w)
 
 
 def random_inputs(config: LayerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Data and weight tensors drawn from a seeded generator, scaled to keep outputs O(1)."""
     rng = np.random.default_rng(seed)
-    fan_in = (config.in_channels // config.groups) * config.kernel * config.kernel
+    fan_in = (config.in_channels // config.groups) * config.kernel * config.kernel_w
     data = rng.standard_normal(config.input_shape).astype(config.dtype)
     weight = (rng.standard_normal(config.weight_shape) / np.sqrt(fan_in)).astype(config.dtype)
     return data, weight
@@ -44,7 +48,7 @@ def reference(config: LayerConfig, data: np.ndarray, weight: np.ndarray) -> np.n
         if config.op == "linear":
             out = F.linear(x, w)
         else:
-            out = F.conv2d(x, w, stride=config.stride, padding=config.padding, groups=config.groups)
+            out = F.conv2d(x, w, stride=config.stride, padding=_padding(config), groups=config.groups)
     return out.numpy()
 
 

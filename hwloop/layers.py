@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 
 OPS = ("conv2d", "depthwise_conv2d", "linear")
 DTYPES = ("float32", "float16")
+WIDTH_FIELDS = {"kernel_w": "kernel", "padding_w": "padding"}  # each the same as its height's unless given
 INT32_MAX = 2**31 - 1  # the largest shape field: tables store them as int32
 ID = re.compile(
     r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
-    r"(?::k(?P<k>\d+)s(?P<s>\d+)p(?P<p>\d+)g(?P<g>\d+))?(?::(?P<dtype>\w+))?"
+    r"(?::k(?P<k>\d+)(?:x(?P<kw>\d+))?s(?P<s>\d+)p(?P<p>\d+)(?:x(?P<pw>\d+))?g(?P<g>\d+))?(?::(?P<dtype>\w+))?"
 )
 
 
@@ -18,7 +20,9 @@ ID = re.compile(
 class LayerConfig:
     """A conv2d, depthwise conv2d or linear layer with concrete shapes (NCHW, OIHW weights).
 
-    A linear layer has ``input_h = input_w = kernel = 1``; a depthwise layer has
+    ``kernel`` and ``padding`` are the kernel's height and the rows of zeros above and below;
+    ``kernel_w`` and ``padding_w``, its width and the columns of zeros either side, are the same
+    unless given. A linear layer has ``input_h = input_w = kernel = 1``; a depthwise layer has
     ``groups == in_channels`` and ``out_channels`` a multiple of it.
     """
 
@@ -33,23 +37,45 @@ class LayerConfig:
     groups: int = 1
     batch: int = 1
     dtype: str = "float32"
+    kernel_w: int | None = None
+    padding_w: int | None = None
 
     def __post_init__(self) -> None:
+        if self.kernel_w is None:
+            object.__setattr__(self, "kernel_w", self.kernel)
+        if self.padding_w is None:
+            object.__setattr__(self, "padding_w", self.padding)
         if self.op not in OPS:
             raise ValueError(f"op: {self.op!r} is not one of {', '.join(OPS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        for name in ("in_channels", "out_channels", "input_h", "input_w", "kernel", "stride", "groups", "batch"):
+        positive = (
+            "in_channels",
+            "out_channels",
+            "input_h",
+            "input_w",
+            "kernel",
+            "kernel_w",
+            "stride",
+            "groups",
+            "batch",
+        )
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
             if value > INT32_MAX:
                 raise ValueError(f"{name}: {value} is above the largest supported value, {INT32_MAX}")
-        if not isinstance(self.padding, int) or not 0 <= self.padding <= INT32_MAX:
-            raise ValueError(f"padding: must be an integer from 0 to {INT32_MAX}, got {self.padding!r}")
+        for name in ("padding", "padding_w"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT32_MAX:
+                raise ValueError(f"{name}: must be an integer from 0 to {INT32_MAX}, got {value!r}")
         if self.op == "linear":
-            if (self.input_h, self.input_w, self.kernel, self.stride, self.padding, self.groups) != (1, 1, 1, 1, 0, 1):
-                raise ValueError("linear: input_h, input_w, kernel, stride, groups must be 1 and padding 0")
+            ones = (self.input_h, self.input_w, self.kernel, self.kernel_w, self.stride, self.groups)
+            if ones != (1,) * 6 or (self.padding, self.padding_w) != (0, 0):
+                raise ValueError(
+                    "linear: input_h, input_w, kernel, kernel_w, stride, groups must be 1 and padding, padding_w 0"
+                )
         if self.op == "depthwise_conv2d" and self.groups != self.in_channels:
             raise ValueError(
                 f"groups: a depthwise conv needs groups == in_channels ({self.in_channels}), got {self.groups}"
@@ -61,7 +87,8 @@ class LayerConfig:
             )
         if self.output_h < 1 or self.output_w < 1:
             raise ValueError(
-                f"kernel: {self.kernel} with padding {self.padding} does not fit a {self.input_h}x{self.input_w} input"
+                f"kernel: {self._kernel_text} with padding {self._padding_text} does not fit "
+                f"a {self.input_h}x{self.input_w} input"
             )
 
     @property
@@ -71,8 +98,16 @@ class LayerConfig:
             shape = f"{self.batch}x{self.in_channels}"
         else:
             shape = f"{self.batch}x{self.in_channels}x{self.input_h}x{self.input_w}"
-        layer = f"k{self.kernel}s{self.stride}p{self.padding}g{self.groups}"
+        layer = f"k{self._kernel_text}s{self.stride}p{self._padding_text}g{self.groups}"
         return f"{self.op}:{shape}:o{self.out_channels}:{layer}:{self.dtype}"
+
+    @property
+    def _kernel_text(self) -> str:
+        return str(self.kernel) if self.kernel == self.kernel_w else f"{self.kernel}x{self.kernel_w}"
+
+    @property
+    def _padding_text(self) -> str:
+        return str(self.padding) if self.padding == self.padding_w else f"{self.padding}x{self.padding_w}"
 
     @property
     def output_h(self) -> int:
@@ -80,7 +115,7 @@ class LayerConfig:
 
     @property
     def output_w(self) -> int:
-        return (self.input_w + 2 * self.padding - self.kernel) // self.stride + 1
+        return (self.input_w + 2 * self.padding_w - self.kernel_w) // self.stride + 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -92,7 +127,7 @@ class LayerConfig:
     def weight_shape(self) -> tuple[int, ...]:
         if self.op == "linear":
             return (self.out_channels, self.in_channels)
-        return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
+        return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel_w)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -103,7 +138,7 @@ class LayerConfig:
     @property
     def macs(self) -> int:
         """Multiply-accumulates of one forward pass."""
-        per_output = (self.in_channels // self.groups) * self.kernel * self.kernel
+        per_output = (self.in_channels // self.groups) * self.kernel * self.kernel_w
         return self.batch * self.out_channels * self.output_h * self.output_w * per_output
 
     def to_dict(self) -> dict:
@@ -111,8 +146,10 @@ class LayerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayerConfig":
+        """The config of a :meth:`to_dict` or a table row; a missing (or null) ``kernel_w`` or
+        ``padding_w``, as in rows written before they were recorded, is the square one."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: _native(v) for k, v in data.items() if k in names and not _missing(v)})
 
     @classmethod
     def from_id(cls, text: str) -> "LayerConfig":
@@ -131,7 +168,10 @@ class LayerConfig:
                 raise ValueError("a linear shape is BATCHxIN, e.g. 1x512")
             return cls("linear", dims[1], out, batch=dims[0], dtype=dtype)
         if len(dims) != 4 or match["k"] is None:
-            raise ValueError("a conv needs NxCxHxW and :kKsSpPgG, e.g. conv2d:1x64x56x56:o64:k3s1p1g1")
+            raise ValueError(
+                "a conv needs NxCxHxW and :kKsSpPgG (KHxKW and PHxPW where the kernel is not square), "
+                "e.g. conv2d:1x64x56x56:o64:k3s1p1g1 or conv2d:1x64x17x17:o64:k1x7s1p0x3g1"
+            )
         return cls(
             match["op"],
             dims[1],
@@ -144,4 +184,15 @@ class LayerConfig:
             int(match["g"]),
             dims[0],
             dtype,
+            int(match["kw"] or match["k"]),
+            int(match["pw"] or match["p"]),
         )
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _native(value):
+    """A whole float as an int: a table column with nulls reads as floats."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

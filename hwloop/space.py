@@ -1,7 +1,9 @@
 """Layer spaces from YAML files: the layer configurations to measure.
 
 A YAML space has a ``layers:`` list; each entry expands to the cartesian product of its fields,
-each an int, a list of ints or ``{start, stop, step}`` (stop exclusive). A model's space (its
+each an int, a list of ints or ``{start, stop, step}`` (stop exclusive). A conv's ``kernel`` is
+square unless ``kernel_w`` gives its width; ``padding`` and ``padding_w`` default to half the
+kernel's height and width. A model's space (its
 layers traced with torch): :mod:`hwloop.tracing`.
 """
 
@@ -29,12 +31,14 @@ NUMBERS = (
     "input_h",
     "input_w",
     "kernel",
+    "kernel_w",
     "stride",
     "padding",
+    "padding_w",
     "groups",
     "batch",
 )
-CONV_ONLY = ("input_hw", "input_h", "input_w", "kernel", "stride", "padding", "groups")
+CONV_ONLY = ("input_hw", "input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w", "groups")
 FIELDS = ("op", *NUMBERS, "dtype")
 MAX_CONFIGS = 100_000  # a space file's entries may multiply out to this many configs at most
 
@@ -132,7 +136,7 @@ def _axes(entry: Any, where: str) -> tuple[str, dict[str, Sequence]]:
             raise SpaceError(f"{where}.{name}: missing" + (" (or give input_hw)" if name.startswith("input_") else ""))
 
     axes: dict[str, Sequence] = {
-        name: _numbers(entry[name], f"{where}.{name}", 0 if name == "padding" else 1)
+        name: _numbers(entry[name], f"{where}.{name}", 0 if name.startswith("padding") else 1)
         for name in NUMBERS
         if name in entry
     }
@@ -148,6 +152,7 @@ def _expand(op: str, axes: dict[str, Sequence], where: str) -> list[LayerConfig]
             fields["input_h"] = fields["input_w"] = fields.pop("input_hw")
         if op != "linear":
             fields.setdefault("padding", fields["kernel"] // 2)
+            fields.setdefault("padding_w", fields.get("kernel_w", fields["kernel"]) // 2)
         if op == "depthwise_conv2d":
             fields.setdefault("out_channels", fields["in_channels"])
             fields.setdefault("groups", fields["in_channels"])

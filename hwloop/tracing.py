@@ -76,7 +76,7 @@ def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
             dtype=dtype,
         )
     else:
-        kernel, stride, padding = _square(name, module)
+        (kernel, kernel_w), stride, (padding, padding_w) = _conv_shape(name, module)
         depthwise = module.groups > 1 and module.groups == module.in_channels
         fields = dict(
             op="depthwise_conv2d" if depthwise else "conv2d",
@@ -85,8 +85,10 @@ def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
             input_h=inp.shape[-2],
             input_w=inp.shape[-1],
             kernel=kernel,
+            kernel_w=kernel_w,
             stride=stride,
             padding=padding,
+            padding_w=padding_w,
             groups=module.groups,
             batch=inp.shape[0] if inp.dim() == 4 else 1,
             dtype=dtype,
@@ -97,27 +99,26 @@ def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
         raise SpaceError(f"{name}: unsupported {type(module).__name__}: {exc}") from exc
 
 
-def _square(name: str, conv: nn.Conv2d) -> tuple[int, int, int]:
-    """Kernel, stride and padding of a conv whose kernel, stride and zero padding are square, dilation 1."""
+def _conv_shape(name: str, conv: nn.Conv2d) -> tuple[tuple[int, int], int, tuple[int, int]]:
+    """Kernel (height, width), stride and zero padding (rows, columns) of a conv whose stride is
+    square and dilation 1."""
     (kh, kw), (sh, sw), padding = conv.kernel_size, conv.stride, conv.padding
     if padding == "valid":
         padding = (0, 0)
     elif padding == "same" and kh % 2 and kw % 2:
         padding = (kh // 2, kw // 2)
     problems = []
-    if kh != kw:
-        problems.append(f"kernel {kh}x{kw} is not square")
     if sh != sw:
         problems.append(f"stride {sh}x{sw} is not square")
-    if isinstance(padding, str) or padding[0] != padding[1]:
-        problems.append(f"padding {padding!r} is not square")
+    if isinstance(padding, str):
+        problems.append(f"padding {padding!r} with an even kernel {kh}x{kw} pads unevenly")
     if tuple(conv.dilation) != (1, 1):
         problems.append(f"dilation {tuple(conv.dilation)} is not 1")
     if conv.padding_mode != "zeros":
         problems.append(f"padding_mode {conv.padding_mode!r} is not 'zeros'")
     if problems:
         raise SpaceError(f"{name}: unsupported Conv2d: {'; '.join(problems)}")
-    return kh, sh, padding[0]
+    return (kh, kw), sh, tuple(padding)
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -40,6 +40,10 @@ CONFIGS = [
     conv(16, 16, 11, stride=2, groups=16, op="depthwise_conv2d"),
     conv(6, 12, 8, kernel=5, groups=6, op="depthwise_conv2d"),
     conv(7, 7, 9, kernel=3, stride=2, groups=7, op="depthwise_conv2d"),
+    # Inception's factorised 7x7: a 1x7 and a 7x1 kernel, each padded along its long side only
+    LayerConfig("conv2d", 16, 24, 9, 9, kernel=1, kernel_w=7, padding=0, padding_w=3),
+    LayerConfig("conv2d", 16, 20, 9, 11, kernel=7, kernel_w=1, padding=3, padding_w=0),
+    LayerConfig("conv2d", 8, 12, 10, 10, kernel=3, kernel_w=5, stride=2, padding=1, padding_w=0),
     LayerConfig("linear", 64, 10),
     LayerConfig("linear", 70, 13, batch=3),
     LayerConfig("linear", 512, 1000),

@@ -10,6 +10,24 @@ def test_ids_are_stable_and_readable():
     assert LayerConfig("linear", 64, 10).id == "linear:1x64:o10:k1s1p0g1:float32"
 
 
+def test_a_kernel_that_is_not_square_has_its_height_and_width_in_the_id():
+    row = LayerConfig("conv2d", 16, 24, 17, 17, kernel=1, kernel_w=7, padding=0, padding_w=3)
+    assert row.id == "conv2d:1x16x17x17:o24:k1x7s1p0x3g1:float32"
+    assert LayerConfig.from_id(row.id) == row and LayerConfig.from_dict(row.to_dict()) == row
+    assert (row.weight_shape, row.output_shape, row.macs) == ((24, 16, 1, 7), (1, 24, 17, 17), 24 * 17 * 17 * 16 * 7)
+    square = LayerConfig("conv2d", 16, 24, 17, 17, kernel=3, padding=1)
+    assert (square.kernel_w, square.padding_w) == (3, 1)
+    assert square == LayerConfig("conv2d", 16, 24, 17, 17, kernel=3, padding=1, kernel_w=3, padding_w=1)
+    assert LayerConfig.from_id("conv2d:1x16x17x17:o24:k3s1p1g1") == square
+
+
+def test_a_row_written_before_kernel_widths_were_recorded_reads_as_square():
+    old = {**LayerConfig("conv2d", 8, 8, 9, 9, kernel=3, padding=1).to_dict(), "kernel_w": None}
+    read_back = {**old, "kernel_w": float("nan"), "padding_w": float("nan"), "in_channels": 8.0}
+    for row in (old, read_back):
+        assert LayerConfig.from_dict(row) == LayerConfig("conv2d", 8, 8, 9, 9, kernel=3, padding=1)
+
+
 def test_shapes_and_macs():
     dw = LayerConfig("depthwise_conv2d", 32, 32, 56, 56, kernel=3, stride=2, padding=1, groups=32)
     assert dw.output_shape == (1, 32, 28, 28)
@@ -27,6 +45,9 @@ def test_shapes_and_macs():
         (dict(op="depthwise_conv2d", in_channels=8, out_channels=8, groups=1), "groups"),
         (dict(op="linear", in_channels=8, out_channels=8, kernel=3), "linear"),
         (dict(op="conv2d", in_channels=3, out_channels=8, input_h=4, input_w=4, kernel=7), "kernel"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, input_h=9, input_w=4, kernel=1, kernel_w=7), "kernel: 1x7"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, kernel_w=0), "kernel_w"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, padding_w=-1), "padding_w"),
         (dict(op="conv2d", in_channels=3, out_channels=8, dtype="int8"), "dtype"),
     ],
 )

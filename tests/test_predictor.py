@@ -181,6 +181,34 @@ def test_rules_count_the_work_of_the_default_schedules(lanes, registers, fmas, s
     assert (work["vector_fmas"] * lanes >= [c.macs for c in configs]).all()  # padding only adds work
 
 
+def test_features_of_a_kernel_that_is_not_square_count_its_height_and_width():
+    """A 1x7 and a 7x1 conv do the same multiply-adds; the 7x1 reads three more rows of halo above
+    and below each tile of rows, the 1x7 three more columns of padding each side of every row."""
+    wide, tall = (
+        LayerConfig("conv2d", 16, 32, 12, 12, kernel=kh, kernel_w=kw, padding=kh // 2, padding_w=kw // 2)
+        for kh, kw in ((1, 7), (7, 1))
+    )
+    cols = features.arrays([wide, tall])
+    work = rules.quantities(cols, 8, 16)
+    assert work["vector_fmas"][0] == work["vector_fmas"][1] and (work["vector_fmas"] * 8 >= wide.macs).all()
+    assert work["input_bytes"][0] != work["input_bytes"][1]
+    x = features.matrix(cols, 8, work)
+    names = features.names(8)
+    assert x[0, names.index("log_flops")] == pytest.approx(np.log2(2 * wide.macs))
+    assert list(x[:, names.index("kernel_w")]) == [7, 1] and list(x[:, names.index("output_w")]) == [12, 12]
+
+
+def test_rows_written_before_kernel_widths_were_recorded_have_square_features():
+    configs = [LayerConfig("conv2d", c, 24, 14, 14, kernel=3, padding=1) for c in (8, 16)]
+    configs.append(LayerConfig("conv2d", 8, 24, 14, 14, kernel=1, kernel_w=3, padding=0, padding_w=1))
+    frame = pd.DataFrame([c.to_dict() for c in configs])
+    old = frame.assign(kernel_w=[None, None, 3], padding_w=[None, None, 1])  # nulls read back as NaN
+    for cols in (features.from_frame(old), features.from_frame(old.iloc[:2].drop(columns=["kernel_w", "padding_w"]))):
+        n = len(cols["op"])
+        assert all((cols[c] == features.arrays(configs[:n])[c]).all() for c in features.COLUMNS)
+    assert features.shape_key(old).nunique() == 2
+
+
 def test_the_work_model_grows_with_the_input_size_and_channels(local_table):
     """The work model is what carries a prediction to an unseen input size: a conv at 12x12 is
     predicted between the same conv at 8x8 and at 16x16, and more channels never cost less."""

@@ -57,6 +57,25 @@ layers:
     assert all((c.input_h, c.input_w, c.padding, c.stride, c.dtype) == (10, 6, 0, 2, "float16") for c in configs)
 
 
+def test_a_kernel_width_gives_a_kernel_that_is_not_square_padded_by_half_of_each_side(tmp_path):
+    configs = _space(
+        tmp_path,
+        """
+layers:
+  - op: conv2d
+    in_channels: 8
+    out_channels: 8
+    input_hw: 17
+    kernel: [1, 7]
+    kernel_w: 7
+""",
+    )
+    assert [c.id for c in configs] == [
+        "conv2d:1x8x17x17:o8:k1x7s1p0x3g1:float32",
+        "conv2d:1x8x17x17:o8:k7s1p3g1:float32",
+    ]
+
+
 def test_depthwise_defaults_and_linear(tmp_path):
     configs = _space(
         tmp_path,

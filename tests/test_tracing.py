@@ -94,9 +94,8 @@ def test_trace_views_of_input_linear_batch_and_multiple_outputs():
 @pytest.mark.parametrize(
     "conv, problem",
     [
-        (nn.Conv2d(3, 4, (3, 1)), "kernel 3x1 is not square"),
         (nn.Conv2d(3, 4, 3, stride=(1, 2)), "stride 1x2 is not square"),
-        (nn.Conv2d(3, 4, 3, padding=(1, 0)), "padding (1, 0) is not square"),
+        (nn.Conv2d(3, 4, 2, padding="same"), "padding 'same' with an even kernel 2x2 pads unevenly"),
         (nn.Conv2d(3, 4, 3, dilation=2), "dilation (2, 2) is not 1"),
         (nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "padding_mode 'reflect'"),
     ],
@@ -111,6 +110,15 @@ def test_unsupported_convs_name_the_module(conv, problem):
 def test_same_and_valid_padding():
     model = nn.Sequential(nn.Conv2d(3, 4, 5, padding="same"), nn.Conv2d(4, 4, 3, padding="valid"))
     assert [t.config.padding for t in trace_layers(model, (1, 3, 8, 8))] == [2, 0]
+
+
+def test_kernels_that_are_not_square_keep_their_height_and_width():
+    """Inception's factorised 7x7 convs: 1x7 then 7x1, each padded along its long side."""
+    model = nn.Sequential(nn.Conv2d(3, 4, (1, 7), padding=(0, 3)), nn.Conv2d(4, 4, (7, 1), padding=(3, 0)))
+    traced = [t.config for t in trace_layers(model, (1, 3, 9, 11))]
+    assert [(c.kernel, c.kernel_w, c.padding, c.padding_w) for c in traced] == [(1, 7, 0, 3), (7, 1, 3, 0)]
+    assert [c.weight_shape for c in traced] == [tuple(m.weight.shape) for m in model]
+    assert all(c.output_shape == (1, 4, 9, 11) for c in traced)
 
 
 def test_model_that_fails_to_run():

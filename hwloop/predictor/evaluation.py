@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from .features import shape_key
+from .features import from_frame, shape_key
 from .latency import LatencyModel
 from .selection import select
 
@@ -119,7 +119,9 @@ def splits(rows: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
 
 def sizes_between(rows: pd.DataFrame) -> np.ndarray:
     """Rows of an input size lying between two other sizes measured with the same op, kernel and stride."""
-    key = (rows.op + ":" + rows.kernel.astype(str) + ":" + rows.stride.astype(str)).to_numpy()
+    cols = from_frame(rows)
+    kernels = zip(cols["op"], cols["kernel"], cols["kernel_w"], cols["stride"])
+    key = np.array([f"{op}:{k}x{kw}:{s}" for op, k, kw, s in kernels])
     size = rows.input_h.to_numpy()
     test = np.zeros(len(rows), dtype=bool)
     for name in np.unique(key):

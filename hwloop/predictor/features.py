@@ -15,7 +15,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from ..layers import OPS, LayerConfig
+from ..layers import OPS, WIDTH_FIELDS, LayerConfig
 from . import rules
 
 COLUMNS = (
@@ -25,8 +25,10 @@ COLUMNS = (
     "input_h",
     "input_w",
     "kernel",
+    "kernel_w",
     "stride",
     "padding",
+    "padding_w",
     "groups",
     "batch",
     "dtype",
@@ -51,8 +53,10 @@ def names(lanes: int) -> list[str]:
         "output_h",
         "output_w",
         "kernel",
+        "kernel_w",
         "stride",
         "padding",
+        "padding_w",
         "groups",
         "batch",
         "dtype_bytes",
@@ -80,15 +84,21 @@ def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
 
 
 def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The config columns of a table (or any frame with them) as arrays."""
-    return {c: frame[c].to_numpy() for c in COLUMNS}
+    """The config columns of a table (or any frame with them) as arrays; a kernel's width and its
+    padding's, where a frame has none (rows written before they were recorded), are its height's."""
+    cols = {c: frame[c].to_numpy() for c in COLUMNS if c not in WIDTH_FIELDS}
+    for width, height in WIDTH_FIELDS.items():
+        given = frame[width].to_numpy(dtype=np.float64, na_value=np.nan) if width in frame else np.nan
+        cols[width] = np.where(np.isnan(given), cols[height], given).astype(np.int64)
+    return cols
 
 
 def shape_key(frame: pd.DataFrame) -> pd.Series:
     """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
-    return (
-        frame.op + ":" + frame[["input_h", "input_w", "kernel", "stride", "padding"]].astype(str).agg("x".join, axis=1)
-    )
+    cols = from_frame(frame)
+    fields = ("input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w")
+    shape = pd.DataFrame({c: cols[c] for c in fields}, index=frame.index).astype(str).agg("x".join, axis=1)
+    return frame.op + ":" + shape
 
 
 def distinct(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -132,16 +142,17 @@ def matrix(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray])
 def _chunk(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray]) -> np.ndarray:
     op = cols["op"]
     cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
-    h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
-    s, p, g, n = _int(cols["stride"]), _int(cols["padding"]), _int(cols["groups"]), _int(cols["batch"])
+    h, w, kh, kw = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"]), _int(cols["kernel_w"])
+    s, ph, pw = _int(cols["stride"]), _int(cols["padding"]), _int(cols["padding_w"])
+    g, n = _int(cols["groups"]), _int(cols["batch"])
     dtype_bytes = np.where(cols["dtype"] == "float16", 2.0, 4.0)
-    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    oh, ow = (h + 2 * ph - kh) // s + 1, (w + 2 * pw - kw) // s + 1
     cout_g = np.maximum(cout // g, 1)
     # a float16 vector holds twice the float32 lanes
     dlanes = np.where(dtype_bytes == 2.0, 2 * lanes, lanes)
 
-    macs = n * cout * oh * ow * (cin // g) * k * k
-    weight_bytes = cout * (cin // g) * k * k * dtype_bytes
+    macs = n * cout * oh * ow * (cin // g) * kh * kw
+    weight_bytes = cout * (cin // g) * kh * kw * dtype_bytes
     moved = (n * cin * h * w + n * cout * oh * ow) * dtype_bytes + weight_bytes
     positions = oh * ow
 
@@ -153,9 +164,11 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray])
         w,
         oh,
         ow,
-        k,
+        kh,
+        kw,
         s,
-        p,
+        ph,
+        pw,
         g,
         n,
         dtype_bytes,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..layers import LayerConfig
 from .evaluation import BANDS, splits
-from .features import COLUMNS, shape_key
+from .features import shape_key
 from .latency import LatencyModel
 from .model import Predictor
 from .sampling import learning_curve
@@ -132,7 +132,7 @@ def _staircases(rows: pd.DataFrame):
 
 
 def _config(row):
-    return LayerConfig.from_dict({c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in COLUMNS})
+    return LayerConfig.from_dict(row.to_dict())
 
 
 def _save(fig, path: Path) -> None:

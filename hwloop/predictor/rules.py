@@ -44,16 +44,18 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
     (config columns as arrays), for a CPU with ``lanes`` float32 lanes and ``registers`` vector registers."""
     op = np.asarray(cols["op"])
     cin, cout = _int(cols["in_channels"]), _int(cols["out_channels"])
-    h, w, k = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"])
-    s, p, g, n = _int(cols["stride"]), _int(cols["padding"]), _int(cols["groups"]), _int(cols["batch"])
+    h, w, kh, kw = _int(cols["input_h"]), _int(cols["input_w"]), _int(cols["kernel"]), _int(cols["kernel_w"])
+    s, ph, pw = _int(cols["stride"]), _int(cols["padding"]), _int(cols["padding_w"])
+    g, n = _int(cols["groups"]), _int(cols["batch"])
     size = np.where(np.asarray(cols["dtype"]) == "float16", 2, 4)
     vl = np.where(size == 2, 2 * lanes, lanes)
-    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    oh, ow = (h + 2 * ph - kh) // s + 1, (w + 2 * pw - kw) // s + 1
+    kk = kh * kw
     cpg, opg, positions = cin // g, np.maximum(cout // g, 1), oh * ow
     acc = accumulators(registers)
 
     linear = op == "linear"
-    spatial = ~linear & (k == 1) & (s == 1) & (p == 0) & (g == 1) & (positions % vl == 0)
+    spatial = ~linear & (kk == 1) & (s == 1) & (ph == 0) & (pw == 0) & (g == 1) & (positions % vl == 0)
     channel = ~linear & ~spatial & ((opg % vl == 0) | (g == 1))
     width = ~linear & ~spatial & ~channel
     path = np.select([channel, spatial, width], [0, 1, 2], 3)
@@ -68,19 +70,19 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
         vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), ow, vl, acc, mask=channel)
         tile_width = vl * vectors
         tiles = -(-cout // tile_width)
-        weight = tiles * tile_width * cpg * k * k * size
-        halo = ((rows - 1) * s + k) * (oh // rows)
+        weight = tiles * tile_width * cpg * kk * size
+        halo = ((rows - 1) * s + kh) * (oh // rows)
         walked_once = weight > _weight_cache_bytes()
         put(
             channel,
             vectors=vectors,
             tile=vectors * rows * columns,
-            vector_fmas=n * tiles * vectors * positions * cpg * k * k,
-            steps=n * tiles * (positions // (rows * columns)) * cpg * k * k,
+            vector_fmas=n * tiles * vectors * positions * cpg * kk,
+            steps=n * tiles * (positions // (rows * columns)) * cpg * kk,
             weight_bytes=weight,
-            loads=n * tiles * (positions // (rows * columns)) * cpg * k * k * (vectors + rows * columns),
-            input_bytes=n * cin * np.where(walked_once, h + 2 * p, halo) * (w + 2 * p) * size,
-            slab_bytes=tile_width * cpg * k * k * size,
+            loads=n * tiles * (positions // (rows * columns)) * cpg * kk * (vectors + rows * columns),
+            input_bytes=n * cin * np.where(walked_once, h + 2 * ph, halo) * (w + 2 * pw) * size,
+            slab_bytes=tile_width * cpg * kk * size,
             tiles=n * tiles * (oh // rows),
         )
     if spatial.any():
@@ -107,12 +109,12 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             width,
             vectors=per_row,
             tile=per_row * rows,
-            vector_fmas=n * cout * oh * (ow // span) * per_row * cpg * k * k,
-            steps=n * cout * (oh // rows) * (ow // span) * cpg * k * k,
-            loads=n * cout * (oh // rows) * (ow // span) * cpg * k * k * (rows * per_row + 1),
-            weight_bytes=cout * cpg * k * k * size,
-            input_bytes=n * cin * (h + 2 * p) * (w + 2 * p) * size,
-            slab_bytes=cpg * k * k * size,
+            vector_fmas=n * cout * oh * (ow // span) * per_row * cpg * kk,
+            steps=n * cout * (oh // rows) * (ow // span) * cpg * kk,
+            loads=n * cout * (oh // rows) * (ow // span) * cpg * kk * (rows * per_row + 1),
+            weight_bytes=cout * cpg * kk * size,
+            input_bytes=n * cin * (h + 2 * ph) * (w + 2 * pw) * size,
+            slab_bytes=cpg * kk * size,
             tiles=n * cout,
         )
     if linear.any():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..layers import LayerConfig
+from ..layers import WIDTH_FIELDS, LayerConfig
 
 
 def shape_of(config: LayerConfig) -> tuple:
@@ -19,8 +19,10 @@ def shape_of(config: LayerConfig) -> tuple:
         config.input_h,
         config.input_w,
         config.kernel,
+        config.kernel_w,
         config.stride,
         config.padding,
+        config.padding_w,
         groups,
         config.dtype,
     )
@@ -32,6 +34,7 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
     measured = set()
     if len(rows):
         ok = rows[(rows.status == "ok") & (rows.schedule == schedule)]
+        ok = ok.assign(**{w: ok[w].fillna(ok[h]) if w in ok else ok[h] for w, h in WIDTH_FIELDS.items()})
         for row in ok[list(_FIELDS)].drop_duplicates().itertuples(index=False):
             measured.add(
                 (
@@ -40,8 +43,10 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
                     int(row.input_h),
                     int(row.input_w),
                     int(row.kernel),
+                    int(row.kernel_w),
                     int(row.stride),
                     int(row.padding),
+                    int(row.padding_w),
                     int(row.groups) if row.op == "conv2d" else 0,
                     row.dtype,
                 )
@@ -52,4 +57,16 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
     return [config for shape, config in shapes.items() if shape not in measured], len(shapes)
 
 
-_FIELDS = ("op", "batch", "input_h", "input_w", "kernel", "stride", "padding", "groups", "dtype")
+_FIELDS = (
+    "op",
+    "batch",
+    "input_h",
+    "input_w",
+    "kernel",
+    "kernel_w",
+    "stride",
+    "padding",
+    "padding_w",
+    "groups",
+    "dtype",
+)
