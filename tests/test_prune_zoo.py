@@ -53,6 +53,14 @@ def test_dry_run_prunes_to_what_the_dense_model_computes_without_those_channels(
     assert len(checked.groups.groups) > 10
 
 
+def test_inception_v3_prunes_through_its_kernels_that_are_not_square():
+    model, shape = tv("inception_v3", (1, 3, 80, 80))
+    kernels = {(t.config.kernel, t.config.kernel_w) for t in trace_layers(model, shape)}
+    assert {(1, 7), (7, 1), (1, 3), (3, 1)} <= kernels
+    checked = dry_run(model, shape)
+    assert checked.shapes_hold and checked.dense_shape == (1, 10) and checked.difference < 1e-4
+
+
 def test_output_layer_stays_dense_whatever_its_kind():
     groups = ChannelGroups(tv("squeezenet1_1")[0], SHAPE)
     (output,) = [s for s in groups.skipped if s.name == "classifier.1"]
@@ -172,6 +180,7 @@ def test_coverage_names_the_shapes_no_row_has():
         LayerConfig("conv2d", 8, 8, 32, 32, kernel=3, padding=1),
         LayerConfig("conv2d", 8, 8, 16, 16, kernel=3, padding=1, groups=4),
         LayerConfig("linear", 8, 10),
+        LayerConfig("conv2d", 8, 8, 32, 32, kernel=1, kernel_w=3, padding=0, padding_w=1),
     ]
     rows = pd.DataFrame(
         [
@@ -183,8 +192,10 @@ def test_coverage_names_the_shapes_no_row_has():
             {**LayerConfig("linear", 16, 10).to_dict(), "status": "failed", "schedule": "default@2"},
         ]
     )
-    missing, shapes = uncovered(layers, rows, "default@2")
-    assert shapes == 3 and [c.op for c in missing] == ["conv2d", "linear"] and missing[0].groups == 4
+    for table in (rows, rows.drop(columns=["kernel_w", "padding_w"])):  # rows written before kernel widths
+        missing, shapes = uncovered(layers, table, "default@2")
+        assert shapes == 4 and [c.op for c in missing] == ["conv2d", "linear", "conv2d"]
+        assert missing[0].groups == 4 and missing[2].kernel_w == 3
 
 
 def test_dry_run_from_the_command_line_needs_no_data(tmp_path):
