@@ -15,6 +15,7 @@ from hwloop.prune.coverage import uncovered
 from hwloop.prune.data import DataError, load_data
 from hwloop.prune.dryrun import dry_run
 from hwloop.prune.groups import ChannelGroups, PruneError
+from hwloop.prune.importance import CRITERIA, scores
 from hwloop.tracing import trace_layers
 
 runner = CliRunner()
@@ -103,6 +104,14 @@ def test_a_linear_on_channels_last_tensors_is_a_matrix_product_with_a_row_per_po
     assert first == LayerConfig("linear", 96, 384, batch=8 * 8)
     checked = dry_run(model, shape)  # LayerNorm normalises over the dropped channels too
     assert checked.shapes_hold and len(checked.groups.groups) > 10
+
+
+def test_every_importance_criterion_scores_every_group_of_a_model_with_grouped_convs():
+    groups = ChannelGroups(tv("regnet_x_400mf")[0], SHAPE)
+    batches = [(torch.randn(2, *SHAPE[1:]), torch.tensor([1, 3]))]
+    for criterion in CRITERIA:
+        result = scores(groups, criterion, batches)
+        assert all(torch.isfinite(result[g.name]).all() and len(result[g.name]) == g.size for g in groups.groups)
 
 
 def test_a_pruning_run_of_a_grouped_model_exports_and_reloads(resnet20_predictor, tmp_path):

@@ -30,7 +30,8 @@ def scores(
     """Per-channel importance of each group under ``criterion`` (one of :data:`CRITERIA`).
 
     ``batches`` (``(inputs, labels)`` pairs) are needed for ``taylor``; a criterion with nothing to
-    measure in a group (no BatchNorm for ``bn_scale``) falls back to ``l1`` there.
+    measure in a group (no BatchNorm for ``bn_scale``), or that Torch-Pruning cannot compute there
+    (``geometric_median`` on a group feeding a grouped conv), falls back to ``l1`` there.
     """
     if criterion not in CRITERIA:
         raise PruneError(f"importance: unknown criterion {criterion!r}; criteria are {', '.join(CRITERIA)}")
@@ -45,7 +46,12 @@ def scores(
         for group in groups.groups:
             fn = tp.prune_linear_out_channels if isinstance(group.root, nn.Linear) else tp.prune_conv_out_channels
             tp_group = groups.graph.get_pruning_group(group.root, fn, list(range(group.size)))
-            score = importance(tp_group)
+            try:
+                score = importance(tp_group)
+            except RuntimeError:
+                if criterion != "geometric_median":
+                    raise
+                score = None  # Torch-Pruning's geometric median fails on the inputs of a grouped conv
             if score is None or not torch.isfinite(score).all():
                 score = fallback(tp_group)
             layers = len(group.producers) + len(group.consumers) + len(group.depthwise)
