@@ -129,6 +129,12 @@ def test_a_pruning_run_of_a_grouped_model_exports_and_reloads(resnet20_predictor
     assert reloaded["model"] == "torchvision:regnet_x_400mf"
 
 
+def test_an_input_too_small_for_the_model_is_refused_before_training():
+    data = load_data("fashion-mnist", 8, train_samples=8, test_samples=8, input_shape=SHAPE)
+    with pytest.raises(PruneError, match=r"inception_v3: input shape \(1, 3, 32, 32\): running the model raised"):
+        pipeline.build("torchvision:inception_v3", data)
+
+
 def test_a_changed_model_file_is_refused_before_it_runs(tmp_path):
     file = tmp_path / "net.py"
     file.write_text(

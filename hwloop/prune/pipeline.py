@@ -304,11 +304,19 @@ def _plan(
 
 
 def build(spec: str, data: Data) -> nn.Module:
-    """The untrained model of ``spec`` for ``data``'s input shape (and class count, for a built-in)."""
+    """The untrained model of ``spec`` for ``data``'s input shape (and class count, for a built-in),
+    run once on zeros of that shape so that an input it cannot take is refused before training."""
     try:
         model, _ = load_model(spec, data.input_shape, data.num_classes if model_file(spec) is None else None)
     except ModelError as exc:
         raise PruneError(str(exc)) from exc
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(data.input_shape))
+    except Exception as exc:
+        raise PruneError(
+            f"{spec}: input shape {tuple(data.input_shape)}: running the model raised {type(exc).__name__}: {exc}"
+        ) from exc
     return model
 
 
