@@ -2,6 +2,8 @@
 measured. A board here is a function of the predicted target (the real board is timed in
 test_prune_run's end-to-end test)."""
 
+import itertools
+
 import pytest
 
 from hwloop.prune.board import correct
@@ -42,14 +44,14 @@ def test_a_plan_under_its_target_is_corrected_from_its_own_prediction():
 
 
 def test_one_noisy_round_moves_the_target_less_than_the_last_round_alone_would():
-    timings = iter([0.51, 0.64, 0.5])  # the second plan, predicted cheaper, measured in a slow spell
+    timings = iter([0.51, 0.64, 0.5, 0.5])  # the second plan, predicted cheaper, measured in a slow spell
 
     checked = _loop(lambda t: next(timings))
     first, second, third = (r.target_ms for r in checked.rounds)
     assert second == pytest.approx(0.5 * 0.5 / 0.51)
     proposals = [first * 0.5 / 0.51, second * 0.5 / 0.64]
     assert third == pytest.approx((proposals[0] * proposals[1]) ** 0.5) and third > proposals[1]
-    assert checked.chosen == 2
+    assert checked.chosen == 2 and checked.rounds[2].timings == 2  # timed again before it was kept
 
 
 def test_a_staircase_is_bisected_once_the_goal_is_bracketed():
@@ -81,7 +83,7 @@ def test_each_plan_is_judged_against_the_dense_model_timed_beside_it():
 
 
 def test_a_round_whose_dense_model_timed_in_a_slow_spell_is_timed_again():
-    dense = iter([1.5, 1.0, 1.0, 1.0])  # only the first timing of the dense model is slow
+    dense = itertools.chain([1.5], itertools.repeat(1.0))  # only the first timing of the dense model is slow
 
     checked = correct(
         lambda t: t, lambda t: t, lambda t: (next(dense), 1.2 * t), 0.5, lambda dense_ms: 0.5 * dense_ms, 3
@@ -90,6 +92,18 @@ def test_a_round_whose_dense_model_timed_in_a_slow_spell_is_timed_again():
     assert first.timings == 2 and first.dense_ms == 1.0 and not first.met  # 0.6 of dense, not the 0.4 it first seemed
     assert checked.rounds[-1].met and checked.chosen == len(checked.rounds) - 1
     assert checked.rounds[-1].target_ms < first.target_ms
+
+
+def test_a_plan_that_lands_under_its_goal_is_timed_again_before_it_is_kept():
+    dense = itertools.chain([1.08], itertools.repeat(1.0))  # the first timing of the dense model is 8 % slow
+
+    checked = correct(
+        lambda t: t, lambda t: t, lambda t: (next(dense), 1.04 * t), 0.5, lambda dense_ms: 0.5 * dense_ms, 3
+    )
+    first, second = checked.rounds
+    assert first.timings == 2 and first.goal_ms == 0.5 and not first.met  # 0.52 ms: under 0.54, not under 0.5
+    assert second.target_ms == pytest.approx(0.5 * 0.5 / 0.52) and second.met and second.timings == 2
+    assert checked.chosen == 1
 
 
 def test_a_corrected_target_out_of_reach_ends_the_rounds():
