@@ -20,8 +20,30 @@ def prim_module(config: LayerConfig):
         out = topi.nn.conv2d_nchw(data, weight, config.stride, _padding(config), 1)
     else:
         out = topi.nn.group_conv2d_nchw(data, weight, config.stride, _padding(config), 1, config.groups)
+    out = _activation(config.activation, out)
     func = te.create_prim_func([data, weight, out]).with_attr("global_symbol", "main")
     return tvm.IRModule({"main": func})
+
+
+def _activation(name: str, x):
+    """``x`` with the activation ``name`` applied, as torch defines it."""
+    from tvm import topi
+
+    if name == "relu":
+        return topi.nn.relu(x)
+    if name == "relu6":
+        return topi.clip(x, 0.0, 6.0)
+    if name == "hardsigmoid":
+        return topi.divide(topi.clip(topi.add(x, 3.0), 0.0, 6.0), 6.0)
+    if name == "hardswish":
+        return topi.multiply(x, _activation("hardsigmoid", x))
+    if name == "sigmoid":
+        return topi.sigmoid(x)
+    if name == "silu":
+        return topi.multiply(x, topi.sigmoid(x))
+    if name == "gelu":
+        return topi.multiply(topi.multiply(x, 0.5), topi.add(topi.erf(topi.multiply(x, 0.5**0.5)), 1.0))
+    return x
 
 
 def _padding(config: LayerConfig) -> tuple[int, int]:
@@ -49,7 +71,20 @@ def reference(config: LayerConfig, data: np.ndarray, weight: np.ndarray) -> np.n
             out = F.linear(x, w)
         else:
             out = F.conv2d(x, w, stride=config.stride, padding=_padding(config), groups=config.groups)
+        if config.activation != "none":
+            out = TORCH_ACTIVATIONS[config.activation](out)
     return out.numpy()
+
+
+TORCH_ACTIVATIONS = {
+    "relu": lambda x: x.relu(),
+    "relu6": lambda x: x.clamp(0, 6),
+    "hardswish": lambda x: x * (x + 3).clamp(0, 6) / 6,
+    "hardsigmoid": lambda x: (x + 3).clamp(0, 6) / 6,
+    "silu": lambda x: x * x.sigmoid(),
+    "sigmoid": lambda x: x.sigmoid(),
+    "gelu": lambda x: 0.5 * x * (1 + (x / 2**0.5).erf()),
+}
 
 
 def relative_error(output: np.ndarray, expected: np.ndarray) -> float:

@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, fields
 
 OPS = ("conv2d", "depthwise_conv2d", "linear")
 DTYPES = ("float32", "float16")
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "gelu")
 WIDTH_FIELDS = {"kernel_w": "kernel", "padding_w": "padding"}  # each the same as its height's unless given
 INT32_MAX = 2**31 - 1  # the largest shape field: tables store them as int32
 ID = re.compile(
     r"(?P<op>conv2d|depthwise_conv2d|linear):(?P<shape>[0-9x]+):o(?P<out>\d+)"
-    r"(?::k(?P<k>\d+)(?:x(?P<kw>\d+))?s(?P<s>\d+)p(?P<p>\d+)(?:x(?P<pw>\d+))?g(?P<g>\d+))?(?::(?P<dtype>\w+))?"
+    r"(?::k(?P<k>\d+)(?:x(?P<kw>\d+))?s(?P<s>\d+)p(?P<p>\d+)(?:x(?P<pw>\d+))?g(?P<g>\d+))?"
+    rf"(?::(?P<activation>{'|'.join(ACTIVATIONS[1:])}))?(?::(?P<dtype>\w+))?"
 )
 
 
@@ -22,8 +24,9 @@ class LayerConfig:
 
     ``kernel`` and ``padding`` are the kernel's height and the rows of zeros above and below;
     ``kernel_w`` and ``padding_w``, its width and the columns of zeros either side, are the same
-    unless given. A linear layer has ``input_h = input_w = kernel = 1``; a depthwise layer has
-    ``groups == in_channels`` and ``out_channels`` a multiple of it.
+    unless given. ``activation`` is applied to the output in the same kernel, as a compiled model
+    fuses it (``none``: the plain layer). A linear layer has ``input_h = input_w = kernel = 1``; a
+    depthwise layer has ``groups == in_channels`` and ``out_channels`` a multiple of it.
     """
 
     op: str
@@ -39,6 +42,7 @@ class LayerConfig:
     dtype: str = "float32"
     kernel_w: int | None = None
     padding_w: int | None = None
+    activation: str = "none"
 
     def __post_init__(self) -> None:
         if self.kernel_w is None:
@@ -49,6 +53,8 @@ class LayerConfig:
             raise ValueError(f"op: {self.op!r} is not one of {', '.join(OPS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         positive = (
             "in_channels",
             "out_channels",
@@ -99,7 +105,8 @@ class LayerConfig:
         else:
             shape = f"{self.batch}x{self.in_channels}x{self.input_h}x{self.input_w}"
         layer = f"k{self._kernel_text}s{self.stride}p{self._padding_text}g{self.groups}"
-        return f"{self.op}:{shape}:o{self.out_channels}:{layer}:{self.dtype}"
+        activation = "" if self.activation == "none" else f":{self.activation}"
+        return f"{self.op}:{shape}:o{self.out_channels}:{layer}{activation}:{self.dtype}"
 
     @property
     def _kernel_text(self) -> str:
@@ -146,15 +153,16 @@ class LayerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayerConfig":
-        """The config of a :meth:`to_dict` or a table row; a missing (or null) ``kernel_w`` or
-        ``padding_w``, as in rows written before they were recorded, is the square one."""
+        """The config of a :meth:`to_dict` or a table row; a missing (or null) ``kernel_w``,
+        ``padding_w`` or ``activation``, as in rows written before they were recorded, is the square
+        kernel's and no activation."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: _native(v) for k, v in data.items() if k in names and not _missing(v)})
 
     @classmethod
     def from_id(cls, text: str) -> "LayerConfig":
         """The config whose :attr:`id` is ``text``; a linear id may leave out ``:k1s1p0g1``, any id
-        its dtype (float32). Raises ValueError saying what is wrong."""
+        its activation (none) and its dtype (float32). Raises ValueError saying what is wrong."""
         match = ID.fullmatch(text)
         if not match:
             raise ValueError(
@@ -162,11 +170,11 @@ class LayerConfig:
                 "or linear:1x512:o10 (the config_id column of a table)"
             )
         dims = [int(d) for d in match["shape"].split("x")]
-        out, dtype = int(match["out"]), match["dtype"] or "float32"
+        out, dtype, activation = int(match["out"]), match["dtype"] or "float32", match["activation"] or "none"
         if match["op"] == "linear":
             if len(dims) != 2:
                 raise ValueError("a linear shape is BATCHxIN, e.g. 1x512")
-            return cls("linear", dims[1], out, batch=dims[0], dtype=dtype)
+            return cls("linear", dims[1], out, batch=dims[0], dtype=dtype, activation=activation)
         if len(dims) != 4 or match["k"] is None:
             raise ValueError(
                 "a conv needs NxCxHxW and :kKsSpPgG (KHxKW and PHxPW where the kernel is not square), "
@@ -186,6 +194,7 @@ class LayerConfig:
             dtype,
             int(match["kw"] or match["k"]),
             int(match["pw"] or match["p"]),
+            activation,
         )
 
 

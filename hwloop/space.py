@@ -3,7 +3,7 @@
 A YAML space has a ``layers:`` list; each entry expands to the cartesian product of its fields,
 each an int, a list of ints or ``{start, stop, step}`` (stop exclusive). A conv's ``kernel`` is
 square unless ``kernel_w`` gives its width; ``padding`` and ``padding_w`` default to half the
-kernel's height and width. A model's space (its
+kernel's height and width; ``activation`` (``none`` unless given) is fused into the layer. A model's space (its
 layers traced with torch): :mod:`hwloop.tracing`.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .layers import DTYPES, INT32_MAX, OPS, LayerConfig
+from .layers import ACTIVATIONS, DTYPES, INT32_MAX, OPS, LayerConfig
 
 
 class SpaceError(ValueError):
@@ -39,7 +39,7 @@ NUMBERS = (
     "batch",
 )
 CONV_ONLY = ("input_hw", "input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w", "groups")
-FIELDS = ("op", *NUMBERS, "dtype")
+FIELDS = ("op", *NUMBERS, "dtype", "activation")
 MAX_CONFIGS = 100_000  # a space file's entries may multiply out to this many configs at most
 
 
@@ -140,7 +140,8 @@ def _axes(entry: Any, where: str) -> tuple[str, dict[str, Sequence]]:
         for name in NUMBERS
         if name in entry
     }
-    axes["dtype"] = _dtypes(entry.get("dtype", "float32"), f"{where}.dtype")
+    axes["dtype"] = _names(entry.get("dtype", "float32"), f"{where}.dtype", DTYPES)
+    axes["activation"] = _names(entry.get("activation", "none"), f"{where}.activation", ACTIVATIONS)
     return op, axes
 
 
@@ -198,11 +199,11 @@ def _numbers(value: Any, where: str, minimum: int) -> Sequence[int]:
     return list(dict.fromkeys(values))
 
 
-def _dtypes(value: Any, where: str) -> list[str]:
+def _names(value: Any, where: str, allowed: Sequence[str]) -> list[str]:
     values = value if isinstance(value, list) and value else [value]
     for v in values:
-        if v not in DTYPES:
-            raise SpaceError(f"{where}: expected one of {', '.join(DTYPES)} or a list of them, got {v!r}")
+        if v not in allowed:
+            raise SpaceError(f"{where}: expected one of {', '.join(allowed)} or a list of them, got {v!r}")
     return list(dict.fromkeys(values))
 
 

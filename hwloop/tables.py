@@ -58,6 +58,7 @@ SCHEMA = pa.schema(
         ("padding_w", pa.int32()),
         ("groups", pa.int32()),
         ("dtype", pa.string()),
+        ("activation", pa.string()),
         ("macs", pa.int64()),
         ("status", pa.string()),
         ("stage", pa.string()),
@@ -109,6 +110,7 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = SCHEMA.names
+LATER = ("kernel_w", "padding_w", "activation")  # rows written before them read as square and plain
 
 _CONTEXT = [
     "status",

@@ -30,10 +30,24 @@ class TracedLayer:
     prunable_out: bool
 
 
+ACTIVATIONS = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+}
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[TracedLayer]:
     """Run ``model`` once, in its current mode, on zeros of ``input_shape`` and record every
-    ``nn.Conv2d`` and ``nn.Linear`` call in call order. A side is not prunable when its tensor is
-    the model's input or output tensor, or a view of it (such as the flattened input of an MLP)."""
+    ``nn.Conv2d`` and ``nn.Linear`` call in call order, with the activation module applied to its
+    output (directly or after a batch norm, which a compiled model folds into it). A side is not
+    prunable when its tensor is the model's input or output tensor, or a view of it (such as the
+    flattened input of an MLP)."""
     calls: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def hook(name: str):
@@ -45,7 +59,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[TracedL
     handles = [
         module.register_forward_hook(hook(name))
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
+        if isinstance(module, (nn.Conv2d, nn.Linear, *NORMS, *ACTIVATIONS))
     ]
     try:
         with torch.no_grad():
@@ -59,13 +73,34 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[TracedL
         for handle in handles:
             handle.remove()
     outputs = list(_tensors(output))
+    consumer = {}
+    for call in calls:
+        consumer.setdefault(id(call[2]), call)  # the first module called on each tensor
     return [
-        TracedLayer(name, _config(name, module, inp), not _shares(inp, [x]), not _shares(out, outputs))
+        TracedLayer(
+            name,
+            _config(name, module, inp, _activation(out, consumer)),
+            not _shares(inp, [x]),
+            not _shares(out, outputs),
+        )
         for name, module, inp, out in calls
+        if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
 
 
-def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
+def _activation(output: torch.Tensor, consumer: dict) -> str:
+    """The activation a layer's output goes through first, after a batch norm if one comes first."""
+    call = consumer.get(id(output))
+    if call is not None and isinstance(call[1], NORMS):
+        call = consumer.get(id(call[3]))
+    if call is None or type(call[1]) not in ACTIVATIONS:
+        return "none"
+    if isinstance(call[1], nn.GELU) and call[1].approximate != "none":
+        return "none"
+    return ACTIVATIONS[type(call[1])]
+
+
+def _config(name: str, module: nn.Module, inp: torch.Tensor, activation: str) -> LayerConfig:
     dtype = str(inp.dtype).removeprefix("torch.")
     if isinstance(module, nn.Linear):
         fields = dict(
@@ -74,6 +109,7 @@ def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
             out_channels=module.out_features,
             batch=math.prod(inp.shape[:-1]),
             dtype=dtype,
+            activation=activation,
         )
     else:
         (kernel, kernel_w), stride, (padding, padding_w) = _conv_shape(name, module)
@@ -92,6 +128,7 @@ def _config(name: str, module: nn.Module, inp: torch.Tensor) -> LayerConfig:
             groups=module.groups,
             batch=inp.shape[0] if inp.dim() == 4 else 1,
             dtype=dtype,
+            activation=activation,
         )
     try:
         return LayerConfig(**fields)

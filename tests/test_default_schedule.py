@@ -44,7 +44,13 @@ CONFIGS = [
     LayerConfig("conv2d", 16, 24, 9, 9, kernel=1, kernel_w=7, padding=0, padding_w=3),
     LayerConfig("conv2d", 16, 20, 9, 11, kernel=7, kernel_w=1, padding=3, padding_w=0),
     LayerConfig("conv2d", 8, 12, 10, 10, kernel=3, kernel_w=5, stride=2, padding=1, padding_w=0),
+    # activations fused into the write-back of each path, as a compiled model fuses them
+    LayerConfig("conv2d", 16, 20, 9, 9, kernel=3, padding=1, activation="silu"),
+    LayerConfig("conv2d", 8, 24, 8, 8, activation="hardswish"),
+    LayerConfig("depthwise_conv2d", 12, 12, 10, 10, kernel=3, padding=1, groups=12, activation="relu6"),
+    LayerConfig("conv2d", 24, 6, 1, 1, activation="hardsigmoid"),
     LayerConfig("linear", 64, 10),
+    LayerConfig("linear", 48, 96, batch=16, activation="gelu"),
     LayerConfig("linear", 70, 13, batch=3),
     LayerConfig("linear", 512, 1000),
     LayerConfig("linear", 33, 17),

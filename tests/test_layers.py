@@ -21,8 +21,17 @@ def test_a_kernel_that_is_not_square_has_its_height_and_width_in_the_id():
     assert LayerConfig.from_id("conv2d:1x16x17x17:o24:k3s1p1g1") == square
 
 
+def test_an_activation_fused_into_a_layer_is_in_its_id_unless_none():
+    silu = LayerConfig("depthwise_conv2d", 32, 32, 16, 16, kernel=3, padding=1, groups=32, activation="silu")
+    assert silu.id == "depthwise_conv2d:1x32x16x16:o32:k3s1p1g32:silu:float32"
+    assert LayerConfig.from_id(silu.id) == silu and LayerConfig.from_dict(silu.to_dict()) == silu
+    gelu = LayerConfig("linear", 96, 384, batch=64, activation="gelu")
+    assert LayerConfig.from_id("linear:64x96:o384:gelu") == gelu
+    assert LayerConfig.from_id("linear:64x96:o384").activation == "none"
+
+
 def test_a_row_written_before_kernel_widths_were_recorded_reads_as_square():
-    old = {**LayerConfig("conv2d", 8, 8, 9, 9, kernel=3, padding=1).to_dict(), "kernel_w": None}
+    old = {**LayerConfig("conv2d", 8, 8, 9, 9, kernel=3, padding=1).to_dict(), "kernel_w": None, "activation": None}
     read_back = {**old, "kernel_w": float("nan"), "padding_w": float("nan"), "in_channels": 8.0}
     for row in (old, read_back):
         assert LayerConfig.from_dict(row) == LayerConfig("conv2d", 8, 8, 9, 9, kernel=3, padding=1)
@@ -49,6 +58,7 @@ def test_shapes_and_macs():
         (dict(op="conv2d", in_channels=3, out_channels=8, kernel_w=0), "kernel_w"),
         (dict(op="conv2d", in_channels=3, out_channels=8, padding_w=-1), "padding_w"),
         (dict(op="conv2d", in_channels=3, out_channels=8, dtype="int8"), "dtype"),
+        (dict(op="conv2d", in_channels=3, out_channels=8, activation="tanh"), "activation"),
     ],
 )
 def test_invalid_configs_name_the_field(kwargs, field):

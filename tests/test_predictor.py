@@ -198,12 +198,24 @@ def test_features_of_a_kernel_that_is_not_square_count_its_height_and_width():
     assert list(x[:, names.index("kernel_w")]) == [7, 1] and list(x[:, names.index("output_w")]) == [12, 12]
 
 
-def test_rows_written_before_kernel_widths_were_recorded_have_square_features():
+def test_the_work_model_counts_the_outputs_a_fused_activation_computes():
+    configs = [
+        LayerConfig("depthwise_conv2d", 16, 16, 8, 8, kernel=3, padding=1, groups=16, activation=a)
+        for a in ("none", "silu", "relu6", "gelu")
+    ]
+    work = rules.quantities(features.arrays(configs), 8, 16)
+    outputs = 16 * 8 * 8
+    assert list(work["exp_outputs"]) == [0, outputs, 0, outputs] and list(work["clip_outputs"]) == [0, 0, outputs, 0]
+    assert (work["vector_fmas"] == work["vector_fmas"][0]).all()
+
+
+def test_rows_written_before_kernel_widths_and_activations_were_recorded_read_as_square_and_plain():
     configs = [LayerConfig("conv2d", c, 24, 14, 14, kernel=3, padding=1) for c in (8, 16)]
     configs.append(LayerConfig("conv2d", 8, 24, 14, 14, kernel=1, kernel_w=3, padding=0, padding_w=1))
     frame = pd.DataFrame([c.to_dict() for c in configs])
-    old = frame.assign(kernel_w=[None, None, 3], padding_w=[None, None, 1])  # nulls read back as NaN
-    for cols in (features.from_frame(old), features.from_frame(old.iloc[:2].drop(columns=["kernel_w", "padding_w"]))):
+    old = frame.assign(kernel_w=[None, None, 3], padding_w=[None, None, 1], activation=None)  # nulls: NaN, None
+    older = old.iloc[:2].drop(columns=["kernel_w", "padding_w", "activation"])
+    for cols in (features.from_frame(old), features.from_frame(older)):
         n = len(cols["op"])
         assert all((cols[c] == features.arrays(configs[:n])[c]).all() for c in features.COLUMNS)
     assert features.shape_key(old).nunique() == 2

@@ -101,7 +101,7 @@ def test_a_linear_on_channels_last_tensors_is_a_matrix_product_with_a_row_per_po
     model, shape = tv("convnext_tiny")
     traced = {t.name: t.config for t in trace_layers(model, shape)}
     first = traced["features.1.0.block.3"]  # after the 4x4 stem: an 8x8 map of 96 channels
-    assert first == LayerConfig("linear", 96, 384, batch=8 * 8)
+    assert first == LayerConfig("linear", 96, 384, batch=8 * 8, activation="gelu")
     checked = dry_run(model, shape)  # LayerNorm normalises over the dropped channels too
     assert checked.shapes_hold and len(checked.groups.groups) > 10
 

@@ -76,6 +76,21 @@ layers:
     ]
 
 
+def test_an_activation_or_a_list_of_them_is_fused_into_each_layer(tmp_path):
+    configs = _space(
+        tmp_path,
+        """
+layers:
+  - op: depthwise_conv2d
+    in_channels: 8
+    input_hw: 8
+    kernel: 3
+    activation: [none, silu]
+""",
+    )
+    assert [c.activation for c in configs] == ["none", "silu"]
+
+
 def test_depthwise_defaults_and_linear(tmp_path):
     configs = _space(
         tmp_path,

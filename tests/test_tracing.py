@@ -12,12 +12,13 @@ from hwloop.tracing import TracedLayer, model_space, trace_layers
 # --- tracing -----------------------------------------------------------------------------------
 
 TRACE = {
-    # name: (input shape, layer calls, unique dense configs, depthwise calls)
+    # name: (input shape, layer calls, unique dense configs, depthwise calls); a conv followed by a
+    # ReLU and the same conv whose output is added to the shortcut first are two configs
     # CIFAR: stem + 2 convs per block + 2 projection shortcuts + fc; ResNet-18: 1 + 16 + 3 + 1;
     # MobileNetV2: stem + 2 convs in the t=1 block + 3 in each of 16 others + last 1x1 + classifier.
-    "resnet20": ((1, 3, 32, 32), 1 + 18 + 2 + 1, 9, 0),
-    "resnet56": ((1, 3, 32, 32), 1 + 54 + 2 + 1, 9, 0),
-    "resnet18": ((1, 3, 224, 224), 1 + 16 + 3 + 1, 12, 0),
+    "resnet20": ((1, 3, 32, 32), 1 + 18 + 2 + 1, 12, 0),
+    "resnet56": ((1, 3, 32, 32), 1 + 54 + 2 + 1, 12, 0),
+    "resnet18": ((1, 3, 224, 224), 1 + 16 + 3 + 1, 16, 0),
     "mobilenetv2": ((1, 3, 224, 224), 1 + 2 + 48 + 1 + 1, 31, 17),
 }
 
@@ -55,8 +56,11 @@ def test_trace_builtin_models(traces, name):
 def test_trace_resnet20_details(traces):
     _, _, traced = traces["resnet20"]
     by_name = {t.name: t.config for t in traced}
-    assert by_name["conv1"] == LayerConfig("conv2d", 3, 16, 32, 32, kernel=3, padding=1)
-    assert by_name["layer2.0.conv1"] == LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, stride=2, padding=1)
+    assert by_name["conv1"] == LayerConfig("conv2d", 3, 16, 32, 32, kernel=3, padding=1, activation="relu")
+    assert by_name["layer2.0.conv1"] == LayerConfig(
+        "conv2d", 16, 32, 32, 32, kernel=3, stride=2, padding=1, activation="relu"
+    )
+    assert by_name["layer2.0.conv2"] == LayerConfig("conv2d", 32, 32, 16, 16, kernel=3, padding=1)  # + shortcut
     assert by_name["layer3.0.downsample.0"] == LayerConfig("conv2d", 32, 64, 16, 16, kernel=1, stride=2)
     assert by_name["fc"] == LayerConfig("linear", 64, 10)
     assert [t.name for t in traced[:3]] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
@@ -66,9 +70,9 @@ def test_trace_mobilenetv2_spatial_sizes(traces):
     _, _, traced = traces["mobilenetv2"]
     by_name = {t.name: t.config for t in traced}
     assert by_name["features.1.conv.0.0"] == LayerConfig(
-        "depthwise_conv2d", 32, 32, 112, 112, kernel=3, padding=1, groups=32
+        "depthwise_conv2d", 32, 32, 112, 112, kernel=3, padding=1, groups=32, activation="relu6"
     )
-    assert by_name["features.18.0"] == LayerConfig("conv2d", 320, 1280, 7, 7)
+    assert by_name["features.18.0"] == LayerConfig("conv2d", 320, 1280, 7, 7, activation="relu6")
 
 
 def test_trace_views_of_input_linear_batch_and_multiple_outputs():
@@ -119,6 +123,24 @@ def test_kernels_that_are_not_square_keep_their_height_and_width():
     assert [(c.kernel, c.kernel_w, c.padding, c.padding_w) for c in traced] == [(1, 7, 0, 3), (7, 1, 3, 0)]
     assert [c.weight_shape for c in traced] == [tuple(m.weight.shape) for m in model]
     assert all(c.output_shape == (1, 4, 9, 11) for c in traced)
+
+
+def test_the_activation_each_layer_output_goes_through_is_recorded():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
+            self.expand, self.act = nn.Conv2d(8, 8, 1), nn.Hardswish()
+            self.body, self.bn, self.relu = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+            self.head, self.gelu = nn.Linear(8, 10), nn.GELU(approximate="tanh")
+
+        def forward(self, x):
+            x = self.act(self.expand(self.stem(x)))
+            x = self.relu(self.bn(self.body(x)) + x)  # the residual sum, not the conv, goes through the ReLU
+            return self.gelu(self.head(x.mean((2, 3))))
+
+    traced = trace_layers(Net(), (1, 3, 8, 8))
+    assert [t.config.activation for t in traced] == ["silu", "hardswish", "none", "none"]
 
 
 def test_model_that_fails_to_run():
@@ -186,7 +208,7 @@ def test_mobilenetv2_space_couples_depthwise_channels(traces):
 
 def test_small_space_is_returned_whole_without_duplicates():
     # conv a: 2 -> 1..3 (input fixed); conv b: 1..3 -> 2 (output fixed); a(2->2) == b(2->2)
-    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Conv2d(3, 2, 1)).eval()
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 1)).eval()
     configs = model_space(model, (1, 2, 4, 4), 100)
     assert [(c.in_channels, c.out_channels) for c in configs] == [(2, 1), (2, 2), (2, 3), (1, 2), (3, 2)]
 

@@ -39,7 +39,7 @@ def _read_any_table(path: Path):
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         fail(f"{path}: not a readable Parquet table ({exc})")
-    missing = [c for c in tables_mod.COLUMNS if c not in frame.columns]
+    missing = [c for c in tables_mod.COLUMNS if c not in frame.columns and c not in tables_mod.LATER]
     if missing:
         fail(f"{path}: not an hwloop table (missing columns: {', '.join(missing[:5])})")
     return frame

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from ..layers import OPS, WIDTH_FIELDS, LayerConfig
+from ..layers import ACTIVATIONS, OPS, WIDTH_FIELDS, LayerConfig
 from . import rules
 
 COLUMNS = (
@@ -32,6 +32,7 @@ COLUMNS = (
     "groups",
     "batch",
     "dtype",
+    "activation",
 )
 ALIGNMENTS = (4, 8, 16, 32)
 CHUNK = 1 << 14
@@ -75,6 +76,7 @@ def names(lanes: int) -> list[str]:
         *(f"log_{q}" for q in rules.QUANTITIES[2:]),
         "fmas_per_step",
         "useful_share",
+        *(f"activation_{name}" for name in ACTIVATIONS[1:]),
     ]
 
 
@@ -85,8 +87,12 @@ def arrays(configs: list[LayerConfig]) -> dict[str, np.ndarray]:
 
 def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The config columns of a table (or any frame with them) as arrays; a kernel's width and its
-    padding's, where a frame has none (rows written before they were recorded), are its height's."""
-    cols = {c: frame[c].to_numpy() for c in COLUMNS if c not in WIDTH_FIELDS}
+    padding's, where a frame has none (rows written before they were recorded), are its height's,
+    and its activation none."""
+    cols = {c: frame[c].to_numpy() for c in COLUMNS if c not in (*WIDTH_FIELDS, "activation")}
+    cols["activation"] = (
+        frame.activation.fillna("none").to_numpy() if "activation" in frame else np.full(len(frame), "none")
+    )
     for width, height in WIDTH_FIELDS.items():
         given = frame[width].to_numpy(dtype=np.float64, na_value=np.nan) if width in frame else np.nan
         cols[width] = np.where(np.isnan(given), cols[height], given).astype(np.int64)
@@ -94,9 +100,9 @@ def from_frame(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def shape_key(frame: pd.DataFrame) -> pd.Series:
-    """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding."""
+    """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding, activation."""
     cols = from_frame(frame)
-    fields = ("input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w")
+    fields = ("input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w", "activation")
     shape = pd.DataFrame({c: cols[c] for c in fields}, index=frame.index).astype(str).agg("x".join, axis=1)
     return frame.op + ":" + shape
 
@@ -188,6 +194,7 @@ def _chunk(cols: dict[str, np.ndarray], lanes: int, work: dict[str, np.ndarray])
         *(np.log2(work[q]) for q in rules.QUANTITIES[2:]),
         work["vector_fmas"] / work["steps"],
         macs / (work["vector_fmas"] * dlanes),
+        *(cols["activation"] == name for name in ACTIVATIONS[1:]),
     ]
     return np.column_stack(features)
 

@@ -36,7 +36,17 @@ PARAMS = {
 }
 ROUNDS = 200
 STEADY_CV = 0.05
-TERMS = ("vector_fmas", "steps", "loads", "outputs", "weight_bytes", "input_bytes", "tiles")  # and a constant
+TERMS = (
+    "vector_fmas",
+    "steps",
+    "loads",
+    "outputs",
+    "weight_bytes",
+    "input_bytes",
+    "tiles",
+    "exp_outputs",
+    "clip_outputs",
+)  # and a constant
 
 
 class LatencyModel:

@@ -10,7 +10,9 @@ Per config: ``vectors`` (vector registers along the vectorised axis in one tile)
 those steps make), ``outputs`` (elements written), ``weight_bytes`` (the repacked weight,
 rebuilt on every call), ``input_bytes`` (input read, with the halo each row tile reads again),
 ``slab_bytes`` (the weights one channel tile walks per output position) and ``tiles`` (outer
-iterations). The tile sizes come from the rules' own helpers, evaluated once per distinct shape.
+iterations); beside them ``exp_outputs`` and ``clip_outputs``, the outputs an activation fused into
+the write-back computes an exponential for, or only clips and scales. The tile sizes come from the
+rules' own helpers, evaluated once per distinct shape.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ QUANTITIES = (
     "slab_bytes",
     "tiles",
 )
+
+
+EXP_ACTIVATIONS = ("silu", "sigmoid", "gelu")  # an exponential or erf per output
+CLIP_ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid")  # a few vector operations per output
 
 
 def accumulators(registers: int) -> int:
@@ -133,6 +139,9 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             slab_bytes=columns * cin * size,
             tiles=tiles,
         )
+    activation = np.asarray(cols["activation"])
+    out["exp_outputs"] = np.where(np.isin(activation, EXP_ACTIVATIONS), out["outputs"], 0.0)
+    out["clip_outputs"] = np.where(np.isin(activation, CLIP_ACTIVATIONS), out["outputs"], 0.0)
     return {"path": path, **out}
 
 
