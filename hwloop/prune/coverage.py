@@ -4,6 +4,8 @@ A layer whose shape no row has is priced by the predictor's extrapolation alone.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pandas as pd
 
 from ..layers import WIDTH_FIELDS, LayerConfig
@@ -57,16 +59,4 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
     return [config for shape, config in shapes.items() if shape not in measured], len(shapes)
 
 
-_FIELDS = (
-    "op",
-    "batch",
-    "input_h",
-    "input_w",
-    "kernel",
-    "kernel_w",
-    "stride",
-    "padding",
-    "padding_w",
-    "groups",
-    "dtype",
-)
+_FIELDS = tuple(f.name for f in fields(LayerConfig) if f.name not in ("in_channels", "out_channels", "activation"))
