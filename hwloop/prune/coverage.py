@@ -4,30 +4,19 @@ A layer whose shape no row has is priced by the predictor's extrapolation alone.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
+import numpy as np
 import pandas as pd
 
-from ..layers import WIDTH_FIELDS, LayerConfig
+from ..layers import LayerConfig
+from ..predictor.features import from_frame
+
+SHAPE = ("op", "batch", "input_h", "input_w", "kernel", "kernel_w", "stride", "padding", "padding_w", "groups", "dtype")
 
 
 def shape_of(config: LayerConfig) -> tuple:
     """A layer's shape apart from its channel counts: op, input size, kernel, stride, padding, batch,
     dtype, and whether a conv is grouped (with how many groups)."""
-    groups = config.groups if config.op == "conv2d" else 0
-    return (
-        config.op,
-        config.batch,
-        config.input_h,
-        config.input_w,
-        config.kernel,
-        config.kernel_w,
-        config.stride,
-        config.padding,
-        config.padding_w,
-        groups,
-        config.dtype,
-    )
+    return _shapes({name: np.array([getattr(config, name)]) for name in SHAPE})[0]
 
 
 def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> tuple[list[LayerConfig], int]:
@@ -36,27 +25,15 @@ def uncovered(layers: list[LayerConfig], rows: pd.DataFrame, schedule: str) -> t
     measured = set()
     if len(rows):
         ok = rows[(rows.status == "ok") & (rows.schedule == schedule)]
-        ok = ok.assign(**{w: ok[w].fillna(ok[h]) if w in ok else ok[h] for w, h in WIDTH_FIELDS.items()})
-        for row in ok[list(_FIELDS)].drop_duplicates().itertuples(index=False):
-            measured.add(
-                (
-                    row.op,
-                    int(row.batch),
-                    int(row.input_h),
-                    int(row.input_w),
-                    int(row.kernel),
-                    int(row.kernel_w),
-                    int(row.stride),
-                    int(row.padding),
-                    int(row.padding_w),
-                    int(row.groups) if row.op == "conv2d" else 0,
-                    row.dtype,
-                )
-            )
+        measured = set(_shapes(from_frame(ok.drop_duplicates([c for c in SHAPE if c in ok]))))
     shapes: dict[tuple, LayerConfig] = {}
     for config in layers:
         shapes.setdefault(shape_of(config), config)
     return [config for shape, config in shapes.items() if shape not in measured], len(shapes)
 
 
-_FIELDS = tuple(f.name for f in fields(LayerConfig) if f.name not in ("in_channels", "out_channels", "activation"))
+def _shapes(cols: dict[str, np.ndarray]) -> list[tuple]:
+    """:func:`shape_of` of each config of ``cols`` (config columns as arrays): a grouped conv's groups,
+    0 for other ops."""
+    groups = np.where(np.asarray(cols["op"]) == "conv2d", np.asarray(cols["groups"], dtype=np.int64), 0)
+    return list(zip(*(groups.tolist() if c == "groups" else np.asarray(cols[c]).tolist() for c in SHAPE)))
