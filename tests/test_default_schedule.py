@@ -26,6 +26,8 @@ CONFIGS = [
     conv(512, 24, 2),
     conv(13, 40, 16, kernel=1),
     conv(3, 5, 12, kernel=1),
+    conv(1, 8, 1, kernel=1),  # one input element a tile: its copy has no loop of its own
+    LayerConfig("conv2d", 1, 24, 2, 2, kernel=1, stride=2),
     conv(3, 17, 15, stride=2),
     conv(16, 32, 14, kernel=1, stride=2),
     conv(8, 8, 10, kernel=7, stride=2),

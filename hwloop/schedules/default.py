@@ -571,29 +571,37 @@ def _producer(sch, block, load: tvm.ir.TensorLoad):
 def _compute_producer_at(sch, producer, loop, stride: int = 1) -> None:
     """Compute ``producer`` under ``loop`` (or at the root, in parallel, if None); a padding stage
     is split into a zero fill and a branch-free copy, both vectorised along their innermost axis.
+    A stage with no loop of its own under ``loop`` (one element a tile) is left scalar.
     With ``stride > 1`` the producer's buffer has been de-interleaved
     (``w -> (w % stride, w // stride)``), so that axis is walked phase by phase."""
     if loop is not None:
         sch.compute_at(producer, loop)
-        loops = sch.get_loops(producer)
-        anchor = sch.get_sref(loop)
-        below = loops[1 + next(i for i, each in enumerate(loops) if sch.get_sref(each).same_as(anchor)) :]
-    else:
-        below = sch.get_loops(producer)
     blocks = [producer]
+    below = _loops_below(sch, producer, loop)
     if below and sch.can_decompose_padding(producer, below[0]):
         blocks.append(sch.decompose_padding(producer, below[0]))
     for block in blocks:
-        loops = sch.get_loops(block)
-        inner = loops[-1]
+        below = _loops_below(sch, block, loop)
+        if not below:
+            continue
+        inner = below[-1]
         if stride > 1:
             outer, phase = sch.split(inner, [None, stride])
             sch.reorder(phase, outer)
             inner = outer
         if int(sch.get(inner).extent) <= VECTORIZE_LIMIT:
             sch.vectorize(inner)
-        if loop is None and len(loops) > 1:
-            sch.parallel(loops[0])
+        if loop is None and len(below) > 1:
+            sch.parallel(below[0])
+
+
+def _loops_below(sch, block, loop) -> list:
+    """``block``'s loops nested under ``loop`` (all of them if ``loop`` is None)."""
+    loops = sch.get_loops(block)
+    if loop is None:
+        return loops
+    anchor = sch.get_sref(loop)
+    return loops[1 + next(i for i, each in enumerate(loops) if sch.get_sref(each).same_as(anchor)) :]
 
 
 def _divisor_tile(extent: int, limit: int) -> int:
