@@ -21,8 +21,10 @@ measures only what is missing. Writes ``collect.json`` (what each device's table
 **score**: per pair, a fixed third of the target's configs is held out; predictors are fitted on
 samples of the rest (random, seeded, 5 to 200; and chosen as ``hwloop collect --adaptive --from``
 chooses them) and scored on the held-out configs: the few-shot transfer from the source's
-predictor beside a predictor fitted from scratch on the same samples, and the transfer's parts on
-their own (the method's choice); the whole-model calibration from one to three whole-model timings
+predictor beside a predictor fitted from scratch on the same samples, the transfer's parts on
+their own (the method's choice), and the source's own timings mapped through one power law (the
+best a transfer through the source's figure can do); the ratio of the target's latency to the
+source's, by the source's latency; the whole-model calibration from one to three whole-model timings
 of the target, scored on the target's other whole models. Writes ``scores.json``.
 
 **workflow**: the whole workflow with the CLI on a target, in a tables folder of its own: the
@@ -165,6 +167,7 @@ def collect_stage(args) -> None:
 # --- scoring ------------------------------------------------------------------------------------
 
 SIZES = (5, 10, 20, 30, 50, 100, 200)
+RATIO_BINS = ((0.0, 0.005), (0.005, 0.01), (0.01, 0.02), (0.02, 0.05), (0.05, 1000.0))
 SEEDS = 5
 HELD_OUT = 1 / 3
 HANDFULS = {
@@ -199,7 +202,44 @@ def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
         "per path": parts(tree_rows=1 << 30),
         "per path, trees always": parts(tree_rows=0),
         "both devices, descriptors": lambda train: Pooled(source_rows, train),
+        "source's timings, one curve": lambda train: ThroughSource(source_rows, train),
     }
+
+
+class ThroughSource:
+    """The target's latency as one power law of the source's *measured* latency of the same config
+    (``log t = a + b log s``, least squares on the sample): what any transfer that maps the
+    source's figure through one monotone curve can reach at best, the source's own error aside."""
+
+    def __init__(self, source_rows: pd.DataFrame, target_rows: pd.DataFrame):
+        self.source = source_rows.set_index("config_id").latency_ms
+        x = np.log(self.source.loc[target_rows.config_id].to_numpy())
+        self.b, self.a = np.polyfit(x, np.log(target_rows.latency_ms.to_numpy()), 1) if len(x) > 1 else (1.0, 0.0)
+
+    def predict_frame(self, rows: pd.DataFrame) -> np.ndarray:
+        return np.exp(self.a + self.b * np.log(self.source.loc[rows.config_id].to_numpy()))
+
+
+def ratios(source_rows: pd.DataFrame, rows: pd.DataFrame) -> list[dict]:
+    """Target over source latency of the configs both measured, by the source's latency."""
+    both = rows.set_index("config_id")[["latency_ms", "latency_cv"]].join(
+        source_rows.set_index("config_id")[["latency_ms", "latency_cv"]], rsuffix="_source", how="inner"
+    )
+    ratio = both.latency_ms / both.latency_ms_source
+    result = []
+    for low, high in RATIO_BINS:
+        mine = (both.latency_ms_source > low) & (both.latency_ms_source <= high)
+        if mine.any():
+            result.append(
+                {
+                    "source_ms": [low, high],
+                    "configs": int(mine.sum()),
+                    "ratio": [float(ratio[mine].quantile(q)) for q in (0.25, 0.5, 0.75)],
+                    "cv": float(both.latency_cv[mine].median()),
+                    "source_cv": float(both.latency_cv_source[mine].median()),
+                }
+            )
+    return result
 
 
 class Pooled:
@@ -276,6 +316,7 @@ def score_pair(work: Path, target: str) -> dict:
         "held_out": int(len(held)),
         "lanes": {d: vector_unit(r.target.iloc[0])[0] for d, r in ((SOURCE, source_rows), (target, rows))},
         "noise": noise_floor(held),
+        "ratios": ratios(source_rows, rows),
         "curve": [],
         "designed": [],
     }

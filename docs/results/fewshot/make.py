@@ -109,6 +109,23 @@ def main() -> None:
         lines.append(
             f"| {_pair(pair)} | {pair['held_out']} | {_pct(noise.get('within_5'))} | {_pct(noise.get('within_10'))} |"
         )
+    if all(pair.get("ratios") for pair in pairs):
+        lines += [
+            "\nHow the target's latency of a config relates to the source's (configs both measured, by the "
+            "source's latency): the ratio's quartiles, and the median coefficient of variation of each "
+            "device's repeats.\n",
+            "| pair | source ms | configs | target / source: 25 % | median | 75 % | target's cv | source's cv |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for pair in pairs:
+            for r in pair["ratios"]:
+                low, high = r["source_ms"]
+                span = f"over {low}" if high >= 1000 else f"{low}-{high}"
+                q1, median, q3 = r["ratio"]
+                lines.append(
+                    f"| {_pair(pair)} | {span} | {r['configs']} | {q1:.2f} | {median:.2f} | {q3:.2f} | "
+                    f"{_pct(r['cv'])} | {_pct(r['source_cv'])} |"
+                )
     lines += [
         "\n## Learning curves\n",
         "Held-out share within ±10 % (Spearman in brackets) against the number of random target samples, "
@@ -137,7 +154,9 @@ def main() -> None:
         "both devices with device descriptors (lanes, threads, which device) beside the features. "
         "`hwloop fit --from` is *few-shot*: *transfer alone* (a scale and an overhead per path of the rules, "
         "and trees on top from 30 rows on) or, from 10 rows on, *from scratch*, whichever predicts the rows "
-        "better by five folds.\n",
+        "better by five folds. *source's timings, one curve* is not a predictor: it maps the source's own "
+        "measurement of each held-out config through one power law fitted on the sample, so it is what any "
+        "transfer through the source's figure reaches at best.\n",
     ]
     learners = list(dict.fromkeys(p["learner"] for p in pairs[0]["curve"]))
     for pair in pairs:
