@@ -142,7 +142,7 @@ def study(spec: str, data, device, args) -> dict:
             dense_lr=args.dense_lr,
             lr=args.lr,
         )
-        if not (out / "plan.json").is_file():
+        if not _planned(out, predictor.schedule):
             try:
                 with training():
                     pipeline.run(spec, data, predictor, settings, out, cache, dense=dense)
@@ -162,6 +162,13 @@ def study(spec: str, data, device, args) -> dict:
         )
     record["dense_ms"] = min((r["dense_ms"] for r in record["pruned"] if r["speedup"]), default=None)
     return record
+
+
+def _planned(out: Path, schedule: str) -> bool:
+    """Whether ``out`` holds a pruning run priced under ``schedule`` (a run under rules of an earlier
+    revision is made again)."""
+    plan = out / "plan.json"
+    return plan.is_file() and json.loads(plan.read_text()).get("schedule") == schedule
 
 
 if __name__ == "__main__":
