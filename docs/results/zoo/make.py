@@ -2,7 +2,7 @@
 README.md: per model, its channel groups, dense latency measured and predicted, where the dense
 model spends its time, and the latency budget's pruned model beside FLOPs pruning at the same
 accuracy (FLOPs pruning's measured speed-up interpolated between its budgets that bracket that
-accuracy; "-" when none do).
+accuracy; "-" when none do) and the FLOPs runs it beats or loses to on both accuracy and latency.
 
     .venv/bin/python docs/results/zoo/make.py
 """
@@ -97,9 +97,13 @@ def main() -> None:
         )
     lines += [
         "\n## One latency budget, beside FLOPs pruning\n",
+        "*FLOPs runs it beats or loses to*: FLOPs pruning's runs that the latency budget's model beats "
+        "(at least as accurate and at least as fast, by the pruned models' own measured ms) or loses to; "
+        "it compares the pruned models directly, so it holds where FLOPs pruning's budgets do not bracket "
+        "the accuracy and whatever the dense model measured beside each.\n",
         "| model | budget | accuracy | measured speed-up | predicted speed-up | FLOPs pruning's measured speed-up "
-        "at that accuracy | latency / FLOPs |",
-        "|---|---|---|---|---|---|---|",
+        "at that accuracy | latency / FLOPs | FLOPs runs it beats or loses to |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         latency = next((p for p in r["pruned"] if p["method"] == "latency"), None)
@@ -109,7 +113,7 @@ def main() -> None:
         ratio = latency["speedup"] / flops if latency["speedup"] and flops else None
         lines.append(
             f"| {_name(r)} | {latency['budget']:g} | {latency['accuracy']:.2%} | {_x(latency['speedup'])} | "
-            f"{_x(latency['predicted_speedup'])} | {_x(flops)} | {_x(ratio)} |"
+            f"{_x(latency['predicted_speedup'])} | {_x(flops)} | {_x(ratio)} | {_against(latency, r['pruned'])} |"
         )
     lines += [
         "\n## Every pruned model\n",
@@ -125,6 +129,20 @@ def main() -> None:
                 f"{p['dense_macs'] / p['macs']:.2f}x |"
             )
     _write(lines)
+
+
+def _against(latency: dict, pruned: list[dict]) -> str:
+    """The FLOPs runs that ``latency`` beats (as accurate and as fast, one of them strictly) or loses to."""
+    said = []
+    for p in pruned:
+        if p["method"] != "flops" or not p["speedup"] or not latency["speedup"]:
+            continue
+        mine, theirs = (latency["accuracy"], -latency["measured_ms"]), (p["accuracy"], -p["measured_ms"])
+        if mine != theirs and all(a >= b for a, b in zip(mine, theirs)):
+            said.append(f"beats {p['budget']:g}")
+        elif mine != theirs and all(a <= b for a, b in zip(mine, theirs)):
+            said.append(f"loses to {p['budget']:g}")
+    return ", ".join(said) or "neither"
 
 
 def _rules(r: dict) -> str:
