@@ -72,19 +72,8 @@ def reference(config: LayerConfig, data: np.ndarray, weight: np.ndarray) -> np.n
         else:
             out = F.conv2d(x, w, stride=config.stride, padding=_padding(config), groups=config.groups)
         if config.activation != "none":
-            out = TORCH_ACTIVATIONS[config.activation](out)
+            out = getattr(F, config.activation)(out)  # each activation's name is torch's
     return out.numpy()
-
-
-TORCH_ACTIVATIONS = {
-    "relu": lambda x: x.relu(),
-    "relu6": lambda x: x.clamp(0, 6),
-    "hardswish": lambda x: x * (x + 3).clamp(0, 6) / 6,
-    "hardsigmoid": lambda x: (x + 3).clamp(0, 6) / 6,
-    "silu": lambda x: x * x.sigmoid(),
-    "sigmoid": lambda x: x.sigmoid(),
-    "gelu": lambda x: 0.5 * x * (1 + (x / 2**0.5).erf()),
-}
 
 
 def relative_error(output: np.ndarray, expected: np.ndarray) -> float:
