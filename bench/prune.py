@@ -7,7 +7,7 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up.
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
         [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N]
         [--samples 300] [--passes 3]
-        [--revalidate 0] [--work bench-prune] [--results docs/results/prune/results]
+        [--revalidate 0] [--work bench-prune] [--results docs/results/prune/results] [--cpu-lock FILE]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
 schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
@@ -30,16 +30,19 @@ Work files (tables, predictor, pruned models) stay under --work, so a re-run reu
 tables, the dense baseline and every pruned model already written, and only measures again. The
 results go to ``--results/MODEL@DATASET.json`` with the machine, the commit and the command;
 results of methods and budgets not in this run are kept, so the file holds every output measured
-so far. ``docs/results/prune/make.py`` turns the folder into the page's tables and plots.
+so far. ``docs/results/prune/make.py`` turns the folder into the page's tables and plots. On a
+shared host, ``--cpu-lock`` names a lock file held exclusively while the device times (a board's
+plans, with their fine-tunes between) and shared while models train.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
-from bench.machine import local_registry, provenance
+from bench.machine import cpu_lock, local_registry, provenance
 from hwloop import tables
 from hwloop.collect import collect
 from hwloop.endtoend import ModelCase, measure_models
@@ -89,7 +92,10 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("bench-prune"))
     parser.add_argument("--results", type=Path, default=Path("docs/results/prune/results"))
+    parser.add_argument("--cpu-lock", type=Path, help="lock file: exclusive while timing, shared while training")
     args = parser.parse_args()
+    timing = partial(cpu_lock, args.cpu_lock, exclusive=True)
+    training = partial(cpu_lock, args.cpu_lock, exclusive=False)
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -100,12 +106,14 @@ def main() -> None:
 
     model = pipeline.build(args.model, data).eval()
     calibration_models = _calibration_models(args.model, data)
-    measure_models(device, calibration_models, policy, tables_dir, cache)
-    collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
-    measure_models(device, calibration_models, policy, tables_dir, cache, force=True)
-    predictor = Predictor.fit(
-        tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
-    )
+    with timing():
+        measure_models(device, calibration_models, policy, tables_dir, cache)
+        collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
+        measure_models(device, calibration_models, policy, tables_dir, cache, force=True)
+    with training():
+        predictor = Predictor.fit(
+            tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
+        )
     calibration = predictor.meta["calibration"] or {}
     print(
         f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration "
@@ -113,7 +121,8 @@ def main() -> None:
         f"held-out error {calibration.get('held_out_mape', float('nan')):.1%}"
     )
 
-    dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
+    with training():
+        dense = pipeline.dense_baseline(args.model, data, args.dense_epochs, 0, cache)
     name = args.model.rpartition(":")[2] or args.model
     validations: dict[Path, list[dict]] = {}
     about: dict[Path, dict] = {}
@@ -143,7 +152,8 @@ def main() -> None:
             out = work / "pruned" / f"{name}-{label}-{budget:g}"
             if not (out / "plan.json").is_file():
                 try:
-                    pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense, board=board)
+                    with timing() if board else training():  # a board times plans between its fine-tunes
+                        pipeline.run(args.model, data, predictor, settings, out, cache, dense=dense, board=board)
                 except PruneError as exc:
                     print(f"{label} at {budget:g}: {exc}")
                     continue
@@ -154,7 +164,8 @@ def main() -> None:
                 "dense_macs": record["dense_macs"],
                 "board": record.get("board"),
             }
-            validations[out] = [validate(device, out, tables_dir, cache)]
+            with timing():
+                validations[out] = [validate(device, out, tables_dir, cache)]
             print(_line({**validations[out][0], **about[out]}), flush=True)
     if args.revalidate:
         for r in _read(args.results / f"{name}@{args.dataset.partition(':')[0]}.json"):
@@ -164,7 +175,8 @@ def main() -> None:
     for turn in range(args.revalidate):
         print(f"validating every output again: turn {turn + 1} of {args.revalidate}", flush=True)
         for out, reports in validations.items():
-            reports.append(validate(device, out, tables_dir, cache))
+            with timing():
+                reports.append(validate(device, out, tables_dir, cache))
     dense_ms = (
         min((r["dense_ms"] for reports in validations.values() for r in reports if r["speedup"]), default=None)
         if args.revalidate
