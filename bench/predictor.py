@@ -18,7 +18,8 @@
    ResNet-20, MobileNetV2 and ResNet-18 at Fashion-MNIST's 1x28x28 input (the pruning benchmark's),
    with seeded random channel counts. Tables are kept, so a re-run measures only what is missing.
 2. **score**: for each space, each learner is trained and scored on the same splits: a random
-   quarter of the configs held out, every row with a held-out channel count held out, every row of
+   quarter of the configs held out, every row with a held-out channel count held out (each drawn
+   five times, the held-out rows of every draw scored together), every row of
    an input size between two measured ones held out (per op, kernel and stride), each such size
    held out alone (trained on the others), and for ``grid``
    the separately measured ``between`` table; the learning curve (random subsets of the training
@@ -147,6 +148,7 @@ def build_space(work: Path, space: Space) -> None:
 
 LATENCY_BANDS = (0.01, 0.1, 1.0)  # ms: the edges of the latency ranges scored apart
 CURVE = (25, 50, 100, 200, 300, 400, 500)
+SEEDS = 5  # draws of each random split, their held-out rows scored together
 
 
 def rows_of(tables_dir: Path) -> pd.DataFrame:
@@ -379,25 +381,15 @@ def score_space(folder: Path, name: str) -> dict:
         result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
     result["fit"] = fit_and_evaluate(folder)
     fits = learners()
-    for split, test in tests.items():
-        train, held = rows[~test], rows[test].reset_index(drop=True)
-        result["splits"][split] = {
-            "train": int(len(train)),
-            "train_per_op": train.op.value_counts().to_dict(),
-            "learners": {label: breakdown(held, fit(train)(held), lanes) for label, fit in fits.items()},
-        }
-    folds = size_folds(rows, tests["sizes_between"]) if "sizes_between" in tests else []
-    if folds:
-        held = pd.concat([rows[test] for test in folds], ignore_index=True)
-        fewest = max(folds, key=np.sum)  # the fold trained on the fewest rows
-        result["splits"]["each_size_between"] = {
-            "train": int(len(rows) - fewest.sum()),
-            "train_per_op": rows[~fewest].op.value_counts().to_dict(),
-            "learners": {
-                label: breakdown(held, np.concatenate([fit(rows[~test])(rows[test]) for test in folds]), lanes)
-                for label, fit in fits.items()
-            },
-        }
+    for split in ("config", "unseen_channels"):
+        draws = [m for seed in range(SEEDS) for m in [splits(rows, seed).get(split)] if m is not None]
+        if draws:
+            result["splits"][split] = {**held_out(rows, draws, fits, lanes), "seeds": len(draws)}
+    if "sizes_between" in tests:
+        result["splits"]["sizes_between"] = held_out(rows, [tests["sizes_between"]], fits, lanes)
+        folds = size_folds(rows, tests["sizes_between"])
+        if folds:
+            result["splits"]["each_size_between"] = held_out(rows, folds, fits, lanes)
     if (folder / "test").exists():
         held = rows_of(folder / "test")
         result["splits"]["between"] = {
@@ -442,6 +434,24 @@ def score_space(folder: Path, name: str) -> dict:
             }
         )
     return result
+
+
+def held_out(rows: pd.DataFrame, tests: list[np.ndarray], fits: dict, lanes: int) -> dict:
+    """Each learner trained on the rows outside each mask of ``tests`` and scored on its rows, the
+    held-out rows of every mask scored together (a row held out by several draws counts each time);
+    ``train``: the fewest and most rows trained on; ``each``: hwloop's share within ±10 % per mask."""
+    held = pd.concat([rows[test] for test in tests], ignore_index=True)
+    predicted = {
+        label: [fit(rows[~test])(rows[test].reset_index(drop=True)) for test in tests] for label, fit in fits.items()
+    }
+    trained = [int((~test).sum()) for test in tests]
+    measured = [rows.latency_ms[test].to_numpy() for test in tests]
+    return {
+        "train": [min(trained), max(trained)],
+        "train_per_op": rows[~tests[int(np.argmin(trained))]].op.value_counts().to_dict(),
+        "learners": {label: breakdown(held, np.concatenate(p), lanes) for label, p in predicted.items()},
+        "each": [float(np.mean(np.abs(p / m - 1) <= 0.10)) for p, m in zip(predicted["hwloop"], measured)],
+    }
 
 
 def size_folds(rows: pd.DataFrame, between: np.ndarray) -> list[np.ndarray]:
