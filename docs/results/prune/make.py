@@ -78,11 +78,25 @@ def main() -> None:
                 f"{_ms(r['measured_ms'])} | {_pct(r['predicted_error'])} | {_x(r['speedup'])} | "
                 f"{_x(r.get('predicted_speedup'))} | {r['dense_macs'] / r['macs']:.2f}x |"
             )
+        sections.append(_prediction_line(results))
         sections.append(f"\n![{run['model']}]({plot.name})\n")
     if len(sections) == 1:
         sections.append("No run is recorded in `results/` yet: the commands above write it.\n")
     (HERE / "README.md").write_text("\n".join(sections))
     print(f"wrote {HERE / 'README.md'}")
+
+
+def _prediction_line(results: list[dict]) -> str:
+    """How many pruned models' predicted latency lies within ±5 % of their measured latency."""
+    errors = [r["predicted_error"] for r in results if r["predicted_error"] is not None]
+    if not errors:
+        return ""
+    worst = max(errors, key=abs)
+    within = sum(abs(e) <= 0.05 for e in errors)
+    return (
+        f"\nPredicted whole-model latency within ±5 % of the measured for {within} of {len(errors)} pruned "
+        f"models (from {_pct(min(errors))} to {_pct(max(errors))}; the largest miss {_pct(worst)})."
+    )
 
 
 def _ms(value) -> str:
