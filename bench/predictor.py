@@ -440,17 +440,18 @@ def held_out(rows: pd.DataFrame, tests: list[np.ndarray], fits: dict, lanes: int
     """Each learner trained on the rows outside each mask of ``tests`` and scored on its rows, the
     held-out rows of every mask scored together (a row held out by several draws counts each time);
     ``train``: the fewest and most rows trained on; ``each``: hwloop's share within ±10 % per mask."""
+    from hwloop.predictor.evaluation import scores
+
     held = pd.concat([rows[test] for test in tests], ignore_index=True)
     predicted = {
         label: [fit(rows[~test])(rows[test].reset_index(drop=True)) for test in tests] for label, fit in fits.items()
     }
     trained = [int((~test).sum()) for test in tests]
-    measured = [rows.latency_ms[test].to_numpy() for test in tests]
     return {
         "train": [min(trained), max(trained)],
         "train_per_op": rows[~tests[int(np.argmin(trained))]].op.value_counts().to_dict(),
         "learners": {label: breakdown(held, np.concatenate(p), lanes) for label, p in predicted.items()},
-        "each": [float(np.mean(np.abs(p / m - 1) <= 0.10)) for p, m in zip(predicted["hwloop"], measured)],
+        "each": [scores(rows.latency_ms[test], p)["within_10"] for test, p in zip(tests, predicted["hwloop"])],
     }
 
 

@@ -47,8 +47,8 @@ def cell(scores: dict, group: str = "all") -> str:
 
 
 def trained(result: dict) -> str:
-    """The rows a split trained on: one count, or the fewest and most over its draws or folds."""
-    low, high = (result["train"], result["train"]) if isinstance(result["train"], int) else result["train"]
+    """The rows a split trained on: the fewest and most over its draws or folds, one count where they agree."""
+    low, high = result["train"]
     return str(low) if low == high else f"{low}-{high}"
 
 
@@ -100,7 +100,7 @@ def page(folder: Path) -> str:
         "smallest and largest), then each alone (trained on every other size). Each cell is the share of "
         "held-out rows predicted within ±10 % (rows in brackets); the random splits are drawn five times "
         "(seeds 0-4) and the held-out rows of every draw scored together, beside hwloop's lowest and highest "
-        "draw (results scored before draws have one); *steady* keeps the rows whose trials "
+        "draw; *steady* keeps the rows whose trials "
         "(passes, in a table measured in passes) all lie within ±5 % of the row's latency.",
         "",
         "## The tables",
