@@ -8,8 +8,6 @@ scheduled by a fixed rule sized to the target's vector width and register file:
   ``[O // T, ..., O % T]`` in the packed layout's order (padded, so ragged channel counts
   run whole vectors, the accumulator's rows aligned to the tile), a register tile of output
   positions, reduction innermost-but-two;
-* pointwise conv2d (1x1, stride 1, unpadded, ungrouped, positions a multiple of the vector width):
-  a matrix product with output positions vectorised and a register tile of channels by positions;
 * depthwise and other grouped conv2d: output width vectorised, rows and channels outer;
 * dense whose reduction is contiguous in both operands and a multiple of the vector width:
   reduction vectorised through ``rfactor``.
@@ -270,9 +268,7 @@ def _matmul_roles(c: Contraction) -> MatmulRoles | None:
 def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) -> None:
     conv = _conv_roles(c)
     if conv is not None:
-        if _pointwise(c, conv) and (c.extents[conv.y] * c.extents[conv.x]) % cpu.lanes(c.dtype) == 0:
-            _spatial_vector(sch, c, conv, cpu)
-        elif conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
+        if conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
             _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data)
         else:
             _width_vector(sch, c, conv, cpu)
@@ -428,47 +424,6 @@ def _unguard(sch, part, f_dim: int, kind: str) -> None:
         block.annotations,
     )
     sch.state.replace(sch.get_sref(part), replaced, {block: replaced})
-
-
-def _pointwise(c: Contraction, conv: ConvRoles) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped conv: a matrix product over contiguous output positions."""
-    taps = [r for r in c.reduce if not r.same_as(conv.rc)]
-    return (
-        conv.stride == 1
-        and conv.out_per_group == c.extents[conv.f]
-        and all(c.extents[r] == 1 for r in taps)
-        and c.vars_of(conv.data, 2) == {conv.y}
-        and int(conv.data.source.shape[3]) == c.extents[conv.x]
-    )
-
-
-def _spatial_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
-    """Pointwise conv as ``out[f, p] += w[f, c] * data[c, p]``: output positions ``p`` (rows and
-    columns fused, contiguous in data and output) vectorised, a register tile of output channels
-    by position vectors, each weight broadcast once per tile row."""
-    block, lanes = c.block, cpu.lanes(c.dtype)
-    producer = _producer(sch, block, conv.data)
-    if producer is not None:
-        sch.compute_inline(producer)
-    _accumulate_locally(sch, c, None)
-    positions = c.extents[conv.y] * c.extents[conv.x]
-    vectors = _divisor_tile(positions // lanes, 4)
-    rows = _balanced_tile(
-        c.extents[conv.f], max(cpu.registers // 2 // vectors, 1)
-    )  # data vectors stay in registers too
-    p = sch.fuse(c.loops[conv.y], c.loops[conv.x])
-    po, pv, pl = sch.split(p, [None, vectors, lanes])
-    fo, fi = sch.split(c.loops[conv.f], [None, rows])
-    reductions = [c.loops[r] for r in c.reduce]
-    sch.reorder(c.loops[conv.n], fo, po, *reductions, fi, pv, pl)
-    parallel = sch.fuse(c.loops[conv.n], fo, po)
-    sch.parallel(parallel)
-    sch.unroll(fi)
-    sch.unroll(pv)
-    sch.vectorize(pl)
-    writeback = _writeback_at(sch, block, parallel)
-    sch.vectorize(sch.split(sch.get_loops(writeback)[-1], [None, lanes])[-1])
-    sch.decompose_reduction(block, reductions[0])
 
 
 def _width_vector(sch, c: Contraction, conv: ConvRoles, cpu: CpuModel) -> None:
