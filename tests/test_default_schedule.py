@@ -26,6 +26,10 @@ CONFIGS = [
     conv(512, 24, 2),
     conv(13, 40, 16, kernel=1),
     conv(3, 5, 12, kernel=1),
+    # pointwise on AVX-512: position tiles ending mid-row (28 and 12 wide), two images, half precision
+    LayerConfig("conv2d", 16, 24, 28, 28, kernel=1, activation="relu"),
+    LayerConfig("conv2d", 20, 9, 12, 12, kernel=1, batch=2),
+    LayerConfig("conv2d", 16, 40, 8, 8, kernel=1, dtype="float16"),
     conv(1, 8, 1, kernel=1),  # one input element a tile: its copy has no loop of its own
     LayerConfig("conv2d", 1, 24, 2, 2, kernel=1, stride=2),
     conv(3, 17, 15, stride=2),

@@ -176,15 +176,17 @@ def test_rules_count_the_work_of_the_default_schedules(lanes, registers, fmas, s
         LayerConfig("linear", 100, 10),
     ]
     work = rules.quantities(features.arrays(configs), lanes, registers)
-    assert [rules.PATHS[p] for p in work["path"]] == ["channel", "channel", "width", "reduction"]
+    pointwise = "spatial" if lanes == 16 else "channel"  # positions vectorised on 512-bit targets only
+    assert [rules.PATHS[p] for p in work["path"]] == ["channel", pointwise, "width", "reduction"]
     assert (work["vector_fmas"][0], work["steps"][0]) == (fmas, steps)
     assert (work["vector_fmas"] * lanes >= [c.macs for c in configs]).all()  # padding only adds work
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_rules_take_the_path_the_default_schedule_takes(mcpu):
-    """The work model prices each layer on the rule the schedule applies to its kernel: pointwise
-    convs whose positions fill whole vectors, too, repack their weights and vectorise channels."""
+    """The work model prices each layer on the rule the schedule applies to its kernel: a pointwise
+    conv whose positions fill whole vectors vectorises them on AVX-512 while its input fits the
+    rules' bound, and repacks its weights otherwise."""
     import tvm
 
     from hwloop.kernels import prim_module
@@ -196,6 +198,8 @@ def test_rules_take_the_path_the_default_schedule_takes(mcpu):
         LayerConfig("conv2d", 32, 40, 8, 8),
         LayerConfig("conv2d", 24, 17, 4, 4),
         LayerConfig("conv2d", 16, 16, 28, 28, activation="relu"),
+        LayerConfig("conv2d", 256, 64, 32, 32),  # 1 MiB of input
+        LayerConfig("conv2d", 257, 64, 32, 32),
         LayerConfig("conv2d", 16, 20, 16, 16, kernel=3, padding=1),
         LayerConfig("conv2d", 12, 36, 6, 6, groups=3),
         LayerConfig("depthwise_conv2d", 24, 24, 14, 14, kernel=3, padding=1, groups=24),
@@ -205,7 +209,7 @@ def test_rules_take_the_path_the_default_schedule_takes(mcpu):
     paths = [rules.PATHS[p] for p in work["path"]]
     repacked = ["weight_global" in schedule(prim_module(c), target)["main"].script() for c in configs]
     assert repacked == [path == "channel" for path in paths]
-    assert paths[:3] == ["channel"] * 3
+    assert paths[:5] == ["spatial" if mcpu == "skylake-avx512" else "channel"] * 4 + ["channel"]
 
 
 def test_features_of_a_kernel_that_is_not_square_count_its_height_and_width():

@@ -2,8 +2,8 @@
 columns at once: which path it takes, the register tile, and the work and traffic of the loops.
 
 Paths: ``channel`` (output channels vectorised over a repacked weight, a register tile of output
-positions), ``width`` (depthwise and small groups: output width vectorised) and ``reduction``
-(linear: the reduction vectorised).
+positions), ``spatial`` (a pointwise conv's output positions vectorised), ``width`` (depthwise
+and small groups: output width vectorised) and ``reduction`` (linear: the reduction vectorised).
 Per config: ``vectors`` (vector registers along the vectorised axis in one tile), ``tile``
 (accumulators held), ``vector_fmas`` (vector multiply-adds the loops execute, padding included),
 ``steps`` (passes through the innermost unrolled body), ``loads`` (vector loads and broadcasts
@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-PATHS = ("channel", "width", "reduction")
+PATHS = ("channel", "spatial", "width", "reduction")
 QUANTITIES = (
     "vectors",
     "tile",
@@ -61,9 +61,11 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
     acc = accumulators(registers)
 
     linear = op == "linear"
-    channel = ~linear & ((opg % vl == 0) | (g == 1))
-    width = ~linear & ~channel
-    path = np.select([channel, width], [0, 1], 2)
+    pointwise = (kk == 1) & (s == 1) & (ph == 0) & (pw == 0) & (g == 1) & (positions % vl == 0)
+    spatial = ~linear & pointwise & (lanes * 32 >= 512) & (n * cin * h * w * size <= _input_cache_bytes())
+    channel = ~linear & ~spatial & ((opg % vl == 0) | (g == 1))
+    width = ~linear & ~spatial & ~channel
+    path = np.select([channel, spatial, width], [0, 1, 2], 3)
     out = {name: np.ones(len(op), dtype=np.float64) for name in QUANTITIES}
     out["outputs"] = (n * cout * positions).astype(np.float64)
 
@@ -89,6 +91,22 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=n * cin * np.where(walked_once, h + 2 * ph, halo) * (w + 2 * pw) * size,
             slab_bytes=tile_width * cpg * kk * size,
             tiles=n * tiles * (oh // rows),
+        )
+    if spatial.any():
+        vectors = _lookup(_divisor_tile, positions // vl, 4, mask=spatial)[0]
+        rows = _lookup(_balanced_tile, cout, np.maximum(registers // 2 // vectors, 1), mask=spatial)[0]
+        row_tiles, position_tiles = -(-cout // rows), positions // (vectors * vl)
+        put(
+            spatial,
+            vectors=vectors,
+            tile=rows * vectors,
+            vector_fmas=n * row_tiles * rows * position_tiles * vectors * cin,
+            steps=n * row_tiles * position_tiles * cin,
+            loads=n * row_tiles * position_tiles * cin * (vectors + rows),
+            weight_bytes=cout * cin * size,
+            input_bytes=row_tiles * n * cin * positions * size,
+            slab_bytes=rows * cin * size,
+            tiles=n * row_tiles * position_tiles,
         )
     if width.any():
         span = _lookup(_vector_tile, ow, vl, mask=width)[0]
@@ -182,3 +200,7 @@ def _vector_tile(extent: int, lanes: int) -> int:
 
 def _weight_cache_bytes() -> int:
     return _rule("WEIGHT_CACHE_BYTES")
+
+
+def _input_cache_bytes() -> int:
+    return _rule("INPUT_CACHE_BYTES")
