@@ -51,10 +51,18 @@ LAYERS = [
     *(LayerConfig("conv2d", cin, 512, 2, 2, kernel=1) for cin in (1016, 1024, 1032, 2040, 2048, 2056)),
     *(LayerConfig("conv2d", cin, 512, 4, 4, kernel=3, padding=1) for cin in (252, 256, 260, 508, 512, 516)),
     *(LayerConfig("conv2d", cin, 512, 4, 4, kernel=1, stride=2) for cin in (248, 256, 264)),  # ResNet-18 downsample
+    # pointwise convs whose positions fill whole vectors: MobileNetV2's at 224x224 (56x56, 28x28) and
+    # at 64x64 (8x8, 4x4), expansion and projection, and counts a pruner leaves
+    *(LayerConfig("conv2d", cin, cout, 56, 56, kernel=1) for cin, cout in ((24, 144), (144, 24))),
+    *(LayerConfig("conv2d", cin, cout, 28, 28, kernel=1) for cin, cout in ((32, 192), (192, 32))),
+    *(LayerConfig("conv2d", cin, cout, 8, 8, kernel=1) for cin, cout in ((64, 384), (384, 64))),
+    *(LayerConfig("conv2d", cin, cout, 4, 4, kernel=1) for cin, cout in ((160, 960), (960, 160), (45, 13))),
 ]
 MODELS = [  # (hwloop model spec, input shape)
     ("resnet20", (1, 3, 32, 32)),
+    ("mobilenetv2", (1, 1, 28, 28)),
     ("mobilenetv2", (1, 3, 64, 64)),
+    ("mobilenetv2", (1, 3, 224, 224)),
     ("resnet18", (1, 3, 64, 64)),
     ("torchvision:resnet50", (1, 3, 64, 64)),
     ("torchvision:mobilenet_v3_large", (1, 3, 64, 64)),
