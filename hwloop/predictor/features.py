@@ -1,7 +1,7 @@
 """Features of layer configurations for the latency predictor, computed on whole columns at once.
 
 Latency on a board steps with channel counts: the ``default`` schedules vectorise output channels
-(or output width) by the target's SIMD width and tile
+(or output width, or a pointwise conv's output positions) by the target's SIMD width and tile
 output positions by exact divisors. Beside the plain shape, FLOPs, bytes, arithmetic intensity and
 each channel count's alignment, the features are what the rules make of the layer
 (:mod:`hwloop.predictor.rules`): its path, register tile, vector multiply-adds, inner steps,
