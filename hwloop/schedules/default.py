@@ -435,9 +435,9 @@ def _unguard(sch, part, f_dim: int, kind: str) -> None:
 def _positions_vectorised(c: Contraction, conv: ConvRoles, cpu: CpuModel) -> bool:
     """Whether a conv takes :func:`_spatial_vector`: a 1x1, stride-1, unpadded, ungrouped conv whose
     output positions fill whole vectors, on a 512-bit target, its input within
-    :data:`INPUT_CACHE_BYTES` (each tile of output channels streams the input again). On AVX-512
-    it ran 0.37-1.0x the channel rule's time up to that size and up to 1.14x beyond it; with 16
-    vector registers (AVX2, SSE) up to 2.4x."""
+    :data:`INPUT_CACHE_BYTES` (each tile of output channels streams the input again). There it
+    ran faster than the channel rule (``docs/results/schedules``); on larger inputs, and with 16
+    vector registers (AVX2, SSE) from 14x14 on, it ran slower."""
     taps = [r for r in c.reduce if not r.same_as(conv.rc)]
     positions = c.extents[conv.y] * c.extents[conv.x]
     return (
