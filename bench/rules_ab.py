@@ -57,6 +57,10 @@ LAYERS = [
     *(LayerConfig("conv2d", cin, cout, 28, 28, kernel=1) for cin, cout in ((32, 192), (192, 32))),
     *(LayerConfig("conv2d", cin, cout, 8, 8, kernel=1) for cin, cout in ((64, 384), (384, 64))),
     *(LayerConfig("conv2d", cin, cout, 4, 4, kernel=1) for cin, cout in ((160, 960), (960, 160), (45, 13))),
+    # reductions shorter than 8 into one vector of channels (pruned MobileNetV2 and ResNet-20), and beside them
+    *(LayerConfig("conv2d", cin, cout, 14, 14, kernel=1) for cin, cout in ((4, 4), (7, 4), (8, 4), (7, 7), (5, 16))),
+    *(LayerConfig("conv2d", cin, cout, 7, 7, kernel=1) for cin, cout in ((5, 4), (7, 16))),
+    LayerConfig("conv2d", 6, 12, 28, 28, kernel=1, stride=2),
 ]
 MODELS = [  # (hwloop model spec, input shape)
     ("resnet20", (1, 3, 32, 32)),

@@ -74,7 +74,9 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             out[name][mask] = np.asarray(value, dtype=np.float64)[mask] if np.ndim(value) else value
 
     if channel.any():
-        vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), ow, vl, acc, mask=channel)
+        down_columns = (s == 1) & (cpg * kk < _tiny_reduction()) & (cout <= vl) & (oh > 1)
+        tiled = np.where(down_columns, 1, ow)
+        vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), tiled, vl, acc, mask=channel)
         tile_width = vl * vectors
         tiles = -(-cout // tile_width)
         weight = tiles * tile_width * cpg * kk * size
@@ -204,3 +206,7 @@ def _weight_cache_bytes() -> int:
 
 def _input_cache_bytes() -> int:
     return _rule("INPUT_CACHE_BYTES")
+
+
+def _tiny_reduction() -> int:
+    return _rule("TINY_REDUCTION")

@@ -36,6 +36,7 @@ GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
 VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into registers)
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
 INPUT_CACHE_BYTES = 1024 * 1024  # a pointwise conv's input above this is left to the channel rule
+TINY_REDUCTION = 8  # multiply-adds per output below which LLVM unrolls a whole one-vector reduction
 REPACK_ROWS = 8  # weight rows a repack gathers from at once (common L1 caches have 8 ways or more)
 
 
@@ -275,7 +276,8 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
         if _positions_vectorised(c, conv, cpu):
             _spatial_vector(sch, c, conv, cpu)
         elif conv.out_per_group % cpu.lanes(c.dtype) == 0 or conv.out_per_group == c.extents[conv.f]:
-            _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data)
+            down_columns = _tiny_reduction(c, conv, cpu)
+            _channel_vector(sch, c, conv.f, conv.weight, conv.x, cpu, conv.data, down_columns)
         else:
             _width_vector(sch, c, conv, cpu)
         return
@@ -289,9 +291,21 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
         _channel_vector(sch, c, mm.j, mm.b, mm.i, cpu, None)
 
 
-def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) -> None:
+def _tiny_reduction(c: Contraction, conv: ConvRoles, cpu: CpuModel) -> bool:
+    """Whether a stride-1 conv's reduction is shorter than :data:`TINY_REDUCTION` into one vector of
+    output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row into
+    vector loads and shuffles their lanes out: its register tile runs down a column instead, where
+    the inputs lie a row apart and each stays a broadcast operand of its multiply-add."""
+    depth = 1
+    for r in c.reduce:
+        depth *= c.extents[r]
+    return conv.stride == 1 and depth < TINY_REDUCTION and c.extents[conv.f] <= cpu.lanes(c.dtype)
+
+
+def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, down_columns: bool = False) -> None:
     """Vectorise output channel ``f`` over a padded repacked weight, with a register tile of
-    output positions (the output's other axes; ``inner`` is their innermost, tiled by divisors).
+    output positions (the output's other axes; ``inner`` is their innermost, tiled by divisors,
+    or untiled where the tile runs ``down_columns``).
 
     Small weights stay in cache while rows of output stream past them (the data's producer is
     computed per row); large weights are walked once, channel tile outermost.
@@ -301,8 +315,9 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data) 
     rows = (
         positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 and inner.same_as(positions[-1]) else None
     )
+    columns = 1 if down_columns and rows is not None else c.extents[inner]
     vectors, row_tile, col_tile = _register_tile(
-        c.extents[f], c.extents[rows] if rows is not None else 1, c.extents[inner], lanes, cpu.accumulators
+        c.extents[f], c.extents[rows] if rows is not None else 1, columns, lanes, cpu.accumulators
     )
     width = lanes * vectors
     f_dim = [d for d, v in enumerate(weight.indices) if v.same_as(f)][0]
