@@ -31,7 +31,7 @@ CONFIGS = [
     LayerConfig("conv2d", 16, 24, 28, 28, kernel=1, activation="relu"),
     LayerConfig("conv2d", 20, 9, 12, 12, kernel=1, batch=2),
     LayerConfig("conv2d", 16, 40, 8, 8, kernel=1, dtype="float16"),
-    # reductions shorter than 8 into one vector of channels: register tiles down a column
+    # reductions shorter than 8 into less than a vector of channels: register tiles down a column
     conv(7, 4, 14, kernel=1),
     conv(5, 16, 7, kernel=1),
     conv(3, 2, 9, kernel=1),
@@ -192,9 +192,11 @@ def test_a_conv_writes_back_along_output_positions_without_scatters(cout):
     assert "vscatter" not in assembly
 
 
-@pytest.mark.parametrize(("cin", "cout", "down_a_column"), [(7, 4, True), (8, 4, False), (7, 40, False)])
+@pytest.mark.parametrize(
+    ("cin", "cout", "down_a_column"), [(7, 4, True), (8, 4, False), (7, 16, False), (7, 40, False)]
+)
 def test_a_tiny_reduction_into_one_vector_tiles_positions_down_a_column(cin, cout, down_a_column):
-    """Below 8 multiply-adds per output into one vector of channels, the register tile takes rows
+    """Below 8 multiply-adds per output into less than a vector of channels, the register tile takes rows
     (LLVM unrolls the whole reduction, and inputs along a row became vector loads and shuffles)."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
     script = schedule(prim_module(conv(cin, cout, 14, kernel=1)), target)["main"].script()

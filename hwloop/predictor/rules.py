@@ -74,7 +74,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             out[name][mask] = np.asarray(value, dtype=np.float64)[mask] if np.ndim(value) else value
 
     if channel.any():
-        down_columns = (s == 1) & (cpg * kk < _tiny_reduction()) & (cout <= vl) & (oh > 1)
+        down_columns = (s == 1) & (cpg * kk < _tiny_reduction()) & (cout < vl) & (oh > 1)
         tiled = np.where(down_columns, 1, ow)
         vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), tiled, vl, acc, mask=channel)
         tile_width = vl * vectors

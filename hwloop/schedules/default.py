@@ -292,14 +292,14 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
 
 
 def _tiny_reduction(c: Contraction, conv: ConvRoles, cpu: CpuModel) -> bool:
-    """Whether a stride-1 conv's reduction is shorter than :data:`TINY_REDUCTION` into one vector of
-    output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row into
+    """Whether a stride-1 conv's reduction is shorter than :data:`TINY_REDUCTION` into less than one
+    vector of output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row into
     vector loads and shuffles their lanes out: its register tile runs down a column instead, where
     the inputs lie a row apart and each stays a broadcast operand of its multiply-add."""
     depth = 1
     for r in c.reduce:
         depth *= c.extents[r]
-    return conv.stride == 1 and depth < TINY_REDUCTION and c.extents[conv.f] <= cpu.lanes(c.dtype)
+    return conv.stride == 1 and depth < TINY_REDUCTION and c.extents[conv.f] < cpu.lanes(c.dtype)
 
 
 def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, down_columns: bool = False) -> None:
