@@ -195,7 +195,7 @@ def test_a_conv_writes_back_along_output_positions_without_scatters(cout):
 @pytest.mark.parametrize(
     ("cin", "cout", "down_a_column"), [(7, 4, True), (8, 4, False), (7, 16, False), (7, 40, False)]
 )
-def test_a_tiny_reduction_into_one_vector_tiles_positions_down_a_column(cin, cout, down_a_column):
+def test_a_tiny_reduction_into_less_than_a_vector_tiles_positions_down_a_column(cin, cout, down_a_column):
     """Below 8 multiply-adds per output into less than a vector of channels, the register tile takes rows
     (LLVM unrolls the whole reduction, and inputs along a row became vector loads and shuffles)."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})

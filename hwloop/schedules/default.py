@@ -23,6 +23,7 @@ per parallel tile. GPU targets get TVM's dlight GPU rules. Other PrimFuncs are l
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ GPU_KINDS = ("cuda", "nvptx", "rocm", "vulkan", "metal", "opencl", "webgpu")
 VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into registers)
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
 INPUT_CACHE_BYTES = 1024 * 1024  # a pointwise conv's input above this is left to the channel rule
-TINY_REDUCTION = 8  # multiply-adds per output below which LLVM unrolls a whole one-vector reduction
+TINY_REDUCTION = 8  # multiply-adds per output below which LLVM unrolls a reduction into one vector whole
 REPACK_ROWS = 8  # weight rows a repack gathers from at once (common L1 caches have 8 ways or more)
 
 
@@ -296,9 +297,7 @@ def _tiny_reduction(c: Contraction, conv: ConvRoles, cpu: CpuModel) -> bool:
     vector of output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row into
     vector loads and shuffles their lanes out: its register tile runs down a column instead, where
     the inputs lie a row apart and each stays a broadcast operand of its multiply-add."""
-    depth = 1
-    for r in c.reduce:
-        depth *= c.extents[r]
+    depth = math.prod(c.extents[r] for r in c.reduce)
     return conv.stride == 1 and depth < TINY_REDUCTION and c.extents[conv.f] < cpu.lanes(c.dtype)
 
 
