@@ -15,8 +15,10 @@ same CPU with AVX, AVX2 and AVX-512 switched off in the target's ``mattr``: the 
 input on each device (``--work/tables``), and whole ResNet-20s end to end: the dense one and copies
 thinned to 7/8 ... 1/4 of their channels (the model tables, for the whole-model calibration). On a
 2-core machine a 2-thread device times on every core, so builds cannot run beside it: its configs
-are built first (all cores), then timed with every build in the cache. Tables are kept: a re-run
-measures only what is missing. Writes ``collect.json`` (what each device's table holds).
+are built first (all cores), then timed with every build in the cache. Then 40 of the configs are
+collected again on each device (``--work/repeat``), minutes after its table: how far two collections
+agree. Tables are kept: a re-run measures only what is missing. Writes ``collect.json`` (what each
+device's table holds).
 
 **score**: per pair, a fixed third of the target's configs is held out; predictors are fitted on
 samples of the rest (random, seeded, 5 to 200; and chosen as ``hwloop collect --adaptive --from``
@@ -58,7 +60,7 @@ from hwloop.endtoend import ModelCase, measure_models
 from hwloop.models import load_model
 from hwloop.predictor import Predictor, calibration, features, fewshot, rules
 from hwloop.predictor.calibration import calibrate, model_rows
-from hwloop.predictor.evaluation import noise_floor, scores
+from hwloop.predictor.evaluation import collections_agree, noise_floor, scores
 from hwloop.predictor.latency import PARAMS, ROUNDS, LatencyModel, vector_unit
 from hwloop.predictor.sampling import choose, learning_curve, transfer_design
 from hwloop.predictor.selection import fastest_pass, select
@@ -91,6 +93,7 @@ DEVICES = {
     },
 }
 TARGETS = ("local-sse4.2", "local-2t")
+REPEAT = 40  # configs of each device collected a second time, after every device's table
 SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 RESULTS = Path("docs/results/fewshot/results")
 WORK = Path("bench-out/fewshot")
@@ -143,6 +146,10 @@ def collect_stage(args) -> None:
         )
         rows = measure_models(device, model_cases(), policy, tables_dir, cache)
         print(f"{name}: {sum(r['status'] == 'ok' for r in rows)} whole models timed", flush=True)
+    picks = np.random.default_rng(1).choice(len(configs), min(REPEAT, len(configs)), replace=False)
+    for name in DEVICES:
+        summary = collect(devices.get(name), [configs[i] for i in sorted(picks)], policy, args.work / "repeat", cache)
+        print(f"{name} (repeat): {summary.measured} measured, {summary.skipped} already", flush=True)
     record = {
         **provenance(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -178,9 +185,9 @@ HANDFULS = {
 }
 
 
-def rows_of(work: Path, device: str) -> pd.DataFrame:
-    """A device's rows as a predictor learns them (quiet, one per config)."""
-    return select(tables.read(work / "tables", device), f"{work / 'tables' / device}", POLICY).rows
+def rows_of(folder: Path, device: str) -> pd.DataFrame:
+    """A device's rows of the tables in ``folder`` as a predictor learns them (quiet, one per config)."""
+    return select(tables.read(folder, device), f"{folder / device}", POLICY).rows
 
 
 def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
@@ -302,7 +309,7 @@ def designed(pool: pd.DataFrame, size: int, source: LatencyModel, adaptive: bool
 
 def score_pair(work: Path, target: str) -> dict:
     """Every learner on samples of the target's rows (see the module's docstring), and the whole-model calibrations."""
-    source_rows, rows = rows_of(work, SOURCE), rows_of(work, target)
+    source_rows, rows = rows_of(work / "tables", SOURCE), rows_of(work / "tables", target)
     source = LatencyModel.train(source_rows)
     test = np.random.default_rng(0).permutation(len(rows)) < round(HELD_OUT * len(rows))
     pool, held = rows[~test].reset_index(drop=True), rows[test].reset_index(drop=True)
@@ -316,6 +323,7 @@ def score_pair(work: Path, target: str) -> dict:
         "held_out": int(len(held)),
         "lanes": {d: vector_unit(r.target.iloc[0])[0] for d, r in ((SOURCE, source_rows), (target, rows))},
         "noise": noise_floor(held),
+        "collections_agree": collections_agree(rows, rows_of(work / "repeat", target)),
         "ratios": ratios(source_rows, rows),
         "curve": [],
         "designed": [],

@@ -59,6 +59,7 @@ from hwloop import tables
 from hwloop.collect import collect
 from hwloop.layers import LayerConfig
 from hwloop.models import load_model
+from hwloop.predictor.evaluation import collections_agree
 from hwloop.registry import LOCAL
 from hwloop.schedules import parse_policy
 from hwloop.targets import resolve
@@ -187,21 +188,6 @@ def protocol(rows: pd.DataFrame) -> dict:
         "estimator": estimator.iloc[0] if len(estimator) else None,
         "passes": int(max(len(p) for p in rows.pass_latencies_ms)),
         "measured": [str(rows.measured_at.min())[:10], str(rows.measured_at.max())[:10]],
-    }
-
-
-def agreement(rows: pd.DataFrame, again: pd.DataFrame) -> dict:
-    """How a second collection of some configs agrees with the first (each config's fastest pass)."""
-    both = (
-        rows.set_index("config_id")
-        .latency_ms.to_frame("first")
-        .join(again.set_index("config_id").latency_ms.to_frame("second"), how="inner")
-    )
-    error = np.abs(both.second / both.first - 1)
-    return {
-        "configs": int(len(both)),
-        **{f"within_{b}": float(np.mean(error <= b / 100)) for b in (5, 10)},
-        "mape": float(error.mean()),
     }
 
 
@@ -378,7 +364,7 @@ def score_space(folder: Path, name: str) -> dict:
         "curve": [],
     }
     if (folder / "repeat").exists():
-        result["collections_agree"] = agreement(rows, rows_of(folder / "repeat"))
+        result["collections_agree"] = collections_agree(rows, rows_of(folder / "repeat"))
     result["fit"] = fit_and_evaluate(folder)
     fits = learners()
     for split in ("config", "unseen_channels"):
@@ -533,7 +519,7 @@ def main() -> None:
         for space in chosen:
             path, folder = args.results / f"{space.name}.json", args.work / space.name
             result = json.loads(path.read_text())
-            result["collections_agree"] = agreement(rows_of(folder / "tables"), rows_of(folder / "repeat"))
+            result["collections_agree"] = collections_agree(rows_of(folder / "tables"), rows_of(folder / "repeat"))
             path.write_text(json.dumps(result, indent=1) + "\n")
             print(f"{space.name}: collections agree {result['collections_agree']}", flush=True)
 

@@ -8,7 +8,7 @@ import pytest
 from hwloop import tables
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError, features, rules
-from hwloop.predictor.evaluation import evaluate, noise_floor, splits
+from hwloop.predictor.evaluation import collections_agree, evaluate, noise_floor, splits
 from hwloop.predictor.latency import LatencyModel, vector_unit
 from hwloop.predictor.selection import select
 from hwloop.schedules import PolicyError, parse_policy, policy_of_rows
@@ -162,6 +162,15 @@ def test_a_config_measured_in_several_passes_counts_once_by_its_fastest(local_ta
     floor = noise_floor(chosen)["passes"]
     assert floor["samples"] == 8 and floor["within_5"] == 0.0
     assert floor["mape"] == pytest.approx(0.5 * 5 / 8 + 1.0 * 3 / 8)
+
+
+def test_a_second_collection_is_scored_against_the_first_on_the_configs_both_hold():
+    first = pd.DataFrame({"config_id": ["a", "b", "c", "d"], "latency_ms": [1.0, 2.0, 4.0, 8.0]})
+    second = pd.DataFrame({"config_id": ["b", "c", "d", "e"], "latency_ms": [2.04, 4.5, 6.0, 1.0]})
+    agree = collections_agree(first, second)
+    assert agree["configs"] == 3
+    assert agree["within_5"] == pytest.approx(1 / 3) and agree["within_15"] == pytest.approx(2 / 3)
+    assert agree["mape"] == pytest.approx((0.02 + 0.125 + 0.25) / 3)
 
 
 @pytest.mark.parametrize(("lanes", "registers", "fmas", "steps"), [(16, 32, 73728, 4608), (8, 16, 110592, 13824)])

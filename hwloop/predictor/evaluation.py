@@ -72,6 +72,22 @@ def noise_floor(rows: pd.DataFrame) -> dict:
     return floor
 
 
+def collections_agree(first: pd.DataFrame, second: pd.DataFrame) -> dict:
+    """How a second collection of some configs (rows, one per config) agrees with the first: the
+    share within each band and the MAPE of the second's latency against the first's."""
+    both = (
+        first.set_index("config_id")
+        .latency_ms.to_frame("first")
+        .join(second.set_index("config_id").latency_ms.to_frame("second"), how="inner")
+    )
+    error = np.abs(both.second / both.first - 1)
+    return {
+        "configs": int(len(both)),
+        **{f"within_{b}": float(np.mean(error <= b / 100)) for b in BANDS},
+        "mape": float(error.mean()),
+    }
+
+
 def _agreement(pairs) -> dict:
     """Share within each band and MAPE of values against their reference, from (values, reference) pairs."""
     errors = np.concatenate(
