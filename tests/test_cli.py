@@ -1,6 +1,8 @@
 import json
+import os
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from hwloop.cli import app
@@ -116,3 +118,31 @@ def test_collect_refuses_bad_arguments(registry_dir, tmp_path):
     assert result.exit_code == 2 and "space.yaml" in result.stderr
     result = invoke("collect", "-d", "local", "-m", tmp_path, "--registry", registry_dir)
     assert result.exit_code == 2 and "output folder of `hwloop prune`" in " ".join(result.stderr.split())
+
+
+def test_collect_notes_a_local_device_whose_threads_take_every_cpu(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: a device cannot time several threads here")
+    devices = {
+        "every-cpu": {
+            "transport": "local",
+            "target": {"kind": "llvm", "mcpu": "host"},
+            "protocol": {"threads": len(cpus), "cpus": cpus},
+        },
+        "one-free": {
+            "transport": "local",
+            "target": {"kind": "llvm", "mcpu": "host"},
+            "protocol": {"threads": len(cpus) - 1, "cpus": cpus[1:]},
+        },
+    }
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "devices.yaml").write_text(json.dumps({"devices": devices}))
+    (tmp_path / "space.yaml").write_text(SPACE)
+    for name, noted in (("every-cpu", True), ("one-free", False)):
+        plan = ["collect", "-d", name, "--space", tmp_path / "space.yaml", "--dry-run", "--registry", registry]
+        result = invoke(*plan, "--tables", tmp_path / "tables")
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.stderr.split())
+        assert (f"{name} times {len(cpus)} threads on every CPU this machine gives hwloop" in said) is noted, said

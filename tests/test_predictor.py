@@ -8,7 +8,7 @@ import pytest
 from hwloop import tables
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor, PredictorError, features, rules
-from hwloop.predictor.evaluation import collections_agree, evaluate, noise_floor, splits
+from hwloop.predictor.evaluation import collections_agree, evaluate, holdout_scores, noise_floor, splits
 from hwloop.predictor.latency import LatencyModel, vector_unit
 from hwloop.predictor.selection import select
 from hwloop.schedules import PolicyError, parse_policy, policy_of_rows
@@ -41,6 +41,22 @@ def test_held_out_rows_are_predicted_above_the_floor(local_predictor, local_tabl
     for split in metrics.values():
         assert split["rows"] + split["train_rows"] == len(rows) and split["noise"]["within_10"] > 0
         assert set(split["ops"]) <= {"conv2d", "depthwise_conv2d", "linear"}
+
+
+def test_held_out_scores_count_the_rows_on_a_path_no_training_row_took(local_table):
+    rows = select(tables.read(local_table, "local"), "t", parse_policy("default").name).rows
+
+    def without_depthwise(train, seed):
+        return LatencyModel.train(train[train.op != "depthwise_conv2d"], seed)
+
+    lanes, registers = vector_unit(rows.target.iloc[0])
+    path = np.array(rules.PATHS)[rules.quantities(features.from_frame(rows), lanes, registers)["path"]]
+    masks = splits(rows, 0)
+    for name, split in holdout_scores(rows, 0, without_depthwise).items():
+        learnt = set(path[~masks[name] & (rows.op != "depthwise_conv2d").to_numpy()])
+        unlearnt = [p for p in path[masks[name]] if p not in learnt]
+        assert split["unlearnt_paths"] == {p: unlearnt.count(p) for p in set(unlearnt)}, name
+        assert unlearnt.count("width") == split.get("ops", {}).get("depthwise_conv2d", {}).get("rows", 0)
 
 
 def test_metadata_says_what_it_was_trained_on(local_predictor, local_table):

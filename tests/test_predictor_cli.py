@@ -107,6 +107,22 @@ def test_predict_a_whole_model(local_predictor, tmp_path):
     assert record["model_ms"] == record["layers_ms"] == pytest.approx(sum(r["latency_ms"] for r in record["layers"]))
 
 
+def test_predict_names_the_layers_on_a_path_no_row_took(local_table, tmp_path):
+    from hwloop.predictor import Predictor
+
+    rows = tables.read(local_table, "local")
+    Predictor.fit(rows[rows.op != "depthwise_conv2d"], "local", evaluate=False).save(tmp_path)
+    depthwise = LayerConfig("depthwise_conv2d", 20, 20, 16, 16, kernel=3, padding=1, groups=20)
+    ids = ["conv2d:1x16x16x16:o16:k3s1p1g1:float32", depthwise.id]
+    result = invoke("predict", "--device", "local", "--predictors", tmp_path, *ids, "--json")
+    assert result.exit_code == 0, result.output
+    assert [row.get("unlearnt_path") for row in json.loads(result.stdout)["layers"]] == [None, "width"]
+    plain = invoke("predict", "--device", "local", "--predictors", tmp_path, *ids)
+    assert plain.exit_code == 0, plain.output
+    note = "1 of the 2 layers take a path of the rules that no row of local's table took (width: 1), such as"
+    assert f"{note} {depthwise.id}" in said(plain)
+
+
 def test_config_ids_parse_back_to_their_configs():
     configs = [
         LayerConfig("conv2d", 16, 32, 32, 32, kernel=3, padding=1),

@@ -82,6 +82,21 @@ def get_device(name: str, directory: Path | None):
         fail(str(exc))
 
 
+def note_crowded(devices) -> None:
+    """Say which local devices time several threads on every CPU of this machine: on a 2-core host
+    such figures did not repeat from one collection to the next (docs/measurement.md)."""
+    from ..transports.local import takes_every_cpu
+
+    for dev in devices:
+        if dev.transport == "local" and takes_every_cpu(dev.protocol):
+            err.print(
+                f"[yellow]note:[/] {dev.name} times {dev.protocol.threads} threads on every CPU this machine "
+                "gives hwloop, which hwloop and the system share: its figures may not repeat from one collection "
+                "to the next (docs/measurement.md); leave a CPU free, or collect some configs twice to see",
+                highlight=False,
+            )
+
+
 def progress_bar(*columns, disable: bool = False):
     """A rich progress bar on stderr: description, bar, count, ``columns``, elapsed time and ETA."""
     from rich.progress import (

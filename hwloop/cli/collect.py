@@ -23,6 +23,7 @@ from .app import (
     app,
     err,
     fail,
+    note_crowded,
     out,
     parse_shape,
     progress_bar,
@@ -160,6 +161,7 @@ def collect(
         policy = parse_policy(schedule)
     except PolicyError as exc:
         fail(str(exc))
+    note_crowded(devices)
     if adaptive and budget is None:
         fail("--adaptive needs --budget N, the number of measurements it may spend")
     if sources and not adaptive:

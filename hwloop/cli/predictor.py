@@ -165,6 +165,14 @@ def fit(
         return
     if record["metrics"]:
         out.print(_scores_table(f"{device} · {schedule} · held-out rows", record["metrics"]))
+        for split, scores in record["metrics"].items():
+            if unlearnt := scores.get("unlearnt_paths"):
+                out.print(
+                    f"{split}: {sum(unlearnt.values())} of its {scores['rows']} held-out rows take a path of the "
+                    f"rules that none of its training rows took ({_paths(unlearnt)}): a predictor can only "
+                    "extrapolate there, so the table needs rows of every path its layers take",
+                    highlight=False,
+                )
     if calibration:
         models_table = Table(
             "model",
@@ -252,6 +260,11 @@ def evaluate(
         out.print(f"{report['rows_ignored']} rows of other schedules, protocols or failed measurements not scored")
 
 
+def _paths(counts: dict[str, int]) -> str:
+    """``{path: rows}`` as a phrase: "spatial: 12, width: 3"."""
+    return ", ".join(f"{path}: {n}" for path, n in counts.items())
+
+
 def _parse_config(text: str):
     from ..layers import LayerConfig
 
@@ -316,11 +329,17 @@ def predict(
         except (ModelError, SpaceError) as exc:
             fail(str(exc))
         whole = predictor.predict_model(configs)
+    from ..predictor.features import arrays
+
     latencies = predictor.predict(configs)
+    unlearnt = predictor.model.unlearnt_paths(arrays(configs)).tolist()
     record = {
         "device": device,
         "schedule": predictor.schedule,
-        "layers": [{"config_id": c.id, "latency_ms": float(ms)} for c, ms in zip(configs, latencies)],
+        "layers": [
+            {"config_id": c.id, "latency_ms": float(ms), **({"unlearnt_path": path} if path else {})}
+            for c, ms, path in zip(configs, latencies, unlearnt)
+        ],
     }
     if whole is not None:
         record.update(
@@ -336,6 +355,15 @@ def predict(
     for row in record["layers"]:
         table.add_row(row["config_id"], f"{row['latency_ms']:.4f}")
     out.print(table)
+    if any(unlearnt):
+        counts = {path: unlearnt.count(path) for path in sorted(set(unlearnt) - {""})}
+        first = next(c for c, path in zip(configs, unlearnt) if path)
+        err.print(
+            f"[yellow]note:[/] {sum(counts.values())} of the {len(configs)} layers take a path of the rules that "
+            f"no row of {device}'s table took ({_paths(counts)}), such as {first.id}: the predictor "
+            "extrapolates there; measure such layers with `hwloop collect`",
+            highlight=False,
+        )
     if whole is not None:
         note = "" if record["calibrated"] else " (uncalibrated: no whole-model measurements yet)"
         out.print(f"{model}: layers {record['layers_ms']:.3f} ms, whole model {whole:.3f} ms{note}")

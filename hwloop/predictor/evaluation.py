@@ -150,12 +150,18 @@ def sizes_between(rows: pd.DataFrame) -> np.ndarray:
 def holdout_scores(
     rows: pd.DataFrame, seed: int = 0, train: Callable[[pd.DataFrame, int], LatencyModel] = LatencyModel.train
 ) -> dict:
-    """:func:`report` of each split, from a latency model trained (by ``train``) on the rest of ``rows``."""
+    """:func:`report` of each split, from a latency model trained (by ``train``) on the rest of ``rows``,
+    with ``unlearnt_paths``: how many held-out rows take each path of the rules that no training row took."""
     result = {}
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
         probe = train(train_rows, seed)
-        result[name] = {**report(test_rows, probe.predict_frame(test_rows)), "train_rows": int(len(train_rows))}
+        unlearnt = probe.unlearnt_paths(from_frame(test_rows))
+        result[name] = {
+            **report(test_rows, probe.predict_frame(test_rows)),
+            "train_rows": int(len(train_rows)),
+            "unlearnt_paths": {str(path): int((unlearnt == path).sum()) for path in sorted(set(unlearnt) - {""})},
+        }
     return result
 
 

@@ -68,7 +68,7 @@ def transfer(
                 work[mine] * residual[mine], residual[mine], latency[mine], weight[mine], overhead
             )
     corrected = {}
-    for path in ("any", *rules.PATHS):
+    for path in ("any", *(p for p in rules.PATHS if p in source.work or p in fits)):
         base = np.asarray(source.work.get(path, source.work["any"]))
         scale, extra = fits.get(path, fits["any"])
         coefficients = scale * base

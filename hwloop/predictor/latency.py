@@ -105,6 +105,13 @@ class LatencyModel:
         x = features.matrix(unique, self.lanes, quantities)
         return np.exp(self.booster.inplace_predict(x, base_margin=self._log_work(quantities)))[inverse]
 
+    def unlearnt_paths(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """The path of the rules (a name of :data:`rules.PATHS`) each config of ``cols`` takes, or
+        "" where the model learnt that path from rows of its own: elsewhere its work model is the fit of
+        every path and the booster extrapolates."""
+        path = np.array(rules.PATHS)[rules.quantities(cols, self.lanes, self.registers)["path"]]
+        return np.where(np.isin(path, list(self.work)), "", path)
+
     def work_ms(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         """The work model's latency (ms) of each config of ``cols`` (config columns), without the booster."""
         return np.exp(self._log_work(rules.quantities(cols, self.lanes, self.registers)))

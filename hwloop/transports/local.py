@@ -32,6 +32,13 @@ from .lock import LocalLock
 AGENT = Path(__file__).with_name("agent.py")
 
 
+def takes_every_cpu(protocol: Protocol) -> bool:
+    """Whether a local device times several threads on every CPU this process may use: hwloop and
+    the system then share those CPUs with the kernel's threads."""
+    allowed = os.sched_getaffinity(0)
+    return protocol.threads > 1 and set(protocol.cpus or allowed) >= allowed
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
