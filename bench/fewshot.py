@@ -13,9 +13,9 @@ same CPU with AVX, AVX2 and AVX-512 switched off in the target's ``mattr``: the 
 
 **collect**: the same ``--samples`` configs of ResNet-20's layer space at Fashion-MNIST's 1x28x28
 input on each device (``--work/tables``), and whole ResNet-20s end to end: the dense one and copies
-thinned to 7/8 ... 1/4 of their channels (the model tables, for the whole-model calibration). On a
-2-core machine a 2-thread device times on every core, so builds cannot run beside it: its configs
-are built first (all cores), then timed with every build in the cache. Then 40 of the configs are
+thinned to 7/8 ... 1/4 of their channels (the model tables, for the whole-model calibration). Each
+device's configs are built first, on every CPU, then timed with every build in the cache: nothing
+compiles beside a timing CPU (on a 2-core machine, the only other CPU). Then 40 of the configs are
 collected again on each device (``--work/repeat``), minutes after its table: how far two collections
 agree. Tables are kept: a re-run measures only what is missing. Writes ``collect.json`` (what each
 device's table holds).
@@ -136,8 +136,7 @@ def collect_stage(args) -> None:
     for name in DEVICES:
         device = devices.get(name)
         start = time.perf_counter()
-        if len(device.protocol.cpus or []) > 1:
-            prebuild(device, configs, cache)
+        prebuild(device, configs, cache)
         summary = collect(device, configs, policy, tables_dir, cache)
         print(
             f"{name}: {summary.measured} measured, {summary.skipped} already, {summary.failed} failed, "

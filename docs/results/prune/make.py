@@ -29,7 +29,8 @@ accuracy; the plots put every method's accuracy against its measured speed-up.
 
 `bench/prune.py` writes `results/MODEL@DATASET.json` (the machine, the commit and the command with
 the figures), keeping the outputs of earlier runs of other methods and budgets; this page is made
-from that folder by `docs/results/prune/make.py`. The runs:
+from that folder by `docs/results/prune/make.py`. The study's runs; each model's section below names
+the machine, commit and command that wrote it, and a model without a section has not been run:
 
 ```bash
 B="python -m bench.prune --train-samples 20000 --dense-epochs 8 --epochs 3 --passes 3"
