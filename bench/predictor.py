@@ -310,13 +310,16 @@ def _lightgbm(train: pd.DataFrame):
     return predict
 
 
-def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int) -> dict:
+def breakdown(rows: pd.DataFrame, predicted: np.ndarray, lanes: int, learnt: np.ndarray | None = None) -> dict:
     """Scores overall, on steady configs, per op family, latency range, input size and output-channel
-    alignment."""
+    alignment, and (given ``learnt``: whether a training row took each row's path of the rules) on
+    rows of a path the training rows took."""
     from hwloop.predictor.evaluation import scores
 
     measured = rows.latency_ms.to_numpy()
     groups = {"all": np.ones(len(rows), dtype=bool), "steady": steady(rows)}
+    if learnt is not None:
+        groups["learnt path"] = learnt
     groups.update({f"op {op}": (rows.op == op).to_numpy() for op in sorted(rows.op.unique())})
     edges = (0.0, *LATENCY_BANDS, np.inf)
     for low, high in zip(edges, edges[1:]):
@@ -335,7 +338,7 @@ def fit_and_evaluate(folder: Path) -> dict:
     from hwloop.predictor.evaluation import evaluate
 
     predictor = Predictor.fit(tables.read(folder / "tables", "local"), "local")
-    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows")
+    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows", "unlearnt_paths")
     result = {"metrics": {split: {k: s[k] for k in strip} for split, s in predictor.meta["metrics"].items()}}
     if (folder / "test").exists():
         scored = evaluate(predictor, tables.read(folder / "test", "local"), str(folder / "test"))
@@ -433,12 +436,23 @@ def held_out(rows: pd.DataFrame, tests: list[np.ndarray], fits: dict, lanes: int
         label: [fit(rows[~test])(rows[test].reset_index(drop=True)) for test in tests] for label, fit in fits.items()
     }
     trained = [int((~test).sum()) for test in tests]
+    path = paths(rows)
+    learnt = np.concatenate([np.isin(path[test], path[~test]) for test in tests])
     return {
         "train": [min(trained), max(trained)],
         "train_per_op": rows[~tests[int(np.argmin(trained))]].op.value_counts().to_dict(),
-        "learners": {label: breakdown(held, np.concatenate(p), lanes) for label, p in predicted.items()},
+        "learners": {label: breakdown(held, np.concatenate(p), lanes, learnt) for label, p in predicted.items()},
         "each": [scores(rows.latency_ms[test], p)["within_10"] for test, p in zip(tests, predicted["hwloop"])],
     }
+
+
+def paths(rows: pd.DataFrame) -> np.ndarray:
+    """The path of the ``default`` rules each row takes on its target."""
+    from hwloop.predictor import features, rules
+    from hwloop.predictor.latency import vector_unit
+
+    quantities = rules.quantities(features.from_frame(rows), *vector_unit(rows.target.iloc[0]))
+    return np.array(rules.PATHS)[quantities["path"]]
 
 
 def size_folds(rows: pd.DataFrame, between: np.ndarray) -> list[np.ndarray]:

@@ -46,6 +46,12 @@ def cell(scores: dict, group: str = "all") -> str:
     return "-" if s is None else f"{pct(s['within_10'])} ({s['rows']})"
 
 
+def unlearnt(split: dict) -> str:
+    """ ", N on a path no training row took" for a ``hwloop fit`` split, or nothing."""
+    count = sum((split.get("unlearnt_paths") or {}).values())
+    return f", {count} on a path no training row took" if count else ""
+
+
 def trained(result: dict) -> str:
     """The rows a split trained on: the fewest and most over its draws or folds, one count where they agree."""
     low, high = result["train"]
@@ -101,7 +107,9 @@ def page(folder: Path) -> str:
         "held-out rows predicted within ±10 % (rows in brackets); the random splits are drawn five times "
         "(seeds 0-4) and the held-out rows of every draw scored together, beside hwloop's lowest and highest "
         "draw; *steady* keeps the rows whose trials "
-        "(passes, in a table measured in passes) all lie within ±5 % of the row's latency.",
+        "(passes, in a table measured in passes) all lie within ±5 % of the row's latency; *learnt paths* keeps "
+        "the rows on a path of the rules that some training row took (a row on a path no training row took is "
+        "extrapolated from the other paths).",
         "",
         "## The tables",
         "",
@@ -147,8 +155,8 @@ def page(folder: Path) -> str:
         "",
         "| space | split | trained on | "
         + " | ".join(LEARNERS)
-        + " | hwloop, steady rows | hwloop, lowest to highest draw | target |",
-        "|---|---|---|" + "---|" * len(LEARNERS) + "---|---|---|",
+        + " | hwloop, steady rows | hwloop, learnt paths | hwloop, lowest to highest draw | target |",
+        "|---|---|---|" + "---|" * len(LEARNERS) + "---|---|---|---|",
     ]
     for s in spaces:
         for split, result in s["splits"].items():
@@ -159,7 +167,8 @@ def page(folder: Path) -> str:
             lines.append(
                 f"| {s['space']} | {SPLITS.get(split, split)} | {trained(result)} | "
                 + " | ".join(cell(learners[name]) for name in LEARNERS)
-                + f" | {cell(learners['hwloop'], 'steady')} | {spread(result)} | {pct(target)} |"
+                + f" | {cell(learners['hwloop'], 'steady')} | {cell(learners['hwloop'], 'learnt path')} "
+                f"| {spread(result)} | {pct(target)} |"
             )
     for s in spaces:
         between = s["splits"].get("between")
@@ -195,7 +204,7 @@ def page(folder: Path) -> str:
         if fit:
             metrics = fit["metrics"]
             cells = [
-                f"{pct(metrics[m]['within_10'])} ({metrics[m]['rows']})" if m in metrics else "-"
+                f"{pct(metrics[m]['within_10'])} ({metrics[m]['rows']}{unlearnt(metrics[m])})" if m in metrics else "-"
                 for m in ("config", "unseen_channels", "unseen_shapes", "sizes_between")
             ]
             scored = fit.get("evaluate")
