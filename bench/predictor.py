@@ -338,8 +338,12 @@ def fit_and_evaluate(folder: Path) -> dict:
     from hwloop.predictor.evaluation import evaluate
 
     predictor = Predictor.fit(tables.read(folder / "tables", "local"), "local")
-    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows", "unlearnt_paths")
-    result = {"metrics": {split: {k: s[k] for k in strip} for split, s in predictor.meta["metrics"].items()}}
+    strip = ("within_5", "within_10", "within_15", "mape", "spearman", "rows")
+    result = {
+        "metrics": {
+            split: {k: s[k] for k in (*strip, "unlearnt_paths")} for split, s in predictor.meta["metrics"].items()
+        }
+    }
     if (folder / "test").exists():
         scored = evaluate(predictor, tables.read(folder / "test", "local"), str(folder / "test"))
         result["evaluate"] = {k: scored[k] for k in strip}
