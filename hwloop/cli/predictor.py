@@ -358,10 +358,15 @@ def predict(
     if any(unlearnt):
         counts = {path: unlearnt.count(path) for path in sorted(set(unlearnt) - {""})}
         first = next(c for c, path in zip(configs, unlearnt) if path)
+        command = f"hwloop collect -d {device} " + (
+            f"-m {model}" + (f" --input-shape {input_shape}" if input_shape else "")
+            if model is not None
+            else "--space SPACE.yaml"
+        )
         err.print(
             f"[yellow]note:[/] {sum(counts.values())} of the {len(configs)} layers take a path of the rules that "
             f"no row of {device}'s table took ({_paths(counts)}), such as {first.id}: the predictor "
-            "extrapolates there; measure such layers with `hwloop collect`",
+            f"extrapolates there; measure such layers with `{command}`",
             highlight=False,
         )
     if whole is not None:
