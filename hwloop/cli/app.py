@@ -83,8 +83,8 @@ def get_device(name: str, directory: Path | None):
 
 
 def note_crowded(devices) -> None:
-    """Say which local devices time layers on several threads on every CPU of this machine: on a
-    2-core host such figures did not repeat from one collection to the next (docs/measurement.md)."""
+    """Say which local devices time several threads on every CPU of this machine: on a 2-core host
+    such figures did not repeat from one collection to the next (docs/measurement.md)."""
     from ..transports.local import takes_every_cpu
 
     for dev in devices:

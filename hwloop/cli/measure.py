@@ -12,7 +12,19 @@ from rich.table import Table
 
 from ..paths import cache_dir as default_cache_dir
 from ..schedules import POLICY_HELP
-from .app import CacheOpt, JsonOpt, RegistryOpt, TablesOpt, app, err, fail, get_device, out, parse_shape
+from .app import (
+    CacheOpt,
+    JsonOpt,
+    RegistryOpt,
+    TablesOpt,
+    app,
+    err,
+    fail,
+    get_device,
+    note_crowded,
+    out,
+    parse_shape,
+)
 
 
 @app.command()
@@ -63,6 +75,7 @@ def measure(
     from ..transports import TransportError
 
     dev = get_device(device, registry)
+    note_crowded([dev])
     try:
         policy = parse_policy(schedule)
         if policy.kind == "transfer":
