@@ -305,6 +305,8 @@ def predict(
 
       hwloop predict -d local --model resnet20
     """
+    from ..predictor.features import arrays
+
     if sum(x is not None and x != [] for x in (layers, space, model)) != 1:
         fail("give layer ids, or --space, or --model")
     predictor = _load(device, predictors)
@@ -329,8 +331,6 @@ def predict(
         except (ModelError, SpaceError) as exc:
             fail(str(exc))
         whole = predictor.predict_model(configs)
-    from ..predictor.features import arrays
-
     latencies = predictor.predict(configs)
     unlearnt = predictor.model.unlearnt_paths(arrays(configs)).tolist()
     record = {
