@@ -79,7 +79,7 @@ class Space:
 
 
 def grid(quick: bool) -> Space:
-    """The issue's grid: 3x3 and 1x1 convs, in 8-88, out 8-92, at 14² and 28²; ``between``: counts
+    """The grid: 3x3 and 1x1 convs, in 8-88, out 8-92, at 14² and 28²; ``between``: counts
     off the grid at those sizes and at 21²."""
     ins = (8, 40, 88) if quick else (8, 24, 40, 56, 72, 88)
     outs = (8, 44, 92) if quick else (8, 20, 32, 44, 56, 68, 80, 92)

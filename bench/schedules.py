@@ -32,7 +32,7 @@ from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
 LAYERS = [
-    LayerConfig("conv2d", 3, 32, 112, 112, kernel=3, stride=2, padding=1),  # MobileNetV2 stem (as in the issue)
+    LayerConfig("conv2d", 3, 32, 112, 112, kernel=3, stride=2, padding=1),  # MobileNetV2 stem
     LayerConfig("conv2d", 128, 128, 28, 28, kernel=3, padding=1),  # ResNet-18 layer2
     LayerConfig("conv2d", 64, 64, 56, 56, kernel=3, padding=1),  # ResNet-18 layer1
     LayerConfig("conv2d", 64, 256, 56, 56, kernel=1),  # 1x1 expansion

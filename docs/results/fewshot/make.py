@@ -1,6 +1,6 @@
 """Turns docs/results/fewshot/results/ (written by ``python -m bench.fewshot``) into this folder's
 README.md: per source → target pair, the few-shot predictor beside one fitted from scratch on the
-same target samples (held-out share within ±5/10/15 %, Spearman), against the issue's targets; the
+same target samples (held-out share within ±5/10/15 %, Spearman), against the targets; the
 learning curve; each part of the transfer on its own; the whole-model calibration from a handful of
 timings; and, when recorded, the CLI workflow on a target.
 
@@ -68,7 +68,7 @@ def main() -> None:
             lines.append(f"| `{name}` | {d['description']} | {d['configs']} | {d['quiet']} | {len(d['models'])} |")
     pairs = scored["pairs"]
     lines += [
-        "\n## At a glance: the issue's targets\n",
+        "\n## At a glance: the targets\n",
         "Held-out share within ±10 % and Spearman's rank correlation on the target's held-out configs. "
         "*random*: mean over 5 random samples; *chosen*: the samples `collect --adaptive --from` picks "
         "(half by the transfer design, then rounds of the few-shot ensemble). Targets: at 20 samples ≥90 % "

@@ -149,7 +149,7 @@ def _every_call(record: dict, limit: float) -> tuple[str, bool]:
 
 
 def targets(path: Path) -> list[str]:
-    """The newest run against the issue's targets."""
+    """The newest run against its targets."""
     run = json.loads(path.read_text())
     table, fleet = run["tables"], run.get("fleet")
     checks = [
