@@ -456,7 +456,7 @@ def paths(rows: pd.DataFrame) -> np.ndarray:
     from hwloop.predictor.latency import vector_unit
 
     quantities = rules.quantities(features.from_frame(rows), *vector_unit(rows.target.iloc[0]))
-    return np.array(rules.PATHS)[quantities["path"]]
+    return rules.path_names(quantities["path"])
 
 
 def size_folds(rows: pd.DataFrame, between: np.ndarray) -> list[np.ndarray]:

@@ -50,7 +50,7 @@ def test_held_out_scores_count_the_rows_on_a_path_no_training_row_took(local_tab
         return LatencyModel.train(train[train.op != "depthwise_conv2d"], seed)
 
     lanes, registers = vector_unit(rows.target.iloc[0])
-    path = np.array(rules.PATHS)[rules.quantities(features.from_frame(rows), lanes, registers)["path"]]
+    path = rules.path_names(rules.quantities(features.from_frame(rows), lanes, registers)["path"])
     masks = splits(rows, 0)
     for name, split in holdout_scores(rows, 0, without_depthwise).items():
         learnt = set(path[~masks[name] & (rows.op != "depthwise_conv2d").to_numpy()])

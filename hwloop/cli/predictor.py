@@ -306,6 +306,7 @@ def predict(
       hwloop predict -d local --model resnet20
     """
     from ..predictor.features import arrays
+    from ..predictor.rules import path_counts
 
     if sum(x is not None and x != [] for x in (layers, space, model)) != 1:
         fail("give layer ids, or --space, or --model")
@@ -356,7 +357,7 @@ def predict(
         table.add_row(row["config_id"], f"{row['latency_ms']:.4f}")
     out.print(table)
     if any(unlearnt):
-        counts = {path: unlearnt.count(path) for path in sorted(set(unlearnt) - {""})}
+        counts = path_counts(unlearnt)
         first = next(c for c, path in zip(configs, unlearnt) if path)
         command = f"hwloop collect -d {device} " + (
             f"-m {model}" + (f" --input-shape {input_shape}" if input_shape else "")

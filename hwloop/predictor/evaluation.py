@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from . import rules
 from .features import from_frame, shape_key
 from .latency import LatencyModel
 from .selection import select
@@ -156,11 +157,10 @@ def holdout_scores(
     for name, test in splits(rows, seed).items():
         train_rows, test_rows = rows[~test], rows[test].reset_index(drop=True)
         probe = train(train_rows, seed)
-        unlearnt = probe.unlearnt_paths(from_frame(test_rows))
         result[name] = {
             **report(test_rows, probe.predict_frame(test_rows)),
             "train_rows": int(len(train_rows)),
-            "unlearnt_paths": {str(path): int((unlearnt == path).sum()) for path in sorted(set(unlearnt) - {""})},
+            "unlearnt_paths": rules.path_counts(probe.unlearnt_paths(from_frame(test_rows))),
         }
     return result
 

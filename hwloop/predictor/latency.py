@@ -109,7 +109,7 @@ class LatencyModel:
         """The path of the rules (a name of :data:`rules.PATHS`) each config of ``cols`` takes, or
         "" where the model learnt that path from rows of its own: elsewhere its work model is the fit of
         every path and the booster extrapolates."""
-        path = np.array(rules.PATHS)[rules.quantities(cols, self.lanes, self.registers)["path"]]
+        path = rules.path_names(rules.quantities(cols, self.lanes, self.registers)["path"])
         return np.where(np.isin(path, list(self.work)), "", path)
 
     def work_ms(self, cols: dict[str, np.ndarray]) -> np.ndarray:

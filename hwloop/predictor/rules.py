@@ -148,6 +148,17 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
     return {"path": path, **out}
 
 
+def path_names(path: np.ndarray) -> np.ndarray:
+    """The names (in :data:`PATHS`) of :func:`quantities`' ``path`` indices."""
+    return np.array(PATHS)[path]
+
+
+def path_counts(names) -> dict[str, int]:
+    """How many of ``names`` (path names; "" for none) name each path, by path."""
+    names = list(names)
+    return {str(path): names.count(path) for path in sorted(set(names) - {""})}
+
+
 def _int(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
