@@ -19,6 +19,7 @@ def test_agreement_counts_the_trials_a_latency_is_made_from():
     record = agreement(rows)
     assert record == {"measured": 4, "within_5": 0.5, "within_10": 0.75, "quiet": 0.75, "disturbed": 3}
     assert warning(record) and warning({**record, "within_10": 0.95}) is None
+    assert "only 94.7% of its measurements" in warning({**record, "within_10": 0.947})  # never "95%, needs 95%"
 
 
 def test_rows_without_trials_measure_nothing():
