@@ -4,7 +4,8 @@ Builds run ahead in a process pool while the device times the previous batch (in
 session, :mod:`hwloop.session`); each result is written to the device's table as soon as it exists.
 A protocol with ``passes: N`` sweeps the configs N times, one sweep after the other. A re-run skips
 what already has its successful, quiet rows for the same schedule policy, target and protocol; what
-the device was too busy to time quietly is taken again at the end of a collection.
+the device was too busy to time quietly, and what its trials disagreed on (:mod:`hwloop.trust`;
+the protocol's ``retake_scattered``), is taken again at the end of a collection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from . import tables
 from .builder import BuildJob, BuildPool, BuildQueue
 from .layers import LayerConfig
@@ -22,6 +26,7 @@ from .registry import Device
 from .rows import Context
 from .schedules import Policy
 from .session import Session, batched
+from .trust import disagree
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Summary:
     schedule: str
     planned: int
     skipped: int
-    retaken: int = 0  # measurements taken again at the end because the device was busy the first time
+    retaken: int = 0  # measurements taken again at the end: the device was busy, or their trials disagreed
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     error: str | None = None  # why the device was given up, if it was
@@ -91,16 +96,27 @@ def collect(
             avoid = device.protocol.cpus if device.transport == "local" else None
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
                 _sweep(session, pool, todo, summary, on_row)
-                busy = {r["config_id"]: i for i, r in enumerate(summary.rows) if r["quiet"] is False}
-                if busy and not session.lost:  # once more for what the device was too busy to time quietly
-                    again = [c for c in dict.fromkeys(todo) if c.id in busy]
+                scattered = device.protocol.retake_scattered
+                unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, scattered)}
+                if unsettled and not session.lost:
+                    again = [c for c in dict.fromkeys(todo) if c.id in unsettled]
                     summary.retaken = len(again)
                     if on_start:
                         on_start(len(todo) + len(again))
-                    _sweep(session, pool, again, summary, on_row, busy)
+                    _sweep(session, pool, again, summary, on_row, unsettled)
         summary.error = session.lost
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def unsettled_rows(rows: list[dict], scattered: bool = True) -> list[int]:
+    """The indices of ``rows`` to take once more at the end of a collection: rows timed while the
+    device was busy and, with ``scattered``, successful rows whose trials disagree
+    (:func:`hwloop.trust.disagree`)."""
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows, columns=["status", "latency_ms", "trial_latencies_ms", "quiet"])
+    return list(np.flatnonzero(frame.quiet.eq(False).to_numpy() | (disagree(frame) & scattered)))
 
 
 def _sweep(

@@ -93,6 +93,12 @@ class Protocol(BaseModel):
         "config; the predictor keeps each config's fastest (not part of the "
         "protocol's identity: every pass's rows count alike)",
     )
+    retake_scattered: bool = Field(
+        True,
+        description="measure once more, at the end of a layer collection, each config whose trials "
+        "disagreed by more than ±10 %; the predictor learns the retake where its trials agree "
+        "(not part of the protocol's identity)",
+    )
 
     @field_validator("cpus")
     @classmethod

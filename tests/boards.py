@@ -131,7 +131,7 @@ class Board:
         return f"[{self.address}]:{self.port} {public[0]} {public[1]}\n"
 
     def device(self, name: str, user_key: Path, known_hosts: Path, **fields) -> dict:
-        """The registry fields of a device on this board (a fast protocol, short timeouts)."""
+        """The registry fields of a device on this board (a fast protocol that takes nothing again, short timeouts)."""
         return {
             "host": self.address,
             "port": self.port,
@@ -150,6 +150,7 @@ class Board:
                 "max_trials": 3,
                 "max_wait": 1.0,
                 "max_steal": 1.0,
+                "retake_scattered": False,
                 "batch": 2,
             },
             "link": {

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hwloop import tables
-from hwloop.collect import collect
+from hwloop.collect import collect, unsettled_rows
 from hwloop.layers import LayerConfig
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
@@ -123,3 +123,19 @@ def test_the_default_rules_padded_repacks_run_on_the_device(registry_dir, cache_
     summary = collect(load_registry(registry_dir).get("local"), padded, parse_policy("default"), tmp_path, cache_dir)
     assert summary.failed == 0, [row.get("error") for row in summary.rows]
     assert (tables.read(tmp_path, "local").check_error <= 1e-4).all()
+
+
+def test_rows_timed_on_a_busy_device_or_with_trials_that_disagree_are_taken_again_at_the_end():
+    def row(status="ok", latency=1.0, trials=(1.0, 1.02, 0.99), quiet=True):
+        return {"status": status, "latency_ms": latency, "trial_latencies_ms": list(trials), "quiet": quiet}
+
+    rows = [
+        row(),
+        row(quiet=False),
+        row(trials=(1.0, 1.3, 0.9)),
+        row(status="failed", latency=None, trials=(), quiet=None),
+        row(trials=(1.0, 1.05, 0.95)),
+    ]
+    assert unsettled_rows(rows) == [1, 2]
+    assert unsettled_rows(rows, scattered=False) == [1]
+    assert unsettled_rows([]) == []

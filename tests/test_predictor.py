@@ -12,6 +12,7 @@ from hwloop.predictor.evaluation import collections_agree, evaluate, holdout_sco
 from hwloop.predictor.latency import LatencyModel, vector_unit
 from hwloop.predictor.selection import select
 from hwloop.schedules import PolicyError, parse_policy, policy_of_rows
+from hwloop.trust import disagree
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +167,7 @@ def test_rows_of_several_protocols_are_refused(local_table):
 def test_a_config_measured_in_several_passes_counts_once_by_its_fastest(local_table):
     rows = tables.read(local_table, "local")
     rows = rows[rows.status == "ok"]
-    slower = rows.iloc[:5].assign(latency_ms=rows.latency_ms.iloc[:5] * 1.5)
-    faster = rows.iloc[5:8].assign(latency_ms=rows.latency_ms.iloc[5:8] * 0.5)
+    slower, faster = _scaled(rows.iloc[:5], 1.5), _scaled(rows.iloc[5:8], 0.5)
     selection = select(pd.concat([rows, slower, faster], ignore_index=True), "t", parse_policy("default").name)
     chosen = selection.rows
     assert len(chosen) == len(rows) and chosen.config_id.is_unique and selection.measurements == len(rows) + 8
@@ -178,6 +178,27 @@ def test_a_config_measured_in_several_passes_counts_once_by_its_fastest(local_ta
     floor = noise_floor(chosen)["passes"]
     assert floor["samples"] == 8 and floor["within_5"] == 0.0
     assert floor["mape"] == pytest.approx(0.5 * 5 / 8 + 1.0 * 3 / 8)
+
+
+def test_a_row_whose_trials_disagree_gives_way_to_a_row_of_its_config_whose_trials_agree(local_table):
+    rows = tables.read(local_table, "local")
+    rows = rows[(rows.status == "ok") & ~disagree(rows)].reset_index(drop=True)
+    scattered = _scaled(rows.iloc[:4], 0.8).assign(
+        trial_latencies_ms=[[t * 0.5, t, t * 1.5] for t in rows.latency_ms.iloc[:4] * 0.8]
+    )
+    selection = select(pd.concat([scattered, rows], ignore_index=True), "t", parse_policy("default").name)
+    assert selection.measurements == len(rows)
+    assert np.allclose(selection.rows.set_index("config_id").latency_ms[rows.config_id], rows.latency_ms)
+    alone = select(pd.concat([scattered, rows.iloc[4:]], ignore_index=True), "t", parse_policy("default").name)
+    assert alone.measurements == len(rows) and set(scattered.config_id) <= set(alone.rows.config_id)
+
+
+def _scaled(rows: pd.DataFrame, factor: float) -> pd.DataFrame:
+    """``rows`` measured again ``factor`` times as long, trials and all."""
+    return rows.assign(
+        latency_ms=rows.latency_ms * factor,
+        trial_latencies_ms=[[t * factor for t in trials] for trials in rows.trial_latencies_ms],
+    )
 
 
 def test_a_second_collection_is_scored_against_the_first_on_the_configs_both_hold():

@@ -33,6 +33,27 @@ def test_fit_refuses_a_table_whose_trials_disagree(local_table, tmp_path):
     assert accepted.exit_code == 0 and (predictors / "local" / "predictor.json").is_file()
 
 
+def test_retakes_whose_trials_agree_stand_for_measurements_whose_trials_did_not(local_table, tmp_path):
+    rows = tables.read(local_table, "local", where={"status": "ok"})
+    noisy = rows.assign(trial_latencies_ms=[[latency, 1.3 * latency] for latency in rows.latency_ms])
+    retaken = rows.assign(
+        trial_latencies_ms=[[latency, latency] for latency in rows.latency_ms],
+        measurement_id=[tables.new_measurement_id() for _ in range(len(rows))],
+    )
+
+    def shown() -> float:
+        record = json.loads(invoke("tables", "show", "local", "--tables", tmp_path, "--json").stdout)
+        return min(r["trials"]["within_10"] for r in record)
+
+    tables.append(tmp_path, "local", noisy.astype(object).where(noisy.notna(), None).to_dict("records"))
+    assert shown() == 0.0
+    tables.append(tmp_path, "local", retaken.astype(object).where(retaken.notna(), None).to_dict("records"))
+    assert shown() == 1.0
+    fitted = invoke("fit", "--device", "local", "--tables", tmp_path, "--predictors", tmp_path / "p", "--json")
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads(fitted.stdout)["trust"]["within_10"] == 1.0
+
+
 def test_fit_evaluate_predict(local_table, tmp_path):
     predictors = tmp_path / "predictors"
     # the test protocol's two trials are not checked for a busy machine: whether they agree is not the point here

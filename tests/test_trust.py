@@ -1,6 +1,6 @@
 import pandas as pd
 
-from hwloop.trust import agreement, warning
+from hwloop.trust import agreement, disagree, warning
 
 
 def _rows(*rows):
@@ -26,3 +26,15 @@ def test_rows_without_trials_measure_nothing():
     assert agreement(_rows(("ok", 1.0, None, None, None))) == {"measured": 0}
     assert agreement(_rows()) == {"measured": 0}
     assert warning({"measured": 0}) is None
+
+
+def test_the_rows_whose_trials_disagree_by_more_than_a_tenth_are_named():
+    rows = _rows(
+        ("ok", 1.0, [1.0, 1.07, 0.97], True, 0),  # within ±10 %
+        ("ok", 1.0, [1.0, 1.2, 1.0], True, 0),
+        ("ok", 1.0, [1.5, 1.0, 1.01, 0.99, 0.5], True, 0),  # the fastest and slowest left out
+        ("ok", 1.0, [1.5, 1.5, 1.0, 1.0, 1.0], False, 0),
+        ("ok", 1.0, None, None, None),  # no trials: nothing to disagree
+        ("failed", None, [9.0, 1.0], True, 0),
+    )
+    assert disagree(rows).tolist() == [False, True, False, True, False, False]

@@ -131,7 +131,8 @@ def collect(
     """Build, check and time a space of layer configurations on a device; every result is kept.
 
     Each config is timed in independent trials that must agree; trials during which another
-    process used the timing CPU are taken again, and what stayed too busy is retried at the end.
+    process used the timing CPU are taken again, and what stayed too busy, or whose trials still
+    disagreed by more than 10 %, is measured once more at the end.
     Resumable: a re-run measures only what is missing. `--dry-run` prints the plan. Examples:
 
       hwloop collect --device local --model resnet20 --samples 60
@@ -320,7 +321,7 @@ def summary_record(summary, tables: Path) -> dict:
 
 def measured_text(record: dict) -> str:
     """``planned …, already measured …, measured now …`` of a :func:`summary_record`."""
-    retaken = f" ({record['retaken']} taken again: the device was busy the first time)" if record["retaken"] else ""
+    retaken = f" ({record['retaken']} taken again: busy device or scattered trials)" if record["retaken"] else ""
     return (
         f"planned {record['planned']}, already measured {record['skipped']}, measured now "
         f"{record['measured']}{retaken}, failed {record['failed']}"

@@ -26,16 +26,17 @@ def show(
     """Summarise the tables per device, schedule policy and op, and how far they can be trusted.
 
     Rows, failures, latencies; the share of measurements whose independent trials agree within
-    ±5 % and ±10 %, and the share timed while nothing else used the timing CPU (quiet). A table
-    whose trials agree within ±10 % for fewer than 95 % of its measurements is flagged: the device
-    was too noisy to learn from."""
+    ±5 % and ±10 % (a measurement taken again counts by its retake where that agreed), and the
+    share timed while nothing else used the timing CPU (quiet). A table whose trials agree within
+    ±10 % for fewer than 95 % of its measurements is flagged: the device was too noisy to learn
+    from."""
     from datetime import datetime, timedelta, timezone
 
     import numpy as np
     import pyarrow.compute as pc
 
     from .. import tables as tables_mod
-    from ..trust import COLUMNS, agreement_of, warning
+    from ..trust import COLUMNS, agreement_of, spreads, superseded, warning
 
     names = [device] if device else tables_mod.devices(tables)
     records = []
@@ -57,6 +58,8 @@ def show(
         quiet = tables_mod.values(table.column("quiet"), True)
         disturbed = tables_mod.values(table.column("disturbed"), 0)
         measured_at = tables_mod.values(table.column("measured_at"), np.iinfo(np.int64).min)
+        schedule_config = schedule * (config.max(initial=0) + 1) + config
+        stands = ~superseded(spreads(succeeded, latency, counts, values), schedule_config)
         groups = {(schedules[s], ops[o]): (s, o) for s, o in set(zip(schedule, op)) if s >= 0 and o >= 0}
         for key in sorted(groups):
             where = (schedule == groups[key][0]) & (op == groups[key][1])
@@ -64,13 +67,14 @@ def show(
             latencies = latency[ok]
             latencies = latencies[~np.isnan(latencies)]
             last = measured_at[where].max()
+            counted = where & stands
             trust = agreement_of(
-                ok[where],
-                latency[where],
-                counts[where],
-                values[np.repeat(where, counts)],
-                quiet[where],
-                disturbed[where],
+                ok[counted],
+                latency[counted],
+                counts[counted],
+                values[np.repeat(counted, counts)],
+                quiet[counted],
+                disturbed[counted],
             )
             records.append(
                 {

@@ -2,8 +2,10 @@
 one schedule policy, one protocol and one target. Rows measured under other conditions are other
 latencies, so mixing them is refused rather than averaged.
 
-Rows timed while the device was busy (not *quiet*, :mod:`hwloop.runner`) are left out. A config
-measured in several passes counts once, by its fastest pass: a disturbance only adds time.
+Rows timed while the device was busy (not *quiet*, :mod:`hwloop.runner`) are left out, and so is a
+row whose trials disagree where its config has a row whose trials agree
+(:func:`hwloop.trust.superseded`). A config measured in several passes counts once, by its fastest
+pass: a disturbance only adds time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..schedules import unrevised
+from ..trust import spreads, superseded, trial_arrays
 from .errors import PredictorError
 
 
@@ -77,6 +80,7 @@ def select(
         raise PredictorError(
             f"{source}: {schedule!r} rows of several targets ({_counts(rows.target)}); keep one target per device table"
         )
+    rows = rows[~superseded(spreads(*trial_arrays(rows)), rows.config_id.to_numpy())]
     first = rows.iloc[0]
     return Selection(fastest_pass(rows), rows, first.device, schedule, first.protocol_id, first.protocol, first.target)
 
