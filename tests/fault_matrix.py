@@ -223,14 +223,15 @@ class Lab:
         self.clients[index] = client
 
     def serve_again(self, index: int) -> None:
-        """Kill what is left of board ``index``'s RPC server and start it again."""
-        with contextlib.suppress(Exception):
-            self.clients.pop(index).close()
+        """Kill what is left of board ``index``'s RPC server and start it again (killed while its SSH
+        session holds it: once the session closes, it would live on outside the board's sshd)."""
         for process in self.boards[index].sessions():
             with contextlib.suppress(psutil.NoSuchProcess):
                 if "rpc_server" in " ".join(process.cmdline()):
                     process.send_signal(signal.SIGCONT)
                     process.kill()
+        with contextlib.suppress(Exception):
+            self.clients.pop(index).close()
         self.serve(index, *self.servers[index])
 
     def later(self, seconds: float, action: Callable[[], None]) -> threading.Timer:
@@ -242,14 +243,14 @@ class Lab:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
+        for board in self.boards:  # first: what their SSH sessions run is still under their sshd
+            board.stop()
         for client in self.clients.values():
             client.close()
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        for board in self.boards:
-            board.stop()
         for proxy in self.proxies:
             proxy.close()
         if self.mounted:
