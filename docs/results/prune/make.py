@@ -38,7 +38,7 @@ $B --model resnet20 --work bench-prune --budgets 0.4,0.5 --flops-budgets 0.1,0.1
    --methods latency,lws,flops:1
 $B --model resnet20 --work bench-prune --budgets 0.25,0.3,0.35,0.4 --methods latency --proposals 16
 $B --model bench/models.py:resnet20_x075 --work bench-prune-x075 --samples 200 --budgets 0.4,0.6 \\
-   --flops-budgets 0.5,0.6
+   --flops-budgets 0.5,0.6 --methods latency,flops,uniform
 $B --model resnet18 --work bench-prune-r18 --dense-epochs 6 --budgets 0.3,0.5 --flops-budgets 0.4,0.6,0.8 \\
    --methods latency,flops,uniform --revalidate 1
 $B --model mobilenetv2 --work bench-prune-mbv2 --train-samples 12000 --dense-epochs 6 --budgets 0.3,0.5 \\
