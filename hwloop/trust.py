@@ -96,10 +96,11 @@ def spreads(ok, latency_ms, trial_counts, trials) -> np.ndarray:
 
 def warning(record: dict) -> str | None:
     """Why a table with :func:`agreement` ``record`` should not be learnt from, or None."""
-    if not record.get("measured") or record["within_10"] >= TRUSTED:
+    share = record.get(f"within_{LEARNT}")
+    if not record.get("measured") or share >= TRUSTED:
         return None
     return (
-        f"the trials of only {record['within_10']:.1%} of its measurements agree within ±10 % (a table to learn "
+        f"the trials of only {share:.1%} of its measurements agree within ±{LEARNT} % (a table to learn "
         f"from needs {TRUSTED:.0%}; {1 - record['quiet']:.0%} were timed while another process used the timing "
         "CPU): the device was too noisy. Measure again when it is quieter (`hwloop collect --force`), "
         "or pin the device's protocol to a CPU nothing else uses (`cpus:`)"
