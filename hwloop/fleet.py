@@ -7,7 +7,8 @@ away; the others go on). This process holds every device's table while its worke
 rows into it. Builds run once in a shared pool for every device with the same target and cross
 compiler. Every row is written as soon as it exists, so nothing measured is lost, a measurement
 lost in flight is taken again rather than recorded twice, and a re-run measures only what is
-missing.
+missing. As in a collection on one device, what a device was too busy to time quietly, or its
+trials disagreed on, is taken again at the end (:func:`hwloop.collect.unsettled_rows`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Callable
 
 from . import tables
 from .builder import BuildJob, BuildPool, Built, build_timeout
-from .collect import Summary, pending, planned_summary
+from .collect import Summary, pending, planned_summary, unsettled_rows
 from .layers import LayerConfig
 from .registry import Device
 from .rows import Context
@@ -155,7 +156,8 @@ def collect_fleet(
 ) -> list[BoardRun]:
     """Measure ``configs`` on every device of ``devices`` in parallel; one :class:`BoardRun` per
     device. Each device's table is held from planning to the end (``on_wait`` hears of a run
-    that holds one already)."""
+    that holds one already). ``on_start`` hears each device's measurements to take, and again
+    with the retakes where the end of the collection adds some."""
     start = time.perf_counter()
     contexts = {d.name: Context.of(d, policy) for d in devices}
     todo, runs = {}, {}
@@ -171,10 +173,36 @@ def collect_fleet(
         if busy:
             avoid = sorted({c for d in busy if d.transport == "local" for c in (d.protocol.cpus or [])})
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
-                _run(busy, todo, contexts, policy, tables_dir, cache_dir, SharedBuilds(pool), runs, on_row, on_lost)
+                builds = SharedBuilds(pool)
+                _run(busy, todo, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost)
+                again, replacing = _retakes(busy, todo, runs)
+                for name, retakes in again.items():
+                    if on_start:
+                        on_start(name, len(todo[name]) + len(retakes))
+                if again:
+                    retake = [d for d in busy if d.name in again]
+                    _run(
+                        retake, again, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost, replacing
+                    )
     for run in runs.values():
         run.summary.wall_s = time.perf_counter() - start
     return list(runs.values())
+
+
+def _retakes(devices, todo, runs) -> tuple[dict, dict]:
+    """Per device still measuring, the configs to take once more (:func:`unsettled_rows`) and, for
+    each, the index of the row its new one replaces in the device's summary."""
+    again, replacing = {}, {}
+    for d in devices:
+        summary = runs[d.name].summary
+        if summary.error:
+            continue
+        unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, d.protocol.retake_scattered)}
+        configs = [c for c in dict.fromkeys(todo[d.name]) if c.id in unsettled]
+        if configs:
+            again[d.name], replacing[d.name] = configs, unsettled
+            summary.retaken = len(configs)
+    return again, replacing
 
 
 def _slots(device: Device) -> int:
@@ -189,7 +217,10 @@ def _slots(device: Device) -> int:
         return 1
 
 
-def _run(devices, todo, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost) -> None:
+def _run(devices, todo, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost, replacing=None) -> None:
+    """Measure each device's ``todo`` in worker processes; a row of a config in ``replacing[device]``
+    (config id → row index) replaces that row of the device's summary, others are appended."""
+    replacing = {name: dict(rows) for name, rows in (replacing or {}).items()}
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     jobs = {d.name: spawn.Queue(maxsize=d.protocol.batch + 1) for d in devices}
@@ -251,7 +282,12 @@ def _run(devices, todo, contexts, policy, tables_dir, cache_dir, builds, runs, o
                         )
                 continue
             if kind == "row":
-                runs[name].summary.rows.append(payload)
+                rows = runs[name].summary.rows
+                index = replacing.get(name, {}).pop(payload["config_id"], None)
+                if index is None:
+                    rows.append(payload)
+                else:
+                    rows[index] = payload
                 if on_row:
                     on_row(name, payload)
             elif kind == "lost":

@@ -11,6 +11,7 @@ import pytest
 from boards import PYTHON, Proxy, write_registry
 from typer.testing import CliRunner
 
+from hwloop import fleet as fleet_module
 from hwloop import tables
 from hwloop.cli import app
 from hwloop.fleet import collect_fleet
@@ -106,6 +107,30 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
         ("b0", len(SPACE), 0, None),
         ("b1", len(SPACE), 0, None),
     ]
+
+
+def test_rows_a_board_did_not_settle_are_taken_again_at_the_end(boards, user_key, tmp_path, cache_dir, monkeypatch):
+    real = fleet_module.unsettled_rows
+    # the first row counts as unsettled too, as if its trials had disagreed
+    monkeypatch.setattr(fleet_module, "unsettled_rows", lambda rows, scattered: sorted({0, *real(rows, scattered)}))
+    registry, _ = fleet(tmp_path, user_key, boards())
+    started, seen = [], []
+    [run] = collect_fleet(
+        registry.select(["b0"]),
+        SPACE[:3],
+        POLICY,
+        tmp_path / "tables",
+        cache_dir,
+        on_start=lambda name, total: started.append(total),
+        on_row=lambda name, row: seen.append(row),
+    )
+    summary, first = run.summary, seen[0]["config_id"]
+    assert run.error is None and summary.retaken >= 1 and started == [3, 3 + summary.retaken]
+    assert len(seen) == 3 + summary.retaken and summary.measured == 3  # a retake replaces its row in the summary
+    table = tables.read(tmp_path / "tables", "b0")
+    assert len(table) == len(seen) and (table.config_id == first).sum() == 2  # the table keeps both
+    latest = [row for row in seen if row["config_id"] == first][-1]
+    assert [row["measurement_id"] for row in summary.rows if row["config_id"] == first] == [latest["measurement_id"]]
 
 
 FAULTS = ["drop", "sshd-restart", "hung", "stall", "cut", "missing-module", "garbled-output"]

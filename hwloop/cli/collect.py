@@ -381,10 +381,13 @@ def _collect_on_boards(devices, configs, policy, tables: Path, cache: Path, forc
                 d.name: progress.add_task(f"{d.name} · {policy.name}", total=None, failed=0, status="") for d in devices
             }
 
+        totals: dict[str, int] = {}
+
         def on_start(name: str, total: int) -> None:
             task = tasks[name]
+            totals[name] = total
             if shared:
-                progress.update(task, total=progress.tasks[task].total + total)
+                progress.update(task, total=sum(totals.values()))
             else:
                 progress.update(task, total=total, status="" if total else "nothing to measure")
 
