@@ -1,6 +1,7 @@
 """Whether a layer's measured latency repeats: what moves it, and whether two collections agree.
 
     .venv/bin/python bench/reproducibility.py trials [--trials 12] [--neighbour none|bursts|fit] [--builds]
+        [--threads N]
     .venv/bin/python bench/reproducibility.py collections --space resnet20|grid [--neighbour none|bursts|fit]
     .venv/bin/python bench/reproducibility.py page
 
@@ -11,7 +12,8 @@ results folder there into docs/results/reproducibility/README.md.
 ``trials``: what moves one artifact's latency.
 Three convs of the ResNet family (about 10 µs, 0.3 ms and 3 ms on one x86 core) are built with the
 ``default`` rules for this machine and timed on the built-in ``local`` device (its RPC server pinned
-to CPU 0), trial after trial, the configs interleaved. A trial is ``repeat`` repeats of at least
+to CPU 0; with ``--threads N``, on N threads pinned to CPUs 0 to N-1), trial after trial, the
+configs interleaved. A trial is ``repeat`` repeats of at least
 ``min_repeat_ms``, and each condition makes its trials more independent than the last:
 
 * ``same``: one RPC session, the library loaded once, the same buffers: only time passes;
@@ -266,8 +268,14 @@ def builds_running(enabled: bool, cache: Path, target: dict):
 
 
 def study_trials(args, out: Path) -> None:
-    protocol = Protocol(warmup=10, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms, threads=1, cpus=[0])
-    target = resolve({"kind": "llvm", "mcpu": "host"}, 1)
+    protocol = Protocol(
+        warmup=10,
+        repeat=args.repeat,
+        min_repeat_ms=args.min_repeat_ms,
+        threads=args.threads,
+        cpus=list(range(args.threads)),
+    )
+    target = resolve({"kind": "llvm", "mcpu": "host"}, args.threads)
     cache = out / "cache"
     artifacts = {}
     for config in CONFIGS:
@@ -296,7 +304,7 @@ def study_trials(args, out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(
         f"{summary['machine']['cpu_model']} ({summary['machine']['llvm_cpu']}, {summary['machine']['cores']} cores), "
-        f"neighbour {args.neighbour}, builds {'on' if args.builds else 'off'} → {out}"
+        f"neighbour {args.neighbour}, builds {'on' if args.builds else 'off'}, {args.threads} thread(s) → {out}"
     )
     print(
         f"{'condition':9} {'config':42} {'trials':>6} {'median ms':>10} {'max/min':>8} {'trials CV':>9} "
@@ -453,7 +461,8 @@ def page() -> None:
         s = json.loads(summary_path.read_text())
         m = s["machine"]
         lines += [
-            f"## Trials: neighbour {s['neighbour']}, builds {'on' if s['builds'] else 'off'} "
+            f"## Trials: neighbour {s['neighbour']}, builds {'on' if s['builds'] else 'off'}, "
+            f"{s['protocol']['threads']} thread{'s' if s['protocol']['threads'] > 1 else ''} "
             f"(`{summary_path.parent.name}`)",
             "",
             f"{m['cpu_model']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores), commit {m['commit']}, "
@@ -484,6 +493,7 @@ def main() -> None:
     trials.add_argument("--builds", action="store_true", help="compile other configs on the other CPUs meanwhile")
     trials.add_argument("--repeat", type=int, default=20)
     trials.add_argument("--min-repeat-ms", type=int, default=20)
+    trials.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
     collections = modes.add_parser("collections", help="two collections of one space, compared")
     collections.add_argument("--space", choices=["resnet20", "grid"], default="resnet20")
     modes.add_parser("page", help="the results page from the results folders")
