@@ -413,8 +413,44 @@ second: how much a neighbour during collection costs the predictor.
 core), trial after trial, each condition more independent than the last: `same` (one session, one
 load, the same buffers), `buffers` (fresh buffers per trial), `load` (the library loaded again),
 `session` (a new RPC session), `server` (a new RPC server process); *builds on*: a build pool
-compiles on the other CPUs meanwhile.
+compiles on the other CPUs meanwhile; *2 threads*: each conv runs on two threads, on CPUs 0 and 1.
 """
+
+
+def plot_trials(folders: list[Path], out: Path) -> None:
+    """One panel per trials study: each conv's trial medians (condition ``same``) over its fastest,
+    against the seconds since the study's first trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(folders))
+    rows = -(-len(folders) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3 * rows), sharey=True, squeeze=False)
+    for axis, folder in zip(axes.flat, folders):
+        records = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+        same = [r for r in records if r["condition"] == "same"]
+        threads = json.loads((folder / "summary.json").read_text())["protocol"]["threads"]
+        for config in dict.fromkeys(r["config"] for r in same):
+            mine = [r for r in same if r["config"] == config]
+            fastest = min(r["median_ms"] for r in mine)
+            axis.plot(
+                [r["start"] - same[0]["start"] for r in mine],
+                [r["median_ms"] / fastest for r in mine],
+                marker=".",
+                label=f"{statistics.median(r['median_ms'] for r in mine) * 1e3:.0f} µs",
+            )
+        axis.set_title(f"{folder.name} ({threads} thread{'s' if threads > 1 else ''})", fontsize=9)
+        axis.set_xlabel("seconds")
+        axis.legend(fontsize=7)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("trial / fastest trial")
+    for axis in list(axes.flat)[len(folders) :]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
 
 
 def page() -> None:
@@ -457,7 +493,19 @@ def page() -> None:
                 f"{run['disturbed_trials']} | {run['not_quiet']} | {run['retaken']} |"
             )
         lines.append("")
-    for summary_path in sorted((RESULTS / "results").glob("*/summary.json")):
+    studies = sorted((RESULTS / "results").glob("*/summary.json"))
+    if studies:
+        plot_trials([path.parent for path in studies], RESULTS / "trials.png")
+        lines += [
+            "## Trials over time",
+            "",
+            "Each trial's median over the fastest of its conv, in the order taken (condition `same`: one "
+            "load, the same buffers), per trial study below.",
+            "",
+            "![trials over time](trials.png)",
+            "",
+        ]
+    for summary_path in studies:
         s = json.loads(summary_path.read_text())
         m = s["machine"]
         lines += [
