@@ -48,6 +48,15 @@ class Summary:
     def failed(self) -> int:
         return len(self.rows) - self.measured
 
+    def put(self, row: dict, replacing: dict[str, int]) -> None:
+        """Add ``row``, or put it in place of the row it retakes (``replacing``: config id → that
+        row's index in :attr:`rows`; the entry is used up)."""
+        index = replacing.pop(row["config_id"], None)
+        if index is None:
+            self.rows.append(row)
+        else:
+            self.rows[index] = row
+
 
 def pending(configs: list[LayerConfig], context: Context, tables_dir: Path, force: bool) -> list[LayerConfig]:
     """The measurements still to take, pass by pass: a config appears once for each of the
@@ -96,10 +105,8 @@ def collect(
             avoid = device.protocol.cpus if device.transport == "local" else None
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
                 _sweep(session, pool, todo, summary, on_row)
-                scattered = device.protocol.retake_scattered
-                unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, scattered)}
-                if unsettled and not session.lost:
-                    again = [c for c in dict.fromkeys(todo) if c.id in unsettled]
+                again, unsettled = retakes(summary, todo, device.protocol.retake_scattered)
+                if again and not session.lost:
                     summary.retaken = len(again)
                     if on_start:
                         on_start(len(todo) + len(again))
@@ -117,6 +124,14 @@ def unsettled_rows(rows: list[dict], scattered: bool = True) -> list[int]:
         return []
     frame = pd.DataFrame(rows, columns=["status", "latency_ms", "trial_latencies_ms", "quiet"])
     return list(np.flatnonzero(frame.quiet.eq(False).to_numpy() | (disagree(frame) & scattered)))
+
+
+def retakes(summary: Summary, todo: list[LayerConfig], scattered: bool) -> tuple[list[LayerConfig], dict[str, int]]:
+    """The configs of ``todo`` to take once more at the end of a collection (the configs of
+    :func:`unsettled_rows` of ``summary.rows``) and, for each, its row's index in ``summary.rows``
+    (the row its retake replaces)."""
+    unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, scattered)}
+    return [c for c in dict.fromkeys(todo) if c.id in unsettled], unsettled
 
 
 def _sweep(
@@ -138,9 +153,6 @@ def _sweep(
         if rows is None:
             return
         for row in rows:
-            if row["config_id"] in replacing:
-                summary.rows[replacing.pop(row["config_id"])] = row
-            else:
-                summary.rows.append(row)
+            summary.put(row, replacing)
             if on_row:
                 on_row(row)

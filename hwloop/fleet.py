@@ -8,7 +8,7 @@ rows into it. Builds run once in a shared pool for every device with the same ta
 compiler. Every row is written as soon as it exists, so nothing measured is lost, a measurement
 lost in flight is taken again rather than recorded twice, and a re-run measures only what is
 missing. As in a collection on one device, what a device was too busy to time quietly, or its
-trials disagreed on, is taken again at the end (:func:`hwloop.collect.unsettled_rows`).
+trials disagreed on, is taken again at the end (:func:`hwloop.collect.retakes`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Callable
 
 from . import tables
 from .builder import BuildJob, BuildPool, Built, build_timeout
-from .collect import Summary, pending, planned_summary, unsettled_rows
+from .collect import Summary, pending, planned_summary, retakes
 from .layers import LayerConfig
 from .registry import Device
 from .rows import Context
@@ -176,9 +176,9 @@ def collect_fleet(
                 builds = SharedBuilds(pool)
                 _run(busy, todo, contexts, policy, tables_dir, cache_dir, builds, runs, on_row, on_lost)
                 again, replacing = _retakes(busy, todo, runs)
-                for name, retakes in again.items():
+                for name, configs_again in again.items():
                     if on_start:
-                        on_start(name, len(todo[name]) + len(retakes))
+                        on_start(name, len(todo[name]) + len(configs_again))
                 if again:
                     retake = [d for d in busy if d.name in again]
                     _run(
@@ -190,15 +190,14 @@ def collect_fleet(
 
 
 def _retakes(devices, todo, runs) -> tuple[dict, dict]:
-    """Per device still measuring, the configs to take once more (:func:`unsettled_rows`) and, for
-    each, the index of the row its new one replaces in the device's summary."""
+    """Per device still measuring, :func:`hwloop.collect.retakes`: the configs to take once more and
+    the rows their retakes replace."""
     again, replacing = {}, {}
     for d in devices:
         summary = runs[d.name].summary
         if summary.error:
             continue
-        unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, d.protocol.retake_scattered)}
-        configs = [c for c in dict.fromkeys(todo[d.name]) if c.id in unsettled]
+        configs, unsettled = retakes(summary, todo[d.name], d.protocol.retake_scattered)
         if configs:
             again[d.name], replacing[d.name] = configs, unsettled
             summary.retaken = len(configs)
@@ -282,12 +281,7 @@ def _run(devices, todo, contexts, policy, tables_dir, cache_dir, builds, runs, o
                         )
                 continue
             if kind == "row":
-                rows = runs[name].summary.rows
-                index = replacing.get(name, {}).pop(payload["config_id"], None)
-                if index is None:
-                    rows.append(payload)
-                else:
-                    rows[index] = payload
+                runs[name].summary.put(payload, replacing.get(name, {}))
                 if on_row:
                     on_row(name, payload)
             elif kind == "lost":

@@ -11,7 +11,7 @@ import pytest
 from boards import PYTHON, Proxy, write_registry
 from typer.testing import CliRunner
 
-from hwloop import fleet as fleet_module
+from hwloop import collect as collect_module
 from hwloop import tables
 from hwloop.cli import app
 from hwloop.fleet import collect_fleet
@@ -110,9 +110,9 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
 
 
 def test_rows_a_board_did_not_settle_are_taken_again_at_the_end(boards, user_key, tmp_path, cache_dir, monkeypatch):
-    real = fleet_module.unsettled_rows
+    real = collect_module.unsettled_rows
     # the first row counts as unsettled too, as if its trials had disagreed
-    monkeypatch.setattr(fleet_module, "unsettled_rows", lambda rows, scattered: sorted({0, *real(rows, scattered)}))
+    monkeypatch.setattr(collect_module, "unsettled_rows", lambda rows, scattered: sorted({0, *real(rows, scattered)}))
     registry, _ = fleet(tmp_path, user_key, boards())
     started, seen = [], []
     [run] = collect_fleet(
