@@ -3,6 +3,7 @@
     .venv/bin/python bench/reproducibility.py trials [--trials 12] [--neighbour none|bursts|fit] [--builds]
         [--threads N]
     .venv/bin/python bench/reproducibility.py collections --space resnet20|grid [--neighbour none|bursts|fit]
+        [--threads N] [--sentinel FACTOR|off]
     .venv/bin/python bench/reproducibility.py page
 
 The first two write into ``--out`` (default: docs/results/reproducibility/results/<mode>-<time>)
@@ -31,7 +32,9 @@ Writes ``trials.jsonl`` and ``summary.json`` (per condition and config: the spre
 medians, their CV, the repeats' CV).
 
 ``collections``: the same space collected twice into separate tables with hwloop's own protocol
-(the built-in ``local`` device), the second beside ``--neighbour``; writes ``agreement.json``: the
+(the built-in ``local`` device; with ``--threads N``, on N threads pinned to CPUs 0 to N-1, and
+``--sentinel`` its protocol's field), the second beside ``--neighbour``; the space is built first,
+so that no build runs beside either collection's timing. Writes ``agreement.json``: the
 share of configs whose two latencies agree within ±5/±10 %, the collections' speed and how many
 trials were disturbed, and for each collection, each config of the first (quiet) collection predicted by a
 predictor fitted on the other three
@@ -347,10 +350,19 @@ def study_collections(args, out: Path) -> None:
     configs = space(args.space)
     policy = parse_policy("default")
     cache = out / "cache"
+    sentinel = None if args.sentinel == "off" else float(args.sentinel)
+    protocol = LOCAL.protocol.model_copy(
+        update={"threads": args.threads, "cpus": list(range(args.threads)), "sentinel": sentinel}
+    )
+    device = LOCAL.model_copy(update={"protocol": protocol})
+    target = resolve(device.target, args.threads)
+    with BuildPool(cache) as pool:
+        for done in [pool.submit(BuildJob(c, target, policy.name)) for c in configs]:
+            done.result()
     runs = {}
     for name, beside in (("first", "none"), ("second", args.neighbour)):
         with neighbour(beside):
-            summary = collect(LOCAL, configs, policy, out / name, cache)
+            summary = collect(device, configs, policy, out / name, cache)
         rows = tables.read(out / name, "local", where={"status": "ok"})
         runs[name] = {
             "neighbour": beside,
@@ -382,7 +394,7 @@ def study_collections(args, out: Path) -> None:
     result = {
         "machine": script_record(),
         "space": args.space,
-        "protocol": LOCAL.protocol.model_dump(),
+        "protocol": protocol.model_dump(),
         "runs": runs,
         "agreement": agreement,
         "predictor_on_first": predictors,
@@ -459,17 +471,19 @@ def page() -> None:
         PAGE_INTRO,
         "## Two collections of one space",
         "",
-        "| results | space | second beside | configs compared | within ±5 % | within ±10 % | worst | configs/min: "
-        "first, second | predictor within ±10 %: from first, from second |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| results | space | threads | sentinel | second beside | configs compared | within ±5 % | within ±10 % "
+        "| worst | configs/min: first, second | predictor within ±10 %: from first, from second |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     collections = [
         (path, json.loads(path.read_text())) for path in sorted((RESULTS / "results").glob("*/agreement.json"))
     ]
     for path, a in collections:
         agreement, runs, scored = a["agreement"], a["runs"], a["predictor_on_first"]
+        sentinel = a["protocol"].get("sentinel")
         lines.append(
-            f"| `{path.parent.name}` | {a['space']} | {runs['second']['neighbour']} | {agreement['configs']} | "
+            f"| `{path.parent.name}` | {a['space']} | {a['protocol']['threads']} | "
+            f"{f'{sentinel:g}' if sentinel else 'none'} | {runs['second']['neighbour']} | {agreement['configs']} | "
             f"{agreement['within_5']:.1%} | {agreement['within_10']:.1%} | {agreement['worst']:.1%} | "
             f"{runs['first']['configs_per_min']:.0f}, {runs['second']['configs_per_min']:.0f} | "
             f"{scored['first']['within_10']:.1%}, {scored['second']['within_10']:.1%} |"
@@ -544,6 +558,10 @@ def main() -> None:
     trials.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
     collections = modes.add_parser("collections", help="two collections of one space, compared")
     collections.add_argument("--space", choices=["resnet20", "grid"], default="resnet20")
+    collections.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
+    collections.add_argument(
+        "--sentinel", default=str(Protocol().sentinel), help="the protocol's sentinel factor, or off"
+    )
     modes.add_parser("page", help="the results page from the results folders")
     for mode in (trials, collections):
         mode.add_argument("--neighbour", choices=["none", *NEIGHBOURS], default="none")

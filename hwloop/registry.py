@@ -85,6 +85,14 @@ class Protocol(BaseModel):
         "input (a layer's weights and output start cold, as in a whole model whose other layers ran "
         "in between); needs number 1 and min_repeat_ms 0",
     )
+    sentinel: float | None = Field(
+        1.25,
+        gt=1,
+        description="between rounds of trials, time a fixed small conv built for the device's target; a "
+        "round during which it ran more than this factor slower than its fastest in the last two minutes is "
+        "disturbed, dropped and taken again (a state of the host that slows every kernel at once, which the "
+        "trials of one measurement agree on); null: no sentinel (not part of the protocol's identity)",
+    )
     batch: int = Field(8, ge=1, description="configs (or models) measured together, their trials interleaved")
     passes: int = Field(
         1,

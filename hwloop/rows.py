@@ -29,7 +29,7 @@ class Context:
 
     @classmethod
     def of(cls, device: Device, policy: Policy) -> "Context":
-        unrelated = {"passes", "batch", "retake_scattered"}  # a row's meaning does not depend on them
+        unrelated = {"passes", "batch", "retake_scattered", "sentinel"}  # a row's meaning does not depend on them
         if not device.protocol.flush:
             unrelated.add("flush")  # left out when off: tables timed warm keep their protocol_id
         protocol = device.protocol.model_dump_json(exclude=unrelated)

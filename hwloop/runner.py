@@ -15,10 +15,13 @@ always run warm), and around it the device says what its timing process shared t
 ``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*; it
 is dropped and taken again in a later round, after a pause that grows while the device stays busy
 (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement is not
-*quiet*). An artifact settles once it has ``trials`` trials and each lies within ``agree`` of their
-median, or after ``max_trials``; its latency is the mean of its trials' medians, the fastest and
-slowest left out from five trials on: a small kernel whose loads land in two states of the device
-gets the mean of both, as the loads of a deployed model meet them.
+*quiet*). With a ``sentinel``, a fixed small conv is timed before and after each round: a round
+during which it ran more than ``sentinel`` times slower than its fastest of the last two minutes
+is disturbed as a whole, since such a state of the host slows every kernel at once and the trials
+of one measurement, taken within it, agree. An artifact settles once it has ``trials`` trials and
+each lies within ``agree`` of their median, or after ``max_trials``; its latency is the mean of its
+trials' medians, the fastest and slowest left out from five trials on: a small kernel whose loads
+land in two states of the device gets the mean of both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import functools
 import random
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +52,8 @@ MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (fo
 ESTIMATOR = "trimmed-mean-of-trials"
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
+SENTINEL = LayerConfig("conv2d", 16, 16, 14, 14, kernel=3, padding=1)  # timed between rounds of trials
+SENTINEL_WINDOW_S = 120.0  # a slower state that lasts longer than this is the device's new normal
 
 
 @dataclass
@@ -145,6 +151,24 @@ class Measurement:
         return all(abs(m / middle - 1) <= protocol.agree for m in self.trial_ms)
 
 
+class Sentinel:
+    """The sentinel's readings (each a trial's median, in ms) over the last ``window_s`` seconds;
+    a reading is slow when it exceeds their fastest by more than the factor ``slack``."""
+
+    def __init__(self, slack: float, window_s: float = SENTINEL_WINDOW_S):
+        self.slack = slack
+        self.window_s = window_s
+        self.readings: deque[tuple[float, float]] = deque()
+
+    def slow(self, ms: float, now: float | None = None) -> bool:
+        """Record the reading ``ms`` (taken at ``now``, monotonic seconds); whether it is slow."""
+        now = time.monotonic() if now is None else now
+        self.readings.append((now, ms))
+        while self.readings[0][0] < now - self.window_s:
+            self.readings.popleft()
+        return ms > self.slack * min(reading for _, reading in self.readings)
+
+
 @dataclass
 class _Open:
     """An artifact checked in the session, ready for trials: how to take one, and its measurement."""
@@ -159,11 +183,22 @@ class Runner:
     Kernels run on the session's device of ``target``'s kind (its CPU for ``llvm``, its GPU for
     ``nvptx``/``cuda``). ``references``: the folder where torch's outputs that layers are checked
     against are kept (:func:`hwloop.references.check_io`); without it each check computes its own.
+    ``sentinel``: :data:`SENTINEL` built for ``target``, timed between rounds where the protocol
+    asks for it (a sentinel that fails its check is left out).
     """
 
-    def __init__(self, transport, protocol: Protocol, target: dict | None = None, references: Path | None = None):
+    def __init__(
+        self,
+        transport,
+        protocol: Protocol,
+        target: dict | None = None,
+        references: Path | None = None,
+        sentinel: str | None = None,
+    ):
         self.transport = transport
         self.protocol = protocol
+        self.sentinel = sentinel if protocol.sentinel else None
+        self.readings = Sentinel(protocol.sentinel) if self.sentinel else None
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self.references = references
         self._session = None
@@ -203,7 +238,8 @@ class Runner:
                     results[index] = done
                 else:
                     opened[index] = done
-            self._rounds(list(opened.values()))
+            sentinel = self._open_layer(self.sentinel, SENTINEL) if self.sentinel and opened else None
+            self._rounds(list(opened.values()), sentinel if isinstance(sentinel, _Open) else None)
             for index, item in opened.items():
                 results[index] = item.measurement
             self._remove_uploaded()
@@ -298,17 +334,22 @@ class Runner:
         measurement = Measurement(check_error=error)
         return _Open(lambda: self._trial(load_vm, device, make_args, measurement, flush=False), measurement)
 
-    def _rounds(self, opened: list[_Open]) -> None:
+    def _rounds(self, opened: list[_Open], sentinel: _Open | None) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
-        trial is dropped (and counted), and the next round waits a little longer first."""
+        trial (every trial of a round the ``sentinel`` found slow at either end) is dropped (and
+        counted), and the next round waits a little longer first."""
         p = self.protocol
         pause = 0.0
+        slow_before = None
         while pending := [o for o in opened if not o.measurement.settled(p)]:
             random.shuffle(pending)
+            if sentinel is not None and slow_before is None:
+                slow_before = self._slow(sentinel)
+            taken = [(item.measurement, item.trial()) for item in pending]
+            slow_after = sentinel is not None and self._slow(sentinel)
             disturbed = False
-            for item in pending:
-                trial, m = item.trial(), item.measurement
-                if trial.disturbed(p):
+            for m, trial in taken:
+                if slow_before or slow_after or trial.disturbed(p):
                     disturbed = True
                     if m.disturbed < p.max_disturbed:
                         m.disturbed += 1
@@ -316,7 +357,15 @@ class Runner:
                     m.kept_disturbed += 1
                 m.trials.append(trial)
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
-            time.sleep(pause)
+            if pause:
+                time.sleep(pause)
+                slow_before = None  # read again after the pause
+            else:
+                slow_before = slow_after
+
+    def _slow(self, sentinel: _Open) -> bool:
+        """Whether a trial of the sentinel, taken now, is slow."""
+        return self.readings.slow(sentinel.trial().median_ms)
 
     def _trial(
         self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement, flush: bool

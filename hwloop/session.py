@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tables
-from .builder import Built
+from . import paths, tables
+from .builder import BuildJob, Built, build
 from .registry import Device
 from .rows import Context, layer_row, model_row
-from .runner import Measurement, Runner
+from .runner import SENTINEL, Measurement, Runner
 from .schedules import Policy
 from .transports import DeviceBusy, TransportError, open_transport
 from .transports.base import start_with_retries
@@ -61,7 +61,8 @@ class Session:
     """Measurements of ``device`` under ``policy`` into its layer table (``models``: its model
     table). ``journal_only``: the caller already holds the table (a fleet runs several sessions
     of one table in its workers). ``cache_dir``: where torch's outputs that layers are checked
-    against are kept (``references/``), shared by every session and pass."""
+    against are kept (``references/``), shared by every session and pass, and where the protocol's
+    sentinel is built (by default :func:`hwloop.paths.cache_dir`)."""
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class Session:
     ):
         self.device = device
         self.references = Path(cache_dir) / "references" if cache_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
         self.context = Context.of(device, policy)
         self.tables_dir = Path(tables_dir)
         self.model_table = models
@@ -117,7 +119,17 @@ class Session:
             if failure:
                 raise TransportError(failure)
             self.transport = started[0]
-            self.runner = Runner(self.transport, self.device.protocol, self.context.target, self.references)
+            self.runner = Runner(
+                self.transport, self.device.protocol, self.context.target, self.references, self._sentinel()
+            )
+
+    def _sentinel(self) -> str | None:
+        """The protocol's sentinel built for the device's target (default rules), or None where the
+        protocol has none or it does not build (its layers will say why)."""
+        if self.device.protocol.sentinel is None:
+            return None
+        job = BuildJob(SENTINEL, self.context.target, "default", self.device.cc)
+        return build(job, self.cache_dir).artifact
 
     def layers(self, builds: list[Built]) -> list[dict] | None:
         """Measure a batch of builds (a failed build is its row) and write their rows, in order;

@@ -150,6 +150,7 @@ class Board:
                 "max_trials": 3,
                 "max_wait": 1.0,
                 "max_steal": 1.0,
+                "sentinel": None,
                 "retake_scattered": False,
                 "batch": 2,
             },

@@ -21,20 +21,20 @@ devices:
     transport: local
     target: {kind: llvm, mcpu: host}
     protocol: {warmup: 1, number: 2, repeat: 3, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 2, max_trials: 3,
-               max_wait: 1.0, max_steal: 1.0, retake_scattered: false, batch: 4}
+               max_wait: 1.0, max_steal: 1.0, sentinel: null, retake_scattered: false, batch: 4}
   broken-cc:
     transport: local
     target: {kind: llvm, mcpu: host}
     cc: /nonexistent/cross-gcc
     protocol: {warmup: 1, number: 1, repeat: 2, min_repeat_ms: 1, threads: 1, cpus: [0], trials: 1,
-               max_wait: 1.0, max_steal: 1.0}
+               max_wait: 1.0, max_steal: 1.0, sentinel: null}
 """
 
 
 @pytest.fixture(scope="session")
 def registry_dir(tmp_path_factory):
     """A registry whose ``local`` device times with a short protocol that counts no trial as disturbed
-    and takes no scattered measurement again (a busy test machine would have them taken again), and
+    (no sentinel either) and takes no scattered measurement again (a busy test machine would have them taken again), and
     a device whose builds fail."""
     directory = tmp_path_factory.mktemp("registry")
     (directory / "devices.yaml").write_text(FAST_REGISTRY)

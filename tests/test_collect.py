@@ -115,6 +115,24 @@ def test_a_flushing_protocol_times_layers_with_cold_weights(registry_dir, cache_
     assert cold_row.latency_ms > 1.3 * warm_row.latency_ms
 
 
+def test_a_protocol_with_a_sentinel_times_it_built_for_the_device_s_target(registry_dir, cache_dir, tmp_path):
+    from hwloop.builder import BuildJob, tvm_version
+    from hwloop.rows import Context
+    from hwloop.runner import SENTINEL
+    from hwloop.session import Session
+
+    plain = load_registry(registry_dir).get("local")
+    device = plain.model_copy(update={"protocol": plain.protocol.model_copy(update={"sentinel": 1.5})})
+    policy = parse_policy("untuned")
+    assert Context.of(device, policy).protocol_id == Context.of(plain, policy).protocol_id  # the same measurement
+    with Session(device, policy, tmp_path, cache_dir=cache_dir) as session:
+        session.open()
+        job = BuildJob(SENTINEL, session.context.target, "default")
+        assert session.runner.sentinel == str(cache_dir / "builds" / f"{job.key(tvm_version())}.so")
+    summary = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
+    assert summary.measured == 2 and all(row["status"] == "ok" for row in summary.rows)
+
+
 def test_the_default_rules_padded_repacks_run_on_the_device(registry_dir, cache_dir, tmp_path):
     padded = [
         LayerConfig("conv2d", 40, 8, 14, 14, kernel=3, padding=1),  # one tile, half of it padding

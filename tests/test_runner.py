@@ -8,7 +8,7 @@ from hwloop.builder import BuildJob, build
 from hwloop.kernels import random_inputs
 from hwloop.layers import LayerConfig
 from hwloop.registry import Protocol
-from hwloop.runner import Measurement, Runner, Trial
+from hwloop.runner import SENTINEL, Measurement, Runner, Sentinel, Trial
 from hwloop.targets import runtime_device_type
 from hwloop.transports import trial, usage
 from hwloop.transports.local import LocalTransport
@@ -86,6 +86,29 @@ def test_a_trial_is_disturbed_by_waiting_or_steal():
     assert Trial([1.0], wait=0.3, steal=0.0).disturbed(p)
     assert Trial([1.0], wait=0.0, steal=0.05).disturbed(p)
     assert not Trial([1.0]).disturbed(p)  # a device that cannot tell
+
+
+def test_a_sentinel_reading_is_slow_beyond_its_slack_over_the_fastest_of_the_last_minutes():
+    sentinel = Sentinel(1.25, window_s=60)
+    assert not sentinel.slow(1.0, now=0) and not sentinel.slow(1.2, now=1)
+    assert sentinel.slow(1.8, now=2)
+    assert not sentinel.slow(0.99, now=3)
+    assert sentinel.slow(1.8, now=50)  # 0.99 is still in the window
+    assert not sentinel.slow(1.8, now=64)  # the fast readings left it: the slower state is the new normal
+
+
+def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(transport, host_target, cache_dir):
+    sentinel = build(BuildJob(SENTINEL, host_target, "default"), cache_dir).artifact
+    protocol = FAST.model_copy(update={"max_wait": 1.0, "max_steal": 1.0, "max_disturbed": 2})
+    runner = Runner(transport, protocol, host_target, sentinel=sentinel)
+    built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
+    assert runner.measure(CONV, built.artifact).status == "ok"
+    assert len(runner.readings.readings) >= 2  # before and after each round
+    runner.readings.slow(1e-9)  # a reading no trial can reach: every later round ran slow
+    m = runner.measure(CONV, built.artifact)
+    assert m.status == "ok", m.error
+    assert m.disturbed == 2 and m.kept_disturbed >= protocol.trials and not m.quiet
+    assert Runner(transport, protocol.model_copy(update={"sentinel": None}), sentinel=sentinel).readings is None
 
 
 def test_wrong_code_is_caught_before_timing(transport, host_target, tmp_path):
