@@ -3,7 +3,7 @@
     .venv/bin/python bench/reproducibility.py trials [--trials 12] [--neighbour none|bursts|fit] [--builds]
         [--threads N]
     .venv/bin/python bench/reproducibility.py collections --space resnet20|grid [--neighbour none|bursts|fit]
-        [--threads N] [--sentinel FACTOR|off]
+        [--samples 150] [--threads N] [--sentinel FACTOR|off]
     .venv/bin/python bench/reproducibility.py page
 
 The first two write into ``--out`` (default: docs/results/reproducibility/results/<mode>-<time>)
@@ -323,14 +323,15 @@ def study_trials(args, out: Path) -> None:
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def space(name: str) -> list[LayerConfig]:
-    """``resnet20``: 150 configs of ResNet-20's space at 28x28; ``grid``: 3x3 and 1x1 convs at 14² and 28²."""
+def space(name: str, samples: int = 150) -> list[LayerConfig]:
+    """``resnet20``: ``samples`` configs of ResNet-20's space at 28x28; ``grid``: 3x3 and 1x1 convs at
+    14² and 28²."""
     if name == "resnet20":
         from hwloop.models import load_model
         from hwloop.tracing import model_space
 
         model, shape = load_model("resnet20", (1, 1, 28, 28))
-        return model_space(model, shape, 150)
+        return model_space(model, shape, samples)
     return [
         LayerConfig("conv2d", cin, cout, hw, hw, kernel=k, padding=k // 2)
         for hw in (14, 28)
@@ -347,7 +348,7 @@ def study_collections(args, out: Path) -> None:
     from hwloop.predictor.evaluation import scores
     from hwloop.registry import LOCAL
 
-    configs = space(args.space)
+    configs = space(args.space, args.samples)
     policy = parse_policy("default")
     cache = out / "cache"
     sentinel = None if args.sentinel == "off" else float(args.sentinel)
@@ -558,6 +559,7 @@ def main() -> None:
     trials.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
     collections = modes.add_parser("collections", help="two collections of one space, compared")
     collections.add_argument("--space", choices=["resnet20", "grid"], default="resnet20")
+    collections.add_argument("--samples", type=int, default=150, help="configs of the resnet20 space")
     collections.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
     collections.add_argument(
         "--sentinel", default=str(Protocol().sentinel), help="the protocol's sentinel factor, or off"
