@@ -89,9 +89,10 @@ class Protocol(BaseModel):
         1.25,
         gt=1,
         description="between rounds of trials, time a fixed small conv built for the device's target; a "
-        "round during which it ran more than this factor slower than its fastest in the last two minutes is "
-        "disturbed, dropped and taken again (a state of the host that slows every kernel at once, which the "
-        "trials of one measurement agree on); null: no sentinel (not part of the protocol's identity)",
+        "round during which it ran more than this factor slower than its fastest (in the session, or as the "
+        "table's rows recorded it) is disturbed, dropped and taken again (a state of the host that slows "
+        "every kernel at once, which the trials of one measurement agree on); null: no sentinel (not part "
+        "of the protocol's identity)",
     )
     batch: int = Field(8, ge=1, description="configs (or models) measured together, their trials interleaved")
     passes: int = Field(

@@ -105,6 +105,7 @@ def measurement_fields(context: Context, m: Measurement, fp: dict) -> dict:
         "trial_spread": m.spread,
         "disturbed": m.disturbed,
         "quiet": m.quiet if m.trials else None,
+        "sentinel_ms": m.sentinel_ms,
         "estimator": ESTIMATOR if m.trials else None,
         "check_error": m.check_error,
         "schedule": context.policy.name,

@@ -16,12 +16,13 @@ always run warm), and around it the device says what its timing process shared t
 is dropped and taken again in a later round, after a pause that grows while the device stays busy
 (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement is not
 *quiet*). With a ``sentinel``, a fixed small conv is timed before and after each round: a round
-during which it ran more than ``sentinel`` times slower than its fastest of the last two minutes
-is disturbed as a whole, since such a state of the host slows every kernel at once and the trials
-of one measurement, taken within it, agree. An artifact settles once it has ``trials`` trials and
-each lies within ``agree`` of their median, or after ``max_trials``; its latency is the mean of its
-trials' medians, the fastest and slowest left out from five trials on: a small kernel whose loads
-land in two states of the device gets the mean of both, as the loads of a deployed model meet them.
+during which it ran more than ``sentinel`` times slower than its fastest (in this session or on
+the rows of the table, which record it) is disturbed as a whole, since such a state of the host
+slows every kernel at once and the trials of one measurement, taken within it, agree. An artifact
+settles once it has ``trials`` trials and each lies within ``agree`` of their median, or after
+``max_trials``; its latency is the mean of its trials' medians, the fastest and slowest left out
+from five trials on: a small kernel whose loads land in two states of the device gets the mean of
+both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import functools
 import random
 import statistics
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +53,6 @@ ESTIMATOR = "trimmed-mean-of-trials"
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 SENTINEL = LayerConfig("conv2d", 16, 16, 14, 14, kernel=3, padding=1)  # timed between rounds of trials
-SENTINEL_WINDOW_S = 120.0  # a slower state that lasts longer than this is the device's new normal
 
 
 @dataclass
@@ -77,7 +76,8 @@ class Trial:
 @dataclass
 class Measurement:
     """One timed layer or model (its kept trials, how many disturbed ones were dropped and how many
-    were kept because the device stayed busy), or the stage and error that stopped it."""
+    were kept because the device stayed busy, and the sentinel's slowest reading around them), or the
+    stage and error that stopped it."""
 
     status: str = "ok"
     stage: str | None = None
@@ -85,6 +85,7 @@ class Measurement:
     trials: list[Trial] = field(default_factory=list)
     disturbed: int = 0
     kept_disturbed: int = 0
+    sentinel_ms: float | None = None
     check_error: float | None = None
     seconds: float = 0.0
     timing_s: float = 0.0
@@ -152,21 +153,19 @@ class Measurement:
 
 
 class Sentinel:
-    """The sentinel's readings (each a trial's median, in ms) over the last ``window_s`` seconds;
-    a reading is slow when it exceeds their fastest by more than the factor ``slack``."""
+    """The sentinel's fastest reading (a trial's median, in ms), from ``fastest`` on; a reading is
+    slow when it exceeds the fastest by more than the factor ``slack``."""
 
-    def __init__(self, slack: float, window_s: float = SENTINEL_WINDOW_S):
+    def __init__(self, slack: float, fastest: float | None = None):
         self.slack = slack
-        self.window_s = window_s
-        self.readings: deque[tuple[float, float]] = deque()
+        self.fastest = fastest
+        self.readings = 0
 
-    def slow(self, ms: float, now: float | None = None) -> bool:
-        """Record the reading ``ms`` (taken at ``now``, monotonic seconds); whether it is slow."""
-        now = time.monotonic() if now is None else now
-        self.readings.append((now, ms))
-        while self.readings[0][0] < now - self.window_s:
-            self.readings.popleft()
-        return ms > self.slack * min(reading for _, reading in self.readings)
+    def slow(self, ms: float) -> bool:
+        """Record the reading ``ms``; whether it is slow."""
+        self.readings += 1
+        self.fastest = ms if self.fastest is None else min(self.fastest, ms)
+        return ms > self.slack * self.fastest
 
 
 @dataclass
@@ -184,7 +183,8 @@ class Runner:
     ``nvptx``/``cuda``). ``references``: the folder where torch's outputs that layers are checked
     against are kept (:func:`hwloop.references.check_io`); without it each check computes its own.
     ``sentinel``: :data:`SENTINEL` built for ``target``, timed between rounds where the protocol
-    asks for it (a sentinel that fails its check is left out).
+    asks for it (a sentinel that fails its check is left out); ``sentinel_ms``: its fastest reading
+    on the device so far (the table's).
     """
 
     def __init__(
@@ -194,11 +194,12 @@ class Runner:
         target: dict | None = None,
         references: Path | None = None,
         sentinel: str | None = None,
+        sentinel_ms: float | None = None,
     ):
         self.transport = transport
         self.protocol = protocol
         self.sentinel = sentinel if protocol.sentinel else None
-        self.readings = Sentinel(protocol.sentinel) if self.sentinel else None
+        self.readings = Sentinel(protocol.sentinel, sentinel_ms) if self.sentinel else None
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self.references = references
         self._session = None
@@ -340,32 +341,36 @@ class Runner:
         counted), and the next round waits a little longer first."""
         p = self.protocol
         pause = 0.0
-        slow_before = None
+        before = None
         while pending := [o for o in opened if not o.measurement.settled(p)]:
             random.shuffle(pending)
-            if sentinel is not None and slow_before is None:
-                slow_before = self._slow(sentinel)
+            if sentinel is not None and before is None:
+                before = self._reading(sentinel)
             taken = [(item.measurement, item.trial()) for item in pending]
-            slow_after = sentinel is not None and self._slow(sentinel)
+            after = self._reading(sentinel) if sentinel is not None else None
+            slow = sentinel is not None and (before[1] or after[1])
             disturbed = False
             for m, trial in taken:
-                if slow_before or slow_after or trial.disturbed(p):
+                if slow or trial.disturbed(p):
                     disturbed = True
                     if m.disturbed < p.max_disturbed:
                         m.disturbed += 1
                         continue
                     m.kept_disturbed += 1
                 m.trials.append(trial)
+                if sentinel is not None:
+                    m.sentinel_ms = max(m.sentinel_ms or 0.0, before[0], after[0])
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
             if pause:
                 time.sleep(pause)
-                slow_before = None  # read again after the pause
+                before = None  # read again after the pause
             else:
-                slow_before = slow_after
+                before = after
 
-    def _slow(self, sentinel: _Open) -> bool:
-        """Whether a trial of the sentinel, taken now, is slow."""
-        return self.readings.slow(sentinel.trial().median_ms)
+    def _reading(self, sentinel: _Open) -> tuple[float, bool]:
+        """A trial of the sentinel, taken now: its median (ms), and whether it is slow."""
+        ms = sentinel.trial().median_ms
+        return ms, self.readings.slow(ms)
 
     def _trial(
         self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement, flush: bool

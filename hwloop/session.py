@@ -119,8 +119,14 @@ class Session:
             if failure:
                 raise TransportError(failure)
             self.transport = started[0]
+            sentinel = self._sentinel()
             self.runner = Runner(
-                self.transport, self.device.protocol, self.context.target, self.references, self._sentinel()
+                self.transport,
+                self.device.protocol,
+                self.context.target,
+                self.references,
+                sentinel,
+                self._fastest_sentinel() if sentinel else None,
             )
 
     def _sentinel(self) -> str | None:
@@ -130,6 +136,14 @@ class Session:
             return None
         job = BuildJob(SENTINEL, self.context.target, "default", self.device.cc)
         return build(job, self.cache_dir).artifact
+
+    def _fastest_sentinel(self) -> float | None:
+        """The fastest sentinel reading the rows of this context recorded, so that a session begun
+        in a slow state of the device knows it."""
+        read = tables.read_models if self.model_table else tables.read
+        rows = read(self.tables_dir, self.device.name, columns=["sentinel_ms"], where=self.context.same())
+        fastest = rows.sentinel_ms.min()
+        return None if fastest != fastest else float(fastest)
 
     def layers(self, builds: list[Built]) -> list[dict] | None:
         """Measure a batch of builds (a failed build is its row) and write their rows, in order;

@@ -88,13 +88,14 @@ def test_a_trial_is_disturbed_by_waiting_or_steal():
     assert not Trial([1.0]).disturbed(p)  # a device that cannot tell
 
 
-def test_a_sentinel_reading_is_slow_beyond_its_slack_over_the_fastest_of_the_last_minutes():
-    sentinel = Sentinel(1.25, window_s=60)
-    assert not sentinel.slow(1.0, now=0) and not sentinel.slow(1.2, now=1)
-    assert sentinel.slow(1.8, now=2)
-    assert not sentinel.slow(0.99, now=3)
-    assert sentinel.slow(1.8, now=50)  # 0.99 is still in the window
-    assert not sentinel.slow(1.8, now=64)  # the fast readings left it: the slower state is the new normal
+def test_a_sentinel_reading_is_slow_beyond_its_slack_over_the_fastest_one():
+    sentinel = Sentinel(1.25)
+    assert not sentinel.slow(1.0) and not sentinel.slow(1.2)
+    assert sentinel.slow(1.8) and sentinel.slow(1.8)  # however long the slower state lasts
+    assert not sentinel.slow(0.9) and sentinel.slow(1.2)
+    assert (sentinel.fastest, sentinel.readings) == (0.9, 6)
+    seeded = Sentinel(1.25, fastest=0.5)  # a session begun in a slow state, told the table's fastest
+    assert seeded.slow(1.0) and seeded.fastest == 0.5
 
 
 def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(transport, host_target, cache_dir):
@@ -102,9 +103,10 @@ def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(t
     protocol = FAST.model_copy(update={"max_wait": 1.0, "max_steal": 1.0, "max_disturbed": 2})
     runner = Runner(transport, protocol, host_target, sentinel=sentinel)
     built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
-    assert runner.measure(CONV, built.artifact).status == "ok"
-    assert len(runner.readings.readings) >= 2  # before and after each round
-    runner.readings.slow(1e-9)  # a reading no trial can reach: every later round ran slow
+    first = runner.measure(CONV, built.artifact)
+    assert first.status == "ok" and runner.readings.readings >= 2  # before and after each round
+    assert first.sentinel_ms >= runner.readings.fastest > 0
+    runner.readings.fastest = 1e-9  # a reading no trial can reach: every later round ran slow
     m = runner.measure(CONV, built.artifact)
     assert m.status == "ok", m.error
     assert m.disturbed == 2 and m.kept_disturbed >= protocol.trials and not m.quiet
