@@ -4,8 +4,9 @@ Builds run ahead in a process pool while the device times the previous batch (in
 session, :mod:`hwloop.session`); each result is written to the device's table as soon as it exists.
 A protocol with ``passes: N`` sweeps the configs N times, one sweep after the other. A re-run skips
 what already has its successful, quiet rows for the same schedule policy, target and protocol; what
-the device was too busy to time quietly, and what its trials disagreed on (:mod:`hwloop.trust`;
-the protocol's ``retake_scattered``), is taken again at the end of a collection.
+the device was too busy to time quietly, what its trials disagreed on (:mod:`hwloop.trust`; the
+protocol's ``retake_scattered``) and what the protocol's sentinel found slow against the
+collection's fastest reading is taken again at the end of a collection.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 from . import tables
 from .builder import BuildJob, BuildPool, BuildQueue
 from .layers import LayerConfig
-from .registry import Device
+from .registry import Device, Protocol
 from .rows import Context
 from .schedules import Policy
 from .session import Session, batched
@@ -105,7 +106,7 @@ def collect(
             avoid = device.protocol.cpus if device.transport == "local" else None
             with BuildPool(cache_dir, avoid_cpus=avoid) as pool:
                 _sweep(session, pool, todo, summary, on_row)
-                again, unsettled = retakes(summary, todo, device.protocol.retake_scattered)
+                again, unsettled = retakes(summary, todo, device.protocol)
                 if again and not session.lost:
                     summary.retaken = len(again)
                     if on_start:
@@ -116,21 +117,25 @@ def collect(
     return summary
 
 
-def unsettled_rows(rows: list[dict], scattered: bool = True) -> list[int]:
+def unsettled_rows(rows: list[dict], scattered: bool = True, sentinel: float | None = None) -> list[int]:
     """The indices of ``rows`` to take once more at the end of a collection: rows timed while the
-    device was busy and, with ``scattered``, successful rows whose trials disagree
-    (:func:`hwloop.trust.disagree`)."""
+    device was busy; with ``scattered``, successful rows whose trials disagree
+    (:func:`hwloop.trust.disagree`); with ``sentinel`` (the protocol's factor), rows whose
+    sentinel ran more than that slower than the fastest of them (a session begun in a slow state
+    of the device took them for quiet)."""
     if not rows:
         return []
-    frame = pd.DataFrame(rows, columns=["status", "latency_ms", "trial_latencies_ms", "quiet"])
-    return list(np.flatnonzero(frame.quiet.eq(False).to_numpy() | (disagree(frame) & scattered)))
+    frame = pd.DataFrame(rows, columns=["status", "latency_ms", "trial_latencies_ms", "quiet", "sentinel_ms"])
+    slow = frame.sentinel_ms.gt(sentinel * frame.sentinel_ms.min()).to_numpy() if sentinel else False
+    return list(np.flatnonzero(frame.quiet.eq(False).to_numpy() | (disagree(frame) & scattered) | slow))
 
 
-def retakes(summary: Summary, todo: list[LayerConfig], scattered: bool) -> tuple[list[LayerConfig], dict[str, int]]:
-    """The configs of ``todo`` to take once more at the end of a collection (the configs of
-    :func:`unsettled_rows` of ``summary.rows``) and, for each, its row's index in ``summary.rows``
-    (the row its retake replaces)."""
-    unsettled = {summary.rows[i]["config_id"]: i for i in unsettled_rows(summary.rows, scattered)}
+def retakes(summary: Summary, todo: list[LayerConfig], protocol: Protocol) -> tuple[list[LayerConfig], dict[str, int]]:
+    """The configs of ``todo`` to take once more at the end of a collection under ``protocol`` (the
+    configs of :func:`unsettled_rows` of ``summary.rows``) and, for each, its row's index in
+    ``summary.rows`` (the row its retake replaces)."""
+    rows = unsettled_rows(summary.rows, protocol.retake_scattered, protocol.sentinel)
+    unsettled = {summary.rows[i]["config_id"]: i for i in rows}
     return [c for c in dict.fromkeys(todo) if c.id in unsettled], unsettled
 
 

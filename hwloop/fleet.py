@@ -197,7 +197,7 @@ def _retakes(devices, todo, runs) -> tuple[dict, dict]:
         summary = runs[d.name].summary
         if summary.error:
             continue
-        configs, unsettled = retakes(summary, todo[d.name], d.protocol.retake_scattered)
+        configs, unsettled = retakes(summary, todo[d.name], d.protocol)
         if configs:
             again[d.name], replacing[d.name] = configs, unsettled
             summary.retaken = len(configs)

@@ -53,6 +53,7 @@ ESTIMATOR = "trimmed-mean-of-trials"
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 SENTINEL = LayerConfig("conv2d", 16, 16, 14, 14, kernel=3, padding=1)  # timed between rounds of trials
+SENTINEL_TIMING = (10, 1, 3, 10, 0)  # warm-up, number, repeat, min_repeat_ms, cooldown_ms: 3 repeats of 10 ms, warm
 
 
 @dataclass
@@ -239,7 +240,7 @@ class Runner:
                     results[index] = done
                 else:
                     opened[index] = done
-            sentinel = self._open_layer(self.sentinel, SENTINEL) if self.sentinel and opened else None
+            sentinel = self._open_layer(self.sentinel, SENTINEL, sentinel=True) if self.sentinel and opened else None
             self._rounds(list(opened.values()), sentinel if isinstance(sentinel, _Open) else None)
             for index, item in opened.items():
                 results[index] = item.measurement
@@ -279,7 +280,8 @@ class Runner:
             with contextlib.suppress(Exception):  # best effort, as in _load
                 self._session.remove(self._uploaded.pop())
 
-    def _open_layer(self, artifact: str, config: LayerConfig):
+    def _open_layer(self, artifact: str, config: LayerConfig, sentinel: bool = False):
+        """``artifact`` loaded and checked, ready for trials (the sentinel's: timed briefly and warm)."""
         import tvm
 
         if self._board_trial is not None:
@@ -308,10 +310,11 @@ class Runner:
                 "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
             )
         measurement = Measurement(check_error=error)
+        timing = (SENTINEL_TIMING, False) if sentinel else (self._timing(), self.protocol.flush)
         if self._board_trial is not None:  # the check's buffers, copied afresh on the device for each trial
-            return _Open(lambda: self._trial_on_board(name, args, measurement), measurement)
+            return _Open(lambda: self._trial_on_board(name, args, measurement, *timing), measurement)
         load = functools.partial(self._load, artifact)
-        return _Open(lambda: self._trial(load, device, make_args, measurement, self.protocol.flush), measurement)
+        return _Open(lambda: self._trial(load, device, make_args, measurement, *timing), measurement)
 
     def _open_model(self, artifact: str, data: np.ndarray, expected: np.ndarray):
         import tvm
@@ -333,7 +336,7 @@ class Runner:
                 "mismatch", "check", f"output differs from torch: relative error {error:.3g}", check_error=error
             )
         measurement = Measurement(check_error=error)
-        return _Open(lambda: self._trial(load_vm, device, make_args, measurement, flush=False), measurement)
+        return _Open(lambda: self._trial(load_vm, device, make_args, measurement, self._timing(), False), measurement)
 
     def _rounds(self, opened: list[_Open], sentinel: _Open | None) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
@@ -373,26 +376,31 @@ class Runner:
         return ms, self.readings.slow(ms)
 
     def _trial(
-        self, load: Callable[[], object], device, make_args: Callable[[], list], m: Measurement, flush: bool
+        self,
+        load: Callable[[], object],
+        device,
+        make_args: Callable[[], list],
+        m: Measurement,
+        timing: tuple,
+        flush: bool,
     ) -> Trial:
-        """One trial driven from here: a fresh copy loaded (``load``: a module, or a VM over one), on
-        fresh buffers, with what the device says of its CPU meanwhile. A whole model is never
-        flushed: it runs in its steady state, its layers evicting each other's weights."""
+        """One trial driven from here, with ``timing`` (:meth:`_timing`): a fresh copy loaded
+        (``load``: a module, or a VM over one), on fresh buffers, with what the device says of its
+        CPU meanwhile. A whole model is never flushed: it runs in its steady state, its layers
+        evicting each other's weights."""
         start = time.perf_counter()
         module = load()
         self._stage = "run"
-        before, after, seconds = time_main(module, device, make_args(), *self._timing(), flush, self._read_usage)
+        before, after, seconds = time_main(module, device, make_args(), *timing, flush, self._read_usage)
         m.timing_s += time.perf_counter() - start
         return Trial([s * 1e3 for s in seconds], *_shares(before, after))
 
-    def _trial_on_board(self, name: str, args: list, m: Measurement) -> Trial:
+    def _trial_on_board(self, name: str, args: list, m: Measurement, timing: tuple, flush: bool) -> Trial:
         """One trial in one call of the device's ``hwloop.trial``: a fresh copy of the uploaded
         library ``name`` loaded there, on fresh copies of ``args`` (the last one, the output, empty)."""
         start = time.perf_counter()
         self._stage = "run"
-        answer = self._board_trial(
-            name, self.device_type, 0, *self._timing(), self.protocol.flush, self._cpus, 1, *args
-        )
+        answer = self._board_trial(name, self.device_type, 0, *timing, flush, self._cpus, 1, *args)
         before, after, seconds = parse_trial(answer)
         m.timing_s += time.perf_counter() - start
         return Trial([s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)))

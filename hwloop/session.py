@@ -142,8 +142,8 @@ class Session:
         in a slow state of the device knows it."""
         read = tables.read_models if self.model_table else tables.read
         rows = read(self.tables_dir, self.device.name, columns=["sentinel_ms"], where=self.context.same())
-        fastest = rows.sentinel_ms.min()
-        return None if fastest != fastest else float(fastest)
+        recorded = rows.sentinel_ms.dropna()
+        return float(recorded.min()) if len(recorded) else None
 
     def layers(self, builds: list[Built]) -> list[dict] | None:
         """Measure a batch of builds (a failed build is its row) and write their rows, in order;

@@ -150,8 +150,14 @@ def test_the_default_rules_padded_repacks_run_on_the_device(registry_dir, cache_
 
 
 def test_rows_timed_on_a_busy_device_or_with_trials_that_disagree_are_taken_again_at_the_end():
-    def row(status="ok", latency=1.0, trials=(1.0, 1.02, 0.99), quiet=True):
-        return {"status": status, "latency_ms": latency, "trial_latencies_ms": list(trials), "quiet": quiet}
+    def row(status="ok", latency=1.0, trials=(1.0, 1.02, 0.99), quiet=True, sentinel=0.01):
+        return {
+            "status": status,
+            "latency_ms": latency,
+            "trial_latencies_ms": list(trials),
+            "quiet": quiet,
+            "sentinel_ms": sentinel,
+        }
 
     rows = [
         row(),
@@ -163,3 +169,6 @@ def test_rows_timed_on_a_busy_device_or_with_trials_that_disagree_are_taken_agai
     assert unsettled_rows(rows) == [1, 2]
     assert unsettled_rows(rows, scattered=False) == [1]
     assert unsettled_rows([]) == []
+    rows += [row(sentinel=0.018), row(sentinel=None)]  # the sentinel slow around its trials; no sentinel
+    assert unsettled_rows(rows, sentinel=1.25) == [1, 2, 5]
+    assert unsettled_rows(rows) == [1, 2]

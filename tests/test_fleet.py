@@ -112,7 +112,7 @@ def test_two_boards_in_parallel_then_a_rerun_measures_nothing(boards, user_key, 
 def test_rows_a_board_did_not_settle_are_taken_again_at_the_end(boards, user_key, tmp_path, cache_dir, monkeypatch):
     real = collect_module.unsettled_rows
     # the first row counts as unsettled too, as if its trials had disagreed
-    monkeypatch.setattr(collect_module, "unsettled_rows", lambda rows, scattered: sorted({0, *real(rows, scattered)}))
+    monkeypatch.setattr(collect_module, "unsettled_rows", lambda rows, *how: sorted({0, *real(rows, *how)}))
     registry, _ = fleet(tmp_path, user_key, boards())
     started, seen = [], []
     [run] = collect_fleet(
