@@ -419,7 +419,8 @@ names its machine, commit, date and command. The protocol measured is hwloop's o
 the first on a quiet machine, the second beside a neighbour on every CPU: `bursts` (a two-threaded
 matrix product, 3 s or 8 s on and as long off) or `fit` (an XGBoost fit on all CPUs); *threads*:
 the kernels' threads, on CPUs 0 to N-1; *sentinel*: the protocol's `sentinel` (none: off, or
-before it existed). The space is built before either collection is timed. Compared:
+before it existed); the studies on several threads build the space before either collection is
+timed. Compared:
 each config with a quiet row in both tables. *Predictor*: every config of the first table predicted
 by a predictor fitted on the other three quarters (four folds) of the first table, or of the
 second: how much a neighbour during collection costs the predictor.
