@@ -154,17 +154,17 @@ class Measurement:
 
 
 class Sentinel:
-    """The sentinel's fastest reading (a trial's median, in ms), from ``fastest`` on; a reading is
-    slow when it exceeds the fastest by more than the factor ``slack``."""
+    """The sentinel's fastest reading (a trial's median, in ms), from ``fastest`` on, and how many
+    were taken (``count``); a reading is slow when it exceeds the fastest by more than ``slack``."""
 
     def __init__(self, slack: float, fastest: float | None = None):
         self.slack = slack
         self.fastest = fastest
-        self.readings = 0
+        self.count = 0
 
     def slow(self, ms: float) -> bool:
         """Record the reading ``ms``; whether it is slow."""
-        self.readings += 1
+        self.count += 1
         self.fastest = ms if self.fastest is None else min(self.fastest, ms)
         return ms > self.slack * self.fastest
 
@@ -200,7 +200,7 @@ class Runner:
         self.transport = transport
         self.protocol = protocol
         self.sentinel = sentinel if protocol.sentinel else None
-        self.readings = Sentinel(protocol.sentinel, sentinel_ms) if self.sentinel else None
+        self.sentinel_readings = Sentinel(protocol.sentinel, sentinel_ms) if self.sentinel else None
         self.device_type = runtime_device_type(target or {"kind": "llvm"})
         self.references = references
         self._session = None
@@ -373,7 +373,7 @@ class Runner:
     def _reading(self, sentinel: _Open) -> tuple[float, bool]:
         """A trial of the sentinel, taken now: its median (ms), and whether it is slow."""
         ms = sentinel.trial().median_ms
-        return ms, self.readings.slow(ms)
+        return ms, self.sentinel_readings.slow(ms)
 
     def _trial(
         self,

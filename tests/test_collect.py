@@ -129,14 +129,14 @@ def test_a_protocol_with_a_sentinel_times_it_built_for_the_device_s_target(regis
         session.open()
         job = BuildJob(SENTINEL, session.context.target, "default")
         assert session.runner.sentinel == str(cache_dir / "builds" / f"{job.key(tvm_version())}.so")
-        assert session.runner.readings.fastest is None  # an empty table
+        assert session.runner.sentinel_readings.fastest is None  # an empty table
     summary = collect(device, SPACE[:2], policy, tmp_path, cache_dir)
     assert summary.measured == 2 and all(row["status"] == "ok" for row in summary.rows)
     recorded = tables.read(tmp_path, "local").sentinel_ms
     assert recorded.notna().all() and (recorded > 0).all()
     with Session(device, policy, tmp_path, cache_dir=cache_dir) as session:
         session.open()
-        assert session.runner.readings.fastest == recorded.min()  # a later session starts from the table's
+        assert session.runner.sentinel_readings.fastest == recorded.min()  # a later session starts from the table's
 
 
 def test_the_default_rules_padded_repacks_run_on_the_device(registry_dir, cache_dir, tmp_path):

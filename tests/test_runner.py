@@ -93,7 +93,7 @@ def test_a_sentinel_reading_is_slow_beyond_its_slack_over_the_fastest_one():
     assert not sentinel.slow(1.0) and not sentinel.slow(1.2)
     assert sentinel.slow(1.8) and sentinel.slow(1.8)  # however long the slower state lasts
     assert not sentinel.slow(0.9) and sentinel.slow(1.2)
-    assert (sentinel.fastest, sentinel.readings) == (0.9, 6)
+    assert (sentinel.fastest, sentinel.count) == (0.9, 6)
     seeded = Sentinel(1.25, fastest=0.5)  # a session begun in a slow state, told the table's fastest
     assert seeded.slow(1.0) and seeded.fastest == 0.5
 
@@ -104,13 +104,14 @@ def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(t
     runner = Runner(transport, protocol, host_target, sentinel=sentinel)
     built = build(BuildJob(CONV, host_target, "untuned"), cache_dir)
     first = runner.measure(CONV, built.artifact)
-    assert first.status == "ok" and runner.readings.readings >= 2  # before and after each round
-    assert first.sentinel_ms >= runner.readings.fastest > 0
-    runner.readings.fastest = 1e-9  # a reading no trial can reach: every later round ran slow
+    assert first.status == "ok" and runner.sentinel_readings.count >= 2  # before and after each round
+    assert first.sentinel_ms >= runner.sentinel_readings.fastest > 0
+    runner.sentinel_readings.fastest = 1e-9  # a reading no trial can reach: every later round ran slow
     m = runner.measure(CONV, built.artifact)
     assert m.status == "ok", m.error
     assert m.disturbed == 2 and m.kept_disturbed >= protocol.trials and not m.quiet
-    assert Runner(transport, protocol.model_copy(update={"sentinel": None}), sentinel=sentinel).readings is None
+    without = protocol.model_copy(update={"sentinel": None})
+    assert Runner(transport, without, sentinel=sentinel).sentinel_readings is None
 
 
 def test_wrong_code_is_caught_before_timing(transport, host_target, tmp_path):
