@@ -347,14 +347,12 @@ class Runner:
         before = None
         while pending := [o for o in opened if not o.measurement.settled(p)]:
             random.shuffle(pending)
-            if sentinel is not None and before is None:
-                before = self._reading(sentinel)
+            before = before or self._reading(sentinel)
             taken = [(item.measurement, item.trial()) for item in pending]
-            after = self._reading(sentinel) if sentinel is not None else None
-            slow = sentinel is not None and (before[1] or after[1])
+            after = self._reading(sentinel)
             disturbed = False
             for m, trial in taken:
-                if slow or trial.disturbed(p):
+                if before[1] or after[1] or trial.disturbed(p):
                     disturbed = True
                     if m.disturbed < p.max_disturbed:
                         m.disturbed += 1
@@ -364,14 +362,14 @@ class Runner:
                 if sentinel is not None:
                     m.sentinel_ms = max(m.sentinel_ms or 0.0, before[0], after[0])
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
-            if pause:
-                time.sleep(pause)
-                before = None  # read again after the pause
-            else:
-                before = after
+            time.sleep(pause)
+            before = None if pause else after  # read again after a pause
 
-    def _reading(self, sentinel: _Open) -> tuple[float, bool]:
-        """A trial of the sentinel, taken now: its median (ms), and whether it is slow."""
+    def _reading(self, sentinel: _Open | None) -> tuple[float | None, bool]:
+        """A trial of the sentinel, taken now: its median (ms), and whether it is slow; (None, False)
+        without a sentinel."""
+        if sentinel is None:
+            return None, False
         ms = sentinel.trial().median_ms
         return ms, self.sentinel_readings.slow(ms)
 

@@ -94,10 +94,7 @@ class Session:
     def done(self, key: str) -> dict[str, int]:
         """How many successful rows of this context, timed on a quiet device, each ``key``
         (``config_id`` or ``model_id``) has."""
-        read = tables.read_models if self.model_table else tables.read
-        rows = read(
-            self.tables_dir, self.device.name, columns=[key, "quiet"], where={"status": "ok", **self.context.same()}
-        )
+        rows = self._read([key, "quiet"], {"status": "ok", **self.context.same()})
         return rows[rows.quiet.ne(False)][key].value_counts().to_dict()
 
     def open(self) -> None:
@@ -140,10 +137,13 @@ class Session:
     def _fastest_sentinel(self) -> float | None:
         """The fastest sentinel reading the rows of this context recorded, so that a session begun
         in a slow state of the device knows it."""
-        read = tables.read_models if self.model_table else tables.read
-        rows = read(self.tables_dir, self.device.name, columns=["sentinel_ms"], where=self.context.same())
-        recorded = rows.sentinel_ms.dropna()
+        recorded = self._read(["sentinel_ms"], self.context.same()).sentinel_ms.dropna()
         return float(recorded.min()) if len(recorded) else None
+
+    def _read(self, columns: list[str], where: dict):
+        """``columns`` of the rows of this session's table that match ``where``."""
+        read = tables.read_models if self.model_table else tables.read
+        return read(self.tables_dir, self.device.name, columns=columns, where=where)
 
     def layers(self, builds: list[Built]) -> list[dict] | None:
         """Measure a batch of builds (a failed build is its row) and write their rows, in order;
