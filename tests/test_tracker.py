@@ -90,7 +90,18 @@ def test_two_boards_under_one_key_share_one_sweep_and_bound_their_waits(tracker,
         "port": tracker,
         "pool": "pool",
         "target": {"kind": "llvm", "mcpu": "host"},
-        "protocol": {"warmup": 1, "number": 2, "repeat": 3, "min_repeat_ms": 1, "trials": 2, "max_trials": 3},
+        "protocol": {
+            "warmup": 1,
+            "number": 2,
+            "repeat": 3,
+            "min_repeat_ms": 1,
+            "trials": 2,
+            "max_trials": 3,
+            "max_wait": 1.0,
+            "max_steal": 1.0,
+            "sentinel": None,
+            "retake_scattered": False,
+        },
     }
     registry = load_registry(
         write_registry(
