@@ -160,6 +160,7 @@ def collect_stage(args) -> None:
         table, models = tables.read(tables_dir, name), tables.read_models(tables_dir, name)
         record["devices"][name] = {
             **entry,
+            "sentinel": devices.get(name).protocol.sentinel,
             "configs": int(table.config_id.nunique()),
             "ok": int((table.status == "ok").sum()),
             "quiet": int(table.quiet.ne(False).sum()),

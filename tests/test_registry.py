@@ -104,9 +104,14 @@ protocol: {{repeat: 30}}
     assert a.protocol.repeat == 7 and a.protocol.threads == 4
     assert b.user == "admin"
     assert b.protocol.repeat == 30 and b.protocol.threads == 4 and b.protocol.cpus == [0, 1, 2, 3]
-    assert b.protocol.warmup == 10
+    assert b.protocol.warmup == 10 and b.protocol.sentinel == 1.25  # the default of several threads
     assert b.source == str(tmp_path / "more.yml")
     assert registry.groups == {"boards": ["a", "b"]}
+
+
+def test_the_sentinel_s_default_depends_on_the_threads_and_a_value_given_wins():
+    assert Protocol().sentinel == 1.1 and Protocol(threads=2).sentinel == 1.25
+    assert Protocol(threads=2, sentinel=1.5).sentinel == 1.5 and Protocol(sentinel=None).sentinel is None
 
 
 def test_select_by_group_and_name(tmp_path):
@@ -233,13 +238,16 @@ def test_message_format_from_relative_folder(tmp_path, monkeypatch):
 
 
 def test_all_errors_of_a_device_one_per_line(tmp_path):
-    text = error(tmp_path, {"pi.yaml": device("pi4", GOOD + "\nport: x\nprotocol: {warmup: -1, number: 0}")})
+    text = error(
+        tmp_path, {"pi.yaml": device("pi4", GOOD + "\nport: x\nprotocol: {warmup: -1, number: 0, threads: 0}")}
+    )
     lines = text.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4  # the sentinel's default, which depends on threads, is not one of them
     assert {line.split(": field ")[1].split(":")[0] for line in lines} == {
         "'port'",
         "'protocol.warmup'",
         "'protocol.number'",
+        "'protocol.threads'",
     }
     assert all(line.startswith(f"{tmp_path / 'pi.yaml'}: device 'pi4': ") for line in lines)
 

@@ -61,11 +61,14 @@ def main() -> None:
     if collected:
         lines += [
             "",
-            "| device | description | configs measured | quiet rows | whole models |",
-            "|---|---|---|---|---|",
+            "| device | description | sentinel | configs measured | quiet rows | whole models |",
+            "|---|---|---|---|---|---|",
         ]
         for name, d in collected["devices"].items():
-            lines.append(f"| `{name}` | {d['description']} | {d['configs']} | {d['quiet']} | {len(d['models'])} |")
+            sentinel = d.get("sentinel", "unrecorded") or "off"
+            lines.append(
+                f"| `{name}` | {d['description']} | {sentinel} | {d['configs']} | {d['quiet']} | {len(d['models'])} |"
+            )
     pairs = scored["pairs"]
     lines += [
         "\n## At a glance: the targets\n",
