@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hwloop.cli import app
+from hwloop.cli.collect import measured_text
 
 runner = CliRunner()
 
@@ -97,6 +98,7 @@ def test_collect_space_then_tables(registry_dir, cache_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["planned"], summary["measured"], summary["failed"]) == (3, 3, 0)
+    assert summary["sentinel_ms"] is None and summary["disturbed"] >= 0  # the test device times no sentinel
 
     again = json.loads(invoke(*args, "--json").stdout)
     assert (again["skipped"], again["measured"]) == (3, 0)
@@ -107,6 +109,18 @@ def test_collect_space_then_tables(registry_dir, cache_dir, tmp_path):
     csv = tmp_path / "local.csv"
     assert invoke("tables", "export", "local", "--csv", csv, "--tables", tables).exit_code == 0
     assert len(pd.read_csv(csv)) == 3
+
+
+def test_a_collection_s_summary_says_what_it_dropped_and_how_slow_the_sentinel_ran():
+    record = {"planned": 4, "skipped": 0, "measured": 4, "retaken": 1, "failed": 0, "disturbed": 0, "sentinel_ms": None}
+    assert measured_text(record) == (
+        "planned 4, already measured 0, measured now 4 (1 taken again: a busy or slow device, or scattered trials), "
+        "failed 0"
+    )
+    said = measured_text({**record, "disturbed": 7, "sentinel_ms": [0.010, 0.013]})
+    assert said.endswith(
+        "; 7 trials dropped as disturbed (the sentinel ran up to 1.30× its fastest around the trials kept)"
+    )
 
 
 def test_collect_refuses_bad_arguments(registry_dir, tmp_path):

@@ -299,6 +299,7 @@ def summary_record(summary, tables: Path) -> dict:
     """What a collection on one device did, as printed with --json."""
     from .. import tables as tables_mod
 
+    readings = [row["sentinel_ms"] for row in summary.rows if row.get("sentinel_ms")]
     return {
         "device": summary.device,
         "schedule": summary.schedule,
@@ -307,6 +308,8 @@ def summary_record(summary, tables: Path) -> dict:
         "measured": summary.measured,
         "failed": summary.failed,
         "retaken": summary.retaken,
+        "disturbed": sum(row["disturbed"] or 0 for row in summary.rows),
+        "sentinel_ms": [min(readings), max(readings)] if readings else None,
         "wall_s": round(summary.wall_s, 2),
         "error": summary.error,
         "configs_per_min": round(len(summary.rows) * 60 / summary.wall_s, 2) if summary.rows else 0.0,
@@ -320,12 +323,21 @@ def summary_record(summary, tables: Path) -> dict:
 
 
 def measured_text(record: dict) -> str:
-    """``planned …, already measured …, measured now …`` of a :func:`summary_record`."""
-    retaken = f" ({record['retaken']} taken again: busy device or scattered trials)" if record["retaken"] else ""
-    return (
+    """``planned …, already measured …, measured now …`` of a :func:`summary_record`, and the
+    trials dropped as disturbed (with how much slower the sentinel ran at worst than at best)."""
+    retaken = (
+        f" ({record['retaken']} taken again: a busy or slow device, or scattered trials)" if record["retaken"] else ""
+    )
+    text = (
         f"planned {record['planned']}, already measured {record['skipped']}, measured now "
         f"{record['measured']}{retaken}, failed {record['failed']}"
     )
+    if record["disturbed"]:
+        text += f"; {record['disturbed']} trials dropped as disturbed"
+        if record["sentinel_ms"]:
+            fastest, slowest = record["sentinel_ms"]
+            text += f" (the sentinel ran up to {slowest / fastest:.2f}× its fastest around the trials kept)"
+    return text
 
 
 def _print_summary(summary, tables: Path, as_json: bool) -> None:
