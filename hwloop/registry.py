@@ -89,7 +89,7 @@ class Protocol(BaseModel):
         default_factory=lambda fields: 1.1 if fields.get("threads", 1) == 1 else 1.25,
         gt=1,
         description="between rounds of trials, time a fixed small conv built for the device's target; a "
-        "round during which it ran more than this factor slower than its fastest (in the session, or as the "
+        "round before and after which it ran more than this factor slower than its fastest (in the session, or as the "
         "table's rows recorded it) is disturbed, dropped and taken again (a state of the host that slows "
         "every kernel at once, which the trials of one measurement agree on); by default 1.1 on one thread "
         "and 1.25 on several, whose readings spread by up to 1.2× on a calm host; null: no sentinel (not "

@@ -16,9 +16,10 @@ always run warm), and around it the device says what its timing process shared t
 is dropped and taken again in a later round, after a pause that grows while the device stays busy
 (after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement is not
 *quiet*). With a ``sentinel``, a fixed small conv is timed before and after each round: a round
-during which it ran more than ``sentinel`` times slower than its fastest (in this session or on
-the rows of the table, which record it) is disturbed as a whole, since such a state of the host
-slows every kernel at once and the trials of one measurement, taken within it, agree. An artifact
+before and after which it ran more than ``sentinel`` times slower than its fastest (in this
+session or on the rows of the table, which record it) is disturbed as a whole, since such a state
+of the host slows every kernel at once and the trials of one measurement, taken within it, agree
+(one slow reading alone is a blip of the sentinel's own, not a state). An artifact
 settles once it has ``trials`` trials and each lies within ``agree`` of their median, or after
 ``max_trials``; its latency is the mean of its trials' medians, the fastest and slowest left out
 from five trials on: a small kernel whose loads land in two states of the device gets the mean of
@@ -77,8 +78,9 @@ class Trial:
 @dataclass
 class Measurement:
     """One timed layer or model (its kept trials, how many disturbed ones were dropped and how many
-    were kept because the device stayed busy, and the sentinel's slowest reading around them), or the
-    stage and error that stopped it."""
+    were kept because the device stayed busy, and the slowest state the sentinel found around them:
+    of each kept round, the faster of its readings before and after), or the stage and error that
+    stopped it."""
 
     status: str = "ok"
     stage: str | None = None
@@ -340,7 +342,7 @@ class Runner:
 
     def _rounds(self, opened: list[_Open], sentinel: _Open | None) -> None:
         """Trials in rounds over the artifacts not yet settled, each round in a new order; a disturbed
-        trial (every trial of a round the ``sentinel`` found slow at either end) is dropped (and
+        trial (every trial of a round the ``sentinel`` found slow at both ends) is dropped (and
         counted), and the next round waits a little longer first."""
         p = self.protocol
         pause = 0.0
@@ -352,7 +354,7 @@ class Runner:
             after = self._reading(sentinel)
             disturbed = False
             for m, trial in taken:
-                if before[1] or after[1] or trial.disturbed(p):
+                if (before[1] and after[1]) or trial.disturbed(p):
                     disturbed = True
                     if m.disturbed < p.max_disturbed:
                         m.disturbed += 1
@@ -360,7 +362,7 @@ class Runner:
                     m.kept_disturbed += 1
                 m.trials.append(trial)
                 if sentinel is not None:
-                    m.sentinel_ms = max(m.sentinel_ms or 0.0, before[0], after[0])
+                    m.sentinel_ms = max(m.sentinel_ms or 0.0, min(before[0], after[0]))
             pause = min(max(PAUSE_S, 2 * pause), MAX_PAUSE_S) if disturbed else 0.0
             time.sleep(pause)
             before = None if pause else after  # read again after a pause

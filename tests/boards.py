@@ -20,6 +20,20 @@ import psutil
 
 SSHD = "/usr/sbin/sshd"
 PYTHON = sys.executable
+# a short protocol that counts no trial as disturbed, times no sentinel and takes nothing again (a busy
+# test machine would have them taken again, and a config measured twice)
+SHORT_PROTOCOL = {
+    "warmup": 1,
+    "number": 2,
+    "repeat": 3,
+    "min_repeat_ms": 1,
+    "trials": 2,
+    "max_trials": 3,
+    "max_wait": 1.0,
+    "max_steal": 1.0,
+    "sentinel": None,
+    "retake_scattered": False,
+}
 
 CONFIG = """\
 ListenAddress {address}:{port}
@@ -140,20 +154,7 @@ class Board:
             "known_hosts": str(known_hosts),
             "python": PYTHON,
             "target": {"kind": "llvm", "mcpu": "host"},
-            "protocol": {
-                "warmup": 1,
-                "number": 2,
-                "repeat": 3,
-                "min_repeat_ms": 1,
-                "threads": 1,
-                "trials": 2,
-                "max_trials": 3,
-                "max_wait": 1.0,
-                "max_steal": 1.0,
-                "sentinel": None,
-                "retake_scattered": False,
-                "batch": 2,
-            },
+            "protocol": {**SHORT_PROTOCOL, "threads": 1, "batch": 2},
             "link": {
                 "connect_timeout": 3,
                 "keepalive": 1,

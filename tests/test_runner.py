@@ -98,7 +98,9 @@ def test_a_sentinel_reading_is_slow_beyond_its_slack_over_the_fastest_one():
     assert seeded.slow(1.0) and seeded.fastest == 0.5
 
 
-def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(transport, host_target, cache_dir):
+def test_rounds_before_and_after_which_the_sentinel_ran_slow_are_dropped_and_taken_again(
+    transport, host_target, cache_dir
+):
     sentinel = build(BuildJob(SENTINEL, host_target, "default"), cache_dir).artifact
     protocol = FAST.model_copy(update={"max_wait": 1.0, "max_steal": 1.0, "max_disturbed": 2})
     runner = Runner(transport, protocol, host_target, sentinel=sentinel)
@@ -110,6 +112,18 @@ def test_rounds_during_which_the_sentinel_ran_slow_are_dropped_and_taken_again(t
     m = runner.measure(CONV, built.artifact)
     assert m.status == "ok", m.error
     assert m.disturbed == 2 and m.kept_disturbed >= protocol.trials and not m.quiet
+
+    class Blips(Sentinel):
+        """Every other reading slow: the sentinel's own blips, never slow on both sides of a round."""
+
+        def slow(self, ms: float) -> bool:
+            super().slow(ms)
+            return self.count % 2 == 0
+
+    runner.sentinel_readings = Blips(protocol.sentinel)
+    blipped = runner.measure(CONV, built.artifact)
+    assert blipped.status == "ok" and blipped.disturbed == 0 and blipped.quiet
+    assert runner.sentinel_readings.count >= 2
     without = protocol.model_copy(update={"sentinel": None})
     assert Runner(transport, without, sentinel=sentinel).sentinel_readings is None
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from boards import start_tracker, write_registry
+from boards import SHORT_PROTOCOL, start_tracker, write_registry
 
 from hwloop import tables
 from hwloop.fleet import collect_fleet
@@ -90,18 +90,7 @@ def test_two_boards_under_one_key_share_one_sweep_and_bound_their_waits(tracker,
         "port": tracker,
         "pool": "pool",
         "target": {"kind": "llvm", "mcpu": "host"},
-        "protocol": {
-            "warmup": 1,
-            "number": 2,
-            "repeat": 3,
-            "min_repeat_ms": 1,
-            "trials": 2,
-            "max_trials": 3,
-            "max_wait": 1.0,
-            "max_steal": 1.0,
-            "sentinel": None,
-            "retake_scattered": False,
-        },
+        "protocol": SHORT_PROTOCOL,
     }
     registry = load_registry(
         write_registry(
