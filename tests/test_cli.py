@@ -117,6 +117,7 @@ def test_a_collection_s_summary_says_what_it_dropped_and_how_slow_the_sentinel_r
         "planned 4, already measured 0, measured now 4 (1 taken again: a busy or slow device, or scattered trials), "
         "failed 0"
     )
+    assert measured_text({**record, "disturbed": 1}).endswith("; 1 trial dropped as disturbed")
     said = measured_text({**record, "disturbed": 7, "sentinel_ms": [0.010, 0.013]})
     assert said.endswith(
         "; 7 trials dropped as disturbed (the sentinel ran up to 1.30× its fastest around the trials kept)"

@@ -333,7 +333,7 @@ def measured_text(record: dict) -> str:
         f"{record['measured']}{retaken}, failed {record['failed']}"
     )
     if record["disturbed"]:
-        text += f"; {record['disturbed']} trials dropped as disturbed"
+        text += f"; {record['disturbed']} trial{'s' if record['disturbed'] > 1 else ''} dropped as disturbed"
         if record["sentinel_ms"]:
             fastest, slowest = record["sentinel_ms"]
             text += f" (the sentinel ran up to {slowest / fastest:.2f}× its fastest around the trials kept)"
