@@ -133,11 +133,13 @@ def collect_stage(args) -> None:
     configs = space(args.samples)
     policy = parse_policy("default")
     cache, tables_dir = args.work / "cache", args.work / "tables"
+    timing = {}
     for name in DEVICES:
         device = devices.get(name)
         start = time.perf_counter()
         prebuild(device, configs, cache)
         summary = collect(device, configs, policy, tables_dir, cache)
+        timing[name] = {"collect_s": round(summary.wall_s, 1), "retaken": summary.retaken}
         print(
             f"{name}: {summary.measured} measured, {summary.skipped} already, {summary.failed} failed, "
             f"{summary.retaken} taken again ({time.perf_counter() - start:.0f} s)",
@@ -164,6 +166,8 @@ def collect_stage(args) -> None:
             "configs": int(table.config_id.nunique()),
             "ok": int((table.status == "ok").sum()),
             "quiet": int(table.quiet.ne(False).sum()),
+            "disturbed": int(table.disturbed.fillna(0).sum()),
+            **timing[name],
             "models": sorted(models[models.status == "ok"].model.unique()),
         }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -204,10 +208,9 @@ def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
         "from scratch": LatencyModel.train,
         "transfer alone": lambda train: fewshot.transfer(source, train),
         "source, retargeted": lambda train: fewshot.retarget(source, *vector_unit(train.target.iloc[0])),
-        "one scale": parts(path_rows=1 << 30, tree_rows=1 << 30, overhead=False),
-        "scale and overhead": parts(path_rows=1 << 30, tree_rows=1 << 30),
-        "per path": parts(tree_rows=1 << 30),
-        "per path, trees always": parts(tree_rows=0),
+        "one scale": parts(path_rows=1 << 30, tree_rounds=0, overhead=False),
+        "scale and overhead": parts(path_rows=1 << 30, tree_rounds=0),
+        "per path": parts(tree_rounds=0),
         "both devices, descriptors": lambda train: Pooled(source_rows, train),
         "source's timings, one curve": lambda train: ThroughSource(source_rows, train),
     }

@@ -14,7 +14,7 @@ from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
 from hwloop.predictor.calibration import scaled, transferred
 from hwloop.predictor.features import shape_key
-from hwloop.predictor.fewshot import SCRATCH_ROWS, TREE_ROWS, choose, fit, retarget, transfer, transfer_from
+from hwloop.predictor.fewshot import SCRATCH_ROWS, choose, fit, retarget, transfer, transfer_from
 from hwloop.predictor.latency import vector_unit
 from hwloop.predictor.sampling import at_step, frame_of, transfer_design
 from hwloop.registry import load_registry
@@ -166,7 +166,7 @@ def test_a_device_slower_by_a_factor_is_predicted_slower_by_it(local_predictor):
     configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 49, 3)]
     rows = target_rows(source, configs, 4, 16, scale=2.5)
     model = transfer(source, rows.iloc[::2])
-    assert model.lanes == 4 and model.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
+    assert model.lanes == 4
     assert model.predict_frame(rows.iloc[1::2]) == pytest.approx(rows.latency_ms.iloc[1::2], rel=1e-4)
 
 
@@ -182,15 +182,15 @@ def test_the_rows_alone_are_chosen_when_they_predict_themselves_better_than_a_tr
     assert choose([source], flat.iloc[: SCRATCH_ROWS - 1]) == (0, [])  # too few rows to learn alone
 
 
-def test_trees_correct_the_source_from_enough_rows(local_predictor):
+def test_trees_on_the_source_s_learn_what_the_scale_misses(local_predictor):
     source = local_predictor.model
-    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + TREE_ROWS)]
+    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 34)]
     rows = target_rows(source, configs, 4, 16, scale=1.0)
     rows = rows.assign(latency_ms=rows.latency_ms * np.where(rows.out_channels % 2 == 0, 1.3, 1.0))
-    few, enough = transfer(source, rows.iloc[: TREE_ROWS - 1]), transfer(source, rows)
-    assert few.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
-    assert enough.booster.num_boosted_rounds() > source.booster.num_boosted_rounds()
-    error = [np.mean(np.abs(np.log(m.predict_frame(rows) / rows.latency_ms))) for m in (few, enough)]
+    scaled, corrected = transfer(source, rows, tree_rounds=0), transfer(source, rows)
+    assert scaled.booster.num_boosted_rounds() == source.booster.num_boosted_rounds()
+    assert corrected.booster.num_boosted_rounds() > source.booster.num_boosted_rounds()
+    error = [np.mean(np.abs(np.log(m.predict_frame(rows) / rows.latency_ms))) for m in (scaled, corrected)]
     assert error[1] < error[0]
 
 

@@ -109,8 +109,8 @@ def fit(
     predictor.json; when the device has measured whole models, the whole-model calibration is
     fitted too. With --from, a new device needs only a few measured configs (`hwloop collect --adaptive
     --budget 20 --from SOURCE` chooses them): the source's predictor, retargeted to the new
-    device's vector width, is scaled per path of the rules on them (and, from 30 rows on, corrected by
-    a few trees), unless the rows alone predict themselves better (five folds, from 10 rows); a
+    device's vector width, is scaled per path of the rules on them and corrected by a few trees,
+    unless the rows alone predict themselves better (five folds, from 10 rows); a
     handful of whole models timed on the new device scale the source's calibration.
     Examples:
 

@@ -6,8 +6,8 @@ steps of the new device's vectors are where the rules put them). The new device'
 correct it, per path of the rules, by a scale and an overhead on the source's work model (``α ×
 work + β``, non-negative, least squared relative error): a CPU without AVX runs each vector
 multiply-add at about its own pace, two threads halve the work and add a fork-join. A path with
-fewer than :data:`PATH_ROWS` rows takes the fit of all rows. From :data:`TREE_ROWS` rows on, a few
-trees on top of the source's booster learn what the scale misses.
+fewer than :data:`PATH_ROWS` rows takes the fit of all rows. A few shallow trees on top of the
+source's booster then learn what the scale misses.
 
 The result is an ordinary :class:`~hwloop.predictor.latency.LatencyModel` (the source's trees and
 the new ones in one booster), saved and used like any. Which source to transfer from, or whether
@@ -27,7 +27,6 @@ from .errors import PredictorError
 from .latency import NNLS_ITERATIONS, PARAMS, STEADY_CV, LatencyModel, vector_unit
 
 PATH_ROWS = 4
-TREE_ROWS = 30
 TREE_PARAMS = {**PARAMS, "max_depth": 2, "eta": 0.05}
 TREE_ROUNDS = 60
 
@@ -42,7 +41,6 @@ def transfer(
     rows: pd.DataFrame,
     seed: int = 0,
     path_rows: int = PATH_ROWS,
-    tree_rows: int = TREE_ROWS,
     tree_rounds: int = TREE_ROUNDS,
     overhead: bool = True,
 ) -> LatencyModel:
@@ -75,7 +73,7 @@ def transfer(
         coefficients[-1] += extra
         corrected[path] = [float(c) for c in coefficients]
     model = LatencyModel(source.booster, lanes, registers, corrected)
-    if len(rows) >= tree_rows and tree_rounds:
+    if tree_rounds:
         data = xgb.DMatrix(x, label=np.log(latency), base_margin=np.log(model.work_ms(cols)), weight=weight)
         model.booster = xgb.train(
             {**TREE_PARAMS, "seed": seed}, data, num_boost_round=tree_rounds, xgb_model=source.booster

@@ -17,9 +17,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 COMMANDS = """\
-flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot collect --work /work/data/fewshot9
-flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot score --work /work/data/fewshot9
-flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot workflow --work /work/data/fewshot9
+for stage in collect score workflow; do
+  flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot $stage \\
+    --work /work/data/fewshot11 --out /work/data/fewshot11/results
+done
+cp /work/data/fewshot11/results/* docs/results/fewshot/results/
 .venv/bin/python docs/results/fewshot/make.py"""
 TARGETS = {20: (0.90, 0.95), 50: (0.95, 0.95)}  # samples: (share within ±10 %, Spearman)
 CURVE_LEARNERS = ("few-shot", "from scratch", "source, retargeted")
@@ -61,14 +63,22 @@ def main() -> None:
     if collected:
         lines += [
             "",
-            "| device | description | sentinel | configs measured | quiet rows | whole models |",
-            "|---|---|---|---|---|---|",
+            "| device | description | sentinel | configs measured | rows | quiet rows | trials dropped as disturbed "
+            "| configs taken again | collection | whole models |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, d in collected["devices"].items():
             sentinel = d.get("sentinel", "unrecorded") or "off"
+            seconds = f"{d['collect_s']:.0f} s" if "collect_s" in d else "unrecorded"
             lines.append(
-                f"| `{name}` | {d['description']} | {sentinel} | {d['configs']} | {d['quiet']} | {len(d['models'])} |"
+                f"| `{name}` | {d['description']} | {sentinel} | {d['configs']} | {d['ok']} | {d['quiet']} | "
+                f"{d.get('disturbed', 'unrecorded')} | {d.get('retaken', 'unrecorded')} | {seconds} | "
+                f"{len(d['models'])} |"
             )
+        lines.append(
+            "\nA config the device was busy for, or whose trials disagreed, is taken again at the end of its "
+            "collection; the table keeps both rows, and a predictor learns each config's quiet row."
+        )
     pairs = scored["pairs"]
     lines += [
         "\n## At a glance: the targets\n",
@@ -167,7 +177,7 @@ def main() -> None:
         "Held-out share within ±10 % (mean over 5 random samples) of the transfer's parts and of a model over "
         "both devices with device descriptors (lanes, threads, which device) beside the features. "
         "`hwloop fit --from` is *few-shot*: *transfer alone* (a scale and an overhead per path of the rules, "
-        "and trees on top from 30 rows on) or, from 10 rows on, *from scratch*, whichever predicts the rows "
+        "and a few trees on top) or, from 10 rows on, *from scratch*, whichever predicts the rows "
         "better by five folds. *source's timings, one curve* is not a predictor: it maps the source's own "
         "measurement of each held-out config through one power law fitted on the sample, so it is what any "
         "transfer through the source's figure reaches at best.\n",
