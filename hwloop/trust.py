@@ -8,6 +8,8 @@ move the latency, and does not count against it). A measurement whose trials do 
 ±:data:`LEARNT` % is taken again at the end of its collection, and gives way to a measurement of
 the same config that agrees (:mod:`hwloop.predictor.selection`). A table whose measurements still
 do not agree comes from a host too noisy to learn from: a predictor fitted on it learns the noise.
+One measurement that disagrees does not make a table too noisy: in a table of 19 it alone is over
+5 %, and a device whose trials agree 95 % of the time has one or more in most such tables.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def spreads(ok, latency_ms, trial_counts, trials) -> np.ndarray:
 def warning(record: dict) -> str | None:
     """Why a table with :func:`agreement` ``record`` should not be learnt from, or None."""
     share = record.get(f"within_{LEARNT}")
-    if not record.get("measured") or share >= TRUSTED:
+    if not record.get("measured") or share >= TRUSTED or round((1 - share) * record["measured"]) <= 1:
         return None
     return (
         f"the trials of only {share:.1%} of its measurements agree within ±{LEARNT} % (a table to learn "

@@ -18,8 +18,16 @@ def test_agreement_counts_the_trials_a_latency_is_made_from():
     )
     record = agreement(rows)
     assert record == {"measured": 4, "within_5": 0.5, "within_10": 0.75, "quiet": 0.75, "disturbed": 3}
-    assert warning(record) and warning({**record, "within_10": 0.95}) is None
-    assert "only 94.7% of its measurements" in warning({**record, "within_10": 0.947})  # never "95%, needs 95%"
+    assert warning({**record, "within_10": 0.5})  # two of four disagree
+    assert warning({**record, "measured": 100, "within_10": 0.95}) is None
+    assert "only 94.7% of its measurements" in warning({**record, "measured": 38, "within_10": 36 / 38})  # never 95%
+
+
+def test_one_measurement_that_disagrees_does_not_make_a_small_table_too_noisy():
+    record = {"measured": 19, "within_5": 0.5, "quiet": 1.0, "disturbed": 0}
+    assert warning({**record, "within_10": 18 / 19}) is None
+    assert warning({**record, "within_10": 17 / 19})
+    assert warning({**record, "measured": 4, "within_10": 0.75}) is None
 
 
 def test_rows_without_trials_measure_nothing():

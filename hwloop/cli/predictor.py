@@ -103,7 +103,7 @@ def fit(
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
 
     Only quiet rows of one schedule policy and protocol are used. A table whose measurements'
-    independent trials agree within ±10 % for fewer than 95 % of them is refused: the device was
+    independent trials agree within ±10 % for fewer than 95 % of them (and more than one) is refused: the device was
     too noisy to learn from (--accept-noisy fits all the same). Held-out scores (random configs,
     unseen channel counts, unseen shapes, sizes between measured ones) are printed and kept in
     predictor.json; when the device has measured whole models, the whole-model calibration is
