@@ -17,7 +17,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 COMMANDS = """\
-for stage in collect score workflow; do
+for stage in collect score "workflow --target local-sse4.2" "workflow --target local-2t"; do
   flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot $stage \\
     --work /work/data/fewshot11 --out /work/data/fewshot11/results
 done
