@@ -103,15 +103,15 @@ def fit(
     """Train a device's latency predictor on its table and save it under --predictors/<device>/.
 
     Only quiet rows of one schedule policy and protocol are used. A table whose measurements'
-    independent trials agree within ±10 % for fewer than 95 % of them (and more than one) is refused: the device was
-    too noisy to learn from (--accept-noisy fits all the same). Held-out scores (random configs,
-    unseen channel counts, unseen shapes, sizes between measured ones) are printed and kept in
-    predictor.json; when the device has measured whole models, the whole-model calibration is
-    fitted too. With --from, a new device needs only a few measured configs (`hwloop collect --adaptive
-    --budget 20 --from SOURCE` chooses them): the source's predictor, retargeted to the new
-    device's vector width, is scaled per path of the rules on them and corrected by a few trees,
-    unless the rows alone predict themselves better (five folds, from 10 rows); a
-    handful of whole models timed on the new device scale the source's calibration.
+    independent trials agree within ±10 % for fewer than 95 % of them (and more than one) is
+    refused: the device was too noisy to learn from (--accept-noisy fits all the same). Held-out
+    scores (random configs, unseen channel counts, unseen shapes, sizes between measured ones) are
+    printed and kept in predictor.json; when the device has measured whole models, the whole-model
+    calibration is fitted too. With --from, a new device needs only a few measured configs
+    (`hwloop collect --adaptive --budget 20 --from SOURCE` chooses them): the source's predictor,
+    retargeted to the new device's vector width, is scaled per path of the rules on them and
+    corrected by a few trees, unless the rows alone predict themselves better (five folds, from 10
+    rows); a handful of whole models timed on the new device scale the source's calibration.
     Examples:
 
       hwloop fit --device local

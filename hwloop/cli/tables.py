@@ -28,8 +28,8 @@ def show(
     Rows, failures, latencies; the share of measurements whose independent trials agree within
     ±5 % and ±10 % (a measurement taken again counts by its retake where that agreed), and the
     share timed while nothing else used the timing CPU (quiet). A table whose trials agree within
-    ±10 % for fewer than 95 % of its measurements (and more than one) is flagged: the device was too noisy to learn
-    from."""
+    ±10 % for fewer than 95 % of its measurements (and more than one) is flagged: the device was
+    too noisy to learn from."""
     from datetime import datetime, timedelta, timezone
 
     import numpy as np
