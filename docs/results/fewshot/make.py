@@ -77,7 +77,8 @@ def main() -> None:
             )
         lines.append(
             "\nA config the device was busy for, or whose trials disagreed, is taken again at the end of its "
-            "collection; the table keeps both rows, and a predictor learns each config's quiet row."
+            "collection; the table keeps both rows. A predictor learns each config's quiet row, and leaves out a "
+            "config that has none."
         )
     pairs = scored["pairs"]
     lines += [
