@@ -50,13 +50,13 @@ def test_planning_a_space_file_imports_neither_torch_nor_tvm(tmp_path):
 
 def test_tables_show_summarises_without_pandas(tmp_path):
     rows = [
-        ("conv2d", "c1", "ok", 1.0, [1.0, 1.01, 0.99], True, 0),
-        ("conv2d", "c1", "ok", 2.0, [2.0, 2.14, 1.94], True, 1),
-        ("conv2d", "c2", "ok", 4.0, [6.0, 4.0, 4.04, 3.96, 2.0], False, 2),
-        ("conv2d", "c3", "failed", None, [9.0], True, 5),
-        ("linear", "l1", "ok", 0.5, None, None, None),
+        ("conv2d", "c1", "ok", 1.0, [1.0, 1.01, 0.99], True, 0, 0.012),
+        ("conv2d", "c1", "ok", 2.0, [2.0, 2.14, 1.94], True, 1, 0.010),
+        ("conv2d", "c2", "ok", 4.0, [6.0, 4.0, 4.04, 3.96, 2.0], False, 2, None),
+        ("conv2d", "c3", "failed", None, [9.0], True, 5, 0.050),
+        ("linear", "l1", "ok", 0.5, None, None, None, None),
     ]
-    columns = ["op", "config_id", "status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed"]
+    columns = ["op", "config_id", "status", "latency_ms", "trial_latencies_ms", "quiet", "disturbed", "sentinel_ms"]
     frame = pd.DataFrame(rows, columns=columns)
     tables.append(
         tmp_path,
@@ -80,6 +80,8 @@ def test_tables_show_summarises_without_pandas(tmp_path):
         assert shown[op]["configs"] == ok.config_id.nunique()
         assert shown[op]["median_ms"] == pytest.approx(ok.latency_ms.median())
         assert shown[op]["trials"] == pytest.approx(agreement(rows))
+    assert shown["conv2d"]["sentinel_ms"] == [0.010, 0.012]  # of the successful rows that timed it
+    assert shown["linear"]["sentinel_ms"] is None
 
 
 @pytest.mark.parametrize("chosen", [None, "jemalloc"])

@@ -27,9 +27,10 @@ def show(
 
     Rows, failures, latencies; the share of measurements whose independent trials agree within
     ±5 % and ±10 % (a measurement taken again counts by its retake where that agreed), and the
-    share timed while nothing else used the timing CPU (quiet). A table whose trials agree within
-    ±10 % for fewer than 95 % of its measurements (and more than one) is flagged: the device was
-    too noisy to learn from."""
+    share timed while nothing else used the timing CPU (quiet), and how far the host's state moved
+    while it was measured (the sentinel's slowest state over its fastest, across the measurements).
+    A table whose trials agree within ±10 % for fewer than 95 % of its measurements (and more than
+    one) is flagged: the device was too noisy to learn from."""
     from datetime import datetime, timedelta, timezone
 
     import numpy as np
@@ -43,7 +44,9 @@ def show(
     for name in names:
         try:
             table = tables_mod.read_arrow(
-                tables, name, list(dict.fromkeys(["schedule", "op", "config_id", "measured_at", *COLUMNS]))
+                tables,
+                name,
+                list(dict.fromkeys(["schedule", "op", "config_id", "measured_at", "sentinel_ms", *COLUMNS])),
             )
         except tables_mod.TableError as exc:
             fail(str(exc))
@@ -58,6 +61,7 @@ def show(
         quiet = tables_mod.values(table.column("quiet"), True)
         disturbed = tables_mod.values(table.column("disturbed"), 0)
         measured_at = tables_mod.values(table.column("measured_at"), np.iinfo(np.int64).min)
+        sentinel = tables_mod.values(table.column("sentinel_ms"), np.nan)
         schedule_config = schedule * (config.max(initial=0) + 1) + config
         stands = ~superseded(spreads(succeeded, latency, counts, values), schedule_config)
         groups = {(schedules[s], ops[o]): (s, o) for s, o in set(zip(schedule, op)) if s >= 0 and o >= 0}
@@ -67,6 +71,7 @@ def show(
             latencies = latency[ok]
             latencies = latencies[~np.isnan(latencies)]
             last = measured_at[where].max()
+            states = sentinel[ok & ~np.isnan(sentinel)]
             counted = where & stands
             trust = agreement_of(
                 ok[counted],
@@ -90,6 +95,7 @@ def show(
                     if last == np.iinfo(np.int64).min
                     else str(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(last))),
                     "trials": trust,
+                    "sentinel_ms": [float(states.min()), float(states.max())] if len(states) else None,
                 }
             )
     if as_json:
@@ -110,6 +116,7 @@ def show(
         "trials ±5 %",
         "±10 %",
         "quiet",
+        "sentinel",
         "last measured",
     )
     for r in records:
@@ -125,6 +132,7 @@ def show(
             str(r["configs"]),
             f"{r['median_ms']:.4f}" if r["median_ms"] is not None else "-",
             *shares,
+            f"{r['sentinel_ms'][1] / r['sentinel_ms'][0]:.2f}×" if r["sentinel_ms"] else "-",
             r["last"],
         )
     out.print(table)
