@@ -138,11 +138,12 @@ def collect_stage(args) -> None:
         device = devices.get(name)
         start = time.perf_counter()
         prebuild(device, configs, cache)
+        built_s = time.perf_counter() - start
         summary = collect(device, configs, policy, tables_dir, cache)
         timing[name] = {"collect_s": round(summary.wall_s, 1), "retaken": summary.retaken}
         print(
             f"{name}: {summary.measured} measured, {summary.skipped} already, {summary.failed} failed, "
-            f"{summary.retaken} taken again ({time.perf_counter() - start:.0f} s)",
+            f"{summary.retaken} taken again ({summary.wall_s:.0f} s, after {built_s:.0f} s of builds)",
             flush=True,
         )
         rows = measure_models(device, model_cases(), policy, tables_dir, cache)
