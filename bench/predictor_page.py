@@ -3,7 +3,9 @@
     .venv/bin/python bench/predictor_page.py docs/results/predictor
 
 Reads ``<folder>/results/*.json`` and writes ``<folder>/README.md``; every figure on the page
-comes from those files.
+comes from those files. Other collections of the same spaces (each ``bench/predictor.py`` run's
+results in ``<folder>/results/others/<work folder>/``) are set beside it, split by split: how far the
+figures move from one collection to the next.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90, "each_size_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-W=/work/data/predictor13 S=resnet20,mobilenetv2,resnet18,grid
-flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
-flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
-flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S \\
-    --results $W/results
-cp $W/results/*.json docs/results/predictor/results/
+S=resnet20,mobilenetv2,resnet18,grid
+for W in /work/data/predictor14 /work/data/predictor15; do
+  flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
+  flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
+  flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S \\
+      --results $W/results
+done
+cp /work/data/predictor15/results/*.json docs/results/predictor/results/
+mkdir -p docs/results/predictor/results/others/predictor14
+cp /work/data/predictor14/results/*.json docs/results/predictor/results/others/predictor14/
+# others/predictor13: the collection this page showed before (its files name the command that made them)
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
@@ -80,12 +87,67 @@ def measured(space: dict) -> str:
     )
 
 
+def read_spaces(results: Path) -> list[dict]:
+    """The per-space results of one run, in the page's order."""
+    spaces = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "machine.json"]
+    order = {"grid": 0, "resnet20": 1, "mobilenetv2": 2, "resnet18": 3}
+    return sorted(spaces, key=lambda s: order.get(s["space"], 9))
+
+
+def work_folder(space: dict) -> str:
+    """The ``--work`` folder's name in the command that scored a space."""
+    words = space["run"]["command"].split()
+    return Path(words[words.index("--work") + 1]).name if "--work" in words else "?"
+
+
+def collections(spaces: list[dict], others: dict[str, list[dict]]) -> list[str]:
+    """The page's section setting the other collections' hwloop figures beside this one's, per split."""
+    runs = {work_folder(spaces[0]) if spaces else "this": spaces, **others}
+    by_run = {name: {s["space"]: s for s in run} for name, run in runs.items()}
+    lines = [
+        "",
+        "## From one collection to the next",
+        "",
+        "hwloop within ±10 % on each split, and how well each collection's table repeats (trials agree "
+        "±5 %; a second collection within ±5 %), for each collection of the same spaces on this machine: "
+        "the first column is the collection above, each further one another run of the command (`predictor13` "
+        "before the sentinel of docs/measurement.md's step 4), with the date it was measured and the commit "
+        "that scored it.",
+        "",
+        "| space | split | " + " | ".join(f"`{name}`" for name in by_run) + " |",
+        "|---|---|" + "---|" * len(by_run),
+    ]
+    facts = ("measured", "scored at commit", "trials agree ±5 %", "second collection ±5 %")
+    rows = [(fact, None) for fact in facts] + [(SPLITS[split], split) for split in SPLITS]
+    for s in spaces:
+        for label, split in rows:
+            cells = []
+            for run in by_run.values():
+                mine = run.get(s["space"])
+                if mine is None:
+                    cells.append("-")
+                elif label == "measured":
+                    dates = mine["table"]["measured"]
+                    cells.append(dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}")
+                elif label == "scored at commit":
+                    cells.append(f"`{mine['run']['commit']}`")
+                elif label == "trials agree ±5 %":
+                    cells.append(pct(mine["repeats_agree"]["within_5"]))
+                elif label == "second collection ±5 %":
+                    cells.append(pct((mine.get("collections_agree") or {}).get("within_5")))
+                else:
+                    result = mine["splits"].get(split)
+                    cells.append(cell(result["learners"]["hwloop"]) if result else "-")
+            if split is None or any(c != "-" for c in cells):
+                lines.append(f"| {s['space']} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def page(folder: Path) -> str:
     results = folder / "results"
     machine = json.loads((results / "machine.json").read_text())
-    spaces = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "machine.json"]
-    order = {"grid": 0, "resnet20": 1, "mobilenetv2": 2, "resnet18": 3}
-    spaces.sort(key=lambda s: order.get(s["space"], 9))
+    spaces = read_spaces(results)
+    others = {p.name: read_spaces(p) for p in sorted((results / "others").glob("*")) if p.is_dir()}
     lines = [
         "# Latency predictor: accuracy on held-out layers",
         "",
@@ -187,6 +249,8 @@ def page(folder: Path) -> str:
                     + " | ".join(cell(between["learners"][name][size]) for name in LEARNERS)
                     + f" | {cell(sizes[size], 'steady')} |"
                 )
+    if others:
+        lines += collections(spaces, others)
     lines += [
         "",
         "## As a user sees it",
