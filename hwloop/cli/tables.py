@@ -26,9 +26,9 @@ def show(
     """Summarise the tables per device, schedule policy and op, and how far they can be trusted.
 
     Rows, failures, latencies; the share of measurements whose independent trials agree within
-    ±5 % and ±10 % (a measurement taken again counts by its retake where that agreed), and the
-    share timed while nothing else used the timing CPU (quiet), and how far the host's state moved
-    while it was measured (the sentinel's slowest state over its fastest, across the measurements).
+    ±5 % and ±10 % (a measurement taken again counts by its retake where that agreed), the share
+    timed while nothing else used the timing CPU (quiet), and how far the host's speed moved while
+    the table was measured (the sentinel's slowest state over its fastest).
     A table whose trials agree within ±10 % for fewer than 95 % of its measurements (and more than
     one) is flagged: the device was too noisy to learn from."""
     from datetime import datetime, timedelta, timezone
