@@ -102,6 +102,12 @@ def read_spaces(results: Path) -> list[dict]:
     return sorted(spaces, key=lambda s: order.get(s["space"], 9))
 
 
+def measured_on(space: dict) -> str:
+    """The date (or dates) a space's table was measured on."""
+    dates = space["table"]["measured"]
+    return dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
+
+
 def work_folder(space: dict) -> str:
     """The ``--work`` folder's name in the command that scored a space."""
     words = space["run"]["command"].split()
@@ -124,28 +130,20 @@ def collections(spaces: list[dict], others: dict[str, list[dict]]) -> list[str]:
         "| space | split | " + " | ".join(f"`{name}`" for name in by_run) + " |",
         "|---|---|" + "---|" * len(by_run),
     ]
-    facts = ("measured", "scored at commit", "trials agree ±5 %", "second collection ±5 %")
-    rows = [(fact, None) for fact in facts] + [(SPLITS[split], split) for split in SPLITS]
+    facts = {
+        "measured": measured_on,
+        "scored at commit": lambda space: f"`{space['run']['commit']}`",
+        "trials agree ±5 %": lambda space: pct(space["repeats_agree"]["within_5"]),
+        "second collection ±5 %": lambda space: pct((space.get("collections_agree") or {}).get("within_5")),
+    }
+    for split, label in SPLITS.items():
+        facts[label] = lambda space, split=split: (
+            cell(space["splits"][split]["learners"]["hwloop"]) if split in space["splits"] else "-"
+        )
     for s in spaces:
-        for label, split in rows:
-            cells = []
-            for run in by_run.values():
-                mine = run.get(s["space"])
-                if mine is None:
-                    cells.append("-")
-                elif label == "measured":
-                    dates = mine["table"]["measured"]
-                    cells.append(dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}")
-                elif label == "scored at commit":
-                    cells.append(f"`{mine['run']['commit']}`")
-                elif label == "trials agree ±5 %":
-                    cells.append(pct(mine["repeats_agree"]["within_5"]))
-                elif label == "second collection ±5 %":
-                    cells.append(pct((mine.get("collections_agree") or {}).get("within_5")))
-                else:
-                    result = mine["splits"].get(split)
-                    cells.append(cell(result["learners"]["hwloop"]) if result else "-")
-            if split is None or any(c != "-" for c in cells):
+        for label, fact in facts.items():
+            cells = [fact(run[s["space"]]) if s["space"] in run else "-" for run in by_run.values()]
+            if label not in SPLITS.values() or any(c != "-" for c in cells):
                 lines.append(f"| {s['space']} | {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -186,11 +184,10 @@ def page(folder: Path) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in spaces:
-        run, dates = s["run"], s["table"]["measured"]
-        when = dates[0] if dates[0] == dates[1] else f"{dates[0]} to {dates[1]}"
+        run = s["run"]
         rules = s["table"].get("schedule", "default@2")  # results before the field: revision 2
         lines.append(
-            f"| {s['space']} | {when} | `{rules}` | {measured(s)} | `{run['commit']}` ({run['date']}) "
+            f"| {s['space']} | {measured_on(s)} | `{rules}` | {measured(s)} | `{run['commit']}` ({run['date']}) "
             f"| `{run['command']}` |"
         )
     older = [s["space"] for s in spaces if s["table"]["estimator"] is None]
