@@ -366,31 +366,38 @@ def score_calibration(work: Path, target: str, sample: pd.DataFrame, source: Lat
     rows = fastest_pass(model_rows(tables.read_models(work / "tables", target), few), "model_id")
     reference = calibrate(few, tables.read_models(work / "tables", target))
     result = {
-        "source": {k: source_predictor.meta["calibration"][k] for k in ("scale", "offset_ms", "held_out_mape")},
+        "source": {k: source_predictor.meta["calibration"][k] for k in (*calibration.FIELDS, "held_out_mape")},
         "all_models_held_out_mape": reference["held_out_mape"],
         "models": sorted(rows.model),
         "handfuls": {},
     }
     for name, handful in HANDFULS.items():
         mine = rows.model.isin(handful).to_numpy()
-        lines = {"source's, as is": (result["source"]["scale"], result["source"]["offset_ms"])}
+        lines = {"source's, as is": result["source"]}
         if mine.any():
             lines["source's shape, target's scale"] = calibration.scaled(result["source"], rows[mine])
-            lines["from scratch"] = calibration.fit_line(
-                rows.layers_ms[mine].to_numpy(), rows.latency_ms[mine].to_numpy()
+            lines["from scratch"] = calibration.fit_spill(
+                *(rows[c][mine].to_numpy() for c in ("layers_ms", "weights_mib", "latency_ms"))
             )
         else:
-            lines["none (the layers' sum)"] = (1.0, 0.0)
+            lines["none (the layers' sum)"] = {"scale": 1.0, "offset_ms": 0.0}
         result["handfuls"][name] = {
             "timed": sorted(rows.model[mine]),
             "scored": int((~mine).sum()),
             "lines": {
                 label: {
-                    "scale": s,
-                    "offset_ms": o,
-                    "mape": float(np.mean(np.abs((s * rows.layers_ms[~mine] + o) / rows.latency_ms[~mine] - 1))),
+                    **{k: line.get(k) for k in calibration.FIELDS},
+                    "mape": float(
+                        np.mean(
+                            np.abs(
+                                calibration.predicted(line, rows.layers_ms[~mine], rows.weights_mib[~mine])
+                                / rows.latency_ms[~mine]
+                                - 1
+                            )
+                        )
+                    ),
                 }
-                for label, (s, o) in lines.items()
+                for label, line in lines.items()
             },
         }
     return result

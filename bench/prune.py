@@ -6,11 +6,11 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up.
         [--budgets 0.4,0.6] [--flops-budgets 0.5,0.6]
         [--methods latency,afcp,lws,flops,flops:1,uniform] [--board-rounds 3] [--board-methods latency,afcp,lws]
         [--min-ratio 0.25] [--proposals 1] [--epochs 3] [--dense-epochs 10] [--train-samples N]
-        [--samples 300] [--passes 3]
+        [--samples 300] [--thinned 0.75,0.5,0.25] [--passes 3]
         [--revalidate 0] [--work bench-prune] [--results docs/results/prune/results] [--cpu-lock FILE]
 
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
-schedule policy) and a few whole models (the dense one and uniformly thinned ones, for the
+schedule policy) and a few whole models (the dense one and copies thinned to ``--thinned``, for the
 predictor's whole-model calibration, timed before and again after the layers so that one slow
 spell does not set it); fit the predictor; train the dense baseline once; then for
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
@@ -81,6 +81,11 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--samples", type=int, default=300, help="layer configs measured for the predictor")
     parser.add_argument(
+        "--thinned",
+        default="0.75,0.5,0.25",
+        help="shares of the copies timed whole for the calibration; more where the weights outgrow the cache",
+    )
+    parser.add_argument(
         "--passes", type=int, default=3, help="sweeps measuring each layer and model (the fastest counts)"
     )
     parser.add_argument(
@@ -105,7 +110,7 @@ def main() -> None:
     data = load_data(args.dataset, 128, args.train_samples, args.test_samples)
 
     model = pipeline.build(args.model, data).eval()
-    calibration_models = _calibration_models(args.model, data)
+    calibration_models = _calibration_models(args.model, data, [float(s) for s in args.thinned.split(",")])
     with timing():
         measure_models(device, calibration_models, policy, tables_dir, cache)
         collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
@@ -118,6 +123,8 @@ def main() -> None:
     print(
         f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration "
         f"scale {calibration.get('scale', 1):.3f}, offset {calibration.get('offset_ms', 0):.4f} ms, "
+        f"spill {calibration.get('spill_ms_per_mib', 0):.4f} ms/MiB from {calibration.get('spill_from_mib')} "
+        f"to {calibration.get('spill_to_mib')} MiB, "
         f"held-out error {calibration.get('held_out_mape', float('nan')):.1%}"
     )
 
@@ -192,11 +199,11 @@ def main() -> None:
     print(f"results → {path}")
 
 
-def _calibration_models(spec: str, data) -> list[ModelCase]:
-    """The dense model and copies thinned to 3/4, 1/2 and 1/4 of every group, for the whole-model
-    calibration (as ``hwloop measure --thinned 0.75,0.5,0.25`` times them)."""
+def _calibration_models(spec: str, data, shares: list[float]) -> list[ModelCase]:
+    """The dense model and copies with every group thinned to each of ``shares``, for the whole-model
+    calibration (as ``hwloop measure --thinned`` times them)."""
     dense = ModelCase(spec, pipeline.build(spec, data).eval(), data.input_shape)
-    return [dense, *thinned_cases(dense, (0.75, 0.5, 0.25))]
+    return [dense, *thinned_cases(dense, shares)]
 
 
 def _fastest_of_run(reports: list[dict], dense_ms: float | None) -> dict:

@@ -9,7 +9,7 @@ from hwloop import tables
 from hwloop.endtoend import ModelCase, measure_models
 from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
-from hwloop.predictor.calibration import calibrate, fit_line
+from hwloop.predictor.calibration import calibrate, fit_line, fit_spill, predicted, weights_mib
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
 
@@ -55,6 +55,37 @@ def test_calibration_serves_small_models_as_well_as_the_dense_one():
     assert relative.max() < 0.3
     absolute_scale, absolute_offset = np.polyfit(layers, measured, 1)
     assert abs((absolute_scale * layers[0] + absolute_offset) / measured[0] - 1) > 1
+
+
+def test_weights_that_outgrow_the_cache_cost_time_per_mib():
+    """Thinned copies of a model: those whose weights outgrow the cache run slower than their
+    layers' sum says, by a time per MiB of the weights that miss, a share rising with the weights;
+    the line alone misses both ends, the spill fits them."""
+    layers = np.array([0.19, 0.45, 0.71, 1.05, 1.52, 3.56])
+    weights = np.array([2.7, 6.8, 10.7, 16.0, 24.0, 42.6])
+    share = np.clip((weights - 6.8) / (24.0 - 6.8), 0, 1)
+    measured = 1.06 * layers + 0.01 + 0.042 * weights * share
+    line = fit_spill(layers, weights, measured)
+    assert (line["spill_from_mib"], line["spill_to_mib"]) == (6.8, 24.0)
+    assert line["spill_ms_per_mib"] == pytest.approx(0.042, rel=1e-3)
+    assert predicted(line, layers, weights) == pytest.approx(measured, rel=1e-3)
+    scale, offset = fit_line(layers, measured)
+    assert np.abs((scale * layers + offset) / measured - 1).max() > 0.1
+
+    on_a_line = fit_spill(layers, weights, 1.1 * layers + 0.02)
+    assert on_a_line["spill_from_mib"] is None and on_a_line["spill_ms_per_mib"] == 0
+    three = [0, 2, 5]
+    assert fit_spill(layers[three], weights[three], measured[three])["spill_from_mib"] is None
+
+
+def test_a_whole_model_prediction_adds_the_spill_of_its_weights(local_predictor):
+    small = [LayerConfig("conv2d", 16, 16, 16, 16, kernel=3, padding=1)]
+    large = [LayerConfig("conv2d", 512, 512, 2, 2, kernel=3, padding=1)]
+    assert weights_mib(large) == pytest.approx(512 * 512 * 9 * 4 / 2**20)
+    fit = {"scale": 1.0, "offset_ms": 0.0, "spill_ms_per_mib": 0.05, "spill_from_mib": 1.0, "spill_to_mib": 2.0}
+    spilling = Predictor(local_predictor.model, {**local_predictor.meta, "calibration": fit})
+    for layers, spill in ((small, 0.0), (large, 0.05 * weights_mib(large))):
+        assert spilling.predict_model(layers) == pytest.approx(local_predictor.predict(layers).sum() + spill)
 
 
 def test_without_model_rows_the_layers_are_summed(local_table, local_predictor):

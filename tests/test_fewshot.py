@@ -205,9 +205,13 @@ def test_design_takes_both_ends_of_each_shape_then_steps(local_predictor):
 
 
 def test_whole_model_calibration_scales_the_source_with_a_handful_of_timings():
-    source = {"scale": 1.2, "offset_ms": 0.05}
-    rows = pd.DataFrame({"layers_ms": [0.5, 2.0], "latency_ms": [1.5 * (1.2 * 0.5 + 0.05), 1.5 * (1.2 * 2.0 + 0.05)]})
-    assert scaled(source, rows) == pytest.approx((1.8, 0.075))
+    source = {"scale": 1.2, "offset_ms": 0.05, "spill_ms_per_mib": 0.04, "spill_from_mib": 8.0, "spill_to_mib": 16.0}
+    layers, weights = np.array([0.5, 2.0]), np.array([4.0, 40.0])
+    rows = pd.DataFrame({"layers_ms": layers, "weights_mib": weights, "latency_ms": 1.5 * (1.2 * layers + 0.05)})
+    rows.loc[1, "latency_ms"] += 1.5 * 0.04 * 40.0
+    line = scaled(source, rows)
+    assert (line["scale"], line["offset_ms"], line["spill_ms_per_mib"]) == pytest.approx((1.8, 0.075, 0.06))
+    assert (line["spill_from_mib"], line["spill_to_mib"]) == (8.0, 16.0)
 
 
 def test_two_whole_models_timed_on_the_new_device_calibrate_its_predictor(

@@ -174,20 +174,30 @@ def fit(
                     highlight=False,
                 )
     if calibration:
+        spill = calibration.get("spill_from_mib")
         models_table = Table(
             "model",
             "measured ms",
             "layers ms",
+            "weights MiB",
             "predicted ms",
             "error",
-            title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} "
-            "ms; each predicted by a calibration without it)",
+            title=f"whole models (scale {calibration['scale']:.3f}, rest {calibration['offset_ms']:.3f} ms"
+            + (
+                ""
+                if spill is None
+                else f", weights read from memory from {spill:.1f} MiB, all of them from "
+                f"{calibration['spill_to_mib']:.1f} MiB, at {1000 * calibration['spill_ms_per_mib']:.1f} µs per MiB"
+            )
+            + "; each predicted by a calibration without it)",
         )
         for case in calibration["cases"]:
+            weights = case.get("weights_mib")
             models_table.add_row(
                 case["model"],
                 f"{case['measured_ms']:.3f}",
                 f"{case['layers_ms']:.3f}",
+                "-" if weights is None else f"{weights:.1f}",
                 f"{case['predicted_ms']:.3f}",
                 f"{100 * case['error']:+.1f} %",
             )

@@ -24,7 +24,7 @@ import xgboost as xgb
 from ..schedules import PolicyError, parse_policy
 from ..trust import agreement
 from . import features
-from .calibration import calibrate
+from .calibration import calibrate, predicted, weights_mib
 from .errors import PredictorError
 from .evaluation import holdout_scores
 from .latency import LatencyModel, vector_unit
@@ -148,10 +148,12 @@ class Predictor:
 
     def predict_model(self, layers) -> float:
         """Whole-model latency (ms): the sum of its conv/linear layers, scaled and offset by the
-        calibration on measured whole models (the rest: element-wise ops, pooling, glue)."""
+        calibration on measured whole models (the rest: element-wise ops, pooling, glue, and
+        weights read from memory)."""
+        layers = list(layers)
         total = float(self.predict(layers).sum())
         calibration = self.meta.get("calibration") or {"scale": 1.0, "offset_ms": 0.0}
-        return calibration["scale"] * total + calibration["offset_ms"]
+        return float(predicted(calibration, total, weights_mib(layers)))
 
     def save(self, predictors_dir: Path) -> Path:
         """Write ``<predictors_dir>/<device>/``; each file is replaced atomically."""
