@@ -12,7 +12,8 @@ latency budgets; accuracy, predicted and measured latency, measured speed-up.
 Steps: measure the model's layer space on the ``local`` device (1 thread pinned to CPU 0, ``default``
 schedule policy) and a few whole models (the dense one and copies thinned to ``--thinned``, for the
 predictor's whole-model calibration, timed before and again after the layers so that one slow
-spell does not set it); fit the predictor; train the dense baseline once; then for
+spell does not set it); fit the predictor (calibrated on those models alone: the pruned models a
+run validates do not calibrate a later run's predictions); train the dense baseline once; then for
 each method and budget prune, fine-tune with distillation, and validate on the device (dense and
 pruned model compiled whole and timed end to end, ``--passes`` times each, the fastest counting).
 ``flops`` is given its budgets (``--flops-budgets``, default ``--budgets``) as fractions of the
@@ -116,9 +117,9 @@ def main() -> None:
         collect(device, model_space(model, data.input_shape, args.samples), policy, tables_dir, cache)
         measure_models(device, calibration_models, policy, tables_dir, cache, force=True)
     with training():
-        predictor = Predictor.fit(
-            tables.read(tables_dir, "local"), "local", "default", models=tables.read_models(tables_dir, "local")
-        )
+        models = tables.read_models(tables_dir, "local")
+        copies = models[models.model.isin({case.name for case in calibration_models})]
+        predictor = Predictor.fit(tables.read(tables_dir, "local"), "local", "default", models=copies)
     calibration = predictor.meta["calibration"] or {}
     print(
         f"predictor: {predictor.meta['rows']} layer rows; whole-model calibration "

@@ -40,11 +40,23 @@ $B --model resnet20 --work bench-prune --budgets 0.25,0.3,0.35,0.4 --methods lat
 $B --model bench/models.py:resnet20_x075 --work bench-prune-x075 --samples 200 --budgets 0.4,0.6 \\
    --flops-budgets 0.5,0.6 --methods latency,flops,uniform
 $B --model resnet18 --work bench-prune-r18 --dense-epochs 6 --budgets 0.3,0.5 --flops-budgets 0.4,0.6,0.8 \\
-   --methods latency,flops,uniform --revalidate 1
+   --methods latency,flops,uniform --revalidate 1 --thinned 0.9,0.8,0.7,0.6,0.5,0.4,0.25
 $B --model mobilenetv2 --work bench-prune-mbv2 --train-samples 12000 --dense-epochs 6 --budgets 0.3,0.5 \\
    --flops-budgets 0.4,0.6,0.8 --methods latency,flops,uniform --revalidate 1
 python docs/results/prune/make.py
 ```
+
+ResNet-18's weights (43 MiB dense) span the last-level cache of the machine below as it is pruned,
+so it was run twice: at `504f461`, with the whole-model calibration a line fitted on the dense
+model and three thinned copies, and then in a new work folder with the same layer table, dense
+baseline and settings at `6eedc97`, whose calibration charges the weights read from memory, fitted
+on seven thinned copies ([predictor.md](../../predictor.md#whole-models)). The first run's file is
+`results/resnet18@fashion-mnist@504f461.json`. Its `flops` rows are the same pruned models in both
+runs: their measured latencies differ between the runs by more than the ±5 % asked of a prediction,
+and so do some outputs' two validations, minutes apart, within a run (the work folder's model table
+keeps every pass): a model whose weights are near the cache's size gets a share of it that moves
+with each load and with the other tenants' work
+([measurement.md](../../measurement.md#warm-or-cold-weights)).
 
 Related benchmarks that print their findings (no results folder yet): `bench/proposals.py` (do short
 fine-tunes rank plans of equal predicted latency as the full fine-tune does?) and
@@ -65,7 +77,7 @@ def main() -> None:
         first = results[0]
         date = f", {run['date']}" if run.get("date") else ""
         sections += [
-            f"\n## {run['model']} on {run['dataset']}\n",
+            f"\n## {run['model']} on {run['dataset']} at `{run['commit'][:7]}`\n",
             f"{machine['cpu_model']} (LLVM CPU {machine['llvm_cpu']}, {machine['cores']} cores){date}, "
             f"commit `{run['commit'][:12]}`, `{run['command']}`. Dense: accuracy {first['dense_accuracy']:.2%}, "
             f"measured {first['dense_ms']:.3f} ms, predicted {first['dense_predicted_ms']:.3f} ms.\n",
