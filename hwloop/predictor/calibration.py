@@ -29,6 +29,7 @@ from .selection import fastest_pass
 
 FIELDS = ("scale", "offset_ms", "spill_ms_per_mib", "spill_from_mib", "spill_to_mib")
 """A calibration's fit, as ``predictor.json`` keeps it beside its cases."""
+NO_SPILL = {"spill_ms_per_mib": 0.0, "spill_from_mib": None, "spill_to_mib": None}
 SPILL_SIDE = 2
 """Models a spill needs at or below its start and at or above its end: the line rests on the first,
 the cost per MiB on the second."""
@@ -36,7 +37,7 @@ the cost per MiB on the second."""
 
 def weights_mib(layers: list[LayerConfig]) -> float:
     """The weights of ``layers`` in MiB."""
-    return sum(int(np.prod(c.weight_shape)) * (2 if c.dtype == "float16" else 4) for c in layers) / 2**20
+    return sum(int(np.prod(c.weight_shape)) * np.dtype(c.dtype).itemsize for c in layers) / 2**20
 
 
 def model_rows(models: pd.DataFrame, predictor) -> pd.DataFrame:
@@ -80,7 +81,7 @@ def fit_spill(layers_ms: np.ndarray, weights: np.ndarray, measured_ms: np.ndarra
     ``layers_ms``, weights ``weights`` (MiB) and latencies ``measured_ms``: the line of
     :func:`fit_line`, or, where one at least halves its squared relative error, the line with the
     spill that fits them best."""
-    best = dict(zip(FIELDS, (*fit_line(layers_ms, measured_ms), 0.0, None, None)))
+    best = {**dict(zip(FIELDS, fit_line(layers_ms, measured_ms))), **NO_SPILL}
     least = _squared_error(best, layers_ms, weights, measured_ms) / 2
     sizes = np.unique(weights)
     for start, low in enumerate(sizes):
@@ -194,7 +195,7 @@ def transferred(predictor, models: pd.DataFrame, source: dict | None) -> dict | 
     if source is None or timed >= OWN_MODELS:
         own = calibrate(predictor, models)
         return own and {**own, "method": "own"}
-    line = {**dict.fromkeys(FIELDS[3:]), "spill_ms_per_mib": 0.0, **{k: source[k] for k in FIELDS if k in source}}
+    line = {**NO_SPILL, **{k: source[k] for k in FIELDS if k in source}}
     if not timed:
         return {**line, "rows": 0, "models": [], "held_out_mape": None, "cases": [], "method": "source"}
     fastest = fastest_pass(rows, "model_id")
