@@ -61,6 +61,11 @@ LAYERS = [
     *(LayerConfig("conv2d", cin, cout, 14, 14, kernel=1) for cin, cout in ((4, 4), (7, 4), (8, 4), (7, 7), (5, 16))),
     *(LayerConfig("conv2d", cin, cout, 7, 7, kernel=1) for cin, cout in ((5, 4), (7, 16))),
     LayerConfig("conv2d", 6, 12, 28, 28, kernel=1, stride=2),
+    # down a column: strided (a pruned ResNet's downsample), and 12-15 channels on taller maps
+    *(LayerConfig("conv2d", cin, 6, size, size, kernel=1, stride=2) for cin, size in ((5, 28), (8, 28), (5, 14))),
+    *(LayerConfig("conv2d", 2, cout, 28, 28, kernel=1, stride=2) for cout in (9, 12)),
+    *(LayerConfig("conv2d", 4, cout, 14, 14, kernel=1) for cout in (9, 12)),
+    *(LayerConfig("conv2d", 4, cout, 10, 10, kernel=1) for cout in (12, 15)),
 ]
 MODELS = [  # (hwloop model spec, input shape)
     ("resnet20", (1, 3, 32, 32)),

@@ -177,10 +177,18 @@ def test_weights_stored_channels_innermost_are_repacked_a_whole_tile_at_a_time(t
     np.testing.assert_allclose(out.numpy(), inputs[0] @ inputs[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("cout", [5, 9, 18])
-def test_a_conv_writes_back_along_output_positions_without_scatters(cout):
+@pytest.mark.parametrize(
+    "config",
+    [
+        *(conv(2, cout, 28, kernel=1, stride=2) for cout in (5, 9, 18)),
+        *(conv(4, cout, size, kernel=1) for cout, size in ((12, 14), (15, 10))),  # tiles down a column
+        conv(6, 15, 28, kernel=1, stride=2),
+    ],
+    ids=lambda c: c.id,
+)
+def test_a_conv_writes_back_along_output_positions_without_scatters(config):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
-    mod = schedule(prim_module(conv(2, cout, 28, kernel=1, stride=2)), target)
+    mod = schedule(prim_module(config), target)
     sch = tvm.s_tir.Schedule(mod["main"])
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     (writeback,) = [b for b in blocks if any(w.source.name == "conv2d_nchw" for w in sch.get(b).writes)]  # the output
@@ -193,12 +201,22 @@ def test_a_conv_writes_back_along_output_positions_without_scatters(cout):
 
 
 @pytest.mark.parametrize(
-    ("cin", "cout", "down_a_column"), [(7, 4, True), (8, 4, False), (7, 16, False), (7, 40, False)]
+    ("config", "tile"),
+    [
+        (conv(7, 4, 14, kernel=1), {"yy": 14}),
+        (conv(8, 4, 14, kernel=1), {"xx": 14}),
+        (conv(7, 16, 14, kernel=1), {"xx": 14}),
+        (conv(7, 40, 14, kernel=1), {"xx": 7}),
+        (conv(6, 4, 28, kernel=1, stride=2), {"yy": 14}),  # strided too
+        (conv(4, 12, 14, kernel=1), {"yy": 7}),  # at most 8 vectors' worth of outputs: 10 rows, so 7
+    ],
+    ids=lambda value: value.id if isinstance(value, LayerConfig) else str(value),
 )
-def test_a_tiny_reduction_into_less_than_a_vector_tiles_positions_down_a_column(cin, cout, down_a_column):
+def test_a_tiny_reduction_into_less_than_a_vector_tiles_positions_down_a_column(config, tile):
     """Below 8 multiply-adds per output into less than a vector of channels, the register tile takes rows
-    (LLVM unrolls the whole reduction, and inputs along a row became vector loads and shuffles)."""
+    (LLVM unrolls the whole reduction, and inputs along a row became vector loads and shuffles), as
+    many as keep the write-back, each output on another row, within 8 vectors' worth of elements."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
-    script = schedule(prim_module(conv(cin, cout, 14, kernel=1)), target)["main"].script()
-    tiled = set(re.findall(r"for (yy|xx)_1 in T\.unroll\(([0-9]+)\)", script))
-    assert {axis for axis, extent in tiled if int(extent) > 1} == ({"yy"} if down_a_column else {"xx"})
+    script = schedule(prim_module(config), target)["main"].script()
+    tiled = {axis: int(extent) for axis, extent in re.findall(r"for (yy|xx)_1 in T\.unroll\(([0-9]+)\)", script)}
+    assert {axis: extent for axis, extent in tiled.items() if extent > 1} == tile

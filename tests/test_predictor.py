@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -256,6 +257,28 @@ def test_rules_take_the_path_the_default_schedule_takes(mcpu):
     repacked = ["weight_global" in schedule(prim_module(c), target)["main"].script() for c in configs]
     assert repacked == [path == "channel" for path in paths]
     assert paths[:5] == ["spatial" if mcpu == "skylake-avx512" else "channel"] * 4 + ["channel"]
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_rules_take_the_register_tile_the_default_schedule_takes(mcpu):
+    """The work model's tile (vectors by rows by columns) is the schedule's, down a column too
+    (tiny reductions into less than a vector, strided or not, and rows cut to bound the write-back)."""
+    import tvm
+
+    from hwloop.kernels import prim_module
+    from hwloop.schedules.default import cpu_model, schedule
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    cpu = cpu_model(target)
+    configs = [
+        LayerConfig("conv2d", cin, cout, size, size, kernel=1, stride=stride)
+        for cin, cout, size, stride in ((7, 4, 14, 1), (4, 7, 14, 1), (8, 4, 14, 1), (6, 4, 28, 2), (5, 3, 28, 2))
+    ] + [LayerConfig("conv2d", 16, 20, 16, 16, kernel=3, padding=1), LayerConfig("conv2d", 3, 40, 10, 10, stride=2)]
+    work = rules.quantities(features.arrays(configs), cpu.lanes("float32"), cpu.registers)
+    for config, tile in zip(configs, work["tile"]):
+        script = schedule(prim_module(config), target)["main"].script()
+        unrolled = re.findall(r"for (?:yy|xx|ff)_1(?:_0)? in T\.unroll\(([0-9]+)\)", script)
+        assert np.prod([int(extent) for extent in unrolled]) == tile, config.id
 
 
 def test_features_of_a_kernel_that_is_not_square_count_its_height_and_width():

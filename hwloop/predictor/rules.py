@@ -74,9 +74,10 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             out[name][mask] = np.asarray(value, dtype=np.float64)[mask] if np.ndim(value) else value
 
     if channel.any():
-        down_columns = (s == 1) & (cpg * kk < _tiny_reduction()) & (cout < vl) & (oh > 1)
+        down_columns = (cpg * kk < _tiny_reduction()) & (cout < vl) & (oh > 1)
         tiled = np.where(down_columns, 1, ow)
-        vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), tiled, vl, acc, mask=channel)
+        budget = np.where(down_columns, np.minimum(acc, _lookup(_column_budget, cout, vl, mask=channel)[0]), acc)
+        vectors, rows, columns = _lookup(_register_tile, cout, np.where(oh > 1, oh, 1), tiled, vl, budget, mask=channel)
         tile_width = vl * vectors
         tiles = -(-cout // tile_width)
         weight = tiles * tile_width * cpg * kk * size
@@ -221,3 +222,7 @@ def _input_cache_bytes() -> int:
 
 def _tiny_reduction() -> int:
     return _rule("TINY_REDUCTION")
+
+
+def _column_budget(channels: int, lanes: int) -> int:
+    return _rule("_column_budget")(channels, lanes)

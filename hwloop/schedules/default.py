@@ -38,6 +38,7 @@ VECTORIZE_LIMIT = 256  # longest loop vectorised whole (LLVM splits it into regi
 WEIGHT_CACHE_BYTES = 256 * 1024  # packed weights above this are walked once, channel tile outermost
 INPUT_CACHE_BYTES = 1024 * 1024  # a pointwise conv's input above this is left to the channel rule
 TINY_REDUCTION = 8  # multiply-adds per output below which LLVM unrolls a reduction into one vector whole
+COLUMN_WRITEBACK_VECTORS = 8  # vectors' worth of outputs a tile down a column writes back, at most
 REPACK_ROWS = 8  # weight rows a repack gathers from at once (common L1 caches have 8 ways or more)
 
 
@@ -293,18 +294,27 @@ def _schedule_contraction(sch: s_tir.Schedule, c: Contraction, cpu: CpuModel) ->
 
 
 def _tiny_reduction(c: Contraction, conv: ConvRoles, cpu: CpuModel) -> bool:
-    """Whether a stride-1 conv's reduction is shorter than :data:`TINY_REDUCTION` into less than one
-    vector of output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row into
-    vector loads and shuffles their lanes out: its register tile runs down a column instead, where
-    the inputs lie a row apart and each stays a broadcast operand of its multiply-add."""
+    """Whether a conv's reduction is shorter than :data:`TINY_REDUCTION` into less than one vector of
+    output channels. LLVM unrolls such a reduction whole, fuses a tile's inputs along a row (a
+    stride apart) into vector loads and shuffles their lanes out: its register tile runs down a
+    column instead, where the inputs lie a row apart and each stays a broadcast operand of its
+    multiply-add."""
     depth = math.prod(c.extents[r] for r in c.reduce)
-    return conv.stride == 1 and depth < TINY_REDUCTION and c.extents[conv.f] < cpu.lanes(c.dtype)
+    return depth < TINY_REDUCTION and c.extents[conv.f] < cpu.lanes(c.dtype)
+
+
+def _column_budget(channels: int, lanes: int) -> int:
+    """Accumulators a tile down a column of ``channels`` (under one vector) may hold."""
+    return max(COLUMN_WRITEBACK_VECTORS * lanes // channels, 1)
 
 
 def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, down_columns: bool = False) -> None:
     """Vectorise output channel ``f`` over a padded repacked weight, with a register tile of
     output positions (the output's other axes; ``inner`` is their innermost, tiled by divisors,
-    or untiled where the tile runs ``down_columns``).
+    or untiled where the tile runs ``down_columns``). A tile down a column writes each output to
+    another row: above :data:`COLUMN_WRITEBACK_VECTORS` vectors' worth of them, LLVM turned its
+    write-back into AVX-512 scatters (a 1x1 conv 4 -> 12 on a 14x14 map ran 1.8 times as long as
+    4 -> 9), so its rows are tiled to stay below.
 
     Small weights stay in cache while rows of output stream past them (the data's producer is
     computed per row); large weights are walked once, channel tile outermost.
@@ -314,9 +324,10 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, 
     rows = (
         positions[-2] if len(positions) > 1 and c.extents[positions[-2]] > 1 and inner.same_as(positions[-1]) else None
     )
-    columns = 1 if down_columns and rows is not None else c.extents[inner]
+    column = down_columns and rows is not None
+    budget = min(cpu.accumulators, _column_budget(c.extents[f], lanes)) if column else cpu.accumulators
     vectors, row_tile, col_tile = _register_tile(
-        c.extents[f], c.extents[rows] if rows is not None else 1, columns, lanes, cpu.accumulators
+        c.extents[f], c.extents[rows] if rows is not None else 1, 1 if column else c.extents[inner], lanes, budget
     )
     width = lanes * vectors
     f_dim = [d for d, v in enumerate(weight.indices) if v.same_as(f)][0]
