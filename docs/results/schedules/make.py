@@ -49,7 +49,7 @@ def table(rows: list[dict], key: str, against: str, digits: int) -> list[str]:
     for row in rows:
         ratio = row["today_ms"] / row["against_ms"]
         name = f"`{row[key]}`" if key == "layer" else row[key]
-        lines.append(f"| {name} | {row['against_ms']:.{digits}f} | {row['today_ms']:.{digits}f} | {ratio:.2f} |")
+        lines.append(f"| {name} | {row['against_ms']:.{digits}g} | {row['today_ms']:.{digits}g} | {ratio:.2f} |")
     return lines
 
 
@@ -67,7 +67,7 @@ def main() -> None:
             "",
         ]
         if run["models"]:
-            lines += [*table(run["models"], "model", against, 3), ""]
+            lines += [*table(run["models"], "model", against, 4), ""]
     (HERE / "README.md").write_text("\n".join(lines))
 
 
