@@ -23,25 +23,15 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90, "each_size_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results
-for W in /work/data/predictor14 /work/data/predictor15; do
-  flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
-  flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
-  flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S \\
-      --results $W/results
-done
-# predictor15's ResNet-20 table was too noisy to fit (`hwloop tables show`: trials within ±10 % for
-# 87.5 %, the sentinel's spread 1.37x): its scores kept as predictor15-first, the space collected again
-W=/work/data/predictor15
-mkdir -p $R/others/predictor15-first && cp $W/results/{resnet20,machine}.json $R/others/predictor15-first/
-mv $W/resnet20 $W/resnet20-refused
-flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces resnet20
-flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces resnet20 \\
-    --results $W/results
+S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor16
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
+flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
+flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S --results $W/results
+mkdir -p $R/others/predictor15 && mv $R/*.json $R/others/predictor15/
 cp $W/results/*.json $R/
-mkdir -p $R/others/predictor14 && cp /work/data/predictor14/results/*.json $R/others/predictor14/
-# others/predictor13: the collection this page showed before, taken before the sentinel (its files name
-# the command that made them)
+# others/: earlier collections of the same spaces under the rules of revision 9, as this page showed
+# them (predictor15; predictor15-first, its ResNet-20 table refused as too noisy; predictor14;
+# predictor13, before the sentinel); each file names the command that made it
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
@@ -125,13 +115,15 @@ def collections(spaces: list[dict], others: dict[str, list[dict]]) -> list[str]:
         "hwloop within ±10 % on each split, and how well each collection's table repeats (trials agree "
         "±5 %; a second collection within ±5 %), for each collection of the same spaces on this machine: "
         "the first column is the collection above, each further one another collection (the commands above say "
-        "where each came from), with the date it was measured and the commit that scored it.",
+        "where each came from), with the date it was measured, the rules it was built with and the commit "
+        "that scored it.",
         "",
         "| space | split | " + " | ".join(f"`{name}`" for name in by_run) + " |",
         "|---|---|" + "---|" * len(by_run),
     ]
     facts = {
         "measured": measured_on,
+        "rules": lambda space: f"`{space['table']['schedule']}`",
         "scored at commit": lambda space: f"`{space['run']['commit']}`",
         "trials agree ±5 %": lambda space: pct(space["repeats_agree"]["within_5"]),
         "second collection ±5 %": lambda space: pct((space.get("collections_agree") or {}).get("within_5")),
