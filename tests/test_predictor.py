@@ -272,7 +272,7 @@ def test_rules_take_the_register_tile_the_default_schedule_takes(mcpu):
     cpu = cpu_model(target)
     configs = [
         LayerConfig("conv2d", cin, cout, size, size, kernel=1, stride=stride)
-        for cin, cout, size, stride in ((7, 4, 14, 1), (4, 7, 14, 1), (8, 4, 14, 1), (6, 4, 28, 2), (5, 3, 28, 2))
+        for cin, cout, size, stride in ((7, 4, 14, 1), (4, 12, 14, 1), (8, 4, 14, 1), (6, 4, 28, 2), (5, 3, 28, 2))
     ] + [LayerConfig("conv2d", 16, 20, 16, 16, kernel=3, padding=1), LayerConfig("conv2d", 3, 40, 10, 10, stride=2)]
     work = rules.quantities(features.arrays(configs), cpu.lanes("float32"), cpu.registers)
     for config, tile in zip(configs, work["tile"]):
