@@ -43,6 +43,7 @@ collections per exclusive lock, so that others' runs go in between)::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -519,6 +520,8 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [s for s in spaces(args.quick) if not args.spaces or s.name in args.spaces.split(",")]
     stages = set(args.stages.split(","))
+    if "score" in stages and importlib.util.find_spec("lightgbm") is None:
+        parser.error("the score stage compares LightGBM too: install it first (.venv/bin/pip install -e '.[bench]')")
     if "build" in stages:
         for space in chosen:
             build_space(args.work, space)
