@@ -88,8 +88,8 @@ def fit_spill(layers_ms: np.ndarray, weights: np.ndarray, measured_ms: np.ndarra
         for high in sizes[start + 1 :]:
             if (weights <= low).sum() < SPILL_SIDE or (weights >= high).sum() < SPILL_SIDE:
                 continue
-            spilled = weights * np.clip((weights - low) / (high - low), 0, 1)
-            terms = np.column_stack([layers_ms, np.ones_like(layers_ms), spilled]) / measured_ms[:, None]
+            terms = np.column_stack([layers_ms, np.ones_like(layers_ms), _spilled(weights, low, high)])
+            terms /= measured_ms[:, None]
             norm = terms.max(axis=0)
             coefficients, _ = nnls(terms / norm, np.ones_like(measured_ms))
             scale, offset, per_mib = coefficients / norm
@@ -107,10 +107,13 @@ def predicted(calibration: dict, layers_ms, weights) -> np.ndarray:
     ``weights`` (MiB) under ``calibration`` (one without spill fields spills nothing)."""
     layers_ms, weights = np.asarray(layers_ms, dtype=float), np.asarray(weights, dtype=float)
     low, high = calibration.get("spill_from_mib"), calibration.get("spill_to_mib")
-    spill = 0.0
-    if low is not None:
-        spill = calibration["spill_ms_per_mib"] * weights * np.clip((weights - low) / (high - low), 0, 1)
+    spill = 0.0 if low is None else calibration["spill_ms_per_mib"] * _spilled(weights, low, high)
     return calibration["scale"] * layers_ms + calibration["offset_ms"] + spill
+
+
+def _spilled(weights: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The MiB of ``weights`` read from memory: none up to ``low``, a share rising linearly to all at ``high``."""
+    return weights * np.clip((weights - low) / (high - low), 0, 1)
 
 
 def _squared_error(calibration: dict, layers_ms, weights, measured_ms) -> float:
