@@ -66,6 +66,8 @@ LAYERS = [
     *(LayerConfig("conv2d", 2, cout, 28, 28, kernel=1, stride=2) for cout in (9, 12)),
     *(LayerConfig("conv2d", 4, cout, 14, 14, kernel=1) for cout in (9, 12)),
     *(LayerConfig("conv2d", 4, cout, 10, 10, kernel=1) for cout in (12, 15)),
+    # an unpadded conv's input rows reach 1 KiB from 10 channels (a workspace per row until revision 11)
+    *(LayerConfig("conv2d", cin, 20, 28, 28, kernel=1, stride=2) for cin in (9, 10, 11)),
 ]
 MODELS = [  # (hwloop model spec, input shape)
     ("resnet20", (1, 3, 32, 32)),

@@ -220,3 +220,20 @@ def test_a_tiny_reduction_into_less_than_a_vector_tiles_positions_down_a_column(
     script = schedule(prim_module(config), target)["main"].script()
     tiled = {axis: int(extent) for axis, extent in re.findall(r"for (yy|xx)_1 in T\.unroll\(([0-9]+)\)", script)}
     assert {axis: extent for axis, extent in tiled.items() if extent > 1} == tile
+
+
+@pytest.mark.parametrize(
+    "config",
+    [conv(10, 20, 28, kernel=1, stride=2), conv(5, 16, 14, kernel=1), conv(16, 32, 14, kernel=1, stride=2)],
+    ids=lambda c: c.id,
+)
+def test_an_unpadded_conv_allocates_nothing_per_parallel_iteration(config):
+    """TVM makes a ``local`` buffer, or a ``global`` one of 1 KiB or more, a workspace allocated and freed
+    on every iteration of the loop it lives in: the accumulator of a tile of positions stays on the stack,
+    and an unpadded conv reads its input where it lies, with no copy per row."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
+    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(schedule(prim_module(config), target))
+    pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)
+    lowered = finalize_host()(pipeline(mod))["main"].script()
+    rows = lowered[lowered.index("T.parallel(") :]  # a repacked weight of 1 KiB or more is allocated above, once a call
+    assert "TVMBackendAllocWorkspace" not in rows

@@ -213,7 +213,7 @@ class Predictor:
 
 
 def rows_name(schedule: str) -> str:
-    """How rows name the schedule policy ``schedule`` (``default`` is its current revision, ``default@10``)."""
+    """How rows name the schedule policy ``schedule`` (``default`` is its current revision, ``default@11``)."""
     try:
         return parse_policy(schedule).name
     except PolicyError as exc:

@@ -8,8 +8,8 @@ MetaSchedule with a budget of N measured candidates, its database kept and reuse
 between them, keeping the fastest of a few candidates.
 
 Rows and predictors name the policies built on the ``default`` rules (``default`` itself, and
-``transfer:N``, which keeps them as a candidate) with the revision of the rules: ``default@10``,
-``transfer:64@10``. The revision rises whenever the rules generate other code, so rows timed under
+``transfer:N``, which keeps them as a candidate) with the revision of the rules: ``default@11``,
+``transfer:64@11``. The revision rises whenever the rules generate other code, so rows timed under
 earlier rules are kept but no longer mixed with new ones.
 """
 
@@ -26,7 +26,7 @@ POLICY_HELP = (
 )
 SEARCHED = ("tuned", "transfer")
 REVISED = ("default", "transfer")  # built on the default rules: their names carry the rules' revision
-DEFAULT_REVISION = 10
+DEFAULT_REVISION = 11
 
 
 class PolicyError(ValueError):
@@ -40,7 +40,7 @@ class Policy:
 
     @property
     def name(self) -> str:
-        """How rows, predictors and builds name the policy (``default@10``, ``untuned``, ``tuned:64``)."""
+        """How rows, predictors and builds name the policy (``default@11``, ``untuned``, ``tuned:64``)."""
         base = f"{self.kind}:{self.trials}" if self.kind in SEARCHED else self.kind
         return f"{base}@{DEFAULT_REVISION}" if self.kind in REVISED else base
 
@@ -108,7 +108,7 @@ def is_model(mod) -> bool:
 
 def parse_policy(spec: str) -> Policy:
     """``"default"``, ``"untuned"``, ``"tuned:N"`` or ``"transfer:N"`` as a :class:`Policy`; a name
-    with the rules' revision (``default@10``) is accepted when the revision is this hwloop's."""
+    with the rules' revision (``default@11``) is accepted when the revision is this hwloop's."""
     base, at, revision = spec.partition("@")
     match = re.fullmatch(r"(default|untuned)|(tuned|transfer):([1-9][0-9]*)", base)
     if not match or (at and (not revision.isdigit() or (match.group(1) or match.group(2)) not in REVISED)):
@@ -130,7 +130,7 @@ def policy_of_rows(name: str) -> Policy:
 
 
 def unrevised(name: str) -> str:
-    """A policy's name without the rules' revision (``default@10`` is ``default``)."""
+    """A policy's name without the rules' revision (``default@11`` is ``default``)."""
     return name.partition("@")[0]
 
 
