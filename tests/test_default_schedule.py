@@ -224,13 +224,19 @@ def test_a_tiny_reduction_into_less_than_a_vector_tiles_positions_down_a_column(
 
 @pytest.mark.parametrize(
     "config",
-    [conv(10, 20, 28, kernel=1, stride=2), conv(5, 16, 14, kernel=1), conv(16, 32, 14, kernel=1, stride=2)],
+    [
+        conv(10, 20, 28, kernel=1, stride=2),  # unpadded: its input rows (1080 bytes) are read where they lie
+        conv(5, 16, 14, kernel=1),
+        conv(16, 32, 14, kernel=1, stride=2),
+        conv(12, 12, 4, groups=12, op="depthwise_conv2d"),
+        LayerConfig("linear", 64, 10),
+    ],
     ids=lambda c: c.id,
 )
-def test_an_unpadded_conv_allocates_nothing_per_parallel_iteration(config):
+def test_a_small_layer_allocates_nothing_per_parallel_iteration(config):
     """TVM makes a ``local`` buffer, or a ``global`` one of 1 KiB or more, a workspace allocated and freed
-    on every iteration of the loop it lives in: the accumulator of a tile of positions stays on the stack,
-    and an unpadded conv reads its input where it lies, with no copy per row."""
+    on every iteration of the loop it lives in: accumulators and padded input rows under 1 KiB stay on
+    the stack, and an unpadded conv reads its input where it lies, with no copy per row."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
     mod = tvm.tirx.transform.BindTarget(target.with_host(target))(schedule(prim_module(config), target))
     pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)

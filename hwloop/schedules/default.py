@@ -318,12 +318,9 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, 
 
     Small weights stay in cache while rows of output stream past them (the data's producer is
     computed per row, or inlined where it only copies); large weights are walked once, channel
-    tile outermost. TVM makes a ``local`` buffer, or a ``global`` one of 1 KiB or more, a workspace
-    allocated and freed on every parallel iteration, which cost a 1x1 conv on a 14x14 map up to
-    half its time: the accumulator of a tile of several positions is ``global`` (on the stack
-    below 1 KiB). A tile of one position stays ``local``: its write-back reads one element at a
-    time, and LLVM split such a stack buffer into scalars, gathered back into vectors on every
-    step of the reduction (8 % slower).
+    tile outermost. The accumulator of a tile of one position stays a workspace (``local``): its
+    write-back reads one element at a time, and LLVM split such a buffer on the stack into
+    scalars, gathered back into vectors on every step of the reduction (8 % slower).
     """
     block, lanes = c.block, cpu.lanes(c.dtype)
     positions = [v for v in c.out if not v.same_as(f)]
@@ -350,7 +347,7 @@ def _channel_vector(sch, c: Contraction, f, weight, inner, cpu: CpuModel, data, 
         sch,
         c,
         lambda *idx: (*idx[:f_out], *idx[f_out + 1 :], idx[f_out]),
-        "global" if row_tile * col_tile > 1 else "local",
+        "local" if row_tile * col_tile == 1 else "global",
     )
     if len(c.out) > 1:  # whole vectors per position, even for a ragged last channel tile
         sch.storage_align(block, 0, axis=len(c.out) - 2, factor=width, offset=0)
@@ -570,7 +567,7 @@ def _reduction_vector(sch, c: Contraction, mm: MatmulRoles, cpu: CpuModel) -> No
     sch.parallel(parallel)
     sch.reverse_compute_at(block, parallel)
     _writeback_at(sch, block, parallel)
-    sch.set_scope(rf, 0, "local")
+    sch.set_scope(rf, 0, "global")
     sch.unroll(ii)
     sch.unroll(ji)
     sch.vectorize(kv)
@@ -586,9 +583,12 @@ def _var_of(c: Contraction, loop) -> tirx.Var:
     return next(v for v, each in c.loops.items() if each.same_as(loop))
 
 
-def _accumulate_locally(sch, c: Contraction, layout, scope: str = "local"):
+def _accumulate_locally(sch, c: Contraction, layout, scope: str = "global"):
     """Accumulate in a buffer of ``scope`` (``layout`` orders its axes); inline injective consumers
-    of the result's shape into its write-back."""
+    of the result's shape into its write-back. TVM allocates a ``local`` buffer, or a ``global`` one
+    of 1 KiB or more, as a workspace, with a call to allocate and another to free on every iteration
+    of the loop it lives in (every channel of a depthwise conv): a ``global`` one below 1 KiB is on
+    the stack."""
     writeback = sch.cache_write(c.block, 0, scope)
     if layout is not None:
         sch.transform_layout(c.block, ("write", 0), layout)
