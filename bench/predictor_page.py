@@ -23,7 +23,7 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90, "each_size_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor16
+S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor17
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
 flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S --results $W/results
