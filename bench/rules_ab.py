@@ -69,6 +69,16 @@ LAYERS = [
     *(LayerConfig("conv2d", 4, cout, 10, 10, kernel=1) for cout in (12, 15)),
     # an unpadded conv's input rows reach 1 KiB from 10 channels (a workspace per row until revision 11)
     *(LayerConfig("conv2d", cin, 20, 28, 28, kernel=1, stride=2) for cin in (9, 10, 11)),
+    # depthwise convs of MobileNetV2 at 64x64 and 224x224 (an accumulator per channel), grouped convs, dense layers
+    *(
+        LayerConfig("depthwise_conv2d", c, c, size, size, kernel=3, stride=stride, padding=1, groups=c)
+        for c, size, stride in ((960, 2, 1), (576, 4, 2), (192, 8, 1), (144, 56, 1), (32, 112, 1), (12, 28, 1))
+    ),
+    LayerConfig("conv2d", 128, 128, 6, 6, kernel=3, padding=1, groups=32),
+    *(
+        LayerConfig("linear", cin, cout, batch=batch)
+        for cin, cout, batch in ((512, 10, 1), (1280, 1000, 1), (48, 96, 16))
+    ),
 ]
 MODELS = [  # (hwloop model spec, input shape)
     ("resnet20", (1, 3, 32, 32)),
