@@ -23,15 +23,16 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90, "each_size_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor17
+S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor18
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
 flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S --results $W/results
-mkdir -p $R/others/predictor15 && mv $R/*.json $R/others/predictor15/
+mkdir -p $R/others/predictor17 && mv $R/*.json $R/others/predictor17/
 cp $W/results/*.json $R/
-# others/: earlier collections of the same spaces under the rules of revision 9, as this page showed
-# them (predictor15; predictor15-first, its ResNet-20 table refused as too noisy; predictor14;
-# predictor13, before the sentinel); each file names the command that made it
+# others/: earlier collections of the same spaces, as this page showed them or would have: predictor17
+# under the rules of revision 11 too, an hour before; predictor16 under revision 10; under revision 9
+# predictor15, predictor15-first (its ResNet-20 table refused as too noisy), predictor14 and
+# predictor13 (before the sentinel); each file names its command
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
