@@ -281,6 +281,56 @@ def test_rules_take_the_register_tile_the_default_schedule_takes(mcpu):
         assert np.prod([int(extent) for extent in unrolled]) == tile, config.id
 
 
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_rules_count_the_accumulators_tvm_allocates_on_every_call(mcpu):
+    """``workspaces`` is how many accumulators the lowered layer allocates (and frees) per call, each as
+    often as the loops around it run: per parallel tile from 1 KiB, a tile of one position's whatever
+    its size; not its repacked weight or padded input."""
+    import tvm
+
+    from hwloop.kernels import prim_module
+    from hwloop.schedules.default import cpu_model, schedule
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    cpu = cpu_model(target)
+    configs = [
+        LayerConfig("conv2d", 8, 8, 28, 28, kernel=3, padding=1),
+        LayerConfig("conv2d", 64, 64, 14, 14, kernel=3, padding=1),
+        LayerConfig("conv2d", 4, 49, 4, 4, kernel=3, padding=1),
+        LayerConfig("conv2d", 129, 123, 2, 2, kernel=3, padding=1),  # weight walked once: channel tiles parallel
+        LayerConfig("conv2d", 204, 64, 1, 1),  # a tile of one position
+        LayerConfig("conv2d", 10, 20, 28, 28, stride=2),
+        *(
+            LayerConfig("depthwise_conv2d", 96, 96, size, size, kernel=3, stride=stride, padding=1, groups=96)
+            for size, stride in ((7, 1), (14, 1), (14, 2), (16, 2))
+        ),
+        LayerConfig("linear", 64, 10, batch=8),
+    ]
+    counted = rules.quantities(features.arrays(configs), cpu.lanes("float32"), cpu.registers)["workspaces"]
+    pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)
+    for config, count in zip(configs, counted):
+        mod = tvm.tirx.transform.BindTarget(target.with_host(target))(schedule(prim_module(config), target))
+        assert _accumulators(finalize_host()(pipeline(mod))["main"].script()) == count, config.id
+    assert counted.max() > 0 and counted.min() == 0
+
+
+def _accumulators(script: str) -> int:
+    """Workspaces other than a padded input or repacked weight that a lowered function's script
+    allocates per call, each times the extents of the loops around it."""
+    loops, total = [], 0
+    for line in script.splitlines():
+        indent = len(line) - len(line.lstrip())
+        loops = [(i, extent) for i, extent in loops if i < indent]
+        loop = re.match(r"\s*for [\w, ]+ in (T\.grid|T\.\w+|range)\(([0-9, ]+)\):", line)
+        if loop:
+            extents = [int(e) for e in loop.group(2).split(",")]
+            grid = loop.group(1) == "T.grid"
+            loops.append((indent, int(np.prod(extents)) if grid else extents[-1] - (len(extents) - 1) * extents[0]))
+        elif "TVMBackendAllocWorkspace" in line and not line.lstrip().startswith(("pad_temp", "weight")):
+            total += int(np.prod([trips for _, trips in loops]))
+    return total
+
+
 def test_features_of_a_kernel_that_is_not_square_count_its_height_and_width():
     """A 1x7 and a 7x1 conv do the same multiply-adds; the 7x1 reads three more rows of halo above
     and below each tile of rows, the 1x7 three more columns of padding each side of every row."""
@@ -339,6 +389,14 @@ def test_a_predictor_of_an_earlier_format_is_refused(saved, tmp_path):
     meta_path = _copy(saved, tmp_path) / "predictor.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
     with pytest.raises(PredictorError, match="format_version.*earlier hwloop.*fit it again"):
+        Predictor.load("local", tmp_path)
+
+
+def test_a_predictor_of_another_work_model_is_refused(saved, tmp_path):
+    meta_path = _copy(saved, tmp_path) / "predictor.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "work": {path: c[:-2] + c[-1:] for path, c in meta["work"].items()}}))
+    with pytest.raises(PredictorError, match="field 'work'.*another work model.*fit it again"):
         Predictor.load("local", tmp_path)
 
 

@@ -27,7 +27,7 @@ from . import features
 from .calibration import calibrate, predicted, weights_mib
 from .errors import PredictorError
 from .evaluation import holdout_scores
-from .latency import LatencyModel, vector_unit
+from .latency import TERMS, LatencyModel, vector_unit
 from .selection import select
 
 FORMAT_VERSION = 2
@@ -190,6 +190,12 @@ class Predictor:
             raise PredictorError(
                 f"{meta_path}: field 'features': made by an hwloop with other features; "
                 f"fit it again with `hwloop fit --device {device}`"
+            )
+        terms = len(TERMS) + 1
+        if not isinstance(meta["work"], dict) or any(len(c) != terms for c in meta["work"].values()):
+            raise PredictorError(
+                f"{meta_path}: field 'work': not {terms} coefficients a path (made by an hwloop with another "
+                f"work model); fit it again with `hwloop fit --device {device}`"
             )
         try:
             raw = booster_path.read_bytes()

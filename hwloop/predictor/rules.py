@@ -11,8 +11,13 @@ those steps make), ``outputs`` (elements written), ``weight_bytes`` (the repacke
 rebuilt on every call), ``input_bytes`` (input read, with the halo each row tile reads again),
 ``slab_bytes`` (the weights one channel tile walks per output position) and ``tiles`` (outer
 iterations); beside them ``exp_outputs`` and ``clip_outputs``, the outputs an activation fused into
-the write-back computes an exponential for, or only clips and scales. The tile sizes come from the
-rules' own helpers, evaluated once per distinct shape.
+the write-back computes an exponential for, or only clips and scales, and ``workspaces``, the
+accumulators TVM allocates and frees on every call: a ``local`` buffer, or a ``global`` one of
+:data:`STACK_BYTES` or more, is a workspace (a call to allocate and another to free) on every
+iteration of the loop it lives in (a tile of one position's accumulator, or a large tile's, per
+parallel tile); the rest are on the stack. A padded input of 1 KiB or more is a workspace too (per
+parallel tile, or per channel of a depthwise conv), left to the terms of the bytes it copies. The
+tile sizes come from the rules' own helpers, evaluated once per distinct shape.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ QUANTITIES = (
 
 EXP_ACTIVATIONS = ("silu", "sigmoid", "gelu")  # an exponential or erf per output
 CLIP_ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid")  # a few vector operations per output
+STACK_BYTES = 1024  # TVM's kMaxStackAlloca: a global buffer below it is on the stack, not a workspace
 
 
 def accumulators(registers: int) -> int:
@@ -68,6 +74,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
     path = np.select([channel, spatial, width], [0, 1, 2], 3)
     out = {name: np.ones(len(op), dtype=np.float64) for name in QUANTITIES}
     out["outputs"] = (n * cout * positions).astype(np.float64)
+    out["workspaces"] = np.zeros(len(op), dtype=np.float64)
 
     def put(mask, **values):
         for name, value in values.items():
@@ -83,6 +90,8 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
         weight = tiles * tile_width * cpg * kk * size
         halo = ((rows - 1) * s + kh) * (oh // rows)
         walked_once = weight > _weight_cache_bytes()
+        parallel = n * (oh // rows) * np.where(walked_once, tiles, 1)  # walked once, channel tiles too
+        accumulator = (rows * columns == 1) | (tile_width * rows * columns * size >= STACK_BYTES)
         put(
             channel,
             vectors=vectors,
@@ -94,6 +103,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=n * cin * np.where(walked_once, h + 2 * ph, halo) * (w + 2 * pw) * size,
             slab_bytes=tile_width * cpg * kk * size,
             tiles=n * tiles * (oh // rows),
+            workspaces=parallel * accumulator,
         )
     if spatial.any():
         vectors = _lookup(_divisor_tile, positions // vl, 4, mask=spatial)[0]
@@ -110,6 +120,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=row_tiles * n * cin * positions * size,
             slab_bytes=rows * cin * size,
             tiles=n * row_tiles * position_tiles,
+            workspaces=n * row_tiles * position_tiles * (rows * vectors * vl * size >= STACK_BYTES),
         )
     if width.any():
         span = _lookup(_vector_tile, ow, vl, mask=width)[0]
@@ -126,6 +137,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=n * cin * (h + 2 * ph) * (w + 2 * pw) * size,
             slab_bytes=cpg * kk * size,
             tiles=n * cout,
+            workspaces=n * cout * (oh // rows) * (ow // span) * (rows * span * size >= STACK_BYTES),
         )
     if linear.any():
         rows = _lookup(_divisor_tile, n, 4, mask=linear)[0]
@@ -142,6 +154,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=n * cin * size,
             slab_bytes=columns * cin * size,
             tiles=tiles,
+            workspaces=tiles * (rows * columns * vl * size >= STACK_BYTES),
         )
     activation = np.asarray(cols["activation"])
     out["exp_outputs"] = np.where(np.isin(activation, EXP_ACTIVATIONS), out["outputs"], 0.0)
