@@ -4,8 +4,8 @@ scores, sampling and plots train and use bare ones).
 
 Two stages. A **work model** per path of the ``default`` rules (:mod:`hwloop.predictor.rules`):
 latency as a non-negative sum of the loops' vector multiply-adds, inner steps, vector loads,
-outputs written, repacked weight bytes, input bytes, outer tiles, workspaces allocated and a
-constant, fitted by least relative squares. It is smooth in every dimension, so a 21² input lands
+outputs written, repacked weight bytes, input bytes, outer tiles, accumulators allocated on every call
+and a constant, fitted by least relative squares. It is smooth in every dimension, so a 21² input lands
 between 14² and 28² and an unseen channel count between its neighbours. An **XGBoost booster** then
 learns the log of what the work model misses (cache fit, vector fill, loop overheads) from the
 features (:mod:`hwloop.predictor.features`), starting from the work model's log latency as its base
