@@ -302,8 +302,9 @@ def test_rules_count_the_accumulators_tvm_allocates_on_every_call(mcpu):
         LayerConfig("conv2d", 10, 20, 28, 28, stride=2),
         *(
             LayerConfig("depthwise_conv2d", 96, 96, size, size, kernel=3, stride=stride, padding=1, groups=96)
-            for size, stride in ((7, 1), (14, 1), (14, 2), (16, 2))
+            for size, stride in ((7, 1), (14, 1), (14, 2), (16, 2), (48, 1))  # 48: a tile of 8 x 48 outputs
         ),
+        LayerConfig("conv2d", 64, 64, 16, 16),  # positions vectorised on AVX-512
         LayerConfig("linear", 64, 10, batch=8),
     ]
     counted = rules.quantities(features.arrays(configs), cpu.lanes("float32"), cpu.registers)["workspaces"]

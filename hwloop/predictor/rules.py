@@ -137,7 +137,7 @@ def quantities(cols: dict[str, np.ndarray], lanes: int, registers: int) -> dict[
             input_bytes=n * cin * (h + 2 * ph) * (w + 2 * pw) * size,
             slab_bytes=cpg * kk * size,
             tiles=n * cout,
-            workspaces=n * cout * (oh // rows) * (ow // span) * (rows * span * size >= STACK_BYTES),
+            workspaces=n * cout * (rows * span * size >= STACK_BYTES),  # one tile's, once a channel
         )
     if linear.any():
         rows = _lookup(_divisor_tile, n, 4, mask=linear)[0]
