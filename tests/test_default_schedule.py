@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import tvm
+from lowering import lowered_script
 
 from hwloop.kernels import prim_module, random_inputs, reference, relative_error, tolerance
 from hwloop.layers import LayerConfig
@@ -238,8 +239,6 @@ def test_a_small_layer_allocates_nothing_per_parallel_iteration(config):
     on every iteration of the loop it lives in: accumulators and padded input rows under 1 KiB stay on
     the stack, and an unpadded conv reads its input where it lies, with no copy per row."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})
-    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(schedule(prim_module(config), target))
-    pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)
-    lowered = finalize_host()(pipeline(mod))["main"].script()
+    lowered = lowered_script(config, target)
     rows = lowered[lowered.index("T.parallel(") :]  # a repacked weight of 1 KiB or more is allocated above, once a call
     assert "TVMBackendAllocWorkspace" not in rows

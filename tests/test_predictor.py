@@ -287,9 +287,9 @@ def test_rules_count_the_accumulators_tvm_allocates_on_every_call(mcpu):
     often as the loops around it run: per parallel tile from 1 KiB, a tile of one position's whatever
     its size; not its repacked weight or padded input."""
     import tvm
+    from lowering import lowered_script
 
-    from hwloop.kernels import prim_module
-    from hwloop.schedules.default import cpu_model, schedule
+    from hwloop.schedules.default import cpu_model
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     cpu = cpu_model(target)
@@ -308,10 +308,8 @@ def test_rules_count_the_accumulators_tvm_allocates_on_every_call(mcpu):
         LayerConfig("linear", 64, 10, batch=8),
     ]
     counted = rules.quantities(features.arrays(configs), cpu.lanes("float32"), cpu.registers)["workspaces"]
-    pipeline, finalize_host, _ = tvm.tirx.get_default_tir_pipeline(target)
     for config, count in zip(configs, counted):
-        mod = tvm.tirx.transform.BindTarget(target.with_host(target))(schedule(prim_module(config), target))
-        assert _accumulators(finalize_host()(pipeline(mod))["main"].script()) == count, config.id
+        assert _accumulators(lowered_script(config, target)) == count, config.id
     assert counted.max() > 0 and counted.min() == 0
 
 
