@@ -29,10 +29,13 @@ flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages c
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S --results $W/results
 mkdir -p $R/others/predictor17 && mv $R/*.json $R/others/predictor17/
 cp $W/results/*.json $R/
-# others/: earlier collections of the same spaces, as this page showed them or would have: predictor17
-# under the rules of revision 11 too, an hour before; predictor16 under revision 10; under revision 9
-# predictor15, predictor15-first (its ResNet-20 table refused as too noisy), predictor14 and
-# predictor13 (before the sentinel); each file names its command
+# others/: other collections of the same spaces, as this page showed them or would have: predictor20
+# (the same commands with W=/work/data/predictor20, results copied to $R/others/predictor20), under
+# revision 11 too and with the work model's workspaces term, on a host whose trials agreed within ±5 %
+# for only 29-47 % of configs, against 60-79 % for predictor18; predictor17 under revision 11, an hour
+# before predictor18; predictor16 under revision 10; under revision 9 predictor15, predictor15-first
+# (its ResNet-20 table refused as too noisy), predictor14 and predictor13 (before the sentinel); each
+# file names its command
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
