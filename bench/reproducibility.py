@@ -3,7 +3,7 @@
     .venv/bin/python bench/reproducibility.py trials [--trials 12] [--neighbour none|bursts|fit] [--builds]
         [--threads N]
     .venv/bin/python bench/reproducibility.py collections --space resnet20|grid [--neighbour none|bursts|fit]
-        [--samples 150] [--threads N] [--sentinel FACTOR|off]
+        [--samples 150] [--threads N] [--sentinel FACTOR|off] [--statistic min|median]
     .venv/bin/python bench/reproducibility.py page
 
 The first two write into ``--out`` (default: docs/results/reproducibility/results/<mode>-<time>)
@@ -33,10 +33,12 @@ medians, their CV, the repeats' CV).
 
 ``collections``: the same space collected twice into separate tables with hwloop's own protocol
 (the built-in ``local`` device; with ``--threads N``, on N threads pinned to CPUs 0 to N-1, and
-``--sentinel`` its protocol's field), the second beside ``--neighbour``; the space is built first,
-so that no build runs beside either collection's timing. Writes ``agreement.json``: the
-share of configs whose two latencies agree within ±5/±10 %, the collections' speed and how many
-trials were disturbed, and for each collection, each config of the first (quiet) collection predicted by a
+``--sentinel`` and ``--statistic`` its protocol's fields), the second beside ``--neighbour``; the
+space is built first, so that no build runs beside either collection's timing. Writes
+``agreement.json``: the share of configs whose two latencies agree within ±5/±10 %, and the same
+from the same repeats with each trial's latency taken by every statistic of
+:data:`hwloop.runner.STATISTICS`; the collections' speed and how many trials were disturbed; and
+for each collection, each config of the first (quiet) collection predicted by a
 predictor fitted on the other three
 quarters of a collection's configs (four folds), scored against the first collection.
 """
@@ -65,6 +67,7 @@ from hwloop.builder import BuildJob, BuildPool, build  # noqa: E402
 from hwloop.kernels import random_inputs
 from hwloop.layers import LayerConfig
 from hwloop.registry import Protocol
+from hwloop.runner import STATISTICS, Measurement, Trial
 from hwloop.schedules import parse_policy
 from hwloop.targets import canonical, resolve
 from hwloop.transports.local import LocalTransport
@@ -353,7 +356,12 @@ def study_collections(args, out: Path) -> None:
     cache = out / "cache"
     sentinel = None if args.sentinel == "off" else float(args.sentinel)
     protocol = LOCAL.protocol.model_copy(
-        update={"threads": args.threads, "cpus": list(range(args.threads)), "sentinel": sentinel}
+        update={
+            "threads": args.threads,
+            "cpus": list(range(args.threads)),
+            "sentinel": sentinel,
+            "statistic": args.statistic,
+        }
     )
     device = LOCAL.model_copy(update={"protocol": protocol})
     target = resolve(device.target, args.threads)
@@ -375,11 +383,9 @@ def study_collections(args, out: Path) -> None:
             "not_quiet": int((rows.quiet == False).sum()),  # noqa: E712
             "failed": summary.failed,
         }
-    first, second = (tables.read(out / n, "local", where={"status": "ok"}) for n in ("first", "second"))
-    first, second = (f[f.quiet.ne(False)].groupby("config_id").latency_ms.median() for f in (first, second))
-    ratio = (second / first).dropna()
-    agreement = {f"within_{b}": float((abs(ratio - 1) <= b / 100).mean()) for b in (5, 10)}
-    agreement.update(configs=int(len(ratio)), worst=float(abs(ratio - 1).max()), median_ratio=float(ratio.median()))
+    quiet = [tables.read(out / n, "local", where={"status": "ok", "quiet": True}) for n in ("first", "second")]
+    agreement = agree(*(q.groupby("config_id").latency_ms.median() for q in quiet))
+    by_statistic = {name: agree(*(latencies(q, name) for q in quiet)) for name in STATISTICS}
     test = tables.read(out / "first", "local", where={"status": "ok"})
     test = test[test.quiet.ne(False)].drop_duplicates("config_id").reset_index(drop=True)
     folds = np.random.default_rng(0).permutation(len(test)) % FOLDS
@@ -398,6 +404,7 @@ def study_collections(args, out: Path) -> None:
         "protocol": protocol.model_dump(),
         "runs": runs,
         "agreement": agreement,
+        "agreement_by_statistic": by_statistic,
         "predictor_on_first": predictors,
     }
     (out / "agreement.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -405,7 +412,31 @@ def study_collections(args, out: Path) -> None:
     print(json.dumps(result, indent=1))
 
 
+def latencies(rows, statistic: str):
+    """Each config's latency in ``rows`` (the median over its rows) made anew from every row's
+    repeats, each trial's latency taken by ``statistic``, as :class:`hwloop.runner.Measurement` does."""
+
+    def latency(row) -> float:
+        trials = np.split(np.asarray(row.latencies_ms), row.trials)
+        return Measurement(trials=[Trial(list(t), statistic=statistic) for t in trials]).latency_ms
+
+    return rows.assign(latency_ms=[latency(row) for row in rows.itertuples()]).groupby("config_id").latency_ms.median()
+
+
+def agree(first, second) -> dict:
+    """How far two collections' latencies per config agree: the share within ±5 and ±10 %, the
+    worst and the median ratio, over the configs in both."""
+    ratio = (second / first).dropna()
+    return {
+        **{f"within_{b}": float((abs(ratio - 1) <= b / 100).mean()) for b in (5, 10)},
+        "configs": int(len(ratio)),
+        "worst": float(abs(ratio - 1).max()),
+        "median_ratio": float(ratio.median()),
+    }
+
+
 RESULTS = Path("docs/results/reproducibility")
+STATISTIC_NAMES = {"min": "fastest repeat", "median": "median of repeats"}
 FOLDS = 4
 
 
@@ -417,9 +448,11 @@ names its machine, commit, date and command. The protocol measured is hwloop's o
 
 **Collections**: one space collected twice into separate tables on the built-in `local` device,
 the first on a quiet machine, the second beside a neighbour on every CPU: `bursts` (a two-threaded
-matrix product, 3 s or 8 s on and as long off) or `fit` (an XGBoost fit on all CPUs); *threads*:
-the kernels' threads, on CPUs 0 to N-1; *sentinel*: the protocol's `sentinel` (none: off, or
-before it existed); the studies on several threads build the space before either collection is
+matrix product, 3 s or 8 s on and as long off) or `fit` (an XGBoost fit on all CPUs), or both on
+a host whose other tenants were busy (`none`: no neighbour of ours); *threads*: the kernels'
+threads, on CPUs 0 to N-1; *sentinel*: the protocol's `sentinel` (none: off, or before it
+existed); *a trial's latency*: the protocol's `statistic`, its fastest repeat or their median
+(before the field, the median); the studies on several threads build the space before either collection is
 timed. Compared:
 each config with a quiet row in both tables. *Predictor*: every config of the first table predicted
 by a predictor fitted on the other three quarters (four folds) of the first table, or of the
@@ -475,9 +508,9 @@ def page() -> None:
         PAGE_INTRO,
         "## Two collections of one space",
         "",
-        "| results | space | threads | sentinel | second beside | configs compared | within ±5 % | within ±10 % "
-        "| worst | configs/min: first, second | predictor within ±10 %: from first, from second |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| results | space | threads | sentinel | a trial's latency | second beside | configs compared | within ±5 % "
+        "| within ±10 % | worst | configs/min: first, second | predictor within ±10 %: from first, from second |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     collections = [
         (path, json.loads(path.read_text())) for path in sorted((RESULTS / "results").glob("*/agreement.json"))
@@ -487,7 +520,9 @@ def page() -> None:
         sentinel = a["protocol"].get("sentinel")
         lines.append(
             f"| `{path.parent.name}` | {a['space']} | {a['protocol']['threads']} | "
-            f"{f'{sentinel:g}' if sentinel else 'none'} | {runs['second']['neighbour']} | {agreement['configs']} | "
+            f"{f'{sentinel:g}' if sentinel else 'none'} | "
+            f"{STATISTIC_NAMES[a['protocol'].get('statistic', 'median')]} | "
+            f"{runs['second']['neighbour']} | {agreement['configs']} | "
             f"{agreement['within_5']:.1%} | {agreement['within_10']:.1%} | {agreement['worst']:.1%} | "
             f"{runs['first']['configs_per_min']:.0f}, {runs['second']['configs_per_min']:.0f} | "
             f"{scored['first']['within_10']:.1%}, {scored['second']['within_10']:.1%} |"
@@ -511,6 +546,19 @@ def page() -> None:
                 f"{run['disturbed_trials']} | {run['not_quiet']} | {run['retaken']} |"
             )
         lines.append("")
+        if "agreement_by_statistic" in a:
+            lines += [
+                "The same repeats, each trial's latency made anew by each statistic (the configs quiet in both):",
+                "",
+                "| a trial's latency | configs | within ±5 % | within ±10 % | worst | median second / first |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, s in a["agreement_by_statistic"].items():
+                lines.append(
+                    f"| {STATISTIC_NAMES[name]} | {s['configs']} | {s['within_5']:.1%} | {s['within_10']:.1%} | "
+                    f"{s['worst']:.1%} | {s['median_ratio']:.3f} |"
+                )
+            lines.append("")
     studies = sorted((RESULTS / "results").glob("*/summary.json"))
     if studies:
         plot_trials([path.parent for path in studies], RESULTS / "trials.png")
@@ -566,6 +614,9 @@ def main() -> None:
     collections.add_argument("--threads", type=int, default=1, help="time on this many threads, on CPUs 0 to N-1")
     collections.add_argument(
         "--sentinel", default=str(Protocol().sentinel), help="the protocol's sentinel factor, or off"
+    )
+    collections.add_argument(
+        "--statistic", choices=list(STATISTICS), default=Protocol().statistic, help="a trial's latency from its repeats"
     )
     modes.add_parser("page", help="the results page from the results folders")
     for mode in (trials, collections):

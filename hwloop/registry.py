@@ -43,9 +43,15 @@ class Protocol(BaseModel):
 
     warmup: int = Field(10, ge=0, description="untimed runs before each trial")
     number: int = Field(10, ge=1, description="runs averaged in one repeat")
-    repeat: int = Field(10, ge=1, description="repeats in one trial; a trial's latency is their median")
+    repeat: int = Field(10, ge=1, description="repeats in one trial; a trial's latency is their `statistic`")
     min_repeat_ms: int = Field(10, ge=0, description="TVM raises `number` until a repeat lasts this long")
     cooldown_ms: int = Field(0, ge=0, description="pause between repeats")
+    statistic: Literal["min", "median"] = Field(
+        "min",
+        description="a trial's latency from its repeats: `min`, the fastest (whatever shares the host only "
+        "ever slows a repeat, and a neighbour that comes and goes within milliseconds spares some of "
+        "them), or `median`",
+    )
     threads: int = Field(1, ge=1, description="runtime threads (TVM_NUM_THREADS)")
     cpus: list[int] | None = Field(None, min_length=1, description="CPUs the runtime is pinned to (taskset)")
     trials: int = Field(
@@ -58,11 +64,11 @@ class Protocol(BaseModel):
         9,
         ge=1,
         description="trials taken at most when they do not agree; the latency is "
-        "the mean of the trials' medians (from 5 trials on, the fastest "
+        "the mean of the trials' latencies (from 5 trials on, the fastest "
         "and the slowest left out)",
     )
     agree: float = Field(
-        0.02, gt=0, description="trials agree when each one's median lies within this share of the median of them all"
+        0.02, gt=0, description="trials agree when each one's latency lies within this share of the median of them all"
     )
     max_wait: float = Field(
         0.02,

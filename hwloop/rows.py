@@ -11,7 +11,7 @@ from . import __version__, tables
 from .builder import Built, tvm_version
 from .layers import LayerConfig
 from .registry import Device
-from .runner import ESTIMATOR, Measurement
+from .runner import Measurement, estimator
 from .schedules import Policy
 from .targets import canonical, resolve
 
@@ -32,6 +32,8 @@ class Context:
         unrelated = {"passes", "batch", "retake_scattered", "sentinel"}  # a row's meaning does not depend on them
         if not device.protocol.flush:
             unrelated.add("flush")  # left out when off: tables timed warm keep their protocol_id
+        if device.protocol.statistic == "median":
+            unrelated.add("statistic")  # left out at the median: tables timed before the field keep their protocol_id
         protocol = device.protocol.model_dump_json(exclude=unrelated)
         return cls(
             device,
@@ -106,7 +108,7 @@ def measurement_fields(context: Context, m: Measurement, fp: dict) -> dict:
         "disturbed": m.disturbed,
         "quiet": m.quiet if m.trials else None,
         "sentinel_ms": m.sentinel_ms,
-        "estimator": ESTIMATOR if m.trials else None,
+        "estimator": estimator(context.device.protocol) if m.trials else None,
         "check_error": m.check_error,
         "schedule": context.policy.name,
         "target": context.target_json,

@@ -10,20 +10,20 @@ there; elsewhere (a tracker's plain server, whole models) this machine uploads a
 the trial call by call. A trial is TVM's ``time_evaluator`` (``warmup`` untimed runs, then
 ``repeat`` repeats of ``number`` runs lasting at least ``min_repeat_ms``; with ``flush``, a layer's
 weights and output are flushed from the CPU caches before each repeat of one run, while whole models
-always run warm), and around it the device says what its timing process shared the CPU with
-(:mod:`hwloop.transports.usage`): a trial during which the process waited for its CPU more than
-``max_wait`` of the time, or the hypervisor stole more than ``max_steal`` of it, is *disturbed*; it
-is dropped and taken again in a later round, after a pause that grows while the device stays busy
-(after ``max_disturbed`` of them, the device stays busy: trials are kept and the measurement is not
-*quiet*). With a ``sentinel``, a fixed small conv is timed before and after each round: a round
-before and after which it ran more than ``sentinel`` times slower than its fastest (in this
-session or on the rows of the table, which record it) is disturbed as a whole, since such a state
-of the host slows every kernel at once and the trials of one measurement, taken within it, agree
-(one slow reading alone is a blip of the sentinel's own, not a state). An artifact
-settles once it has ``trials`` trials and each lies within ``agree`` of their median, or after
-``max_trials``; its latency is the mean of its trials' medians, the fastest and slowest left out
-from five trials on: a small kernel whose loads land in two states of the device gets the mean of
-both, as the loads of a deployed model meet them.
+always run warm); its latency is its repeats' ``statistic`` (by default the fastest), and around it
+the device says what its timing process shared the CPU with (:mod:`hwloop.transports.usage`): a
+trial during which the process waited for its CPU more than ``max_wait`` of the time, or the
+hypervisor stole more than ``max_steal`` of it, is *disturbed*; it is dropped and taken again in a
+later round, after a pause that grows while the device stays busy (after ``max_disturbed`` of them,
+the device stays busy: trials are kept and the measurement is not *quiet*). With a ``sentinel``, a
+fixed small conv is timed before and after each round: a round before and after which it ran more
+than ``sentinel`` times slower than its fastest (in this session or on the rows of the table, which
+record it) is disturbed as a whole, since such a state of the host slows every kernel at once and
+the trials of one measurement, taken within it, agree (one slow reading alone is a blip of the
+sentinel's own, not a state). An artifact settles once it has ``trials`` trials and each lies within
+``agree`` of their median, or after ``max_trials``; its latency is the mean of its trials'
+latencies, the fastest and slowest left out from five trials on: a small kernel whose loads land in
+two states of the device gets the mean of both, as the loads of a deployed model meet them.
 """
 
 from __future__ import annotations
@@ -50,26 +50,35 @@ from .transports.usage import parse as parse_usage
 from .trust import TRIM_FROM
 
 MODEL_TOLERANCE = 1e-3  # relative error of a whole fp32 model against torch (folded batch norms, reordered sums)
-ESTIMATOR = "trimmed-mean-of-trials"
 PAUSE_S = 0.25  # the first pause after a disturbed round; doubled while rounds stay disturbed, up to MAX_PAUSE_S
 MAX_PAUSE_S = 4.0
 SENTINEL = LayerConfig("conv2d", 16, 16, 14, 14, kernel=3, padding=1)  # timed between rounds of trials
 SENTINEL_TIMING = (10, 1, 3, 10, 0)  # warm-up, number, repeat, min_repeat_ms, cooldown_ms: 3 repeats of 10 ms, warm
 
 
+STATISTICS = {"min": min, "median": statistics.median}  # a trial's latency from its repeats (Protocol.statistic)
+
+
+def estimator(protocol: Protocol) -> str:
+    """How a measurement's latency is made from its trials under ``protocol`` (a row's ``estimator``)."""
+    return "trimmed-mean-of-trials" if protocol.statistic == "median" else "trimmed-mean-of-trial-minima"
+
+
 @dataclass
 class Trial:
-    """One trial: its repeats' latencies (ms), and the shares of its wall time that the timing
-    process waited for its CPU (``wait``) and that the hypervisor stole (``steal``); None where the
-    device cannot tell."""
+    """One trial: its repeats' latencies (ms), the shares of its wall time that the timing process
+    waited for its CPU (``wait``) and that the hypervisor stole (``steal``), None where the device
+    cannot tell, and the ``statistic`` that makes its latency from its repeats."""
 
     latencies_ms: list[float]
     wait: float | None = None
     steal: float | None = None
+    statistic: str = "min"
 
     @property
-    def median_ms(self) -> float:
-        return statistics.median(self.latencies_ms)
+    def ms(self) -> float:
+        """The trial's latency: its repeats' ``statistic``."""
+        return STATISTICS[self.statistic](self.latencies_ms)
 
     def disturbed(self, protocol: Protocol) -> bool:
         return (self.wait or 0.0) > protocol.max_wait or (self.steal or 0.0) > protocol.max_steal
@@ -105,22 +114,22 @@ class Measurement:
 
     @property
     def trial_ms(self) -> list[float]:
-        """Each kept trial's median."""
-        return [trial.median_ms for trial in self.trials]
+        """Each kept trial's latency."""
+        return [trial.ms for trial in self.trials]
 
     @property
     def latency_ms(self) -> float | None:
-        """The measured latency: the mean of the trials' medians, the fastest and the slowest left
+        """The measured latency: the mean of the trials' latencies, the fastest and the slowest left
         out from :data:`TRIM_FROM` trials on. Trials that disagree landed in different states of
         the device; their mean weighs the states as often as loads meet them."""
         if not self.trials:
             return None
-        medians = sorted(self.trial_ms)
-        return statistics.fmean(medians[1:-1] if len(medians) >= TRIM_FROM else medians)
+        trials = sorted(self.trial_ms)
+        return statistics.fmean(trials[1:-1] if len(trials) >= TRIM_FROM else trials)
 
     @property
     def spread(self) -> float | None:
-        """How far apart the trials landed: the slowest trial's median over the fastest's, minus one."""
+        """How far apart the trials landed: the slowest trial's latency over the fastest's, minus one."""
         return max(self.trial_ms) / min(self.trial_ms) - 1 if self.trials else None
 
     @property
@@ -137,7 +146,7 @@ class Measurement:
 
     @property
     def cv(self) -> float | None:
-        """Coefficient of variation of the repeats within the trials (each around its trial's median)."""
+        """Coefficient of variation of the repeats within the trials (each around its trial's mean)."""
         if not self.trials:
             return None
         return statistics.fmean(
@@ -156,7 +165,7 @@ class Measurement:
 
 
 class Sentinel:
-    """The sentinel's fastest reading (a trial's median, in ms), from ``fastest`` on, and how many
+    """The sentinel's fastest reading (a trial's latency, in ms), from ``fastest`` on, and how many
     were taken (``count``); a reading is slow when it exceeds the fastest by more than ``slack``."""
 
     def __init__(self, slack: float, fastest: float | None = None):
@@ -368,11 +377,11 @@ class Runner:
             before = None if pause else after  # read again after a pause
 
     def _reading(self, sentinel: _Open | None) -> tuple[float | None, bool]:
-        """A trial of the sentinel, taken now: its median (ms), and whether it is slow; (None, False)
+        """A trial of the sentinel, taken now: its latency (ms), and whether it is slow; (None, False)
         without a sentinel."""
         if sentinel is None:
             return None, False
-        ms = sentinel.trial().median_ms
+        ms = sentinel.trial().ms
         return ms, self.sentinel_readings.slow(ms)
 
     def _trial(
@@ -393,7 +402,7 @@ class Runner:
         self._stage = "run"
         before, after, seconds = time_main(module, device, make_args(), *timing, flush, self._read_usage)
         m.timing_s += time.perf_counter() - start
-        return Trial([s * 1e3 for s in seconds], *_shares(before, after))
+        return Trial([s * 1e3 for s in seconds], *_shares(before, after), self.protocol.statistic)
 
     def _trial_on_board(self, name: str, args: list, m: Measurement, timing: tuple, flush: bool) -> Trial:
         """One trial in one call of the device's ``hwloop.trial``: a fresh copy of the uploaded
@@ -403,7 +412,9 @@ class Runner:
         answer = self._board_trial(name, self.device_type, 0, *timing, flush, self._cpus, 1, *args)
         before, after, seconds = parse_trial(answer)
         m.timing_s += time.perf_counter() - start
-        return Trial([s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)))
+        return Trial(
+            [s * 1e3 for s in seconds], *_shares(parse_usage(before), parse_usage(after)), self.protocol.statistic
+        )
 
     def _timing(self) -> tuple:
         """The protocol's fields a trial times with: warm-up, number, repeat, min_repeat_ms, cooldown_ms."""

@@ -25,6 +25,9 @@ def test_collect_measures_each_config_once_and_resumes(registry_dir, cache_dir, 
     assert row.status == "ok" and row.latency_ms > 0 and row.repeats == 3 * row.trials
     assert row.trials == len(row.trial_latencies_ms) >= device.protocol.trials and row.quiet
     assert row.latency_ms == pytest.approx(float(np.mean(row.trial_latencies_ms)))  # fewer than 5 trials: their mean
+    repeats = np.reshape(row.latencies_ms, (row.trials, -1))
+    assert list(row.trial_latencies_ms) == pytest.approx(repeats.min(axis=1))  # each trial's fastest repeat
+    assert row.estimator == "trimmed-mean-of-trial-minima"
     assert row.schedule == "untuned" and '"kind":"llvm"' in row.target and row.tvm_version
     assert row.fp_id and row.fp_cores >= 1 and row.check_error <= 1e-4
 
@@ -113,6 +116,17 @@ def test_a_flushing_protocol_times_layers_with_cold_weights(registry_dir, cache_
     warm_row, cold_row = sorted((r for _, r in rows.iterrows()), key=lambda r: '"flush":true' in r.protocol)
     assert '"flush"' not in warm_row.protocol and '"flush":true' in cold_row.protocol
     assert cold_row.latency_ms > 1.3 * warm_row.latency_ms
+
+
+def test_a_median_protocol_keeps_the_protocol_id_tables_had_before_the_statistic(registry_dir):
+    from hwloop.rows import Context
+
+    fastest = load_registry(registry_dir).get("local")
+    median = fastest.model_copy(update={"protocol": fastest.protocol.model_copy(update={"statistic": "median"})})
+    policy = parse_policy("default")
+    assert '"statistic":"min"' in Context.of(fastest, policy).protocol
+    assert '"statistic"' not in Context.of(median, policy).protocol  # the protocol as rows recorded it before
+    assert Context.of(fastest, policy).protocol_id != Context.of(median, policy).protocol_id
 
 
 def test_a_protocol_with_a_sentinel_times_it_built_for_the_device_s_target(registry_dir, cache_dir, tmp_path):

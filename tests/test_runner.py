@@ -80,6 +80,12 @@ def test_trials_settle_when_they_agree_and_the_estimate_is_their_trimmed_mean():
     assert m.latency_ms == pytest.approx((1.0 + 1.01 + 1.012) / 3)  # the fastest and the slowest left out
 
 
+def test_a_trial_s_latency_is_its_fastest_repeat_or_their_median():
+    repeats = [1.3, 1.0, 1.2]
+    assert Trial(repeats).ms == 1.0 == Trial(repeats, statistic=Protocol().statistic).ms
+    assert Trial(repeats, statistic="median").ms == 1.2
+
+
 def test_a_trial_is_disturbed_by_waiting_or_steal():
     p = Protocol(max_wait=0.02, max_steal=0.02)
     assert not Trial([1.0], wait=0.01, steal=0.0).disturbed(p)
