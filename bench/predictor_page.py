@@ -23,19 +23,19 @@ SPLITS = {
 TARGETS = {"config": 0.99, "unseen_channels": 0.97, "sizes_between": 0.90, "each_size_between": 0.90}
 LEARNERS = ("hwloop", "lightgbm", "xgboost, FLOPs margin", "work model", "random forest (nn-Meter)")
 COMMAND = """\
-S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor18
+S=resnet20,mobilenetv2,resnet18,grid R=docs/results/predictor/results W=/work/data/predictor21
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages build --spaces $S
 flock -x /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages collect,repeat --spaces $S
 flock -s /work/cpu.lock .venv/bin/python bench/predictor.py --work $W --stages score --spaces $S --results $W/results
-mkdir -p $R/others/predictor17 && mv $R/*.json $R/others/predictor17/
+mkdir -p $R/others/predictor18 && mv $R/*.json $R/others/predictor18/
 cp $W/results/*.json $R/
-# others/: other collections of the same spaces, as this page showed them or would have: predictor20
-# (the same commands with W=/work/data/predictor20, results copied to $R/others/predictor20), under
-# revision 11 too and with the work model's workspaces term, on a host whose trials agreed within ±5 %
-# for only 29-47 % of configs, against 60-79 % for predictor18; predictor17 under revision 11, an hour
-# before predictor18; predictor16 under revision 10; under revision 9 predictor15, predictor15-first
-# (its ResNet-20 table refused as too noisy), predictor14 and predictor13 (before the sentinel); each
-# file names its command
+# others/: other collections of the same spaces, as this page showed them or would have, each made by
+# the same commands with its own W and results copied to $R/others/<name>: predictor18, the page's
+# table before predictor21 (each trial's latency the median of its repeats, on znver4); predictor20,
+# with the work model's workspaces term, on znver5 on a host whose trials agreed within ±5 % for only
+# 29-47 % of configs; predictor17 under revision 11, an hour before predictor18; predictor16 under
+# revision 10; under revision 9 predictor15, predictor15-first (its ResNet-20 table refused as too
+# noisy), predictor14 and predictor13 (before the sentinel); each file names its command
 .venv/bin/python bench/predictor_page.py docs/results/predictor"""
 
 
@@ -90,8 +90,11 @@ def measured(space: dict) -> str:
 
 
 def read_spaces(results: Path) -> list[dict]:
-    """The per-space results of one run, in the page's order."""
+    """The per-space results of one run, each with the machine it ran on, in the page's order."""
+    machine = json.loads((results / "machine.json").read_text())
     spaces = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "machine.json"]
+    for space in spaces:
+        space["machine"] = machine
     order = {"grid": 0, "resnet20": 1, "mobilenetv2": 2, "resnet18": 3}
     return sorted(spaces, key=lambda s: order.get(s["space"], 9))
 
@@ -117,17 +120,20 @@ def collections(spaces: list[dict], others: dict[str, list[dict]]) -> list[str]:
         "## From one collection to the next",
         "",
         "hwloop within ±10 % on each split, and how well each collection's table repeats (trials agree "
-        "±5 %; a second collection within ±5 %), for each collection of the same spaces on this machine: "
+        "±5 %; a second collection within ±5 %), for each collection of the same spaces on this host: "
         "the first column is the collection above, each further one another collection (the commands above say "
-        "where each came from), with the date it was measured, the rules it was built with and the commit "
-        "that scored it.",
+        "where each came from), with the date it was measured, the host's CPU as LLVM names it (the cloud host "
+        "was moved between CPUs), the rules it was built with, how a row's latency was made from its trials and "
+        "the commit that scored it.",
         "",
         "| space | split | " + " | ".join(f"`{name}`" for name in by_run) + " |",
         "|---|---|" + "---|" * len(by_run),
     ]
     facts = {
         "measured": measured_on,
+        "LLVM CPU": lambda space: f"`{space['machine']['llvm_cpu']}`",
         "rules": lambda space: f"`{space['table']['schedule']}`",
+        "latency": lambda space: f"`{space['table']['estimator']}`" if space["table"]["estimator"] else "-",
         "scored at commit": lambda space: f"`{space['run']['commit']}`",
         "trials agree ±5 %": lambda space: pct(space["repeats_agree"]["within_5"]),
         "second collection ±5 %": lambda space: pct((space.get("collections_agree") or {}).get("within_5")),
