@@ -386,8 +386,7 @@ def study_collections(args, out: Path) -> None:
     quiet = [tables.read(out / n, "local", where={"status": "ok", "quiet": True}) for n in ("first", "second")]
     agreement = agree(*(q.groupby("config_id").latency_ms.median() for q in quiet))
     by_statistic = {name: agree(*(latencies(q, name) for q in quiet)) for name in STATISTICS}
-    test = tables.read(out / "first", "local", where={"status": "ok"})
-    test = test[test.quiet.ne(False)].drop_duplicates("config_id").reset_index(drop=True)
+    test = quiet[0].drop_duplicates("config_id").reset_index(drop=True)
     folds = np.random.default_rng(0).permutation(len(test)) % FOLDS
     predictors = {}
     for name in runs:

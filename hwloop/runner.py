@@ -73,7 +73,7 @@ class Trial:
     latencies_ms: list[float]
     wait: float | None = None
     steal: float | None = None
-    statistic: str = "min"
+    statistic: str = Protocol.model_fields["statistic"].default
 
     @property
     def ms(self) -> float:
