@@ -209,9 +209,10 @@ def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
         "from scratch": LatencyModel.train,
         "transfer alone": lambda train: fewshot.transfer(source, train),
         "source, retargeted": lambda train: fewshot.retarget(source, *vector_unit(train.target.iloc[0])),
-        "one scale": parts(path_rows=1 << 30, tree_rounds=0, overhead=False),
-        "scale and overhead": parts(path_rows=1 << 30, tree_rounds=0),
-        "per path": parts(tree_rounds=0),
+        "one scale": parts(path_rows=1 << 30, tree_rounds=0, overhead=False, anchor=None),
+        "scale and overhead": parts(path_rows=1 << 30, tree_rounds=0, anchor=None),
+        "per path": parts(tree_rounds=0, anchor=None),
+        "per path, terms refitted": parts(tree_rounds=0),
         "both devices, descriptors": lambda train: Pooled(source_rows, train),
         "source's timings, one curve": lambda train: ThroughSource(source_rows, train),
     }

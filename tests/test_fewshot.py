@@ -14,8 +14,8 @@ from hwloop.layers import LayerConfig
 from hwloop.predictor import Predictor
 from hwloop.predictor.calibration import scaled, transferred
 from hwloop.predictor.features import shape_key
-from hwloop.predictor.fewshot import SCRATCH_ROWS, choose, fit, retarget, transfer, transfer_from
-from hwloop.predictor.latency import vector_unit
+from hwloop.predictor.fewshot import OWN_ROWS, choose, fit, retarget, transfer, transfer_from
+from hwloop.predictor.latency import fit_work, vector_unit
 from hwloop.predictor.sampling import at_step, frame_of, transfer_design
 from hwloop.registry import load_registry
 from hwloop.schedules import parse_policy
@@ -132,10 +132,11 @@ def test_fit_from_a_source_records_it_and_loads_as_any_predictor(
     assert fitted.exit_code == 0, fitted.output
     record = json.loads(fitted.stdout)
     transfer_record = record["transfer"]
-    assert set(transfer_record["fold_errors"]) == {"local", "from scratch"} and record["metrics"]["config"]["rows"] >= 1
+    candidates = {"transfer from local", "own trees on local's work model"}
+    assert set(transfer_record["fold_errors"]) == candidates and record["metrics"]["config"]["rows"] >= 1
     best = min(transfer_record["fold_errors"], key=transfer_record["fold_errors"].get)
-    assert transfer_record["source"] == (None if best == "from scratch" else "local")
-    assert transfer_record["method"] == ("from scratch" if best == "from scratch" else "few-shot")
+    assert transfer_record["source"] == "local"
+    assert transfer_record["method"] == ("transfer" if best.startswith("transfer") else "own trees")
     meta = json.loads((predictors / TARGET / "predictor.json").read_text())
     (source,) = meta["transfer"]["sources"]
     assert source["booster_sha256"] == local_predictor.meta["booster_sha256"]
@@ -170,16 +171,44 @@ def test_a_device_slower_by_a_factor_is_predicted_slower_by_it(local_predictor):
     assert model.predict_frame(rows.iloc[1::2]) == pytest.approx(rows.latency_ms.iloc[1::2], rel=1e-4)
 
 
-def test_the_rows_alone_are_chosen_when_they_predict_themselves_better_than_a_transfer(local_predictor):
+def test_the_rows_own_trees_are_chosen_when_they_predict_the_rows_better_than_a_transfer(local_predictor):
     source = local_predictor.model
-    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + 2 * SCRATCH_ROWS, 2)]
+    configs = [LayerConfig("conv2d", 16, c, 16, 16, kernel=3, padding=1) for c in range(4, 4 + 2 * OWN_ROWS)]
     scaled_rows = target_rows(source, configs, 4, 16, scale=2.5)
     assert choose([source], scaled_rows)[0] == 0
     flat = scaled_rows.assign(latency_ms=1.0)  # a device the source knows nothing of: every layer alike
     index, errors = choose([source], flat)
     assert index == 1 and errors[1] < errors[0]
     assert transfer_from([source], flat).predict_frame(flat) == pytest.approx(1.0, rel=0.01)
-    assert choose([source], flat.iloc[: SCRATCH_ROWS - 1]) == (0, [])  # too few rows to learn alone
+    assert choose([source], flat.iloc[: OWN_ROWS - 1]) == (0, [])  # too few rows for trees of their own
+
+
+def test_a_work_term_no_row_uses_keeps_the_prior_and_a_used_one_follows_the_rows():
+    rng = np.random.default_rng(0)
+    terms = np.column_stack([rng.uniform(1, 10, 30), np.zeros(30), np.ones(30)])
+    latency = 3.0 * terms[:, 0] + 1.0
+    prior = np.array([1.0, 5.0, 1.0])
+    alone, anchored = fit_work(terms, latency, np.ones(30)), fit_work(terms, latency, np.ones(30), prior, 1.0)
+    assert alone[1] == 0.0 and anchored[1] == pytest.approx(5.0)
+    assert anchored[0] == pytest.approx(3.0, rel=0.05)
+    assert terms @ np.array(anchored) == pytest.approx(latency, rel=0.05)  # one row's pull against thirty
+    strong = fit_work(terms, latency, np.ones(30), prior, 1e6)
+    assert strong[0] == pytest.approx(1.0, rel=0.05)  # and a million rows' pull outweighs thirty rows
+
+
+def test_a_cost_the_source_does_not_have_is_learnt_by_refitting_its_work_model(local_predictor):
+    source = local_predictor.model
+    configs = [LayerConfig("conv2d", cin, c, 16, 16, kernel=3, padding=1) for cin in (8, 32) for c in range(4, 49, 2)]
+    rows = target_rows(source, configs, 4, 16, scale=1.0)
+    rows = rows.assign(latency_ms=rows.latency_ms + 2e-5 * rows.out_channels * rows.in_channels)
+    train, test = rows.iloc[::2], rows.iloc[1::2]
+    error = {
+        anchor: np.mean(
+            np.abs(np.log(transfer(source, train, tree_rounds=0, anchor=anchor).predict_frame(test) / test.latency_ms))
+        )
+        for anchor in (None, 1.0)
+    }
+    assert error[1.0] < error[None]
 
 
 def test_trees_on_the_source_s_learn_what_the_scale_misses(local_predictor):

@@ -215,10 +215,13 @@ def fit(
             f"±10 % for {trust['within_10']:.1%}; {trust['quiet']:.1%} were timed on a quiet device"
         )
     transfer = record["transfer"]
-    if transfer and transfer["source"]:
-        out.print(f"few-shot: from {transfer['source']}'s predictor, corrected on {device}'s rows")
+    if transfer and transfer["method"] == "transfer":
+        out.print(f"few-shot: {transfer['source']}'s predictor, corrected on {device}'s rows")
     elif transfer:
-        out.print(f"from scratch: {device}'s rows alone predict them better than a transfer (by five folds)")
+        out.print(
+            f"few-shot: trees of {device}'s own over {transfer['source']}'s work model refitted to its rows "
+            "(they predict its rows better than a transfer of the source's trees, by five folds)"
+        )
     out.print(f"trained on {record['rows']} rows → {directory}")
 
 

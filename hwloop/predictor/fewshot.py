@@ -3,16 +3,20 @@
 The source's latency model is *retargeted*: its work coefficients and booster applied to what the
 ``default`` rules make of each layer on the new device (its vector width and registers, so the
 steps of the new device's vectors are where the rules put them). The new device's rows then
-correct it, per path of the rules, by a scale and an overhead on the source's work model (``α ×
-work + β``, non-negative, least squared relative error): a CPU without AVX runs each vector
-multiply-add at about its own pace, two threads halve the work and add a fork-join. A path with
-fewer than :data:`PATH_ROWS` rows takes the fit of all rows. A few shallow trees on top of the
-source's booster then learn what the scale misses.
+correct it, per path of the rules: a scale and an overhead on the source's work model (``α × work
++ β``, non-negative, least squared relative error: a CPU without AVX runs each vector multiply-add
+at about its own pace, two threads halve the work and add a fork-join), then each of the work
+model's coefficients fitted to the rows, drawn towards its scaled value as strongly as
+:data:`ANCHOR` rows (so a cost that differs on the new device, not only its scale, is learnt
+where the rows show it, and kept where they do not). A path with fewer than :data:`PATH_ROWS` rows
+takes the scale of all rows. A few shallow trees on top of the source's booster then learn what the
+work model misses (:func:`transfer`).
 
-The result is an ordinary :class:`~hwloop.predictor.latency.LatencyModel` (the source's trees and
-the new ones in one booster), saved and used like any. Which source to transfer from, or whether
-the new rows are better learnt alone, is chosen by how well each fit predicts rows it was not fitted
-on (:func:`choose`).
+The source's trees know its own vector unit's quirks, which another vector unit need not share:
+from :data:`OWN_ROWS` rows on, the rows' own booster over the same drawn-towards work model
+(:func:`own_trees`) is a candidate too. Which is used, and from which source, is chosen by how
+well each fit predicts rows it was not fitted on (:func:`choose`). The result is an ordinary
+:class:`~hwloop.predictor.latency.LatencyModel`, saved and used like any.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from scipy.optimize import nnls
 
 from . import features, rules
 from .errors import PredictorError
-from .latency import NNLS_ITERATIONS, PARAMS, STEADY_CV, LatencyModel, vector_unit
+from .latency import NNLS_ITERATIONS, PARAMS, STEADY_CV, LatencyModel, fit_work, vector_unit, work_terms
 
 PATH_ROWS = 4
+ANCHOR = 1.0
 TREE_PARAMS = {**PARAMS, "max_depth": 2, "eta": 0.05}
 TREE_ROUNDS = 60
 
@@ -43,9 +48,11 @@ def transfer(
     path_rows: int = PATH_ROWS,
     tree_rounds: int = TREE_ROUNDS,
     overhead: bool = True,
+    anchor: float | None = ANCHOR,
 ) -> LatencyModel:
     """A latency model of the device of ``rows`` (table rows of one target, as
-    :meth:`LatencyModel.train` takes them) that starts from ``source``."""
+    :meth:`LatencyModel.train` takes them) that starts from ``source``; ``anchor`` None keeps the
+    scaled work model as it is."""
     if rows.target.nunique() != 1:
         raise ValueError(f"a latency model learns rows of one target, not {rows.target.nunique()}")
     lanes, registers = vector_unit(rows.target.iloc[0])
@@ -65,12 +72,16 @@ def transfer(
             fits[rules.PATHS[index]] = _scale(
                 work[mine] * residual[mine], residual[mine], latency[mine], weight[mine], overhead
             )
+    terms = work_terms(quantities) * residual[:, None]
     corrected = {}
     for path in ("any", *(p for p in rules.PATHS if p in source.work or p in fits)):
         base = np.asarray(source.work.get(path, source.work["any"]))
         scale, extra = fits.get(path, fits["any"])
         coefficients = scale * base
         coefficients[-1] += extra
+        mine = paths == rules.PATHS.index(path) if path != "any" else np.ones(len(rows), dtype=bool)
+        if anchor is not None and mine.any():
+            coefficients = fit_work(terms[mine], latency[mine], weight[mine], coefficients, anchor)
         corrected[path] = [float(c) for c in coefficients]
     model = LatencyModel(source.booster, lanes, registers, corrected)
     if tree_rounds:
@@ -96,25 +107,34 @@ def _scale(
 
 
 FOLDS = 5
-SCRATCH_ROWS = 10
+OWN_ROWS = 10
+
+
+def own_trees(source: LatencyModel, rows: pd.DataFrame, seed: int = 0) -> LatencyModel:
+    """A latency model of ``rows`` with a booster of their own, over a work model fitted to them with
+    each coefficient drawn towards ``source``'s, scaled to the new device (:func:`transfer`'s scale)."""
+    scaled = transfer(source, rows, seed, tree_rounds=0, anchor=None)
+    return LatencyModel.train(rows, seed, prior=scaled.work)
 
 
 def transfer_from(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> LatencyModel:
     """The fit of ``rows`` that :func:`choose` finds best: a :func:`transfer` from one of ``sources``,
-    or a model of ``rows`` alone."""
+    or :func:`own_trees` on one's work model."""
     index = choose(sources, rows, seed)[0]
-    return transfer(sources[index], rows, seed) if index < len(sources) else LatencyModel.train(rows, seed)
+    if index < len(sources):
+        return transfer(sources[index], rows, seed)
+    return own_trees(sources[index - len(sources)], rows, seed)
 
 
 def choose(sources: list[LatencyModel], rows: pd.DataFrame, seed: int = 0) -> tuple[int, list[float]]:
     """Which fit predicts ``rows`` best, each row predicted by a fit without it (``FOLDS``-fold): the
     index of the best candidate and each candidate's mean absolute log error. The candidates are the
-    transfer from each of ``sources`` and, from :data:`SCRATCH_ROWS` rows on, a model of ``rows``
-    alone (index ``len(sources)``). The first source, with no errors, below two rows or when it is
-    the only candidate."""
+    :func:`transfer` from each of ``sources`` and, from :data:`OWN_ROWS` rows on, :func:`own_trees`
+    on each one's work model (index ``len(sources)`` on). The first source, with no errors, below
+    two rows or when it is the only candidate."""
     candidates = [lambda train, source=source: transfer(source, train, seed) for source in sources]
-    if len(rows) >= SCRATCH_ROWS:
-        candidates.append(lambda train: LatencyModel.train(train, seed))
+    if len(rows) >= OWN_ROWS:
+        candidates += [lambda train, source=source: own_trees(source, train, seed) for source in sources]
     if len(candidates) == 1 or len(rows) < 2:
         return 0, []
     fold = np.random.default_rng(seed).permutation(len(rows)) % min(FOLDS, len(rows))
@@ -144,9 +164,9 @@ def fit(
     """A :class:`~hwloop.predictor.Predictor` of ``device`` from its rows of ``table`` and the
     saved predictors ``sources`` of devices already measured (:func:`transfer_from`); like
     :meth:`Predictor.fit` otherwise. ``meta["transfer"]`` names the sources (device, booster and
-    training-table hashes), each candidate's cross-validated error and the one used (``source``;
-    None when the rows alone predict better); the whole-model calibration comes from ``models`` and
-    the source whose transfer predicts best (:func:`hwloop.predictor.calibration.transferred`)."""
+    training-table hashes), each candidate's cross-validated error, the one used (``method``:
+    ``transfer`` or ``own trees``) and its ``source``; the whole-model calibration comes from
+    ``models`` and that source (:func:`hwloop.predictor.calibration.transferred`)."""
     from .calibration import transferred
     from .model import Predictor, rows_name
     from .selection import select
@@ -173,11 +193,13 @@ def fit(
     )
     rows = select(table, source, schedule, predictor.protocol_id, device).rows
     index, errors = choose(models_of, rows, seed)
-    few_shot = index < len(sources)
-    nearest = sources[index if few_shot else int(np.argmin(errors[: len(sources)]))]
+    names = [f"transfer from {other.device}" for other in sources]
+    if len(errors) > len(sources):
+        names += [f"own trees on {other.device}'s work model" for other in sources]
+    nearest = sources[index % len(sources)]
     predictor.meta["transfer"] = {
-        "method": "few-shot" if few_shot else "from scratch",
-        "source": nearest.device if few_shot else None,
+        "method": "transfer" if index < len(sources) else "own trees",
+        "source": nearest.device,
         "sources": [
             {
                 key: other.meta.get(key)
@@ -185,7 +207,7 @@ def fit(
             }
             for other in sources
         ],
-        "fold_errors": dict(zip([other.device for other in sources] + ["from scratch"], errors)),
+        "fold_errors": dict(zip(names, errors)),
     }
     if models is not None:
         predictor.meta["calibration"] = transferred(predictor, models, nearest.meta.get("calibration"))

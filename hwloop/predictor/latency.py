@@ -63,12 +63,14 @@ class LatencyModel:
         self.work = work
 
     @classmethod
-    def train(cls, rows: pd.DataFrame, seed: int = 0) -> "LatencyModel":
+    def train(cls, rows: pd.DataFrame, seed: int = 0, prior: dict[str, list[float]] | None = None) -> "LatencyModel":
         """A latency model fitted to ``rows`` (table rows of one target: their config columns,
         ``latency_ms``, ``latency_cv`` and ``target``).
 
         Unsteady measurements (coefficient of variation above ``STEADY_CV``, the default protocol's
-        retake threshold) weigh less: ``1 / (1 + (cv / STEADY_CV)²)``.
+        retake threshold) weigh less: ``1 / (1 + (cv / STEADY_CV)²)``. With ``prior`` (work
+        coefficients by path, as :attr:`work`), each path's coefficients are drawn towards the prior's
+        (:func:`fit_work`).
         """
         if rows.target.nunique() != 1:
             raise ValueError(f"a latency model learns rows of one target, not {rows.target.nunique()}")
@@ -78,10 +80,15 @@ class LatencyModel:
         latency = rows.latency_ms.to_numpy()
         cv = rows.latency_cv.fillna(0.0).to_numpy()
         weight = 1.0 / (1.0 + (cv / STEADY_CV) ** 2)
-        work = {"any": _fit_work(_terms(quantities), latency, weight)}
+        terms = work_terms(quantities)
+
+        def anchor(path: str) -> np.ndarray | None:
+            return None if prior is None else np.asarray(prior.get(path, prior["any"]))
+
+        work = {"any": fit_work(terms, latency, weight, anchor("any"))}
         for index in np.unique(quantities["path"]):
-            mine = quantities["path"] == index
-            work[rules.PATHS[index]] = _fit_work(_terms(quantities)[mine], latency[mine], weight[mine])
+            mine, path = quantities["path"] == index, rules.PATHS[index]
+            work[path] = fit_work(terms[mine], latency[mine], weight[mine], anchor(path))
         model = cls(None, lanes, registers, work)
         x = features.matrix(cols, lanes, quantities)
         data = xgb.DMatrix(x, label=np.log(latency), base_margin=model._log_work(quantities), weight=weight)
@@ -119,7 +126,7 @@ class LatencyModel:
 
     def _log_work(self, quantities: dict[str, np.ndarray]) -> np.ndarray:
         """Natural log of the work model's latency (ms) of each config."""
-        terms = _terms(quantities)
+        terms = work_terms(quantities)
         coefficients = np.array([self.work.get(path, self.work["any"]) for path in rules.PATHS])
         latency = np.einsum("ij,ij->i", terms, coefficients[quantities["path"]])
         return np.log(np.maximum(latency, 1e-9))
@@ -130,15 +137,27 @@ NNLS_ITERATIONS = 100
 near-degenerate tables, such as one timed beside other work)."""
 
 
-def _terms(quantities: dict[str, np.ndarray]) -> np.ndarray:
+def work_terms(quantities: dict[str, np.ndarray]) -> np.ndarray:
+    """The work model's terms of each config (rows: :data:`TERMS` and a constant)."""
     return np.column_stack([*(quantities[t] for t in TERMS), np.ones(len(quantities["path"]))])
 
 
-def _fit_work(terms: np.ndarray, latency: np.ndarray, weight: np.ndarray) -> list[float]:
-    """Non-negative coefficients of ``terms`` (rows) for ``latency``, least weighted relative squares."""
+def fit_work(
+    terms: np.ndarray, latency: np.ndarray, weight: np.ndarray, prior: np.ndarray | None = None, anchor: float = 1.0
+) -> list[float]:
+    """Non-negative coefficients of ``terms`` (rows) for ``latency``, least weighted relative squares.
+
+    With ``prior`` (coefficients), each coefficient is also drawn towards the prior's: its move costs
+    what it moves the mean row's relative error, counted as ``anchor`` rows; a term no row uses keeps
+    the prior's coefficient."""
     root = np.sqrt(weight)
-    norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
-    coefficients, _ = nnls(terms / norm * (root / latency)[:, None], root, maxiter=NNLS_ITERATIONS * terms.shape[1])
+    a, b = terms * (root / latency)[:, None], root
+    if prior is not None:
+        typical = np.mean(terms / latency[:, None], axis=0)
+        pull = np.sqrt(anchor) * np.where(typical > 0, typical, 1.0)
+        a, b = np.vstack([a, np.diag(pull)]), np.concatenate([b, pull * prior])
+    norm = np.maximum(np.abs(a).max(axis=0), 1e-30)
+    coefficients, _ = nnls(a / norm, b, maxiter=NNLS_ITERATIONS * a.shape[1])
     return [float(c) for c in coefficients / norm]
 
 
