@@ -197,9 +197,9 @@ def rows_of(folder: Path, device: str) -> pd.DataFrame:
 
 def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
     """Each learner as ``fit(train_rows) -> model`` with ``predict_frame``: what ``hwloop fit --from``
-    does (the transfer or the rows alone, whichever predicts the rows better by five folds), the
-    transfer and its parts on their own, a model over both devices with device descriptors, and a
-    predictor fitted from scratch."""
+    does (the transfer of the source's trees or, from 10 rows on, the rows' own trees, whichever
+    predicts the rows better by five folds), each of those and the transfer's parts on their own, a
+    model over both devices with device descriptors, and a predictor fitted from scratch."""
 
     def parts(**options):
         return lambda train: fewshot.transfer(source, train, **options)
@@ -208,6 +208,7 @@ def learners(source: LatencyModel, source_rows: pd.DataFrame) -> dict:
         "few-shot": lambda train: fewshot.transfer_from([source], train),
         "from scratch": LatencyModel.train,
         "transfer alone": lambda train: fewshot.transfer(source, train),
+        "own trees alone": lambda train: fewshot.own_trees(source, train),
         "source, retargeted": lambda train: fewshot.retarget(source, *vector_unit(train.target.iloc[0])),
         "one scale": parts(path_rows=1 << 30, tree_rounds=0, overhead=False, anchor=None),
         "scale and overhead": parts(path_rows=1 << 30, tree_rounds=0, anchor=None),
