@@ -93,8 +93,8 @@ def fit(
         typer.Option(
             "--from",
             help="A device already measured whose saved predictor (under --predictors) the new device's few "
-            "rows correct: a few-shot predictor. Repeat it for several; each transfer and, from 10 rows on, "
-            "the rows alone are scored by five folds and the best is kept.",
+            "rows correct: a few-shot predictor. Repeat it for several; each source's transfer and, from 10 "
+            "rows on, the rows' own trees on its work model are scored by five folds and the best is kept.",
             show_default=False,
         ),
     ] = None,
@@ -109,9 +109,10 @@ def fit(
     printed and kept in predictor.json; when the device has measured whole models, the whole-model
     calibration is fitted too. With --from, a new device needs only a few measured configs
     (`hwloop collect --adaptive --budget 20 --from SOURCE` chooses them): the source's predictor,
-    retargeted to the new device's vector width, is scaled per path of the rules on them and
-    corrected by a few trees, unless the rows alone predict themselves better (five folds, from 10
-    rows); a handful of whole models timed on the new device scale the source's calibration.
+    retargeted to the new device's vector width, has its work model scaled and refitted per path of
+    the rules on them and is corrected by a few trees, unless the rows' own trees on that work model
+    predict them better (five folds, from 10 rows); a handful of whole models timed on the new device
+    scale the source's calibration.
     Examples:
 
       hwloop fit --device local

@@ -177,9 +177,11 @@ def main() -> None:
         "## The method's choice: each part on its own\n",
         "Held-out share within ±10 % (mean over 5 random samples) of the transfer's parts and of a model over "
         "both devices with device descriptors (lanes, threads, which device) beside the features. "
-        "`hwloop fit --from` is *few-shot*: *transfer alone* (a scale and an overhead per path of the rules, "
-        "and a few trees on top) or, from 10 rows on, *from scratch*, whichever predicts the rows "
-        "better by five folds. *source's timings, one curve* is not a predictor: it maps the source's own "
+        "`hwloop fit --from` is *few-shot*: *transfer alone* (the source's work model scaled and refitted per "
+        "path of the rules, and a few trees on top of the source's) or, from 10 rows on, *own trees alone* (the "
+        "rows' own trees on that work model), whichever predicts the rows better by five folds. *per path, "
+        "terms refitted* is the transfer's work model without trees. *source's timings, one curve* is not a "
+        "predictor: it maps the source's own "
         "measurement of each held-out config through one power law fitted on the sample, so it is what any "
         "transfer through the source's figure reaches at best.\n",
     ]
@@ -276,7 +278,8 @@ def _workflow_outcomes(runs: list[dict]) -> list[str]:
         if not transfer or not checked:
             lines.append(f"| `{run['target']}` | the workflow stopped before validation | | | | | | | | | | |")
             continue
-        kept = f"transfer from `{transfer['source']}`" if transfer["source"] else "the target's rows alone"
+        source = f"`{transfer['source']}`"
+        kept = f"transfer from {source}" if transfer["method"] == "transfer" else f"own trees on {source}'s work model"
         errors = ", ".join(f"{name} {error:.3f}" for name, error in transfer.get("fold_errors", {}).items())
         board = pruned.get("board") or {}
         share = checked["measured_ms"] / checked["dense_ms"]
