@@ -200,7 +200,7 @@ def test_a_cost_the_source_does_not_have_is_learnt_by_refitting_its_work_model(l
     source = local_predictor.model
     configs = [LayerConfig("conv2d", cin, c, 16, 16, kernel=3, padding=1) for cin in (8, 32) for c in range(4, 49, 2)]
     rows = target_rows(source, configs, 4, 16, scale=1.0)
-    rows = rows.assign(latency_ms=rows.latency_ms + 2e-5 * rows.out_channels * rows.in_channels)
+    rows = rows.assign(latency_ms=rows.latency_ms * np.where(rows.in_channels == 8, 1.5, 1.0))  # short reductions
     train, test = rows.iloc[::2], rows.iloc[1::2]
     error = {
         anchor: np.mean(
@@ -208,7 +208,7 @@ def test_a_cost_the_source_does_not_have_is_learnt_by_refitting_its_work_model(l
         )
         for anchor in (None, 1.0)
     }
-    assert error[1.0] < error[None]
+    assert error[1.0] < error[None] / 2
 
 
 def test_trees_on_the_source_s_learn_what_the_scale_misses(local_predictor):

@@ -151,14 +151,16 @@ def fit_work(
     what it moves the mean row's relative error, counted as ``anchor`` rows; a term no row uses keeps
     the prior's coefficient."""
     root = np.sqrt(weight)
-    a, b = terms * (root / latency)[:, None], root
+    norm = np.maximum(np.abs(terms).max(axis=0), 1e-30)
+    a, b = terms / norm * (root / latency)[:, None], root
     if prior is not None:
-        typical = np.mean(terms / latency[:, None], axis=0)
-        pull = np.sqrt(anchor) * np.where(typical > 0, typical, 1.0)
-        a, b = np.vstack([a, np.diag(pull)]), np.concatenate([b, pull * prior])
-    norm = np.maximum(np.abs(a).max(axis=0), 1e-30)
-    coefficients, _ = nnls(a / norm, b, maxiter=NNLS_ITERATIONS * a.shape[1])
-    return [float(c) for c in coefficients / norm]
+        pull = np.sqrt(anchor) * np.mean(terms / norm / latency[:, None], axis=0)
+        a, b = np.vstack([a, np.diag(pull)]), np.concatenate([b, pull * prior * norm])
+    coefficients, _ = nnls(a, b, maxiter=NNLS_ITERATIONS * a.shape[1])
+    coefficients = coefficients / norm
+    if prior is not None:
+        coefficients = np.where(pull > 0, coefficients, prior)
+    return [float(c) for c in coefficients]
 
 
 def vector_unit(target_json: str) -> tuple[int, int]:
