@@ -19,9 +19,9 @@ RESULTS = HERE / "results"
 COMMANDS = """\
 for stage in collect score "workflow --target local-sse4.2" "workflow --target local-2t"; do
   flock -x /work/cpu.lock .venv/bin/python -m bench.fewshot $stage \\
-    --work /work/data/fewshot11 --out /work/data/fewshot11/results
+    --work /work/data/fewshot13 --out /work/data/fewshot13/results
 done
-cp /work/data/fewshot11/results/* docs/results/fewshot/results/
+cp /work/data/fewshot13/results/* docs/results/fewshot/results/
 .venv/bin/python docs/results/fewshot/make.py"""
 TARGETS = {20: (0.90, 0.95), 50: (0.95, 0.95)}  # samples: (share within ±10 %, Spearman)
 CURVE_LEARNERS = ("few-shot", "from scratch", "source, retargeted")
