@@ -82,13 +82,13 @@ class LatencyModel:
         weight = 1.0 / (1.0 + (cv / STEADY_CV) ** 2)
         terms = work_terms(quantities)
 
-        def anchor(path: str) -> np.ndarray | None:
+        def prior_of(path: str) -> np.ndarray | None:
             return None if prior is None else np.asarray(prior.get(path, prior["any"]))
 
-        work = {"any": fit_work(terms, latency, weight, anchor("any"))}
+        work = {"any": fit_work(terms, latency, weight, prior_of("any"))}
         for index in np.unique(quantities["path"]):
             mine, path = quantities["path"] == index, rules.PATHS[index]
-            work[path] = fit_work(terms[mine], latency[mine], weight[mine], anchor(path))
+            work[path] = fit_work(terms[mine], latency[mine], weight[mine], prior_of(path))
         model = cls(None, lanes, registers, work)
         x = features.matrix(cols, lanes, quantities)
         data = xgb.DMatrix(x, label=np.log(latency), base_margin=model._log_work(quantities), weight=weight)
